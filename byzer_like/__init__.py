@@ -1,0 +1,10 @@
+"""byzer-like: run the whole life of a large language model on a Ray cluster.
+
+`from byzer_like import ByzerLLM` is the Python client; `byzer-like --help` the command line.
+Importing this package loads neither ray nor torch.
+"""
+from .client import ByzerLLM, LLMResponse
+from .errors import ByzerError
+
+__version__ = "0.1.0"
+__all__ = ["ByzerLLM", "ByzerError", "LLMResponse", "__version__"]

@@ -1,0 +1,278 @@
+"""The `byzer-like` command line.
+
+    byzer-like quickstart                        build a tiny model, deploy it on 2 replicas, stream an answer
+    byzer-like models make-tiny --family llama --out DIR [--size tiny|small] [--pretrain-seconds N]
+    byzer-like models types                      known pretrained_model_type names
+    byzer-like cluster start|stop|status         the workspace's persistent local Ray head
+    byzer-like deploy DIR --type llama --name m [--num-workers 2] [--param key=value ...]
+    byzer-like list | meta NAME | undeploy NAME
+    byzer-like chat NAME ["message"]             one-shot, or interactive without a message
+
+Errors a user can fix are printed as one line (exit status 1), never as a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+from . import __version__
+from .errors import ByzerError, ClusterError, ConfigError
+from .workspace import Workspace
+
+QUICKSTART_PROMPT = "Write a short Python function that adds two numbers."
+
+
+def _kv(items: Sequence[str] | None, what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{what} {item!r} is not key=value")
+        out[key.strip()] = value
+    return out
+
+
+def _client(args: argparse.Namespace, *, need_persistent: bool = True):
+    from . import cluster
+    from .client import ByzerLLM
+
+    ws = Workspace.from_env(args.workspace)
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if need_persistent and not address:
+        info = cluster.head_info(ws)
+        if not (info and info.alive()):
+            raise ClusterError(
+                f"no cluster is running for workspace {ws.root}: start one with `byzer-like cluster start` "
+                "(or pass --address / set RAY_ADDRESS); a deployment in a one-off embedded cluster would end with this command"
+            )
+    return ByzerLLM(address, workspace=ws.root)
+
+
+# -- commands ----------------------------------------------------------------------------------------
+def cmd_make_tiny(args: argparse.Namespace) -> int:
+    from .tiny import make_tiny
+
+    ws = Workspace.from_env(args.workspace)
+    out = ws.resolve(args.out, what="--out")
+    try:
+        summary = make_tiny(args.family, out, size=args.size, seed=args.seed,
+                            pretrain_seconds=args.pretrain_seconds, progress=True)
+    except (ValueError, FileExistsError) as e:
+        raise ConfigError(str(e)) from None
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_types(args: argparse.Namespace) -> int:
+    from .plugins import registry
+
+    for name, path in sorted(registry.available().items()):
+        print(f"{name:12s} {path}")
+    return 0
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from . import cluster
+
+    ws = Workspace.from_env(args.workspace)
+    if args.action == "start":
+        info = cluster.start_head(ws, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
+        print(f"cluster running: address {info.address}  dashboard {info.dashboard_url}  (workspace {ws.root})")
+    elif args.action == "stop":
+        print("cluster stopped" if cluster.stop_head(ws) else "no cluster was running")
+    else:
+        st = cluster.status(ws)
+        print(json.dumps(st, indent=2))
+        return 0 if st["running"] else 3
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    llm = _client(args)
+    for key, value in (("num_workers", args.num_workers), ("cpus_per_worker", args.cpus_per_worker),
+                       ("gpus_per_worker", args.gpus_per_worker)):
+        if value is not None:
+            llm.setup(key, value)
+    for key, value in _kv(args.set, "--set").items():
+        llm.setup(key, value)
+    out = llm.deploy(args.model_dir, args.type, args.name, _kv(args.param, "--param"), reconnect=args.reconnect)
+    print(f"{out['udf_name']}: {out['status']}" + (f" on {out['num_workers']} worker(s)" if "num_workers" in out else ""))
+    return 0
+
+
+def cmd_undeploy(args: argparse.Namespace) -> int:
+    _client(args).undeploy(args.name)
+    print(f"{args.name}: undeployed")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .serving import manager
+
+    llm = _client(args)
+    llm.connect()
+    for name, status in sorted(manager.list_deployments().items()):
+        print(f"{name}\t{status}")
+    return 0
+
+
+def cmd_meta(args: argparse.Namespace) -> int:
+    print(json.dumps(_client(args).get_meta(args.name), indent=2, default=str))
+    return 0
+
+
+def _stream_answer(llm: Any, name: str, messages: list[dict], config: dict) -> str:
+    text = ""
+    for delta, _meta in llm.stream_chat_oai(messages, model=name, llm_config=config):
+        text += delta
+        print(delta, end="", flush=True)
+    print()
+    return text
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    llm = _client(args)
+    config: dict[str, Any] = {"temperature": args.temperature}
+    if args.max_new_tokens:
+        config["max_new_tokens"] = args.max_new_tokens
+    if args.max_length:
+        config["max_length"] = args.max_length
+    messages: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
+    if args.message is not None:
+        messages.append({"role": "user", "content": args.message})
+        if args.no_stream:
+            print(llm.chat_oai(messages, model=args.name, llm_config=config)[0].output)
+        else:
+            _stream_answer(llm, args.name, messages, config)
+        return 0
+    print(f"chatting with {args.name}; an empty line or Ctrl-D ends, /clear forgets the history", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            print()
+            return 0
+        if not line.strip():
+            return 0
+        if line.strip() == "/clear":
+            messages = messages[:1] if args.system else []
+            continue
+        messages.append({"role": "user", "content": line})
+        answer = _stream_answer(llm, args.name, messages, config)
+        messages.append({"role": "assistant", "content": answer})
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from .client import ByzerLLM
+    from .tiny import make_tiny
+
+    ws = Workspace.from_env(args.workspace)
+    model_dir = ws.path("models", "quickstart-llama")
+    if not (model_dir / "config.json").exists():
+        print(f"building a tiny llama model in {model_dir} ({args.pretrain_seconds:g} s of pretraining)...", flush=True)
+        make_tiny("llama", model_dir, size="small", pretrain_seconds=args.pretrain_seconds, progress=True)
+    llm = ByzerLLM(args.address, workspace=ws.root)
+    info = llm.connect()
+    print(f"ray: {info['mode']} cluster at {info['address']}", flush=True)
+    llm.setup_num_workers(args.num_workers)
+    llm.setup_cpus_per_worker(1)
+    name = "quickstart_chat"
+    llm.deploy(model_dir, "llama", name, {}, reconnect=True)
+    try:
+        print(f"deployed {name!r} on {llm.get_meta(name)['num_workers']} replicas; streaming an answer:")
+        print(f"> {args.prompt}")
+        _stream_answer(llm, name, [{"role": "user", "content": args.prompt}],
+                       {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 96, "seed": 7})
+        prompts = [f"def add_{i}(" for i in range(16)]
+        answers = llm.batch_chat(prompts, model=name, llm_config={"temperature": 0.0, "max_new_tokens": 24})
+        print(f"batch of {len(answers)} prompts answered in order; first: {answers[0].output[:60]!r}")
+    finally:
+        llm.undeploy(name)
+    return 0
+
+
+# -- parser ------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="byzer-like", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--version", action="version", version=f"byzer-like {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--workspace", help="workspace folder (default: $BYZER_LIKE_HOME or ./byzer_workspace)")
+    common.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or the workspace's cluster)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    q = sub.add_parser("quickstart", parents=[common], help="build a tiny model, deploy it on 2 replicas, stream an answer")
+    q.add_argument("--num-workers", type=int, default=2)
+    q.add_argument("--pretrain-seconds", type=float, default=60.0, help="pretraining for a new model (default 60)")
+    q.add_argument("--prompt", default=QUICKSTART_PROMPT)
+    q.set_defaults(func=cmd_quickstart)
+
+    m = sub.add_parser("models", help="build tiny models; list model types")
+    msub = m.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    mt = msub.add_parser("make-tiny", parents=[common], help="build a small Hugging Face-format model locally")
+    mt.add_argument("--family", required=True, choices=("llama", "qwen2", "gpt2"))
+    mt.add_argument("--out", required=True, help="output directory (inside the workspace's allowed roots)")
+    mt.add_argument("--size", choices=("tiny", "small"), default="tiny")
+    mt.add_argument("--seed", type=int, default=0)
+    mt.add_argument("--pretrain-seconds", type=float, default=0.0, metavar="N",
+                    help="pretrain for N seconds so the model writes readable text")
+    mt.set_defaults(func=cmd_make_tiny)
+    ty = msub.add_parser("types", help="known pretrained_model_type names (plugins)")
+    ty.set_defaults(func=cmd_types)
+
+    c = sub.add_parser("cluster", parents=[common], help="the workspace's persistent local Ray head")
+    c.add_argument("action", choices=("start", "stop", "status"))
+    c.add_argument("--num-cpus", type=int, help="CPUs the head offers (default: max(cores, 4))")
+    c.add_argument("--num-gpus", type=int)
+    c.set_defaults(func=cmd_cluster)
+
+    d = sub.add_parser("deploy", parents=[common], help="deploy a model directory as a named model")
+    d.add_argument("model_dir")
+    d.add_argument("--type", required=True, help="pretrained_model_type: llama, qwen2, gpt2, auto, ...")
+    d.add_argument("--name", required=True, help="udf_name: the model's name in SQL, the client and the API")
+    d.add_argument("--num-workers", type=int)
+    d.add_argument("--cpus-per-worker", type=float)
+    d.add_argument("--gpus-per-worker", type=float)
+    d.add_argument("--set", action="append", metavar="KEY=VALUE", help="a setup option (repeatable)")
+    d.add_argument("--param", action="append", metavar="KEY=VALUE", help="an infer param for init_model (repeatable)")
+    d.add_argument("--reconnect", action="store_true", help="use an existing deployment of that name as it is")
+    d.set_defaults(func=cmd_deploy)
+
+    u = sub.add_parser("undeploy", parents=[common], help="remove a deployed model")
+    u.add_argument("name")
+    u.set_defaults(func=cmd_undeploy)
+    ls = sub.add_parser("list", parents=[common], help="deployed models")
+    ls.set_defaults(func=cmd_list)
+    me = sub.add_parser("meta", parents=[common], help="a deployed model's metadata")
+    me.add_argument("name")
+    me.set_defaults(func=cmd_meta)
+
+    ch = sub.add_parser("chat", parents=[common], help="chat with a deployed model (streams to the terminal)")
+    ch.add_argument("name")
+    ch.add_argument("message", nargs="?", help="one message; without it, an interactive session")
+    ch.add_argument("--system", help="system prompt")
+    ch.add_argument("--temperature", type=float, default=0.7)
+    ch.add_argument("--max-new-tokens", type=int, default=256)
+    ch.add_argument("--max-length", type=int)
+    ch.add_argument("--no-stream", action="store_true")
+    ch.set_defaults(func=cmd_chat)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ByzerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""The Python client: `from byzer_like import ByzerLLM`.
+
+    llm = ByzerLLM()                       # embedded local cluster, or the workspace's persistent one
+    llm.setup_num_workers(2)
+    llm.deploy(model_path="byzer_workspace/models/tiny-llama", pretrained_model_type="llama",
+               udf_name="tiny_chat", infer_params={})
+    llm.chat_oai([{"role": "user", "content": "hello"}], model="tiny_chat")[0].output
+    for delta, meta in llm.stream_chat_oai([{"role": "user", "content": "tell me"}], model="tiny_chat"):
+        print(delta, end="")
+
+Names follow Byzer-LLM's client (`setup_num_workers`, `deploy`, `chat_oai`, `stream_chat_oai`, `emb`,
+`is_model_exist`, `undeploy`) so existing code ports unchanged.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Sequence
+
+from . import cluster
+from .config import DeployOptions, SetupConfig, chat_request
+from .errors import ConfigError, DeployError, ModelNotDeployedError, UnknownOptionError
+from .plugins import registry
+from .serving import manager
+from .workspace import Workspace
+
+
+@dataclass
+class LLMResponse:
+    """One answer: the text, what was asked, and metadata (token counts, timings, finish reason)."""
+
+    output: Any
+    input: Any
+    metadata: dict = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return str(self.output)
+
+
+class ByzerLLM:
+    """A connection to a Ray cluster and the models deployed on it."""
+
+    def __init__(self, address: str | None = None, *, workspace: str | os.PathLike | None = None):
+        self.address = address
+        self.workspace = Workspace.from_env(workspace)
+        self._setup = SetupConfig()
+        self.default_model_name: str | None = None
+        self._handles: dict[str, Any] = {}
+        self._meta: dict[str, dict] = {}
+
+    # -- setup ---------------------------------------------------------------------------------
+    def setup(self, key: str, value: Any) -> "ByzerLLM":
+        """Set one sys_conf value (`num_workers`, `cpus_per_worker`, `gpus_per_worker`, limits...)."""
+        self._setup = self._setup.with_values({key: value})
+        return self
+
+    def setup_num_workers(self, num_workers: int) -> "ByzerLLM":
+        return self.setup("num_workers", num_workers)
+
+    def setup_cpus_per_worker(self, cpus: float) -> "ByzerLLM":
+        return self.setup("cpus_per_worker", cpus)
+
+    def setup_gpus_per_worker(self, gpus: float) -> "ByzerLLM":
+        return self.setup("gpus_per_worker", gpus)
+
+    def setup_default_model_name(self, name: str) -> "ByzerLLM":
+        self.default_model_name = name
+        return self
+
+    @property
+    def sys_conf(self) -> dict[str, str]:
+        return self._setup.sys_conf()
+
+    @property
+    def setup_config(self) -> SetupConfig:
+        return self._setup
+
+    def connect(self) -> dict[str, Any]:
+        """Connect to Ray now (otherwise the first call that needs it connects)."""
+        return cluster.connect(self.address, self.workspace)
+
+    # -- deployments ---------------------------------------------------------------------------
+    def deploy(self, model_path: str | os.PathLike | None, pretrained_model_type: str, udf_name: str,
+               infer_params: Mapping[str, Any] | None = None, *, reconnect: bool | None = None) -> dict:
+        """Deploy `model_path` as `udf_name` on `num_workers` replicas; wait until all have loaded it.
+
+        Every check that can fail (plugin, options, model directory) runs before anything starts."""
+        params = dict(infer_params or {})
+        task, name = registry.split_model_type(pretrained_model_type)
+        if task:
+            raise ConfigError(f"pretrained_model_type {pretrained_model_type!r} names a training task; "
+                              f"deploy the model type itself (e.g. {name!r})")
+        plugin = registry.load(name)
+        extra = {k: params.pop(k) for k in list(params) if k in plugin.infer_param_names()}
+        given = {"pretrained_model_type": pretrained_model_type, "udf_name": udf_name, **params}
+        if model_path is not None:
+            given["local_model_dir"] = os.fspath(model_path)
+        if reconnect is not None:
+            given["reconnect"] = reconnect
+        try:
+            opts = DeployOptions.parse(given, where="deploy")
+        except UnknownOptionError as e:
+            raise UnknownOptionError("deploy", e.key, set(e.valid) | plugin.infer_param_names()) from None
+        self.connect()
+        if opts.reconnect and manager.exists(udf_name):
+            self._forget(udf_name)
+            return {"udf_name": udf_name, "status": "reconnected"}
+        if not opts.local_model_dir:
+            raise ConfigError("deploy needs model_path (SQL: localModelDir)")
+        model_dir = str(self.workspace.resolve(opts.local_model_dir, what="model_path"))
+        # what the plugin's init_model receives: snake_case options as strings, then the user's own keys
+        infer = {k: _as_str(v) for k, v in opts.model_dump(exclude={"local_model_dir"}).items() if v is not None}
+        infer.update({k: _as_str(v) for k, v in {**params, **extra}.items()})
+        plugin.check_model_dir(model_dir, infer)
+        spec = {
+            "udf_name": udf_name,
+            "pretrained_model_type": pretrained_model_type,
+            "plugin": plugin.name,
+            "import_path": plugin.import_path,
+            "model_dir": model_dir,
+            "infer_params": infer,
+            "sys_conf": self.sys_conf,
+            "deployed_at": time.time(),
+        }
+        status = manager.deploy(spec, self._setup, reconnect=opts.reconnect)
+        self._forget(udf_name)
+        return {"udf_name": udf_name, "status": status, "num_workers": self._setup.num_workers, "model_dir": model_dir}
+
+    def undeploy(self, udf_name: str) -> None:
+        self.connect()
+        manager.undeploy(udf_name)
+        self._forget(udf_name)
+
+    def is_model_exist(self, udf_name: str) -> bool:
+        self.connect()
+        return manager.exists(udf_name)
+
+    def list_models(self) -> list[str]:
+        self.connect()
+        return sorted(manager.list_deployments())
+
+    def get_meta(self, model: str | None = None) -> dict:
+        name = self._model(model)
+        if name not in self._meta:
+            self._meta[name] = manager.call(self._handle(name), "meta", udf_name=name, timeout_s=60)
+        return dict(self._meta[name])
+
+    def _forget(self, udf_name: str) -> None:
+        self._handles.pop(udf_name, None)
+        self._meta.pop(udf_name, None)
+
+    def _model(self, model: str | None) -> str:
+        name = model or self.default_model_name
+        if not name:
+            self.connect()
+            raise ModelNotDeployedError("(none given)", manager.list_deployments())
+        return name
+
+    def _handle(self, name: str) -> Any:
+        if name not in self._handles:
+            self.connect()
+            self._handles[name] = manager.get_handle(name)
+        return self._handles[name]
+
+    # -- calls -----------------------------------------------------------------------------------
+    def chat_oai(self, conversations: Sequence[Mapping[str, Any]] | str, model: str | None = None,
+                 llm_config: Mapping[str, Any] | None = None, **_: Any) -> list[LLMResponse]:
+        """Answer one conversation (OpenAI-style messages; the last one is the question).
+
+        Returns a one-item list, as Byzer-LLM does; `str(result[0])` is the answer text."""
+        name = self._model(model)
+        req = chat_request(conversations, llm_config).model_dump()
+        res = manager.call(self._handle(name), "chat", req, udf_name=name, timeout_s=self._setup.request_timeout_s)
+        manager.raise_row_error(res)
+        return [LLMResponse(output=res["output"], input=req["ins"], metadata=res.get("metadata", {}))]
+
+    def stream_chat_oai(self, conversations: Sequence[Mapping[str, Any]] | str, model: str | None = None,
+                        llm_config: Mapping[str, Any] | None = None, delta_mode: bool = True,
+                        **_: Any) -> Iterator[tuple[str, dict]]:
+        """Stream an answer as `(text, metadata)` pairs: new text only (`delta_mode=True`, default) or
+        the whole text so far. The last pair carries the final metadata."""
+        name = self._model(model)
+        req = chat_request(conversations, llm_config).model_dump()
+        text = ""
+        for item in manager.stream(self._handle(name), req, udf_name=name, timeout_s=self._setup.request_timeout_s):
+            if "text" in item:
+                text = item["text"]
+                piece = text
+            else:
+                piece = item.get("delta", "")
+                text += piece
+            meta = item.get("metadata", {})
+            if piece or item.get("done"):
+                yield (piece if delta_mode else text), meta
+
+    def batch_chat(self, conversations: Sequence[Sequence[Mapping[str, Any]] | str], model: str | None = None,
+                   llm_config: Mapping[str, Any] | None = None, *, on_error: str = "raise",
+                   progress: bool = False) -> list[LLMResponse | None]:
+        """Answer many conversations at once, spread over all replicas; answers in input order.
+
+        A conversation that fails on its own (prompt too long...) raises with its index, or gives
+        `None` with `on_error="null"`."""
+        if on_error not in ("raise", "null"):
+            raise ConfigError(f"on_error must be 'raise' or 'null', not {on_error!r}")
+        name = self._model(model)
+        reqs = [chat_request(c, llm_config).model_dump() for c in conversations]
+        meta = self.get_meta(name)
+        bar = _progress(len(reqs), f"{name}", progress)
+        try:
+            results = manager.run_batched(
+                self._handle(name), reqs, udf_name=name,
+                chunk_size=int(meta.get("max_batch_size") or self._setup.max_batch_size),
+                in_flight=2 * int(meta.get("num_workers") or 1),
+                timeout_s=self._setup.request_timeout_s,
+                on_rows=bar.update if bar else None,
+            )
+        finally:
+            if bar:
+                bar.close()
+        out: list[LLMResponse | None] = []
+        for i, (req, res) in enumerate(zip(reqs, results)):
+            if "error" in res:
+                if on_error == "raise":
+                    manager.raise_row_error(res, i)
+                out.append(None)
+            else:
+                out.append(LLMResponse(output=res["output"], input=req["ins"], metadata=res.get("metadata", {})))
+        return out
+
+    def emb(self, model: str | None, texts: str | Sequence[str]) -> list[list[float]]:
+        """Embedding vectors for one text or many (the plugin's `embed_query`)."""
+        name = self._model(model)
+        items = [texts] if isinstance(texts, str) else list(texts)
+        return manager.call(self._handle(name), "embed", items, udf_name=name, timeout_s=self._setup.request_timeout_s)
+
+    def emb_query(self, text: str, model: str | None = None) -> list[float]:
+        return self.emb(model, [text])[0]
+
+
+def _as_str(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled or total == 0:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="row", leave=False)
+
+
+__all__ = ["ByzerLLM", "LLMResponse", "DeployError"]

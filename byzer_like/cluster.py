@@ -1,0 +1,221 @@
+"""Connecting to Ray: an embedded local cluster, a persistent local head, or a real cluster.
+
+- `address=` (or `RAY_ADDRESS`) joins an existing cluster (`ray://host:10001` or `host:6379`).
+- Otherwise, if `byzer-like cluster start` left a persistent head running for this workspace,
+  drivers join it, so deployments and detached jobs outlive one process.
+- Otherwise an embedded cluster starts inside this process, bound to 127.0.0.1, and ends with it.
+
+The persistent head is `ray start --head --block` in its own process group, loopback only, with its
+temp dir inside the workspace; `stop` ends exactly that process group (never a machine-wide kill).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ClusterError
+from .workspace import Workspace
+
+LOOPBACK = "127.0.0.1"
+NAMESPACE = "byzer_like"
+HEAD_FILE = ("cluster", "head.json")
+# Ray listens on the loopback interface only with this set (seen on Ray 2.60).
+_LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# Unix socket paths are limited to ~107 bytes; Ray adds ~70 to its temp dir.
+_MAX_TEMP_DIR = 36
+
+
+@dataclass
+class HeadInfo:
+    pid: int
+    address: str
+    dashboard_url: str
+    client_address: str
+    temp_dir: str
+    num_cpus: int
+    started_at: float
+
+    def alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        host, port = self.address.rsplit(":", 1)
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def _prepare_env() -> None:
+    for k, v in _LOOPBACK_ENV.items():
+        os.environ.setdefault(k, v)
+
+
+def _auth_env() -> None:
+    """Ray 2.60 clusters require a token by default; a driver sends the local one when it exists."""
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or token_file.exists()):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def head_info(ws: Workspace) -> HeadInfo | None:
+    f = ws.path(*HEAD_FILE)
+    if not f.exists():
+        return None
+    try:
+        return HeadInfo(**json.loads(f.read_text()))
+    except (ValueError, TypeError):
+        return None
+
+
+def _short_temp_dir(ws: Workspace) -> str:
+    """The head's temp dir lives in the workspace; a short symlink to it keeps socket paths legal."""
+    real = ws.dir("cluster", "ray")
+    if len(str(real)) <= _MAX_TEMP_DIR:
+        return str(real)
+    link = Path("/tmp") / f"byzer-like-{hashlib.sha256(str(real).encode()).hexdigest()[:10]}"
+    if link.is_symlink() and os.readlink(link) != str(real):
+        link.unlink()
+    if not link.exists():
+        link.symlink_to(real, target_is_directory=True)
+    return str(link)
+
+
+def start_head(ws: Workspace, *, num_cpus: int | None = None, num_gpus: int | None = None,
+               port: int | None = None, dashboard_port: int | None = None, timeout_s: float = 90) -> HeadInfo:
+    """Start the persistent local head for this workspace (or return the running one)."""
+    info = head_info(ws)
+    if info and info.alive():
+        return info
+    ray_bin = Path(sys.executable).with_name("ray")
+    if not ray_bin.exists():
+        raise ClusterError(f"the `ray` command is not next to {sys.executable}; reinstall byzer-like")
+    num_cpus = num_cpus or max(os.cpu_count() or 1, 4)
+    gcs_port, dash_port = port or _free_port(), dashboard_port or _free_port()
+    client_port = _free_port()
+    temp_dir = _short_temp_dir(ws)
+    cmd = [
+        str(ray_bin), "start", "--head", "--block", "--disable-usage-stats",
+        "--node-ip-address", LOOPBACK, "--port", str(gcs_port),
+        "--dashboard-host", LOOPBACK, "--dashboard-port", str(dash_port),
+        "--ray-client-server-port", str(client_port),
+        "--dashboard-agent-listen-port", str(_free_port()), "--dashboard-agent-grpc-port", str(_free_port()),
+        "--runtime-env-agent-port", str(_free_port()), "--metrics-export-port", str(_free_port()),
+        "--temp-dir", temp_dir, "--num-cpus", str(num_cpus),
+    ]
+    if num_gpus is not None:
+        cmd += ["--num-gpus", str(num_gpus)]
+    log = ws.dir("cluster") / "head.log"
+    env = {**os.environ, **_LOOPBACK_ENV}
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True)
+    info = HeadInfo(pid=proc.pid, address=f"{LOOPBACK}:{gcs_port}", dashboard_url=f"http://{LOOPBACK}:{dash_port}",
+                    client_address=f"ray://{LOOPBACK}:{client_port}", temp_dir=temp_dir, num_cpus=num_cpus,
+                    started_at=time.time())
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ClusterError(f"ray head exited with code {proc.returncode}; see {log}")
+        if _head_ready(info):
+            ws.path(*HEAD_FILE).write_text(json.dumps(asdict(info), indent=2))
+            return info
+        time.sleep(0.5)
+    _kill_group(proc.pid, grace_s=5)
+    raise ClusterError(f"ray head did not become ready within {timeout_s:.0f} s; see {log}")
+
+
+def _head_ready(info: HeadInfo) -> bool:
+    """GCS and dashboard answer and the head node has registered (its raylet is up)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{info.dashboard_url}/api/gcs_healthz", timeout=2) as r:
+            if r.status != 200:
+                return False
+    except OSError:
+        return False
+    sessions = Path(info.temp_dir) / "session_latest" / "sockets" / "raylet"
+    return sessions.exists()
+
+
+def _kill_group(pgid: int, grace_s: float) -> None:
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def stop_head(ws: Workspace, *, grace_s: float = 10) -> bool:
+    """Stop this workspace's persistent head; True if one was running."""
+    info = head_info(ws)
+    if info is None:
+        return False
+    running = info.alive()
+    _kill_group(info.pid, grace_s)
+    ws.path(*HEAD_FILE).unlink(missing_ok=True)
+    return running
+
+
+def connect(address: str | None = None, ws: Workspace | None = None, *, num_cpus: int | None = None) -> dict[str, Any]:
+    """Connect this process to Ray (once); return where it is connected."""
+    import ray
+
+    if ray.is_initialized():
+        return {"address": ray.get_runtime_context().gcs_address, "mode": "connected"}
+    _prepare_env()
+    ws = ws or Workspace.from_env()
+    address = address or os.environ.get("RAY_ADDRESS")
+    mode = "address"
+    if not address:
+        info = head_info(ws)
+        if info and info.alive():
+            address, mode = info.address, "persistent"
+    common: dict[str, Any] = {"namespace": NAMESPACE, "logging_level": "WARNING", "log_to_driver": False}
+    try:
+        if address:
+            _auth_env()
+            ray.init(address=address, **common)
+        else:
+            mode = "embedded"
+            ray.init(num_cpus=num_cpus or max(os.cpu_count() or 1, 4), include_dashboard=False,
+                     _node_ip_address=LOOPBACK, **common)
+    except Exception as e:  # ConnectionError, AuthenticationError, RuntimeError from Ray
+        where = address or "an embedded local cluster"
+        raise ClusterError(f"cannot connect to Ray at {where}: {e}".splitlines()[0]) from e
+    return {"address": ray.get_runtime_context().gcs_address, "mode": mode}
+
+
+def status(ws: Workspace) -> dict[str, Any]:
+    info = head_info(ws)
+    if info is None:
+        return {"running": False, "workspace": str(ws.root)}
+    return {"running": info.alive(), "workspace": str(ws.root), **asdict(info)}

@@ -1,0 +1,245 @@
+"""Option sets, one pydantic model each: setup (sys_conf), deploy (infer params), chat requests.
+
+SQL `where` keys, `!byzerllm setup` keys and Python keyword arguments all go through these models,
+so an unknown key or a value of the wrong type is one clear error that lists the valid options.
+SQL spells keys in camelCase (`pretrainedModelType`), Python in snake_case (`pretrained_model_type`):
+both are accepted. This module imports neither ray nor torch.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar, Literal, Mapping
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
+
+from .errors import ConfigError, UnknownOptionError
+
+TYPE_TAGS = ("int", "float", "bool", "str", "list", "dict")
+
+
+def parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    s = str(value).strip().lower()
+    if s in ("true", "1", "yes", "on"):
+        return True
+    if s in ("false", "0", "no", "off", ""):
+        return False
+    raise ConfigError(f"{value!r} is not a boolean; use true or false")
+
+
+def split_typed_key(key: str) -> tuple[str, str | None]:
+    """`sft.int.max_seq_length` -> (`sft.max_seq_length`, `int`); `temperature` -> (`temperature`, None)."""
+    parts = key.split(".")
+    if len(parts) >= 3 and parts[1] in TYPE_TAGS:
+        return ".".join([parts[0], *parts[2:]]), parts[1]
+    return key, None
+
+
+def typed_value(key: str, value: Any) -> Any:
+    """Convert the string value of a typed key (`sft.int.max_seq_length`="512") to its type."""
+    _, tag = split_typed_key(key)
+    if tag is None or not isinstance(value, str):
+        return value
+    try:
+        if tag == "int":
+            return int(value)
+        if tag == "float":
+            return float(value)
+        if tag == "bool":
+            return parse_bool(value)
+        if tag == "str":
+            return value
+        parsed = json.loads(value)
+        want = list if tag == "list" else dict
+        if not isinstance(parsed, want):
+            raise ValueError(f"not a JSON {tag}")
+        return parsed
+    except (ValueError, ConfigError) as e:
+        raise ConfigError(f"option {key!r}: {value!r} is not a valid {tag} ({e})") from None
+
+
+class _Options(BaseModel):
+    """Base: unknown keys are refused; camelCase and snake_case names both accepted."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel, frozen=True)
+    # how valid options are listed in errors: SQL `where` keys are camelCase, setup keys snake_case
+    spelling: ClassVar[str] = "camel"
+
+    @classmethod
+    def option_names(cls) -> set[str]:
+        names = set()
+        for name, f in cls.model_fields.items():
+            names.add(name)
+            if f.alias:
+                names.add(f.alias)
+            if isinstance(f.validation_alias, AliasChoices):
+                names.update(c for c in f.validation_alias.choices if isinstance(c, str))
+        return names
+
+    @classmethod
+    def parse(cls, values: Mapping[str, Any], *, where: str, **extra: Any):
+        """Validate user-given options; errors name the key and list the valid ones."""
+        data = dict(values)
+        data.update(extra)
+        valid = cls.option_names()
+        for key in data:
+            if key not in valid:
+                shown = cls.model_fields if cls.spelling == "snake" else [to_camel(n) for n in cls.model_fields]
+                raise UnknownOptionError(where, key, shown)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(x) for x in err["loc"]) or "?"
+            raise ConfigError(f"{where} option {loc!r}: {err['msg']} (got {err.get('input')!r})") from None
+
+
+def _bool_field(default: bool, description: str, **kw) -> Any:
+    return Field(default, description=description, **kw)
+
+
+class SetupConfig(_Options):
+    """What `!byzerllm setup` / `ByzerLLM.setup(...)` set: resources and serving limits (sys_conf)."""
+
+    spelling: ClassVar[str] = "snake"
+
+    mode: Literal["single", "sft", "sfft"] = Field("single", description="what the next `run ... as LLM` does")
+    num_workers: int = Field(1, ge=1, le=1024, description="replicas of a deployment / training workers")
+    cpus_per_worker: float = Field(
+        1.0, ge=0, validation_alias=AliasChoices("cpus_per_worker", "cpusPerWorker", "num_cpus", "numCpus"),
+        description="CPUs reserved by each worker (Ray resources)",
+    )
+    gpus_per_worker: float = Field(
+        0.0, ge=0, validation_alias=AliasChoices("gpus_per_worker", "gpusPerWorker", "num_gpus", "numGpus"),
+        description="GPUs reserved by each worker (Byzer's num_gpus)",
+    )
+    max_ongoing_requests: int = Field(8, ge=1, description="requests a replica works on at once")
+    max_queued_requests: int = Field(256, ge=-1, description="requests waiting per caller before back-pressure (-1: no limit)")
+    max_batch_size: int = Field(32, ge=1, le=4096, description="rows a replica generates in one batch")
+    request_timeout_s: float = Field(600.0, gt=0, description="a model call that takes longer fails with a timeout")
+    health_check_period_s: float = Field(10.0, gt=0)
+    health_check_timeout_s: float = Field(30.0, gt=0)
+
+    @field_validator("num_workers", "max_ongoing_requests", "max_queued_requests", "max_batch_size", mode="before")
+    @classmethod
+    def _int_from_str(cls, v: Any) -> Any:
+        return int(v) if isinstance(v, str) and v.strip().lstrip("-").isdigit() else v
+
+    def with_values(self, values: Mapping[str, Any]) -> "SetupConfig":
+        merged = self.model_dump()
+        merged.update(dict(type(self).parse(values, where="setup").model_dump(exclude_unset=True)))
+        return type(self).model_validate(merged)
+
+    def sys_conf(self) -> dict[str, str]:
+        """The plugin contract's `sys_conf`: every setting as a string, Byzer style."""
+        d = {k: str(v) for k, v in self.model_dump().items()}
+        d["num_gpus"] = d["gpus_per_worker"]
+        return d
+
+
+class DeployOptions(_Options):
+    """The `where` keys of `run command as LLM ... action="infer"` and `ByzerLLM.deploy(...)` keywords
+    that byzer-like itself reads. Whatever the user gave is also passed to the plugin's
+    `init_model` as `infer_params` (strings, Byzer style)."""
+
+    action: Literal["infer"] = "infer"
+    pretrained_model_type: str = Field(description="model plugin: llama, qwen2, gpt2, auto, or a registered name")
+    local_model_dir: str | None = Field(
+        None, validation_alias=AliasChoices("local_model_dir", "localModelDir", "model_path", "modelPath"),
+        description="the Hugging Face-format model directory",
+    )
+    udf_name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$", description="the model's name in SQL and the API")
+    reconnect: bool = False
+    model_table: str | None = Field(None, description="'command' (Byzer: use localModelDir) or a registered model")
+    # init_model options understood by the built-in Hugging Face plugins
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    load_in_4bit: bool = False
+    load_in_8bit: bool = False
+    trust_remote_code: bool = False
+    allow_pickle_weights: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("reconnect", "load_in_4bit", "load_in_8bit", "trust_remote_code", "allow_pickle_weights", mode="before")
+    @classmethod
+    def _bool(cls, v: Any) -> Any:
+        return parse_bool(v)
+
+
+# Keys of a chat request (`llm_config` in Python, `llm_param(map(...))` in SQL) besides `generation.*`.
+REQUEST_KEYS = {
+    "instruction", "system_msg", "user_role", "assistant_role", "history", "temperature", "top_p",
+    "max_length", "max_new_tokens", "max_tokens", "stop", "seed", "top_k", "repetition_penalty",
+    "embedding",
+}
+_KWARG_KEYS = {"system_msg", "user_role", "assistant_role", "stop", "seed", "top_k", "repetition_penalty"}
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: str
+    content: str
+
+
+class ChatRequest(BaseModel):
+    """One model call as it travels to a replica: the plugin contract's stream_chat arguments."""
+
+    model_config = ConfigDict(extra="forbid")
+    ins: str
+    his: list[Message] = Field(default_factory=list)
+    max_length: int | None = Field(None, ge=1, description="prompt + answer tokens (Byzer semantics)")
+    max_new_tokens: int | None = Field(None, ge=1, description="answer tokens (OpenAI max_tokens)")
+    top_p: float = Field(0.95, gt=0, le=1)
+    temperature: float = Field(0.1, ge=0, le=2)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+def chat_request(conversations: list[Mapping[str, Any]] | str, llm_config: Mapping[str, Any] | None = None) -> ChatRequest:
+    """Build a request from OpenAI-style messages plus options.
+
+    The last message is the instruction (`ins`); the ones before it are the history (`his`).
+    `generation.x` / `gen.x` keys arrive in the plugin's kwargs as `x`.
+    """
+    cfg = dict(llm_config or {})
+    if isinstance(conversations, str):
+        msgs = [{"role": "user", "content": conversations}]
+    else:
+        msgs = [dict(m) for m in conversations]
+    if "instruction" in cfg:
+        msgs.append({"role": "user", "content": str(cfg.pop("instruction"))})
+    if "history" in cfg:
+        hist = cfg.pop("history")
+        if isinstance(hist, str):
+            hist = json.loads(hist) if hist.strip() else []
+        msgs = [dict(m) for m in hist] + msgs
+    if not msgs:
+        raise ConfigError("a chat request needs at least one message (or an 'instruction')")
+    for m in msgs:
+        if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
+            raise ConfigError(f"each message needs 'role' and 'content'; got {m!r}")
+    last = msgs[-1]
+    req: dict[str, Any] = {"ins": str(last["content"]), "his": msgs[:-1], "kwargs": {}}
+    for key, value in cfg.items():
+        name, _tag = split_typed_key(key)
+        value = typed_value(key, value)
+        if name.startswith("generation.") or name.startswith("gen."):
+            req["kwargs"][name.split(".", 1)[1]] = value
+        elif name in ("temperature", "top_p"):
+            req[name] = float(value)
+        elif name == "max_length":
+            req["max_length"] = int(value)
+        elif name in ("max_new_tokens", "max_tokens"):
+            req["max_new_tokens"] = int(value)
+        elif name in _KWARG_KEYS:
+            req["kwargs"][name] = value
+        elif name == "embedding":
+            continue  # routed by the caller
+        else:
+            raise UnknownOptionError("request", key, REQUEST_KEYS | {"generation.*"})
+    try:
+        return ChatRequest.model_validate(req)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        raise ConfigError(f"request option {loc!r}: {err['msg']} (got {err.get('input')!r})") from None

@@ -1,0 +1,472 @@
+"""The shared implementation behind the built-in Hugging Face plugins (`models/llama`, `qwen2`, `gpt2`, `auto`).
+
+One `CausalLMPlugin` per model family; a family differs only in the model types it accepts, its
+fallback prompt format (used when the tokenizer has no chat template), its stop tokens and its
+LoRA target modules. torch and transformers are imported inside the methods, so importing a
+plugin (in the driver, to check it) stays cheap.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from queue import Empty, Queue
+from typing import Any, Iterator, Mapping, Sequence
+
+from ..config import parse_bool
+from ..errors import InvalidRequestError, ModelDirError, NotSupportedError, PromptTooLongError
+
+# Answer length when the caller gives neither max_length nor max_new_tokens.
+DEFAULT_MAX_NEW_TOKENS = 512
+# kwargs of stream_chat this implementation uses; other generation.* keys (e.g. Byzer's
+# generation.image for multimodal models) are ignored and reported in the metadata.
+GENERATION_KEYS = {
+    "system_msg", "user_role", "assistant_role", "max_new_tokens", "stop", "seed", "top_k",
+    "repetition_penalty", "no_repeat_ngram_size", "min_new_tokens", "do_sample",
+}
+
+GENERIC_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+@dataclass
+class _State:
+    """What a loaded model carries for this plugin (attached as `model.byzer_like`)."""
+
+    family: str
+    model_dir: str
+    context_length: int
+    stop_ids: list[int]
+    max_batch_size: int
+    device: str
+    quantization: str | None
+
+
+@dataclass
+class _Prepared:
+    ids: list[int]
+    budget: int
+    gen: dict[str, Any]
+    stop: list[str]
+    ignored: list[str] = field(default_factory=list)
+
+
+class _TokenStreamer:
+    """A transformers streamer that queues the decoded text after every new token.
+
+    Text that ends inside a multi-byte character (the decoder shows U+FFFD) waits for the next token."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.queue: Queue = Queue()
+        self._prompt_seen = False
+        self._sent = ""
+
+    def put(self, value: Any) -> None:
+        if not self._prompt_seen:  # generate() first sends the prompt
+            self._prompt_seen = True
+            return
+        self.ids.extend(int(x) for x in value.reshape(-1).tolist())
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text != self._sent and not text.endswith("\ufffd"):
+            self._sent = text
+            self.queue.put(text)
+
+    def end(self) -> None:
+        self.queue.put(None)
+
+
+class CausalLMPlugin:
+    """A model plugin for a family of `AutoModelForCausalLM` models."""
+
+    def __init__(
+        self,
+        family: str,
+        *,
+        model_types: Sequence[str] = (),
+        lora_target_modules: Sequence[str] = (),
+        stop_tokens: Sequence[str] = (),
+        fallback_chat_template: str = GENERIC_TEMPLATE,
+    ):
+        self.family = family
+        self.model_types = tuple(model_types)
+        self.lora_target_modules = tuple(lora_target_modules)
+        self.stop_tokens = tuple(stop_tokens)
+        self.fallback_chat_template = fallback_chat_template
+
+    def __repr__(self) -> str:
+        return f"CausalLMPlugin({self.family!r})"
+
+    # -- loading ---------------------------------------------------------------------------------
+    def check_model_dir(self, model_dir: str, infer_params: Mapping[str, Any] | None = None) -> None:
+        """Refuse, before any worker starts, a directory that this family cannot load."""
+        ip = dict(infer_params or {})
+        allow_pickle = parse_bool(ip.get("allow_pickle_weights", False))
+        trust = parse_bool(ip.get("trust_remote_code", False))
+        d = Path(model_dir)
+        if not d.is_dir():
+            raise ModelDirError(f"model directory {model_dir!r} does not exist")
+        cfg_file = d / "config.json"
+        if not cfg_file.is_file():
+            raise ModelDirError(
+                f"{model_dir!r} is not a Hugging Face model directory (no config.json); "
+                "build one with `byzer-like models make-tiny` or point at a downloaded model"
+            )
+        try:
+            cfg = json.loads(cfg_file.read_text())
+        except (OSError, ValueError) as e:
+            raise ModelDirError(f"{cfg_file} is not valid JSON: {e}") from None
+        model_type = cfg.get("model_type")
+        if self.model_types and model_type not in self.model_types:
+            raise ModelDirError(
+                f"{model_dir!r} holds a {model_type!r} model, not {self.family}; "
+                f"use pretrained_model_type={model_type!r} if that plugin exists, or 'auto'"
+            )
+        if cfg.get("auto_map") and not trust:
+            raise ModelDirError(
+                f"{model_dir!r} asks to run its own Python code (auto_map in config.json); deploy it with "
+                "trust_remote_code=true only if you trust its source"
+            )
+        names = os.listdir(d)
+        if not any(n.endswith(".safetensors") for n in names):
+            pickled = [n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+            if pickled and not allow_pickle:
+                raise ModelDirError(
+                    f"{model_dir!r} holds only pickle weights ({', '.join(sorted(pickled)[:3])}), which can run code "
+                    "when loaded; convert them to safetensors or deploy with allow_pickle_weights=true"
+                )
+            if not pickled:
+                raise ModelDirError(f"{model_dir!r} has no model weights (*.safetensors)")
+        if not any(n in names for n in ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")):
+            raise ModelDirError(f"{model_dir!r} has no tokenizer files")
+
+    def init_model(self, model_dir: str, infer_params: Mapping[str, str] | None = None,
+                   sys_conf: Mapping[str, str] | None = None) -> tuple[Any, Any]:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        ip = dict(infer_params or {})
+        sc = dict(sys_conf or {})
+        trust = parse_bool(ip.get("trust_remote_code", False))
+        allow_pickle = parse_bool(ip.get("allow_pickle_weights", False))
+        in4 = parse_bool(ip.get("load_in_4bit", False))
+        in8 = parse_bool(ip.get("load_in_8bit", False))
+        dtype_name = str(ip.get("dtype", "auto"))
+        want_device = str(ip.get("device", "auto"))
+        self.check_model_dir(model_dir, ip)
+
+        cpus = float(sc.get("cpus_per_worker", 0) or 0)
+        if cpus >= 1:
+            torch.set_num_threads(int(cpus))
+        gpus = float(sc.get("gpus_per_worker", sc.get("num_gpus", 0)) or 0)
+        if want_device == "cuda" or (want_device == "auto" and gpus > 0 and torch.cuda.is_available()):
+            device = "cuda"
+        else:
+            device = "cpu"
+        kwargs: dict[str, Any] = {"trust_remote_code": trust, "use_safetensors": None if allow_pickle else True}
+        if dtype_name != "auto":
+            kwargs["dtype"] = getattr(torch, dtype_name)
+        else:
+            kwargs["dtype"] = torch.float32 if device == "cpu" else "auto"
+        quant = None
+        if in4 or in8:
+            from transformers import BitsAndBytesConfig
+
+            quant = "4bit" if in4 else "8bit"
+            kwargs["quantization_config"] = (
+                BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                   bnb_4bit_compute_dtype=torch.float32 if device == "cpu" else torch.bfloat16)
+                if in4 else BitsAndBytesConfig(load_in_8bit=True)
+            )
+            kwargs["device_map"] = {"": device if device == "cpu" else 0}
+        model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+        if quant is None:
+            model.to(device)
+        model.eval()
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust)
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if not tokenizer.chat_template:
+            tokenizer.chat_template = self.fallback_chat_template
+        model.byzer_like = _State(
+            family=self.family,
+            model_dir=str(model_dir),
+            context_length=_context_length(model.config),
+            stop_ids=self._stop_ids(model, tokenizer),
+            max_batch_size=int(float(sc.get("max_batch_size", 32))),
+            device=device,
+            quantization=quant,
+        )
+        return model, tokenizer
+
+    def _stop_ids(self, model: Any, tokenizer: Any) -> list[int]:
+        ids: list[int] = []
+        eos = getattr(model.generation_config, "eos_token_id", None)
+        for value in (eos if isinstance(eos, list) else [eos]) + [tokenizer.eos_token_id]:
+            if value is not None and value not in ids:
+                ids.append(int(value))
+        vocab = tokenizer.get_vocab()
+        for tok in self.stop_tokens:
+            if tok in vocab and vocab[tok] not in ids:
+                ids.append(vocab[tok])
+        return ids
+
+    # -- prompts and options ---------------------------------------------------------------------
+    def build_prompt(self, tokenizer: Any, ins: str, his: Sequence[Mapping[str, str]], kwargs: Mapping[str, Any]) -> str:
+        system_msg = kwargs.get("system_msg")
+        user_role, assistant_role = kwargs.get("user_role"), kwargs.get("assistant_role")
+        if user_role or assistant_role:
+            # Byzer's explicit role names: a plain-text dialogue, whatever the chat template says
+            names = {"user": user_role or "User", "assistant": assistant_role or "Assistant"}
+            lines = [str(system_msg)] if system_msg else []
+            for m in his:
+                lines.append(m["content"] if m["role"] == "system" else f"{names.get(m['role'], m['role'])}:{m['content']}")
+            lines.append(f"{names['user']}:{ins}")
+            return "\n".join(lines) + f"\n{names['assistant']}:"
+        messages = [{"role": "system", "content": str(system_msg)}] if system_msg else []
+        messages += [{"role": m["role"], "content": m["content"]} for m in his]
+        messages.append({"role": "user", "content": ins})
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _prepare(self, model: Any, tokenizer: Any, ins: str, his: Sequence[Mapping[str, str]], max_length: int | None,
+                 top_p: float, temperature: float, kwargs: Mapping[str, Any]) -> _Prepared:
+        state: _State = model.byzer_like
+        prompt = self.build_prompt(tokenizer, ins, his, kwargs)
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        ctx = state.context_length
+        limit = min(int(max_length), ctx) if max_length else ctx
+        budget = limit - len(ids)
+        if budget < 1:
+            raise PromptTooLongError(
+                f"the prompt has {len(ids)} tokens, which leaves no room for an answer within "
+                f"max_length={max_length or ctx} (model context {ctx}); shorten it or raise max_length"
+            )
+        if kwargs.get("max_new_tokens") is not None:
+            budget = min(budget, int(kwargs["max_new_tokens"]))
+        elif not max_length:
+            budget = min(budget, DEFAULT_MAX_NEW_TOKENS)
+        do_sample = parse_bool(kwargs["do_sample"]) if "do_sample" in kwargs else temperature > 0
+        gen: dict[str, Any] = {"do_sample": do_sample}
+        if do_sample:
+            if temperature <= 0:
+                raise InvalidRequestError("do_sample needs temperature > 0")
+            gen.update(temperature=float(temperature), top_p=float(top_p))
+            if kwargs.get("top_k") is not None:
+                gen["top_k"] = int(kwargs["top_k"])
+        for key, cast in (("repetition_penalty", float), ("no_repeat_ngram_size", int), ("min_new_tokens", int)):
+            if kwargs.get(key) is not None:
+                gen[key] = cast(kwargs[key])
+        if kwargs.get("seed") is not None:
+            gen["seed"] = int(kwargs["seed"])
+        stop = kwargs.get("stop") or []
+        stop = [stop] if isinstance(stop, str) else [str(s) for s in stop]
+        ignored = sorted(k for k in kwargs if k not in GENERATION_KEYS)
+        return _Prepared(ids=ids, budget=budget, gen=gen, stop=[s for s in stop if s], ignored=ignored)
+
+    def _generate(self, model: Any, tokenizer: Any, input_ids: Any, attention_mask: Any, max_new_tokens: int,
+                  gen: Mapping[str, Any], **extra: Any) -> Any:
+        import torch
+
+        state: _State = model.byzer_like
+        gen = dict(gen)
+        seed = gen.pop("seed", None)
+        if seed is not None:
+            torch.manual_seed(seed)
+        with torch.inference_mode():
+            return model.generate(
+                input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
+                max_new_tokens=max_new_tokens, eos_token_id=state.stop_ids, pad_token_id=tokenizer.pad_token_id,
+                **gen, **extra,
+            )
+
+    # -- the contract ----------------------------------------------------------------------------
+    def stream_chat(self, model: Any, tokenizer: Any, ins: str, his: list[dict[str, str]] | None = None,
+                    max_length: int | None = None, top_p: float = 0.95, temperature: float = 0.1,
+                    **kwargs: Any) -> Iterator[tuple[str, dict]]:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        p = self._prepare(model, tokenizer, ins, his or [], max_length, top_p, temperature, kwargs)
+        cancelled = threading.Event()
+
+        class _Cancel(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kw):  # noqa: ANN001
+                return torch.full((input_ids.shape[0],), cancelled.is_set(), dtype=torch.bool, device=input_ids.device)
+
+        streamer = _TokenStreamer(tokenizer)
+        failure: list[BaseException] = []
+        input_ids = torch.tensor([p.ids])
+
+        def work() -> None:
+            try:
+                self._generate(model, tokenizer, input_ids, torch.ones_like(input_ids), p.budget, p.gen,
+                               streamer=streamer, stopping_criteria=StoppingCriteriaList([_Cancel()]))
+            except BaseException as e:  # noqa: BLE001 - handed to the consuming thread
+                failure.append(e)
+            finally:
+                streamer.end()
+
+        start = time.perf_counter()
+        first: float | None = None
+        thread = threading.Thread(target=work, name="byzer-like-generate", daemon=True)
+        thread.start()
+        text, shown, finish = "", "", "length"
+        # text that could be the start of a stop string is held back until it is decided
+        hold = max((len(s) for s in p.stop), default=1) - 1
+        try:
+            while True:
+                try:
+                    item = streamer.queue.get(timeout=0.5)
+                except Empty:
+                    if not thread.is_alive():
+                        break
+                    continue
+                if item is None:
+                    break
+                text = item
+                cut = _cut_at_stop(text, p.stop)
+                if cut is not None:
+                    text, finish = cut, "stop"
+                    cancelled.set()
+                visible = text if cut is not None or not hold else text[:-hold]
+                if visible != shown:
+                    shown = visible
+                    if first is None:
+                        first = time.perf_counter() - start
+                    yield visible, {}
+                if cut is not None:
+                    break
+        finally:
+            cancelled.set()
+            thread.join()
+        if failure:
+            raise failure[0]
+        n_out = len(streamer.ids)
+        if finish != "stop" and (n_out < p.budget or (streamer.ids and streamer.ids[-1] in model.byzer_like.stop_ids)):
+            finish = "stop"
+        yield text, self._meta(len(p.ids), n_out, finish, first, time.perf_counter() - start, p.ignored)
+
+    def batch_chat(self, model: Any, tokenizer: Any, requests: Sequence[Mapping[str, Any]]) -> list[tuple[str | None, dict]]:
+        """Answer many requests with batched `generate` calls.
+
+        Requests are grouped by their sampling options, sorted by prompt length (so little padding is
+        needed) and cut into batches of `max_batch_size`; answers come back in request order."""
+        import torch
+
+        state: _State = model.byzer_like
+        results: list[tuple[str | None, dict] | None] = [None] * len(requests)
+        groups: dict[str, list[tuple[int, _Prepared]]] = {}
+        for i, r in enumerate(requests):
+            kwargs = dict(r.get("kwargs") or {})
+            if r.get("max_new_tokens") is not None:
+                kwargs["max_new_tokens"] = r["max_new_tokens"]
+            try:
+                p = self._prepare(model, tokenizer, r["ins"], r.get("his") or [], r.get("max_length"),
+                                  float(r.get("top_p", 0.95)), float(r.get("temperature", 0.1)), kwargs)
+            except InvalidRequestError as e:
+                results[i] = (None, {"error": str(e), "error_code": e.code})
+                continue
+            groups.setdefault(json.dumps([p.gen, p.stop], sort_keys=True), []).append((i, p))
+        pad = tokenizer.pad_token_id
+        for members in groups.values():
+            members.sort(key=lambda m: len(m[1].ids))
+            for k in range(0, len(members), state.max_batch_size):
+                chunk = members[k:k + state.max_batch_size]
+                width = max(len(p.ids) for _, p in chunk)
+                ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(chunk), width), dtype=torch.long)
+                for row, (_, p) in enumerate(chunk):
+                    ids[row, width - len(p.ids):] = torch.tensor(p.ids)
+                    mask[row, width - len(p.ids):] = 1
+                start = time.perf_counter()
+                out = self._generate(model, tokenizer, ids, mask, max(p.budget for _, p in chunk), chunk[0][1].gen,
+                                     **({"stop_strings": chunk[0][1].stop, "tokenizer": tokenizer} if chunk[0][1].stop else {}))
+                seconds = time.perf_counter() - start
+                for row, (i, p) in enumerate(chunk):
+                    new = out[row, width:].tolist()[: p.budget]
+                    finish = "length"
+                    for j, t in enumerate(new):
+                        if t in state.stop_ids:
+                            new, finish = new[:j], "stop"
+                            break
+                    text = tokenizer.decode(new, skip_special_tokens=True)
+                    cut = _cut_at_stop(text, p.stop)
+                    if cut is not None:
+                        text, finish = cut, "stop"
+                    if finish == "length" and len(new) < p.budget:
+                        finish = "stop"
+                    meta = self._meta(len(p.ids), len(new), finish, None, seconds, p.ignored)
+                    meta["batch_size"] = len(chunk)
+                    results[i] = (text, meta)
+        return [r for r in results]  # type: ignore[misc]
+
+    def embed_query(self, model: Any, tokenizer: Any, text: str, **kwargs: Any) -> list[float]:
+        """Mean of the last hidden states over the text's tokens, L2-normalised."""
+        import torch
+
+        enc = tokenizer(text, return_tensors="pt", truncation=True, max_length=model.byzer_like.context_length)
+        with torch.inference_mode():
+            out = model(**{k: v.to(model.device) for k, v in enc.items()}, output_hidden_states=True)
+        hidden = out.hidden_states[-1][0].float()
+        mask = enc["attention_mask"][0].to(hidden.device).unsqueeze(-1).float()
+        vec = (hidden * mask).sum(0) / mask.sum().clamp(min=1)
+        return torch.nn.functional.normalize(vec, dim=0).tolist()
+
+    def get_meta(self, model: Any, tokenizer: Any) -> dict:
+        state: _State = model.byzer_like
+        return {
+            "family": self.family,
+            "model_type": getattr(model.config, "model_type", None),
+            "model_dir": state.model_dir,
+            "context_length": state.context_length,
+            "vocab_size": getattr(model.config, "vocab_size", None),
+            "num_parameters": int(sum(p.numel() for p in model.parameters())),
+            "dtype": str(getattr(model, "dtype", "")).replace("torch.", ""),
+            "device": state.device,
+            "quantization": state.quantization,
+            "max_batch_size": state.max_batch_size,
+            "lora_target_modules": list(self.lora_target_modules),
+            "stop_token_ids": list(state.stop_ids),
+            "embedding": True,
+            "streaming": True,
+        }
+
+    def sft_train(self, data_refs: Any, train_params: Mapping[str, str], sys_conf: Mapping[str, str]) -> Any:
+        raise NotSupportedError(f"fine-tuning ({self.family}) is not available yet in this version of byzer-like")
+
+    def sfft_train(self, data_refs: Any, train_params: Mapping[str, str], sys_conf: Mapping[str, str]) -> Any:
+        raise NotSupportedError(f"continued pretraining ({self.family}) is not available yet in this version of byzer-like")
+
+    @staticmethod
+    def _meta(n_in: int, n_out: int, finish: str, first: float | None, seconds: float, ignored: list[str]) -> dict:
+        meta = {
+            "input_tokens": n_in,
+            "output_tokens": n_out,
+            "finish_reason": finish,
+            "generation_s": round(seconds, 6),
+        }
+        if first is not None:
+            meta["time_to_first_token_s"] = round(first, 6)
+        if ignored:
+            meta["ignored_options"] = ignored
+        return meta
+
+
+def _context_length(config: Any) -> int:
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048
+
+
+def _cut_at_stop(text: str, stops: Sequence[str]) -> str | None:
+    hits = [text.find(s) for s in stops if s and s in text]
+    return text[: min(hits)] if hits else None

@@ -1,0 +1,206 @@
+"""Find plugins by name and check them against the contract.
+
+Plugins are registered in the entry-point group `byzer_like.models` (name -> `package.module:attr`
+or `package.module`); the built-in ones are registered the same way in this project's
+pyproject.toml. `register()` adds one for the current process (its import path travels to the
+workers, which import it themselves). `pretrained_model_type` may carry Byzer's prefixes:
+`sft/llama` and `sfft/llama` pick the training entry points of `llama`, `custom/llama` is `llama`.
+"""
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib.metadata import entry_points
+from typing import Any, Iterator, Mapping, Sequence
+
+from ..errors import InvalidRequestError, PluginError, UnknownPluginError
+from .contract import OPTIONAL, REQUIRED, TRAINING
+
+ENTRY_POINT_GROUP = "byzer_like.models"
+TASK_PREFIXES = ("sft", "sfft")
+_registered: dict[str, str] = {}
+
+
+@lru_cache(maxsize=1)
+def _entry_points() -> dict[str, str]:
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def available() -> dict[str, str]:
+    """Known plugin names and their import paths."""
+    return {**_entry_points(), **_registered}
+
+
+def register(name: str, import_path: str, *, replace: bool = False) -> None:
+    """Make `name` resolve to `import_path` (`package.module` or `package.module:attr`) in this process."""
+    if not name or "/" in name or name != name.strip():
+        raise PluginError(f"plugin name {name!r} is not valid: use letters, digits, '_' or '-'")
+    if not replace and name in available() and available()[name] != import_path:
+        raise PluginError(f"plugin {name!r} is already registered as {available()[name]}; pass replace=True")
+    _registered[name] = import_path
+
+
+def split_model_type(pretrained_model_type: str) -> tuple[str | None, str]:
+    """`sft/llama` -> ("sft", "llama"); `llama` -> (None, "llama"); `custom/llama` -> (None, "llama")."""
+    value = (pretrained_model_type or "").strip()
+    head, sep, tail = value.partition("/")
+    if sep and head in TASK_PREFIXES:
+        return head, tail
+    if sep and head == "custom":
+        return None, tail
+    return None, value
+
+
+def import_path_for(name: str) -> str:
+    known = available()
+    if name in known:
+        return known[name]
+    raise UnknownPluginError(name, known)
+
+
+def import_target(import_path: str) -> Any:
+    module_name, _, attr = import_path.partition(":")
+    try:
+        obj = importlib.import_module(module_name)
+    except ImportError as e:
+        raise PluginError(f"plugin module {module_name!r} cannot be imported: {e}") from e
+    for part in filter(None, attr.split(".")):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise PluginError(f"plugin {import_path!r}: {module_name} has no attribute {attr!r}") from None
+    return obj
+
+
+def check(target: Any, label: str, needs: Sequence[str] = REQUIRED) -> None:
+    missing = [n for n in needs if not callable(getattr(target, n, None))]
+    if missing:
+        raise PluginError(
+            f"plugin {label} does not provide {', '.join(missing)}; a model plugin must define "
+            f"{', '.join(REQUIRED)} (training also needs {', '.join(TRAINING)}); "
+            "see byzer_like.plugins.contract.ModelPlugin"
+        )
+
+
+def load(name: str, *, needs: Sequence[str] = REQUIRED) -> "Plugin":
+    """Import and check the plugin registered as `name` (no task prefix)."""
+    path = import_path_for(name)
+    target = import_target(path)
+    check(target, f"{name!r} ({path})", needs)
+    return Plugin(name=name, import_path=path, target=target)
+
+
+def load_path(name: str, import_path: str, *, needs: Sequence[str] = REQUIRED) -> "Plugin":
+    """Import and check a plugin by its import path (inside a worker)."""
+    target = import_target(import_path)
+    check(target, f"{name!r} ({import_path})", needs)
+    return Plugin(name=name, import_path=import_path, target=target)
+
+
+def _normalise_item(item: Any) -> tuple[str, dict]:
+    if isinstance(item, str):
+        return item, {}
+    if isinstance(item, (tuple, list)) and item and isinstance(item[0], str):
+        meta = item[1] if len(item) > 1 and isinstance(item[1], Mapping) else {}
+        meta = dict(meta.get("metadata", meta)) if isinstance(meta, Mapping) else {}
+        return item[0], meta
+    raise PluginError(f"stream_chat yielded {type(item).__name__}; expected a string or a (text, metadata) tuple")
+
+
+@dataclass
+class Plugin:
+    """A checked plugin, with calls normalised to the contract's rules."""
+
+    name: str
+    import_path: str
+    target: Any
+
+    def has(self, attr: str) -> bool:
+        return callable(getattr(self.target, attr, None))
+
+    def infer_param_names(self) -> set[str]:
+        names = getattr(self.target, "infer_param_names", None)
+        if callable(names):
+            names = names()
+        return set(names or ())
+
+    def check_model_dir(self, model_dir: str, infer_params: Mapping[str, Any]) -> None:
+        if self.has("check_model_dir"):
+            self.target.check_model_dir(model_dir, infer_params)
+
+    def init_model(self, model_dir: str, infer_params: dict, sys_conf: dict) -> tuple[Any, Any]:
+        out = self.target.init_model(model_dir, infer_params, sys_conf)
+        if not (isinstance(out, (tuple, list)) and len(out) == 2):
+            raise PluginError(f"plugin {self.name!r}: init_model must return (model, tokenizer), got {type(out).__name__}")
+        return out[0], out[1]
+
+    def stream(self, model: Any, tokenizer: Any, request: Mapping[str, Any]) -> Iterator[tuple[str, dict]]:
+        """Yield `(text_so_far, metadata)`; the last item is the whole answer with timing filled in."""
+        kwargs = dict(request.get("kwargs") or {})
+        if request.get("max_new_tokens") is not None:
+            kwargs["max_new_tokens"] = request["max_new_tokens"]
+        max_length = request.get("max_length") or kwargs.pop("max_length", None) or 4096
+        start = time.perf_counter()
+        first = None
+        text, meta = "", {}
+        gen = self.target.stream_chat(
+            model, tokenizer, request["ins"], [dict(m) for m in request.get("his") or []],
+            max_length=max_length, top_p=request.get("top_p", 0.95), temperature=request.get("temperature", 0.1),
+            **kwargs,
+        )
+        try:
+            for item in gen:
+                text, meta = _normalise_item(item)
+                if first is None:
+                    first = time.perf_counter() - start
+                yield text, meta
+        finally:
+            close = getattr(gen, "close", None)
+            if close:
+                close()
+        meta = dict(meta)
+        meta.setdefault("time_to_first_token_s", first)
+        meta.setdefault("generation_s", time.perf_counter() - start)
+        yield text, meta
+
+    def batch(self, model: Any, tokenizer: Any, requests: Sequence[Mapping[str, Any]]) -> list[dict]:
+        """Answer many requests; each result is `{"output", "metadata"}` or `{"error", "error_code"}`."""
+        if self.has("batch_chat"):
+            results = self.target.batch_chat(model, tokenizer, requests)
+            if len(results) != len(requests):
+                raise PluginError(f"plugin {self.name!r}: batch_chat returned {len(results)} answers for {len(requests)} requests")
+            out = []
+            for text, meta in results:
+                if text is None:
+                    out.append({"error": meta.get("error", "failed"), "error_code": meta.get("error_code", "error")})
+                else:
+                    out.append({"output": text, "metadata": meta})
+            return out
+        out = []
+        for req in requests:
+            try:
+                text, meta = "", {}
+                for text, meta in self.stream(model, tokenizer, req):
+                    pass
+                out.append({"output": text, "metadata": meta})
+            except InvalidRequestError as e:
+                out.append({"error": str(e), "error_code": e.code})
+        return out
+
+    def embed(self, model: Any, tokenizer: Any, text: str, **kwargs: Any) -> list[float]:
+        if not self.has("embed_query"):
+            from ..errors import NotSupportedError
+
+            raise NotSupportedError(f"plugin {self.name!r} does not provide embed_query: it cannot make embeddings")
+        return [float(x) for x in self.target.embed_query(model, tokenizer, text, **kwargs)]
+
+    def meta(self, model: Any, tokenizer: Any) -> dict:
+        return dict(self.target.get_meta(model, tokenizer)) if self.has("get_meta") else {}
+
+
+__all__ = [
+    "ENTRY_POINT_GROUP", "OPTIONAL", "Plugin", "available", "check", "import_path_for", "load", "load_path",
+    "register", "split_model_type",
+]

@@ -1,0 +1,286 @@
+"""Deploy, find, call and remove model deployments on Ray Serve.
+
+One Serve application per `udf_name`, holding one deployment (`ByzerModel`) with `num_workers`
+replicas. Serve is the source of truth, so every driver connected to the cluster sees the same
+deployments. Call errors are mapped to byzer-like's typed errors; a chunk that fails because its
+replica died is retried, one that fails for its own reason is not.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any, Callable, Iterator, Sequence
+
+from ..config import SetupConfig
+from ..errors import (
+    BackPressureError, ByzerError, DeployError, DuplicateDeploymentError, InferenceError, InvalidRequestError,
+    ModelNotDeployedError, RequestTimeoutError,
+)
+
+DEPLOYMENT_NAME = "ByzerModel"
+LIVE_STATES = {"NOT_STARTED", "DEPLOYING", "RUNNING", "UNHEALTHY"}
+
+
+def _quiet_serve_logs() -> None:
+    for name in ("ray.serve", "ray"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _serve_running() -> bool:
+    from ray.serve.context import _get_global_client
+
+    return _get_global_client(raise_if_no_controller_running=False) is not None
+
+
+def ensure_serve() -> None:
+    from ray import serve
+
+    _quiet_serve_logs()
+    if not _serve_running():
+        # Model applications have no HTTP route; the HTTP API is its own ingress application.
+        serve.start(proxy_location="Disabled", http_options={"host": "127.0.0.1"})
+
+
+def list_deployments() -> dict[str, str]:
+    """Deployed models on the cluster: udf_name -> application status."""
+    from ray import serve
+
+    if not _serve_running():
+        return {}
+    _quiet_serve_logs()
+    apps = serve.status().applications
+    return {
+        name: str(app.status.value if hasattr(app.status, "value") else app.status)
+        for name, app in apps.items()
+        if DEPLOYMENT_NAME in app.deployments and str(getattr(app.status, "value", app.status)) in LIVE_STATES
+    }
+
+
+def exists(udf_name: str) -> bool:
+    return udf_name in list_deployments()
+
+
+def deploy(spec: dict[str, Any], setup: SetupConfig, *, reconnect: bool = False, timeout_s: float = 600) -> str:
+    """Create the application `spec["udf_name"]`; wait until every replica has loaded the model.
+
+    Returns "deployed" or "reconnected". On failure nothing is left running."""
+    from ray import serve
+
+    from .replica import ModelReplica
+
+    udf_name = spec["udf_name"]
+    ensure_serve()
+    if exists(udf_name):
+        if reconnect:
+            return "reconnected"
+        raise DuplicateDeploymentError(udf_name)
+    deployment = serve.deployment(
+        ModelReplica,
+        name=DEPLOYMENT_NAME,
+        num_replicas=setup.num_workers,
+        ray_actor_options={"num_cpus": setup.cpus_per_worker, "num_gpus": setup.gpus_per_worker},
+        max_ongoing_requests=setup.max_ongoing_requests,
+        max_queued_requests=setup.max_queued_requests,
+        health_check_period_s=setup.health_check_period_s,
+        health_check_timeout_s=setup.health_check_timeout_s,
+        graceful_shutdown_timeout_s=5,
+        max_constructor_retry_count=1,
+    )
+    try:
+        serve.run_many(
+            [serve.RunTarget(target=deployment.bind(spec), name=udf_name, route_prefix=None)],
+            wait_for_ingress_deployment_creation=False, wait_for_applications_running=False,
+        )
+        _wait_running(udf_name, setup, timeout_s)
+    except BaseException:
+        _delete_quietly(udf_name)
+        raise
+    return "deployed"
+
+
+def _wait_running(udf_name: str, setup: SetupConfig, timeout_s: float) -> None:
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        app = serve.status().applications.get(udf_name)
+        status = str(getattr(app.status, "value", app.status)) if app else "NOT_STARTED"
+        if status == "RUNNING":
+            return
+        if status in ("DEPLOY_FAILED", "UNHEALTHY"):
+            message = app.message or ""
+            dep = app.deployments.get(DEPLOYMENT_NAME)
+            if dep is not None and dep.message:
+                message = dep.message
+            raise DeployError(f"deploying {udf_name!r} failed: {_first_error_line(message)}")
+        if time.monotonic() > deadline:
+            raise DeployError(
+                f"deploying {udf_name!r} did not finish within {timeout_s:.0f} s: {setup.num_workers} worker(s) of "
+                f"{setup.cpus_per_worker} CPU / {setup.gpus_per_worker} GPU each may not fit the cluster "
+                f"(available: {_available_resources()})"
+            )
+        time.sleep(0.25)
+
+
+def _first_error_line(message: str) -> str:
+    """Serve's failure message holds a traceback; keep the exception line a user can act on."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "Error" in ln.split(":", 1)[0] or "Exception" in ln.split(":", 1)[0]:
+            return ln.replace("byzer_like.errors.", "")
+    return lines[-1] if lines else "unknown error"
+
+
+def _available_resources() -> str:
+    import ray
+
+    res = ray.available_resources()
+    return ", ".join(f"{k}={v:g}" for k, v in sorted(res.items()) if k in ("CPU", "GPU"))
+
+
+def _delete_quietly(udf_name: str) -> None:
+    from ray import serve
+
+    try:
+        serve.delete(udf_name, _blocking=True)
+    except Exception:  # noqa: BLE001 - best effort cleanup after a failed deploy
+        pass
+
+
+def undeploy(udf_name: str) -> None:
+    from ray import serve
+
+    deployed = list_deployments()
+    if udf_name not in deployed:
+        raise ModelNotDeployedError(udf_name, deployed)
+    serve.delete(udf_name, _blocking=True)
+
+
+def get_handle(udf_name: str) -> Any:
+    from ray import serve
+
+    deployed = list_deployments()
+    if udf_name not in deployed:
+        raise ModelNotDeployedError(udf_name, deployed)
+    _quiet_serve_logs()
+    return serve.get_app_handle(udf_name)
+
+
+# -- calling ---------------------------------------------------------------------------------------
+def _retriable(e: BaseException) -> bool:
+    import ray.exceptions as rx
+    from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
+
+    return isinstance(e, (rx.ActorDiedError, rx.ActorUnavailableError, rx.RayActorError, rx.WorkerCrashedError,
+                          rx.NodeDiedError, rx.ObjectLostError, ReplicaUnavailableError, DeploymentUnavailableError))
+
+
+def translate(e: BaseException, udf_name: str, timeout_s: float | None = None) -> BaseException:
+    """Map a Ray / Serve exception from a model call to a typed byzer-like error."""
+    import ray.exceptions as rx
+    from ray.serve.exceptions import BackPressureError as ServeBackPressure
+
+    if isinstance(e, ByzerError):
+        return e
+    if isinstance(e, ServeBackPressure):
+        return BackPressureError(
+            f"model {udf_name!r} has too many queued requests; retry later or deploy more workers "
+            f"(setup num_workers / max_queued_requests)"
+        )
+    if isinstance(e, TimeoutError):
+        return RequestTimeoutError(f"model {udf_name!r} did not answer within {timeout_s or 0:.0f} s")
+    if isinstance(e, rx.RayTaskError):
+        cause = e.cause if getattr(e, "cause", None) is not None else e
+        if isinstance(cause, ByzerError):
+            return cause
+        return InferenceError(f"model {udf_name!r} failed: {type(cause).__name__}: {str(cause).splitlines()[-1] if str(cause) else ''}")
+    return InferenceError(f"model {udf_name!r} failed: {type(e).__name__}: {e}")
+
+
+def call(handle: Any, method: str, *args: Any, udf_name: str, timeout_s: float, retries: int = 2) -> Any:
+    """One call, retried when the replica died (not when the request itself was bad)."""
+    for attempt in range(retries + 1):
+        try:
+            return getattr(handle, method).remote(*args).result(timeout_s=timeout_s)
+        except Exception as e:  # noqa: BLE001 - translated below
+            if _retriable(e) and attempt < retries:
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            raise translate(e, udf_name, timeout_s) from e
+    raise AssertionError("unreachable")
+
+
+def stream(handle: Any, request: dict, *, udf_name: str, timeout_s: float) -> Iterator[dict]:
+    gen = handle.options(stream=True).stream.remote(request)
+    try:
+        deadline = time.monotonic() + timeout_s
+        for item in gen:
+            yield item
+            if time.monotonic() > deadline:
+                raise RequestTimeoutError(f"model {udf_name!r} did not finish streaming within {timeout_s:.0f} s")
+    except ByzerError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise translate(e, udf_name, timeout_s) from e
+    finally:
+        gen.cancel()
+
+
+def run_batched(
+    handle: Any,
+    requests: Sequence[dict],
+    *,
+    udf_name: str,
+    chunk_size: int,
+    in_flight: int,
+    timeout_s: float,
+    retries: int = 3,
+    on_rows: Callable[[int], None] | None = None,
+) -> list[dict]:
+    """Send `requests` in chunks to all replicas concurrently; results come back in request order.
+
+    Each chunk's results are stored exactly once, so no row is lost or duplicated; a chunk whose
+    replica died is sent again (up to `retries` times)."""
+    chunks = [list(range(i, min(i + chunk_size, len(requests)))) for i in range(0, len(requests), chunk_size)]
+    results: list[dict | None] = [None] * len(requests)
+    attempts = [0] * len(chunks)
+
+    def run(k: int) -> list[dict]:
+        return getattr(handle, "generate").remote([requests[i] for i in chunks[k]]).result(timeout_s=timeout_s)
+
+    with ThreadPoolExecutor(max_workers=max(1, in_flight), thread_name_prefix="byzer-like-batch") as pool:
+        pending: dict[Future, int] = {}
+        queue = list(range(len(chunks)))[::-1]
+        while queue or pending:
+            while queue and len(pending) < in_flight:
+                k = queue.pop()
+                pending[pool.submit(run, k)] = k
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                k = pending.pop(fut)
+                try:
+                    answers = fut.result()
+                except Exception as e:  # noqa: BLE001
+                    if _retriable(e) and attempts[k] < retries:
+                        attempts[k] += 1
+                        time.sleep(0.5 * attempts[k])
+                        queue.append(k)
+                        continue
+                    for f in pending:
+                        f.cancel()
+                    raise translate(e, udf_name, timeout_s) from e
+                if len(answers) != len(chunks[k]):
+                    raise InferenceError(f"model {udf_name!r} returned {len(answers)} answers for {len(chunks[k])} requests")
+                for i, a in zip(chunks[k], answers):
+                    results[i] = a
+                if on_rows:
+                    on_rows(len(answers))
+    return results  # type: ignore[return-value]
+
+
+def raise_row_error(result: dict, index: int | None = None) -> None:
+    """Turn a per-request error result into its typed error."""
+    if "error" in result:
+        where = f" (request {index})" if index is not None else ""
+        raise InvalidRequestError(f"{result['error']}{where}", code=result.get("error_code", "invalid_request"), index=index)

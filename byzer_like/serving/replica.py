@@ -1,0 +1,155 @@
+"""The Ray Serve deployment that holds one plugin model per replica.
+
+Thin on purpose: it loads the plugin named in its spec (an import path resolved inside the worker),
+runs model calls on worker threads so the replica's event loop stays free for health checks and
+cancellation, and reports hung requests to Serve's health check so the replica gets replaced.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, AsyncIterator, Callable, Iterator
+
+from ray import serve
+
+from ..plugins import registry
+
+DEPLOYMENT_NAME = "ByzerModel"
+# A request running longer than request_timeout_s times this factor marks the replica unhealthy.
+HANG_FACTOR = 2.0
+
+
+class ModelReplica:
+    def __init__(self, spec: dict[str, Any]):
+        self.spec = spec
+        self.plugin = registry.load_path(spec["plugin"], spec["import_path"])
+        start = time.perf_counter()
+        self.model, self.tokenizer = self.plugin.init_model(spec["model_dir"], spec["infer_params"], spec["sys_conf"])
+        self.load_s = time.perf_counter() - start
+        self.request_timeout_s = float(spec["sys_conf"].get("request_timeout_s", 600))
+        self._pool = ThreadPoolExecutor(max_workers=int(spec["sys_conf"].get("max_ongoing_requests", 8)) + 1,
+                                        thread_name_prefix="byzer-like-model")
+        self._inflight: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._served = 0
+        self._chat_batched.set_max_batch_size(int(spec["sys_conf"].get("max_batch_size", 32)))
+
+    # -- bookkeeping -------------------------------------------------------------------------------
+    def _track(self) -> str:
+        rid = uuid.uuid4().hex
+        with self._lock:
+            self._inflight[rid] = time.monotonic()
+        return rid
+
+    def _untrack(self, rid: str) -> None:
+        with self._lock:
+            self._inflight.pop(rid, None)
+            self._served += 1
+
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        rid = self._track()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        finally:
+            self._untrack(rid)
+
+    # -- calls -----------------------------------------------------------------------------------
+    async def generate(self, requests: list[dict]) -> list[dict]:
+        """Many requests in, one result each out, in order: `{"output", "metadata"}` or `{"error", "error_code"}`."""
+        return await self._in_thread(self.plugin.batch, self.model, self.tokenizer, requests)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def _chat_batched(self, requests: list[dict]) -> list[dict]:
+        return await self.generate(requests)
+
+    async def chat(self, request: dict) -> dict:
+        """One request; concurrent single requests are batched together."""
+        return await self._chat_batched(request)
+
+    async def stream(self, request: dict) -> AsyncIterator[dict]:
+        """Yield `{"delta": text}` pieces, then `{"delta": "", "metadata": {...}, "done": True}`."""
+        sent = ""
+        meta: dict = {}
+        async for text, meta in self._iterate(lambda: self.plugin.stream(self.model, self.tokenizer, request)):
+            if text.startswith(sent):
+                delta = text[len(sent):]
+                if delta:
+                    yield {"delta": delta}
+            else:  # the plugin revised earlier text: send it whole
+                yield {"delta": "", "text": text}
+            sent = text
+        yield {"delta": "", "metadata": meta, "done": True}
+
+    async def _iterate(self, make: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
+        """Drive a blocking generator on one worker thread; closing this stops it after its next item."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        stop = threading.Event()
+        done = object()
+
+        def produce() -> None:
+            it = make()
+            try:
+                for item in it:
+                    loop.call_soon_threadsafe(queue.put_nowait, (item, None))
+                    if stop.is_set():
+                        break
+            except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+                loop.call_soon_threadsafe(queue.put_nowait, (done, e))
+                return
+            finally:
+                close = getattr(it, "close", None)
+                if close:
+                    close()
+            loop.call_soon_threadsafe(queue.put_nowait, (done, None))
+
+        rid = self._track()
+        future = loop.run_in_executor(self._pool, produce)
+        try:
+            while True:
+                item, error = await queue.get()
+                if item is done:
+                    if error is not None:
+                        raise error
+                    break
+                yield item
+        finally:
+            stop.set()
+            self._untrack(rid)
+            if not future.done():
+                future.add_done_callback(lambda f: f.exception())
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        def run() -> list[list[float]]:
+            return [self.plugin.embed(self.model, self.tokenizer, t) for t in texts]
+
+        return await self._in_thread(run)
+
+    def meta(self) -> dict:
+        meta = self.plugin.meta(self.model, self.tokenizer)
+        meta.update(
+            udf_name=self.spec["udf_name"],
+            pretrained_model_type=self.spec["pretrained_model_type"],
+            plugin=self.spec["plugin"],
+            model_dir=self.spec["model_dir"],
+            infer_params=self.spec["infer_params"],
+            replica_pid=os.getpid(),
+            load_seconds=round(self.load_s, 3),
+            requests_served=self._served,
+            deployed_at=self.spec["deployed_at"],
+            num_workers=int(self.spec["sys_conf"].get("num_workers", 1)),
+        )
+        return meta
+
+    def check_health(self) -> None:
+        """Serve calls this periodically; raising makes Serve replace the replica."""
+        limit = self.request_timeout_s * HANG_FACTOR
+        now = time.monotonic()
+        with self._lock:
+            oldest = min(self._inflight.values(), default=now)
+        if now - oldest > limit:
+            raise RuntimeError(f"a request has been running for {now - oldest:.0f} s (limit {limit:.0f} s): replica hung")

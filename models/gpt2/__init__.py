@@ -1,0 +1,16 @@
+"""GPT-2 family."""
+from byzer_like.plugins.hf import CausalLMPlugin
+
+# GPT-2 checkpoints were never chat-tuned: a plain dialogue.
+DIALOGUE_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+plugin = CausalLMPlugin(
+    "gpt2",
+    model_types=("gpt2",),
+    lora_target_modules=("c_attn", "c_proj"),
+    stop_tokens=("<|endoftext|>", "<|im_end|>"),
+    fallback_chat_template=DIALOGUE_TEMPLATE,
+)

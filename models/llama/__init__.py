@@ -1,0 +1,19 @@
+"""Llama family (Llama 2/3, Mistral-style checkpoints saved as `llama`)."""
+from byzer_like.plugins.hf import CausalLMPlugin
+
+# Llama 2's [INST] format, for checkpoints whose tokenizer has no chat template.
+LLAMA2_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{% set sys = messages[0]['content'] %}{% set msgs = messages[1:] %}"
+    "{% else %}{% set sys = '' %}{% set msgs = messages %}{% endif %}"
+    "{% for m in msgs %}{% if m['role'] == 'user' %}{{ bos_token }}[INST] "
+    "{% if loop.first and sys %}<<SYS>>\n{{ sys }}\n<</SYS>>\n\n{% endif %}{{ m['content'] }} [/INST]"
+    "{% else %} {{ m['content'] }} {{ eos_token }}{% endif %}{% endfor %}"
+)
+
+plugin = CausalLMPlugin(
+    "llama",
+    model_types=("llama", "mistral"),
+    lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj"),
+    stop_tokens=("</s>", "<|eot_id|>", "<|end_of_text|>", "<|im_end|>"),
+    fallback_chat_template=LLAMA2_TEMPLATE,
+)

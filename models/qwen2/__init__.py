@@ -1,0 +1,15 @@
+"""Qwen2 family (Qwen1.5 / Qwen2 / Qwen2.5 checkpoints)."""
+from byzer_like.plugins.hf import CausalLMPlugin
+
+CHATML_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+plugin = CausalLMPlugin(
+    "qwen2",
+    model_types=("qwen2",),
+    lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj"),
+    stop_tokens=("<|im_end|>", "<|endoftext|>"),
+    fallback_chat_template=CHATML_TEMPLATE,
+)
