@@ -58,9 +58,10 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
     ws = Workspace.from_env(args.workspace)
     out = ws.resolve(args.out, what="--out")
     try:
-        summary = make_tiny(args.family, out, size=args.size, seed=args.seed,
+        corpus = str(ws.resolve(args.corpus, what="--corpus")) if args.corpus else None
+        summary = make_tiny(args.family, out, size=args.size, seed=args.seed, corpus=corpus,
                             pretrain_seconds=args.pretrain_seconds, progress=True)
-    except (ValueError, FileExistsError) as e:
+    except (ValueError, FileExistsError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from None
     print(json.dumps(summary, indent=2))
     return 0
@@ -173,7 +174,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     model_dir = ws.path("models", "quickstart-llama")
     if not (model_dir / "config.json").exists():
         print(f"building a tiny llama model in {model_dir} ({args.pretrain_seconds:g} s of pretraining)...", flush=True)
-        make_tiny("llama", model_dir, size="small", pretrain_seconds=args.pretrain_seconds, progress=True)
+        make_tiny("llama", model_dir, size="tiny", pretrain_seconds=args.pretrain_seconds, progress=True)
     llm = ByzerLLM(args.address, workspace=ws.root)
     info = llm.connect()
     print(f"ray: {info['mode']} cluster at {info['address']}", flush=True)
@@ -219,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--seed", type=int, default=0)
     mt.add_argument("--pretrain-seconds", type=float, default=0.0, metavar="N",
                     help="pretrain for N seconds so the model writes readable text")
+    mt.add_argument("--corpus", help="text file or folder for the tokenizer and pretraining (default: Python's stdlib)")
     mt.set_defaults(func=cmd_make_tiny)
     ty = msub.add_parser("types", help="known pretrained_model_type names (plugins)")
     ty.set_defaults(func=cmd_types)

@@ -28,8 +28,13 @@ from .workspace import Workspace
 LOOPBACK = "127.0.0.1"
 NAMESPACE = "byzer_like"
 HEAD_FILE = ("cluster", "head.json")
-# Ray listens on the loopback interface only with this set (seen on Ray 2.60).
+# With this set, Ray takes 127.0.0.1 as this node's address instead of the external interface
+# (Ray 2.60 reads it once, when ray is imported, so it is set as soon as byzer_like is imported).
+# A driver joining a remote cluster without ray:// must run with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1.
 _LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+if not os.environ.get("RAY_ADDRESS"):
+    for _k, _v in _LOOPBACK_ENV.items():
+        os.environ.setdefault(_k, _v)
 # Unix socket paths are limited to ~107 bytes; Ray adds ~70 to its temp dir.
 _MAX_TEMP_DIR = 36
 
@@ -63,16 +68,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _prepare_env() -> None:
-    for k, v in _LOOPBACK_ENV.items():
-        os.environ.setdefault(k, v)
+def _enable_local_token_auth() -> None:
+    """The persistent head runs with Ray's token auth; a driver joining it sends the local token.
 
+    Ray enables this by itself only for clusters it finds without an address; ours is given by address."""
+    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
 
-def _auth_env() -> None:
-    """Ray 2.60 clusters require a token by default; a driver sends the local one when it exists."""
-    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
-    if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or token_file.exists()):
-        os.environ["RAY_AUTH_MODE"] = "token"
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def head_info(ws: Workspace) -> HeadInfo | None:
@@ -123,7 +125,7 @@ def start_head(ws: Workspace, *, num_cpus: int | None = None, num_gpus: int | No
     if num_gpus is not None:
         cmd += ["--num-gpus", str(num_gpus)]
     log = ws.dir("cluster") / "head.log"
-    env = {**os.environ, **_LOOPBACK_ENV}
+    env = {**os.environ, **_LOOPBACK_ENV, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, start_new_session=True)
@@ -191,7 +193,6 @@ def connect(address: str | None = None, ws: Workspace | None = None, *, num_cpus
 
     if ray.is_initialized():
         return {"address": ray.get_runtime_context().gcs_address, "mode": "connected"}
-    _prepare_env()
     ws = ws or Workspace.from_env()
     address = address or os.environ.get("RAY_ADDRESS")
     mode = "address"
@@ -202,7 +203,8 @@ def connect(address: str | None = None, ws: Workspace | None = None, *, num_cpus
     common: dict[str, Any] = {"namespace": NAMESPACE, "logging_level": "WARNING", "log_to_driver": False}
     try:
         if address:
-            _auth_env()
+            if mode == "persistent":
+                _enable_local_token_auth()
             ray.init(address=address, **common)
         else:
             mode = "embedded"

@@ -91,13 +91,20 @@ class _Options(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as e:
-            err = e.errors()[0]
-            loc = ".".join(str(x) for x in err["loc"]) or "?"
-            raise ConfigError(f"{where} option {loc!r}: {err['msg']} (got {err.get('input')!r})") from None
+            raise ConfigError(_explain(e, where, cls)) from None
 
 
-def _bool_field(default: bool, description: str, **kw) -> Any:
-    return Field(default, description=description, **kw)
+def _explain(e: ValidationError, where: str, model: type[BaseModel] | None = None) -> str:
+    """One line for the first problem: the option (both spellings), what is wrong, the value given."""
+    err = e.errors()[0]
+    loc = ".".join(str(x) for x in err["loc"]) or "?"
+    if model is not None:
+        for name in model.model_fields:
+            if loc in (name, to_camel(name)) and name != to_camel(name):
+                loc = f"{to_camel(name)} / {name}"
+    if err["type"] == "missing":
+        return f"{where} option {loc!r} is required"
+    return f"{where} option {loc!r}: {err['msg']} (got {err.get('input')!r})"
 
 
 class SetupConfig(_Options):
@@ -240,6 +247,4 @@ def chat_request(conversations: list[Mapping[str, Any]] | str, llm_config: Mappi
     try:
         return ChatRequest.model_validate(req)
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
-        raise ConfigError(f"request option {loc!r}: {err['msg']} (got {err.get('input')!r})") from None
+        raise ConfigError(_explain(e, "request")) from None

@@ -271,11 +271,13 @@ class CausalLMPlugin:
         return _Prepared(ids=ids, budget=budget, gen=gen, stop=[s for s in stop if s], ignored=ignored)
 
     def _generate(self, model: Any, tokenizer: Any, input_ids: Any, attention_mask: Any, max_new_tokens: int,
-                  gen: Mapping[str, Any], **extra: Any) -> Any:
+                  gen: Mapping[str, Any], stop: Sequence[str] = (), **extra: Any) -> Any:
         import torch
 
         state: _State = model.byzer_like
         gen = dict(gen)
+        if stop:  # end a row as soon as it produced a stop string (the text is cut after decoding)
+            gen.update(stop_strings=list(stop), tokenizer=tokenizer)
         seed = gen.pop("seed", None)
         if seed is not None:
             torch.manual_seed(seed)
@@ -387,7 +389,7 @@ class CausalLMPlugin:
                     mask[row, width - len(p.ids):] = 1
                 start = time.perf_counter()
                 out = self._generate(model, tokenizer, ids, mask, max(p.budget for _, p in chunk), chunk[0][1].gen,
-                                     **({"stop_strings": chunk[0][1].stop, "tokenizer": tokenizer} if chunk[0][1].stop else {}))
+                                     chunk[0][1].stop)
                 seconds = time.perf_counter() - start
                 for row, (i, p) in enumerate(chunk):
                     new = out[row, width:].tolist()[: p.budget]

@@ -36,6 +36,7 @@ class ModelReplica:
         self._inflight: dict[str, float] = {}
         self._lock = threading.Lock()
         self._served = 0
+        self.replica_id = serve.get_replica_context().replica_id.unique_id
         self._chat_batched.set_max_batch_size(int(spec["sys_conf"].get("max_batch_size", 32)))
 
     # -- bookkeeping -------------------------------------------------------------------------------
@@ -60,7 +61,11 @@ class ModelReplica:
     # -- calls -----------------------------------------------------------------------------------
     async def generate(self, requests: list[dict]) -> list[dict]:
         """Many requests in, one result each out, in order: `{"output", "metadata"}` or `{"error", "error_code"}`."""
-        return await self._in_thread(self.plugin.batch, self.model, self.tokenizer, requests)
+        results = await self._in_thread(self.plugin.batch, self.model, self.tokenizer, requests)
+        for r in results:
+            if "metadata" in r:
+                r["metadata"]["replica"] = self.replica_id
+        return results
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def _chat_batched(self, requests: list[dict]) -> list[dict]:
@@ -82,7 +87,7 @@ class ModelReplica:
             else:  # the plugin revised earlier text: send it whole
                 yield {"delta": "", "text": text}
             sent = text
-        yield {"delta": "", "metadata": meta, "done": True}
+        yield {"delta": "", "metadata": {**meta, "replica": self.replica_id}, "done": True}
 
     async def _iterate(self, make: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
         """Drive a blocking generator on one worker thread; closing this stops it after its next item."""
@@ -137,6 +142,7 @@ class ModelReplica:
             plugin=self.spec["plugin"],
             model_dir=self.spec["model_dir"],
             infer_params=self.spec["infer_params"],
+            replica=self.replica_id,
             replica_pid=os.getpid(),
             load_seconds=round(self.load_s, 3),
             requests_served=self._served,

@@ -1,0 +1,78 @@
+"""Shared test fixtures: a workspace, real tiny models, and a real local Ray cluster.
+
+The Ray cluster is this workspace's persistent head (`byzer_like.cluster.start_head`), started once
+per session and stopped (by its process group) at the end; the test process joins it as a driver,
+and tests that need a second driver start subprocesses that join the same head.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+PLUGIN_DIR = FIXTURES / "plugins"
+
+# Fixture plugins must be importable in the Ray workers too: the head passes its environment on.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PLUGIN_DIR), os.environ.get("PYTHONPATH")]))
+sys.path.insert(0, str(PLUGIN_DIR))
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".torch_extensions"))
+os.environ.pop("RAY_ADDRESS", None)
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory) -> Path:
+    ws = tmp_path_factory.mktemp("ws")
+    os.environ["BYZER_LIKE_HOME"] = str(ws)
+    return ws
+
+
+@pytest.fixture(scope="session")
+def tiny_models(workspace) -> dict[str, Path]:
+    """A random-init tiny model of each family, built once per session (seconds)."""
+    from byzer_like.tiny import make_tiny
+
+    out = {}
+    for family in ("llama", "qwen2", "gpt2"):
+        d = workspace / "models" / f"tiny-{family}"
+        make_tiny(family, d, size="tiny", seed=0)
+        out[family] = d
+    return out
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(workspace):
+    """The workspace's persistent local Ray head, joined by this process."""
+    import ray
+
+    from byzer_like import cluster
+    from byzer_like.workspace import Workspace
+
+    ws = Workspace.from_env(workspace)
+    info = cluster.start_head(ws, num_cpus=8)
+    try:
+        cluster.connect(None, ws)
+    except BaseException:
+        cluster.stop_head(ws)
+        raise
+    yield info
+    try:
+        from ray import serve
+
+        serve.shutdown()
+    except Exception:  # noqa: BLE001 - the cluster goes next anyway
+        pass
+    ray.shutdown()
+    cluster.stop_head(ws)
+
+
+@pytest.fixture(scope="session")
+def llm(ray_cluster, workspace):
+    from byzer_like import ByzerLLM
+
+    client = ByzerLLM(workspace=workspace)
+    client.setup_cpus_per_worker(0.5)
+    return client

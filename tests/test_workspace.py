@@ -1,0 +1,45 @@
+"""Paths a user gives resolve inside the workspace's allowed roots, or are refused."""
+import os
+
+import pytest
+
+from byzer_like.errors import WorkspacePathError
+from byzer_like.workspace import Workspace
+
+
+@pytest.fixture
+def ws(tmp_path, monkeypatch):
+    monkeypatch.delenv("BYZER_LIKE_ALLOWED_ROOTS", raising=False)
+    return Workspace.from_env(tmp_path / "ws")
+
+
+def test_relative_paths_resolve_in_the_workspace(ws):
+    assert ws.resolve("models/a") == ws.root / "models" / "a"
+    assert ws.resolve(str(ws.root / "x")) == ws.root / "x"
+
+
+@pytest.mark.parametrize("path", ["../outside", "/etc/passwd", "models/../../x", "~/secret", "/", ""])
+def test_escapes_are_refused(ws, path):
+    with pytest.raises(WorkspacePathError):
+        ws.resolve(path)
+
+
+def test_symlink_out_of_the_workspace_is_refused(ws, tmp_path):
+    ws.root.mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    os.symlink(tmp_path / "outside", ws.root / "link")
+    with pytest.raises(WorkspacePathError, match="outside the allowed roots"):
+        ws.resolve("link/file")
+
+
+def test_extra_roots(tmp_path, monkeypatch):
+    monkeypatch.setenv("BYZER_LIKE_ALLOWED_ROOTS", str(tmp_path / "models"))
+    ws = Workspace.from_env(tmp_path / "ws")
+    assert ws.resolve(tmp_path / "models" / "m") == tmp_path / "models" / "m"
+    with pytest.raises(WorkspacePathError, match="BYZER_LIKE_ALLOWED_ROOTS"):
+        ws.resolve(tmp_path / "other")
+
+
+def test_nul_byte_refused(ws):
+    with pytest.raises(WorkspacePathError):
+        ws.resolve("a\x00b")
