@@ -35,6 +35,7 @@ _LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 if not os.environ.get("RAY_ADDRESS"):
     for _k, _v in _LOOPBACK_ENV.items():
         os.environ.setdefault(_k, _v)
+
 # Unix socket paths are limited to ~107 bytes; Ray adds ~70 to its temp dir.
 _MAX_TEMP_DIR = 36
 
@@ -68,13 +69,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _enable_local_token_auth() -> None:
-    """The persistent head runs with Ray's token auth; a driver joining it sends the local token.
+def _loopback_only() -> None:
+    """Take 127.0.0.1 as this node's address, even if ray was imported before byzer_like."""
+    from ray._private import ray_constants
 
-    Ray enables this by itself only for clusters it finds without an address; ours is given by address."""
-    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+    os.environ.update(_LOOPBACK_ENV)
+    ray_constants.ENABLE_RAY_CLUSTER = False  # what the environment variable sets at import time
 
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+def _local_token_auth() -> None:
+    """Local clusters run with Ray's token auth (Ray's default for them) unless RAY_AUTH_MODE says otherwise.
+
+    Ray turns it on by itself only for a cluster it finds without an address; the persistent head is
+    joined by address, and Ray caches the mode when imported, so it is set (and refreshed) here."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    from ray._private.authentication.authentication_token_setup import _enable_token_auth
+
+    _enable_token_auth()
 
 
 def head_info(ws: Workspace) -> HeadInfo | None:
@@ -204,10 +216,13 @@ def connect(address: str | None = None, ws: Workspace | None = None, *, num_cpus
     try:
         if address:
             if mode == "persistent":
-                _enable_local_token_auth()
+                _loopback_only()
+                _local_token_auth()
             ray.init(address=address, **common)
         else:
             mode = "embedded"
+            _loopback_only()
+            _local_token_auth()
             ray.init(num_cpus=num_cpus or max(os.cpu_count() or 1, 4), include_dashboard=False,
                      _node_ip_address=LOOPBACK, **common)
     except Exception as e:  # ConnectionError, AuthenticationError, RuntimeError from Ray

@@ -160,8 +160,14 @@ def make_tiny(
 
     out.mkdir(parents=True, exist_ok=True)
     # transformers 5 always writes safetensors (its `safe_serialization` flag is gone), never .bin.
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a one-shard save needs no progress bar
+    try:
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    finally:
+        hf_logging.enable_progress_bar()
     record = {
         "family": family,
         "size": size,

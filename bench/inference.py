@@ -1,0 +1,446 @@
+#!/usr/bin/env python3
+"""Inference benchmark: batch chat through Ray Serve vs. a plain `transformers` loop, same model, same rows.
+
+    .venv/bin/python bench/inference.py [--rows 256] [--max-new-tokens 32] [--size tiny|small]
+                                        [--replicas 1|2] [--repeats 3] [--json OUT]
+
+What one run does, in one process:
+
+1. Builds a tiny random-init llama (`byzer_like.tiny.make_tiny`) inside a temporary workspace
+   (`BYZER_LIKE_HOME`), starts an *embedded* Ray cluster (`ByzerLLM()`), and deploys the model on
+   one replica with `cpus_per_worker` CPUs (default 2 on this 2-core machine: the replica then runs
+   torch with 2 threads, which is what the plain loop gets too; the threads the replica really uses
+   are probed and printed).
+2. Times `ByzerLLM.batch_chat(rows, llm_config={"temperature": 0, "max_new_tokens": K})` (greedy).
+3. Times a plain in-process loop over the same rows: the tokenizer's chat template, left padding,
+   batches of `max_batch_size` (the replica's, default 32) in row order, `model.generate(do_sample=False,
+   max_new_tokens=K)`, cut at the stop tokens, decode; `torch.set_num_threads` = the replica's count.
+   Serve and plain runs alternate `--repeats` times after one warm-up each; the medians are reported.
+4. With `--replicas 2`, redeploys on two replicas and times `batch_chat` again. By default each of
+   the two gets half the CPUs (`--cpus-per-worker-2`, default cpus_per_worker / 2 = 1), so the total
+   thread budget equals the one-replica run's and the ratio shows what the second replica buys.
+5. Per-request overhead: median latency of a one-token greedy call (`max_new_tokens=1`) through
+   `chat_oai` vs. the same request on the plugin in-process (`registry.load("llama")`, `init_model`,
+   `plugin.batch(model, tokenizer, [request])`). Also shown: the same one-row call sent to the
+   replica's `generate` method, which skips `chat`'s `@serve.batch` queue (its 5 ms batch window).
+6. Checks that the Serve answers equal the plain-loop answers (greedy, so they should all match).
+
+Reading the output: `ratio` = Serve rows/s / plain rows/s on one replica (1.0 = Serve costs nothing;
+the goal is >= 0.9). `ratio_2_vs_1` = two-replica rows/s / one-replica rows/s. `overhead` = what
+one call through Serve costs beyond the model work itself. CPU-seconds per run (replica process for
+Serve, this process for plain) show whether the Serve path burns more CPU for the same rows.
+The machine is small and shared: run it more than once and look at the spread, not at one figure.
+No figure is asserted. `--json OUT` writes every figure to OUT.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+UDF = "bench_chat"
+WORDS = ("the quick brown fox jumps over the lazy dog while seven wizards quietly judge "
+         "boxing matches in a dim hall").split()
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def make_rows(n: int) -> list[str]:
+    return [f"Question {i}: " + " ".join(WORDS[: i % 13 + 1]) for i in range(n)]
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def proc_cpu_s(pid: int) -> float | None:
+    """user + system CPU seconds of a process (Linux /proc), or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def self_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def median_ms(xs: list[float]) -> float:
+    return round(statistics.median(xs) * 1000, 3)
+
+
+def spread(xs: list[float]) -> str:
+    return f"{min(xs):,.1f}..{max(xs):,.1f}" if len(xs) > 1 else ""
+
+
+# -- the plain transformers loop ----------------------------------------------------------------
+class PlainLoop:
+    """What a user would write without byzer-like: one process, batched greedy `generate`."""
+
+    def __init__(self, model_dir: str, batch_size: int):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.torch = torch
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        self.tok = AutoTokenizer.from_pretrained(model_dir)
+        self.tok.padding_side = "left"
+        eos = self.model.generation_config.eos_token_id
+        self.stop_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tok.eos_token_id}
+        self.batch_size = batch_size
+
+    def run(self, prompts: list[str], max_new_tokens: int) -> list[str]:
+        answers: list[str] = []
+        for k in range(0, len(prompts), self.batch_size):
+            texts = [
+                self.tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+                for p in prompts[k:k + self.batch_size]
+            ]
+            enc = self.tok(texts, padding=True, return_tensors="pt", add_special_tokens=False)
+            with self.torch.inference_mode():
+                out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
+            for row in out[:, enc["input_ids"].shape[1]:].tolist():
+                for j, t in enumerate(row):
+                    if t in self.stop_ids:
+                        row = row[:j]
+                        break
+                answers.append(self.tok.decode(row, skip_special_tokens=True))
+        return answers
+
+
+# -- probing what the replica runs with -----------------------------------------------------------
+def probe_threads(model_dir: str, sys_conf: dict, num_cpus: float) -> dict:
+    """Run the plugin's own init_model in a Ray task given the replica's CPUs; report torch threads
+    (in the task's main thread and in a pool thread, where the replica runs its model calls)."""
+    import ray
+
+    @ray.remote(num_cpus=num_cpus)
+    def probe(model_dir: str, sys_conf: dict) -> dict:
+        from concurrent.futures import ThreadPoolExecutor
+
+        import torch
+
+        from byzer_like.plugins import registry
+
+        env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+        before = torch.get_num_threads()
+        registry.load("llama").init_model(model_dir, {}, sys_conf)
+        with ThreadPoolExecutor(1) as pool:
+            in_pool = pool.submit(torch.get_num_threads).result()
+        return {**env, "torch_threads_before_init": before,
+                "torch_threads": torch.get_num_threads(), "torch_threads_pool_thread": in_pool}
+
+    return ray.get(probe.remote(model_dir, sys_conf), timeout=300)
+
+
+# -- main ------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=256)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--size", choices=("tiny", "small"), default="tiny")
+    ap.add_argument("--replicas", type=int, choices=(1, 2), default=1, help="2: also measure two replicas")
+    ap.add_argument("--cpus-per-worker", type=float, default=2.0, help="CPUs of the one replica (default 2)")
+    ap.add_argument("--cpus-per-worker-2", type=float, default=None,
+                    help="CPUs of each of two replicas (default: cpus-per-worker / 2)")
+    ap.add_argument("--max-batch-size", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs of each path (alternating)")
+    ap.add_argument("--overhead-calls", type=int, default=30)
+    ap.add_argument("--omp-wait-policy", choices=("PASSIVE", "ACTIVE"), default=None,
+                    help="set OMP_WAIT_POLICY for this process and the embedded cluster's workers (default: unset)")
+    ap.add_argument("--json", metavar="OUT", help="write the figures as JSON to OUT")
+    args = ap.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="byzer-like-bench-"))
+    # Before byzer_like is imported: its workspace, and an embedded cluster (never a remote one).
+    os.environ["BYZER_LIKE_HOME"] = str(work)
+    os.environ.pop("RAY_ADDRESS", None)
+    if args.omp_wait_policy:  # before torch is imported; the embedded cluster's workers inherit it
+        os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy
+    try:
+        return run(args, work)
+    finally:
+        try:
+            import ray
+
+            if ray.is_initialized():
+                from ray import serve
+
+                try:
+                    serve.shutdown()
+                finally:
+                    ray.shutdown()
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, work: Path) -> int:
+    import ray
+    import torch
+    import transformers
+
+    from byzer_like import ByzerLLM
+    from byzer_like.config import chat_request
+    from byzer_like.plugins import registry
+    from byzer_like.serving import manager
+    from byzer_like.tiny import make_tiny
+
+    transformers.utils.logging.disable_progress_bar()
+
+    def log(msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    load_start = loadavg()
+    K = args.max_new_tokens
+    cfg = {"temperature": 0, "max_new_tokens": K}
+    rows = make_rows(args.rows)
+    convs = [[{"role": "user", "content": r}] for r in rows]
+
+    model_dir = work / "models" / f"bench-llama-{args.size}"
+    built = make_tiny("llama", model_dir, size=args.size, seed=0)
+    log(f"built {built['params']:,}-parameter llama ({args.size}) in {built['seconds']} s")
+
+    llm = ByzerLLM()
+    conn = llm.connect()
+    log(f"ray: {conn['mode']} cluster, {ray.cluster_resources().get('CPU', 0):g} logical CPUs")
+
+    def deploy(replicas: int, cpus: float) -> dict:
+        llm.setup_num_workers(replicas).setup_cpus_per_worker(cpus).setup("max_batch_size", args.max_batch_size)
+        _, secs = timed(lambda: llm.deploy(str(model_dir), "llama", UDF, {}))
+        meta = llm.get_meta(UDF)
+        log(f"deployed {replicas} replica(s) x {cpus:g} CPU in {secs:.1f} s")
+        return meta
+
+    def undeploy() -> None:
+        if llm.is_model_exist(UDF):
+            llm.undeploy(UDF)
+
+    def serve_answers() -> list[str]:
+        return [r.output for r in llm.batch_chat(convs, model=UDF, llm_config=cfg)]
+
+    results: dict[str, Any] = {}
+    try:
+        # ---- one replica ---------------------------------------------------------------------------
+        C = args.cpus_per_worker
+        meta = deploy(1, C)
+        batch_size = int(meta.get("max_batch_size") or args.max_batch_size)
+        pid = int(meta["replica_pid"])
+        threads = probe_threads(str(model_dir), llm.sys_conf, C)
+        n_threads = int(threads["torch_threads_pool_thread"])
+        torch.set_num_threads(n_threads)
+        log(f"replica threads: {threads}; plain loop uses torch.set_num_threads({n_threads})")
+
+        plain = PlainLoop(str(model_dir), batch_size)
+        # warm-up: one batch each
+        llm.batch_chat(convs[:batch_size], model=UDF, llm_config=cfg)
+        plain.run(rows[:batch_size], K)
+
+        # Three paths per repeat, alternating so that load from elsewhere hits all alike:
+        #   serve     ByzerLLM.batch_chat (chunks of max_batch_size, 2 chunks in flight per replica)
+        #   serve_seq the same chunks through the same handle one at a time (diagnostic: no overlap)
+        #   plain     the plain loop (one batch after the other)
+        handle = manager.get_handle(UDF)
+        reqs = [chat_request(c, cfg).model_dump() for c in convs]
+
+        def serve_seq_answers() -> list[str]:
+            res = manager.run_batched(handle, reqs, udf_name=UDF, chunk_size=batch_size, in_flight=1, timeout_s=600)
+            return [r["output"] for r in res]
+
+        paths: dict[str, Callable[[], list[str]]] = {
+            "serve": serve_answers, "serve_seq": serve_seq_answers, "plain": lambda: plain.run(rows, K),
+        }
+        secs: dict[str, list[float]] = {k: [] for k in paths}
+        cpu_s: dict[str, list[float]] = {k: [] for k in paths}
+        answers: dict[str, list[str]] = {}
+        for rep in range(args.repeats):
+            for name, fn in paths.items():
+                c0 = self_cpu_s() if name == "plain" else proc_cpu_s(pid)
+                answers[name], t = timed(fn)
+                c1 = self_cpu_s() if name == "plain" else proc_cpu_s(pid)
+                secs[name].append(t)
+                if c0 is not None and c1 is not None:
+                    cpu_s[name].append(c1 - c0)
+            log(f"repeat {rep + 1}: " + ", ".join(f"{k} {len(rows) / v[-1]:,.1f} rows/s" for k, v in secs.items()))
+        rps = {k: [len(rows) / t for t in v] for k, v in secs.items()}
+        serve_out, plain_out = answers["serve"], answers["plain"]
+        matches = sum(a == b for a, b in zip(serve_out, plain_out))
+        mismatched = [i for i, (a, b) in enumerate(zip(serve_out, plain_out)) if a != b]
+
+        # ---- per-request overhead (one token) ------------------------------------------------------------
+        req = chat_request([{"role": "user", "content": rows[1]}], {**cfg, "max_new_tokens": 1}).model_dump()
+        plugin = registry.load("llama")
+        d_model, d_tok = plugin.init_model(str(model_dir), {}, llm.sys_conf)
+        torch.set_num_threads(n_threads)
+
+        def via_chat() -> Any:
+            return llm.chat_oai([{"role": "user", "content": rows[1]}], model=UDF, llm_config={**cfg, "max_new_tokens": 1})
+
+        def via_generate() -> Any:
+            return manager.call(handle, "generate", [req], udf_name=UDF, timeout_s=60)
+
+        def direct() -> Any:
+            return plugin.batch(d_model, d_tok, [req])
+
+        lat: dict[str, list[float]] = {"chat": [], "generate": [], "direct": []}
+        for _ in range(3):  # warm-up
+            via_chat(), via_generate(), direct()
+        for _ in range(args.overhead_calls):  # interleaved, so drift hits all three alike
+            lat["chat"].append(timed(via_chat)[1])
+            lat["generate"].append(timed(via_generate)[1])
+            lat["direct"].append(timed(direct)[1])
+        assert via_chat()[0].output == direct()[0]["output"]
+
+        results.update(
+            serve_rows_per_s=round(statistics.median(rps["serve"]), 2),
+            plain_rows_per_s=round(statistics.median(rps["plain"]), 2),
+            serve_seq_rows_per_s=round(statistics.median(rps["serve_seq"]), 2),
+            serve_rows_per_s_runs=[round(x, 2) for x in rps["serve"]],
+            plain_rows_per_s_runs=[round(x, 2) for x in rps["plain"]],
+            serve_seq_rows_per_s_runs=[round(x, 2) for x in rps["serve_seq"]],
+            serve_replica_cpu_s_runs=[round(x, 2) for x in cpu_s["serve"]],
+            serve_seq_replica_cpu_s_runs=[round(x, 2) for x in cpu_s["serve_seq"]],
+            plain_cpu_s_runs=[round(x, 2) for x in cpu_s["plain"]],
+            answers_match=matches,
+            answers_mismatched_rows=mismatched[:20],
+            overhead_ms_serve=median_ms(lat["chat"]),
+            overhead_ms_serve_generate=median_ms(lat["generate"]),
+            overhead_ms_direct=median_ms(lat["direct"]),
+            overhead_ms_diff=round(median_ms(lat["chat"]) - median_ms(lat["direct"]), 3),
+            threads=threads,
+        )
+        results["ratio"] = round(results["serve_rows_per_s"] / results["plain_rows_per_s"], 3)
+        results["ratio_runs"] = [round(a / b, 3) for a, b in zip(rps["serve"], rps["plain"])]
+        results["ratio_seq"] = round(results["serve_seq_rows_per_s"] / results["plain_rows_per_s"], 3)
+        results["answers_match_seq"] = sum(a == b for a, b in zip(answers["serve_seq"], plain_out))
+        del d_model, d_tok
+
+        # ---- two replicas --------------------------------------------------------------------------------
+        results["serve_2_rows_per_s"] = None
+        results["ratio_2_vs_1"] = None
+        C2 = args.cpus_per_worker_2 if args.cpus_per_worker_2 is not None else max(C / 2, 1.0)
+        results["cpus_per_worker_2"] = C2 if args.replicas == 2 else None
+        if args.replicas == 2:
+            undeploy()
+            deploy(2, C2)
+            llm.batch_chat(convs[: 2 * batch_size], model=UDF, llm_config=cfg)  # warm-up: one batch per replica
+            two_t = []
+            for rep in range(args.repeats):
+                out2, t = timed(serve_answers)
+                two_t.append(t)
+                log(f"repeat {rep + 1}: 2 replicas {len(rows) / t:,.1f} rows/s")
+            two_rps = [len(rows) / t for t in two_t]
+            results["serve_2_rows_per_s"] = round(statistics.median(two_rps), 2)
+            results["serve_2_rows_per_s_runs"] = [round(x, 2) for x in two_rps]
+            results["ratio_2_vs_1"] = round(results["serve_2_rows_per_s"] / results["serve_rows_per_s"], 3)
+            results["answers_match_2"] = sum(a == b for a, b in zip(out2, plain_out))
+    finally:
+        try:
+            undeploy()
+        except Exception as e:  # noqa: BLE001 - shutting down anyway
+            log(f"undeploy failed: {e}")
+
+    results = {
+        "rows": len(rows),
+        "max_new_tokens": K,
+        "model": {"family": "llama", "size": args.size, "params": built["params"]},
+        "params": built["params"],
+        "replicas": args.replicas,
+        "cpus_per_worker": C,
+        "max_batch_size": batch_size,
+        "torch_threads": n_threads,
+        "repeats": args.repeats,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        **results,
+        "machine": {
+            "cores": os.cpu_count(),
+            "cpu_model": cpu_model(),
+            "loadavg_start": load_start,
+            "loadavg_end": loadavg(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "ray": ray.__version__,
+            "transformers": transformers.__version__,
+        },
+        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    report(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        log(f"wrote {args.json}")
+    return 0
+
+
+def report(r: dict) -> None:
+    m = r["machine"]
+    print()
+    print(f"llama {r['model']['size']} ({r['params']:,} params), {r['rows']} rows, max_new_tokens={r['max_new_tokens']}, "
+          f"greedy, batch {r['max_batch_size']}, {r['torch_threads']} torch threads, median of {r['repeats']} runs")
+    print(f"OMP_WAIT_POLICY={r['omp_wait_policy'] or '(unset)'}; load average (1/5/15 min) at start {m['loadavg_start']}, "
+          f"at end {m['loadavg_end']}")
+    print(f"{m['cores']} cores ({m['cpu_model']}), python {m['python']}, torch {m['torch']}, ray {m['ray']}, "
+          f"transformers {m['transformers']}")
+    print()
+    w = 42
+    print(f"{'path':<{w}} {'rows/s':>10} {'runs (min..max)':>20} {'cpu-s/run':>10}")
+    print("-" * (w + 44))
+    cpu = lambda xs: f"{statistics.median(xs):.2f}" if xs else "n/a"  # noqa: E731
+    print(f"{'Serve batch_chat, 1 replica x %g CPU' % r['cpus_per_worker']:<{w}} {r['serve_rows_per_s']:>10,.1f} "
+          f"{spread(r['serve_rows_per_s_runs']):>20} {cpu(r['serve_replica_cpu_s_runs']):>10}")
+    print(f"{'  diagnostic: same chunks, 1 in flight':<{w}} {r['serve_seq_rows_per_s']:>10,.1f} "
+          f"{spread(r['serve_seq_rows_per_s_runs']):>20} {cpu(r['serve_seq_replica_cpu_s_runs']):>10}")
+    print(f"{'plain transformers loop, in-process':<{w}} {r['plain_rows_per_s']:>10,.1f} "
+          f"{spread(r['plain_rows_per_s_runs']):>20} {cpu(r['plain_cpu_s_runs']):>10}")
+    if r.get("serve_2_rows_per_s") is not None:
+        print(f"{'Serve batch_chat, 2 replicas x %g CPU' % r['cpus_per_worker_2']:<{w}} {r['serve_2_rows_per_s']:>10,.1f} "
+              f"{spread(r['serve_2_rows_per_s_runs']):>20} {'':>10}")
+    print()
+    print(f"ratio Serve / plain (1 replica): {r['ratio']:.3f}   per run: {r['ratio_runs']}   (goal >= 0.9)")
+    print(f"ratio Serve 1-in-flight / plain: {r['ratio_seq']:.3f}   (Serve's cost with no overlap of chunks)")
+    if r.get("ratio_2_vs_1") is not None:
+        print(f"ratio 2 replicas / 1 replica:    {r['ratio_2_vs_1']:.3f}")
+    print()
+    print("one-token request (max_new_tokens=1), median latency:")
+    print(f"  chat_oai through Serve:            {r['overhead_ms_serve']:8.2f} ms")
+    print(f"  replica.generate through Serve:    {r['overhead_ms_serve_generate']:8.2f} ms   (no @serve.batch window)")
+    print(f"  plugin.batch in-process:           {r['overhead_ms_direct']:8.2f} ms")
+    print(f"  Serve overhead per request:        {r['overhead_ms_diff']:8.2f} ms "
+          f"(chat_oai - direct)")
+    print()
+    ok = "all match" if r["answers_match"] == r["rows"] else f"MISMATCH rows {r['answers_mismatched_rows']}"
+    print(f"answers Serve == plain (greedy): {r['answers_match']}/{r['rows']} ({ok}); 1 in flight: "
+          f"{r['answers_match_seq']}/{r['rows']}"
+          + (f"; 2 replicas: {r['answers_match_2']}/{r['rows']}" if "answers_match_2" in r else ""))
+    print(f"replica threads: {r['threads']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""The `byzer-like` command line, run as a user runs it (subprocesses)."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+CLI = str(Path(sys.executable).with_name("byzer-like"))
+
+
+def run(*args, ws, timeout=240, input=None, env=None):
+    full_env = {**os.environ, "BYZER_LIKE_HOME": str(ws), **(env or {})}
+    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout, env=full_env, input=input)
+
+
+@pytest.mark.parametrize("args", [[], ["models"], ["cluster"], ["deploy"], ["chat"]])
+def test_help_everywhere(args, tmp_path):
+    out = run(*args, "--help", ws=tmp_path)
+    assert out.returncode == 0 and "usage: byzer-like" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "args, text",
+    [
+        (["models", "make-tiny", "--family", "llama", "--out", "/etc/x"], "outside the allowed roots"),
+        (["models", "make-tiny", "--family", "llama", "--out", "m", "--size", "tiny", "--corpus", "missing.txt"], "corpus"),
+        (["deploy", "m", "--type", "llama", "--name", "x"], "byzer-like cluster start"),
+        (["list"], "no cluster is running"),
+    ],
+)
+def test_errors_are_one_line(tmp_path, args, text):
+    out = run(*args, ws=tmp_path, timeout=120)
+    assert out.returncode == 1
+    assert out.stderr.startswith("error: ") and text in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_models_types_lists_builtins(tmp_path):
+    out = run("models", "types", ws=tmp_path)
+    names = [line.split()[0] for line in out.stdout.splitlines()]
+    assert {"auto", "gpt2", "llama", "qwen2"} <= set(names)
+
+
+@pytest.mark.timeout(300)
+def test_deploy_list_chat_meta_undeploy(ray_cluster, workspace, tiny_models):
+    model = str(tiny_models["gpt2"])
+    out = run("deploy", model, "--type", "gpt2", "--name", "cli_chat", "--num-workers", "2",
+              "--cpus-per-worker", "0.5", "--param", "dtype=float32", ws=workspace)
+    assert out.returncode == 0, out.stderr
+    assert "cli_chat: deployed on 2 worker(s)" in out.stdout
+    try:
+        listed = run("list", ws=workspace)
+        assert "cli_chat\tRUNNING" in listed.stdout
+        meta = json.loads(run("meta", "cli_chat", ws=workspace).stdout)
+        assert meta["family"] == "gpt2" and meta["num_workers"] == 2 and meta["infer_params"]["dtype"] == "float32"
+        one = run("chat", "cli_chat", "hello", "--temperature", "0", "--max-new-tokens", "8", ws=workspace)
+        assert one.returncode == 0 and one.stdout.strip(), one.stderr
+        nostream = run("chat", "cli_chat", "hello", "--temperature", "0", "--max-new-tokens", "8", "--no-stream",
+                       ws=workspace)
+        assert nostream.stdout == one.stdout  # greedy: streamed and whole answers agree
+        interactive = run("chat", "cli_chat", "--temperature", "0", "--max-new-tokens", "8", ws=workspace,
+                          input="hello\n/clear\nhello again\n\n")
+        assert interactive.returncode == 0 and interactive.stdout.count("> ") == 4, interactive.stdout
+        dup = run("deploy", model, "--type", "gpt2", "--name", "cli_chat", ws=workspace)
+        assert dup.returncode == 1 and "already deployed" in dup.stderr
+        missing = run("chat", "cli_nope", "hi", ws=workspace)
+        assert missing.returncode == 1 and "deployed models: " in missing.stderr and "cli_chat" in missing.stderr
+    finally:
+        out = run("undeploy", "cli_chat", ws=workspace)
+    assert out.returncode == 0 and "undeployed" in out.stdout
+    assert "cli_chat" not in run("list", ws=workspace).stdout
+
+
+@pytest.mark.timeout(240)
+def test_cluster_start_status_stop_leaves_no_process(tmp_path):
+    ws = tmp_path / "own"
+    started = run("cluster", "start", "--num-cpus", "2", ws=ws, timeout=120)
+    assert started.returncode == 0, started.stderr + started.stdout
+    try:
+        status = json.loads(run("cluster", "status", ws=ws).stdout)
+        assert status["running"] and status["address"].startswith("127.0.0.1:")
+        again = run("cluster", "start", ws=ws, timeout=60)  # idempotent: the same head
+        assert status["address"] in again.stdout
+    finally:
+        stopped = run("cluster", "stop", ws=ws, timeout=60)
+    assert "cluster stopped" in stopped.stdout
+    pgid = status["pid"]
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        left = subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True).stdout.split()
+        if not left:
+            break
+        time.sleep(0.5)
+    assert not left, f"processes left in the head's group: {left}"
+    assert run("cluster", "status", ws=ws).returncode == 3
+
+
+@pytest.mark.timeout(300)
+def test_embedded_cluster_from_a_plain_client(tmp_path, tiny_models):
+    """No cluster running: ByzerLLM() starts an embedded one on loopback, 2 replicas, and it ends with the process."""
+    import shutil
+
+    ws = tmp_path / "embedded"
+    shutil.copytree(tiny_models["llama"], ws / "llama")
+    code = """
+import ray
+from byzer_like import ByzerLLM
+llm = ByzerLLM()
+llm.setup_num_workers(2); llm.setup_cpus_per_worker(0.5)
+info = llm.connect()
+assert info["mode"] == "embedded" and info["address"].startswith("127.0.0.1:"), info
+llm.deploy("llama", "llama", "emb_chat", {})
+chunks = list(llm.stream_chat_oai([{"role": "user", "content": "tell me"}], model="emb_chat"))
+assert len(chunks) > 1
+print("chunks", len(chunks), "answer", repr("".join(c for c, _ in chunks)[:40]))
+llm.undeploy("emb_chat")
+assert not llm.is_model_exist("emb_chat")
+print("OK")
+"""
+    env = {**os.environ, "BYZER_LIKE_HOME": str(ws)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=280, env=env)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
