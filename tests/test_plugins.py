@@ -212,3 +212,17 @@ def test_remote_code_refused_by_default(tiny_models, tmp_path):
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelDirError, match="trust_remote_code"):
         registry.load("llama").init_model(str(d), {}, {})
+
+
+@pytest.mark.parametrize(
+    "params, field, expected",
+    [({"load_in_8bit": "true"}, "quantization", "8bit"), ({"load_in_4bit": "true"}, "quantization", "4bit"),
+     ({"dtype": "bfloat16"}, "dtype", "bfloat16")],
+)
+def test_quantized_and_half_precision_loading(tiny_models, params, field, expected):
+    """bitsandbytes 8-bit / 4-bit (nf4) and bfloat16 load and generate on the CPU."""
+    plugin = registry.load("llama")
+    model, tok = plugin.init_model(str(tiny_models["llama"]), params, {})
+    assert plugin.meta(model, tok)[field] == expected
+    out = plugin.batch(model, tok, [req("hello", max_new_tokens=4)])[0]
+    assert out["metadata"]["output_tokens"] > 0
