@@ -2,35 +2,51 @@
 """Inference benchmark: batch chat through Ray Serve vs. a plain `transformers` loop, same model, same rows.
 
     .venv/bin/python bench/inference.py [--rows 256] [--max-new-tokens 32] [--size tiny|small]
-                                        [--replicas 1|2] [--repeats 3] [--json OUT]
+                                        [--replicas 1|2] [--repeats 3] [--omp-wait-policy PASSIVE] [--json OUT]
 
 What one run does, in one process:
 
-1. Builds a tiny random-init llama (`byzer_like.tiny.make_tiny`) inside a temporary workspace
-   (`BYZER_LIKE_HOME`), starts an *embedded* Ray cluster (`ByzerLLM()`), and deploys the model on
-   one replica with `cpus_per_worker` CPUs (default 2 on this 2-core machine: the replica then runs
-   torch with 2 threads, which is what the plain loop gets too; the threads the replica really uses
-   are probed and printed).
+1. Builds a random-init llama (`byzer_like.tiny.make_tiny`, size tiny = 1.5M or small = 5.5M
+   parameters) inside a temporary workspace (`BYZER_LIKE_HOME`), starts an *embedded* Ray cluster
+   (`ByzerLLM()`), and deploys the model on one replica with `cpus_per_worker` CPUs (default 2 on a
+   2-core machine). The replica's torch thread count is probed (a Ray task with the replica's CPUs
+   runs the plugin's own `init_model` and reports `torch.get_num_threads()` from a pool thread, as
+   the replica calls the model) and the plain loop is given the same count.
 2. Times `ByzerLLM.batch_chat(rows, llm_config={"temperature": 0, "max_new_tokens": K})` (greedy).
+   Diagnostic: the same chunks through the same Serve handle one at a time (`run_batched` with
+   `in_flight=1`; `batch_chat` keeps 2 chunks per replica in flight), i.e. Serve's cost without the
+   overlap of two batches on the replica.
 3. Times a plain in-process loop over the same rows: the tokenizer's chat template, left padding,
    batches of `max_batch_size` (the replica's, default 32) in row order, `model.generate(do_sample=False,
    max_new_tokens=K)`, cut at the stop tokens, decode; `torch.set_num_threads` = the replica's count.
-   Serve and plain runs alternate `--repeats` times after one warm-up each; the medians are reported.
+   The three timings alternate `--repeats` times after one warm-up each; medians are reported.
 4. With `--replicas 2`, redeploys on two replicas and times `batch_chat` again. By default each of
    the two gets half the CPUs (`--cpus-per-worker-2`, default cpus_per_worker / 2 = 1), so the total
    thread budget equals the one-replica run's and the ratio shows what the second replica buys.
 5. Per-request overhead: median latency of a one-token greedy call (`max_new_tokens=1`) through
    `chat_oai` vs. the same request on the plugin in-process (`registry.load("llama")`, `init_model`,
    `plugin.batch(model, tokenizer, [request])`). Also shown: the same one-row call sent to the
-   replica's `generate` method, which skips `chat`'s `@serve.batch` queue (its 5 ms batch window).
+   replica's `generate` method, which skips `chat`'s `@serve.batch` queue (its 1 ms batch window).
 6. Checks that the Serve answers equal the plain-loop answers (greedy, so they should all match).
 
 Reading the output: `ratio` = Serve rows/s / plain rows/s on one replica (1.0 = Serve costs nothing;
-the goal is >= 0.9). `ratio_2_vs_1` = two-replica rows/s / one-replica rows/s. `overhead` = what
-one call through Serve costs beyond the model work itself. CPU-seconds per run (replica process for
-Serve, this process for plain) show whether the Serve path burns more CPU for the same rows.
-The machine is small and shared: run it more than once and look at the spread, not at one figure.
-No figure is asserted. `--json OUT` writes every figure to OUT.
+the goal is >= 0.9); `ratio_seq` = the same for the one-chunk-at-a-time diagnostic. `ratio_2_vs_1` =
+two-replica rows/s / one-replica rows/s. `overhead_ms_*` = one-token latencies; their difference is
+what one call through Serve costs beyond the model work. CPU-seconds per run (the replica process
+for Serve, this process for plain) show whether a path burns more CPU for the same rows.
+
+Noise: the machine is small and shared. With torch's OpenMP (libgomp) at its default wait policy,
+idle worker threads spin; when other processes hold the cores, that spinning can make a run several
+times slower and burn 2-3x the CPU, and whether it happens depends on how many OpenMP thread teams
+a process has (the replica calls the model from several pool threads, the plain loop from one), so
+the figures can flip between runs. Replicas therefore run with OMP_WAIT_POLICY=PASSIVE, and so does
+this process by default (`--omp-wait-policy`, set before torch is imported, inherited by the embedded
+cluster's workers), so both paths compare alike; run more than once and look at the spread. No
+figure is asserted.
+
+`--json OUT` writes every figure to OUT (rows, max_new_tokens, model, params, replicas,
+serve_rows_per_s, plain_rows_per_s, ratio, serve_2_rows_per_s, ratio_2_vs_1, overhead_ms_serve,
+overhead_ms_direct, answers_match, machine, timestamp, and the per-run and diagnostic figures).
 """
 from __future__ import annotations
 
@@ -175,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3, help="timed runs of each path (alternating)")
     ap.add_argument("--overhead-calls", type=int, default=30)
-    ap.add_argument("--omp-wait-policy", choices=("PASSIVE", "ACTIVE"), default=None,
-                    help="set OMP_WAIT_POLICY for this process and the embedded cluster's workers (default: unset)")
+    ap.add_argument("--omp-wait-policy", choices=("PASSIVE", "ACTIVE"), default="PASSIVE",
+                    help="OMP_WAIT_POLICY for this process and the embedded cluster's workers (default: PASSIVE, as replicas use)")
     ap.add_argument("--json", metavar="OUT", help="write the figures as JSON to OUT")
     args = ap.parse_args(argv)
 

@@ -203,21 +203,8 @@ class ByzerLLM:
         `None` with `on_error="null"`."""
         if on_error not in ("raise", "null"):
             raise ConfigError(f"on_error must be 'raise' or 'null', not {on_error!r}")
-        name = self._model(model)
         reqs = [chat_request(c, llm_config).model_dump() for c in conversations]
-        meta = self.get_meta(name)
-        bar = _progress(len(reqs), f"{name}", progress)
-        try:
-            results = manager.run_batched(
-                self._handle(name), reqs, udf_name=name,
-                chunk_size=int(meta.get("max_batch_size") or self._setup.max_batch_size),
-                in_flight=2 * int(meta.get("num_workers") or 1),
-                timeout_s=self._setup.request_timeout_s,
-                on_rows=bar.update if bar else None,
-            )
-        finally:
-            if bar:
-                bar.close()
+        results = self.generate(reqs, model=model, progress=progress)
         out: list[LLMResponse | None] = []
         for i, (req, res) in enumerate(zip(reqs, results)):
             if "error" in res:
@@ -227,6 +214,25 @@ class ByzerLLM:
             else:
                 out.append(LLMResponse(output=res["output"], input=req["ins"], metadata=res.get("metadata", {})))
         return out
+
+    def generate(self, requests: Sequence[Mapping[str, Any]], model: str | None = None, *,
+                 progress: bool = False, on_rows: Any = None) -> list[dict]:
+        """The batch path under `batch_chat` and SQL: built requests (`config.ChatRequest` dicts) in,
+        one `{"output", "metadata"}` or `{"error", "error_code"}` per request out, in order."""
+        name = self._model(model)
+        meta = self.get_meta(name)
+        bar = _progress(len(requests), name, progress)
+        try:
+            return manager.run_batched(
+                self._handle(name), list(requests), udf_name=name,
+                chunk_size=int(meta.get("max_batch_size") or self._setup.max_batch_size),
+                in_flight=2 * int(meta.get("num_workers") or 1),
+                timeout_s=self._setup.request_timeout_s,
+                on_rows=_both(bar.update if bar else None, on_rows),
+            )
+        finally:
+            if bar:
+                bar.close()
 
     def emb(self, model: str | None, texts: str | Sequence[str]) -> list[list[float]]:
         """Embedding vectors for one text or many (the plugin's `embed_query`)."""
@@ -242,6 +248,12 @@ def _as_str(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def _both(a: Any, b: Any) -> Any:
+    if a and b:
+        return lambda n: (a(n), b(n))
+    return a or b
 
 
 def _progress(total: int, desc: str, enabled: bool):

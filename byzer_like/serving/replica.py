@@ -25,6 +25,10 @@ HANG_FACTOR = 2.0
 
 class ModelReplica:
     def __init__(self, spec: dict[str, Any]):
+        # Idle OpenMP threads sleep instead of spinning: replicas share their node's cores with other
+        # replicas and tasks, and spinning threads slowed CPU generation several times over (bench/).
+        # Read when torch loads, which happens in the plugin's init_model below.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         self.spec = spec
         self.plugin = registry.load_path(spec["plugin"], spec["import_path"])
         start = time.perf_counter()
@@ -37,7 +41,11 @@ class ModelReplica:
         self._lock = threading.Lock()
         self._served = 0
         self.replica_id = serve.get_replica_context().replica_id.unique_id
-        self._chat_batched.set_max_batch_size(int(spec["sys_conf"].get("max_batch_size", 32)))
+        # single chats arriving together share one forward pass; no more can arrive than the
+        # replica takes at once, and a lone chat waits at most a millisecond for company
+        self._chat_batched.set_max_batch_size(min(int(spec["sys_conf"].get("max_batch_size", 32)),
+                                                  int(spec["sys_conf"].get("max_ongoing_requests", 8))))
+        self._chat_batched.set_batch_wait_timeout_s(0.001)
 
     # -- bookkeeping -------------------------------------------------------------------------------
     def _track(self) -> str:
@@ -67,7 +75,7 @@ class ModelReplica:
                 r["metadata"]["replica"] = self.replica_id
         return results
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.001)
     async def _chat_batched(self, requests: list[dict]) -> list[dict]:
         return await self.generate(requests)
 

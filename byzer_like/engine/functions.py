@@ -1,0 +1,115 @@
+"""The SQL functions around model calls, as DuckDB vectorised (Arrow) Python functions.
+
+A model call `m(llm_param(map(...)))` returns one JSON string per row (Byzer-LLM's form):
+
+    {"output": "...", "input": "<instruction>", "history": [...], "metadata": {...}}
+
+`output` is the answer text (a list of floats for `"embedding", "true"`), or null with an `"error"`
+key when the row failed and `llm_on_error` is "null". `llm_result(r)` / `llm_response_predict(r)` read
+`output`; `llm_stack(r, llm_param(...))` continues the conversation of `r`; `llm_prompt(template,
+array(...))` fills `{0}`, `{1}`... placeholders.
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Callable
+
+import pyarrow as pa
+
+from ..config import chat_request, parse_bool
+from ..errors import ByzerError, ConfigError
+
+_PLACEHOLDER = re.compile(r"\{(\d+)\}")
+
+
+def llm_prompt(template: str | None, values: list | None) -> str | None:
+    """Fill `{0}`, `{1}`... with the array's values; other braces are left alone."""
+    if template is None:
+        return None
+    values = values or []
+
+    def fill(m: re.Match) -> str:
+        i = int(m.group(1))
+        if i >= len(values):
+            raise ConfigError(f"llm_prompt: the template uses {{{i}}} but the array has {len(values)} value(s)")
+        return "" if values[i] is None else str(values[i])
+
+    return _PLACEHOLDER.sub(fill, template)
+
+
+def llm_stack(previous: str | None, params: str | None) -> str | None:
+    """`params` plus a history made of `previous`'s history, its question and its answer."""
+    if params is None:
+        return None
+    p = json.loads(params)
+    if previous:
+        prev = json.loads(previous)
+        history = list(prev.get("history") or [])
+        if prev.get("input") is not None:
+            history.append({"role": "user", "content": str(prev["input"])})
+        if prev.get("output") is not None:
+            history.append({"role": "assistant", "content": str(prev["output"])})
+        p["history"] = history + list(_history(p.get("history")))
+    return json.dumps(p, ensure_ascii=False)
+
+
+def _history(value: Any) -> list:
+    if not value:
+        return []
+    return json.loads(value) if isinstance(value, str) else list(value)
+
+
+def arrow_function2(fn: Callable[[Any, Any], str | None]) -> Callable[[pa.Array, pa.Array], pa.Array]:
+    """Wrap a two-argument row function as a DuckDB Arrow function (one call per vector of rows)."""
+
+    def vectorised(a: pa.Array, b: pa.Array) -> pa.Array:
+        return pa.array([fn(x, y) for x, y in zip(a.to_pylist(), b.to_pylist())], type=pa.string())
+
+    return vectorised
+
+
+def build_requests(params: list[str | None]) -> tuple[list[dict | None], list[bool], list[str | None]]:
+    """Per row: the chat request (None for a NULL row), whether it asks for an embedding, the instruction."""
+    requests: list[dict | None] = []
+    embedding: list[bool] = []
+    inputs: list[str | None] = []
+    for raw in params:
+        if raw is None:
+            requests.append(None)
+            embedding.append(False)
+            inputs.append(None)
+            continue
+        try:
+            cfg = json.loads(raw)
+        except ValueError:
+            raise ConfigError(f"a model function takes llm_param(map(...)); got {raw[:80]!r}") from None
+        if not isinstance(cfg, dict):
+            raise ConfigError(f"a model function takes llm_param(map(...)); got {raw[:80]!r}")
+        embedding.append(parse_bool(cfg.get("embedding", False)))
+        req = chat_request([], cfg).model_dump()
+        requests.append(req)
+        inputs.append(req["ins"])
+    return requests, embedding, inputs
+
+
+def result_json(request: dict, result: dict) -> str:
+    out = {
+        "output": result.get("output"),
+        "input": request["ins"],
+        "history": request.get("his") or [],
+        "metadata": result.get("metadata", {}),
+    }
+    if "error" in result:
+        out["error"] = result["error"]
+    return json.dumps(out, ensure_ascii=False)
+
+
+class RowError(ByzerError, ValueError):
+    """A row a model could not answer (prompt too long, bad parameter), with its row number."""
+
+    def __init__(self, model: str, row: int, message: str, instruction: str | None):
+        self.row = row
+        shown = "" if instruction is None else f" (instruction: {instruction[:60]!r})"
+        super().__init__(f"model {model!r} failed on row {row}{shown}: {message}; "
+                         "set llm_on_error = \"null\" to get an error value instead")

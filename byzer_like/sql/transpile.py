@@ -1,0 +1,135 @@
+"""The Spark SQL of `select` statements: checked with sqlglot (Spark dialect), then rewritten for DuckDB.
+
+Byzer's LLM helper functions become DuckDB built-ins:
+- `llm_param(map(k1, v1, ...))` -> `json_object(k1, v1, ...)`, a JSON string whose values keep their types;
+- `llm_result(x)`, `llm_response_predict(x)` -> `json_extract_string(x, '$.output')`.
+Every other function sqlglot does not know (a model such as `tiny_chat(...)`, `llm_prompt`,
+`llm_stack`) stays a plain call of the same name, for the engine to register as a Python UDF;
+Spark's `array(...)` becomes a DuckDB list `[...]`.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError, TokenError
+
+from .source import Origin, RawStatement
+from .tokens import COMMENT, Token, tokenize
+
+_LLM_PARAM = "llm_param"
+_LLM_OUTPUT = ("llm_result", "llm_response_predict")
+_COMMAS = ",，"  # a full-width comma (pasted with Chinese text) counts as a comma
+_CLASS = re.compile(r"<class '(?:\w+\.)*(\w+)'>")
+
+
+@dataclass(frozen=True)
+class Transpiled:
+    sql: str  # DuckDB SQL
+    functions: frozenset[str]  # lower-cased names of the functions sqlglot does not know (models, UDFs)
+    tables: frozenset[str]  # tables the query reads (CTE names excluded), as written
+
+
+def to_duckdb(select_sql: str) -> Transpiled:
+    """Transpile one select (Spark SQL, as in Byzer notebooks) to DuckDB SQL.
+    Errors are `SqlSyntaxError`s with lines and columns counted in `select_sql`."""
+    _, tree = check_spark(select_sql, Origin(RawStatement(select_sql)))
+    functions = {name for call in tree.find_all(exp.Anonymous) if (name := call.name.lower()) not in _REWRITES}
+    duck = tree.transform(_rewrite).sql("duckdb", normalize_functions="lower", comments=False)
+    return Transpiled(duck, frozenset(functions), _tables(tree))
+
+
+def check_spark(sql: str, origin: Origin) -> tuple[str, exp.Query]:
+    """Parse one query as Spark SQL; `sql` starts at offset 0 of `origin`'s text.
+    Returns the SQL with full-width commas made ASCII (same length) and its tree."""
+    tokens = [t for t in tokenize(sql, origin) if t.kind != COMMENT]
+    chars = list(sql)
+    for t in tokens:
+        if t.is_punct("，"):
+            chars[t.start] = ","
+    sql = "".join(chars)
+    _check_lists(tokens, origin)
+    try:
+        tree = sqlglot.parse_one(sql, read="spark", error_message_context=len(sql))
+    except ParseError as e:
+        info = e.errors[0] if e.errors else {}
+        description = _CLASS.sub(r"\1", str(info.get("description") or e))
+        offset = len(info.get("start_context") or "")  # the whole text before the error: see error_message_context
+        raise origin.error(offset, f"invalid select near `{info.get('highlight', '')}`: {description}") from None
+    except TokenError as e:
+        raise origin.error(e.start or 0, f"invalid select: {e}") from None
+    if not isinstance(tree, exp.Query):
+        raise origin.error(0, "expected a query: select ... or with ... select ...")
+    if isinstance(tree, exp.Select) and not tree.expressions:
+        raise origin.error(0, "a select needs at least one column")
+    _check_llm_calls(tree, origin)
+    return sql, tree
+
+
+def _tables(tree: exp.Query) -> frozenset[str]:
+    ctes = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
+    names = (".".join(part.name for part in table.parts) for table in tree.find_all(exp.Table))
+    return frozenset(name for name in names if name and name.lower() not in ctes)
+
+
+def _check_lists(tokens: list[Token], origin: Origin) -> None:
+    """What sqlglot silently drops: empty items (`f(a,,b)`, `f(,a)`), and `map(...)` with an odd
+    number of arguments (sqlglot 30.30 crashes on it). A trailing comma (`f(a, b,)`) is tolerated."""
+    for i, t in enumerate(tokens):
+        if t.is_punct(_COMMAS) and i and tokens[i - 1].is_punct(_COMMAS + "("):
+            raise origin.error(t.start, "missing expression before this comma")
+        if t.is_word("map") and i + 1 < len(tokens) and tokens[i + 1].is_punct("("):
+            count = _argument_count(tokens, i + 1)
+            if count is not None and count % 2:
+                plural = "s" * (count != 1)
+                raise origin.error(t.start, f"map(...) takes key, value pairs; this one has {count} argument{plural}")
+
+
+def _argument_count(tokens: list[Token], open_paren: int) -> int | None:
+    """Arguments of the call whose `(` is at `open_paren` (a trailing comma adds none); None if unclosed."""
+    depth = commas = 0
+    for j in range(open_paren, len(tokens)):
+        t = tokens[j]
+        if t.is_punct("([{"):
+            depth += 1
+        elif t.is_punct(")]}"):
+            depth -= 1
+            if depth == 0:
+                if j == open_paren + 1:
+                    return 0
+                return commas + (not tokens[j - 1].is_punct(_COMMAS))
+        elif depth == 1 and t.is_punct(_COMMAS):
+            commas += 1
+    return None
+
+
+def _check_llm_calls(tree: exp.Expr, origin: Origin) -> None:
+    for call in tree.find_all(exp.Anonymous):
+        name = call.name.lower()
+        start = call.meta.get("start", 0)
+        if name == _LLM_PARAM and not (len(call.expressions) == 1 and isinstance(call.expressions[0], exp.VarMap)):
+            example = 'llm_param(map("instruction", q, "temperature", 0.1))'
+            raise origin.error(start, f"llm_param takes one map(...) of options, e.g. {example}")
+        if name in _LLM_OUTPUT and len(call.expressions) != 1:
+            raise origin.error(start, f"{name} takes one argument: a model's answer")
+
+
+def _json_object(call: exp.Anonymous) -> exp.Expr:
+    params = call.expressions[0]
+    keys, values = params.args["keys"].expressions, params.args["values"].expressions
+    return exp.Anonymous(this="json_object", expressions=[x for pair in zip(keys, values) for x in pair])
+
+
+def _json_output(call: exp.Anonymous) -> exp.Expr:
+    return exp.Anonymous(this="json_extract_string", expressions=[call.expressions[0], exp.Literal.string("$.output")])
+
+
+_REWRITES = {_LLM_PARAM: _json_object, **{name: _json_output for name in _LLM_OUTPUT}}
+
+
+def _rewrite(node: exp.Expr) -> exp.Expr:
+    if isinstance(node, exp.Anonymous) and (rewrite := _REWRITES.get(node.name.lower())):
+        return rewrite(node)
+    return node
