@@ -7,4 +7,11 @@ from .client import ByzerLLM, LLMResponse
 from .errors import ByzerError
 
 __version__ = "0.1.0"
-__all__ = ["ByzerLLM", "ByzerError", "LLMResponse", "__version__"]
+__all__ = ["ByzerLLM", "ByzerError", "LLMResponse", "__version__", "load_ipython_extension"]
+
+
+def load_ipython_extension(ipython):
+    """`%load_ext byzer_like`: the `%%byzer` cell magic and the `%byzer` line magic."""
+    from .notebook import load_ipython_extension as load
+
+    load(ipython)

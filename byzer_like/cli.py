@@ -1,12 +1,14 @@
 """The `byzer-like` command line.
 
-    byzer-like quickstart                        build a tiny model, deploy it on 2 replicas, stream an answer
+    byzer-like quickstart                        build a tiny model, run sql/quickstart.sql on 2 replicas, stream an answer
     byzer-like models make-tiny --family llama --out DIR [--size tiny|small] [--pretrain-seconds N]
     byzer-like models types                      known pretrained_model_type names
     byzer-like cluster start|stop|status         the workspace's persistent local Ray head
     byzer-like deploy DIR --type llama --name m [--num-workers 2] [--param key=value ...]
     byzer-like list | meta NAME | undeploy NAME
     byzer-like chat NAME ["message"]             one-shot, or interactive without a message
+    byzer-like run script.sql [--set k=v]        run a SQL script, print each result
+    byzer-like sql                               an interactive SQL prompt
 
 Errors a user can fix are printed as one line (exit status 1), never as a traceback.
 """
@@ -16,6 +18,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
@@ -23,6 +26,7 @@ from .errors import ByzerError, ClusterError, ConfigError
 from .workspace import Workspace
 
 QUICKSTART_PROMPT = "Write a short Python function that adds two numbers."
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 
 
 def _kv(items: Sequence[str] | None, what: str) -> dict[str, str]:
@@ -166,8 +170,100 @@ def cmd_chat(args: argparse.Namespace) -> int:
         messages.append({"role": "assistant", "content": answer})
 
 
-def cmd_quickstart(args: argparse.Namespace) -> int:
+def _print_result(i: int, result: Any, max_rows: int) -> None:
+    print(f"-- [{i}] {result.kind}" + (f": {result.message}" if result.message else ""))
+    if result.table is not None and result.table.num_columns:
+        import pandas as pd
+
+        with pd.option_context("display.max_colwidth", 80, "display.width", 200):
+            print(result.table.slice(0, max_rows).to_pandas().to_string(index=False))
+        if result.table.num_rows > max_rows:
+            print(f"... {result.table.num_rows - max_rows} more rows")
+    print()
+
+
+def _session(args: argparse.Namespace, variables: dict[str, str]):
     from .client import ByzerLLM
+    from .engine import Session
+
+    return Session(ByzerLLM(args.address, workspace=args.workspace), variables=variables)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    script_path = os.path.abspath(args.script)
+    try:
+        script = open(script_path, encoding="utf-8").read()
+    except OSError as e:
+        raise ConfigError(f"cannot read {args.script}: {e.strerror}") from None
+    session = _session(args, _kv(args.set, "--set"))
+    try:
+        for i, result in enumerate(session.sql(script), 1):
+            _print_result(i, result, args.max_rows)
+    except ByzerError as e:
+        raise ByzerError(f"{args.script}: {e}") from None
+    finally:
+        session.close()
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    """An interactive prompt: statements run when a line ends with `;` outside any string."""
+    from .sql import split_statements
+    from .sql.errors import SqlSyntaxError
+
+    try:
+        import readline
+    except ImportError:  # not on every platform
+        readline = None  # type: ignore[assignment]
+    history = Workspace.from_env(args.workspace).dir() / ".sql_history"
+    if readline is not None:
+        try:
+            readline.read_history_file(history)
+        except OSError:
+            pass
+    session = _session(args, _kv(args.set, "--set"))
+    print("byzer-like SQL: end statements with ';', Ctrl-D quits", file=sys.stderr)
+    buffer = ""
+    n = 0
+    try:
+        while True:
+            try:
+                line = input("byzer> " if not buffer else "   ...> ")
+            except EOFError:
+                print()
+                return 0
+            buffer += line + "\n"
+            if not buffer.strip():
+                buffer = ""
+                continue
+            if not line.rstrip().endswith(";"):
+                continue
+            try:
+                split_statements(buffer)  # an unterminated string: keep reading
+            except SqlSyntaxError:
+                continue
+            try:
+                for result in session.sql(buffer):
+                    n += 1
+                    _print_result(n, result, args.max_rows)
+            except ByzerError as e:
+                print(f"error: {e}", file=sys.stderr)
+            buffer = ""
+    finally:
+        session.close()
+        if readline is not None:
+            try:
+                readline.write_history_file(history)
+            except OSError:
+                pass
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    """Build the tiny model (once), run sql/quickstart.sql on it, then stream one answer."""
+    import shutil
+
+    from .client import ByzerLLM
+    from .engine import Session
     from .tiny import make_tiny
 
     ws = Workspace.from_env(args.workspace)
@@ -175,23 +271,24 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     if not (model_dir / "config.json").exists():
         print(f"building a tiny llama model in {model_dir} ({args.pretrain_seconds:g} s of pretraining)...", flush=True)
         make_tiny("llama", model_dir, size="tiny", pretrain_seconds=args.pretrain_seconds, progress=True)
+    shutil.copytree(SQL_DIR / "data", ws.dir("data"), dirs_exist_ok=True)
     llm = ByzerLLM(args.address, workspace=ws.root)
     info = llm.connect()
     print(f"ray: {info['mode']} cluster at {info['address']}", flush=True)
     llm.setup_num_workers(args.num_workers)
-    llm.setup_cpus_per_worker(1)
+    session = Session(llm, variables={"model_dir": str(model_dir), "data_dir": str(ws.path("data"))})
     name = "quickstart_chat"
-    llm.deploy(model_dir, "llama", name, {}, reconnect=True)
     try:
-        print(f"deployed {name!r} on {llm.get_meta(name)['num_workers']} replicas; streaming an answer:")
+        for i, result in enumerate(session.sql((SQL_DIR / "quickstart.sql").read_text()), 1):
+            _print_result(i, result, max_rows=8)
+        print(f"{name!r} runs on {llm.get_meta(name)['num_workers']} replicas; streaming an answer:")
         print(f"> {args.prompt}")
         _stream_answer(llm, name, [{"role": "user", "content": args.prompt}],
                        {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 96, "seed": 7})
-        prompts = [f"def add_{i}(" for i in range(16)]
-        answers = llm.batch_chat(prompts, model=name, llm_config={"temperature": 0.0, "max_new_tokens": 24})
-        print(f"batch of {len(answers)} prompts answered in order; first: {answers[0].output[:60]!r}")
     finally:
-        llm.undeploy(name)
+        session.close()
+        if llm.is_model_exist(name):
+            llm.undeploy(name)
     return 0
 
 
@@ -205,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or the workspace's cluster)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    q = sub.add_parser("quickstart", parents=[common], help="build a tiny model, deploy it on 2 replicas, stream an answer")
+    q = sub.add_parser("quickstart", parents=[common],
+                       help="build a tiny model, run sql/quickstart.sql on 2 replicas, stream an answer")
     q.add_argument("--num-workers", type=int, default=2)
     q.add_argument("--pretrain-seconds", type=float, default=60.0, help="pretraining for a new model (default 60)")
     q.add_argument("--prompt", default=QUICKSTART_PROMPT)
@@ -251,6 +349,16 @@ def build_parser() -> argparse.ArgumentParser:
     me = sub.add_parser("meta", parents=[common], help="a deployed model's metadata")
     me.add_argument("name")
     me.set_defaults(func=cmd_meta)
+
+    r = sub.add_parser("run", parents=[common], help="run a SQL script in the Byzer-LLM dialect")
+    r.add_argument("script")
+    r.add_argument("--set", action="append", metavar="NAME=VALUE", help="a script variable, as `set` does (repeatable)")
+    r.add_argument("--max-rows", type=int, default=20, help="rows printed per result table")
+    r.set_defaults(func=cmd_run)
+    sq = sub.add_parser("sql", parents=[common], help="an interactive SQL prompt (multi-line, with history)")
+    sq.add_argument("--set", action="append", metavar="NAME=VALUE")
+    sq.add_argument("--max-rows", type=int, default=20)
+    sq.set_defaults(func=cmd_sql)
 
     ch = sub.add_parser("chat", parents=[common], help="chat with a deployed model (streams to the terminal)")
     ch.add_argument("name")

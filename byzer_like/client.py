@@ -48,6 +48,7 @@ class ByzerLLM:
         self.default_model_name: str | None = None
         self._handles: dict[str, Any] = {}
         self._meta: dict[str, dict] = {}
+        self._session = None
 
     # -- setup ---------------------------------------------------------------------------------
     def setup(self, key: str, value: Any) -> "ByzerLLM":
@@ -221,12 +222,13 @@ class ByzerLLM:
         one `{"output", "metadata"}` or `{"error", "error_code"}` per request out, in order."""
         name = self._model(model)
         meta = self.get_meta(name)
+        workers = int(meta.get("num_workers") or 1)
+        # chunks of the replicas' batch size, but small enough that every replica gets work
+        chunk = max(1, min(int(meta.get("max_batch_size") or self._setup.max_batch_size), -(-len(requests) // workers)))
         bar = _progress(len(requests), name, progress)
         try:
             return manager.run_batched(
-                self._handle(name), list(requests), udf_name=name,
-                chunk_size=int(meta.get("max_batch_size") or self._setup.max_batch_size),
-                in_flight=2 * int(meta.get("num_workers") or 1),
+                self._handle(name), list(requests), udf_name=name, chunk_size=chunk, in_flight=2 * workers,
                 timeout_s=self._setup.request_timeout_s,
                 on_rows=_both(bar.update if bar else None, on_rows),
             )
@@ -242,6 +244,24 @@ class ByzerLLM:
 
     def emb_query(self, text: str, model: str | None = None) -> list[float]:
         return self.emb(model, [text])[0]
+
+    # -- SQL -------------------------------------------------------------------------------------
+    @property
+    def session(self):
+        """This client's SQL session (tables and `set` variables persist between `sql()` calls)."""
+        if self._session is None:
+            from .engine import Session
+
+            self._session = Session(self)
+        return self._session
+
+    def sql(self, script: str, **variables: str):
+        """Run a script in the Byzer-LLM dialect; return the last statement's table as a pandas DataFrame
+        (None when it has none). `variables` fill `${name}` like `set` does. All results:
+        `llm.session.sql(script)`."""
+        self.session.variables.update({k: str(v) for k, v in variables.items()})
+        results = self.session.sql(script)
+        return results[-1].to_pandas() if results else None
 
 
 def _as_str(value: Any) -> str:

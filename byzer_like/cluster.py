@@ -231,6 +231,17 @@ def connect(address: str | None = None, ws: Workspace | None = None, *, num_cpus
     return {"address": ray.get_runtime_context().gcs_address, "mode": mode}
 
 
+def reachable(address: str | None, ws: Workspace) -> bool:
+    """Whether a cluster is connected or could be joined without starting an embedded one."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return True
+    if address or os.environ.get("RAY_ADDRESS"):
+        return True
+    info = head_info(ws)
+    return bool(info and info.alive())
+
+
 def status(ws: Workspace) -> dict[str, Any]:
     info = head_info(ws)
     if info is None:

@@ -465,3 +465,10 @@ def test_importing_the_parser_loads_no_heavy_module():
     code = "import sys, byzer_like.sql; print([m for m in ('ray', 'torch', 'duckdb', 'transformers') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_nested_llm_helpers_are_all_rewritten():
+    from byzer_like.sql import to_duckdb
+
+    sql = to_duckdb('select llm_result(m(llm_param(map("instruction", llm_result(n(llm_param(map("instruction", "x")))))))) as a').sql
+    assert "llm_param" not in sql and "llm_result" not in sql and sql.count("json_object") == 2

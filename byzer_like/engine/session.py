@@ -20,6 +20,7 @@ import duckdb
 import pyarrow as pa
 from duckdb import sqltypes
 
+from .. import cluster
 from ..client import ByzerLLM
 from ..errors import ConfigError, NotSupportedError
 from ..plugins.registry import split_model_type
@@ -224,13 +225,12 @@ class Session:
 
     def _setup(self, args: tuple[str, ...]) -> Result:
         if len(args) == 1 and args[0] in ("single", "sft", "sfft"):
-            self.llm.setup("mode", args[0])
+            pairs = [("mode", args[0])]
         else:
-            for pair in args:
-                key, _, value = pair.partition("=")
-                self.llm.setup(key.strip(), value.strip())
-        conf = self.llm.setup_config.model_dump()
-        return Result("setup", pa.table({k: [str(v)] for k, v in conf.items()}), message=", ".join(args))
+            pairs = [(k.strip(), v.strip()) for k, _, v in (a.partition("=") for a in args)]
+        for key, value in pairs:
+            self.llm.setup(key, value)
+        return Result("setup", message=", ".join(f"{k}={v}" for k, v in pairs))
 
     def _model_command(self, action: str, args: tuple[str, ...], c: Command) -> Result:
         if action == "list":
@@ -250,7 +250,9 @@ class Session:
         models = {n for n in names if n in self._registered and n not in HELPERS}
         if not unknown:
             return models
-        deployed = {m.lower(): m for m in self.llm.list_models()}
+        # a typo should not start a cluster: with none running, nothing is deployed
+        live = cluster.reachable(self.llm.address, self.workspace)
+        deployed = {m.lower(): m for m in self.llm.list_models()} if live else {}
         for n in unknown:
             if n not in deployed:
                 listed = ", ".join(sorted(deployed.values())) or "(none)"

@@ -437,6 +437,7 @@ class CausalLMPlugin:
             "lora_target_modules": list(self.lora_target_modules),
             "stop_token_ids": list(state.stop_ids),
             "embedding": True,
+            "embedding_dimensions": getattr(model.config, "hidden_size", None) or getattr(model.config, "n_embd", None),
             "streaming": True,
         }
 

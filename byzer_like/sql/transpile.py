@@ -116,14 +116,18 @@ def _check_llm_calls(tree: exp.Expr, origin: Origin) -> None:
             raise origin.error(start, f"{name} takes one argument: a model's answer")
 
 
+# A replaced node's children are not visited by `transform`, so each rewrite transforms its own
+# arguments (a model call inside llm_result, an llm_result inside another llm_param...).
 def _json_object(call: exp.Anonymous) -> exp.Expr:
     params = call.expressions[0]
     keys, values = params.args["keys"].expressions, params.args["values"].expressions
-    return exp.Anonymous(this="json_object", expressions=[x for pair in zip(keys, values) for x in pair])
+    pairs = [x.transform(_rewrite) for pair in zip(keys, values) for x in pair]
+    return exp.Anonymous(this="json_object", expressions=pairs)
 
 
 def _json_output(call: exp.Anonymous) -> exp.Expr:
-    return exp.Anonymous(this="json_extract_string", expressions=[call.expressions[0], exp.Literal.string("$.output")])
+    answer = call.expressions[0].transform(_rewrite)
+    return exp.Anonymous(this="json_extract_string", expressions=[answer, exp.Literal.string("$.output")])
 
 
 _REWRITES = {_LLM_PARAM: _json_object, **{name: _json_output for name in _LLM_OUTPUT}}

@@ -1,0 +1,58 @@
+"""IPython / Jupyter integration: `%load_ext byzer_like`, then
+
+    %%byzer
+    !byzerllm setup "num_workers=2";
+    run command as LLM.`` where action="infer" and pretrainedModelType="llama"
+        and localModelDir="models/tiny-llama" and udfName="tiny_chat";
+    load json.`data/questions.jsonl` as questions;
+    select task, llm_result(tiny_chat(llm_param(map("instruction", task)))) as answer from questions as answers;
+
+A cell runs as one script and shows the last statement's table as a pandas DataFrame (the earlier
+statements print one line each). `%byzer <statement>` runs one statement. Tables and `set`
+variables live in one session per kernel: `byzer_like.notebook.session()`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+
+from .errors import ByzerError
+
+_llm = None
+
+
+def session():
+    """The kernel's SQL session (created on first use; joins or starts a Ray cluster then)."""
+    global _llm
+    if _llm is None:
+        from .client import ByzerLLM
+
+        _llm = ByzerLLM()
+    return _llm.session
+
+
+@magics_class
+class ByzerMagics(Magics):
+    @line_cell_magic
+    def byzer(self, line: str, cell: str | None = None) -> Any:
+        """Run Byzer-LLM SQL: the cell (or the line) as a script; return the last table as a DataFrame."""
+        script = cell if cell is not None else line
+        try:
+            results = session().sql(script)
+        except ByzerError as e:  # shown like an error, without a traceback into byzer-like
+            print(f"error: {e}")
+            return None
+        for r in results[:-1]:
+            print(f"{r.kind}: {r.message}" if r.message else r.kind)
+        if not results:
+            return None
+        last = results[-1]
+        if last.table is None:
+            print(f"{last.kind}: {last.message}" if last.message else last.kind)
+            return None
+        return last.to_pandas()
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    ipython.register_magics(ByzerMagics)
