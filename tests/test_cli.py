@@ -100,15 +100,19 @@ def test_cluster_start_status_stop_leaves_no_process(tmp_path):
 
 @pytest.mark.timeout(400)
 def test_quickstart_on_the_embedded_default(tmp_path):
-    """The README's main command: no cluster running, so an embedded one on loopback; 2 replicas; a streamed answer."""
-    out = run("quickstart", "--pretrain-seconds", "3", ws=tmp_path / "qs", timeout=380)
+    """The README's main command: no cluster running, so an embedded one on loopback; sql/quickstart.sql
+    on 2 replicas; then a streamed answer; nothing left deployed."""
+    ws = tmp_path / "qs"
+    out = run("quickstart", "--pretrain-seconds", "3", ws=ws, timeout=380)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.splitlines()
     assert any(line.startswith("ray: embedded cluster at 127.0.0.1:") for line in lines), out.stdout
-    assert "deployed 'quickstart_chat' on 2 replicas; streaming an answer:" in lines
-    answer = lines[lines.index("deployed 'quickstart_chat' on 2 replicas; streaming an answer:") + 2]
-    assert answer.strip()
-    assert any(line.startswith("batch of 16 prompts answered in order") for line in lines)
+    assert any(line.startswith("-- [") and "run: quickstart_chat: deployed" in line for line in lines), out.stdout
+    assert any(line.startswith("-- [") and "select: answers: 20 rows" in line for line in lines)
+    banner = "'quickstart_chat' runs on 2 replicas; streaming an answer:"
+    assert banner in lines and lines[lines.index(banner) + 2].strip()
+    saved = (ws / "out" / "quickstart_answers" / "part-00000.json").read_text().splitlines()
+    assert len(saved) == 20
 
 
 def test_readme_quick_start_is_two_commands_and_ci_runs_the_second():

@@ -7,7 +7,10 @@ replica died is retried, one that fails for its own reason is not.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
+import queue
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Callable, Iterator, Sequence
@@ -198,11 +201,28 @@ def translate(e: BaseException, udf_name: str, timeout_s: float | None = None) -
     return InferenceError(f"model {udf_name!r} failed: {type(e).__name__}: {e}")
 
 
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+        return True
+    except RuntimeError:
+        return False
+
+
+def _result(response: Any, timeout_s: float) -> Any:
+    """`response.result()`, also from a thread running an event loop (a Jupyter kernel), where Serve
+    refuses blocking calls: there it waits on a helper thread."""
+    if not _in_event_loop():
+        return response.result(timeout_s=timeout_s)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(response.result, timeout_s=timeout_s).result()
+
+
 def call(handle: Any, method: str, *args: Any, udf_name: str, timeout_s: float, retries: int = 2) -> Any:
     """One call, retried when the replica died (not when the request itself was bad)."""
     for attempt in range(retries + 1):
         try:
-            return getattr(handle, method).remote(*args).result(timeout_s=timeout_s)
+            return _result(getattr(handle, method).remote(*args), timeout_s)
         except Exception as e:  # noqa: BLE001 - translated below
             if _retriable(e) and attempt < retries:
                 time.sleep(0.5 * (attempt + 1))
@@ -215,7 +235,7 @@ def stream(handle: Any, request: dict, *, udf_name: str, timeout_s: float) -> It
     gen = handle.options(stream=True).stream.remote(request)
     try:
         deadline = time.monotonic() + timeout_s
-        for item in gen:
+        for item in (_iterate_off_loop(gen) if _in_event_loop() else gen):
             yield item
             if time.monotonic() > deadline:
                 raise RequestTimeoutError(f"model {udf_name!r} did not finish streaming within {timeout_s:.0f} s")
@@ -225,6 +245,30 @@ def stream(handle: Any, request: dict, *, udf_name: str, timeout_s: float) -> It
         raise translate(e, udf_name, timeout_s) from e
     finally:
         gen.cancel()
+
+
+def _iterate_off_loop(gen: Any) -> Iterator[Any]:
+    """Iterate a Serve response generator on a helper thread (see `_result`)."""
+    items: queue.Queue = queue.Queue()
+    end = object()
+
+    def pump() -> None:
+        try:
+            for item in gen:
+                items.put((item, None))
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+            items.put((end, e))
+            return
+        items.put((end, None))
+
+    threading.Thread(target=pump, name="byzer-like-stream", daemon=True).start()
+    while True:
+        item, error = items.get()
+        if item is end:
+            if error is not None:
+                raise error
+            return
+        yield item
 
 
 def run_batched(
