@@ -223,8 +223,10 @@ class ByzerLLM:
         name = self._model(model)
         meta = self.get_meta(name)
         workers = int(meta.get("num_workers") or 1)
-        # chunks of the replicas' batch size, but small enough that every replica gets work
-        chunk = max(1, min(int(meta.get("max_batch_size") or self._setup.max_batch_size), -(-len(requests) // workers)))
+        # chunks of the replicas' batch size, but at least two per replica, so that Serve's router
+        # (which picks between two random replicas) spreads the work even for small batches
+        chunk = max(1, min(int(meta.get("max_batch_size") or self._setup.max_batch_size),
+                           -(-len(requests) // (2 * workers))))
         bar = _progress(len(requests), name, progress)
         try:
             return manager.run_batched(

@@ -70,7 +70,8 @@ def test_deploy_chat_stream_batch_undeploy(llm, deployed, family):
         single = llm.chat_oai(convs[i], model=name, llm_config=GREEDY)[0]
         assert batch[i].output == single.output
         assert batch[i].metadata["input_tokens"] == single.metadata["input_tokens"]
-    assert len({b.metadata["replica"] for b in batch}) == 2  # both replicas worked
+    many = llm.batch_chat([f"row {i}" for i in range(400)], model=name, llm_config={**GREEDY, "max_new_tokens": 2})
+    assert len({b.metadata["replica"] for b in many}) == 2  # both replicas worked
 
     llm.undeploy(name)
     assert not llm.is_model_exist(name)
