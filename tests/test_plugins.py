@@ -226,3 +226,10 @@ def test_quantized_and_half_precision_loading(tiny_models, params, field, expect
     assert plugin.meta(model, tok)[field] == expected
     out = plugin.batch(model, tok, [req("hello", max_new_tokens=4)])[0]
     assert out["metadata"]["output_tokens"] > 0
+
+
+def test_stream_and_batch_agree_without_length_options(loaded):
+    """With neither max_length nor max_new_tokens, both paths use the same default answer budget."""
+    plugin, model, tok = loaded["llama"]
+    r = req("default budget", max_new_tokens=None)
+    assert list(plugin.stream(model, tok, r))[-1][0] == plugin.batch(model, tok, [r])[0]["output"]

@@ -141,14 +141,14 @@ class Plugin:
         kwargs = dict(request.get("kwargs") or {})
         if request.get("max_new_tokens") is not None:
             kwargs["max_new_tokens"] = request["max_new_tokens"]
-        max_length = request.get("max_length") or kwargs.pop("max_length", None) or 4096
+        if request.get("max_length") is not None:  # otherwise the plugin's own default applies
+            kwargs["max_length"] = request["max_length"]
         start = time.perf_counter()
         first = None
         text, meta = "", {}
         gen = self.target.stream_chat(
             model, tokenizer, request["ins"], [dict(m) for m in request.get("his") or []],
-            max_length=max_length, top_p=request.get("top_p", 0.95), temperature=request.get("temperature", 0.1),
-            **kwargs,
+            top_p=request.get("top_p", 0.95), temperature=request.get("temperature", 0.1), **kwargs,
         )
         try:
             for item in gen:
