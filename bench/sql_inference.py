@@ -25,8 +25,10 @@ What one run does, in one process, on the same rows and the same model:
    (`{"temperature": 0.0, "max_new_tokens": K}`).
 4. Plain path: the in-process batched greedy `generate` loop of bench/inference.py (`bench/_common.py`).
    Each path is warmed up once (one batch; the SQL warm-up also registers the model as a DuckDB
-   function), then the three are timed `--repeats` times, rotating their order every repeat so that
-   none always runs right after another; medians and min..max are reported.
+   function), then the three are timed `--repeats` times, changing their order every repeat (the
+   rotations of sql > batch_chat > plain, then those of the reverse order: with `--repeats 6` every
+   path runs in every position and after every other path equally often); medians and min..max
+   are reported.
 5. Where the select's time goes: `ByzerLLM.generate` (the batch path under both `batch_chat` and the
    SQL UDF) is wrapped on this client to count the UDF's calls, the rows per call and the seconds
    spent inside it; the rest of the select is driver-side SQL work. Also timed in-process, with no
@@ -40,8 +42,13 @@ What one run does, in one process, on the same rows and the same model:
 
 Reading the output: `SQL / plain` is the goal figure (>= 0.9 on one replica: the SQL front end plus
 Serve cost at most 10 % of a hand-written loop); `SQL / batch_chat` isolates what the SQL layer
-adds on top of the client (1.0 = nothing). `in generate` vs `outside generate` splits the select's
-median time; `outside` is what the SQL layer costs per select. CPU-seconds per run: the replica
+adds on top of the client (1.0 = nothing). Per-run ratios pair the paths of the same repeat, so
+they are less noisy than the medians' ratio. `in generate` vs `outside generate` splits the
+select's median time: `outside` is what the SQL layer costs per select; `in generate` runs the
+same code as batch_chat's, so a gap there is noise or the model UDF's call pattern. The UDF is
+called once per DuckDB vector (up to 2048 rows; fewer after a filter), one call after the other
+(the session runs model selects with `SET threads=1`): `rows per call` shows it, and with
+`--rows` above 2048 the select has several calls. CPU-seconds per run: the replica
 process (Serve paths) and this process (the driver; for the plain path, the model itself). Noise:
 see bench/inference.py's docstring (OMP_WAIT_POLICY=PASSIVE by default for the same reason); run
 more than once and look at the spread. No figure is asserted.
@@ -70,7 +77,6 @@ except ImportError:
                          proc_cpu_s, self_cpu_s, shutdown, spread, timed)
 
 UDF = "bench_chat"
-PATHS = ("sql", "batch_chat", "plain")
 
 
 # -- main ------------------------------------------------------------------------------------------
@@ -84,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpus-per-worker-2", type=float, default=None,
                     help="CPUs of each of two replicas (default: cpus-per-worker / 2)")
     ap.add_argument("--max-batch-size", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=3, help="timed runs of each path (order rotated every repeat)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="timed runs of each path (order changed every repeat; 6 balances it fully)")
     ap.add_argument("--omp-wait-policy", choices=("PASSIVE", "ACTIVE"), default="PASSIVE",
                     help="OMP_WAIT_POLICY for this process and the embedded cluster's workers (default: PASSIVE, as replicas use)")
     ap.add_argument("--json", metavar="OUT", help="write the figures as JSON to OUT")
@@ -103,19 +110,26 @@ def write_jsonl(path: Path, rows: list[str]) -> None:
     path.write_text("".join(json.dumps({"id": i, "q": q}) + "\n" for i, q in enumerate(rows)), encoding="utf-8")
 
 
+def balanced_order(names: list[str], rep: int) -> list[str]:
+    """The order of the paths in repeat `rep`: the rotations of `names`, then those of its reverse, so
+    that over 2 * len(names) repeats every path runs in every position and after every other path
+    equally often (a path that always follows the same one would inherit its after-effects)."""
+    k = len(names)
+    base = names if (rep // k) % 2 == 0 else names[::-1]
+    return base[rep % k:] + base[: rep % k]
+
+
 class GenerateRecorder:
     """Wraps `llm.generate` on one client (the batch path under `batch_chat` and the SQL UDF):
     records (rows, seconds) per call, so a select's time splits into model calls and the rest."""
 
     def __init__(self, llm: Any):
         self.calls: list[tuple[int, float]] = []
-        self.last: list[dict] = []
         inner = llm.generate
 
         def generate(requests: Any, model: str | None = None, **kwargs: Any) -> list[dict]:
             out, secs = timed(lambda: inner(requests, model=model, **kwargs))
             self.calls.append((len(requests), secs))
-            self.last = out
             return out
 
         llm.generate = generate
@@ -199,7 +213,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
                                    "in_generate_s": [], "udf_calls": [], "answers": None} for k in names}
         orders = []
         for rep in range(args.repeats):
-            order = names[rep % len(names):] + names[: rep % len(names)]
+            order = balanced_order(names, rep)
             orders.append(order)
             for name in order:
                 r0, d0 = proc_cpu_s(pid), self_cpu_s()
