@@ -167,9 +167,12 @@ def test_thousand_rows_two_replicas_in_order_equal_to_direct_calls(models_sessio
     results = [json.loads(r["r"]) for r in answered]
     assert all(r["output"] is not None and r["input"] == rows[i]["q"] for i, r in enumerate(results))
     assert len({r["metadata"]["replica"] for r in results}) == 2
-    for i in range(0, 1000, 37):  # a direct call answers each sampled row the same way
-        direct = llm.chat_oai(rows[i]["q"], model="sql_thousand", llm_config={"temperature": 0.0, "max_new_tokens": 6})
-        assert results[i]["output"] == direct[0].output, i
+    config = {"temperature": 0.0, "max_new_tokens": 6}
+    batch = llm.batch_chat([r["q"] for r in rows], model="sql_thousand", llm_config=config)
+    assert [r["output"] for r in results] == [b.output for b in batch]  # the client's batch path agrees row by row
+    for i in range(0, 1000, 37):  # and so does a single call, for a sample of rows
+        single = llm.chat_oai(rows[i]["q"], model="sql_thousand", llm_config=config)
+        assert results[i]["output"] == single[0].output, i
 
 
 @pytest.mark.ray
