@@ -20,7 +20,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from . import cluster
 from .config import DeployOptions, SetupConfig, chat_request
-from .errors import ConfigError, DeployError, ModelNotDeployedError, UnknownOptionError
+from .errors import ConfigError, ModelNotDeployedError, UnknownOptionError
 from .plugins import registry
 from .serving import manager
 from .workspace import Workspace
@@ -286,4 +286,4 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="row", leave=False)
 
 
-__all__ = ["ByzerLLM", "LLMResponse", "DeployError"]
+__all__ = ["ByzerLLM", "LLMResponse"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any, ClassVar, Literal, Mapping
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from .errors import ConfigError, UnknownOptionError
@@ -129,11 +129,6 @@ class SetupConfig(_Options):
     health_check_period_s: float = Field(10.0, gt=0)
     health_check_timeout_s: float = Field(30.0, gt=0)
 
-    @field_validator("num_workers", "max_ongoing_requests", "max_queued_requests", "max_batch_size", mode="before")
-    @classmethod
-    def _int_from_str(cls, v: Any) -> Any:
-        return int(v) if isinstance(v, str) and v.strip().lstrip("-").isdigit() else v
-
     def with_values(self, values: Mapping[str, Any]) -> "SetupConfig":
         merged = self.model_dump()
         merged.update(dict(type(self).parse(values, where="setup").model_dump(exclude_unset=True)))
@@ -167,11 +162,6 @@ class DeployOptions(_Options):
     trust_remote_code: bool = False
     allow_pickle_weights: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
-
-    @field_validator("reconnect", "load_in_4bit", "load_in_8bit", "trust_remote_code", "allow_pickle_weights", mode="before")
-    @classmethod
-    def _bool(cls, v: Any) -> Any:
-        return parse_bool(v)
 
 
 # Keys of a chat request (`llm_config` in Python, `llm_param(map(...))` in SQL) besides `generation.*`.

@@ -16,7 +16,6 @@ GREEDY = {"temperature": 0.0, "max_new_tokens": 12}
 
 
 def alive_replicas(udf_name):
-    import ray
     from ray.util.state import list_actors
 
     from byzer_like.cluster import head_info

@@ -123,8 +123,11 @@ class Session:
         try:
             return self.table(name)
         except KeyError:
-            known = ", ".join(sorted(self.tables)) or "(none yet: create one with load or select ... as <table>)"
-            raise _at(UnknownTableError, statement, name, f"unknown table {name!r}; tables in this session: {known}") from None
+            raise self._unknown_table(name, statement) from None
+
+    def _unknown_table(self, name: str, statement: Statement) -> SqlError:
+        known = ", ".join(sorted(self.tables)) or "(none yet: create one with load or select ... as <table>)"
+        return _at(UnknownTableError, statement, name, f"unknown table {name!r}; tables in this session: {known}")
 
     # -- statements --------------------------------------------------------------------------------
     def _load(self, s: Load) -> Result:
@@ -299,16 +302,9 @@ class Session:
     def _explain(self, e: duckdb.Error, s: Select) -> SqlError:
         message = str(e).split("\n", 1)[0]
         names = re.findall(r'"([^"]+)"', message) or re.findall(r"name (\w+)", message)
-        if isinstance(e, duckdb.CatalogException) and "Table with name" in message:
-            return self._need_table_error(names, s)
+        if isinstance(e, duckdb.CatalogException) and "Table with name" in message and names:
+            return self._unknown_table(names[0], s)
         return _at(ExecutionError, s, names[0] if names else None, message)
-
-    def _need_table_error(self, names: list[str], s: Select) -> SqlError:
-        try:
-            self._need_table(names[0] if names else "?", s)
-        except UnknownTableError as e:
-            return e
-        return _at(ExecutionError, s, None, "unknown table")
 
 
 def _take(opts: dict[str, str], camel: str, snake: str, *, keep: bool = False) -> str | None:
