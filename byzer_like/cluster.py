@@ -215,7 +215,7 @@ def connect(address: str | None = None, ws: Workspace | None = None, *, num_cpus
     common: dict[str, Any] = {"namespace": NAMESPACE, "logging_level": "WARNING", "log_to_driver": False}
     try:
         if address:
-            if mode == "persistent":
+            if mode == "persistent" or _is_loopback(address):  # a cluster on this machine: as ours
                 _loopback_only()
                 _local_token_auth()
             ray.init(address=address, **common)
@@ -229,6 +229,11 @@ def connect(address: str | None = None, ws: Workspace | None = None, *, num_cpus
         where = address or "an embedded local cluster"
         raise ClusterError(f"cannot connect to Ray at {where}: {e}".splitlines()[0]) from e
     return {"address": ray.get_runtime_context().gcs_address, "mode": mode}
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0]
+    return host in ("127.0.0.1", "localhost")
 
 
 def reachable(address: str | None, ws: Workspace) -> bool:

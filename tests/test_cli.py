@@ -115,6 +115,16 @@ def test_quickstart_on_the_embedded_default(tmp_path):
     assert len(saved) == 20
 
 
+@pytest.mark.timeout(120)
+def test_ray_address_joins_that_cluster(ray_cluster, workspace, tmp_path):
+    """RAY_ADDRESS (here: the session's head, from a process with an unrelated workspace) is joined, not replaced."""
+    code = "from byzer_like import ByzerLLM; print(ByzerLLM().connect())"
+    env = {**os.environ, "BYZER_LIKE_HOME": str(tmp_path / "elsewhere"), "RAY_ADDRESS": ray_cluster.address}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=100)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"'address': '{ray_cluster.address}', 'mode': 'address'" in out.stdout
+
+
 def test_readme_quick_start_is_two_commands_and_ci_runs_the_second():
     root = Path(__file__).resolve().parent.parent
     readme = (root / "README.md").read_text()
