@@ -180,3 +180,47 @@ def probe_threads(model_dir: str, sys_conf: dict, num_cpus: float) -> dict:
                 "torch_threads": torch.get_num_threads(), "torch_threads_pool_thread": in_pool}
 
     return ray.get(probe.remote(model_dir, sys_conf), timeout=300)
+
+
+def finish(results: dict[str, Any], *, rows: int, max_new_tokens: int, size: str, params: int, replicas: int,
+           cpus_per_worker: float, max_batch_size: int, torch_threads: int, repeats: int,
+           load_start: str) -> dict[str, Any]:
+    """The figures every benchmark reports, around its own `results`."""
+    import datetime as _dt
+    import os
+
+    return {
+        "rows": rows,
+        "max_new_tokens": max_new_tokens,
+        "model": {"family": "llama", "size": size, "params": params},
+        "params": params,
+        "replicas": replicas,
+        "cpus_per_worker": cpus_per_worker,
+        "max_batch_size": max_batch_size,
+        "torch_threads": torch_threads,
+        "repeats": repeats,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        **results,
+        "machine": machine_info(load_start),
+        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def write_json(path: str | None, results: dict[str, Any]) -> None:
+    import json
+
+    if path:
+        Path(path).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        log(f"wrote {path}")
+
+
+def print_header(r: dict[str, Any]) -> None:
+    """The run's setting and machine, the first lines of every benchmark's report."""
+    m = r["machine"]
+    print()
+    print(f"llama {r['model']['size']} ({r['params']:,} params), {r['rows']} rows, max_new_tokens={r['max_new_tokens']}, "
+          f"greedy, batch {r['max_batch_size']}, {r['torch_threads']} torch threads, median of {r['repeats']} runs")
+    print(f"OMP_WAIT_POLICY={r['omp_wait_policy'] or '(unset)'}; load average (1/5/15 min) at start {m['loadavg_start']}, "
+          f"at end {m['loadavg_end']}")
+    print(f"{m['cores']} cores ({m['cpu_model']}), python {m['python']}, torch {m['torch']}, ray {m['ray']}, "
+          f"transformers {m['transformers']}")

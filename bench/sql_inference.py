@@ -61,20 +61,18 @@ machine, timestamp).
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 try:  # run as a script (bench/ on sys.path) or as the module bench.sql_inference
-    from ._common import (PlainLoop, loadavg, log, machine_info, make_rows, median_ms, prepare_env, probe_threads,
-                          proc_cpu_s, self_cpu_s, shutdown, spread, timed)
+    from ._common import (PlainLoop, finish, loadavg, log, make_rows, median_ms, prepare_env, print_header,
+                          probe_threads, proc_cpu_s, self_cpu_s, shutdown, spread, timed, write_json)
 except ImportError:
-    from _common import (PlainLoop, loadavg, log, machine_info, make_rows, median_ms, prepare_env, probe_threads,
-                         proc_cpu_s, self_cpu_s, shutdown, spread, timed)
+    from _common import (PlainLoop, finish, loadavg, log, make_rows, median_ms, prepare_env, print_header,
+                         probe_threads, proc_cpu_s, self_cpu_s, shutdown, spread, timed, write_json)
 
 UDF = "bench_chat"
 
@@ -348,37 +346,16 @@ def run(args: argparse.Namespace, work: Path) -> int:
         except Exception as e:  # noqa: BLE001 - shutting down anyway
             log(f"clean-up failed: {e}")
 
-    results = {
-        "rows": len(rows),
-        "max_new_tokens": K,
-        "model": {"family": "llama", "size": args.size, "params": built["params"]},
-        "params": built["params"],
-        "replicas": args.replicas,
-        "cpus_per_worker": C,
-        "max_batch_size": batch_size,
-        "torch_threads": n_threads,
-        "repeats": args.repeats,
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        **results,
-        "machine": machine_info(load_start),
-        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+    results = finish(results, rows=len(rows), max_new_tokens=K, size=args.size, params=built["params"],
+                     replicas=args.replicas, cpus_per_worker=C, max_batch_size=batch_size, torch_threads=n_threads,
+                     repeats=args.repeats, load_start=load_start)
     report(results)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-        log(f"wrote {args.json}")
+    write_json(args.json, results)
     return 0
 
 
 def report(r: dict) -> None:
-    m = r["machine"]
-    print()
-    print(f"llama {r['model']['size']} ({r['params']:,} params), {r['rows']} rows, max_new_tokens={r['max_new_tokens']}, "
-          f"greedy, batch {r['max_batch_size']}, {r['torch_threads']} torch threads, median of {r['repeats']} runs")
-    print(f"OMP_WAIT_POLICY={r['omp_wait_policy'] or '(unset)'}; load average (1/5/15 min) at start {m['loadavg_start']}, "
-          f"at end {m['loadavg_end']}")
-    print(f"{m['cores']} cores ({m['cpu_model']}), python {m['python']}, torch {m['torch']}, ray {m['ray']}, "
-          f"transformers {m['transformers']}")
+    print_header(r)
     print(f"order of the paths per repeat: {' | '.join(' > '.join(o) for o in r['orders'])}")
     print()
     w = 42
