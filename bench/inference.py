@@ -56,12 +56,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-try:  # run as a script (bench/ on sys.path) or as the module bench.inference
-    from ._common import (PlainLoop, finish, loadavg, log, make_rows, median_ms, prepare_env, print_header,
-                          probe_threads, proc_cpu_s, self_cpu_s, shutdown, spread, timed, write_json)
-except ImportError:
-    from _common import (PlainLoop, finish, loadavg, log, make_rows, median_ms, prepare_env, print_header,
-                         probe_threads, proc_cpu_s, self_cpu_s, shutdown, spread, timed, write_json)
+from _common import (PlainLoop, finish, loadavg, log, make_rows, median_ms, prepare_env, print_header,
+                     probe_threads, proc_cpu_s, self_cpu_s, shutdown, spread, timed, write_json)
 
 UDF = "bench_chat"
 

@@ -39,20 +39,18 @@ def _kv(items: Sequence[str] | None, what: str) -> dict[str, str]:
     return out
 
 
-def _client(args: argparse.Namespace, *, need_persistent: bool = True):
+def _client(args: argparse.Namespace):
+    """A client for commands whose effect must outlive them: it needs a cluster that is already running."""
     from . import cluster
     from .client import ByzerLLM
 
     ws = Workspace.from_env(args.workspace)
-    address = args.address or os.environ.get("RAY_ADDRESS")
-    if need_persistent and not address:
-        info = cluster.head_info(ws)
-        if not (info and info.alive()):
-            raise ClusterError(
-                f"no cluster is running for workspace {ws.root}: start one with `byzer-like cluster start` "
-                "(or pass --address / set RAY_ADDRESS); a deployment in a one-off embedded cluster would end with this command"
-            )
-    return ByzerLLM(address, workspace=ws.root)
+    if not cluster.reachable(args.address, ws):
+        raise ClusterError(
+            f"no cluster is running for workspace {ws.root}: start one with `byzer-like cluster start` "
+            "(or pass --address / set RAY_ADDRESS); a deployment in a one-off embedded cluster would end with this command"
+        )
+    return ByzerLLM(args.address, workspace=ws.root)
 
 
 # -- commands ----------------------------------------------------------------------------------------

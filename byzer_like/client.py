@@ -124,9 +124,9 @@ class ByzerLLM:
             "sys_conf": self.sys_conf,
             "deployed_at": time.time(),
         }
-        status = manager.deploy(spec, self._setup, reconnect=opts.reconnect)
+        manager.deploy(spec, self._setup)
         self._forget(udf_name)
-        return {"udf_name": udf_name, "status": status, "num_workers": self._setup.num_workers, "model_dir": model_dir}
+        return {"udf_name": udf_name, "status": "deployed", "num_workers": self._setup.num_workers, "model_dir": model_dir}
 
     def undeploy(self, udf_name: str) -> None:
         self.connect()

@@ -104,7 +104,8 @@ def test_batch_equals_one_by_one_greedy(loaded, family):
     batch = plugin.batch(model, tok, reqs)
     singles = [list(plugin.stream(model, tok, r))[-1] for r in reqs]
     assert [b["output"] for b in batch] == [s[0] for s in singles]
-    assert [b["metadata"]["input_tokens"] for b in batch] == [s[1]["input_tokens"] for s in singles]
+    for key in ("input_tokens", "output_tokens", "finish_reason"):
+        assert [b["metadata"][key] for b in batch] == [s[1][key] for s in singles], key
     assert max(b["metadata"]["batch_size"] for b in batch) == 8  # max_batch_size from sys_conf
 
 

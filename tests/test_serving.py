@@ -181,24 +181,17 @@ def test_failing_model_load_leaves_nothing(llm, tiny_models, workspace):
     assert not llm.is_model_exist("t_corrupt") and alive_replicas("t_corrupt") == []
 
 
-def test_resources_that_do_not_fit_time_out_clearly(llm, tiny_models):
+def test_resources_that_do_not_fit_time_out_clearly(llm, tiny_models, monkeypatch):
+    """A GPU the CPU-only cluster does not have: the deploy fails after its (here short) deadline, not hang."""
+    import functools
+
     from byzer_like.serving import manager
 
+    monkeypatch.setattr(manager, "deploy", functools.partial(manager.deploy, timeout_s=8))
     llm.setup_gpus_per_worker(1)
     try:
-        spec_client = llm
         with pytest.raises(DeployError, match="may not fit the cluster"):
-            # a GPU the CPU-only cluster does not have: fail after the (short) deadline, not hang
-            orig = manager.deploy
-
-            def short(spec, setup, **kw):
-                return orig(spec, setup, **{**kw, "timeout_s": 8})
-
-            manager.deploy, restore = short, orig
-            try:
-                spec_client.deploy(tiny_models["llama"], "llama", "t_gpu", {})
-            finally:
-                manager.deploy = restore
+            llm.deploy(tiny_models["llama"], "llama", "t_gpu", {})
     finally:
         llm.setup_gpus_per_worker(0)
     assert not llm.is_model_exist("t_gpu")

@@ -64,8 +64,8 @@ def _files(path: Path, fmt: str) -> list[str]:
     return [str(path)]
 
 
-def load_table(fmt: str, path: Path, options: Mapping[str, Any]) -> pa.Table:
-    """Read `path` (already resolved inside the allowed roots) as a table."""
+def load_table(con: duckdb.DuckDBPyConnection, fmt: str, path: Path, options: Mapping[str, Any]) -> pa.Table:
+    """Read `path` (already resolved inside the allowed roots) as a table, with DuckDB's readers on `con`."""
     if fmt not in LOAD_FORMATS:
         raise ConfigError(f"unknown load format {fmt!r}; valid formats: {', '.join(LOAD_FORMATS)}")
     opts = LoadOptions.parse(options, where=f"load {fmt}")
@@ -77,7 +77,6 @@ def load_table(fmt: str, path: Path, options: Mapping[str, Any]) -> pa.Table:
         for f in files:
             lines.extend(Path(f).read_text(encoding="utf-8").splitlines())
         return pa.table({"value": pa.array(lines, type=pa.string())})
-    con = duckdb.connect()
     try:
         if fmt in ("json", "jsonl"):
             rel = con.read_json(files)
@@ -88,8 +87,6 @@ def load_table(fmt: str, path: Path, options: Mapping[str, Any]) -> pa.Table:
         return rel.to_arrow_table()
     except duckdb.Error as e:
         raise DataFileError(f"cannot read {path} as {fmt}: {str(e).splitlines()[0]}") from None
-    finally:
-        con.close()
 
 
 def _model_table(path: Path) -> pa.Table:

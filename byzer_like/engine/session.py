@@ -13,21 +13,23 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
 
 import duckdb
 import pyarrow as pa
 from duckdb import sqltypes
 
 from .. import cluster
-from ..client import ByzerLLM
 from ..errors import ConfigError, NotSupportedError
 from ..plugins.registry import split_model_type
 from ..sql import Command, Load, Run, Save, Select, Set, Statement, parse_script, to_duckdb
 from ..sql.errors import SqlError
 from . import functions as fx
 from .io import load_table, save_table
+
+if TYPE_CHECKING:  # the client drives sessions; a session only calls back into the one it is given
+    from ..client import ByzerLLM
 
 HELPERS = ("llm_prompt", "llm_stack")
 ON_ERROR = ("raise", "null")
@@ -68,13 +70,16 @@ class _Call:
     rows: int = 0
     error: BaseException | None = None
     bar: Any = None
-    models: set[str] = field(default_factory=set)
 
 
 class Session:
-    def __init__(self, llm: ByzerLLM | None = None, *, variables: dict[str, str] | None = None,
+    def __init__(self, llm: "ByzerLLM | None" = None, *, variables: dict[str, str] | None = None,
                  progress: bool | None = None):
-        self.llm = llm or ByzerLLM()
+        if llm is None:
+            from ..client import ByzerLLM
+
+            llm = ByzerLLM()
+        self.llm = llm
         self.workspace = self.llm.workspace
         self.tables: dict[str, pa.Table] = {}
         self.variables: dict[str, str] = dict(variables or {})
@@ -132,7 +137,7 @@ class Session:
     # -- statements --------------------------------------------------------------------------------
     def _load(self, s: Load) -> Result:
         path = self.workspace.resolve(s.path, what="load path")
-        table = load_table(s.format, path, s.options)
+        table = load_table(self.con, s.format, path, s.options)
         self._put(s.table, table)
         return Result("load", table, s.table, f"{s.table}: {table.num_rows} rows from {path}")
 
@@ -154,9 +159,8 @@ class Session:
         tr = to_duckdb(s.sql)
         models = self._prepare_functions(tr.functions, s)
         for name in tr.tables:
-            if not any(name.lower() == k.lower() for k in self.tables):
-                self._need_table(name, s)
-        self._call = _Call(models=models)
+            self._need_table(name, s)
+        self._call = _Call()
         if models and self.progress:
             from tqdm import tqdm
 
@@ -177,8 +181,8 @@ class Session:
 
     def _run(self, s: Run) -> Result:
         opts = dict(s.options)
-        action = opts.get("action", "infer")
-        model_type = _take(opts, "pretrainedModelType", "pretrained_model_type", keep=True) or ""
+        action = opts.pop("action", "infer")
+        model_type = _take(opts, "pretrainedModelType", "pretrained_model_type") or ""
         task, _ = split_model_type(model_type)
         if action != "infer" or task or s.verb == "train":
             raise NotSupportedError(
@@ -194,10 +198,8 @@ class Session:
         udf_name = _take(opts, "udfName", "udf_name")
         if not udf_name:
             raise ConfigError('run command as LLM with action="infer" needs udfName="<name>"')
-        model_type = _take(opts, "pretrainedModelType", "pretrained_model_type")
         if not model_type:
             raise ConfigError('run command as LLM with action="infer" needs pretrainedModelType="<type>"')
-        opts.pop("action", None)
         info = self.llm.deploy(None, model_type, udf_name, opts)
         table = pa.table({k: [v] for k, v in info.items()})
         if s.output_table:
@@ -307,10 +309,11 @@ class Session:
         return _at(ExecutionError, s, names[0] if names else None, message)
 
 
-def _take(opts: dict[str, str], camel: str, snake: str, *, keep: bool = False) -> str | None:
+def _take(opts: dict[str, str], camel: str, snake: str) -> str | None:
+    """Remove and return an option given in either spelling."""
     for key in (camel, snake):
         if key in opts:
-            return opts[key] if keep else opts.pop(key)
+            return opts.pop(key)
     return None
 
 

@@ -66,6 +66,18 @@ class TrainablePlugin(Protocol):
         """Continued pretraining on a text table, distributed (DeepSpeed)."""
 
 
+def request_arguments(request: Mapping[str, Any]) -> tuple[str, list[dict], dict[str, Any]]:
+    """A request (`config.ChatRequest` as a dict) as `stream_chat`'s `ins`, `his` and keyword arguments.
+
+    `max_length` is passed only when the caller gave it, so that the plugin's own default applies."""
+    options: dict[str, Any] = {"top_p": request.get("top_p", 0.95), "temperature": request.get("temperature", 0.1)}
+    options.update(request.get("kwargs") or {})
+    for key in ("max_new_tokens", "max_length"):
+        if request.get(key) is not None:
+            options[key] = request[key]
+    return request["ins"], [dict(m) for m in request.get("his") or []], options
+
+
 class BatchChat(Protocol):
     def batch_chat(self, model: Any, tokenizer: Any, requests: Sequence[Mapping[str, Any]]) -> list[tuple[str, dict]]:
         """Answer many requests (each with the keys of `stream_chat`'s arguments: ins, his, max_length,

@@ -18,6 +18,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from ..config import parse_bool
 from ..errors import InvalidRequestError, ModelDirError, NotSupportedError, PromptTooLongError
+from .contract import request_arguments
 
 # Answer length when the caller gives neither max_length nor max_new_tokens.
 DEFAULT_MAX_NEW_TOKENS = 512
@@ -38,7 +39,6 @@ GENERIC_TEMPLATE = (
 class _State:
     """What a loaded model carries for this plugin (attached as `model.byzer_like`)."""
 
-    family: str
     model_dir: str
     context_length: int
     stop_ids: list[int]
@@ -196,7 +196,6 @@ class CausalLMPlugin:
         if not tokenizer.chat_template:
             tokenizer.chat_template = self.fallback_chat_template
         model.byzer_like = _State(
-            family=self.family,
             model_dir=str(model_dir),
             context_length=_context_length(model.config),
             stop_ids=self._stop_ids(model, tokenizer),
@@ -350,10 +349,9 @@ class CausalLMPlugin:
             thread.join()
         if failure:
             raise failure[0]
-        n_out = len(streamer.ids)
-        if finish != "stop" and (n_out < p.budget or (streamer.ids and streamer.ids[-1] in model.byzer_like.stop_ids)):
-            finish = "stop"
-        yield text, self._meta(len(p.ids), n_out, finish, first, time.perf_counter() - start, p.ignored)
+        new, ended = _answer_tokens(streamer.ids, p.budget, model.byzer_like.stop_ids)
+        finish = "stop" if finish == "stop" or ended else "length"
+        yield text, self._meta(len(p.ids), len(new), finish, first, time.perf_counter() - start, p.ignored)
 
     def batch_chat(self, model: Any, tokenizer: Any, requests: Sequence[Mapping[str, Any]]) -> list[tuple[str | None, dict]]:
         """Answer many requests with batched `generate` calls.
@@ -366,12 +364,10 @@ class CausalLMPlugin:
         results: list[tuple[str | None, dict] | None] = [None] * len(requests)
         groups: dict[str, list[tuple[int, _Prepared]]] = {}
         for i, r in enumerate(requests):
-            kwargs = dict(r.get("kwargs") or {})
-            if r.get("max_new_tokens") is not None:
-                kwargs["max_new_tokens"] = r["max_new_tokens"]
+            ins, his, kwargs = request_arguments(r)
             try:
-                p = self._prepare(model, tokenizer, r["ins"], r.get("his") or [], r.get("max_length"),
-                                  float(r.get("top_p", 0.95)), float(r.get("temperature", 0.1)), kwargs)
+                p = self._prepare(model, tokenizer, ins, his, kwargs.pop("max_length", None),
+                                  float(kwargs.pop("top_p")), float(kwargs.pop("temperature")), kwargs)
             except InvalidRequestError as e:
                 results[i] = (None, {"error": str(e), "error_code": e.code})
                 continue
@@ -392,22 +388,16 @@ class CausalLMPlugin:
                                      chunk[0][1].stop)
                 seconds = time.perf_counter() - start
                 for row, (i, p) in enumerate(chunk):
-                    new = out[row, width:].tolist()[: p.budget]
-                    finish = "length"
-                    for j, t in enumerate(new):
-                        if t in state.stop_ids:
-                            new, finish = new[:j], "stop"
-                            break
+                    new, ended = _answer_tokens(out[row, width:].tolist(), p.budget, state.stop_ids)
                     text = tokenizer.decode(new, skip_special_tokens=True)
                     cut = _cut_at_stop(text, p.stop)
                     if cut is not None:
-                        text, finish = cut, "stop"
-                    if finish == "length" and len(new) < p.budget:
-                        finish = "stop"
+                        text = cut
+                    finish = "stop" if ended or cut is not None else "length"
                     meta = self._meta(len(p.ids), len(new), finish, None, seconds, p.ignored)
                     meta["batch_size"] = len(chunk)
                     results[i] = (text, meta)
-        return [r for r in results]  # type: ignore[misc]
+        return results  # type: ignore[return-value]
 
     def embed_query(self, model: Any, tokenizer: Any, text: str, **kwargs: Any) -> list[float]:
         """Mean of the last hidden states over the text's tokens, L2-normalised."""
@@ -468,6 +458,16 @@ def _context_length(config: Any) -> int:
         if isinstance(value, int) and value > 0:
             return value
     return 2048
+
+
+def _answer_tokens(ids: list[int], budget: int, stop_ids: Sequence[int]) -> tuple[list[int], bool]:
+    """The answer's tokens (up to, not including, the first stop token; at most `budget`) and whether
+    the answer ended by itself (a stop token, or padding after it in a batch) rather than at the budget."""
+    ids = ids[:budget]
+    for j, t in enumerate(ids):
+        if t in stop_ids:
+            return ids[:j], True
+    return ids, len(ids) < budget
 
 
 def _cut_at_stop(text: str, stops: Sequence[str]) -> str | None:

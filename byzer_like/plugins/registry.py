@@ -15,8 +15,8 @@ from functools import lru_cache
 from importlib.metadata import entry_points
 from typing import Any, Iterator, Mapping, Sequence
 
-from ..errors import InvalidRequestError, PluginError, UnknownPluginError
-from .contract import OPTIONAL, REQUIRED, TRAINING
+from ..errors import InvalidRequestError, NotSupportedError, PluginError, UnknownPluginError
+from .contract import REQUIRED, TRAINING, request_arguments
 
 ENTRY_POINT_GROUP = "byzer_like.models"
 TASK_PREFIXES = ("sft", "sfft")
@@ -86,10 +86,7 @@ def check(target: Any, label: str, needs: Sequence[str] = REQUIRED) -> None:
 
 def load(name: str, *, needs: Sequence[str] = REQUIRED) -> "Plugin":
     """Import and check the plugin registered as `name` (no task prefix)."""
-    path = import_path_for(name)
-    target = import_target(path)
-    check(target, f"{name!r} ({path})", needs)
-    return Plugin(name=name, import_path=path, target=target)
+    return load_path(name, import_path_for(name), needs=needs)
 
 
 def load_path(name: str, import_path: str, *, needs: Sequence[str] = REQUIRED) -> "Plugin":
@@ -138,18 +135,11 @@ class Plugin:
 
     def stream(self, model: Any, tokenizer: Any, request: Mapping[str, Any]) -> Iterator[tuple[str, dict]]:
         """Yield `(text_so_far, metadata)`; the last item is the whole answer with timing filled in."""
-        kwargs = dict(request.get("kwargs") or {})
-        if request.get("max_new_tokens") is not None:
-            kwargs["max_new_tokens"] = request["max_new_tokens"]
-        if request.get("max_length") is not None:  # otherwise the plugin's own default applies
-            kwargs["max_length"] = request["max_length"]
+        ins, his, options = request_arguments(request)
         start = time.perf_counter()
         first = None
         text, meta = "", {}
-        gen = self.target.stream_chat(
-            model, tokenizer, request["ins"], [dict(m) for m in request.get("his") or []],
-            top_p=request.get("top_p", 0.95), temperature=request.get("temperature", 0.1), **kwargs,
-        )
+        gen = self.target.stream_chat(model, tokenizer, ins, his, **options)
         try:
             for item in gen:
                 text, meta = _normalise_item(item)
@@ -191,8 +181,6 @@ class Plugin:
 
     def embed(self, model: Any, tokenizer: Any, text: str, **kwargs: Any) -> list[float]:
         if not self.has("embed_query"):
-            from ..errors import NotSupportedError
-
             raise NotSupportedError(f"plugin {self.name!r} does not provide embed_query: it cannot make embeddings")
         return [float(x) for x in self.target.embed_query(model, tokenizer, text, **kwargs)]
 
@@ -201,6 +189,6 @@ class Plugin:
 
 
 __all__ = [
-    "ENTRY_POINT_GROUP", "OPTIONAL", "Plugin", "available", "check", "import_path_for", "load", "load_path",
+    "ENTRY_POINT_GROUP", "Plugin", "available", "check", "import_path_for", "load", "load_path",
     "register", "split_model_type",
 ]

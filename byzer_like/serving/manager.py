@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator, Sequence
 
 from ..config import SetupConfig
@@ -45,6 +45,10 @@ def ensure_serve() -> None:
         serve.start(proxy_location="Disabled", http_options={"host": "127.0.0.1"})
 
 
+def _status(app: Any) -> str:
+    return str(getattr(app.status, "value", app.status))
+
+
 def list_deployments() -> dict[str, str]:
     """Deployed models on the cluster: udf_name -> application status."""
     from ray import serve
@@ -53,21 +57,17 @@ def list_deployments() -> dict[str, str]:
         return {}
     _quiet_serve_logs()
     apps = serve.status().applications
-    return {
-        name: str(app.status.value if hasattr(app.status, "value") else app.status)
-        for name, app in apps.items()
-        if DEPLOYMENT_NAME in app.deployments and str(getattr(app.status, "value", app.status)) in LIVE_STATES
-    }
+    return {name: _status(app) for name, app in apps.items()
+            if DEPLOYMENT_NAME in app.deployments and _status(app) in LIVE_STATES}
 
 
 def exists(udf_name: str) -> bool:
     return udf_name in list_deployments()
 
 
-def deploy(spec: dict[str, Any], setup: SetupConfig, *, reconnect: bool = False, timeout_s: float = 600) -> str:
+def deploy(spec: dict[str, Any], setup: SetupConfig, *, timeout_s: float = 600) -> None:
     """Create the application `spec["udf_name"]`; wait until every replica has loaded the model.
-
-    Returns "deployed" or "reconnected". On failure nothing is left running."""
+    On failure nothing is left running."""
     from ray import serve
 
     from .replica import ModelReplica
@@ -75,8 +75,6 @@ def deploy(spec: dict[str, Any], setup: SetupConfig, *, reconnect: bool = False,
     udf_name = spec["udf_name"]
     ensure_serve()
     if exists(udf_name):
-        if reconnect:
-            return "reconnected"
         raise DuplicateDeploymentError(udf_name)
     deployment = serve.deployment(
         ModelReplica,
@@ -99,7 +97,6 @@ def deploy(spec: dict[str, Any], setup: SetupConfig, *, reconnect: bool = False,
     except BaseException:
         _delete_quietly(udf_name)
         raise
-    return "deployed"
 
 
 def _wait_running(udf_name: str, setup: SetupConfig, timeout_s: float) -> None:
@@ -108,7 +105,7 @@ def _wait_running(udf_name: str, setup: SetupConfig, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         app = serve.status().applications.get(udf_name)
-        status = str(getattr(app.status, "value", app.status)) if app else "NOT_STARTED"
+        status = _status(app) if app else "NOT_STARTED"
         if status == "RUNNING":
             return
         if status in ("DEPLOY_FAILED", "UNHEALTHY"):
@@ -284,43 +281,23 @@ def run_batched(
 ) -> list[dict]:
     """Send `requests` in chunks to all replicas concurrently; results come back in request order.
 
-    Each chunk's results are stored exactly once, so no row is lost or duplicated; a chunk whose
-    replica died is sent again (up to `retries` times)."""
-    chunks = [list(range(i, min(i + chunk_size, len(requests)))) for i in range(0, len(requests), chunk_size)]
-    results: list[dict | None] = [None] * len(requests)
-    attempts = [0] * len(chunks)
+    Each chunk is one `call` (sent again when its replica died), and its answers land in its own
+    place, so no row is lost or duplicated. The first chunk that fails for good ends the batch."""
+    chunks = [list(requests[i:i + chunk_size]) for i in range(0, len(requests), chunk_size)]
 
-    def run(k: int) -> list[dict]:
-        return getattr(handle, "generate").remote([requests[i] for i in chunks[k]]).result(timeout_s=timeout_s)
+    def run(chunk: list[dict]) -> list[dict]:
+        answers = call(handle, "generate", chunk, udf_name=udf_name, timeout_s=timeout_s, retries=retries)
+        if len(answers) != len(chunk):
+            raise InferenceError(f"model {udf_name!r} returned {len(answers)} answers for {len(chunk)} requests")
+        if on_rows:
+            on_rows(len(answers))
+        return answers
 
-    with ThreadPoolExecutor(max_workers=max(1, in_flight), thread_name_prefix="byzer-like-batch") as pool:
-        pending: dict[Future, int] = {}
-        queue = list(range(len(chunks)))[::-1]
-        while queue or pending:
-            while queue and len(pending) < in_flight:
-                k = queue.pop()
-                pending[pool.submit(run, k)] = k
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                k = pending.pop(fut)
-                try:
-                    answers = fut.result()
-                except Exception as e:  # noqa: BLE001
-                    if _retriable(e) and attempts[k] < retries:
-                        attempts[k] += 1
-                        time.sleep(0.5 * attempts[k])
-                        queue.append(k)
-                        continue
-                    for f in pending:
-                        f.cancel()
-                    raise translate(e, udf_name, timeout_s) from e
-                if len(answers) != len(chunks[k]):
-                    raise InferenceError(f"model {udf_name!r} returned {len(answers)} answers for {len(chunks[k])} requests")
-                for i, a in zip(chunks[k], answers):
-                    results[i] = a
-                if on_rows:
-                    on_rows(len(answers))
-    return results  # type: ignore[return-value]
+    pool = ThreadPoolExecutor(max_workers=max(1, in_flight), thread_name_prefix="byzer-like-batch")
+    try:
+        return [answer for answers in pool.map(run, chunks) for answer in answers]
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 def raise_row_error(result: dict, index: int | None = None) -> None:

@@ -18,7 +18,6 @@ from ray import serve
 
 from ..plugins import registry
 
-DEPLOYMENT_NAME = "ByzerModel"
 # A request running longer than request_timeout_s times this factor marks the replica unhealthy.
 HANG_FACTOR = 2.0
 
@@ -34,17 +33,17 @@ class ModelReplica:
         start = time.perf_counter()
         self.model, self.tokenizer = self.plugin.init_model(spec["model_dir"], spec["infer_params"], spec["sys_conf"])
         self.load_s = time.perf_counter() - start
-        self.request_timeout_s = float(spec["sys_conf"].get("request_timeout_s", 600))
-        self._pool = ThreadPoolExecutor(max_workers=int(spec["sys_conf"].get("max_ongoing_requests", 8)) + 1,
-                                        thread_name_prefix="byzer-like-model")
+        conf = spec["sys_conf"]
+        self.request_timeout_s = float(conf.get("request_timeout_s", 600))
+        ongoing = int(conf.get("max_ongoing_requests", 8))
+        self._pool = ThreadPoolExecutor(max_workers=ongoing + 1, thread_name_prefix="byzer-like-model")
         self._inflight: dict[str, float] = {}
         self._lock = threading.Lock()
         self._served = 0
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         # single chats arriving together share one forward pass; no more can arrive than the
         # replica takes at once, and a lone chat waits at most a millisecond for company
-        self._chat_batched.set_max_batch_size(min(int(spec["sys_conf"].get("max_batch_size", 32)),
-                                                  int(spec["sys_conf"].get("max_ongoing_requests", 8))))
+        self._chat_batched.set_max_batch_size(min(int(conf.get("max_batch_size", 32)), ongoing))
         self._chat_batched.set_batch_wait_timeout_s(0.001)
 
     # -- bookkeeping -------------------------------------------------------------------------------
