@@ -1,0 +1,279 @@
+"""The catalog: a SQLite database in the workspace that remembers training jobs and trained models.
+
+Ray forgets a job once its cluster goes away; the catalog keeps the parameters, state, progress,
+metrics and final artifact of every job, and the model registry (name, version, kind, base model,
+parameters, metrics) that `modelTable="name"` / `"name@v2"` deploys from.
+
+Every call opens its own connection (WAL mode, a generous busy timeout), so the client, a job's
+runner and its training workers can all write to it at once. This module imports neither ray nor torch.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import time
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import ByzerError, ConfigError
+from .workspace import Workspace
+
+CATALOG_FILE = ("catalog", "catalog.sqlite")
+JOB_STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED")
+FINISHED = ("SUCCEEDED", "FAILED", "STOPPED")
+MODEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
+MODEL_REF = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_.-]{0,127}?)(?:@v(?P<version>[0-9]+))?$")
+
+_SCHEMA = """
+create table if not exists jobs (
+    id text primary key,
+    kind text not null,
+    state text not null,
+    model_type text,
+    base_model text,
+    output_table text,
+    params text not null default '{}',
+    sys_conf text not null default '{}',
+    detached integer not null default 0,
+    ray_job_id text,
+    attempts integer not null default 0,
+    step integer not null default 0,
+    total_steps integer,
+    metrics text not null default '{}',
+    artifact text,
+    model_version integer,
+    error text,
+    run_dir text,
+    created_at real not null,
+    updated_at real not null,
+    started_at real,
+    finished_at real
+);
+create table if not exists job_metrics (
+    job_id text not null,
+    step integer not null,
+    at real not null,
+    metrics text not null
+);
+create index if not exists job_metrics_job on job_metrics(job_id, step);
+create table if not exists models (
+    name text not null,
+    version integer not null,
+    kind text not null,
+    path text not null,
+    base_model text,
+    model_type text,
+    method text,
+    params text not null default '{}',
+    metrics text not null default '{}',
+    job_id text,
+    created_at real not null,
+    primary key (name, version)
+);
+"""
+
+_JSON_COLUMNS = ("params", "sys_conf", "metrics")
+
+
+class JobNotFoundError(ByzerError, KeyError):
+    def __init__(self, job_id: str, known: list[str]):
+        shown = ", ".join(known[:10]) or "(none yet)"
+        super().__init__(f"no job {job_id!r} in this workspace's catalog; recent jobs: {shown}")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ModelNotFoundError(ByzerError, KeyError):
+    def __init__(self, ref: str, known: list[str]):
+        shown = ", ".join(known) or "(none yet: train one with outputTable=\"name\")"
+        super().__init__(f"no registered model {ref!r}; registered models: {shown}")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ModelExistsError(ByzerError, FileExistsError):
+    """An outputTable names a registered model and overwrite was not asked for."""
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    name: str
+    version: int
+    kind: str  # "adapter" (LoRA weights over base_model) or "model" (a whole Hugging Face model)
+    path: str
+    base_model: str | None
+    model_type: str | None
+    method: str | None
+    params: dict
+    metrics: dict
+    job_id: str | None
+    created_at: float
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@v{self.version}"
+
+
+class Catalog:
+    def __init__(self, workspace: Workspace | str | Path):
+        ws = workspace if isinstance(workspace, Workspace) else Workspace.from_env(workspace)
+        self.workspace = ws
+        self.path = ws.path(*CATALOG_FILE)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._db() as db:
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        with closing(sqlite3.connect(self.path, timeout=60, isolation_level=None)) as db:
+            db.row_factory = sqlite3.Row
+            db.execute("pragma journal_mode=wal")
+            db.execute("pragma busy_timeout=60000")
+            yield db
+
+    # -- jobs ------------------------------------------------------------------------------------
+    def create_job(self, job_id: str, kind: str, *, model_type: str, base_model: str, output_table: str | None,
+                   params: dict, sys_conf: dict, detached: bool, run_dir: str) -> dict:
+        now = time.time()
+        with self._db() as db:
+            db.execute(
+                "insert into jobs (id, kind, state, model_type, base_model, output_table, params, sys_conf, detached,"
+                " run_dir, created_at, updated_at) values (?, ?, 'PENDING', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job_id, kind, model_type, base_model, output_table, json.dumps(params), json.dumps(sys_conf),
+                 int(detached), run_dir, now, now),
+            )
+        return self.job(job_id)
+
+    def update_job(self, job_id: str, **fields: Any) -> None:
+        if not fields:
+            return
+        if "state" in fields and fields["state"] not in JOB_STATES:
+            raise ValueError(f"bad job state {fields['state']!r}")
+        fields["updated_at"] = time.time()
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        values = [json.dumps(v) if k in _JSON_COLUMNS else v for k, v in fields.items()]
+        with self._db() as db:
+            cur = db.execute(f"update jobs set {sets} where id = ?", (*values, job_id))
+            if cur.rowcount == 0:
+                raise JobNotFoundError(job_id, self._recent_ids(db))
+
+    def record_progress(self, job_id: str, step: int, metrics: dict, *, total_steps: int | None = None) -> None:
+        """One progress point: the job's current step and metrics, and a row of its metric history."""
+        now = time.time()
+        with self._db() as db:
+            db.execute("insert into job_metrics (job_id, step, at, metrics) values (?, ?, ?, ?)",
+                       (job_id, step, now, json.dumps(metrics)))
+            row = db.execute("select metrics from jobs where id = ?", (job_id,)).fetchone()
+            merged = {**(json.loads(row["metrics"]) if row else {}), **metrics}
+            db.execute("update jobs set step = ?, metrics = ?, updated_at = ?, total_steps = coalesce(?, total_steps)"
+                       " where id = ?", (step, json.dumps(merged), now, total_steps, job_id))
+
+    def metric_history(self, job_id: str) -> list[dict]:
+        with self._db() as db:
+            rows = db.execute("select step, at, metrics from job_metrics where job_id = ? order by rowid", (job_id,))
+            return [{"step": r["step"], "at": r["at"], **json.loads(r["metrics"])} for r in rows]
+
+    def job(self, job_id: str) -> dict:
+        with self._db() as db:
+            row = db.execute("select * from jobs where id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise JobNotFoundError(job_id, self._recent_ids(db))
+            return _job_dict(row)
+
+    def jobs(self, limit: int | None = None) -> list[dict]:
+        with self._db() as db:
+            q = "select * from jobs order by created_at desc"
+            rows = db.execute(q + (f" limit {int(limit)}" if limit else "")).fetchall()
+            return [_job_dict(r) for r in rows]
+
+    @staticmethod
+    def _recent_ids(db: sqlite3.Connection) -> list[str]:
+        return [r[0] for r in db.execute("select id from jobs order by created_at desc limit 10")]
+
+    # -- models ----------------------------------------------------------------------------------
+    def register_model(self, name: str, *, kind: str, path: str, base_model: str | None, model_type: str | None,
+                       method: str | None, params: dict, metrics: dict, job_id: str | None,
+                       overwrite: bool = False) -> RegisteredModel:
+        """Add a version of `name` (version 1 if new). An existing name needs overwrite=True, which
+        adds a version: earlier versions stay deployable as `name@vN`."""
+        check_model_name(name)
+        if kind not in ("adapter", "model"):
+            raise ValueError(f"bad model kind {kind!r}")
+        with self._db() as db:
+            db.execute("begin immediate")
+            try:
+                latest = db.execute("select max(version) from models where name = ?", (name,)).fetchone()[0]
+                if latest is not None and not overwrite:
+                    raise ModelExistsError(
+                        f"model {name!r} is already registered (latest {name}@v{latest}); "
+                        'choose another outputTable or ask for a new version with overwrite="true"')
+                version = (latest or 0) + 1
+                db.execute(
+                    "insert into models (name, version, kind, path, base_model, model_type, method, params, metrics,"
+                    " job_id, created_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (name, version, kind, path, base_model, model_type, method, json.dumps(params),
+                     json.dumps(metrics), job_id, time.time()),
+                )
+                db.execute("commit")
+            except BaseException:
+                db.execute("rollback")
+                raise
+        return self.model(f"{name}@v{version}")
+
+    def model_exists(self, name: str) -> bool:
+        with self._db() as db:
+            return db.execute("select 1 from models where name = ? limit 1", (name,)).fetchone() is not None
+
+    def model(self, ref: str) -> RegisteredModel:
+        """`name` (its latest version) or `name@vN`."""
+        m = MODEL_REF.match(ref or "")
+        if not m:
+            raise ConfigError(f"{ref!r} is not a model reference; use name or name@v2")
+        name, version = m.group("name"), m.group("version")
+        with self._db() as db:
+            if version is None:
+                row = db.execute("select * from models where name = ? order by version desc limit 1", (name,)).fetchone()
+            else:
+                row = db.execute("select * from models where name = ? and version = ?", (name, int(version))).fetchone()
+            if row is None:
+                known = [f"{r[0]}@v{r[1]}" for r in db.execute(
+                    "select name, max(version) from models group by name order by name")]
+                raise ModelNotFoundError(ref, known)
+            return _model(row)
+
+    def models(self) -> list[RegisteredModel]:
+        with self._db() as db:
+            return [_model(r) for r in db.execute("select * from models order by name, version")]
+
+
+def check_model_name(name: str) -> str:
+    if not MODEL_NAME.match(name or ""):
+        raise ConfigError(f"{name!r} is not a valid model name: use letters, digits, _ . - "
+                          "(starting with a letter or _), at most 128 characters")
+    if "@v" in name:
+        raise ConfigError(f"{name!r}: '@v' is reserved for versions (name@v2)")
+    return name
+
+
+def _job_dict(row: sqlite3.Row) -> dict:
+    d = dict(row)
+    for k in _JSON_COLUMNS:
+        d[k] = json.loads(d[k]) if d.get(k) else {}
+    d["detached"] = bool(d["detached"])
+    return d
+
+
+def _model(row: sqlite3.Row) -> RegisteredModel:
+    d = dict(row)
+    d["params"] = json.loads(d["params"] or "{}")
+    d["metrics"] = json.loads(d["metrics"] or "{}")
+    return RegisteredModel(**d)
+
+
+__all__ = ["Catalog", "JobNotFoundError", "ModelExistsError", "ModelNotFoundError", "RegisteredModel",
+           "check_model_name"]

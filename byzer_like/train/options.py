@@ -1,0 +1,149 @@
+"""The options of a training run, validated before anything expensive starts.
+
+Keys arrive the Byzer way (`` `sft.int.max_seq_length`="512" ``, `learningRate="1e-4"`, all strings)
+or from Python (`max_seq_length=512`). `normalise` turns both into snake_case names with typed values;
+the pydantic models below then refuse unknown keys (listing the valid ones) and bad values.
+This module imports neither ray nor torch.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar, Literal, Mapping
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic.alias_generators import to_snake
+
+from ..config import _Options, split_typed_key, typed_value
+from ..errors import ConfigError
+
+METHODS = ("lora", "qlora", "full")
+
+
+def normalise(train_params: Mapping[str, Any]) -> dict[str, Any]:
+    """`sft.int.max_seq_length`="64" -> {"max_seq_length": 64}; `learningRate` -> `learning_rate`."""
+    out: dict[str, Any] = {}
+    for key, value in train_params.items():
+        name, _tag = split_typed_key(key)
+        value = typed_value(key, value)
+        for prefix in ("sft.", "sfft."):
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+        out[to_snake(name) if "." not in name else name] = value
+    return out
+
+
+class TrainOptions(_Options):
+    """Keys every training run understands (the `where` of `run command as LLM` for sft / sfft)."""
+
+    kind: ClassVar[str] = ""
+
+    pretrained_model_type: str = Field(description="sft/<family> or sfft/<family>")
+    local_model_dir: str | None = Field(
+        None, validation_alias=AliasChoices("local_model_dir", "localModelDir", "model_path", "modelPath"),
+        description="the base model directory")
+    model_table: str | None = Field(None, description='a registered model to start from (name or name@v2), or "command"')
+    model: str | None = Field(None, description='Byzer\'s model="command" (accepted, means: use localModelDir)')
+    input_table: str | None = Field(None, description="the training data table")
+    output_table: str | None = Field(None, description="the name the trained model is registered under")
+    overwrite: bool = Field(False, description="register a new version when outputTable already exists")
+    detached: bool = Field(False, description="submit as a Ray job and return at once")
+    local_path_prefix: str | None = Field(None, description="where the job's files go (inside the workspace)")
+    keep_partition_num: bool = Field(False, description="accepted for Byzer compatibility")
+    learning_rate: float | None = Field(None, gt=0, lt=1)
+    num_train_epochs: float = Field(
+        3.0, gt=0, validation_alias=AliasChoices("num_train_epochs", "numTrainEpochs", "epochs"))
+    max_steps: int = Field(-1, ge=-1, description="stop after this many optimizer steps (-1: run the epochs)")
+    per_device_batch_size: int = Field(
+        8, ge=1, le=4096,
+        validation_alias=AliasChoices("per_device_batch_size", "perDeviceBatchSize", "batch_size", "batchSize"))
+    gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
+    checkpoint_steps: int = Field(
+        100, ge=1, validation_alias=AliasChoices("checkpoint_steps", "checkpointSteps", "save_steps", "saveSteps"),
+        description="save a resumable checkpoint every N optimizer steps")
+    save_total_limit: int = Field(2, ge=1, description="checkpoints kept")
+    logging_steps: int = Field(5, ge=1)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    seed: int = 42
+
+    @classmethod
+    def from_params(cls, train_params: Mapping[str, Any]) -> "TrainOptions":
+        return cls.parse(normalise(train_params), where=cls.kind or "training")
+
+    @field_validator("model")
+    @classmethod
+    def _model_command(cls, v: str | None) -> str | None:
+        if v not in (None, "command"):
+            raise ValueError('only model="command" is understood (use localModelDir or modelTable)')
+        return v
+
+    @model_validator(mode="after")
+    def _base_given(self):
+        if not self.local_model_dir and self.model_table in (None, "command"):
+            raise ValueError("give the base model: localModelDir=\"<dir>\" or modelTable=\"<registered name>\"")
+        return self
+
+
+class SftOptions(TrainOptions):
+    """Supervised fine-tuning (`sft/<family>`)."""
+
+    kind: ClassVar[str] = "sft"
+
+    method: Literal["lora", "qlora", "full"] = "lora"
+    max_seq_length: int = Field(512, ge=8, le=1_048_576, description="prompt + answer tokens per example")
+    packing: bool = Field(False, description="pack several short examples into one sequence")
+    eval_split: float = Field(0.0, ge=0, lt=0.5, description="fraction of rows held out for eval loss")
+    lora_r: int = Field(8, ge=1, le=4096)
+    lora_alpha: float = Field(16.0, gt=0)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_target_modules: list[str] | None = Field(None, description="default: the plugin's")
+
+    @field_validator("lora_target_modules", mode="before")
+    @classmethod
+    def _modules(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = json.loads(v) if v.strip().startswith("[") else [m.strip() for m in v.split(",") if m.strip()]
+        return v
+
+    def lr(self) -> float:
+        return self.learning_rate or (2e-5 if self.method == "full" else 2e-4)
+
+
+class SfftOptions(TrainOptions):
+    """Continued pretraining (`sfft/<family>`) on Ray Train workers with DeepSpeed."""
+
+    kind: ClassVar[str] = "sfft"
+
+    max_length: int = Field(512, ge=8, le=1_048_576, description="tokens per packed sequence")
+    text_column: str | None = Field(None, description="default: `text`, or the table's only string column")
+    deepspeed_config: dict | None = Field(None, description="a DeepSpeed config (JSON); its zero stage wins")
+    zero_stage: int = Field(2, ge=0, le=3)
+    setup_nccl_socket_ifname_by_ip: bool = Field(False, description="set NCCL_SOCKET_IFNAME from each node's IP")
+    max_failures: int = Field(3, ge=0, description="worker failures survived (restarts from the last checkpoint)")
+
+    @field_validator("deepspeed_config", mode="before")
+    @classmethod
+    def _ds_json(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            if not v.strip():
+                return None
+            try:
+                v = json.loads(v)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"deepspeedConfig is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        if v is not None and not isinstance(v, dict):
+            raise ValueError("deepspeedConfig must be a JSON object")
+        return v
+
+    def lr(self) -> float:
+        return self.learning_rate or 5e-5
+
+
+def options_for(kind: str, train_params: Mapping[str, Any]) -> TrainOptions:
+    cls = {"sft": SftOptions, "sfft": SfftOptions}.get(kind)
+    if cls is None:
+        raise ConfigError(f"unknown training task {kind!r}; use sft or sfft")
+    return cls.from_params(train_params)
+
+
+__all__ = ["METHODS", "SfftOptions", "SftOptions", "TrainOptions", "normalise", "options_for"]
