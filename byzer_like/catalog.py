@@ -39,6 +39,8 @@ create table if not exists jobs (
     sys_conf text not null default '{}',
     detached integer not null default 0,
     ray_job_id text,
+    jobs_address text,
+    runner text,
     attempts integer not null default 0,
     step integer not null default 0,
     total_steps integer,

@@ -103,6 +103,11 @@ class ByzerLLM:
             opts = DeployOptions.parse(given, where="deploy")
         except UnknownOptionError as e:
             raise UnknownOptionError("deploy", e.key, set(e.valid) | plugin.infer_param_names()) from None
+        if opts.model_table not in (None, "command"):  # a registered model: its weights, or its base + adapter
+            m = self.catalog.model(opts.model_table)
+            update = {"local_model_dir": m.base_model if m.kind == "adapter" else m.path,
+                      "adapter_dir": m.path if m.kind == "adapter" else None}
+            opts = opts.model_copy(update=update)
         self.connect()
         if opts.reconnect and manager.exists(udf_name):
             self._forget(udf_name)
@@ -110,6 +115,8 @@ class ByzerLLM:
         if not opts.local_model_dir:
             raise ConfigError("deploy needs model_path (SQL: localModelDir)")
         model_dir = str(self.workspace.resolve(opts.local_model_dir, what="model_path"))
+        if opts.adapter_dir:
+            opts = opts.model_copy(update={"adapter_dir": str(self.workspace.resolve(opts.adapter_dir, what="adapter_dir"))})
         # what the plugin's init_model receives: snake_case options as strings, then the user's own keys
         infer = {k: _as_str(v) for k, v in opts.model_dump(exclude={"local_model_dir"}).items() if v is not None}
         infer.update({k: _as_str(v) for k, v in {**params, **extra}.items()})
@@ -163,6 +170,69 @@ class ByzerLLM:
             self.connect()
             self._handles[name] = manager.get_handle(name)
         return self._handles[name]
+
+    # -- training and the model registry ----------------------------------------------------------
+    @property
+    def catalog(self):
+        """This workspace's catalog: jobs and the model registry (SQLite)."""
+        from .catalog import Catalog
+
+        return Catalog(self.workspace)
+
+    @property
+    def jobs(self):
+        """Training jobs: `submit`, `list`, `status`, `logs`, `stop`, `resume`, `wait`."""
+        from .jobs import Jobs
+
+        return Jobs(self)
+
+    def sft(self, data: Any, *, model_path: str | os.PathLike | None = None, pretrained_model_type: str = "sft/auto",
+            output_table: str | None = None, detached: bool = False, model_table: str | None = None,
+            progress: bool = False, **options: Any) -> dict:
+        """Fine-tune on `data` (a pyarrow Table, a pandas DataFrame or a list of dicts in alpaca or chat
+        form). Options are those of SQL's sft (`method`, `max_seq_length`, `learning_rate`, `lora_r`...).
+        Returns the job's row; with `detached=True` at once, otherwise when training has finished."""
+        return self._train("sft", data, model_path, pretrained_model_type, output_table, detached, model_table,
+                           progress, options)
+
+    def pretrain(self, data: Any, *, model_path: str | os.PathLike | None = None,
+                 pretrained_model_type: str = "sfft/auto", output_table: str | None = None, detached: bool = False,
+                 model_table: str | None = None, progress: bool = False, **options: Any) -> dict:
+        """Continued pretraining (sfft) on a table of text, on `num_workers` Ray Train workers with DeepSpeed."""
+        return self._train("sfft", data, model_path, pretrained_model_type, output_table, detached, model_table,
+                           progress, options)
+
+    def _train(self, task: str, data: Any, model_path: Any, model_type: str, output_table: str | None,
+               detached: bool, model_table: str | None, progress: bool, options: Mapping[str, Any]) -> dict:
+        if "/" not in model_type:
+            model_type = f"{task}/{model_type}"
+        params: dict[str, Any] = {"pretrained_model_type": model_type, "detached": detached, **options}
+        if model_path is not None:
+            params["local_model_dir"] = os.fspath(model_path)
+        for key, value in (("output_table", output_table), ("model_table", model_table)):
+            if value is not None:
+                params[key] = value
+        return self.jobs.submit(params, _as_table(data), progress=progress)
+
+    def merge(self, model_table: str, output_table: str, *, overwrite: bool = False) -> dict:
+        """Merge a registered LoRA adapter into its base model and register the result."""
+        from .catalog import ModelExistsError, check_model_name
+        from .train.sft import merge_adapter
+
+        cat = self.catalog
+        m = cat.model(model_table)
+        if m.kind != "adapter":
+            raise ConfigError(f"{m.ref} is already a whole model (kind {m.kind!r}); only a LoRA adapter can be merged")
+        check_model_name(output_table)
+        if cat.model_exists(output_table) and not overwrite:
+            raise ModelExistsError(f"outputTable {output_table!r} is already a registered model; "
+                                   'choose another name or add overwrite="true"')
+        out = self.workspace.path("models", f"{output_table}-merged-{int(time.time())}")
+        merge_adapter(m.base_model, m.path, str(out))
+        r = cat.register_model(output_table, kind="model", path=str(out), base_model=m.base_model,
+                               model_type=m.model_type, method=f"merge({m.ref})", params={"merged_from": m.ref},
+                               metrics=m.metrics, job_id=m.job_id, overwrite=overwrite)
+        return {"name": r.name, "version": r.version, "kind": r.kind, "path": r.path, "merged_from": m.ref}
 
     # -- calls -----------------------------------------------------------------------------------
     def chat_oai(self, conversations: Sequence[Mapping[str, Any]] | str, model: str | None = None,
@@ -264,6 +334,18 @@ class ByzerLLM:
         self.session.variables.update({k: str(v) for k, v in variables.items()})
         results = self.session.sql(script)
         return results[-1].to_pandas() if results else None
+
+
+def _as_table(data: Any):
+    import pyarrow as pa
+
+    if data is None or isinstance(data, pa.Table):
+        return data
+    if isinstance(data, list):
+        return pa.Table.from_pylist(data)
+    if hasattr(data, "to_arrow_table"):
+        return data.to_arrow_table()
+    return pa.Table.from_pandas(data, preserve_index=False)
 
 
 def _as_str(value: Any) -> str:

@@ -154,7 +154,8 @@ class DeployOptions(_Options):
     )
     udf_name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$", description="the model's name in SQL and the API")
     reconnect: bool = False
-    model_table: str | None = Field(None, description="'command' (Byzer: use localModelDir) or a registered model")
+    model_table: str | None = Field(None, description="'command' (Byzer: use localModelDir) or a registered model (name, name@v2)")
+    adapter_dir: str | None = Field(None, description="a LoRA adapter merged into the model when it loads")
     # init_model options understood by the built-in Hugging Face plugins
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     load_in_4bit: bool = False

@@ -237,7 +237,7 @@ def test_model_errors_and_commands(models_session, llm):
     assert len(vec) == llm.get_meta("sql_cmds")["embedding_dimensions"]
     # model commands
     assert s.sql("!byzerllm model exists sql_cmds;")[0].table.to_pylist() == [{"udf_name": "sql_cmds", "exists": True}]
-    assert "sql_cmds" in s.sql("!byzerllm model list;")[0].table.column("udf_name").to_pylist()
+    assert "sql_cmds" in s.sql("!byzerllm model deployed;")[0].table.column("udf_name").to_pylist()
     s.sql("!byzerllm model remove sql_cmds;")
     assert s.sql("!byzerllm model exists sql_cmds;")[0].table.to_pylist()[0]["exists"] is False
 

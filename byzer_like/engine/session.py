@@ -21,8 +21,7 @@ import pyarrow as pa
 from duckdb import sqltypes
 
 from .. import cluster
-from ..errors import ConfigError, NotSupportedError
-from ..plugins.registry import split_model_type
+from ..errors import ConfigError
 from ..sql import Command, Load, Run, Save, Select, Set, Statement, parse_script, to_duckdb
 from ..sql.errors import SqlError
 from . import functions as fx
@@ -181,20 +180,31 @@ class Session:
 
     def _run(self, s: Run) -> Result:
         opts = dict(s.options)
-        action = opts.pop("action", "infer")
+        action = opts.get("action")
+        model_type = opts.get("pretrainedModelType") or opts.get("pretrained_model_type") or ""
+        mode = self.llm.setup_config.mode
+        task = None
+        if action in (None, "train") and (model_type or s.verb == "train"):
+            from ..jobs import task_of
+
+            task, _ = task_of(model_type, mode if action is None else "sft")
+        if task is not None or s.verb == "train":
+            return self._train(s, opts)
+        if action == "merge":
+            return self._merge(s, opts)
+        if action not in (None, "infer"):
+            raise ConfigError(f'unknown action {action!r}; run command as LLM supports action="infer" (deploy), '
+                              '"merge" (a LoRA adapter into its base), or a training pretrainedModelType (sft/..., sfft/...)')
+        opts.pop("action", None)
         model_type = _take(opts, "pretrainedModelType", "pretrained_model_type") or ""
-        task, _ = split_model_type(model_type)
-        if action != "infer" or task or s.verb == "train":
-            raise NotSupportedError(
-                f"training ({model_type or action}) is not available in this version of byzer-like; "
-                'run command as LLM supports action="infer"'
-            )
         if s.input_table:
             self._need_table(s.input_table, s)
         model_table = _take(opts, "modelTable", "model_table")
         if model_table and model_table != "command":
-            model_dir = self._model_dir_from_table(model_table, s)
-            opts["localModelDir"] = model_dir
+            if self._has_table(model_table):
+                opts["localModelDir"] = self._model_dir_from_table(model_table, s)
+            else:
+                opts["modelTable"] = model_table  # a registered model
         udf_name = _take(opts, "udfName", "udf_name")
         if not udf_name:
             raise ConfigError('run command as LLM with action="infer" needs udfName="<name>"')
@@ -205,6 +215,33 @@ class Session:
         if s.output_table:
             self._put(s.output_table, table)
         return Result("run", table, s.output_table, f"{udf_name}: {info['status']}")
+
+    def _train(self, s: Run, opts: dict[str, str]) -> Result:
+        """sft / sfft: the input table goes to a job; the result is the job's row (a detached job returns at once)."""
+        from ..jobs import rows_table
+
+        opts.pop("action", None)
+        name = opts.get("inputTable") or opts.get("input_table") or s.input_table
+        if not name or name == "command":
+            raise _at(ConfigError, s, None, 'training needs inputTable="<table>" (a table loaded in this session)')
+        table = self._need_table(name, s)
+        row = self.llm.jobs.submit(opts, table, progress=self.progress)
+        out = rows_table([row])
+        return Result("run", out, None, f"job {row['job_id']}: {row['state']}")
+
+    def _merge(self, s: Run, opts: dict[str, str]) -> Result:
+        from ..config import parse_bool
+
+        ref = opts.get("modelTable") or opts.get("model_table")
+        output = opts.get("outputTable") or opts.get("output_table")
+        if not ref or not output:
+            raise ConfigError('action="merge" needs modelTable="<registered adapter>" and outputTable="<new name>"')
+        info = self.llm.merge(ref, output, overwrite=parse_bool(opts.get("overwrite", False)))
+        return Result("run", pa.table({k: [v] for k, v in info.items()}), None,
+                      f"{info['merged_from']} merged -> {info['name']}@v{info['version']}")
+
+    def _has_table(self, name: str) -> bool:
+        return any(k.lower() == name.lower() for k in self.tables)
 
     def _model_dir_from_table(self, name: str, s: Run) -> str:
         table = self._need_table(name, s)
@@ -226,7 +263,7 @@ class Session:
             return self._setup(rest)
         if sub == "model":
             return self._model_command(rest[0], rest[1:], c)
-        raise NotSupportedError("training jobs (!byzerllm job ...) are not available in this version of byzer-like")
+        return self._job_command(rest[0], rest[1:], c)
 
     def _setup(self, args: tuple[str, ...]) -> Result:
         if len(args) == 1 and args[0] in ("single", "sft", "sfft"):
@@ -237,8 +274,30 @@ class Session:
             self.llm.setup(key, value)
         return Result("setup", message=", ".join(f"{k}={v}" for k, v in pairs))
 
+    def _job_command(self, action: str, args: tuple[str, ...], c: Command) -> Result:
+        from ..jobs import rows_table
+
+        jobs = self.llm.jobs
+        if action == "list":
+            return Result("job", rows_table(jobs.list()))
+        if args:
+            job_id = args[0]
+        else:  # the most recent job
+            recent = self.llm.catalog.jobs(limit=1)
+            if not recent:
+                raise _at(ConfigError, c, None, "no training job in this workspace yet")
+            job_id = recent[0]["id"]
+        if action == "logs":
+            text = jobs.logs(job_id)
+            return Result("job", pa.table({"job_id": [job_id] * len(text.splitlines()), "line": text.splitlines()}),
+                          message=text)
+        row = {"status": jobs.status, "stop": jobs.stop, "resume": jobs.resume}[action](job_id)
+        return Result("job", rows_table([row]), message=f"job {job_id}: {row['state']}")
+
     def _model_command(self, action: str, args: tuple[str, ...], c: Command) -> Result:
         if action == "list":
+            return Result("model", registry_table(self.llm.catalog.models()))
+        if action == "deployed":
             names = self.llm.list_models()
             return Result("model", pa.table({"udf_name": pa.array(names, type=pa.string())}))
         name = args[0]
@@ -307,6 +366,20 @@ class Session:
         if isinstance(e, duckdb.CatalogException) and "Table with name" in message and names:
             return self._unknown_table(names[0], s)
         return _at(ExecutionError, s, names[0] if names else None, message)
+
+
+def registry_table(models: list) -> pa.Table:
+    """The model registry as a table (`!byzerllm model list`)."""
+    import json
+
+    rows = [{"name": m.name, "version": m.version, "ref": m.ref, "kind": m.kind, "model_type": m.model_type,
+             "method": m.method, "base_model": m.base_model, "path": m.path, "job_id": m.job_id,
+             "metrics": json.dumps(m.metrics, sort_keys=True), "created_at": m.created_at} for m in models]
+    schema = pa.schema([("name", pa.string()), ("version", pa.int64()), ("ref", pa.string()), ("kind", pa.string()),
+                        ("model_type", pa.string()), ("method", pa.string()), ("base_model", pa.string()),
+                        ("path", pa.string()), ("job_id", pa.string()), ("metrics", pa.string()),
+                        ("created_at", pa.float64())])
+    return pa.Table.from_pylist(rows, schema=schema)
 
 
 def _take(opts: dict[str, str], camel: str, snake: str) -> str | None:

@@ -17,7 +17,7 @@ from queue import Empty, Queue
 from typing import Any, Iterator, Mapping, Sequence
 
 from ..config import parse_bool
-from ..errors import InvalidRequestError, ModelDirError, NotSupportedError, PromptTooLongError
+from ..errors import InvalidRequestError, ModelDirError, PromptTooLongError
 from .contract import request_arguments
 
 # Answer length when the caller gives neither max_length nor max_new_tokens.
@@ -145,6 +145,11 @@ class CausalLMPlugin:
                 raise ModelDirError(f"{model_dir!r} has no model weights (*.safetensors)")
         if not any(n in names for n in ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")):
             raise ModelDirError(f"{model_dir!r} has no tokenizer files")
+        adapter = ip.get("adapter_dir")
+        if adapter and not (Path(adapter, "adapter_config.json").is_file()
+                            and Path(adapter, "adapter_model.safetensors").is_file()):
+            raise ModelDirError(f"adapter_dir {adapter!r} is not a LoRA adapter (adapter_config.json and "
+                                "adapter_model.safetensors expected)")
 
     def init_model(self, model_dir: str, infer_params: Mapping[str, str] | None = None,
                    sys_conf: Mapping[str, str] | None = None) -> tuple[Any, Any]:
@@ -186,6 +191,11 @@ class CausalLMPlugin:
             )
             kwargs["device_map"] = {"": device if device == "cpu" else 0}
         model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+        if ip.get("adapter_dir"):  # a LoRA adapter trained on this base: merged for plain-speed inference
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, ip["adapter_dir"])
+            model = model.merge_and_unload() if quant is None else model
         if quant is None:
             model.to(device)
         model.eval()
@@ -431,11 +441,28 @@ class CausalLMPlugin:
             "streaming": True,
         }
 
-    def sft_train(self, data_refs: Any, train_params: Mapping[str, str], sys_conf: Mapping[str, str]) -> Any:
-        raise NotSupportedError(f"fine-tuning ({self.family}) is not available yet in this version of byzer-like")
+    def sft_train(self, data_refs: Any, train_params: Mapping[str, str], sys_conf: Mapping[str, str]) -> dict:
+        """Supervised fine-tuning (byzer_like.train.sft) with this family's LoRA targets, template and stops."""
+        from ..train.context import TrainContext
+        from ..train.sft import sft_train
 
-    def sfft_train(self, data_refs: Any, train_params: Mapping[str, str], sys_conf: Mapping[str, str]) -> Any:
-        raise NotSupportedError(f"continued pretraining ({self.family}) is not available yet in this version of byzer-like")
+        ctx = TrainContext.from_call("sft", data_refs, train_params, sys_conf)
+        return sft_train(model_dir=ctx.model_dir, data_path=ctx.data_path, output_dir=ctx.output_dir,
+                         run_dir=ctx.run_dir, options=ctx.options, target_modules=self.lora_target_modules,
+                         fallback_template=self.fallback_chat_template, stop_tokens=self.stop_tokens,
+                         cpus=ctx.cpus, gpus=ctx.gpus, reporter=ctx.reporter, resume=ctx.resume)
+
+    def sfft_train(self, data_refs: Any, train_params: Mapping[str, str], sys_conf: Mapping[str, str]) -> dict:
+        """Continued pretraining (byzer_like.train.sfft) on Ray Train workers with DeepSpeed."""
+        from ..train.context import TrainContext
+        from ..train.sfft import sfft_train
+
+        ctx = TrainContext.from_call("sfft", data_refs, train_params, sys_conf)
+        result = sfft_train(model_dir=ctx.model_dir, data_path=ctx.data_path, output_dir=ctx.output_dir,
+                            run_dir=ctx.run_dir, run_name=ctx.run_name, options=ctx.options,
+                            num_workers=ctx.num_workers, cpus_per_worker=ctx.cpus, gpus_per_worker=ctx.gpus,
+                            reporter=ctx.reporter)
+        return {"kind": "model", **result}
 
     @staticmethod
     def _meta(n_in: int, n_out: int, finish: str, first: float | None, seconds: float, ignored: list[str]) -> dict:

@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "byzerllm": (
         "setup single|sft|sfft",
         'setup "key=value" ...',
-        "model list",
+        "model list|deployed",
         "model exists|remove <udf>",
         "job list",
         "job status|logs|stop|resume [<id>]",

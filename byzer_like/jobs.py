@@ -1,0 +1,542 @@
+"""Training jobs: submit, watch, stop and resume fine-tuning (sft) and continued pretraining (sfft).
+
+    row = llm.jobs.submit({"pretrainedModelType": "sft/llama", "localModelDir": d, "outputTable": "m",
+                           "detached": "true"}, table)
+    llm.jobs.status(row["job_id"]); llm.jobs.logs(row["job_id"]); llm.jobs.stop(...); llm.jobs.resume(...)
+
+Every check that can fail (plugin, options, base model, output name, the table's form, max_seq_length,
+the DeepSpeed config) runs before anything starts. The input table is written once, as parquet, into
+the job's folder in the workspace; the runner and the training workers read it from there (resume
+needs it after the client is gone). A detached job is a Ray Jobs job (it outlives the client); a
+blocking one runs the same runner as a Ray task while the client shows a progress bar. Either way
+the job's record lives in the catalog (parameters, state, step, metrics, artifact), and its log in
+the job's folder, after Ray has forgotten it.
+
+`python -m byzer_like.jobs run <job_id> --workspace <dir> [--resume]` is the runner.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shlex
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+import pyarrow as pa
+
+from . import cluster
+from .catalog import FINISHED, Catalog, check_model_name
+from .errors import ByzerError, ClusterError, ConfigError, NotSupportedError
+from .plugins import registry
+from .train import options as train_options
+from .train.context import INTERNAL
+from .workspace import Workspace
+
+if TYPE_CHECKING:
+    from .client import ByzerLLM
+
+TASKS = ("sft", "sfft")
+LOG_FILE = "log.txt"
+# a job's row, as SQL, the client and the CLI show it
+ROW_FIELDS = ("job_id", "kind", "state", "step", "total_steps", "output_table", "model_version", "artifact",
+              "metrics", "error", "detached", "ray_job_id", "created_at", "finished_at")
+
+
+class JobError(ByzerError, RuntimeError):
+    """A training job failed, or cannot be stopped or resumed in its state."""
+
+
+def task_of(model_type: str, mode: str = "single") -> tuple[str | None, str]:
+    """(`sft`|`sfft`|None, family) from `sft/llama`, or from the setup mode for a bare `llama`."""
+    task, family = registry.split_model_type(model_type)
+    if task is None and mode in TASKS:
+        task = mode
+    if task is not None and task not in TASKS:
+        raise ConfigError(f"unknown training task {task!r} in {model_type!r}; use sft/<family> or sfft/<family>")
+    return task, family
+
+
+class Jobs:
+    """The jobs of one workspace, seen from a client."""
+
+    def __init__(self, llm: "ByzerLLM"):
+        self.llm = llm
+        self.workspace: Workspace = llm.workspace
+        self.catalog = Catalog(self.workspace)
+
+    # -- submit ----------------------------------------------------------------------------------
+    def submit(self, train_params: Mapping[str, Any], table: pa.Table | None, *, progress: bool = False) -> dict:
+        """Check everything, store the table, record the job, then run it (detached: return at once)."""
+        params = {k: v for k, v in train_params.items() if not k.startswith(INTERNAL)}
+        model_type = str(params.get("pretrainedModelType", params.get("pretrained_model_type", "")))
+        task, family = task_of(model_type, self.llm.setup_config.mode)
+        if task is None:
+            raise ConfigError(f"pretrainedModelType={model_type!r} names no training task; use sft/{family} or sfft/{family}")
+        opts = train_options.options_for(task, params)
+        plugin = registry.load(family)
+        if not plugin.has(f"{task}_train"):
+            raise NotSupportedError(f"plugin {family!r} has no {task}_train: it cannot be trained with {task}")
+        base_dir = self._base_model(opts, plugin)
+        if opts.output_table:
+            check_model_name(opts.output_table)
+            if self.catalog.model_exists(opts.output_table) and not opts.overwrite:
+                from .catalog import ModelExistsError
+
+                latest = self.catalog.model(opts.output_table)
+                raise ModelExistsError(f"outputTable {opts.output_table!r} is already a registered model ({latest.ref}); "
+                                       'choose another name or add overwrite="true" to register a new version')
+        if table is None:
+            raise ConfigError(f"{task} needs inputTable=\"<table>\" (a table of this session)")
+        if table.num_rows == 0:
+            raise ConfigError("the training table is empty: nothing to train on")
+        sys_conf = self.llm.sys_conf
+        _check_data(task, opts, table, base_dir, plugin, sys_conf)
+
+        job_id = f"{task}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        if opts.local_path_prefix:
+            run_dir = self.workspace.resolve(opts.local_path_prefix, what="localPathPrefix") / job_id
+        else:
+            run_dir = self.workspace.path("jobs", job_id)
+        run_dir.mkdir(parents=True, exist_ok=False)
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, run_dir / "input.parquet")
+        self.catalog.create_job(
+            job_id, task, model_type=family, base_model=base_dir, output_table=opts.output_table,
+            params={k: _jsonable(v) for k, v in params.items()}, sys_conf=sys_conf, detached=opts.detached,
+            run_dir=str(run_dir),
+        )
+        self.catalog.update_job(job_id, metrics={"input_rows": table.num_rows})
+        return self._launch(job_id, detached=opts.detached, resume=False, progress=progress)
+
+    def _base_model(self, opts: train_options.TrainOptions, plugin: registry.Plugin) -> str:
+        if opts.model_table not in (None, "command"):
+            m = self.catalog.model(opts.model_table)
+            if m.kind != "model":
+                raise ConfigError(f"{m.ref} is a LoRA adapter; merge it first "
+                                  f'(run command as LLM.`` where action="merge" and modelTable="{m.ref}" and outputTable="...")')
+            base = m.path
+        else:
+            base = str(self.workspace.resolve(opts.local_model_dir, what="localModelDir"))
+        plugin.check_model_dir(base, {})
+        return base
+
+    # -- run -------------------------------------------------------------------------------------
+    def _launch(self, job_id: str, *, detached: bool, resume: bool, progress: bool) -> dict:
+        job = self.catalog.job(job_id)
+        cpus, gpus = _runner_resources(job)
+        if detached:
+            client, address = self._job_client()
+            attempt = job["attempts"] + 1
+            submission = f"{job_id}-a{attempt}"
+            entry = [sys.executable, "-m", "byzer_like.jobs", "run", job_id, "--workspace", str(self.workspace.root)]
+            if resume:
+                entry.append("--resume")
+            env = {k: v for k, v in os.environ.items()
+                   if k in ("PYTHONPATH", "TORCH_EXTENSIONS_DIR", "BYZER_LIKE_ALLOWED_ROOTS", "HF_HOME")}
+            env["BYZER_LIKE_HOME"] = str(self.workspace.root)
+            client.submit_job(entrypoint=" ".join(shlex.quote(p) for p in entry), submission_id=submission,
+                              entrypoint_num_cpus=cpus, entrypoint_num_gpus=gpus or None,
+                              runtime_env={"env_vars": env}, metadata={"byzer_like_job": job_id})
+            self.catalog.update_job(job_id, ray_job_id=submission, jobs_address=address, detached=1)
+            return self.status(job_id)
+        self.llm.connect()
+        import ray
+
+        remote = ray.remote(_run_task).options(num_cpus=cpus, num_gpus=gpus, max_retries=0,
+                                               runtime_env={"env_vars": {"BYZER_LIKE_HOME": str(self.workspace.root)}})
+        ref = remote.remote(str(self.workspace.root), job_id, resume)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(desc=job_id, unit="step")
+        try:
+            while not ray.wait([ref], timeout=1.0)[0]:
+                if bar is not None:
+                    _update_bar(bar, self.catalog.job(job_id))
+            ray.get(ref)
+        except KeyboardInterrupt:
+            ray.cancel(ref, force=True)
+            self._finish_if_running(job_id, "STOPPED", "interrupted by the client")
+            raise
+        except ray.exceptions.RayError as e:
+            self._finish_if_running(job_id, "FAILED", str(e).splitlines()[0])
+            job = self.catalog.job(job_id)
+            raise JobError(f"job {job_id} failed: {job['error'] or e}; logs: {Path(job['run_dir']) / LOG_FILE}") from None
+        finally:
+            if bar is not None:
+                _update_bar(bar, self.catalog.job(job_id))
+                bar.close()
+        return self.status(job_id)
+
+    def _job_client(self) -> tuple[Any, str]:
+        """The Ray Jobs API of the cluster detached jobs run on: JOBS address, else this workspace's
+        persistent head (started now if needed: an embedded cluster would end with this process)."""
+        from ray.job_submission import JobSubmissionClient
+
+        address = os.environ.get("BYZER_LIKE_JOBS_ADDRESS") or ""
+        if not address and (self.llm.address or os.environ.get("RAY_ADDRESS")) and not _local(self.llm.address):
+            address = _dashboard_of_connected(self.llm)
+        if not address:
+            info = cluster.head_info(self.workspace)
+            if not (info and info.alive()):
+                print("[byzer-like] detached jobs need a cluster that outlives this process: starting this "
+                      "workspace's Ray head (stop it with `byzer-like cluster stop`)", file=sys.stderr, flush=True)
+                info = cluster.start_head(self.workspace)
+            address = info.dashboard_url
+            cluster._loopback_only()
+            cluster._local_token_auth()
+        try:
+            return JobSubmissionClient(address), address
+        except Exception as e:  # ConnectionError and friends from requests / Ray
+            raise ClusterError(f"cannot reach the Ray Jobs API at {address}: {str(e).splitlines()[0]}") from e
+
+    def _client_for(self, job: dict) -> Any | None:
+        if not job.get("jobs_address"):
+            return None
+        from ray.job_submission import JobSubmissionClient
+
+        if _local(job["jobs_address"]):
+            cluster._loopback_only()
+            cluster._local_token_auth()
+        try:
+            return JobSubmissionClient(job["jobs_address"])
+        except Exception:  # noqa: BLE001 - the cluster is gone; the catalog still answers
+            return None
+
+    # -- watch -----------------------------------------------------------------------------------
+    def list(self, limit: int | None = None) -> list[dict]:
+        return [self._row(self._reconcile(j)) for j in self.catalog.jobs(limit)]
+
+    def status(self, job_id: str) -> dict:
+        return self._row(self._reconcile(self.catalog.job(job_id)))
+
+    def record(self, job_id: str) -> dict:
+        """Everything the catalog holds about a job (parameters, sys_conf, metric history)."""
+        job = self._reconcile(self.catalog.job(job_id))
+        job["history"] = self.catalog.metric_history(job_id)
+        return job
+
+    def logs(self, job_id: str, tail: int | None = None) -> str:
+        job = self.catalog.job(job_id)
+        f = Path(job["run_dir"]) / LOG_FILE
+        if f.exists():
+            text = f.read_text(errors="replace")
+        else:
+            client = self._client_for(job)
+            text = ""
+            if client is not None and job.get("ray_job_id"):
+                try:
+                    text = client.get_job_logs(job["ray_job_id"])
+                except Exception:  # noqa: BLE001
+                    text = ""
+        if tail:
+            text = "\n".join(text.splitlines()[-tail:])
+        return text
+
+    def wait(self, job_id: str, timeout_s: float = 3600, poll_s: float = 1.0) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            row = self.status(job_id)
+            if row["state"] in FINISHED:
+                return row
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} is still {row['state']} after {timeout_s:.0f} s")
+            time.sleep(poll_s)
+
+    def _reconcile(self, job: dict) -> dict:
+        """A job the catalog thinks is running, whose Ray job or runner process has ended, gets its real state."""
+        if job["state"] in FINISHED:
+            return job
+        ended = None
+        if job.get("ray_job_id"):
+            client = self._client_for(job)
+            if client is None:
+                ended = ("FAILED", f"the Ray cluster at {job['jobs_address']} is gone")
+            else:
+                try:
+                    ray_state = str(client.get_job_status(job["ray_job_id"]).value)
+                except Exception:  # noqa: BLE001 - Ray no longer knows it
+                    ray_state = "UNKNOWN"
+                if ray_state in ("FAILED", "STOPPED", "SUCCEEDED", "UNKNOWN"):
+                    ended = ("STOPPED" if ray_state == "STOPPED" else "FAILED",
+                             f"the Ray job ended ({ray_state}) before the runner reported; see its logs")
+        elif job.get("runner") and not _runner_alive(job["runner"]):
+            ended = ("FAILED", "the runner process ended without reporting (was its client killed?)")
+        if ended:
+            self._finish_if_running(job["id"], *ended)
+            return self.catalog.job(job["id"])
+        return job
+
+    def _finish_if_running(self, job_id: str, state: str, error: str) -> None:
+        job = self.catalog.job(job_id)  # re-read: the runner may have finished meanwhile
+        if job["state"] not in FINISHED:
+            self.catalog.update_job(job_id, state=state, error=error, finished_at=time.time())
+
+    # -- control ---------------------------------------------------------------------------------
+    def stop(self, job_id: str, timeout_s: float = 60) -> dict:
+        job = self.catalog.job(job_id)
+        if job["state"] in FINISHED:
+            return self._row(job)
+        client = self._client_for(job)
+        if client is not None and job.get("ray_job_id"):
+            try:
+                client.stop_job(job["ray_job_id"])
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                try:
+                    if str(client.get_job_status(job["ray_job_id"]).value) in ("STOPPED", "FAILED", "SUCCEEDED"):
+                        break
+                except Exception:  # noqa: BLE001
+                    break
+                time.sleep(0.5)
+        elif job.get("runner"):
+            host, _, pid = job["runner"].rpartition(":")
+            if host == socket.gethostname():
+                try:
+                    os.kill(int(pid), signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        _wait_runner_gone(job.get("runner"), timeout_s=30)
+        self._finish_if_running(job_id, "STOPPED", "stopped by request")
+        return self.status(job_id)
+
+    def resume(self, job_id: str, *, detached: bool = True, progress: bool = False) -> dict:
+        """Run a stopped or failed job again from its last checkpoint (same step, optimizer state, data position)."""
+        job = self._reconcile(self.catalog.job(job_id))
+        if job["state"] not in ("STOPPED", "FAILED"):
+            raise JobError(f"job {job_id} is {job['state']}; only a STOPPED or FAILED job can be resumed")
+        if not (Path(job["run_dir"]) / "input.parquet").exists():
+            raise JobError(f"job {job_id} has lost its input table ({job['run_dir']}/input.parquet); submit it again")
+        self.catalog.update_job(job_id, state="PENDING", error=None, finished_at=None)
+        return self._launch(job_id, detached=detached, resume=True, progress=progress)
+
+    @staticmethod
+    def _row(job: dict) -> dict:
+        row = {k: job.get(k) for k in ROW_FIELDS if k != "job_id"}
+        row["job_id"] = job["id"]
+        row["metrics"] = json.dumps(job.get("metrics") or {}, sort_keys=True)
+        return {k: row[k] for k in ROW_FIELDS}
+
+
+def rows_table(rows: list[dict]) -> pa.Table:
+    schema = pa.schema([
+        ("job_id", pa.string()), ("kind", pa.string()), ("state", pa.string()), ("step", pa.int64()),
+        ("total_steps", pa.int64()), ("output_table", pa.string()), ("model_version", pa.int64()),
+        ("artifact", pa.string()), ("metrics", pa.string()), ("error", pa.string()), ("detached", pa.bool_()),
+        ("ray_job_id", pa.string()), ("created_at", pa.float64()), ("finished_at", pa.float64()),
+    ])
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+# -- checks before anything starts ------------------------------------------------------------------
+def _check_data(task: str, opts: Any, table: pa.Table, base_dir: str, plugin: registry.Plugin,
+                sys_conf: Mapping[str, str]) -> None:
+    from .train import data as D
+
+    if task == "sft":
+        form = D.sft_form(table.column_names)
+        sample = table.slice(0, min(table.num_rows, 2000)).to_pylist()
+        convs = D.conversations(sample, form)
+        target = plugin.target
+        from .train.sft import prepare_tokenizer, stop_token_ids
+
+        tok = prepare_tokenizer(base_dir, getattr(target, "fallback_chat_template", None))
+        stops = stop_token_ids(base_dir, tok, getattr(target, "stop_tokens", ()))
+        D.encode_all(tok, convs, opts.max_seq_length, stops)
+    else:
+        D.text_column(table.schema, opts.text_column)
+        from .train.ds_config import validate_deepspeed_config
+
+        gpus = float(sys_conf.get("gpus_per_worker", 0) or 0)
+        validate_deepspeed_config(opts.deepspeed_config, opts, num_workers=int(sys_conf.get("num_workers", 1)),
+                                  on_gpu=gpus > 0)
+
+
+def _runner_resources(job: dict) -> tuple[float, float]:
+    """sft trains inside the runner (it holds the worker's CPUs/GPUs); sfft's runner only drives Ray Train."""
+    sc = job["sys_conf"]
+    if job["kind"] == "sfft":
+        return 0.0, 0.0
+    return float(sc.get("cpus_per_worker", 1) or 0), float(sc.get("gpus_per_worker", 0) or 0)
+
+
+def _jsonable(v: Any) -> Any:
+    return v if isinstance(v, (str, int, float, bool, type(None), list, dict)) else str(v)
+
+
+def _local(address: str | None) -> bool:
+    if not address:
+        return False
+    host = address.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
+    return host in ("127.0.0.1", "localhost")
+
+
+def _dashboard_of_connected(llm: "ByzerLLM") -> str:
+    import ray
+
+    llm.connect()
+    url = ray.worker.get_dashboard_url() if hasattr(ray, "worker") else ""
+    if not url:
+        raise ClusterError("cannot find the Ray Jobs API of this cluster; set BYZER_LIKE_JOBS_ADDRESS=http://<head>:8265")
+    return url if url.startswith("http") else f"http://{url}"
+
+
+def _runner_alive(runner: str) -> bool:
+    host, _, pid = runner.rpartition(":")
+    if host != socket.gethostname():
+        return True  # another machine: trust the catalog
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _wait_runner_gone(runner: str | None, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while runner and _runner_alive(runner) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def _update_bar(bar: Any, job: dict) -> None:
+    if job.get("total_steps") and bar.total != job["total_steps"]:
+        bar.total = job["total_steps"]
+    bar.n = job.get("step") or 0
+    m = job.get("metrics") or {}
+    bar.set_postfix({k: m[k] for k in ("loss", "tokens_per_s", "eta_s") if m.get(k) is not None}, refresh=True)
+
+
+# -- the runner ---------------------------------------------------------------------------------------
+class _Tee:
+    def __init__(self, *streams: Any):
+        self.streams = streams
+
+    def write(self, s: str) -> int:
+        for st in self.streams:
+            try:
+                st.write(s)
+                st.flush()
+            except ValueError:  # a closed stream
+                pass
+        return len(s)
+
+    def flush(self) -> None:
+        for st in self.streams:
+            try:
+                st.flush()
+            except ValueError:
+                pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _run_task(ws_root: str, job_id: str, resume: bool) -> dict:
+    return run_job(ws_root, job_id, resume=resume)
+
+
+def run_job(ws_root: str, job_id: str, *, resume: bool = False) -> dict:
+    """Run one job to its end and record everything in the catalog (the runner's whole life)."""
+    catalog = Catalog(ws_root)
+    job = catalog.job(job_id)
+    run_dir = Path(job["run_dir"])
+    log = open(run_dir / LOG_FILE, "a", buffering=1)
+    old = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Tee(old[0], log), _Tee(old[1], log)
+    try:
+        signal.signal(signal.SIGTERM, _stop_signal)
+    except ValueError:  # not the main thread (a Ray task): Ray cancels it by killing the worker
+        pass
+    catalog.update_job(job_id, state="RUNNING", started_at=time.time(), attempts=job["attempts"] + 1,
+                       error=None, finished_at=None, runner=f"{socket.gethostname()}:{os.getpid()}")
+    print(f"[byzer-like] job {job_id} ({job['kind']}/{job['model_type']}) attempt {job['attempts'] + 1}"
+          f"{' resuming' if resume else ''} on {socket.gethostname()} pid {os.getpid()}", flush=True)
+    try:
+        result = _train(catalog, job, resume)
+        catalog.update_job(job_id, **result, state="SUCCEEDED", finished_at=time.time())
+        print(f"[byzer-like] job {job_id} SUCCEEDED: {result.get('artifact')}", flush=True)
+        return catalog.job(job_id)
+    except (KeyboardInterrupt, SystemExit):
+        catalog.update_job(job_id, state="STOPPED", error="stopped by request", finished_at=time.time())
+        print(f"[byzer-like] job {job_id} STOPPED", flush=True)
+        raise
+    except BaseException as e:
+        catalog.update_job(job_id, state="FAILED", error=f"{type(e).__name__}: {e}".splitlines()[0][:2000],
+                           finished_at=time.time())
+        print(f"[byzer-like] job {job_id} FAILED: {type(e).__name__}: {e}", flush=True)
+        raise
+    finally:
+        sys.stdout, sys.stderr = old
+        log.close()
+
+
+def _stop_signal(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _train(catalog: Catalog, job: dict, resume: bool) -> dict:
+    from .train.plot import loss_curve
+
+    kind, run_dir = job["kind"], Path(job["run_dir"])
+    plugin = registry.load(job["model_type"])
+    output_dir = run_dir / "model"
+    params = {
+        **job["params"],
+        f"{INTERNAL}model_dir": job["base_model"], f"{INTERNAL}output_dir": str(output_dir),
+        f"{INTERNAL}run_dir": str(run_dir), f"{INTERNAL}workspace": str(catalog.workspace.root),
+        f"{INTERNAL}job_id": job["id"], f"{INTERNAL}resume": "true" if resume else "false",
+    }
+    out = getattr(plugin.target, f"{kind}_train")([str(run_dir / "input.parquet")], params, dict(job["sys_conf"]))
+    out = out if isinstance(out, dict) else {}
+    model_dir = str(out.get("model_dir") or output_dir)
+    model_kind = out.get("kind", "model")
+    metrics = {**catalog.job(job["id"])["metrics"], **(out.get("metrics") or {})}
+    history = catalog.metric_history(job["id"])
+    png = loss_curve(history, Path(model_dir) / "loss.png", title=f"{job['id']} ({kind})")
+    if png:
+        metrics["loss_curve"] = png
+    result: dict[str, Any] = {"artifact": model_dir, "metrics": metrics}
+    opts = train_options.options_for(kind, job["params"])
+    if job["output_table"]:
+        method = getattr(opts, "method", "pretrain")
+        m = catalog.register_model(
+            job["output_table"], kind=model_kind, path=model_dir, base_model=job["base_model"],
+            model_type=job["model_type"], method=method, params=job["params"], metrics=metrics, job_id=job["id"],
+            overwrite=opts.overwrite)
+        result["model_version"] = m.version
+        print(f"[byzer-like] registered {m.ref} ({model_kind}) -> {model_dir}", flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m byzer_like.jobs", description="run one training job (the runner)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("job_id")
+    r.add_argument("--workspace", required=True)
+    r.add_argument("--resume", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        run_job(args.workspace, args.job_id, resume=args.resume)
+    except SystemExit as e:
+        return int(e.code or 1)
+    except ByzerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

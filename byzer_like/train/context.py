@@ -1,0 +1,60 @@
+"""What a plugin's `sft_train` / `sfft_train` receives, unpacked.
+
+The job runner calls `plugin.sft_train(data_refs, train_params, sys_conf)` as the contract says:
+`data_refs` is a list with the path of the input table (parquet, written once by the client),
+`train_params` the user's `where` keys plus `byzer.*` keys that say where this run lives.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from ..config import parse_bool
+from ..errors import ConfigError
+from .options import TrainOptions, options_for
+from .progress import Reporter
+
+INTERNAL = "byzer."
+
+
+@dataclass
+class TrainContext:
+    options: TrainOptions
+    data_path: str
+    model_dir: str
+    output_dir: str
+    run_dir: str
+    run_name: str
+    resume: bool
+    num_workers: int
+    cpus: float
+    gpus: float
+    reporter: Reporter
+
+    @classmethod
+    def from_call(cls, kind: str, data_refs: Sequence[Any], train_params: Mapping[str, Any],
+                  sys_conf: Mapping[str, Any]) -> "TrainContext":
+        internal = {k[len(INTERNAL):]: v for k, v in train_params.items() if k.startswith(INTERNAL)}
+        user = {k: v for k, v in train_params.items() if not k.startswith(INTERNAL)}
+        refs = list(data_refs or [])
+        if len(refs) != 1 or not isinstance(refs[0], str):
+            raise ConfigError(f"{kind}_train expects data_refs = [path of the input table (parquet)], got {refs!r}")
+        for key in ("model_dir", "output_dir", "run_dir"):
+            if not internal.get(key):
+                raise ConfigError(f"{kind}_train needs train_params['byzer.{key}']")
+        return cls(
+            options=options_for(kind, user),
+            data_path=refs[0],
+            model_dir=str(internal["model_dir"]),
+            output_dir=str(internal["output_dir"]),
+            run_dir=str(internal["run_dir"]),
+            run_name=str(internal.get("job_id") or "run"),
+            resume=parse_bool(internal.get("resume", False)),
+            num_workers=int(float(sys_conf.get("num_workers", 1) or 1)),
+            cpus=float(sys_conf.get("cpus_per_worker", 1) or 0),
+            gpus=float(sys_conf.get("gpus_per_worker", sys_conf.get("num_gpus", 0)) or 0),
+            reporter=Reporter(internal.get("workspace"), internal.get("job_id")),
+        )
+
+
+__all__ = ["INTERNAL", "TrainContext"]

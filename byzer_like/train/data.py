@@ -1,0 +1,168 @@
+"""Training data: the forms a table may take, prompts rendered with the model's chat template, loss
+only on the answers, optional packing, and an eval split.
+
+Forms (checked on the table's columns before anything expensive starts):
+- alpaca: `instruction`, `output`, optional `input`, `system`, `history` (a list of [question, answer]
+  pairs or of {role, content} messages, or the same as JSON text);
+- chat: `messages`, a list of {role, content} (or JSON text), ending with an assistant message;
+- text (continued pretraining): one string column, `text` by default.
+"""
+from __future__ import annotations
+
+import json
+import random
+from typing import Any, Iterable, Mapping, Sequence
+
+import pyarrow as pa
+
+from ..errors import ConfigError
+
+ALPACA_REQUIRED = ("instruction", "output")
+ALPACA_OPTIONAL = ("input", "system", "history")
+FORMS_HELP = ("alpaca form (columns instruction, output; optional input, system, history) "
+              "or chat form (a messages column of {role, content} lists)")
+IGNORE = -100
+
+
+def sft_form(columns: Sequence[str]) -> str:
+    """`alpaca` or `chat` from a table's column names; a ConfigError naming the expected forms otherwise."""
+    cols = {c.lower() for c in columns}
+    if "messages" in cols:
+        return "chat"
+    if all(c in cols for c in ALPACA_REQUIRED):
+        return "alpaca"
+    missing = [c for c in ALPACA_REQUIRED if c not in cols]
+    raise ConfigError(f"the training table has columns {', '.join(columns) or '(none)'}; missing "
+                      f"{', '.join(missing)}. Expected {FORMS_HELP}")
+
+
+def text_column(schema: pa.Schema, wanted: str | None = None) -> str:
+    """The column holding pretraining text: `wanted`, else `text`, else the only string column."""
+    names = schema.names
+    strings = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    if wanted:
+        if wanted not in names:
+            raise ConfigError(f"text column {wanted!r} is not in the table; its columns: {', '.join(names)}")
+        return wanted
+    if "text" in names:
+        return "text"
+    if len(strings) == 1:
+        return strings[0]
+    raise ConfigError(f"cannot tell which column holds the text (columns: {', '.join(names) or '(none)'}); "
+                      "name it `text` or give textColumn=\"<column>\"")
+
+
+def _json_list(value: Any, what: str, row: int) -> list:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        if not value.strip():
+            return []
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ConfigError(f"row {row}: {what} is not JSON ({value[:60]!r})") from None
+    if not isinstance(value, list):
+        raise ConfigError(f"row {row}: {what} must be a list, got {type(value).__name__}")
+    return value
+
+
+def _message(m: Any, row: int) -> dict[str, str]:
+    if isinstance(m, Mapping) and "role" in m and "content" in m:
+        return {"role": str(m["role"]), "content": "" if m["content"] is None else str(m["content"])}
+    raise ConfigError(f"row {row}: each message needs role and content, got {m!r}")
+
+
+def conversations(rows: Iterable[Mapping[str, Any]], form: str) -> list[list[dict[str, str]]]:
+    """Each row as a list of chat messages ending with the assistant's answer."""
+    out = []
+    for i, r in enumerate(rows, 1):
+        r = {k.lower(): v for k, v in r.items()}
+        if form == "chat":
+            msgs = [_message(m, i) for m in _json_list(r.get("messages"), "messages", i)]
+        else:
+            msgs = [{"role": "system", "content": str(r["system"])}] if r.get("system") else []
+            for h in _json_list(r.get("history"), "history", i):
+                if isinstance(h, (list, tuple)) and len(h) == 2:
+                    msgs += [{"role": "user", "content": str(h[0])}, {"role": "assistant", "content": str(h[1])}]
+                else:
+                    msgs.append(_message(h, i))
+            instruction = "" if r.get("instruction") is None else str(r["instruction"])
+            extra = "" if r.get("input") is None else str(r["input"])
+            question = f"{instruction}\n{extra}" if extra.strip() else instruction
+            msgs += [{"role": "user", "content": question}, {"role": "assistant", "content": str(r.get("output") or "")}]
+        if not msgs or msgs[-1]["role"] != "assistant":
+            raise ConfigError(f"row {i}: the conversation must end with an assistant message (the answer to learn)")
+        out.append(msgs)
+    return out
+
+
+def encode(tokenizer: Any, messages: list[dict[str, str]], max_seq_length: int,
+           stop_ids: Sequence[int] = ()) -> tuple[list[int], list[int]] | None:
+    """Token ids and labels of one conversation: prompts are -100, every assistant answer (with the
+    template's end-of-turn) is learnt. Segments are encoded apart, the way generation sees them: the
+    prompt is the template's text up to its generation prompt. None if no answer token fits."""
+    def render(msgs: list[dict[str, str]], gen: bool) -> str:
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+
+    stops = set(stop_ids) or ({tokenizer.eos_token_id} - {None})
+    ids: list[int] = []
+    labels: list[int] = []
+    done = ""
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    for i in turns:
+        prompt, full = render(messages[:i], True), render(messages[: i + 1], False)
+        if not (prompt.startswith(done) and full.startswith(prompt)):
+            if i != turns[-1]:
+                continue  # a template that rewrites earlier turns: learn the last answer only
+            ids, labels = [], []
+            done = ""
+        p = tokenizer(prompt[len(done):], add_special_tokens=False)["input_ids"]
+        a = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+        if not any(t in stops for t in a) and tokenizer.eos_token_id is not None:
+            a = a + [tokenizer.eos_token_id]  # the template has no end-of-turn token: teach the model to stop
+        ids += p + a
+        labels += [IGNORE] * len(p) + a
+        done = full
+    ids, labels = ids[:max_seq_length], labels[:max_seq_length]
+    if all(t == IGNORE for t in labels):
+        return None
+    return ids, labels
+
+
+def encode_all(tokenizer: Any, convs: list[list[dict[str, str]]], max_seq_length: int,
+               stop_ids: Sequence[int] = ()) -> tuple[list[tuple[list[int], list[int]]], int]:
+    """Encode every conversation; return the examples and how many were dropped (no answer token fits).
+    A ConfigError if none fits."""
+    examples = [e for e in (encode(tokenizer, c, max_seq_length, stop_ids) for c in convs) if e is not None]
+    if convs and not examples:
+        shortest = min(len(tokenizer(tokenizer.apply_chat_template(c[:-1], tokenize=False, add_generation_prompt=True),
+                                     add_special_tokens=False)["input_ids"]) for c in convs)
+        raise ConfigError(f"max_seq_length={max_seq_length} is too small for every row: the shortest prompt alone "
+                          f"has {shortest} tokens; raise sft.int.max_seq_length above {shortest}")
+    return examples, len(convs) - len(examples)
+
+
+def pack(examples: list[tuple[list[int], list[int]]], max_seq_length: int) -> list[tuple[list[int], list[int]]]:
+    """Concatenate examples and cut the stream into blocks of max_seq_length (the last one may be shorter)."""
+    ids: list[int] = []
+    labels: list[int] = []
+    for a, b in examples:
+        ids += a
+        labels += b
+    return [(ids[i:i + max_seq_length], labels[i:i + max_seq_length]) for i in range(0, len(ids), max_seq_length)
+            if any(t != IGNORE for t in labels[i:i + max_seq_length])]
+
+
+def split(items: list, fraction: float, seed: int) -> tuple[list, list]:
+    """(train, eval): a seeded random `fraction` held out, at least one row when fraction > 0."""
+    if fraction <= 0 or len(items) < 2:
+        return items, []
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    n_eval = min(max(1, round(len(items) * fraction)), len(items) - 1)
+    held = set(order[:n_eval])
+    return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
+
+
+__all__ = ["FORMS_HELP", "IGNORE", "conversations", "encode", "encode_all", "pack", "sft_form", "split", "text_column"]

@@ -1,0 +1,37 @@
+"""The loss curve of a run, saved as a PNG beside the model (matplotlib, no display needed)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+
+def loss_curve(history: Sequence[dict], out_png: str | Path, *, title: str = "") -> str | None:
+    """Plot `loss` (and `eval_loss` when present) against `step`; None when there is nothing to plot."""
+    train = [(h["step"], h["loss"]) for h in history if h.get("loss") is not None]
+    evals = [(h["step"], h["eval_loss"]) for h in history if h.get("eval_loss") is not None]
+    if not train and not evals:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.6), dpi=100)
+    ax = fig.subplots()
+    if train:
+        ax.plot(*zip(*train), label="train loss", linewidth=1.5)
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss", linewidth=1.5)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    return str(out)
+
+
+__all__ = ["loss_curve"]

@@ -1,0 +1,216 @@
+"""Supervised fine-tuning with transformers' Trainer and peft: LoRA, QLoRA (a 4-bit base through
+bitsandbytes) or full. Checkpoints every `checkpoint_steps`; `resume=True` continues from the last one
+with the Trainer's own restore (same step, optimizer and scheduler state, data position).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import ConfigError
+from . import data as D
+from .options import SftOptions
+from .progress import Reporter
+
+
+def load_conversations(data_path: str) -> list[list[dict[str, str]]]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(data_path)
+    if table.num_rows == 0:
+        raise ConfigError("the training table is empty")
+    return D.conversations(table.to_pylist(), D.sft_form(table.column_names))
+
+
+def prepare_tokenizer(model_dir: str, fallback_template: str | None = None):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    if not tok.chat_template and fallback_template:
+        tok.chat_template = fallback_template
+    tok.padding_side = "right"
+    return tok
+
+
+def stop_token_ids(model_dir: str, tokenizer: Any, stop_tokens: Sequence[str] = ()) -> list[int]:
+    """The ids that end an answer: the generation config's eos ids, the tokenizer's eos, the plugin's stop tokens."""
+    from transformers import GenerationConfig
+
+    ids: list[int] = []
+    try:
+        eos = GenerationConfig.from_pretrained(model_dir).eos_token_id
+    except OSError:  # no generation_config.json
+        eos = None
+    vocab = tokenizer.get_vocab()
+    for value in (eos if isinstance(eos, list) else [eos]) + [tokenizer.eos_token_id] + [vocab.get(t) for t in stop_tokens]:
+        if value is not None and value not in ids:
+            ids.append(int(value))
+    return ids
+
+
+def last_checkpoint(checkpoint_dir: str | Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    d = Path(checkpoint_dir)
+    return get_last_checkpoint(str(d)) if d.is_dir() else None
+
+
+def sft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str, options: SftOptions,
+              target_modules: Sequence[str] = (), fallback_template: str | None = None,
+              stop_tokens: Sequence[str] = (), cpus: float = 1.0, gpus: float = 0.0,
+              reporter: Reporter | None = None, resume: bool = False) -> dict:
+    """Fine-tune `model_dir` on the table in `data_path` (parquet); write the adapter (lora, qlora) or
+    the whole model (full) to `output_dir`. Returns `{"model_dir", "kind", "metrics"}`."""
+    import torch
+    from transformers import (AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainerCallback,
+                              TrainingArguments)
+
+    if cpus >= 1:
+        torch.set_num_threads(int(cpus))
+    on_gpu = gpus > 0 and torch.cuda.is_available()
+    reporter = reporter or Reporter()
+    opts = options
+    tok = prepare_tokenizer(model_dir, fallback_template)
+    stop_ids = stop_token_ids(model_dir, tok, stop_tokens)
+    examples, dropped = D.encode_all(tok, load_conversations(data_path), opts.max_seq_length, stop_ids)
+    if dropped:
+        print(f"[byzer-like] {dropped} rows have no answer token within max_seq_length={opts.max_seq_length}: skipped")
+    if opts.packing:
+        examples = D.pack(examples, opts.max_seq_length)
+    train_rows, eval_rows = D.split(examples, opts.eval_split, opts.seed)
+    to_ds = lambda rows: [{"input_ids": i, "labels": lab, "attention_mask": [1] * len(i)} for i, lab in rows]  # noqa: E731
+
+    model = _load_model(model_dir, opts, target_modules, on_gpu)
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir),
+        per_device_train_batch_size=opts.per_device_batch_size,
+        per_device_eval_batch_size=opts.per_device_batch_size,
+        gradient_accumulation_steps=opts.gradient_accumulation_steps,
+        learning_rate=opts.lr(),
+        num_train_epochs=opts.num_train_epochs,
+        max_steps=opts.max_steps,
+        warmup_steps=opts.warmup_ratio,  # a float below 1 is a fraction of the steps
+        weight_decay=opts.weight_decay,
+        logging_steps=opts.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=opts.checkpoint_steps,
+        save_total_limit=opts.save_total_limit,
+        eval_strategy="epoch" if eval_rows else "no",
+        seed=opts.seed,
+        data_seed=opts.seed,
+        use_cpu=not on_gpu,
+        bf16=on_gpu and torch.cuda.is_bf16_supported() and opts.method != "qlora",
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,
+    )
+
+    class _Progress(TrainerCallback):
+        tokens = 0
+
+        def on_train_begin(self, a, state, control, **kw):  # noqa: ANN001
+            self.tokens = state.num_input_tokens_seen
+            reporter.start(state.global_step, state.max_steps)
+
+        def on_log(self, a, state, control, logs=None, **kw):  # noqa: ANN001
+            logs = logs or {}
+            seen = state.num_input_tokens_seen
+            if "loss" in logs or "eval_loss" in logs:
+                reporter.step(state.global_step, tokens=seen - self.tokens, loss=logs.get("loss"),
+                              eval_loss=logs.get("eval_loss"), learning_rate=logs.get("learning_rate"),
+                              epoch=round(state.epoch or 0, 3))
+                self.tokens = seen
+
+    trainer = Trainer(
+        model=model, args=args, train_dataset=to_ds(train_rows), eval_dataset=to_ds(eval_rows) or None,
+        data_collator=DataCollatorForSeq2Seq(tok, label_pad_token_id=D.IGNORE, padding=True),
+        callbacks=[_Progress()],
+    )
+    start_ckpt = last_checkpoint(ckpt_dir) if resume else None
+    resumed_from = int(start_ckpt.rsplit("-", 1)[1]) if start_ckpt else 0
+    t0 = time.monotonic()
+    out = trainer.train(resume_from_checkpoint=start_ckpt)
+    runtime = time.monotonic() - t0
+
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output_dir, safe_serialization=True)
+    tok.padding_side = "left"
+    tok.save_pretrained(output_dir)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    metrics = {
+        "steps": trainer.state.global_step,
+        "train_loss": round(out.training_loss, 6),
+        "first_loss": losses[0] if losses else None,
+        "final_loss": losses[-1] if losses else None,
+        "train_rows": len(train_rows),
+        "eval_rows": len(eval_rows),
+        "dropped_rows": dropped,
+        "tokens": int(trainer.state.num_input_tokens_seen),
+        "train_runtime_s": round(runtime, 3),
+        "resumed_from_step": resumed_from,
+    }
+    evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
+    if evals:
+        metrics["eval_loss"] = evals[-1]
+    session_tokens = metrics["tokens"] - (trainer._initial_num_input_tokens_seen if resumed_from else 0)
+    metrics["tokens_per_s"] = round(session_tokens / runtime, 2) if runtime > 0 else None
+    return {"model_dir": str(output_dir), "kind": "model" if opts.method == "full" else "adapter", "metrics": metrics}
+
+
+def _load_model(model_dir: str, opts: SftOptions, target_modules: Sequence[str], on_gpu: bool):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"trust_remote_code": False, "use_safetensors": True}
+    device = "cuda" if on_gpu else "cpu"
+    if opts.method == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16 if on_gpu else torch.float32)
+        kwargs["device_map"] = {"": 0 if on_gpu else "cpu"}
+        kwargs["dtype"] = torch.float32
+    else:
+        kwargs["dtype"] = torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    if opts.method == "full":
+        return model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if opts.method == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    modules: Any = opts.lora_target_modules or list(target_modules) or ["all-linear"]
+    if modules == ["all-linear"]:
+        modules = "all-linear"  # peft's name for every linear layer but the output head
+    present = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    if isinstance(modules, list) and not set(modules) & present:
+        raise ConfigError(f"none of the LoRA target modules {modules} is in this model; its linear layers include "
+                          f"{', '.join(sorted(n for n in present if 'proj' in n or 'attn' in n)[:12])}")
+    config = LoraConfig(r=opts.lora_r, lora_alpha=opts.lora_alpha, lora_dropout=opts.lora_dropout,
+                        target_modules=modules, task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def merge_adapter(base_dir: str, adapter_dir: str, output_dir: str) -> str:
+    """Merge a LoRA adapter into its base and save a whole model (safetensors) with the tokenizer."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, use_safetensors=True)
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(output_dir, safe_serialization=True)
+    AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(output_dir)
+    return str(output_dir)
+
+
+__all__ = ["last_checkpoint", "load_conversations", "merge_adapter", "prepare_tokenizer", "sft_train"]
