@@ -508,6 +508,8 @@ def _train(catalog: Catalog, job: dict, resume: bool) -> dict:
     if png:
         metrics["loss_curve"] = png
     result: dict[str, Any] = {"artifact": model_dir, "metrics": metrics}
+    if isinstance(metrics.get("steps"), int):
+        result["step"] = metrics["steps"]
     opts = train_options.options_for(kind, job["params"])
     if job["output_table"]:
         method = getattr(opts, "method", "pretrain")

@@ -14,13 +14,14 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic.alias_generators import to_snake
 
 from ..config import _Options, split_typed_key, typed_value
-from ..errors import ConfigError
+from ..errors import ConfigError, UnknownOptionError
 
 METHODS = ("lora", "qlora", "full")
 
 
-def normalise(train_params: Mapping[str, Any]) -> dict[str, Any]:
-    """`sft.int.max_seq_length`="64" -> {"max_seq_length": 64}; `learningRate` -> `learning_rate`."""
+def normalise(train_params: Mapping[str, Any], given: dict[str, str] | None = None) -> dict[str, Any]:
+    """`sft.int.max_seq_length`="64" -> {"max_seq_length": 64}; `learningRate` -> `learning_rate`.
+    `given`, when passed, maps each normalised name back to the key as the user wrote it."""
     out: dict[str, Any] = {}
     for key, value in train_params.items():
         name, _tag = split_typed_key(key)
@@ -28,7 +29,10 @@ def normalise(train_params: Mapping[str, Any]) -> dict[str, Any]:
         for prefix in ("sft.", "sfft."):
             if name.startswith(prefix):
                 name = name[len(prefix):]
-        out[to_snake(name) if "." not in name else name] = value
+        name = to_snake(name) if "." not in name else name
+        out[name] = value
+        if given is not None:
+            given[name] = key
     return out
 
 
@@ -68,7 +72,12 @@ class TrainOptions(_Options):
 
     @classmethod
     def from_params(cls, train_params: Mapping[str, Any]) -> "TrainOptions":
-        return cls.parse(normalise(train_params), where=cls.kind or "training")
+        given: dict[str, str] = {}
+        values = normalise(train_params, given)
+        try:
+            return cls.parse(values, where=cls.kind or "training")
+        except UnknownOptionError as e:
+            raise UnknownOptionError(cls.kind or "training", given.get(e.key, e.key), e.valid) from None
 
     @field_validator("model")
     @classmethod

@@ -138,10 +138,8 @@ def sfft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str,
         datasets={"train": ds},
         dataset_config=data_config,
     )
-    print("DBG fit", time.time(), flush=True)
     try:
         result = trainer.fit()
-        print("DBG fitdone", time.time(), flush=True)
     except ray.train.TrainingFailedError as e:
         raise RuntimeError(_failure_message(e)) from None
     metrics = result.return_value if isinstance(result.return_value, dict) else dict(result.metrics or {})
@@ -221,11 +219,25 @@ def _read_parquet(data_path: str, column: str):
 
 
 def latest_checkpoint_state(run_path: str) -> dict | None:
-    """The byzer_like_state.json of the newest checkpoint directory of a run (None if there is none)."""
-    best = None
+    """The byzer_like_state.json of the checkpoint a restart of this run would load (None if there is none).
+
+    That is the latest checkpoint Ray Train registered in its snapshot (checkpoint_manager_snapshot.json,
+    written once every worker's part is stored); without a readable snapshot, the newest directory."""
     root = Path(run_path)
     if not root.is_dir():
         return None
+    snapshot_file = root / "checkpoint_manager_snapshot.json"
+    if not snapshot_file.exists():
+        return None
+    try:
+        snapshot = json.loads(snapshot_file.read_text())
+        name = (snapshot.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")
+        if not name:
+            return None
+        return json.loads((root / name / STATE_FILE).read_text())
+    except (OSError, ValueError, AttributeError):  # another Ray version's snapshot: look at the directories
+        pass
+    best = None
     for d in root.glob("checkpoint_*"):
         f = d / STATE_FILE
         try:
@@ -312,7 +324,6 @@ def _set_nccl_socket_ifname() -> str | None:
 # -- the workers -----------------------------------------------------------------------------------------
 def _train_loop_per_worker(config: dict) -> dict:
     import tempfile
-    print("DBG entry", time.time(), flush=True)
 
     import deepspeed
     import ray.train
@@ -320,7 +331,6 @@ def _train_loop_per_worker(config: dict) -> dict:
     import torch.distributed as dist
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print("DBG imports", time.time(), flush=True)
     opts: SfftOptions = config["options"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -362,7 +372,6 @@ def _train_loop_per_worker(config: dict) -> dict:
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=cfg,
                                            dist_init_required=False)
     device = engine.device
-    print("DBG dsinit", time.time(), flush=True)
 
     # -- resume -------------------------------------------------------------------------------------
     start_step, epoch, skip = 0, 0, 0
@@ -529,9 +538,7 @@ def _train_loop_per_worker(config: dict) -> dict:
         save(step, epoch, batch_in_epoch, metrics)
     else:
         ray.train.report(metrics)
-    print("DBG trained", time.time(), flush=True)
     _export(engine, tokenizer, config["model_dir"], config["output_dir"], rank)
-    print("DBG exported", time.time(), flush=True)
     return metrics
 
 

@@ -1,0 +1,227 @@
+"""Fine-tuning end to end on a real Ray cluster with real tiny models: SQL and client, LoRA / QLoRA / full,
+the model registry, detached jobs that outlive their client, stop and resume, and bad input."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from byzer_like.catalog import Catalog, ModelExistsError
+from byzer_like.engine import Session, UnknownTableError
+from byzer_like.errors import ConfigError, UnknownOptionError
+
+NAMES = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory", "oscar",
+         "peggy", "rupert", "sybil", "trent", "victor", "walter", "xavier", "yvonne", "zoe", "nina", "omar", "paul",
+         "quinn", "rosa", "sam", "tina", "ursula", "vera"]
+COLORS = ["red", "blue", "green", "yellow", "purple", "orange", "black", "white"]
+QA = [{"instruction": f"favorite color of {n}?", "input": "", "output": COLORS[(i * 5) % 8]} for i, n in enumerate(NAMES)]
+# LoRA on a 128-wide random-init model: every linear layer, a wide rank, no dropout (a real model needs far less)
+LORA = {"loraTargetModules": "all-linear", "loraR": "64", "loraAlpha": "128", "loraDropout": "0",
+        "learningRate": "3e-3", "epochs": "40", "batchSize": "4", "sft.int.max_seq_length": "48"}
+
+
+def _where(options: dict) -> str:
+    return "\n".join(f"and `{k}`=\"{v}\"" for k, v in options.items())
+
+
+def _exact(rows, column="answer"):
+    return sum(r[column].strip() == r["output"] for r in rows) / len(rows)
+
+
+@pytest.fixture(scope="module")
+def qa_file(workspace):
+    f = workspace / "data" / "qa_colors.jsonl"
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text("".join(json.dumps(r) + "\n" for r in QA))
+    return f
+
+
+@pytest.fixture
+def session(llm):
+    s = Session(llm, progress=False)
+    yield s
+    s.close()
+
+
+@pytest.mark.timeout(420)
+def test_lora_through_sql_learns_the_answers_registers_merges_and_deploys(llm, session, tiny_models, qa_file, workspace):
+    base = tiny_models["llama"]
+    results = session.sql(f"""
+        load json.`{qa_file}` as qa;
+        !byzerllm setup sft;
+        run command as LLM.`` where
+        and pretrainedModelType="sft/llama"
+        and localModelDir="{base}"
+        and inputTable="qa"
+        and outputTable="colors_lora"
+        and detached="false"
+        {_where(LORA)};
+        !byzerllm setup single;
+        run command as LLM.`` where action="infer" and pretrainedModelType="llama"
+        and localModelDir="{base}" and udfName="colors_base";
+        run command as LLM.`` where action="infer" and pretrainedModelType="llama"
+        and modelTable="colors_lora" and udfName="colors_ft";
+        select instruction, output,
+               llm_result(colors_base(llm_param(map("instruction", instruction, "temperature", 0.0, "max_new_tokens", 8)))) as base,
+               llm_result(colors_ft(llm_param(map("instruction", instruction, "temperature", 0.0, "max_new_tokens", 8)))) as answer
+        from qa as answers;
+    """)
+    try:
+        job = results[2].table.to_pylist()[0]
+        assert job["state"] == "SUCCEEDED" and job["output_table"] == "colors_lora" and job["model_version"] == 1
+        metrics = json.loads(job["metrics"])
+        assert metrics["final_loss"] < metrics["first_loss"] and metrics["tokens_per_s"] > 0
+        assert Path(metrics["loss_curve"]).stat().st_size > 1000  # the PNG beside the model
+        assert Path(job["artifact"], "adapter_model.safetensors").exists()
+        rows = session.table("answers").to_pylist()
+        assert _exact(rows) >= 0.8, rows
+        assert _exact(rows, "base") <= 0.1
+
+        # the registry: list, merge into a whole model, deploy a version by name@vN
+        listed = session.sql("!byzerllm model list;")[0].table.to_pylist()
+        entry = next(r for r in listed if r["name"] == "colors_lora")
+        assert entry["kind"] == "adapter" and entry["base_model"] == str(base) and entry["job_id"] == job["job_id"]
+        merged = session.sql('run command as LLM.`` where action="merge" and modelTable="colors_lora@v1" '
+                             'and outputTable="colors_merged";')[0].table.to_pylist()[0]
+        assert merged["version"] == 1 and Path(merged["path"], "model.safetensors").exists()
+        session.sql('run command as LLM.`` where action="infer" and pretrainedModelType="llama" '
+                    'and modelTable="colors_merged@v1" and udfName="colors_merged";')
+        same = llm.batch_chat([r["instruction"] for r in QA[:8]], model="colors_merged",
+                              llm_config={"temperature": 0.0, "max_new_tokens": 8})
+        assert [str(a) for a in same] == [r["answer"] for r in rows[:8]]
+        with pytest.raises(ModelExistsError, match="overwrite"):
+            session.sql('run command as LLM.`` where action="merge" and modelTable="colors_lora" '
+                        'and outputTable="colors_merged";')
+    finally:
+        for name in ("colors_base", "colors_ft", "colors_merged"):
+            if llm.is_model_exist(name):
+                llm.undeploy(name)
+
+
+@pytest.mark.timeout(420)
+@pytest.mark.parametrize("method", ["qlora", "full"])
+def test_qlora_and_full_through_the_client(llm, tiny_models, method):
+    options = LORA if method == "qlora" else {"learningRate": "3e-3", "epochs": "30", "batchSize": "4",
+                                              "sft.int.max_seq_length": "48"}
+    job = llm.sft(QA, model_path=tiny_models["llama"], pretrained_model_type="sft/llama",
+                  output_table=f"colors_{method}", method=method, **options)
+    assert job["state"] == "SUCCEEDED"
+    model = llm.catalog.model(f"colors_{method}")
+    assert model.kind == ("model" if method == "full" else "adapter") and model.method == method
+    udf = f"colors_{method}_chat"
+    llm.deploy(None, "llama", udf, {"modelTable": f"colors_{method}"})
+    try:
+        answers = llm.batch_chat([r["instruction"] for r in QA], model=udf,
+                                 llm_config={"temperature": 0.0, "max_new_tokens": 8})
+        exact = sum(str(a).strip() == r["output"] for a, r in zip(answers, QA)) / len(QA)
+        assert exact >= 0.8, [str(a) for a in answers]
+    finally:
+        llm.undeploy(udf)
+
+
+DETACHED_CLIENT = textwrap.dedent("""
+    import json, sys
+    from byzer_like import ByzerLLM
+    llm = ByzerLLM()
+    llm.setup_cpus_per_worker(0.5)
+    rows = [{"instruction": f"question {i}", "output": f"answer {i}"} for i in range(40)]
+    job = llm.sft(rows, model_path=sys.argv[1], pretrained_model_type="sft/llama", output_table="detached_model",
+                  detached=True, epochs=400, max_seq_length=32, checkpoint_steps=10, logging_steps=2,
+                  learning_rate=1e-3)
+    print(json.dumps(job))
+""")
+
+
+@pytest.mark.timeout(420)
+def test_detached_job_outlives_its_client_and_stops_and_resumes_from_its_checkpoint(llm, tiny_models, workspace):
+    out = subprocess.run([sys.executable, "-c", DETACHED_CLIENT, str(tiny_models["llama"])], capture_output=True,
+                         text=True, timeout=180, env={**os.environ, "BYZER_LIKE_HOME": str(workspace)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    job_id = json.loads(out.stdout.strip().splitlines()[-1])["job_id"]  # the client process has exited
+
+    jobs = llm.jobs
+    deadline = time.monotonic() + 240
+    while jobs.status(job_id)["step"] < 25:  # past the second checkpoint
+        assert jobs.status(job_id)["state"] in ("PENDING", "RUNNING"), jobs.logs(job_id)
+        assert time.monotonic() < deadline, jobs.logs(job_id)
+        time.sleep(1)
+    running = jobs.record(job_id)
+    assert running["state"] == "RUNNING" and running["metrics"]["tokens_per_s"] > 0 and "eta_s" in running["metrics"]
+    assert "step" in jobs.logs(job_id)
+    assert any(r["job_id"] == job_id for r in jobs.list())
+
+    stopped = jobs.stop(job_id)
+    assert stopped["state"] == "STOPPED"
+    pid = int(running["runner"].rsplit(":", 1)[1])
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # the runner is gone: nothing left behind
+    step_at_stop = jobs.status(job_id)["step"]
+    checkpoints = sorted(int(p.name.split("-")[1]) for p in Path(running["run_dir"], "checkpoints").glob("checkpoint-*"))
+    assert checkpoints and checkpoints[-1] >= 20
+
+    # resume (a blocking run this time, shortened so that the test ends soon after): from the last
+    # checkpoint's step, not from 0
+    epochs = (checkpoints[-1] + 20) // 5  # 40 rows in batches of 8: 5 steps an epoch
+    Catalog(workspace).update_job(job_id, params={**running["params"], "epochs": epochs})
+    done = jobs.resume(job_id, detached=False)
+    assert done["state"] == "SUCCEEDED" and done["step"] == epochs * 5
+    metrics = json.loads(done["metrics"])
+    assert metrics["resumed_from_step"] == checkpoints[-1] <= step_at_stop
+    assert f"training from step {checkpoints[-1]} of {epochs * 5}" in jobs.logs(job_id)
+    assert llm.catalog.model("detached_model").job_id == job_id
+
+
+# -- bad input: each a clear error before anything starts, and no job recorded -------------------------
+def _bad(session, where: str, table: str = "qa") -> None:
+    session.sql(f'run command as LLM.`` where pretrainedModelType="sft/llama" and inputTable="{table}" {where};')
+
+
+@pytest.mark.timeout(120)
+def test_bad_training_input_fails_before_anything_starts(llm, session, tiny_models, qa_file, workspace):
+    base = tiny_models["llama"]
+    before = len(Catalog(workspace).jobs())
+    session.sql(f"load json.`{qa_file}` as qa;")
+    session._put("empty", pa.table({"instruction": pa.array([], pa.string()), "output": pa.array([], pa.string())}))
+    session._put("wrong", pa.table({"question": ["q"], "answer": ["a"]}))
+    session._put("texts", pa.table({"text": ["some text"] * 4}))
+    ok = f'and localModelDir="{base}"'
+
+    with pytest.raises(UnknownTableError, match="unknown table 'nope'"):
+        _bad(session, ok, table="nope")
+    with pytest.raises(ConfigError, match=r"question, answer; missing instruction, output.*alpaca form.*chat form"):
+        _bad(session, ok, table="wrong")
+    with pytest.raises(ConfigError, match="empty"):
+        _bad(session, ok, table="empty")
+    with pytest.raises(ConfigError, match=r"max_seq_length=8 is too small.*shortest prompt alone has \d+ tokens"):
+        _bad(session, ok + ' and `sft.int.max_seq_length`="8"')
+    with pytest.raises(ConfigError, match=r"method.*'lora', 'qlora' or 'full'"):
+        _bad(session, ok + ' and method="dora"')
+    with pytest.raises(UnknownOptionError, match=r"'learningRat'.*learningRate"):
+        _bad(session, ok + ' and learningRat="1e-3"')
+    with pytest.raises(ConfigError, match=r"localModelDir.*modelTable"):
+        _bad(session, "")
+    Catalog(workspace).register_model("taken_name", kind="model", path=str(base), base_model=None, model_type="llama",
+                                      method="full", params={}, metrics={}, job_id=None)
+    with pytest.raises(ModelExistsError, match=r"taken_name.*overwrite=\"true\""):
+        _bad(session, ok + ' and outputTable="taken_name"')
+    with pytest.raises(ConfigError, match="deepspeedConfig is not valid JSON"):
+        session.sql(f'run command as LLM.`` where pretrainedModelType="sfft/llama" and inputTable="texts" {ok} '
+                    "and deepspeedConfig='''{\"zero_optimization\": {\"stage\": 2,}}''';")
+    with pytest.raises(ConfigError, match="stage"):
+        session.sql(f'run command as LLM.`` where pretrainedModelType="sfft/llama" and inputTable="texts" {ok} '
+                    "and deepspeedConfig='''{\"zero_optimization\": {\"stage\": 7}}''';")
+    assert len(Catalog(workspace).jobs()) == before
+    assert not any(p.name.startswith("sft-") and not (p / "input.parquet").exists()
+                   for p in (workspace / "jobs").glob("*")) if (workspace / "jobs").exists() else True
+
+
+def test_job_commands_name_unknown_jobs(llm, session):
+    from byzer_like.catalog import JobNotFoundError
+
+    with pytest.raises(JobNotFoundError, match="no job 'nope'"):
+        session.sql("!byzerllm job status nope;")
