@@ -3,6 +3,8 @@
     byzer-like quickstart                        build a tiny model, run sql/quickstart.sql on 2 replicas, stream an answer
     byzer-like models make-tiny --family llama --out DIR [--size tiny|small] [--pretrain-seconds N]
     byzer-like models types                      known pretrained_model_type names
+    byzer-like models list                       the model registry (trained and merged models, all versions)
+    byzer-like jobs list|status|logs|stop|resume [JOB_ID] [--follow]   training jobs
     byzer-like cluster start|stop|status         the workspace's persistent local Ray head
     byzer-like deploy DIR --type llama --name m [--num-workers 2] [--param key=value ...]
     byzer-like list | meta NAME | undeploy NAME
@@ -74,6 +76,56 @@ def cmd_types(args: argparse.Namespace) -> int:
 
     for name, path in sorted(registry.available().items()):
         print(f"{name:12s} {path}")
+    return 0
+
+
+def cmd_registry(args: argparse.Namespace) -> int:
+    from .catalog import Catalog
+
+    models = Catalog(Workspace.from_env(args.workspace)).models()
+    if not models:
+        print("no registered models yet (train one with outputTable=\"name\")")
+    for m in models:
+        loss = m.metrics.get("final_loss")
+        print(f"{m.ref:28s} {m.kind:8s} {m.method or '':10s} {m.model_type or '':8s} "
+              f"{'' if loss is None else f'loss {loss:.4g}':14s} {m.path}")
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    import time
+
+    from .client import ByzerLLM
+
+    jobs = ByzerLLM(args.address, workspace=Workspace.from_env(args.workspace).root).jobs
+    if args.action == "list":
+        rows = jobs.list(limit=args.limit)
+        if not rows:
+            print("no training jobs in this workspace yet")
+        for r in rows:
+            steps = f"{r['step']}/{r['total_steps'] or '?'}"
+            print(f"{r['job_id']:30s} {r['state']:9s} {steps:>11s}  {r['output_table'] or '':20s} {r['error'] or ''}")
+        return 0
+    job_id = args.job_id or (jobs.catalog.jobs(limit=1) or [{"id": None}])[0]["id"]
+    if job_id is None:
+        raise ConfigError("no training job in this workspace yet")
+    if args.action == "logs":
+        shown = 0
+        while True:
+            text = jobs.logs(job_id)
+            print(text[shown:], end="", flush=True)
+            shown = len(text)
+            if not args.follow or jobs.status(job_id)["state"] in ("SUCCEEDED", "FAILED", "STOPPED"):
+                return 0
+            time.sleep(1)
+    if args.action == "status":
+        record = jobs.record(job_id)
+        record.pop("history", None)
+        print(json.dumps(record, indent=2, default=str))
+        return 0 if record["state"] != "FAILED" else 1
+    row = jobs.stop(job_id) if args.action == "stop" else jobs.resume(job_id, detached=not args.wait,
+                                                                        progress=args.wait)
+    print(f"{row['job_id']}: {row['state']}" + (f" ({row['error']})" if row.get("error") else ""))
     return 0
 
 
@@ -307,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--prompt", default=QUICKSTART_PROMPT)
     q.set_defaults(func=cmd_quickstart)
 
-    m = sub.add_parser("models", help="build tiny models; list model types")
+    m = sub.add_parser("models", help="build tiny models; list model types; the model registry")
     msub = m.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     mt = msub.add_parser("make-tiny", parents=[common], help="build a small Hugging Face-format model locally")
     mt.add_argument("--family", required=True, choices=("llama", "qwen2", "gpt2"))
@@ -320,6 +372,16 @@ def build_parser() -> argparse.ArgumentParser:
     mt.set_defaults(func=cmd_make_tiny)
     ty = msub.add_parser("types", help="known pretrained_model_type names (plugins)")
     ty.set_defaults(func=cmd_types)
+    ml = msub.add_parser("list", parents=[common], help="the model registry: trained and merged models, all versions")
+    ml.set_defaults(func=cmd_registry)
+
+    j = sub.add_parser("jobs", parents=[common], help="training jobs: list, status, logs, stop, resume")
+    j.add_argument("action", choices=("list", "status", "logs", "stop", "resume"))
+    j.add_argument("job_id", nargs="?", help="the job (default: the most recent one)")
+    j.add_argument("--follow", "-f", action="store_true", help="logs: keep printing until the job ends")
+    j.add_argument("--limit", type=int, help="list: at most this many jobs")
+    j.add_argument("--wait", action="store_true", help="resume: run in the foreground with a progress bar")
+    j.set_defaults(func=cmd_jobs)
 
     c = sub.add_parser("cluster", parents=[common], help="the workspace's persistent local Ray head")
     c.add_argument("action", choices=("start", "stop", "status"))

@@ -109,7 +109,7 @@ def test_zero2_two_workers_loss_goes_down_and_export_deploys(first_run, workspac
     assert history[-1]["progress"] == 1.0 and history[0]["loss"] > history[-1]["loss"]
     assert Catalog(workspace).job(first_run["job_id"])["step"] == FIRST_STEPS
 
-    ckpts = sorted(p.name for p in (first_run["run_dir"] / "ray_train" / "cpt").glob("checkpoint_*"))
+    ckpts = sorted(p.name for p in (first_run["run_dir"] / "ray_train" / "cpt").glob("checkpoint_step_*"))
     assert ckpts == ["checkpoint_step_000000008", "checkpoint_step_000000012"]  # saveTotalLimit=2
 
     out = Path(result["model_dir"])

@@ -175,6 +175,16 @@ def test_detached_job_outlives_its_client_and_stops_and_resumes_from_its_checkpo
     assert f"training from step {checkpoints[-1]} of {epochs * 5}" in jobs.logs(job_id)
     assert llm.catalog.model("detached_model").job_id == job_id
 
+    # the same from the command line, in another process
+    cli = Path(sys.executable).with_name("byzer-like")
+    env = {**os.environ, "BYZER_LIKE_HOME": str(workspace)}
+    listed = subprocess.run([str(cli), "jobs", "list"], capture_output=True, text=True, timeout=60, env=env)
+    assert listed.returncode == 0 and f"{job_id}" in listed.stdout and "SUCCEEDED" in listed.stdout
+    status = subprocess.run([str(cli), "jobs", "status", job_id], capture_output=True, text=True, timeout=60, env=env)
+    assert json.loads(status.stdout)["state"] == "SUCCEEDED"
+    models = subprocess.run([str(cli), "models", "list"], capture_output=True, text=True, timeout=60, env=env)
+    assert "detached_model@v1" in models.stdout
+
 
 # -- bad input: each a clear error before anything starts, and no job recorded -------------------------
 def _bad(session, where: str, table: str = "qa") -> None:

@@ -238,7 +238,7 @@ def latest_checkpoint_state(run_path: str) -> dict | None:
     except (OSError, ValueError, AttributeError):  # another Ray version's snapshot: look at the directories
         pass
     best = None
-    for d in root.glob("checkpoint_*"):
+    for d in root.glob("checkpoint_step_*"):
         f = d / STATE_FILE
         try:
             state = json.loads(f.read_text())
@@ -467,6 +467,7 @@ def _train_loop_per_worker(config: dict) -> dict:
         while True:
             if done():
                 break
+            _tw = time.monotonic()
             past_share = share is not None and counter["rows"] / rows_per_worker >= share
             ids = None if past_share else next(gen, None)
             if not all_agree(ids is not None):
@@ -476,11 +477,13 @@ def _train_loop_per_worker(config: dict) -> dict:
             if batch_in_epoch <= skip:
                 continue  # trained on before the restart
             ids = ids.to(device)
+            _t1 = time.monotonic()
             out = engine(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids)
             engine.backward(out.loss)
             boundary = engine.is_gradient_accumulation_boundary()
             engine.step()
             loss = float(out.loss.detach().float().item())
+            _t2 = time.monotonic(); print(f"DBG micro {batch_in_epoch} compute {_t2-_t1:.3f} wait {_t1-_tw:.3f}", flush=True)
             window_loss += loss
             window_n += 1
             window_micro += 1
@@ -502,7 +505,9 @@ def _train_loop_per_worker(config: dict) -> dict:
                                   learning_rate=engine.get_lr()[0], epoch=round(epoch + min(counter["rows"] / rows_per_worker, 1.0), 4))
                 window_loss, window_n, window_micro = 0.0, 0, 0
             if step % opts.checkpoint_steps == 0 and not done():
+                _ts = time.monotonic()
                 save(step, epoch, batch_in_epoch, {"step": step, "loss": final_loss, "epoch": epoch})
+                print(f"DBG save {time.monotonic()-_ts:.3f}", flush=True)
                 last_saved = step
         gen.close()
         if not seen_any and skip == 0:
