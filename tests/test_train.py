@@ -105,21 +105,23 @@ def test_lora_through_sql_learns_the_answers_registers_merges_and_deploys(llm, s
 
 @pytest.mark.timeout(420)
 @pytest.mark.parametrize("method", ["qlora", "full"])
-def test_qlora_and_full_through_the_client(llm, tiny_models, method):
+def test_qlora_and_full_through_sql(llm, session, tiny_models, qa_file, method):
     options = LORA if method == "qlora" else {"learningRate": "3e-3", "epochs": "30", "batchSize": "4",
                                               "sft.int.max_seq_length": "48"}
-    job = llm.sft(QA, model_path=tiny_models["llama"], pretrained_model_type="sft/llama",
-                  output_table=f"colors_{method}", method=method, **options)
-    assert job["state"] == "SUCCEEDED"
-    model = llm.catalog.model(f"colors_{method}")
-    assert model.kind == ("model" if method == "full" else "adapter") and model.method == method
     udf = f"colors_{method}_chat"
-    llm.deploy(None, "llama", udf, {"modelTable": f"colors_{method}"})
+    session.sql(f"""
+        load json.`{qa_file}` as qa;
+        run qa as LLM.`` where pretrainedModelType="sft/llama" and localModelDir="{tiny_models['llama']}"
+        and outputTable="colors_{method}" and method="{method}" {_where(options)};
+        run command as LLM.`` where action="infer" and pretrainedModelType="llama"
+        and modelTable="colors_{method}" and udfName="{udf}";
+    """)
     try:
-        answers = llm.batch_chat([r["instruction"] for r in QA], model=udf,
-                                 llm_config={"temperature": 0.0, "max_new_tokens": 8})
-        exact = sum(str(a).strip() == r["output"] for a, r in zip(answers, QA)) / len(QA)
-        assert exact >= 0.8, [str(a) for a in answers]
+        model = llm.catalog.model(f"colors_{method}")
+        assert model.kind == ("model" if method == "full" else "adapter") and model.method == method
+        rows = session.sql(f"""select instruction, output, llm_result({udf}(llm_param(map("instruction", instruction,
+            "temperature", 0.0, "max_new_tokens", 8)))) as answer from qa as answers;""")[0].table.to_pylist()
+        assert _exact(rows) >= 0.8, rows
     finally:
         llm.undeploy(udf)
 

@@ -325,11 +325,10 @@ def _set_nccl_socket_ifname() -> str | None:
 def _train_loop_per_worker(config: dict) -> dict:
     import tempfile
 
-    import deepspeed
     import ray.train
     import torch
     import torch.distributed as dist
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     opts: SfftOptions = config["options"]
     ctx = ray.train.get_context()
@@ -349,20 +348,50 @@ def _train_loop_per_worker(config: dict) -> dict:
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError("the base model's tokenizer has no EOS token, so rows cannot be separated")
+
+    # -- data: one pass over this worker's shard per epoch, packed into micro batches ------------------
+    shard = ray.train.get_dataset_shard("train")
+
+    def micro_batches(counter: dict):
+        """Micro batches of `micro` blocks of max_length tokens (rows joined by EOS); counts rows read."""
+        buf: list[int] = []
+        chunk: list[list[int]] = []
+        for batch in shard.iter_batches(batch_size=256, batch_format="pyarrow"):
+            texts = [t for t in batch.column(config["text_column"]).to_pylist() if t]
+            counter["rows"] += batch.num_rows
+            if texts:
+                for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+                    buf.extend(ids)
+                    buf.append(eos)
+            while len(buf) >= max_len:
+                chunk.append(buf[:max_len])
+                buf = buf[max_len:]
+                if len(chunk) == micro:
+                    yield torch.tensor(chunk, dtype=torch.long)
+                    chunk = []
+
+    # The first epoch's data starts flowing (Ray Data starts its readers, ~10 s on a small machine) while
+    # the model loads and DeepSpeed starts.
+    first_counter = {"rows": 0}
+    first_epoch = _Prefetched(micro_batches(first_counter))
+
+    import deepspeed
+    from transformers import AutoModelForCausalLM
+
     model = AutoModelForCausalLM.from_pretrained(config["model_dir"], dtype=torch.float32, use_safetensors=True)
     model.config.use_cache = False
-
     lr = opts.lr()
     warmup = math.ceil(opts.warmup_ratio * total_steps)
     cfg = fill_schedule(cfg, total_steps=total_steps, warmup_steps=warmup, lr=lr)
     optimizer = scheduler = None
     if uses_client_optimizer(cfg):
-        decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
-        no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
+        decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": opts.weight_decay},
                                        {"params": no_decay, "weight_decay": 0.0}], lr=lr)
     if cfg.get("scheduler") is None and optimizer is not None:
         def schedule(step: int) -> float:
+            """Linear warmup, then linear decay to MIN_LR_FRACTION at the (estimated) last step."""
             if step < warmup:
                 return (step + 1) / (warmup + 1)
             span = max(total_steps - warmup, 1)
@@ -373,12 +402,16 @@ def _train_loop_per_worker(config: dict) -> dict:
                                            dist_init_required=False)
     device = engine.device
 
-    # -- resume -------------------------------------------------------------------------------------
+    # -- resume --------------------------------------------------------------------------------------
     start_step, epoch, skip = 0, 0, 0
+    state: dict = {}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             state = json.loads(Path(d, STATE_FILE).read_text())
+            if state.get("world_size") not in (None, world):
+                raise ValueError(f"the checkpoint was written by {state['world_size']} workers, this run has {world}; "
+                                 "resume with the same number of workers (or start a new run name)")
             load_path, _ = engine.load_checkpoint(d, tag=DS_TAG)
             if load_path is None:
                 raise RuntimeError(f"DeepSpeed found no checkpoint to load in {d}")
@@ -390,33 +423,6 @@ def _train_loop_per_worker(config: dict) -> dict:
                   f"(epoch {epoch}, skipping {skip} batches of it)", flush=True)
     if rank == 0:
         reporter.start(start_step, total_steps)
-
-    def blocks():
-        """The packed max_length-token blocks of this worker's shard, one epoch; also counts rows."""
-        shard = ray.train.get_dataset_shard("train")
-        buf: list[int] = []
-        for batch in shard.iter_batches(batch_size=256, batch_format="pyarrow"):
-            texts = [t for t in batch.column(config["text_column"]).to_pylist() if t]
-            counter["rows"] += batch.num_rows
-            if texts:
-                for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-                    buf.extend(ids)
-                    buf.append(eos)
-            while len(buf) >= max_len:
-                yield buf[:max_len]
-                buf = buf[max_len:]
-
-    def micro_batches():
-        it = blocks()
-        while True:
-            chunk = []
-            for block in it:
-                chunk.append(block)
-                if len(chunk) == micro:
-                    break
-            if len(chunk) < micro:
-                return
-            yield torch.tensor(chunk, dtype=torch.long)
 
     def all_agree(flag: bool) -> bool:
         """True when every worker has a batch (the workers must take the same number of steps)."""
@@ -430,44 +436,41 @@ def _train_loop_per_worker(config: dict) -> dict:
         return float(t.item()) / world
 
     def save(step_no: int, epoch_no: int, batch_no: int, metrics: dict) -> None:
+        """Every rank writes its part of the DeepSpeed checkpoint; Ray Train merges them in storage."""
         with tempfile.TemporaryDirectory(prefix="byzer-sfft-") as tmp:
             engine.save_checkpoint(tmp, tag=DS_TAG, client_state={"step": step_no})
             if rank == 0:
-                state = {"step": step_no, "epoch": epoch_no, "batch_in_epoch": batch_no, "world_size": world,
-                         "micro_batch": micro, "gradient_accumulation_steps": accum, "max_length": max_len,
-                         "last_loss": metrics.get("loss"), "saved_at": time.time()}
-                Path(tmp, STATE_FILE).write_text(json.dumps(state))
+                Path(tmp, STATE_FILE).write_text(json.dumps({
+                    "step": step_no, "epoch": epoch_no, "batch_in_epoch": batch_no, "world_size": world,
+                    "micro_batch": micro, "gradient_accumulation_steps": accum, "max_length": max_len,
+                    "last_loss": metrics.get("loss", metrics.get("final_loss")), "saved_at": time.time()}))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"checkpoint_step_{step_no:09d}")
 
-    step = start_step
-    last_saved = start_step
+    def done() -> bool:
+        return opts.max_steps > 0 and step >= opts.max_steps
+
+    step = last_saved = start_step
     batch_in_epoch = skip
     first_loss: float | None = None
     final_loss: float | None = None
     window_loss, window_n, window_micro = 0.0, 0, 0
     tokens_run = 0
-    t0 = time.monotonic()
     tokens_per_micro = micro * max_len * world
     data_error = None
     refined = False
-
-    def done() -> bool:
-        return opts.max_steps > 0 and step >= opts.max_steps
-
-    while not done():
-        if opts.max_steps <= 0 and epoch >= opts.num_train_epochs:
-            break
-        counter = {"rows": 0}
+    t0 = time.monotonic()
+    while not done() and (opts.max_steps > 0 or epoch < opts.num_train_epochs):
+        if first_epoch is not None:
+            gen, counter, first_epoch = first_epoch, first_counter, None
+        else:
+            counter = {"rows": 0}
+            gen = micro_batches(counter)
         batch_in_epoch = 0
         seen_any = False
         # The last, partial epoch of a fractional num_train_epochs ends after that share of the rows.
         share = opts.num_train_epochs - epoch if opts.max_steps <= 0 and opts.num_train_epochs - epoch < 1 else None
-        gen = micro_batches()
-        while True:
-            if done():
-                break
-            _tw = time.monotonic()
+        while not done():
             past_share = share is not None and counter["rows"] / rows_per_worker >= share
             ids = None if past_share else next(gen, None)
             if not all_agree(ids is not None):
@@ -477,14 +480,11 @@ def _train_loop_per_worker(config: dict) -> dict:
             if batch_in_epoch <= skip:
                 continue  # trained on before the restart
             ids = ids.to(device)
-            _t1 = time.monotonic()
             out = engine(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids)
             engine.backward(out.loss)
             boundary = engine.is_gradient_accumulation_boundary()
             engine.step()
-            loss = float(out.loss.detach().float().item())
-            _t2 = time.monotonic(); print(f"DBG micro {batch_in_epoch} compute {_t2-_t1:.3f} wait {_t1-_tw:.3f}", flush=True)
-            window_loss += loss
+            window_loss += float(out.loss.detach().float().item())
             window_n += 1
             window_micro += 1
             tokens_run += tokens_per_micro
@@ -496,18 +496,16 @@ def _train_loop_per_worker(config: dict) -> dict:
             if step % opts.logging_steps == 0 or done():
                 final_loss = global_mean(window_loss / window_n)
                 if rank == 0:
-                    if not refined and epoch == 0 and counter["rows"] and opts.max_steps <= 0:
-                        refined = True  # a better total from the tokens per row seen so far
-                        per_row = (batch_in_epoch * micro * max_len) / counter["rows"]
-                        est = math.ceil(rows_per_worker * per_row / max_len / micro / accum * opts.num_train_epochs)
-                        reporter.total_steps = max(est, step)
+                    seen_share = min(counter["rows"] / rows_per_worker, 1.0)
+                    if not refined and opts.max_steps <= 0 and epoch == start_step == 0 and counter["rows"]:
+                        refined = True  # a better total for the ETA, from the tokens per row seen so far
+                        per_epoch = (batch_in_epoch / micro / accum) / max(seen_share, 1e-9)
+                        reporter.total_steps = max(step, math.ceil(per_epoch * opts.num_train_epochs))
                     reporter.step(step, tokens=window_micro * tokens_per_micro, loss=final_loss,
-                                  learning_rate=engine.get_lr()[0], epoch=round(epoch + min(counter["rows"] / rows_per_worker, 1.0), 4))
+                                  learning_rate=engine.get_lr()[0], epoch=round(epoch + seen_share, 4))
                 window_loss, window_n, window_micro = 0.0, 0, 0
             if step % opts.checkpoint_steps == 0 and not done():
-                _ts = time.monotonic()
                 save(step, epoch, batch_in_epoch, {"step": step, "loss": final_loss, "epoch": epoch})
-                print(f"DBG save {time.monotonic()-_ts:.3f}", flush=True)
                 last_saved = step
         gen.close()
         if not seen_any and skip == 0:
@@ -519,11 +517,15 @@ def _train_loop_per_worker(config: dict) -> dict:
             break
         epoch += 1
         skip = batch_in_epoch = 0
+    if first_epoch is not None:
+        first_epoch.close()  # resumed at the end: the prefetched epoch is not needed
 
     if window_n:  # a partly accumulated last step is not an optimizer step: its loss still counts
         final_loss = global_mean(window_loss / window_n)
     runtime = time.monotonic() - t0
     last_loss = final_loss if final_loss is not None else first_loss
+    if last_loss is None:  # resumed at the end: nothing trained in this call
+        last_loss = state.get("last_loss")
     metrics = {
         "steps": int(step),
         "tokens": int(tokens_run),
@@ -537,14 +539,54 @@ def _train_loop_per_worker(config: dict) -> dict:
         metrics["error"] = data_error
         ray.train.report(metrics)
         return metrics
-    if metrics["first_loss"] is None and checkpoint is not None:  # resumed at the end: nothing trained now
-        metrics["first_loss"] = metrics["final_loss"] = state.get("last_loss")
     if step > last_saved:
         save(step, epoch, batch_in_epoch, metrics)
     else:
         ray.train.report(metrics)
     _export(engine, tokenizer, config["model_dir"], config["output_dir"], rank)
     return metrics
+
+
+class _Prefetched:
+    """A generator whose first item is computed in a background thread, started at once."""
+
+    _END = object()
+
+    def __init__(self, gen):
+        import threading
+
+        self._gen = gen
+        self._first: Any = self._END
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._fetch, name="byzer-sfft-prefetch", daemon=True)
+        self._thread.start()
+
+    def _fetch(self) -> None:
+        try:
+            self._first = next(self._gen, self._END)
+        except BaseException as e:  # noqa: BLE001 - raised again in the training thread
+            self._error = e
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+            if self._error is not None:
+                raise self._error
+            if self._first is not self._END:
+                first, self._first = self._first, self._END
+                return first
+            raise StopIteration
+        return next(self._gen)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self._gen.close()
 
 
 def _export(engine: Any, tokenizer: Any, base_dir: str, output_dir: str, rank: int) -> None:
