@@ -21,6 +21,7 @@ from byzer_like.train.progress import Reporter
 
 FIRST_STEPS = 12  # the shared run: steps before the "driver failure"
 MORE_STEPS = 16  # the same run continued by a second sfft_train call
+KILL_STEPS = 24  # a ZeRO-3 run that loses a worker after its first checkpoint
 
 
 def sfft_options(model_dir, **extra) -> SfftOptions:
@@ -153,6 +154,10 @@ def test_driver_failure_resumes_the_run_by_name(first_run, tiny_models, corpus, 
     state = json.loads((run_dir / "ray_train" / "cpt" / f"checkpoint_step_{MORE_STEPS:09d}" /
                         "byzer_like_state.json").read_text())
     assert state["step"] == MORE_STEPS and state["world_size"] == 2
+    from byzer_like.cluster import head_info
+    from byzer_like.workspace import Workspace
+
+    assert_no_training_actors_left(head_info(Workspace.from_env()).dashboard_url)
 
 
 @pytest.mark.ray
@@ -166,7 +171,7 @@ def test_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, workspace,
 
     run_dir = workspace / "sfft" / "runs" / "kill"
     out_dir = workspace / "sfft" / "out" / "kill"
-    opts = sfft_options(tiny_models["llama"], maxSteps=40, checkpointSteps=3, loggingSteps=1, zeroStage=3)
+    opts = sfft_options(tiny_models["llama"], maxSteps=KILL_STEPS, checkpointSteps=3, loggingSteps=1, zeroStage=3)
     outcome: dict = {}
 
     def train():
@@ -197,12 +202,24 @@ def test_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, workspace,
     assert "error" not in outcome, outcome.get("error")
     m = outcome["result"]["metrics"]
     print(f"killed a worker (pid {victim.pid}) after the checkpoint at step {killed_at}:", json.dumps(m))
-    assert m["steps"] == 40
+    assert m["steps"] == KILL_STEPS
     assert m["resumed_from_step"] >= killed_at > 0 and m["resumed_from_step"] % 3 == 0
-    assert m["tokens"] == (40 - m["resumed_from_step"]) * 4 * 64 * 2
+    assert m["tokens"] == (KILL_STEPS - m["resumed_from_step"]) * 4 * 64 * 2
     assert (out_dir / "model.safetensors").is_file()  # ZeRO-3 weights gathered for the export
-    alive = [a for a in list_actors(address=address, filters=[("state", "=", "ALIVE")], limit=1000)
-             if a.class_name in ("RayTrainWorker", "TrainController")]
+    assert_no_training_actors_left(address)
+
+
+def assert_no_training_actors_left(address: str, wait_s: float = 30) -> None:
+    """Ray ends the controller and workers once the driver drops their handles (asynchronously)."""
+    from ray.util.state import list_actors
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        alive = [a.class_name for a in list_actors(address=address, filters=[("state", "=", "ALIVE")], limit=1000)
+                 if a.class_name in ("RayTrainWorker", "TrainController", "SplitCoordinator")]
+        if not alive or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert alive == []
 
 
@@ -294,3 +311,13 @@ def test_validate_deepspeed_config_defaults_and_precedence(tiny_models, capsys):
     assert cfg["optimizer"]["params"]["lr"] == opts.lr()
     with pytest.raises(ConfigError, match="must be a JSON object"):
         validate_deepspeed_config([1], opts, num_workers=1, on_gpu=False)  # type: ignore[arg-type]
+
+
+def test_worker_errors_become_one_line():
+    from ray.train import WorkerGroupError
+
+    from byzer_like.train.sfft import _failure_message
+
+    err = WorkerGroupError("rank 1 failed", {1: ValueError("the tokenizer has no EOS token\nsecond line")})
+    assert _failure_message(err) == ("continued pretraining failed on worker rank 1: "
+                                     "ValueError: the tokenizer has no EOS token second line")

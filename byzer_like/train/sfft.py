@@ -277,6 +277,8 @@ def _last_line(err: BaseException) -> str:
     """The worker's own exception line from the traceback text Ray wraps around it."""
     text = str(err).strip()
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if "Traceback (most recent call last)" not in text:  # the worker's own exception, as raised
+        return f"{type(err).__name__}: {' '.join(lines)}"[:2000]
     for ln in reversed(lines):
         if not ln.startswith(("File ", "^", "~", "Traceback", "The above exception", "During handling")):
             return ln[:2000]
