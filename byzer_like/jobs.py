@@ -169,6 +169,8 @@ class Jobs:
         except ray.exceptions.RayError as e:
             self._finish_if_running(job_id, "FAILED", str(e).splitlines()[0])
             job = self.catalog.job(job_id)
+            if job["state"] == "STOPPED":  # stopped from elsewhere (`jobs stop`): not a failure
+                return self.status(job_id)
             raise JobError(f"job {job_id} failed: {job['error'] or e}; logs: {Path(job['run_dir']) / LOG_FILE}") from None
         finally:
             if bar is not None:
@@ -385,7 +387,7 @@ def _dashboard_of_connected(llm: "ByzerLLM") -> str:
     import ray
 
     llm.connect()
-    url = ray.worker.get_dashboard_url() if hasattr(ray, "worker") else ""
+    url = ray._private.worker.get_dashboard_url()
     if not url:
         raise ClusterError("cannot find the Ray Jobs API of this cluster; set BYZER_LIKE_JOBS_ADDRESS=http://<head>:8265")
     return url if url.startswith("http") else f"http://{url}"

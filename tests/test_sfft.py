@@ -72,21 +72,32 @@ def corpus(workspace) -> Path:
 
 
 @pytest.fixture(scope="module")
-def first_run(ray_cluster, workspace, tiny_models, corpus):
-    """One ZeRO-2 run on 2 CPU workers (shared by the loss/deploy test and the driver-resume test)."""
-    from byzer_like.catalog import Catalog
-    from byzer_like.train.sfft import sfft_train
+def first_run(llm, workspace, tiny_models, corpus):
+    """One ZeRO-2 run on 2 CPU workers, through SQL as a user runs it (shared by the loss/deploy test and
+    the driver-resume test)."""
+    from byzer_like.engine import Session
 
-    job_id = f"sfft-{uuid.uuid4().hex[:8]}"
-    run_dir = workspace / "sfft" / "runs" / job_id
-    Catalog(workspace).create_job(job_id, "sfft", model_type="sfft/llama", base_model=str(tiny_models["llama"]),
-                                  output_table=None, params={}, sys_conf={}, detached=False, run_dir=str(run_dir))
+    options = " ".join(f'and `{k}`="{v}"' for k, v in {
+        "sfft.int.max_length": "64", "perDeviceBatchSize": "4", "learningRate": "3e-3", "loggingSteps": "2",
+        "checkpointSteps": "4", "saveTotalLimit": "2", "warmupRatio": "0.1", "maxFailures": "2",
+        "maxSteps": FIRST_STEPS, "zeroStage": "2"}.items())
+    session = Session(llm, progress=False)
     t0 = time.monotonic()
-    result = sfft_train(model_dir=str(tiny_models["llama"]), data_path=str(corpus),
-                        output_dir=str(workspace / "sfft" / "out" / job_id), run_dir=str(run_dir), run_name="cpt",
-                        options=sfft_options(tiny_models["llama"], maxSteps=FIRST_STEPS, zeroStage=2),
-                        num_workers=2, cpus_per_worker=1, reporter=Reporter(str(workspace), job_id))
-    return {"result": result, "job_id": job_id, "run_dir": run_dir, "seconds": time.monotonic() - t0}
+    try:
+        row = session.sql(f"""
+            load parquet.`{corpus}` as corpus;
+            !byzerllm setup sfft;
+            !byzerllm setup "num_workers=2";
+            !byzerllm setup "cpus_per_worker=1";
+            run command as LLM.`` where pretrainedModelType="sfft/llama" and localModelDir="{tiny_models['llama']}"
+            and inputTable="corpus" and outputTable="sfft_tiny_model" and detached="false" {options};
+        """)[-1].table.to_pylist()[0]
+    finally:
+        session.sql('!byzerllm setup single; !byzerllm setup "num_workers=1"; !byzerllm setup "cpus_per_worker=0.5";')
+        session.close()
+    job = llm.jobs.record(row["job_id"])
+    return {"result": {"model_dir": row["artifact"], "metrics": json.loads(row["metrics"])}, "job_id": row["job_id"],
+            "run_dir": Path(job["run_dir"]), "run_name": row["job_id"], "row": row, "seconds": time.monotonic() - t0}
 
 
 @pytest.mark.ray
@@ -110,7 +121,8 @@ def test_zero2_two_workers_loss_goes_down_and_export_deploys(first_run, workspac
     assert history[-1]["progress"] == 1.0 and history[0]["loss"] > history[-1]["loss"]
     assert Catalog(workspace).job(first_run["job_id"])["step"] == FIRST_STEPS
 
-    ckpts = sorted(p.name for p in (first_run["run_dir"] / "ray_train" / "cpt").glob("checkpoint_step_*"))
+    assert first_run["row"]["state"] == "SUCCEEDED" and first_run["row"]["model_version"] == 1
+    ckpts = sorted(p.name for p in (first_run["run_dir"] / "ray_train" / first_run["run_name"]).glob("checkpoint_step_*"))
     assert ckpts == ["checkpoint_step_000000008", "checkpoint_step_000000012"]  # saveTotalLimit=2
 
     out = Path(result["model_dir"])
@@ -121,8 +133,8 @@ def test_zero2_two_workers_loss_goes_down_and_export_deploys(first_run, workspac
     assert sb.keys() == st.keys() and all(sb[k].shape == st[k].shape for k in sb)
     assert any(not torch.equal(sb[k], st[k]) for k in sb)  # the weights were trained
 
-    llm.setup_num_workers(1)
-    llm.deploy(str(out), "llama", "sfft_tiny", {})
+    assert Path(m["loss_curve"]).is_file() and m["loss_curve"].startswith(str(out))
+    llm.deploy(None, "llama", "sfft_tiny", {"modelTable": "sfft_tiny_model"})  # the registered export
     try:
         answer = llm.chat_oai([{"role": "user", "content": "hi"}], model="sfft_tiny",
                               llm_config={"temperature": 0.0, "max_new_tokens": 8})
@@ -139,8 +151,12 @@ def test_driver_failure_resumes_the_run_by_name(first_run, tiny_models, corpus, 
     from byzer_like.train.sfft import sfft_train
 
     run_dir = first_run["run_dir"]
+    with pytest.raises(ConfigError, match="was trained by 2 workers.*num_workers=2"):  # its ZeRO shards are per worker
+        sfft_train(model_dir=str(tiny_models["llama"]), data_path=str(corpus), output_dir=first_run["result"]["model_dir"],
+                   run_dir=str(run_dir), run_name=first_run["run_name"], options=sfft_options(tiny_models["llama"], maxSteps=MORE_STEPS),
+                   num_workers=1)
     result = sfft_train(model_dir=str(tiny_models["llama"]), data_path=str(corpus),
-                        output_dir=first_run["result"]["model_dir"], run_dir=str(run_dir), run_name="cpt",
+                        output_dir=first_run["result"]["model_dir"], run_dir=str(run_dir), run_name=first_run["run_name"],
                         options=sfft_options(tiny_models["llama"], maxSteps=MORE_STEPS, zeroStage=2),
                         num_workers=2, cpus_per_worker=1)
     m = result["metrics"]
@@ -151,7 +167,7 @@ def test_driver_failure_resumes_the_run_by_name(first_run, tiny_models, corpus, 
     assert m["first_loss"] < first_run["result"]["metrics"]["first_loss"] - 1.0
     out = capsys.readouterr().out
     assert f"a checkpoint at step {FIRST_STEPS} exists" in out and f"trained from step {FIRST_STEPS} to {MORE_STEPS}" in out
-    state = json.loads((run_dir / "ray_train" / "cpt" / f"checkpoint_step_{MORE_STEPS:09d}" /
+    state = json.loads((run_dir / "ray_train" / first_run["run_name"] / f"checkpoint_step_{MORE_STEPS:09d}" /
                         "byzer_like_state.json").read_text())
     assert state["step"] == MORE_STEPS and state["world_size"] == 2
     from byzer_like.cluster import head_info

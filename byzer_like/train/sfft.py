@@ -23,12 +23,16 @@ torch, deepspeed, transformers and ray are imported inside the functions.
 """
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +46,6 @@ DS_TAG = "ds"  # one DeepSpeed tag per Ray Train checkpoint directory
 BYTES_PER_TOKEN = 3.5  # for the step estimate before any text is seen (the reporter refines it)
 MIN_LR_FRACTION = 0.1  # the linear decay stops here: the step count for epochs is an estimate
 READ_CPUS = 0.25  # per Ray Data read task, so reads still run when the workers hold every CPU
-_MODEL_FILES = ("config.json",)
 
 
 def sfft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str, run_name: str,
@@ -82,6 +85,17 @@ def sfft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str,
     else:
         total_steps = max(1, math.ceil(options.num_train_epochs * steps_per_epoch_est))
 
+    storage = os.path.join(run_dir, "ray_train")
+    previous = latest_checkpoint_state(os.path.join(storage, run_name))
+    if previous and previous.get("world_size") not in (None, num_workers):
+        raise ConfigError(f"sfft run {run_name!r} in {run_dir} was trained by {previous['world_size']} workers and its "
+                          f"ZeRO checkpoint is split that way; resume it with num_workers={previous['world_size']}, "
+                          "or give a new run name to start over")
+    if previous and (previous.get("max_length"), previous.get("micro_batch")) != (options.max_length, micro):
+        print(f"[byzer-like] note: sfft run {run_name!r} continues with max_length={options.max_length} and micro batch "
+              f"{micro} (it was {previous.get('max_length')} and {previous.get('micro_batch')}): the batches skipped "
+              "in the current epoch are counted in the new size", file=sys.stderr, flush=True)
+
     import ray
     import ray.train
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
@@ -91,9 +105,7 @@ def sfft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str,
         from ..cluster import connect
 
         connect()
-    storage = os.path.join(run_dir, "ray_train")
     os.makedirs(storage, exist_ok=True)
-    previous = latest_checkpoint_state(os.path.join(storage, run_name))
     if previous:
         print(f"[byzer-like] sfft run {run_name!r}: a checkpoint at step {previous['step']} exists "
               f"(epoch {previous['epoch']}, batch {previous['batch_in_epoch']}); training resumes from it", flush=True)
@@ -101,7 +113,9 @@ def sfft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str,
         print(f"[byzer-like] sfft run {run_name!r}: no checkpoint yet; training starts from step 0", flush=True)
 
     ds = _read_parquet(data_path, table["text_column"])
-    ingest = DataConfig.default_ingest_options()
+    with warnings.catch_warnings():  # Ray's own defaults pass a deprecated option (exclude_resources)
+        warnings.simplefilter("ignore")
+        ingest = DataConfig.default_ingest_options()
     ingest.preserve_order = True  # the same rows reach the same worker in the same order after a restart
     data_config = DataConfig(execution_options=ingest, enable_shard_locality=False)
 
@@ -118,10 +132,8 @@ def sfft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str,
         "ds_config": ds_config,
         "options": options,
         "total_steps": total_steps,
-        "steps_per_epoch_est": steps_per_epoch_est,
         "cpus_per_worker": cpus_per_worker,
         "reporter": reporter or Reporter(),
-        "on_gpu": on_gpu,
     }
     trainer = TorchTrainer(
         _train_loop_per_worker,
@@ -138,10 +150,18 @@ def sfft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str,
         datasets={"train": ds},
         dataset_config=data_config,
     )
+    # fit() installs a SIGINT handler holding the run's controller actor, which keeps the controller (and
+    # the dataset's SplitCoordinator) alive until the process ends: the old handler is put back afterwards.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous_sigint = signal.getsignal(signal.SIGINT) if main_thread else None
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as e:
         raise RuntimeError(_failure_message(e)) from None
+    finally:
+        if main_thread and previous_sigint is not None:
+            signal.signal(signal.SIGINT, previous_sigint)
+        del trainer
     metrics = result.return_value if isinstance(result.return_value, dict) else dict(result.metrics or {})
     if metrics.get("error"):
         raise ConfigError(metrics["error"])
@@ -355,26 +375,42 @@ def _train_loop_per_worker(config: dict) -> dict:
     shard = ray.train.get_dataset_shard("train")
 
     def micro_batches(counter: dict):
-        """Micro batches of `micro` blocks of max_length tokens (rows joined by EOS); counts rows read."""
+        """Micro batches of `micro` blocks of max_length tokens (rows joined by EOS).
+
+        counter["rows"]: rows whose last token has been handed out (the epoch's progress);
+        counter["rows_read"] / counter["tokens_read"]: rows and tokens tokenized so far."""
         buf: list[int] = []
         chunk: list[list[int]] = []
+        row_ends: collections.deque[int] = collections.deque()  # cumulative token offset where each row ends
+        tokens_in = tokens_out = 0
         for batch in shard.iter_batches(batch_size=256, batch_format="pyarrow"):
-            texts = [t for t in batch.column(config["text_column"]).to_pylist() if t]
-            counter["rows"] += batch.num_rows
-            if texts:
-                for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+            texts = batch.column(config["text_column"]).to_pylist()
+            non_empty = [t for t in texts if t]
+            encoded = tokenizer(non_empty, add_special_tokens=False)["input_ids"] if non_empty else []
+            it = iter(encoded)
+            for t in texts:
+                if t:
+                    ids = next(it)
                     buf.extend(ids)
                     buf.append(eos)
+                    tokens_in += len(ids) + 1
+                row_ends.append(tokens_in)
+            counter["rows_read"] += len(texts)
+            counter["tokens_read"] = tokens_in
             while len(buf) >= max_len:
                 chunk.append(buf[:max_len])
                 buf = buf[max_len:]
+                tokens_out += max_len
                 if len(chunk) == micro:
+                    while row_ends and row_ends[0] <= tokens_out:
+                        row_ends.popleft()
+                        counter["rows"] += 1
                     yield torch.tensor(chunk, dtype=torch.long)
                     chunk = []
 
     # The first epoch's data starts flowing (Ray Data starts its readers, ~10 s on a small machine) while
     # the model loads and DeepSpeed starts.
-    first_counter = {"rows": 0}
+    first_counter = {"rows": 0, "rows_read": 0, "tokens_read": 0}
     first_epoch = _Prefetched(micro_batches(first_counter))
 
     import deepspeed
@@ -466,7 +502,7 @@ def _train_loop_per_worker(config: dict) -> dict:
         if first_epoch is not None:
             gen, counter, first_epoch = first_epoch, first_counter, None
         else:
-            counter = {"rows": 0}
+            counter = {"rows": 0, "rows_read": 0, "tokens_read": 0}
             gen = micro_batches(counter)
         batch_in_epoch = 0
         seen_any = False
@@ -499,9 +535,10 @@ def _train_loop_per_worker(config: dict) -> dict:
                 final_loss = global_mean(window_loss / window_n)
                 if rank == 0:
                     seen_share = min(counter["rows"] / rows_per_worker, 1.0)
-                    if not refined and opts.max_steps <= 0 and epoch == start_step == 0 and counter["rows"]:
+                    if not refined and opts.max_steps <= 0 and counter["rows_read"]:
                         refined = True  # a better total for the ETA, from the tokens per row seen so far
-                        per_epoch = (batch_in_epoch / micro / accum) / max(seen_share, 1e-9)
+                        blocks = rows_per_worker * counter["tokens_read"] / counter["rows_read"] / max_len
+                        per_epoch = max(1, math.floor(blocks / micro)) / accum
                         reporter.total_steps = max(step, math.ceil(per_epoch * opts.num_train_epochs))
                     reporter.step(step, tokens=window_micro * tokens_per_micro, loss=final_loss,
                                   learning_rate=engine.get_lr()[0], epoch=round(epoch + seen_share, 4))
