@@ -172,11 +172,13 @@ def test_meta_describes_the_model(loaded):
     assert meta["lora_target_modules"] == ["c_attn", "c_proj"] and meta["num_parameters"] > 0
 
 
-def test_training_entry_points_say_not_yet():
-    from byzer_like.errors import NotSupportedError
+def test_training_entry_points_check_their_arguments():
+    from byzer_like.errors import ConfigError
 
-    with pytest.raises(NotSupportedError, match="not available yet"):
+    with pytest.raises(ConfigError, match=r"sft_train expects data_refs = \[path of the input table"):
         registry.load("llama").target.sft_train([], {}, {})
+    with pytest.raises(ConfigError, match=r"sfft_train needs train_params\['byzer.model_dir'\]"):
+        registry.load("llama").target.sfft_train(["t.parquet"], {}, {})
 
 
 # -- model directory checks, before anything is loaded -------------------------------------------------

@@ -9,7 +9,7 @@ from byzer_like import ByzerLLM
 from byzer_like.engine import Session, UnknownFunctionError, UnknownTableError
 from byzer_like.engine.functions import RowError
 from byzer_like.engine.io import DataFileError, TableExistsError
-from byzer_like.errors import ConfigError, NotSupportedError, UnknownOptionError, WorkspacePathError
+from byzer_like.errors import ConfigError, UnknownOptionError, WorkspacePathError
 from byzer_like.sql.errors import SqlError, SqlSyntaxError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,7 +115,10 @@ def test_a_syntax_error_stops_the_script_before_anything_runs(local, tmp_path):
         ('!byzerllm setup "num_wrkers=2";', UnknownOptionError, "num_workers"),
         ('set llm_on_error = "ignore";', ConfigError, "raise, null"),
         ('run command as LLM.`` where action="infer" and pretrainedModelType="sft/llama" and udfName="x";',
-         NotSupportedError, "training"),
+         ConfigError, "names a training task"),
+        ('run command as LLM.`` where pretrainedModelType="sft/llama" and localModelDir="m";', ConfigError, "inputTable"),
+        ('run command as LLM.`` where action="evaluate" and pretrainedModelType="llama";', ConfigError,
+         'action="infer"'),
         ('run command as LLM.`` where pretrainedModelType="llama" and localModelDir="m";', ConfigError, "udfName"),
     ],
 )
