@@ -181,18 +181,15 @@ class Session:
     def _run(self, s: Run) -> Result:
         opts = dict(s.options)
         action = opts.get("action")
-        model_type = opts.get("pretrainedModelType") or opts.get("pretrained_model_type") or ""
-        mode = self.llm.setup_config.mode
-        task = None
-        if action in (None, "train") and (model_type or s.verb == "train"):
-            from ..jobs import task_of
-
-            task, _ = task_of(model_type, mode if action is None else "sft")
-        if task is not None or s.verb == "train":
-            return self._train(s, opts)
         if action == "merge":
             return self._merge(s, opts)
-        if action not in (None, "infer"):
+        if action is None:  # a training task in the model type (sft/llama), or from `!byzerllm setup sft|sfft`
+            from ..jobs import task_of
+
+            model_type = opts.get("pretrainedModelType") or opts.get("pretrained_model_type") or ""
+            if s.verb == "train" or (model_type and task_of(model_type, self.llm.setup_config.mode)[0]):
+                return self._train(s, opts)
+        elif action != "infer":
             raise ConfigError(f'unknown action {action!r}; run command as LLM supports action="infer" (deploy), '
                               '"merge" (a LoRA adapter into its base), or a training pretrainedModelType (sft/..., sfft/...)')
         opts.pop("action", None)
@@ -220,7 +217,6 @@ class Session:
         """sft / sfft: the input table goes to a job; the result is the job's row (a detached job returns at once)."""
         from ..jobs import rows_table
 
-        opts.pop("action", None)
         name = opts.get("inputTable") or opts.get("input_table") or s.input_table
         if not name or name == "command":
             raise _at(ConfigError, s, None, 'training needs inputTable="<table>" (a table loaded in this session)')
