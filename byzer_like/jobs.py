@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import pyarrow as pa
 
 from . import cluster
-from .catalog import FINISHED, Catalog, check_model_name
+from .catalog import FINISHED, Catalog, ModelExistsError, check_model_name
 from .errors import ByzerError, ClusterError, ConfigError, NotSupportedError
 from .plugins import registry
 from .train import options as train_options
@@ -86,8 +86,6 @@ class Jobs:
         if opts.output_table:
             check_model_name(opts.output_table)
             if self.catalog.model_exists(opts.output_table) and not opts.overwrite:
-                from .catalog import ModelExistsError
-
                 latest = self.catalog.model(opts.output_table)
                 raise ModelExistsError(f"outputTable {opts.output_table!r} is already a registered model ({latest.ref}); "
                                        'choose another name or add overwrite="true" to register a new version')

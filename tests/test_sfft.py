@@ -9,7 +9,6 @@ import os
 import signal
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,6 @@ import pytest
 from byzer_like.errors import ConfigError
 from byzer_like.train.ds_config import validate_deepspeed_config
 from byzer_like.train.options import SfftOptions
-from byzer_like.train.progress import Reporter
 
 FIRST_STEPS = 12  # the shared run: steps before the "driver failure"
 MORE_STEPS = 16  # the same run continued by a second sfft_train call

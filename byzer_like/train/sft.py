@@ -65,8 +65,7 @@ def sft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str, 
     """Fine-tune `model_dir` on the table in `data_path` (parquet); write the adapter (lora, qlora) or
     the whole model (full) to `output_dir`. Returns `{"model_dir", "kind", "metrics"}`."""
     import torch
-    from transformers import (AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainerCallback,
-                              TrainingArguments)
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
     if cpus >= 1:
         torch.set_num_threads(int(cpus))
@@ -113,10 +112,11 @@ def sft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str, 
     )
 
     class _Progress(TrainerCallback):
-        tokens = 0
+        tokens = 0  # tokens seen at the last report
+        start_tokens = 0  # tokens seen when this session began (a resumed run starts above 0)
 
         def on_train_begin(self, a, state, control, **kw):  # noqa: ANN001
-            self.tokens = state.num_input_tokens_seen
+            self.tokens = self.start_tokens = state.num_input_tokens_seen
             reporter.start(state.global_step, state.max_steps)
 
         def on_log(self, a, state, control, logs=None, **kw):  # noqa: ANN001
@@ -131,7 +131,7 @@ def sft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str, 
     trainer = Trainer(
         model=model, args=args, train_dataset=to_ds(train_rows), eval_dataset=to_ds(eval_rows) or None,
         data_collator=DataCollatorForSeq2Seq(tok, label_pad_token_id=D.IGNORE, padding=True),
-        callbacks=[_Progress()],
+        callbacks=[progress := _Progress()],
     )
     start_ckpt = last_checkpoint(ckpt_dir) if resume else None
     resumed_from = int(start_ckpt.rsplit("-", 1)[1]) if start_ckpt else 0
@@ -159,8 +159,7 @@ def sft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str, 
     evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
     if evals:
         metrics["eval_loss"] = evals[-1]
-    session_tokens = metrics["tokens"] - (trainer._initial_num_input_tokens_seen if resumed_from else 0)
-    metrics["tokens_per_s"] = round(session_tokens / runtime, 2) if runtime > 0 else None
+    metrics["tokens_per_s"] = round((metrics["tokens"] - progress.start_tokens) / runtime, 2) if runtime > 0 else None
     return {"model_dir": str(output_dir), "kind": "model" if opts.method == "full" else "adapter", "metrics": metrics}
 
 
@@ -168,8 +167,7 @@ def _load_model(model_dir: str, opts: SftOptions, target_modules: Sequence[str],
     import torch
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {"trust_remote_code": False, "use_safetensors": True}
-    device = "cuda" if on_gpu else "cpu"
+    kwargs: dict[str, Any] = {"trust_remote_code": False, "use_safetensors": True, "dtype": torch.float32}
     if opts.method == "qlora":
         from transformers import BitsAndBytesConfig
 
@@ -177,9 +175,6 @@ def _load_model(model_dir: str, opts: SftOptions, target_modules: Sequence[str],
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16 if on_gpu else torch.float32)
         kwargs["device_map"] = {"": 0 if on_gpu else "cpu"}
-        kwargs["dtype"] = torch.float32
-    else:
-        kwargs["dtype"] = torch.float32
     model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     if opts.method == "full":
         return model
