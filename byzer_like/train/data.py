@@ -38,18 +38,23 @@ def sft_form(columns: Sequence[str]) -> str:
 
 def text_column(schema: pa.Schema, wanted: str | None = None) -> str:
     """The column holding pretraining text: `wanted`, else `text`, else the only string column."""
-    names = schema.names
-    strings = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    columns = {f.name: f.type for f in schema}
+    found = ", ".join(f"{n} ({t})" for n, t in columns.items()) or "(none)"
+    strings = [n for n, t in columns.items()
+               if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)]
     if wanted:
-        if wanted not in names:
-            raise ConfigError(f"text column {wanted!r} is not in the table; its columns: {', '.join(names)}")
+        if wanted not in columns:
+            raise ConfigError(f"the input table has no column {wanted!r} (textColumn); columns found: {found}")
+        if wanted not in strings:
+            raise ConfigError(f"textColumn {wanted!r} is {columns[wanted]}, not text; columns found: {found}")
         return wanted
-    if "text" in names:
+    if "text" in strings:
         return "text"
     if len(strings) == 1:
         return strings[0]
-    raise ConfigError(f"cannot tell which column holds the text (columns: {', '.join(names) or '(none)'}); "
-                      "name it `text` or give textColumn=\"<column>\"")
+    why = "no string column" if not strings else f"{len(strings)} string columns"
+    raise ConfigError(f"cannot tell which column holds the text ({why}): name it with "
+                      f"`sfft.text_column`=\"<column>\"; columns found: {found}")
 
 
 def _json_list(value: Any, what: str, row: int) -> list:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .data import text_column as text_column_of
 from .ds_config import fill_schedule, uses_client_optimizer, validate_deepspeed_config
 from .options import SfftOptions
 from .progress import Reporter
@@ -187,24 +188,7 @@ def inspect_table(data_path: str, text_column: str | None = None) -> dict:
         fragments = list(dataset.get_fragments())
     except (pa.ArrowInvalid, OSError) as e:
         raise ConfigError(f"the input table {data_path} is not readable parquet: {e}") from None
-    columns = {f.name: f.type for f in schema}
-    found = ", ".join(f"{n} ({t})" for n, t in columns.items()) or "(none)"
-    stringy = [n for n, t in columns.items() if pa.types.is_string(t) or pa.types.is_large_string(t)
-               or pa.types.is_string_view(t)]
-    if text_column:
-        if text_column not in columns:
-            raise ConfigError(f"the input table has no column {text_column!r} (textColumn); columns found: {found}")
-        if text_column not in stringy:
-            raise ConfigError(f"textColumn {text_column!r} is {columns[text_column]}, not text; columns found: {found}")
-        column = text_column
-    elif "text" in stringy:
-        column = "text"
-    elif len(stringy) == 1:
-        column = stringy[0]
-    else:
-        why = "no string column" if not stringy else f"{len(stringy)} string columns"
-        raise ConfigError(f"cannot tell which column holds the text ({why}): name it with "
-                          f"`sfft.text_column`=\"<column>\"; columns found: {found}")
+    column = text_column_of(schema, text_column)
     num_rows, text_bytes = 0, 0
     for fragment in fragments:
         meta = fragment.metadata
@@ -217,7 +201,7 @@ def inspect_table(data_path: str, text_column: str | None = None) -> dict:
                     text_bytes += chunk.total_uncompressed_size
     if num_rows == 0:
         raise ConfigError(f"the input table {data_path} is empty: continued pretraining needs rows of text")
-    return {"text_column": column, "num_rows": num_rows, "text_bytes": text_bytes, "columns": list(columns)}
+    return {"text_column": column, "num_rows": num_rows, "text_bytes": text_bytes, "columns": schema.names}
 
 
 def _read_parquet(data_path: str, column: str):
