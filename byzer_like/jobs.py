@@ -357,9 +357,12 @@ def _check_data(task: str, opts: Any, table: pa.Table, base_dir: str, plugin: re
         D.text_column(table.schema, opts.text_column)
         from .train.ds_config import validate_deepspeed_config
 
+        workers = int(sys_conf.get("num_workers", 1))
+        if table.num_rows < workers:
+            raise ConfigError(f"the input table has {table.num_rows} row(s), fewer than the {workers} training "
+                              "workers; add rows or use fewer workers")
         gpus = float(sys_conf.get("gpus_per_worker", 0) or 0)
-        validate_deepspeed_config(opts.deepspeed_config, opts, num_workers=int(sys_conf.get("num_workers", 1)),
-                                  on_gpu=gpus > 0)
+        validate_deepspeed_config(opts.deepspeed_config, opts, num_workers=workers, on_gpu=gpus > 0)
 
 
 def _runner_resources(job: dict) -> tuple[float, float]:
