@@ -177,6 +177,13 @@ def test_detached_job_outlives_its_client_and_stops_and_resumes_from_its_checkpo
     assert f"training from step {checkpoints[-1]} of {epochs * 5}" in jobs.logs(job_id)
     assert llm.catalog.model("detached_model").job_id == job_id
 
+    # the same from SQL
+    sql = Session(llm, progress=False)
+    status_row, logs = sql.sql(f"!byzerllm job status {job_id}; !byzerllm job logs {job_id};")
+    sql.close()
+    assert status_row.table.to_pylist()[0]["state"] == "SUCCEEDED"
+    assert any("registered detached_model@v1" in line for line in logs.table.column("line").to_pylist())
+
     # the same from the command line, in another process
     cli = Path(sys.executable).with_name("byzer-like")
     env = {**os.environ, "BYZER_LIKE_HOME": str(workspace)}
