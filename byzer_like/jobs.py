@@ -127,6 +127,14 @@ class Jobs:
 
     # -- run -------------------------------------------------------------------------------------
     def _launch(self, job_id: str, *, detached: bool, resume: bool, progress: bool) -> dict:
+        """Start the runner; a job that cannot even start is recorded as FAILED (and can be resumed)."""
+        try:
+            return self._start(job_id, detached=detached, resume=resume, progress=progress)
+        except Exception as e:
+            self._finish_if_running(job_id, "FAILED", f"could not start: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            raise
+
+    def _start(self, job_id: str, *, detached: bool, resume: bool, progress: bool) -> dict:
         job = self.catalog.job(job_id)
         cpus, gpus = _runner_resources(job)
         if detached:

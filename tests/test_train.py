@@ -244,3 +244,18 @@ def test_job_commands_name_unknown_jobs(llm, session):
 
     with pytest.raises(JobNotFoundError, match="no job 'nope'"):
         session.sql("!byzerllm job status nope;")
+
+
+@pytest.mark.timeout(120)
+def test_a_job_that_cannot_start_is_recorded_as_failed(tmp_path, monkeypatch, tiny_models):
+    from byzer_like import ByzerLLM
+    from byzer_like.errors import ClusterError
+
+    monkeypatch.setenv("BYZER_LIKE_JOBS_ADDRESS", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("BYZER_LIKE_ALLOWED_ROOTS", str(tiny_models["llama"].parent))
+    client = ByzerLLM(workspace=tmp_path)
+    with pytest.raises(ClusterError, match="cannot reach the Ray Jobs API"):
+        client.sft(QA[:4], model_path=tiny_models["llama"], pretrained_model_type="sft/llama", detached=True)
+    (job,) = client.catalog.jobs()
+    assert job["state"] == "FAILED" and job["error"].startswith("could not start: cannot reach the Ray Jobs API")
+    assert (Path(job["run_dir"]) / "input.parquet").exists()  # kept: `jobs resume` can start it later
