@@ -121,14 +121,19 @@ class RegisteredModel:
         return f"{self.name}@v{self.version}"
 
 
+_READY: set[Path] = set()  # catalogs whose schema this process has already created
+
+
 class Catalog:
     def __init__(self, workspace: Workspace | str | Path):
         ws = workspace if isinstance(workspace, Workspace) else Workspace.from_env(workspace)
         self.workspace = ws
         self.path = ws.path(*CATALOG_FILE)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._db() as db:
-            db.executescript(_SCHEMA)
+        if self.path not in _READY or not self.path.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._db() as db:
+                db.executescript(_SCHEMA)
+            _READY.add(self.path)
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -226,6 +231,13 @@ class Catalog:
                 db.execute("rollback")
                 raise
         return self.model(f"{name}@v{version}")
+
+    def check_new_name(self, name: str, *, overwrite: bool = False) -> None:
+        """Before any work that ends in `register_model(name)`: a valid name, free unless overwrite."""
+        check_model_name(name)
+        if self.model_exists(name) and not overwrite:
+            raise ModelExistsError(f"outputTable {name!r} is already a registered model ({self.model(name).ref}); "
+                                   'choose another name or add overwrite="true" to register a new version')
 
     def model_exists(self, name: str) -> bool:
         with self._db() as db:

@@ -216,17 +216,13 @@ class ByzerLLM:
 
     def merge(self, model_table: str, output_table: str, *, overwrite: bool = False) -> dict:
         """Merge a registered LoRA adapter into its base model and register the result."""
-        from .catalog import ModelExistsError, check_model_name
         from .train.sft import merge_adapter
 
         cat = self.catalog
         m = cat.model(model_table)
         if m.kind != "adapter":
             raise ConfigError(f"{m.ref} is already a whole model (kind {m.kind!r}); only a LoRA adapter can be merged")
-        check_model_name(output_table)
-        if cat.model_exists(output_table) and not overwrite:
-            raise ModelExistsError(f"outputTable {output_table!r} is already a registered model; "
-                                   'choose another name or add overwrite="true"')
+        cat.check_new_name(output_table, overwrite=overwrite)
         out = self.workspace.path("models", f"{output_table}-merged-{int(time.time())}")
         merge_adapter(m.base_model, m.path, str(out))
         r = cat.register_model(output_table, kind="model", path=str(out), base_model=m.base_model,

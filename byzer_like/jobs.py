@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import pyarrow as pa
 
 from . import cluster
-from .catalog import FINISHED, Catalog, ModelExistsError, check_model_name
+from .catalog import FINISHED, Catalog
 from .errors import ByzerError, ClusterError, ConfigError, NotSupportedError
 from .plugins import registry
 from .train import options as train_options
@@ -84,11 +84,7 @@ class Jobs:
             raise NotSupportedError(f"plugin {family!r} has no {task}_train: it cannot be trained with {task}")
         base_dir = self._base_model(opts, plugin)
         if opts.output_table:
-            check_model_name(opts.output_table)
-            if self.catalog.model_exists(opts.output_table) and not opts.overwrite:
-                latest = self.catalog.model(opts.output_table)
-                raise ModelExistsError(f"outputTable {opts.output_table!r} is already a registered model ({latest.ref}); "
-                                       'choose another name or add overwrite="true" to register a new version')
+            self.catalog.check_new_name(opts.output_table, overwrite=opts.overwrite)
         if table is None:
             raise ConfigError(f"{task} needs inputTable=\"<table>\" (a table of this session)")
         if table.num_rows == 0:
