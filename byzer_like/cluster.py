@@ -89,6 +89,12 @@ def _local_token_auth() -> None:
     _enable_token_auth()
 
 
+def as_local() -> None:
+    """Talk to a cluster on this machine as to our own: loopback addresses and the local auth token."""
+    _loopback_only()
+    _local_token_auth()
+
+
 def head_info(ws: Workspace) -> HeadInfo | None:
     f = ws.path(*HEAD_FILE)
     if not f.exists():
@@ -215,14 +221,12 @@ def connect(address: str | None = None, ws: Workspace | None = None, *, num_cpus
     common: dict[str, Any] = {"namespace": NAMESPACE, "logging_level": "WARNING", "log_to_driver": False}
     try:
         if address:
-            if mode == "persistent" or _is_loopback(address):  # a cluster on this machine: as ours
-                _loopback_only()
-                _local_token_auth()
+            if mode == "persistent" or is_loopback(address):  # a cluster on this machine: as ours
+                as_local()
             ray.init(address=address, **common)
         else:
             mode = "embedded"
-            _loopback_only()
-            _local_token_auth()
+            as_local()
             ray.init(num_cpus=num_cpus or max(os.cpu_count() or 1, 4), include_dashboard=False,
                      _node_ip_address=LOOPBACK, **common)
     except Exception as e:  # ConnectionError, AuthenticationError, RuntimeError from Ray
@@ -231,8 +235,11 @@ def connect(address: str | None = None, ws: Workspace | None = None, *, num_cpus
     return {"address": ray.get_runtime_context().gcs_address, "mode": mode}
 
 
-def _is_loopback(address: str) -> bool:
-    host = address.split("://", 1)[-1].rsplit(":", 1)[0]
+def is_loopback(address: str | None) -> bool:
+    """Whether `address` (host:port, ray://host:port, http://host:port) is on this machine's loopback."""
+    if not address:
+        return False
+    host = address.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
     return host in ("127.0.0.1", "localhost")
 
 

@@ -183,10 +183,9 @@ class Jobs:
     def _job_client(self) -> tuple[Any, str]:
         """The Ray Jobs API of the cluster detached jobs run on: JOBS address, else this workspace's
         persistent head (started now if needed: an embedded cluster would end with this process)."""
-        from ray.job_submission import JobSubmissionClient
-
         address = os.environ.get("BYZER_LIKE_JOBS_ADDRESS") or ""
-        if not address and (self.llm.address or os.environ.get("RAY_ADDRESS")) and not _local(self.llm.address):
+        joined = self.llm.address or os.environ.get("RAY_ADDRESS")
+        if not address and joined and not cluster.is_loopback(joined):
             address = _dashboard_of_connected(self.llm)
         if not address:
             info = cluster.head_info(self.workspace)
@@ -195,23 +194,16 @@ class Jobs:
                       "workspace's Ray head (stop it with `byzer-like cluster stop`)", file=sys.stderr, flush=True)
                 info = cluster.start_head(self.workspace)
             address = info.dashboard_url
-            cluster._loopback_only()
-            cluster._local_token_auth()
         try:
-            return JobSubmissionClient(address), address
+            return _jobs_api(address), address
         except Exception as e:  # ConnectionError and friends from requests / Ray
             raise ClusterError(f"cannot reach the Ray Jobs API at {address}: {str(e).splitlines()[0]}") from e
 
     def _client_for(self, job: dict) -> Any | None:
         if not job.get("jobs_address"):
             return None
-        from ray.job_submission import JobSubmissionClient
-
-        if _local(job["jobs_address"]):
-            cluster._loopback_only()
-            cluster._local_token_auth()
         try:
-            return JobSubmissionClient(job["jobs_address"])
+            return _jobs_api(job["jobs_address"])
         except Exception:  # noqa: BLE001 - the cluster is gone; the catalog still answers
             return None
 
@@ -381,11 +373,12 @@ def _jsonable(v: Any) -> Any:
     return v if isinstance(v, (str, int, float, bool, type(None), list, dict)) else str(v)
 
 
-def _local(address: str | None) -> bool:
-    if not address:
-        return False
-    host = address.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
-    return host in ("127.0.0.1", "localhost")
+def _jobs_api(address: str) -> Any:
+    from ray.job_submission import JobSubmissionClient
+
+    if cluster.is_loopback(address):
+        cluster.as_local()
+    return JobSubmissionClient(address)
 
 
 def _dashboard_of_connected(llm: "ByzerLLM") -> str:
