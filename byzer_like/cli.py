@@ -9,6 +9,7 @@
     byzer-like deploy DIR --type llama --name m [--num-workers 2] [--param key=value ...]
     byzer-like list | meta NAME | undeploy NAME
     byzer-like chat NAME ["message"]             one-shot, or interactive without a message
+    byzer-like serve [--host H] [--port N]       OpenAI-compatible HTTP API + chat page (BYZER_LIKE_API_KEY)
     byzer-like run script.sql [--set k=v]        run a SQL script, print each result
     byzer-like sql                               an interactive SQL prompt
 
@@ -220,6 +221,34 @@ def cmd_chat(args: argparse.Namespace) -> int:
         messages.append({"role": "assistant", "content": answer})
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .api import server
+
+    llm = _client(args)
+    llm.connect()
+    if args.stop:
+        print("HTTP API stopped" if server.stop() else "no HTTP API was running")
+        return 0
+    if args.status:
+        srv = server.status()
+        print(f"HTTP API running at {srv.url}" if srv else "no HTTP API is running")
+        return 0 if srv else 3
+    srv = llm.serve(args.host, args.port, max_tokens_cap=args.max_tokens_cap, max_body_bytes=args.max_body_bytes,
+                    replace=args.replace)
+    key = "generated, printed above" if srv.key_generated else ("from BYZER_LIKE_API_KEY" if srv.api_key else "none (loopback)")
+    print(f"HTTP API at {srv.url}  (OpenAI base_url {srv.base_url}; chat page {srv.url}/; API key: {key})", flush=True)
+    if args.detach:
+        print("running on the cluster; stop it with `byzer-like serve --stop`")
+        return 0
+    print("Ctrl-C stops it", file=sys.stderr, flush=True)
+    try:
+        server.wait(srv)
+    except KeyboardInterrupt:
+        srv.stop()
+        print("HTTP API stopped", file=sys.stderr)
+    return 0
+
+
 def _print_result(i: int, result: Any, max_rows: int) -> None:
     print(f"-- [{i}] {result.kind}" + (f": {result.message}" if result.message else ""))
     if result.table is not None and result.table.num_columns:
@@ -419,6 +448,18 @@ def build_parser() -> argparse.ArgumentParser:
     sq.add_argument("--set", action="append", metavar="NAME=VALUE")
     sq.add_argument("--max-rows", type=int, default=20)
     sq.set_defaults(func=cmd_sql)
+
+    sv = sub.add_parser("serve", parents=[common],
+                        help="the OpenAI-compatible HTTP API and chat page for every deployment (foreground)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need an API key)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--max-tokens-cap", type=int, default=4096, help="largest max_tokens a request may ask for")
+    sv.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body")
+    sv.add_argument("--detach", action="store_true", help="leave it running on the cluster and return")
+    sv.add_argument("--replace", action="store_true", help="stop a running HTTP API first")
+    sv.add_argument("--stop", action="store_true", help="stop the running HTTP API")
+    sv.add_argument("--status", action="store_true", help="where the HTTP API runs (exit status 3 if it does not)")
+    sv.set_defaults(func=cmd_serve)
 
     ch = sub.add_parser("chat", parents=[common], help="chat with a deployed model (streams to the terminal)")
     ch.add_argument("name")

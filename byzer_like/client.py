@@ -14,6 +14,7 @@ Names follow Byzer-LLM's client (`setup_num_workers`, `deploy`, `chat_oai`, `str
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
@@ -112,9 +113,12 @@ class ByzerLLM:
         if opts.reconnect and manager.exists(udf_name):
             self._forget(udf_name)
             return {"udf_name": udf_name, "status": "reconnected"}
-        if not opts.local_model_dir:
+        if opts.local_model_dir:
+            model_dir = str(self.workspace.resolve(opts.local_model_dir, what="model_path"))
+        elif plugin.needs_model_dir():
             raise ConfigError("deploy needs model_path (SQL: localModelDir)")
-        model_dir = str(self.workspace.resolve(opts.local_model_dir, what="model_path"))
+        else:  # a remote model (saas/...): its plugin's options say where it is
+            model_dir = ""
         if opts.adapter_dir:
             opts = opts.model_copy(update={"adapter_dir": str(self.workspace.resolve(opts.adapter_dir, what="adapter_dir"))})
         # what the plugin's init_model receives: snake_case options as strings, then the user's own keys
@@ -148,9 +152,10 @@ class ByzerLLM:
         self.connect()
         return sorted(manager.list_deployments())
 
-    def get_meta(self, model: str | None = None) -> dict:
+    def get_meta(self, model: str | None = None, *, refresh: bool = False) -> dict:
+        """A deployment's metadata (asked once, then kept; `refresh=True` asks again, for its counters)."""
         name = self._model(model)
-        if name not in self._meta:
+        if refresh or name not in self._meta:
             self._meta[name] = manager.call(self._handle(name), "meta", udf_name=name, timeout_s=60)
         return dict(self._meta[name])
 
@@ -312,6 +317,37 @@ class ByzerLLM:
 
     def emb_query(self, text: str, model: str | None = None) -> list[float]:
         return self.emb(model, [text])[0]
+
+    # -- HTTP API --------------------------------------------------------------------------------
+    def serve(self, host: str = "127.0.0.1", port: int = 8000, *, api_key: str | None = None,
+              max_tokens_cap: int = 4096, max_body_bytes: int = 1 << 20, replace: bool = False,
+              block: bool = False):
+        """Start the OpenAI-compatible HTTP API and the chat page for every deployment, on this node.
+
+        Returns an `api.server.ApiServer` (`url`, `base_url`, `api_key`, `stop()`). The key is
+        `api_key`, else BYZER_LIKE_API_KEY; bound to anything but loopback without one, a key is
+        generated and printed once. `block=True` waits until the server is stopped (or Ctrl-C)."""
+        from .api import server
+
+        self.connect()
+        srv = server.start(host=host, port=port, api_key=api_key, max_tokens_cap=max_tokens_cap,
+                           max_body_bytes=max_body_bytes, request_timeout_s=self._setup.request_timeout_s,
+                           replace=replace)
+        if srv.key_generated:
+            print(f"byzer-like API key (shown once): {srv.api_key}", file=sys.stderr)
+        if block:
+            try:
+                server.wait(srv)
+            except KeyboardInterrupt:
+                srv.stop()
+        return srv
+
+    def stop_serving(self) -> bool:
+        """Stop the HTTP API; False if none was running."""
+        from .api import server
+
+        self.connect()
+        return server.stop()
 
     # -- SQL -------------------------------------------------------------------------------------
     @property

@@ -76,3 +76,26 @@ def llm(ray_cluster, workspace):
     client = ByzerLLM(workspace=workspace)
     client.setup_cpus_per_worker(0.5)
     return client
+
+
+@pytest.fixture(scope="session")
+def api_model(llm, tiny_models):
+    """The tiny llama deployed as `api_chat` (one replica) for the HTTP API tests."""
+    name = "api_chat"
+    if not llm.is_model_exist(name):
+        llm.setup_num_workers(1)
+        llm.deploy(tiny_models["llama"], "llama", name, {})
+    yield name
+    if llm.is_model_exist(name):
+        llm.undeploy(name)
+
+
+API_KEY = "test-api-key"
+
+
+@pytest.fixture(scope="session")
+def api_server(llm, api_model):
+    """The HTTP API on a free loopback port, needing API_KEY."""
+    srv = llm.serve(port=0, api_key=API_KEY, replace=True)
+    yield srv
+    srv.stop()

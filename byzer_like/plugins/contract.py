@@ -22,7 +22,9 @@ Streaming rules (the one place they are written down):
 
 Required: `init_model`, `stream_chat`. Training (`sft_train`, `sfft_train`) is required only when a
 training job asks for it. Optional: `batch_chat` (many requests in one batched forward pass),
-`embed_query`, `get_meta`, and `infer_param_names` (extra `where` keys the plugin reads).
+`embed_query`, `get_meta`, `check_model_dir` (raise before anything starts), `infer_param_names`
+(extra `where` keys the plugin reads), and the attribute `needs_model_dir = False` for a plugin of
+a remote model that deploys without a model directory (`saas/openai`).
 """
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ DEFAULT_MAX_NEW_TOKENS = 512
 # generation.image for multimodal models) are ignored and reported in the metadata.
 GENERATION_KEYS = {
     "system_msg", "user_role", "assistant_role", "max_new_tokens", "stop", "seed", "top_k",
-    "repetition_penalty", "no_repeat_ngram_size", "min_new_tokens", "do_sample",
+    "repetition_penalty", "no_repeat_ngram_size", "min_new_tokens", "do_sample", "raw_prompt",
 }
 
 GENERIC_TEMPLATE = (
@@ -229,6 +229,8 @@ class CausalLMPlugin:
 
     # -- prompts and options ---------------------------------------------------------------------
     def build_prompt(self, tokenizer: Any, ins: str, his: Sequence[Mapping[str, str]], kwargs: Mapping[str, Any]) -> str:
+        if parse_bool(kwargs.get("raw_prompt", False)):  # a plain completion: the text continues as it is
+            return ins
         system_msg = kwargs.get("system_msg")
         user_role, assistant_role = kwargs.get("user_role"), kwargs.get("assistant_role")
         if user_role or assistant_role:

@@ -123,6 +123,10 @@ class Plugin:
             names = names()
         return set(names or ())
 
+    def needs_model_dir(self) -> bool:
+        """False for plugins of remote models (`needs_model_dir = False`), which deploy without one."""
+        return bool(getattr(self.target, "needs_model_dir", True))
+
     def check_model_dir(self, model_dir: str, infer_params: Mapping[str, Any]) -> None:
         if self.has("check_model_dir"):
             self.target.check_model_dir(model_dir, infer_params)

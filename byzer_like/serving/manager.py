@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, AsyncIterator, Callable, Iterator, Sequence
 
 from ..config import SetupConfig
 from ..errors import (
@@ -30,7 +30,7 @@ def _quiet_serve_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _serve_running() -> bool:
+def serve_running() -> bool:
     from ray.serve.context import _get_global_client
 
     return _get_global_client(raise_if_no_controller_running=False) is not None
@@ -40,12 +40,12 @@ def ensure_serve() -> None:
     from ray import serve
 
     _quiet_serve_logs()
-    if not _serve_running():
+    if not serve_running():
         # Model applications have no HTTP route; the HTTP API is its own ingress application.
         serve.start(proxy_location="Disabled", http_options={"host": "127.0.0.1"})
 
 
-def _status(app: Any) -> str:
+def app_status(app: Any) -> str:
     return str(getattr(app.status, "value", app.status))
 
 
@@ -53,12 +53,12 @@ def list_deployments() -> dict[str, str]:
     """Deployed models on the cluster: udf_name -> application status."""
     from ray import serve
 
-    if not _serve_running():
+    if not serve_running():
         return {}
     _quiet_serve_logs()
     apps = serve.status().applications
-    return {name: _status(app) for name, app in apps.items()
-            if DEPLOYMENT_NAME in app.deployments and _status(app) in LIVE_STATES}
+    return {name: app_status(app) for name, app in apps.items()
+            if DEPLOYMENT_NAME in app.deployments and app_status(app) in LIVE_STATES}
 
 
 def exists(udf_name: str) -> bool:
@@ -100,30 +100,34 @@ def deploy(spec: dict[str, Any], setup: SetupConfig, *, timeout_s: float = 600) 
 
 
 def _wait_running(udf_name: str, setup: SetupConfig, timeout_s: float) -> None:
+    wait_running(udf_name, DEPLOYMENT_NAME, timeout_s, what=f"deploying {udf_name!r}", on_timeout=(
+        f"{setup.num_workers} worker(s) of {setup.cpus_per_worker} CPU / {setup.gpus_per_worker} GPU each may not "
+        f"fit the cluster (available: {_available_resources()})"))
+
+
+def wait_running(app_name: str, deployment_name: str, timeout_s: float, *, what: str, on_timeout: str = "") -> None:
+    """Wait until Serve application `app_name` is RUNNING; a DeployError with its constructor's
+    error (the exception line, not the traceback) if it failed."""
     from ray import serve
 
     deadline = time.monotonic() + timeout_s
     while True:
-        app = serve.status().applications.get(udf_name)
-        status = _status(app) if app else "NOT_STARTED"
+        app = serve.status().applications.get(app_name)
+        status = app_status(app) if app else "NOT_STARTED"
         if status == "RUNNING":
             return
         if status in ("DEPLOY_FAILED", "UNHEALTHY"):
             message = app.message or ""
-            dep = app.deployments.get(DEPLOYMENT_NAME)
+            dep = app.deployments.get(deployment_name)
             if dep is not None and dep.message:
                 message = dep.message
-            raise DeployError(f"deploying {udf_name!r} failed: {_first_error_line(message)}")
+            raise DeployError(f"{what} failed: {first_error_line(message)}")
         if time.monotonic() > deadline:
-            raise DeployError(
-                f"deploying {udf_name!r} did not finish within {timeout_s:.0f} s: {setup.num_workers} worker(s) of "
-                f"{setup.cpus_per_worker} CPU / {setup.gpus_per_worker} GPU each may not fit the cluster "
-                f"(available: {_available_resources()})"
-            )
+            raise DeployError(f"{what} did not finish within {timeout_s:.0f} s" + (f": {on_timeout}" if on_timeout else ""))
         time.sleep(0.25)
 
 
-def _first_error_line(message: str) -> str:
+def first_error_line(message: str) -> str:
     """Serve's failure message holds a traceback; keep the exception line a user can act on."""
     lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
     for ln in reversed(lines):
@@ -237,6 +241,52 @@ def stream(handle: Any, request: dict, *, udf_name: str, timeout_s: float) -> It
             if time.monotonic() > deadline:
                 raise RequestTimeoutError(f"model {udf_name!r} did not finish streaming within {timeout_s:.0f} s")
     except ByzerError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise translate(e, udf_name, timeout_s) from e
+    finally:
+        gen.cancel()
+
+
+async def acall(handle: Any, method: str, *args: Any, udf_name: str, timeout_s: float, retries: int = 2) -> Any:
+    """`call` for code running on an event loop (the HTTP API): awaits instead of blocking."""
+    for attempt in range(retries + 1):
+        response = getattr(handle, method).remote(*args)
+        try:
+            return await asyncio.wait_for(_awaited(response), timeout_s)
+        except asyncio.CancelledError:
+            response.cancel()
+            raise
+        except Exception as e:  # noqa: BLE001 - translated below
+            if isinstance(e, TimeoutError):
+                response.cancel()
+            if _retriable(e) and attempt < retries:
+                await asyncio.sleep(0.5 * (attempt + 1))
+                continue
+            raise translate(e, udf_name, timeout_s) from e
+    raise AssertionError("unreachable")
+
+
+async def _awaited(response: Any) -> Any:
+    return await response
+
+
+async def astream(handle: Any, request: dict, *, udf_name: str, timeout_s: float) -> AsyncIterator[dict]:
+    """`stream` for code running on an event loop. Closing this generator (a client went away)
+    cancels the call, which stops the generation on the replica."""
+    gen = handle.options(stream=True).stream.remote(request)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                item = await asyncio.wait_for(gen.__anext__(), max(left, 0.001))
+            except StopAsyncIteration:
+                return
+            yield item
+    except TimeoutError as e:
+        raise RequestTimeoutError(f"model {udf_name!r} did not finish streaming within {timeout_s:.0f} s") from e
+    except (ByzerError, asyncio.CancelledError, GeneratorExit):
         raise
     except Exception as e:  # noqa: BLE001
         raise translate(e, udf_name, timeout_s) from e

@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
 from typing import Any, AsyncIterator, Callable, Iterator
 
 from ray import serve
@@ -40,6 +41,8 @@ class ModelReplica:
         self._inflight: dict[str, float] = {}
         self._lock = threading.Lock()
         self._served = 0
+        self._cancelled = 0
+        self._cancelled_after = 0
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         # single chats arriving together share one forward pass; no more can arrive than the
         # replica takes at once, and a lone chat waits at most a millisecond for company
@@ -83,17 +86,29 @@ class ModelReplica:
         return await self._chat_batched(request)
 
     async def stream(self, request: dict) -> AsyncIterator[dict]:
-        """Yield `{"delta": text}` pieces, then `{"delta": "", "metadata": {...}, "done": True}`."""
+        """Yield `{"delta": text}` pieces, then `{"delta": "", "metadata": {...}, "done": True}`.
+
+        A caller that goes away cancels this generator; the generation then stops after its next
+        token, and the replica counts it in `requests_cancelled` (see `meta`)."""
         sent = ""
         meta: dict = {}
-        async for text, meta in self._iterate(lambda: self.plugin.stream(self.model, self.tokenizer, request)):
-            if text.startswith(sent):
-                delta = text[len(sent):]
-                if delta:
-                    yield {"delta": delta}
-            else:  # the plugin revised earlier text: send it whole
-                yield {"delta": "", "text": text}
-            sent = text
+        pieces = 0
+        try:
+            async with aclosing(self._iterate(lambda: self.plugin.stream(self.model, self.tokenizer, request))) as items:
+                async for text, meta in items:
+                    if text.startswith(sent):
+                        delta = text[len(sent):]
+                        if delta:
+                            pieces += 1
+                            yield {"delta": delta}
+                    else:  # the plugin revised earlier text: send it whole
+                        yield {"delta": "", "text": text}
+                    sent = text
+        except (asyncio.CancelledError, GeneratorExit):
+            with self._lock:
+                self._cancelled += 1
+                self._cancelled_after = pieces
+            raise
         yield {"delta": "", "metadata": {**meta, "replica": self.replica_id}, "done": True}
 
     async def _iterate(self, make: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
@@ -148,11 +163,14 @@ class ModelReplica:
             pretrained_model_type=self.spec["pretrained_model_type"],
             plugin=self.spec["plugin"],
             model_dir=self.spec["model_dir"],
-            infer_params=self.spec["infer_params"],
+            infer_params=_redacted(self.spec["infer_params"]),
             replica=self.replica_id,
             replica_pid=os.getpid(),
             load_seconds=round(self.load_s, 3),
             requests_served=self._served,
+            requests_in_flight=len(self._inflight),
+            requests_cancelled=self._cancelled,
+            last_cancelled_after_pieces=self._cancelled_after,
             deployed_at=self.spec["deployed_at"],
             num_workers=int(self.spec["sys_conf"].get("num_workers", 1)),
         )
@@ -166,3 +184,11 @@ class ModelReplica:
             oldest = min(self._inflight.values(), default=now)
         if now - oldest > limit:
             raise RuntimeError(f"a request has been running for {now - oldest:.0f} s (limit {limit:.0f} s): replica hung")
+
+
+SECRET_WORDS = ("key", "token", "secret", "password")
+
+
+def _redacted(params: dict) -> dict:
+    """Infer params as shown to callers: values of secret-looking keys (`saas.api_key`) hidden."""
+    return {k: ("***" if any(w in k.lower() for w in SECRET_WORDS) else v) for k, v in params.items()}

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP API and chat page (`byzer-like serve`, `ByzerLLM().serve()`)."""

@@ -1,0 +1,55 @@
+"""How the HTTP API reaches the model deployments: Serve handles, awaited on the server's event loop."""
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import aclosing
+from typing import Any, AsyncIterator
+
+from ..errors import ModelNotDeployedError
+from ..serving import manager
+
+LIST_TTL_S = 1.0
+
+
+class ServeBackend:
+    def __init__(self, request_timeout_s: float):
+        self.request_timeout_s = request_timeout_s
+        self._handles: dict[str, Any] = {}
+        self._listed: tuple[float, dict[str, str]] = (0.0, {})
+        self._lock = asyncio.Lock()
+
+    async def models(self, *, fresh: bool = False) -> dict[str, str]:
+        """Deployed models (name -> status), asked of Serve at most once a second."""
+        async with self._lock:
+            at, listed = self._listed
+            if fresh or time.monotonic() - at > LIST_TTL_S:
+                listed = await asyncio.to_thread(manager.list_deployments)
+                self._listed = (time.monotonic(), listed)
+                for gone in set(self._handles) - set(listed):
+                    self._handles.pop(gone, None)
+            return dict(listed)
+
+    async def require(self, name: str) -> Any:
+        """The handle of deployment `name`; ModelNotDeployedError (with the deployed ones) if there is none."""
+        models = await self.models()
+        if name not in models:
+            models = await self.models(fresh=True)
+            if name not in models:
+                raise ModelNotDeployedError(name, models)
+        if name not in self._handles:
+            from ray import serve
+
+            self._handles[name] = await asyncio.to_thread(serve.get_app_handle, name)
+        return self._handles[name]
+
+    async def call(self, name: str, method: str, *args: Any, timeout_s: float | None = None) -> Any:
+        handle = await self.require(name)
+        return await manager.acall(handle, method, *args, udf_name=name, timeout_s=timeout_s or self.request_timeout_s)
+
+    async def stream(self, name: str, request: dict) -> AsyncIterator[dict]:
+        handle = await self.require(name)
+        # closed at once when this generator is (a client went away), so the replica stops generating
+        async with aclosing(manager.astream(handle, request, udf_name=name, timeout_s=self.request_timeout_s)) as items:
+            async for item in items:
+                yield item
