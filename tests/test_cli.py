@@ -16,7 +16,7 @@ def run(*args, ws, timeout=240, input=None, env=None):
     return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout, env=full_env, input=input)
 
 
-@pytest.mark.parametrize("args", [[], ["models"], ["cluster"], ["deploy"], ["chat"]])
+@pytest.mark.parametrize("args", [[], ["models"], ["cluster"], ["deploy"], ["chat"], ["serve"]])
 def test_help_everywhere(args, tmp_path):
     out = run(*args, "--help", ws=tmp_path)
     assert out.returncode == 0 and "usage: byzer-like" in out.stdout
@@ -132,3 +132,12 @@ def test_readme_quick_start_is_two_commands_and_ci_runs_the_second():
     commands = [line.split("#")[0].strip() for line in block.strip().splitlines()]
     assert commands == ["python3 dev.py quickstart", "python3 dev.py test"]
     assert "python3 dev.py test" in (root / ".ci" / "run").read_text()
+
+
+@pytest.mark.timeout(240)
+def test_serve_status_and_one_server_per_cluster(api_server, workspace):
+    status = run("serve", "--status", ws=workspace)
+    assert status.returncode == 0 and f"HTTP API running at {api_server.url}" in status.stdout, status.stderr
+    second = run("serve", "--port", "0", ws=workspace)
+    assert second.returncode == 1 and "already running" in second.stderr and "--stop" in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1, second.stderr
