@@ -5,12 +5,15 @@
     python3 dev.py test         # install into .venv, then run the test suite
 
 Needs only Python 3.11 and pip. The install is skipped when nothing it depends on changed.
+`test` also installs Debian's Chromium for the chat page's browser test when it is missing
+(as root, with apt-get); without it that test is skipped.
 Extra arguments after the command go to what it runs (e.g. `python3 dev.py test -k parser`).
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -23,6 +26,8 @@ STAMP = VENV / ".byzer-like-install"
 # The CPU build of torch is installed on its own first: asked for as a dependency with an open
 # range, pip could pick a multi-GB CUDA build.
 TORCH = "torch==2.13.0"
+# The chat page's browser test drives Debian's Chromium (never a downloaded browser).
+CHROMIUM = Path("/usr/bin/chromium")
 
 
 def _run(cmd: list[str], **kw) -> None:
@@ -52,6 +57,32 @@ def ensure_venv() -> None:
     STAMP.write_text(key)
 
 
+def ensure_chromium() -> None:
+    """Install Debian's Chromium for the browser test when it is missing and we can (root, apt-get);
+    otherwise say once that the test will be skipped. Never fatal."""
+    if CHROMIUM.exists():
+        return
+    why = None
+    if shutil.which("apt-get") is None:
+        why = "there is no apt-get"
+    elif os.geteuid() != 0:
+        why = "installing it needs root"
+    else:
+        apt_env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        try:
+            _run(["apt-get", "update", "-qq"], env=apt_env)
+            _run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"], env=apt_env)
+        except subprocess.CalledProcessError as e:
+            why = f"installing it failed ({' '.join(e.cmd[:2])} exited with {e.returncode})"
+        except OSError as e:
+            why = f"installing it failed ({e})"
+        else:
+            if not CHROMIUM.exists():
+                why = "it was installed but is not there"
+    if why:
+        print(f"{CHROMIUM} is missing and {why}: the chat page's browser test will be skipped", flush=True)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in ("quickstart", "test", "setup"):
         print(__doc__)
@@ -64,6 +95,7 @@ def main(argv: list[str]) -> int:
         return 0
     if cmd == "quickstart":
         return subprocess.call([str(VENV / "bin" / "byzer-like"), "quickstart", *rest], cwd=ROOT, env=env)
+    ensure_chromium()
     return subprocess.call([str(PY), "-m", "pytest", *rest], cwd=ROOT, env=env)
 
 

@@ -140,6 +140,9 @@ def test_requests_without_the_key_are_refused_before_anything_runs(api_server, a
     # the chat page itself is public (it holds no data; it asks for the key)
     with urllib.request.urlopen(api_server.url + "/", timeout=30) as r:
         assert r.status == 200 and "html" in r.headers["content-type"]
+        assert "default-src 'self'" in r.headers["content-security-policy"]
+    with urllib.request.urlopen(api_server.url + "/static/chat.js", timeout=30) as r:
+        assert r.status == 200 and r.headers["cache-control"] == "no-cache"
 
 
 def test_bad_requests_get_4xx_in_openai_format(api_server, api_model, llm):

@@ -30,7 +30,7 @@ from typing import Any, AsyncIterator, Mapping
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
-from starlette.responses import FileResponse, JSONResponse, StreamingResponse
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.staticfiles import StaticFiles
 
 from ..config import chat_request
@@ -43,6 +43,8 @@ from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 log = logging.getLogger("byzer_like.api")
 STATIC = Path(__file__).resolve().parent / "static"
 PUBLIC_PATHS = ("/", "/favicon.ico")
+# the page loads only its own files and talks only to this server
+PAGE_CSP = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"
 EMBED_CHUNK = 16
 
 
@@ -156,7 +158,7 @@ def build_app(settings: ApiSettings, backend: Any) -> FastAPI:
     """The FastAPI application over `backend` (`api.backend.ServeBackend`)."""
     app = FastAPI(title="byzer-like", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(_Auth, digest=settings.api_key_sha256)
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/static", _Revalidated(StaticFiles(directory=STATIC)), name="static")
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, e: ApiError):
@@ -177,7 +179,11 @@ def build_app(settings: ApiSettings, backend: Any) -> FastAPI:
 
     @app.get("/")
     async def page():
-        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_CSP})
+
+    @app.get("/favicon.ico")
+    async def favicon():
+        return Response(status_code=204)
 
     @app.get("/health")
     async def health():
@@ -358,3 +364,19 @@ class _Auth:
     @staticmethod
     def _public(path: str) -> bool:
         return path in PUBLIC_PATHS or path.startswith("/static/")
+
+
+class _Revalidated:
+    """ASGI wrapper: the page's static files are revalidated on every load, so an upgraded server
+    never runs an old cached script beside a new page."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        async def send_no_cache(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"cache-control", b"no-cache")]}
+            await send(message)
+
+        await self.app(scope, receive, send_no_cache)
