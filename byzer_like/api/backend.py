@@ -18,17 +18,25 @@ class ServeBackend:
         self._handles: dict[str, Any] = {}
         self._listed: tuple[float, dict[str, str]] = (0.0, {})
         self._lock = asyncio.Lock()
+        self._pending: asyncio.Future | None = None
 
     async def models(self, *, fresh: bool = False) -> dict[str, str]:
-        """Deployed models (name -> status), asked of Serve at most once a second."""
+        """Deployed models (name -> status). Asking Serve takes tens of milliseconds, so requests use
+        the last list and a stale one (over a second old) is refreshed in the background; `fresh`
+        waits for a new list (a name that is not in the last one)."""
+        if fresh or not self._listed[0]:
+            return dict(await self._refresh())
+        if time.monotonic() - self._listed[0] > LIST_TTL_S and (self._pending is None or self._pending.done()):
+            self._pending = asyncio.ensure_future(self._refresh())
+        return dict(self._listed[1])
+
+    async def _refresh(self) -> dict[str, str]:
         async with self._lock:
-            at, listed = self._listed
-            if fresh or time.monotonic() - at > LIST_TTL_S:
-                listed = await asyncio.to_thread(manager.list_deployments)
-                self._listed = (time.monotonic(), listed)
-                for gone in set(self._handles) - set(listed):
-                    self._handles.pop(gone, None)
-            return dict(listed)
+            listed = await asyncio.to_thread(manager.list_deployments)
+            self._listed = (time.monotonic(), listed)
+            for gone in set(self._handles) - set(listed):
+                self._handles.pop(gone, None)
+            return listed
 
     async def require(self, name: str) -> Any:
         """The handle of deployment `name`; ModelNotDeployedError (with the deployed ones) if there is none."""

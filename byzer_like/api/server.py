@@ -6,7 +6,6 @@ again if its process dies; the model applications themselves have no HTTP route 
 """
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import os
 import secrets
@@ -86,7 +85,9 @@ class HttpIngress:
         app = build_app(config, ServeBackend(config.request_timeout_s))
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                                                     timeout_keep_alive=5, timeout_graceful_shutdown=3))
-        self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve(sockets=[sock])),
+        # Server.run picks uvicorn's event loop (uvloop when installed); it installs signal handlers
+        # only on the main thread, so it runs fine on this one
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]},
                                        name="byzer-like-http", daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 30
