@@ -50,6 +50,7 @@ class ByzerLLM:
         self._handles: dict[str, Any] = {}
         self._meta: dict[str, dict] = {}
         self._session = None
+        self._result_cache = None
 
     # -- setup ---------------------------------------------------------------------------------
     def setup(self, key: str, value: Any) -> "ByzerLLM":
@@ -268,15 +269,16 @@ class ByzerLLM:
 
     def batch_chat(self, conversations: Sequence[Sequence[Mapping[str, Any]] | str], model: str | None = None,
                    llm_config: Mapping[str, Any] | None = None, *, on_error: str = "raise",
-                   progress: bool = False) -> list[LLMResponse | None]:
+                   progress: bool = False, cache: bool = False) -> list[LLMResponse | None]:
         """Answer many conversations at once, spread over all replicas; answers in input order.
 
         A conversation that fails on its own (prompt too long...) raises with its index, or gives
-        `None` with `on_error="null"`."""
+        `None` with `on_error="null"`. `cache=True` keeps each answer in the workspace's result
+        cache as it arrives, and takes the ones already there (an interrupted batch resumes)."""
         if on_error not in ("raise", "null"):
             raise ConfigError(f"on_error must be 'raise' or 'null', not {on_error!r}")
         reqs = [chat_request(c, llm_config).model_dump() for c in conversations]
-        results = self.generate(reqs, model=model, progress=progress)
+        results = self.generate(reqs, model=model, progress=progress, cache=cache)
         out: list[LLMResponse | None] = []
         for i, (req, res) in enumerate(zip(reqs, results)):
             if "error" in res:
@@ -288,26 +290,67 @@ class ByzerLLM:
         return out
 
     def generate(self, requests: Sequence[Mapping[str, Any]], model: str | None = None, *,
-                 progress: bool = False, on_rows: Any = None) -> list[dict]:
+                 progress: bool = False, on_rows: Any = None, cache: bool = False,
+                 rows: Sequence[int] | None = None, on_cached: Any = None) -> list[dict]:
         """The batch path under `batch_chat` and SQL: built requests (`config.ChatRequest` dicts) in,
-        one `{"output", "metadata"}` or `{"error", "error_code"}` per request out, in order."""
+        one `{"output", "metadata"}` or `{"error", "error_code"}` per request out, in order.
+
+        With `cache=True`, answers already in the result cache (same model, row and request) are
+        taken from it (`on_cached(n)` hears how many) and the others are kept as they arrive; `rows`
+        numbers the requests (default: their positions)."""
         name = self._model(model)
         meta = self.get_meta(name)
+        reqs = list(requests)
+        keys: list[str] = []
+        found: dict[str, dict] = {}
+        if cache:
+            from .result_cache import ResultCache, model_identity
+
+            store = self.result_cache
+            identity = model_identity(meta)
+            numbers = list(rows) if rows is not None else range(len(reqs))
+            keys = [ResultCache.key(identity, n, r) for n, r in zip(numbers, reqs)]
+            found = store.get_many(keys)
+            if on_cached:
+                on_cached(len(found))
+        todo = [i for i in range(len(reqs)) if not cache or keys[i] not in found]
+        on_answers = None
+        if cache and todo:
+            def on_answers(start: int, answers: list[dict]) -> None:
+                store.put_many(name, ((keys[todo[start + j]], a) for j, a in enumerate(answers)))
+
         workers = int(meta.get("num_workers") or 1)
         # chunks of the replicas' batch size, but at least two per replica, so that Serve's router
         # (which picks between two random replicas) spreads the work even for small batches
         chunk = max(1, min(int(meta.get("max_batch_size") or self._setup.max_batch_size),
-                           -(-len(requests) // (2 * workers))))
-        bar = _progress(len(requests), name, progress)
+                           -(-len(todo) // (2 * workers))))
+        bar = _progress(len(reqs), name, progress)
+        if bar and found:
+            bar.update(len(found))
         try:
-            return manager.run_batched(
-                self._handle(name), list(requests), udf_name=name, chunk_size=chunk, in_flight=2 * workers,
-                timeout_s=self._setup.request_timeout_s,
-                on_rows=_both(bar.update if bar else None, on_rows),
-            )
+            answers = manager.run_batched(
+                self._handle(name), [reqs[i] for i in todo], udf_name=name, chunk_size=chunk, in_flight=2 * workers,
+                timeout_s=self._setup.request_timeout_s, on_rows=_both(bar.update if bar else None, on_rows),
+                on_answers=on_answers,
+            ) if todo else []
         finally:
             if bar:
                 bar.close()
+        if not cache:
+            return answers
+        out = [found.get(k) for k in keys]
+        for i, answer in zip(todo, answers):
+            out[i] = answer
+        return out  # type: ignore[return-value]
+
+    @property
+    def result_cache(self):
+        """The workspace's result cache (`byzer_like.result_cache.ResultCache`)."""
+        if self._result_cache is None:
+            from .result_cache import ResultCache
+
+            self._result_cache = ResultCache(self.workspace.path("cache", "results.sqlite"))
+        return self._result_cache
 
     def emb(self, model: str | None, texts: str | Sequence[str]) -> list[list[float]]:
         """Embedding vectors for one text or many (the plugin's `embed_query`)."""

@@ -21,6 +21,7 @@ import pyarrow as pa
 from duckdb import sqltypes
 
 from .. import cluster
+from ..config import parse_bool
 from ..errors import ConfigError
 from ..sql import Command, Load, Run, Save, Select, Set, Statement, parse_script, to_duckdb
 from ..sql.errors import SqlError
@@ -69,6 +70,8 @@ class _Call:
     rows: int = 0
     error: BaseException | None = None
     bar: Any = None
+    cached: int = 0  # rows taken from the result cache
+    computed: int = 0  # rows sent to a model
 
 
 class Session:
@@ -152,6 +155,8 @@ class Session:
             self.variables[s.name] = s.value
         if s.name == "llm_on_error" and self.variables[s.name] not in ON_ERROR:
             raise ConfigError(f"llm_on_error must be one of {', '.join(ON_ERROR)}, not {s.value!r}")
+        if s.name == "llm_cache":
+            self._cache_on()  # a value that is not a boolean fails here, not at the next select
         return Result("set", None, None, f"{s.name} = {self.variables[s.name]!r}")
 
     def _select(self, s: Select) -> Result:
@@ -176,7 +181,18 @@ class Session:
                 self._call.bar.close()
         if s.table:
             self._put(s.table, table)
-        return Result("select", table, s.table, f"{s.table or 'result'}: {table.num_rows} rows")
+        message = f"{s.table or 'result'}: {table.num_rows} rows"
+        if self._call.cached:
+            message += (f" ({self._call.cached} model answers from the result cache, "
+                        f"{self._call.computed} computed)")
+        return Result("select", table, s.table, message)
+
+    def _cache_on(self) -> bool:
+        value = self.variables.get("llm_cache", "false")
+        try:
+            return parse_bool(value)
+        except ConfigError:
+            raise ConfigError(f'llm_cache must be "true" or "false", not {value!r}') from None
 
     def _run(self, s: Run) -> Result:
         opts = dict(s.options)
@@ -226,8 +242,6 @@ class Session:
         return Result("run", out, None, f"job {row['job_id']}: {row['state']}")
 
     def _merge(self, s: Run, opts: dict[str, str]) -> Result:
-        from ..config import parse_bool
-
         ref = opts.get("modelTable") or opts.get("model_table")
         output = opts.get("outputTable") or opts.get("output_table")
         if not ref or not output:
@@ -259,6 +273,8 @@ class Session:
             return self._setup(rest)
         if sub == "model":
             return self._model_command(rest[0], rest[1:], c)
+        if sub == "cache":
+            return self._cache_command(rest[0], rest[1:])
         return self._job_command(rest[0], rest[1:], c)
 
     def _setup(self, args: tuple[str, ...]) -> Result:
@@ -289,6 +305,18 @@ class Session:
                           message=text)
         row = {"status": jobs.status, "stop": jobs.stop, "resume": jobs.resume}[action](job_id)
         return Result("job", rows_table([row]), message=f"job {job_id}: {row['state']}")
+
+    def _cache_command(self, action: str, args: tuple[str, ...]) -> Result:
+        """`!byzerllm cache status|clear [<udf>]`: the result cache's rows per model, or forget them."""
+        model = args[0] if args else None
+        store = self.llm.result_cache
+        if action == "clear":
+            n = store.clear(model)
+            return Result("cache", pa.table({"model": [model or "*"], "removed": [n]}),
+                          message=f"result cache: {n} rows removed")
+        counts = store.count(model)
+        return Result("cache", pa.table({"model": pa.array(list(counts), type=pa.string()),
+                                         "rows": pa.array(list(counts.values()), type=pa.int64())}))
 
     def _model_command(self, action: str, args: tuple[str, ...], c: Command) -> Result:
         if action == "list":
@@ -342,8 +370,11 @@ class Session:
         chat = [i for i, r in enumerate(requests) if r is not None and not embedding[i]]
         bar = self._call.bar
         if chat:
+            cache = self._cache_on()
             results = self.llm.generate([requests[i] for i in chat], model=model,
-                                        on_rows=bar.update if bar is not None else None)
+                                        on_rows=bar.update if bar is not None else None, cache=cache,
+                                        rows=[self._call.rows + i for i in chat], on_cached=self._note_cached)
+            self._call.computed += len(chat)
             for i, res in zip(chat, results):
                 if "error" in res and on_error != "null":
                     raise fx.RowError(model, self._call.rows + i + 1, res["error"], inputs[i])
@@ -355,6 +386,12 @@ class Session:
                 out[i] = fx.result_json(requests[i], {"output": v, "metadata": {"dimensions": len(v)}})
         self._call.rows += len(params)
         return out
+
+    def _note_cached(self, n: int) -> None:
+        self._call.cached += n
+        self._call.computed -= n
+        if self._call.bar is not None:
+            self._call.bar.update(n)
 
     def _explain(self, e: duckdb.Error, s: Select) -> SqlError:
         message = str(e).split("\n", 1)[0]

@@ -278,6 +278,8 @@ async def astream(handle: Any, request: dict, *, udf_name: str, timeout_s: float
     deadline = time.monotonic() + timeout_s
     try:
         while True:
+            # a deadline per item, not `asyncio.timeout`: the consumer may resume this generator
+            # from another task (the HTTP API's first item is awaited before its response starts)
             left = deadline - time.monotonic()
             try:
                 item = await asyncio.wait_for(gen.__anext__(), max(left, 0.001))
@@ -328,24 +330,29 @@ def run_batched(
     timeout_s: float,
     retries: int = 3,
     on_rows: Callable[[int], None] | None = None,
+    on_answers: Callable[[int, list[dict]], None] | None = None,
 ) -> list[dict]:
     """Send `requests` in chunks to all replicas concurrently; results come back in request order.
 
     Each chunk is one `call` (sent again when its replica died), and its answers land in its own
-    place, so no row is lost or duplicated. The first chunk that fails for good ends the batch."""
-    chunks = [list(requests[i:i + chunk_size]) for i in range(0, len(requests), chunk_size)]
+    place, so no row is lost or duplicated. The first chunk that fails for good ends the batch.
+    `on_answers(start, answers)` sees each chunk's answers as soon as it is back (the result cache)."""
+    starts = range(0, len(requests), chunk_size)
 
-    def run(chunk: list[dict]) -> list[dict]:
+    def run(start: int) -> list[dict]:
+        chunk = list(requests[start:start + chunk_size])
         answers = call(handle, "generate", chunk, udf_name=udf_name, timeout_s=timeout_s, retries=retries)
         if len(answers) != len(chunk):
             raise InferenceError(f"model {udf_name!r} returned {len(answers)} answers for {len(chunk)} requests")
+        if on_answers:
+            on_answers(start, answers)
         if on_rows:
             on_rows(len(answers))
         return answers
 
     pool = ThreadPoolExecutor(max_workers=max(1, in_flight), thread_name_prefix="byzer-like-batch")
     try:
-        return [answer for answers in pool.map(run, chunks) for answer in answers]
+        return [answer for answers in pool.map(run, starts) for answer in answers]
     finally:
         pool.shutdown(cancel_futures=True)
 

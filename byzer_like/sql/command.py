@@ -1,4 +1,5 @@
 """Commands starting with `!`: `!byzerllm setup ...`, `!byzerllm model ...`, `!byzerllm job ...`,
+`!byzerllm cache ...`,
 `!show tables`, `!desc <table>`.
 
 They parse generically into a name and argument words (tokens written without spaces between
@@ -24,6 +25,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
         "model exists|remove <udf>",
         "job list",
         "job status|logs|stop|resume [<id>]",
+        "cache status|clear [<udf>]",
     ),
     "show": ("tables",),
     "desc": ("<table>",),
