@@ -227,7 +227,8 @@ def connect(address: str | None = None, ws: Workspace | None = None, *, num_cpus
         else:
             mode = "embedded"
             as_local()
-            ray.init(num_cpus=num_cpus or max(os.cpu_count() or 1, 4), include_dashboard=False,
+            # address="local": always a new cluster of our own, never one another program started here
+            ray.init(address="local", num_cpus=num_cpus or max(os.cpu_count() or 1, 4), include_dashboard=False,
                      _node_ip_address=LOOPBACK, **common)
     except Exception as e:  # ConnectionError, AuthenticationError, RuntimeError from Ray
         where = address or "an embedded local cluster"
