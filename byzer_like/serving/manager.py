@@ -233,8 +233,9 @@ def call(handle: Any, method: str, *args: Any, udf_name: str, timeout_s: float, 
 
 
 def stream(handle: Any, request: dict, *, udf_name: str, timeout_s: float) -> Iterator[dict]:
-    gen = handle.options(stream=True).stream.remote(request)
+    gen = None
     try:
+        gen = handle.options(stream=True).stream.remote(request)  # a full queue raises here
         deadline = time.monotonic() + timeout_s
         for item in (_iterate_off_loop(gen) if _in_event_loop() else gen):
             yield item
@@ -245,26 +246,38 @@ def stream(handle: Any, request: dict, *, udf_name: str, timeout_s: float) -> It
     except Exception as e:  # noqa: BLE001
         raise translate(e, udf_name, timeout_s) from e
     finally:
-        gen.cancel()
+        _cancel(gen)
 
 
 async def acall(handle: Any, method: str, *args: Any, udf_name: str, timeout_s: float, retries: int = 2) -> Any:
     """`call` for code running on an event loop (the HTTP API): awaits instead of blocking."""
     for attempt in range(retries + 1):
-        response = getattr(handle, method).remote(*args)
+        response = None
         try:
+            response = getattr(handle, method).remote(*args)
             return await asyncio.wait_for(_awaited(response), timeout_s)
         except asyncio.CancelledError:
-            response.cancel()
+            _cancel(response)
             raise
         except Exception as e:  # noqa: BLE001 - translated below
             if isinstance(e, TimeoutError):
-                response.cancel()
+                _cancel(response)
             if _retriable(e) and attempt < retries:
                 await asyncio.sleep(0.5 * (attempt + 1))
                 continue
             raise translate(e, udf_name, timeout_s) from e
     raise AssertionError("unreachable")
+
+
+def _cancel(response: Any) -> None:
+    """Cancel a Serve call if there is one. Serve's `cancel` raises the call's own error when it has
+    already failed (a full queue): that error is reported elsewhere, not here."""
+    if response is None:
+        return
+    try:
+        response.cancel()
+    except Exception:  # noqa: BLE001 - see above
+        pass
 
 
 async def _awaited(response: Any) -> Any:
@@ -274,9 +287,10 @@ async def _awaited(response: Any) -> Any:
 async def astream(handle: Any, request: dict, *, udf_name: str, timeout_s: float) -> AsyncIterator[dict]:
     """`stream` for code running on an event loop. Closing this generator (a client went away)
     cancels the call, which stops the generation on the replica."""
-    gen = handle.options(stream=True).stream.remote(request)
+    gen = None
     deadline = time.monotonic() + timeout_s
     try:
+        gen = handle.options(stream=True).stream.remote(request)  # a full queue raises here
         while True:
             # a deadline per item, not `asyncio.timeout`: the consumer may resume this generator
             # from another task (the HTTP API's first item is awaited before its response starts)
@@ -293,7 +307,7 @@ async def astream(handle: Any, request: dict, *, udf_name: str, timeout_s: float
     except Exception as e:  # noqa: BLE001
         raise translate(e, udf_name, timeout_s) from e
     finally:
-        gen.cancel()
+        _cancel(gen)
 
 
 def _iterate_off_loop(gen: Any) -> Iterator[Any]:
