@@ -223,6 +223,8 @@ def connect(address: str | None = None, ws: Workspace | None = None, *, num_cpus
         if address:
             if mode == "persistent" or is_loopback(address):  # a cluster on this machine: as ours
                 as_local()
+            elif os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+                _local_token_auth()  # a token given for a remote cluster is sent only in token mode
             ray.init(address=address, **common)
         else:
             mode = "embedded"

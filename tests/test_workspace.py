@@ -43,3 +43,16 @@ def test_extra_roots(tmp_path, monkeypatch):
 def test_nul_byte_refused(ws):
     with pytest.raises(WorkspacePathError):
         ws.resolve("a\x00b")
+
+
+def test_every_package_is_installed():
+    """A package missing from pyproject's list would be absent from a wheel (`pip install .`)."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "byzer_like").rglob("__init__.py")}
+    found |= {".".join(("byzer_like_models", *p.parent.relative_to(root / "models").parts)).rstrip(".")
+              for p in (root / "models").rglob("__init__.py")}
+    assert found - listed == set(), f"add these to [tool.setuptools] packages: {sorted(found - listed)}"

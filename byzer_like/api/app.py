@@ -199,7 +199,7 @@ def build_app(settings: ApiSettings, backend: Any) -> FastAPI:
 
     @app.get("/v1/models")
     async def models():
-        listed = await backend.models()
+        listed = await backend.models(fresh=True)  # a listing shows a deployment made a moment ago
         cards = await asyncio.gather(*(model_card(n, s) for n, s in sorted(listed.items())))
         return {"object": "list", "data": list(cards)}
 

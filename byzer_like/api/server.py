@@ -194,8 +194,11 @@ def _delete_quietly() -> None:
 
 
 def wait(server: ApiServer, *, poll_s: float = 1.0) -> None:
-    """Block until the HTTP API is stopped (from another process, or Ctrl-C here)."""
-    while status() is not None:
+    """Block until the HTTP API is removed (from another process, or Ctrl-C here). A replica that
+    Serve is restarting does not end the wait: only the application's removal does."""
+    from ray import serve
+
+    while manager.serve_running() and APP_NAME in serve.status().applications:
         time.sleep(poll_s)
 
 
