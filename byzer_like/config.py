@@ -8,9 +8,11 @@ both are accepted. This module imports neither ray nor torch.
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any, ClassVar, Literal, Mapping
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
 from .errors import ConfigError, UnknownOptionError
@@ -63,7 +65,9 @@ def typed_value(key: str, value: Any) -> Any:
 class _Options(BaseModel):
     """Base: unknown keys are refused; camelCase and snake_case names both accepted."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel, frozen=True)
+    # allow_inf_nan=False: "inf" CPUs, a NaN learning rate or an infinite timeout are never meant
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel, frozen=True,
+                              allow_inf_nan=False)
     # how valid options are listed in errors: SQL `where` keys are camelCase, setup keys snake_case
     spelling: ClassVar[str] = "camel"
 
@@ -104,7 +108,13 @@ def _explain(e: ValidationError, where: str, model: type[BaseModel] | None = Non
                 loc = f"{to_camel(name)} / {name}"
     if err["type"] == "missing":
         return f"{where} option {loc!r} is required"
-    return f"{where} option {loc!r}: {err['msg']} (got {err.get('input')!r})"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{where} option {loc!r}: {msg} (got {_shown(err.get('input'))})"
+
+
+def _shown(value: Any, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class SetupConfig(_Options):
@@ -152,7 +162,7 @@ class DeployOptions(_Options):
         None, validation_alias=AliasChoices("local_model_dir", "localModelDir", "model_path", "modelPath"),
         description="the Hugging Face-format model directory",
     )
-    udf_name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$", description="the model's name in SQL and the API")
+    udf_name: str = Field(description="the model's name in SQL and the API")
     reconnect: bool = False
     model_table: str | None = Field(None, description="'command' (Byzer: use localModelDir) or a registered model (name, name@v2)")
     adapter_dir: str | None = Field(None, description="a LoRA adapter merged into the model when it loads")
@@ -163,6 +173,28 @@ class DeployOptions(_Options):
     trust_remote_code: bool = False
     allow_pickle_weights: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("udf_name")
+    @classmethod
+    def _check_udf_name(cls, value: str) -> str:
+        return check_udf_name(value)
+
+
+UDF_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+# SQL functions of the dialect itself: a model of one of these names could never be called
+RESERVED_UDF_NAMES = frozenset({"llm_param", "llm_result", "llm_response_predict", "llm_prompt", "llm_stack", "map", "array"})
+
+
+def check_udf_name(value: str) -> str:
+    """A model's name is a SQL function name and a Ray Serve application name: plain ASCII words only."""
+    if not isinstance(value, str) or not UDF_NAME.fullmatch(value):
+        raise ValueError("a model name (udfName) is used as a SQL function name and a Ray Serve application "
+                         "name: use 1 to 64 ASCII letters, digits or '_', starting with a letter or '_' "
+                         "(e.g. tiny_chat)")
+    if value.lower() in RESERVED_UDF_NAMES:
+        raise ValueError(f"{value!r} is one of the dialect's own SQL functions ({', '.join(sorted(RESERVED_UDF_NAMES))}); "
+                         "choose another model name (e.g. tiny_chat)")
+    return value
 
 
 # Keys of a chat request (`llm_config` in Python, `llm_param(map(...))` in SQL) besides `generation.*`.
@@ -203,19 +235,16 @@ def chat_request(conversations: list[Mapping[str, Any]] | str, llm_config: Mappi
     if isinstance(conversations, str):
         msgs = [{"role": "user", "content": conversations}]
     else:
-        msgs = [dict(m) for m in conversations]
+        msgs = [dict(m) if isinstance(m, Mapping) else m for m in conversations]
     if "instruction" in cfg:
         msgs.append({"role": "user", "content": str(cfg.pop("instruction"))})
     if "history" in cfg:
-        hist = cfg.pop("history")
-        if isinstance(hist, str):
-            hist = json.loads(hist) if hist.strip() else []
-        msgs = [dict(m) for m in hist] + msgs
+        msgs = _history(cfg.pop("history")) + msgs
     if not msgs:
         raise ConfigError("a chat request needs at least one message (or an 'instruction')")
     for m in msgs:
         if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
-            raise ConfigError(f"each message needs 'role' and 'content'; got {m!r}")
+            raise ConfigError(f"each message needs 'role' and 'content'; got {_shown(m)}")
     last = msgs[-1]
     req: dict[str, Any] = {"ins": str(last["content"]), "his": msgs[:-1], "kwargs": {}}
     for key, value in cfg.items():
@@ -224,11 +253,11 @@ def chat_request(conversations: list[Mapping[str, Any]] | str, llm_config: Mappi
         if name.startswith("generation.") or name.startswith("gen."):
             req["kwargs"][name.split(".", 1)[1]] = value
         elif name in ("temperature", "top_p"):
-            req[name] = float(value)
+            req[name] = _number(key, value, float)
         elif name == "max_length":
-            req["max_length"] = int(value)
+            req["max_length"] = _number(key, value, int)
         elif name in ("max_new_tokens", "max_tokens"):
-            req["max_new_tokens"] = int(value)
+            req["max_new_tokens"] = _number(key, value, int)
         elif name in _KWARG_KEYS:
             req["kwargs"][name] = value
         elif name == "embedding":
@@ -239,3 +268,35 @@ def chat_request(conversations: list[Mapping[str, Any]] | str, llm_config: Mappi
         return ChatRequest.model_validate(req)
     except ValidationError as e:
         raise ConfigError(_explain(e, "request")) from None
+
+
+def _history(value: Any) -> list[Any]:
+    """`history`: a list of messages, or that list as a JSON string (an empty string: none)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else []
+        except ValueError as e:
+            raise ConfigError(f"request option 'history' is not valid JSON ({e}); give a list of "
+                              '{"role": ..., "content": ...} messages') from None
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"request option 'history' must be a list of {{\"role\": ..., \"content\": ...}} messages; "
+                          f"got {_shown(value)}")
+    return [dict(m) if isinstance(m, Mapping) else m for m in value]
+
+
+def _number(key: str, value: Any, kind: type) -> Any:
+    """A request's numeric option as `kind` (int or float), or a ConfigError naming it."""
+    what = "an integer" if kind is int else "a number"
+    if isinstance(value, bool) or value is None:
+        raise ConfigError(f"request option {key!r} must be {what}; got {_shown(value)}")
+    try:
+        number = float(value) if kind is float or isinstance(value, float) else value
+        if isinstance(number, float) and not math.isfinite(number):
+            raise ValueError("not finite")
+        if kind is int:
+            number = int(number) if isinstance(number, float) and number.is_integer() else int(str(number).strip())
+        return number
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"request option {key!r} must be {what}; got {_shown(value)}") from None

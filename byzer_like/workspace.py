@@ -17,6 +17,12 @@ from .errors import WorkspacePathError
 HOME_ENV = "BYZER_LIKE_HOME"
 ROOTS_ENV = "BYZER_LIKE_ALLOWED_ROOTS"
 DEFAULT_DIRNAME = "byzer_workspace"
+# Longest file name and path the usual file systems take (Linux: NAME_MAX, PATH_MAX).
+NAME_MAX = 255
+PATH_MAX = 4096
+STAGING_SUFFIX = 40  # what a save adds to its target's name for its staging folder (engine/io.py)
+# `what` of the paths that are written as a whole (see Workspace.resolve's `replaces`)
+WHOLE_WRITES = ("save path",)
 
 
 @dataclass(frozen=True)
@@ -45,21 +51,56 @@ class Workspace:
         p.mkdir(parents=True, exist_ok=True)
         return p
 
-    def resolve(self, user_path: str | os.PathLike, *, what: str = "path") -> Path:
+    def resolve(self, user_path: str | os.PathLike, *, what: str = "path", replaces: bool | None = None) -> Path:
         """Resolve a user-given path (relative ones against the workspace root) and refuse it
-        unless it lies inside an allowed root."""
+        unless it lies inside an allowed root.
+
+        `replaces`: the path is written as a whole (a `save` target, which is replaced and whose
+        parent gets a staging folder), so an allowed root itself is refused: saving onto the
+        workspace would delete it and write beside it. Left out, it is true for `what="save path"`."""
         raw = os.fspath(user_path)
-        if not raw or "\x00" in raw:
-            raise WorkspacePathError(f"{what} {raw!r} is not a valid path")
-        p = Path(raw).expanduser()
+        if isinstance(raw, bytes):
+            raw = os.fsdecode(raw)
+        if not raw.strip() or "\x00" in raw:
+            problem = "a NUL byte" if "\x00" in raw else "nothing but blanks" if raw else "nothing"
+            raise WorkspacePathError(f"{what} {_shown(raw)} is not a valid path (it holds {problem}); "
+                                     "give a file or folder, relative to the workspace or under an allowed root")
+        if replaces is None:
+            replaces = what in WHOLE_WRITES
+        # a save writes `.<name>.tmp-<32 hex digits>` beside its target first: its name must leave room for that
+        name_max = NAME_MAX - STAGING_SUFFIX if replaces else NAME_MAX
+        too_long = next((part for part in raw.split(os.sep) if len(os.fsencode(part)) > name_max), None)
+        if too_long is not None or len(os.fsencode(raw)) > PATH_MAX:
+            detail = f"a name in it is longer than {name_max} bytes" if too_long else f"it is longer than {PATH_MAX} bytes"
+            raise WorkspacePathError(f"{what} {_shown(raw)} is not a valid path ({detail}); use a shorter one")
+        try:
+            p = Path(raw).expanduser()
+        except RuntimeError:  # `~name` of a user this machine does not have
+            raise WorkspacePathError(f"{what} {_shown(raw)} starts with the home folder of an unknown user; "
+                                     "give a path relative to the workspace or under an allowed root") from None
         if not p.is_absolute():
             p = self.root / p
         real = Path(os.path.realpath(p))
         for root in self.allowed_roots:
+            if real == root and replaces:
+                raise WorkspacePathError(
+                    f"{what} {_shown(raw)} is the allowed root {root} itself, which a save would replace whole; "
+                    "save into a folder under it instead (e.g. out/answers)"
+                )
             if real == root or real.is_relative_to(root):
                 return real
         roots = ", ".join(str(r) for r in self.allowed_roots)
         raise WorkspacePathError(
-            f"{what} {raw!r} resolves to {real}, outside the allowed roots ({roots}); "
+            f"{what} {_shown(raw)} resolves to {_clip(str(real))}, outside the allowed roots ({roots}); "
             f"put it under the workspace or add its folder to {ROOTS_ENV}"
         )
+
+
+def _shown(text: str, limit: int = 200) -> str:
+    """A user's path in a message: quoted, control characters escaped, at most `limit` characters."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[: limit - 4] + "...'"
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."

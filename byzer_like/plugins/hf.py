@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,11 @@ GENERATION_KEYS = {
     "system_msg", "user_role", "assistant_role", "max_new_tokens", "stop", "seed", "top_k",
     "repetition_penalty", "no_repeat_ngram_size", "min_new_tokens", "do_sample", "raw_prompt",
 }
+
+# Weight files that are Python pickles (unpickling can run code): loaded only with allow_pickle_weights.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+# Code a model directory ships for transformers to import (only with trust_remote_code).
+_REMOTE_CODE = re.compile(r"(?:modeling|configuration|tokenization|processing|image_processing)_\w+\.py")
 
 GENERIC_TEMPLATE = (
     "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
@@ -118,24 +124,26 @@ class CausalLMPlugin:
                 f"{model_dir!r} is not a Hugging Face model directory (no config.json); "
                 "build one with `byzer-like models make-tiny` or point at a downloaded model"
             )
-        try:
-            cfg = json.loads(cfg_file.read_text())
-        except (OSError, ValueError) as e:
-            raise ModelDirError(f"{cfg_file} is not valid JSON: {e}") from None
+        cfg = _json_object(cfg_file)
         model_type = cfg.get("model_type")
         if self.model_types and model_type not in self.model_types:
             raise ModelDirError(
                 f"{model_dir!r} holds a {model_type!r} model, not {self.family}; "
                 f"use pretrained_model_type={model_type!r} if that plugin exists, or 'auto'"
             )
-        if cfg.get("auto_map") and not trust:
-            raise ModelDirError(
-                f"{model_dir!r} asks to run its own Python code (auto_map in config.json); deploy it with "
-                "trust_remote_code=true only if you trust its source"
-            )
         names = os.listdir(d)
+        if not trust:  # transformers would import the directory's own modules (auto_map, modeling_*.py)
+            tokenizer_cfg = d / "tokenizer_config.json"
+            configs = [(cfg_file, cfg)] + ([(tokenizer_cfg, _json_object(tokenizer_cfg))] if tokenizer_cfg.is_file() else [])
+            asks = [f"auto_map in {f.name}" for f, c in configs if c.get("auto_map")]
+            asks += sorted(n for n in names if _REMOTE_CODE.fullmatch(n))
+            if asks:
+                raise ModelDirError(
+                    f"{model_dir!r} asks to run its own Python code ({', '.join(asks[:3])}); deploy it with "
+                    "trust_remote_code=true only if you trust its source"
+                )
         if not any(n.endswith(".safetensors") for n in names):
-            pickled = [n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+            pickled = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
             if pickled and not allow_pickle:
                 raise ModelDirError(
                     f"{model_dir!r} holds only pickle weights ({', '.join(sorted(pickled)[:3])}), which can run code "
@@ -479,6 +487,17 @@ class CausalLMPlugin:
         if ignored:
             meta["ignored_options"] = ignored
         return meta
+
+
+def _json_object(file: Path) -> dict:
+    """A model directory's JSON file (config.json, tokenizer_config.json) as a dict, or a ModelDirError."""
+    try:
+        value = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelDirError(f"{file} is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise ModelDirError(f"{file} must hold a JSON object, not {type(value).__name__}")
+    return value
 
 
 def _context_length(config: Any) -> int:

@@ -6,6 +6,11 @@ Byzer's LLM helper functions become DuckDB built-ins:
 Every other function sqlglot does not know (a model such as `tiny_chat(...)`, `llm_prompt`,
 `llm_stack`) stays a plain call of the same name, for the engine to register as a Python UDF;
 Spark's `array(...)` becomes a DuckDB list `[...]`.
+
+A select reads only tables: DuckDB's table functions (`read_text('/etc/passwd')`, `read_csv`, `glob`,
+...) would read files past the workspace's allowed roots, so a function call where a table goes is an
+error (but `explode` / `unnest` of the query's own values). Brackets nested deeper than MAX_NESTING
+and other input sqlglot cannot take (it recurses, or crashes) are SqlSyntaxErrors too.
 """
 from __future__ import annotations
 
@@ -17,12 +22,19 @@ from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
 from .source import Origin, RawStatement
-from .tokens import COMMENT, Token, tokenize
+from .tokens import BACKQUOTED, COMMENT, Token, tokenize
 
 _LLM_PARAM = "llm_param"
 _LLM_OUTPUT = ("llm_result", "llm_response_predict")
 _COMMAS = ",，"  # a full-width comma (pasted with Chinese text) counts as a comma
 _CLASS = re.compile(r"<class '(?:\w+\.)*(\w+)'>")
+# Brackets nested deeper than this are refused before sqlglot sees them: its parser and generator
+# recurse about 20 Python frames per level and would hit the recursion limit near 45 levels.
+MAX_NESTING = 32
+_CLOSERS = {")": "(", "]": "[", "}": "{"}
+_TOO_DEEP = "the select is nested too deeply for the SQL parser; split it into several selects (`select ... as <table>;`)"
+# Table-valued functions that DuckDB runs as UNNEST over values in the query itself (no file, no catalog).
+_UNNESTS = (exp.Unnest, exp.Explode, exp.Posexplode, exp.Inline)
 
 
 @dataclass(frozen=True)
@@ -35,9 +47,15 @@ class Transpiled:
 def to_duckdb(select_sql: str) -> Transpiled:
     """Transpile one select (Spark SQL, as in Byzer notebooks) to DuckDB SQL.
     Errors are `SqlSyntaxError`s with lines and columns counted in `select_sql`."""
-    _, tree = check_spark(select_sql, Origin(RawStatement(select_sql)))
+    origin = Origin(RawStatement(select_sql))
+    _, tree = check_spark(select_sql, origin)
     functions = {name for call in tree.find_all(exp.Anonymous) if (name := call.name.lower()) not in _REWRITES}
-    duck = tree.transform(_rewrite).sql("duckdb", normalize_functions="lower", comments=False)
+    try:
+        duck = tree.transform(_rewrite).sql("duckdb", normalize_functions="lower", comments=False)
+    except RecursionError:  # long chains (a.b.c..., x[0][0]...) that sqlglot parses but cannot print back
+        raise origin.error(0, _TOO_DEEP) from None
+    except Exception as e:  # noqa: BLE001 - a sqlglot bug must still reach the user as a typed error
+        raise origin.error(0, f"this select cannot be translated to DuckDB ({type(e).__name__}: {e})") from None
     return Transpiled(duck, frozenset(functions), _tables(tree))
 
 
@@ -50,6 +68,7 @@ def check_spark(sql: str, origin: Origin) -> tuple[str, exp.Query]:
         if t.is_punct("，"):
             chars[t.start] = ","
     sql = "".join(chars)
+    _check_brackets(tokens, origin)
     _check_lists(tokens, origin)
     try:
         tree = sqlglot.parse_one(sql, read="spark", error_message_context=len(sql))
@@ -60,18 +79,66 @@ def check_spark(sql: str, origin: Origin) -> tuple[str, exp.Query]:
         raise origin.error(offset, f"invalid select near `{info.get('highlight', '')}`: {description}") from None
     except TokenError as e:
         raise origin.error(e.start or 0, f"invalid select: {e}") from None
+    except RecursionError:  # deep chains of operators (not not not ..., case when ... case when ...)
+        raise origin.error(0, _TOO_DEEP) from None
+    except Exception as e:  # noqa: BLE001 - a sqlglot bug must still reach the user as a typed error
+        raise origin.error(0, f"invalid select: the SQL parser failed on it ({type(e).__name__}: {e})") from None
     if not isinstance(tree, exp.Query):
         raise origin.error(0, "expected a query: select ... or with ... select ...")
     if isinstance(tree, exp.Select) and not tree.expressions:
         raise origin.error(0, "a select needs at least one column")
     _check_llm_calls(tree, origin)
+    _check_table_functions(tree, tokens, origin)
     return sql, tree
 
 
 def _tables(tree: exp.Query) -> frozenset[str]:
     ctes = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
-    names = (".".join(part.name for part in table.parts) for table in tree.find_all(exp.Table))
+    names = (".".join(part.name for part in table.parts) for table in tree.find_all(exp.Table)
+             if not isinstance(table.this, exp.Func))  # table functions: refused by check_spark
     return frozenset(name for name in names if name and name.lower() not in ctes)
+
+
+def _table_functions(tree: exp.Expr) -> list[exp.Func]:
+    """Function calls where a table goes (`from read_text(...)`, `lateral read_csv(...)`), but UNNEST and its kin."""
+    calls = [node.this for node in tree.find_all(exp.Table, exp.Lateral) if isinstance(node.this, exp.Func)]
+    return [call for call in calls if not isinstance(call, _UNNESTS)]
+
+
+def _check_table_functions(tree: exp.Expr, tokens: list[Token], origin: Origin) -> None:
+    """DuckDB's table functions read any file or URL (read_text, read_csv, glob, ...), past the workspace's
+    allowed roots: a select reads only the session's tables (and UNNEST / explode of its own values)."""
+    for call in _table_functions(tree):
+        name = _function_name(call)
+        start = call.meta.get("start")
+        if start is None:  # sqlglot's own function nodes keep no position: the first word of that name
+            start = next((t.start for t in tokens if t.text.lower() == name.lower()), 0)
+        raise origin.error(start, f"`{name}(...)` is a table function, which selects cannot call: a select reads the "
+                                  "session's tables; read a file into one with load <format>.`<path>` as <table>")
+
+
+def _function_name(call: exp.Func) -> str:
+    return call.name if isinstance(call, exp.Anonymous) else call.sql_name().lower()
+
+
+def _check_brackets(tokens: list[Token], origin: Origin) -> None:
+    """Brackets are balanced and nested at most MAX_NESTING deep (sqlglot would crash or recurse without end)."""
+    stack: list[Token] = []
+    for t in tokens:
+        if t.is_punct("([{"):
+            stack.append(t)
+            if len(stack) > MAX_NESTING:
+                raise origin.error(t.start, f"brackets nested more than {MAX_NESTING} deep; "
+                                            "split the select into several (`select ... as <table>;`)")
+        elif t.is_punct(")]}"):
+            if not stack:
+                raise origin.error(t.start, f"unmatched `{t.text}`: no `{_CLOSERS[t.text]}` opens it")
+            opener = stack.pop()
+            if opener.text != _CLOSERS[t.text]:
+                raise origin.error(t.start, f"`{t.text}` closes the `{opener.text}` at "
+                                            f"{origin.position(opener.start)}")
+    if stack:
+        raise origin.error(stack[-1].start, f"`{stack[-1].text}` is never closed")
 
 
 def _check_lists(tokens: list[Token], origin: Origin) -> None:
@@ -80,7 +147,8 @@ def _check_lists(tokens: list[Token], origin: Origin) -> None:
     for i, t in enumerate(tokens):
         if t.is_punct(_COMMAS) and i and tokens[i - 1].is_punct(_COMMAS + "("):
             raise origin.error(t.start, "missing expression before this comma")
-        if t.is_word("map") and i + 1 < len(tokens) and tokens[i + 1].is_punct("("):
+        is_map = t.is_word("map") or (t.kind == BACKQUOTED and t.value.lower() == "map")
+        if is_map and i + 1 < len(tokens) and tokens[i + 1].is_punct("("):
             count = _argument_count(tokens, i + 1)
             if count is not None and count % 2:
                 plural = "s" * (count != 1)
