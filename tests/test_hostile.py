@@ -10,8 +10,9 @@ file access outside the workspace. Deploys never start: the cluster calls are re
 and a deploy that gets through every check must name a valid model and a model inside the workspace.
 (The audit hook stays installed for the rest of the process, as Python's are, but records only while a
 guarded test runs.) Hostile model directories: pickle-only weights and remote code are refused unless
-opted in, and are provably never unpickled or imported. Holes found in files this suite does not own
-are kept at the end as expected failures (xfail) that name the fix.
+opted in, and are provably never unpickled or imported. The holes this suite found in `load` (links
+and glob characters inside a loaded folder, a broken model config, a file where a folder is needed)
+are kept at the end as regression tests.
 """
 from __future__ import annotations
 
@@ -661,10 +662,7 @@ def test_remote_code_is_never_imported_without_the_opt_in(tiny_models, tmp_path)
     assert not canary.exists()
 
 
-# -- holes outside this suite's files, kept as expected failures until fixed -----------------------------
-@pytest.mark.xfail(reason="engine/io.py _files: a folder's files are listed with rglob and read without checking "
-                          "where symlinked files point, so a symlink inside a loaded folder reads outside the roots",
-                   strict=False)
+# -- holes found in engine/io.py (now closed) -----------------------------------------------------------
 def test_symlinked_file_inside_a_loaded_folder_is_not_read(arena, tmp_path):
     ws = tmp_path / "ws"
     (ws / "data").mkdir(parents=True)
@@ -681,9 +679,6 @@ def test_symlinked_file_inside_a_loaded_folder_is_not_read(arena, tmp_path):
         s.close()
 
 
-@pytest.mark.xfail(reason="engine/io.py: file paths are handed to DuckDB, which expands glob characters in them, "
-                          "so a literal folder named `g*` also matches a symlinked folder `gl` pointing outside",
-                   strict=False)
 def test_glob_characters_in_a_path_do_not_match_other_folders(arena, tmp_path):
     ws = tmp_path / "ws"
     (ws / "data").mkdir(parents=True)
@@ -704,8 +699,6 @@ def test_glob_characters_in_a_path_do_not_match_other_folders(arena, tmp_path):
         s.close()
 
 
-@pytest.mark.xfail(reason="engine/io.py save_table: an existing file where a folder is needed raises a bare "
-                          "FileExistsError / NotADirectoryError instead of a typed error", strict=False)
 def test_save_under_a_file_is_a_typed_error(tmp_path):
     ws = tmp_path / "ws"
     (ws / "data").mkdir(parents=True)
@@ -719,8 +712,6 @@ def test_save_under_a_file_is_a_typed_error(tmp_path):
         s.close()
 
 
-@pytest.mark.xfail(reason="engine/io.py _model_table: json.loads of config.json unguarded (AttributeError for a "
-                          "non-object, JSONDecodeError / UnicodeDecodeError for bad bytes)", strict=False)
 @pytest.mark.parametrize("text", [b"[]", b"{", b"\xff"])
 def test_load_model_with_a_broken_config_is_a_typed_error(tmp_path, text):
     (tmp_path / "ws" / "m").mkdir(parents=True)

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from ..config import _Options
-from ..errors import ByzerError, ConfigError
+from ..errors import ByzerError, ConfigError, WorkspacePathError
 
 LOAD_FORMATS = ("json", "jsonl", "csv", "parquet", "text", "model")
 SAVE_FORMATS = ("json", "jsonl", "csv", "parquet", "text")
@@ -53,15 +53,32 @@ class SaveOptions(_Options):
     delimiter: str = Field(",", min_length=1, max_length=1, description="csv: the field separator")
 
 
+GLOB_CHARS = set("*?[]{}")
+
+
 def _files(path: Path, fmt: str) -> list[str]:
+    """The files to read: `path`, or the files of the format in the folder `path`. A file in the
+    folder that is a link to somewhere outside it is refused (the folder was checked, not its
+    links), and so is a name with glob characters, which DuckDB's readers would expand."""
     if path.is_dir():
-        found = sorted(str(p) for pattern in _GLOBS[fmt] for p in path.rglob(pattern))
+        root = path.resolve()
+        found = sorted({p for pattern in _GLOBS[fmt] for p in path.rglob(pattern)})
+        for p in found:
+            if not p.resolve().is_relative_to(root):
+                raise WorkspacePathError(f"{p} is a link to {p.resolve()}, outside the folder {path}; "
+                                         "load reads only the files inside the folder")
         if not found:
             raise DataFileError(f"folder {path} holds no {fmt} files ({', '.join(_GLOBS[fmt])})")
-        return found
-    if not path.exists():
+        files = [str(p) for p in found]
+    elif not path.exists():
         raise DataFileError(f"{path} does not exist")
-    return [str(path)]
+    else:
+        files = [str(path)]
+    for f in files:
+        if GLOB_CHARS & set(f):
+            raise DataFileError(f"{f} has a glob character ({' '.join(sorted(GLOB_CHARS & set(f)))}) in its name; "
+                                "rename it (load reads files by their exact names)")
+    return files
 
 
 def load_table(con: duckdb.DuckDBPyConnection, fmt: str, path: Path, options: Mapping[str, Any]) -> pa.Table:
@@ -93,7 +110,12 @@ def _model_table(path: Path) -> pa.Table:
     config = path / "config.json"
     if not config.is_file():
         raise DataFileError(f"{path} is not a model directory (no config.json)")
-    cfg = json.loads(config.read_text())
+    try:
+        cfg = json.loads(config.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataFileError(f"{config} is not valid JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        raise DataFileError(f"{config} must hold a JSON object, not {type(cfg).__name__}")
     files = sorted(p.name for p in path.iterdir() if p.is_file())
     return pa.table({
         "model_dir": [str(path)],
@@ -119,7 +141,11 @@ def save_table(table: pa.Table, fmt: str, path: Path, mode: str, options: Mappin
         return {"path": str(path), "rows": 0, "mode": mode, "written": False}
     if exists and not path.is_dir():
         raise TableExistsError(f"{path} exists and is not a folder written by save; remove it or choose another path")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise TableExistsError(f"cannot save to {path}: a file is in the way in its parent folders; "
+                               "remove it or choose another path") from None
     if mode == "append" and exists:
         n = len(list(path.glob("part-*")))
         target = path / f"part-{n:05d}.{_EXT[fmt]}"

@@ -87,6 +87,11 @@ class Session:
         self.variables: dict[str, str] = dict(variables or {})
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.con = duckdb.connect()
+        # a second wall behind the path checks: DuckDB itself reads and writes only inside the allowed
+        # roots (and nothing remote); once external access is off it cannot be turned back on
+        roots = ", ".join("'" + str(r).replace("'", "''") + "/'" for r in self.workspace.allowed_roots)
+        self.con.execute(f"SET allowed_directories=[{roots}]")
+        self.con.execute("SET enable_external_access=false")
         self._threads = int(self.con.sql("select current_setting('threads')").fetchall()[0][0])
         self._functions = {r[0].lower() for r in self.con.sql("select distinct function_name from duckdb_functions()").fetchall()}
         self._registered: set[str] = set()
