@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -98,6 +99,9 @@ def prepare_env(omp_wait_policy: str | None) -> Path:
     """A temporary workspace; call before byzer_like, Ray or torch is imported. Sets BYZER_LIKE_HOME,
     drops RAY_ADDRESS (an embedded cluster, never a remote one) and sets OMP_WAIT_POLICY (read when
     torch loads; the embedded cluster's workers inherit it)."""
+    # SIGTERM (bench/run_all.py's timeout) unwinds like Ctrl-C, so `shutdown` still stops the
+    # embedded cluster and removes the workspace
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     work = Path(tempfile.mkdtemp(prefix="byzer-like-bench-"))
     os.environ["BYZER_LIKE_HOME"] = str(work)
     os.environ.pop("RAY_ADDRESS", None)

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """HTTP API benchmark: what the OpenAI-compatible HTTP API costs per request, beyond the Serve handle and the plugin.
 
-    .venv/bin/python bench/http.py [--calls 30] [--stream-calls 30] [--stream-tokens 32] [--size tiny|small]
-                                   [--cpus-per-worker 2] [--omp-wait-policy PASSIVE] [--no-openai] [--json OUT]
+    .venv/bin/python bench/http_api.py [--calls 30] [--stream-calls 30] [--stream-tokens 32] [--size tiny|small]
+                                       [--cpus-per-worker 2] [--omp-wait-policy PASSIVE] [--no-openai] [--json OUT]
 
-Run it from the repository root. (This file is named http.py: it takes bench/ off `sys.path` before
-anything imports the standard library's `http`, and loads bench/_common.py by its path.)
+(No file in bench/ may be named after a standard-library module: a script's directory comes first on
+`sys.path`, in the driver and in the Ray workers, which get the driver's script directory on theirs.
+This file was bench/http.py, and as such it broke every benchmark: Ray's own `import http.client` found it.)
 
 What one run does, in one process, on the same model and the same request:
 
@@ -54,37 +55,19 @@ runs, the overheads and ratios, CPU per call, connects, answers_match, machine, 
 """
 from __future__ import annotations
 
-import os
+import argparse
+import http.client
+import json
+import socket
+import statistics
 import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlsplit
 
-# Before anything imports `http`: this file's directory would shadow the standard library's `http`
-# package (here, and in the Ray workers, which get the driver's script directory on their path).
-_BENCH = os.path.dirname(os.path.realpath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _BENCH]
-
-import argparse  # noqa: E402
-import http.client  # noqa: E402
-import importlib.util  # noqa: E402
-import json  # noqa: E402
-import socket  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Callable  # noqa: E402
-from urllib.parse import urlsplit  # noqa: E402
-
-
-def _load_common() -> Any:
-    spec = importlib.util.spec_from_file_location("_common", os.path.join(_BENCH, "_common.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["_common"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_common = _load_common()
-from _common import (finish, loadavg, log, make_rows, median_ms, prepare_env, probe_threads,  # noqa: E402
-                     proc_cpu_s, self_cpu_s, shutdown, spread, write_json)
+from _common import (finish, loadavg, log, make_rows, median_ms, prepare_env, probe_threads, proc_cpu_s,
+                     self_cpu_s, shutdown, spread, write_json)
 
 UDF = "bench_chat"
 API_KEY = "bench-http-key"
