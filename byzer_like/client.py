@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
 from . import cluster
-from .config import DeployOptions, SetupConfig, chat_request
+from .config import DeployOptions, SetupConfig, chat_request, check_udf_name
 from .errors import ConfigError, ModelNotDeployedError, UnknownOptionError
 from .plugins import registry
 from .serving import manager
@@ -110,10 +110,11 @@ class ByzerLLM:
             update = {"local_model_dir": m.base_model if m.kind == "adapter" else m.path,
                       "adapter_dir": m.path if m.kind == "adapter" else None}
             opts = opts.model_copy(update=update)
-        self.connect()
-        if opts.reconnect and manager.exists(udf_name):
-            self._forget(udf_name)
-            return {"udf_name": udf_name, "status": "reconnected"}
+        if opts.reconnect:
+            self.connect()
+            if manager.exists(udf_name):
+                self._forget(udf_name)
+                return {"udf_name": udf_name, "status": "reconnected"}
         if opts.local_model_dir:
             model_dir = str(self.workspace.resolve(opts.local_model_dir, what="model_path"))
         elif plugin.needs_model_dir():
@@ -136,16 +137,22 @@ class ByzerLLM:
             "sys_conf": self.sys_conf,
             "deployed_at": time.time(),
         }
+        self.connect()  # only now: a bad name, path or option never starts a cluster
         manager.deploy(spec, self._setup)
         self._forget(udf_name)
         return {"udf_name": udf_name, "status": "deployed", "num_workers": self._setup.num_workers, "model_dir": model_dir}
 
     def undeploy(self, udf_name: str) -> None:
+        _valid_name(udf_name)
         self.connect()
         manager.undeploy(udf_name)
         self._forget(udf_name)
 
     def is_model_exist(self, udf_name: str) -> bool:
+        try:
+            _valid_name(udf_name)
+        except ConfigError:
+            return False  # no deployment can have such a name
         self.connect()
         return manager.exists(udf_name)
 
@@ -409,6 +416,13 @@ class ByzerLLM:
         self.session.variables.update({k: str(v) for k, v in variables.items()})
         results = self.session.sql(script)
         return results[-1].to_pandas() if results else None
+
+
+def _valid_name(udf_name: str) -> None:
+    try:
+        check_udf_name(udf_name)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _as_table(data: Any):
