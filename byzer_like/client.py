@@ -321,10 +321,9 @@ class ByzerLLM:
             if on_cached:
                 on_cached(len(found))
         todo = [i for i in range(len(reqs)) if not cache or keys[i] not in found]
-        on_answers = None
-        if cache and todo:
-            def on_answers(start: int, answers: list[dict]) -> None:
-                store.put_many(name, ((keys[todo[start + j]], a) for j, a in enumerate(answers)))
+
+        def keep(start: int, answers: list[dict]) -> None:  # a chunk's answers, as soon as it is back
+            store.put_many(name, ((keys[todo[start + j]], a) for j, a in enumerate(answers)))
 
         workers = int(meta.get("num_workers") or 1)
         # chunks of the replicas' batch size, but at least two per replica, so that Serve's router
@@ -338,7 +337,7 @@ class ByzerLLM:
             answers = manager.run_batched(
                 self._handle(name), [reqs[i] for i in todo], udf_name=name, chunk_size=chunk, in_flight=2 * workers,
                 timeout_s=self._setup.request_timeout_s, on_rows=_both(bar.update if bar else None, on_rows),
-                on_answers=on_answers,
+                on_answers=keep if cache else None,
             ) if todo else []
         finally:
             if bar:

@@ -78,9 +78,10 @@ def llm(ray_cluster, workspace):
     return client
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def api_model(llm, tiny_models):
-    """The tiny llama deployed as `api_chat` (one replica) for the HTTP API tests."""
+    """The tiny llama deployed as `api_chat` (one replica) for a module's HTTP API tests; removed after
+    it, so that later modules see only their own deployments."""
     name = "api_chat"
     if not llm.is_model_exist(name):
         llm.setup_num_workers(1)
@@ -93,7 +94,7 @@ def api_model(llm, tiny_models):
 API_KEY = "test-api-key"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def api_server(llm, api_model):
     """The HTTP API on a free loopback port, needing API_KEY."""
     srv = llm.serve(port=0, api_key=API_KEY, replace=True)

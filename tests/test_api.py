@@ -1,6 +1,5 @@
 """The OpenAI-compatible HTTP API, spoken to by the official `openai` package and by raw HTTP,
 against a real Serve deployment of a tiny model; and `saas/openai` deployments that forward to it."""
-import base64
 import http.client
 import json
 import threading

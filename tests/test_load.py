@@ -2,7 +2,6 @@
 on 2 replicas. With room in the queue every request completes; with a small queue the excess is
 refused at once with a 429 (back-pressure) while the rest complete; memory stays bounded."""
 import asyncio
-import json
 import time
 
 import psutil

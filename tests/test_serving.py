@@ -240,6 +240,7 @@ def test_back_pressure_is_a_clear_error(llm, tiny_models):
         client.undeploy("t_pressure")
 
 
+@pytest.mark.faults  # with the fault tests (tests/test_faults.py does the same on three nodes)
 def test_killed_replica_during_batch_loses_no_row(llm, deployed):
     """A replica dies mid-batch: its chunks are retried elsewhere, every row answered once, in order."""
     import ray

@@ -175,6 +175,7 @@ def test_driver_failure_resumes_the_run_by_name(first_run, tiny_models, corpus, 
 
 
 @pytest.mark.ray
+@pytest.mark.faults  # with the fault tests: a few minutes of ZeRO-3, on one node (tests/test_faults.py: on three)
 @pytest.mark.timeout(480)
 def test_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, workspace, tiny_models, corpus):
     from ray.util.state import list_actors

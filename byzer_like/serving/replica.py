@@ -132,6 +132,9 @@ class ModelReplica:
                 close = getattr(it, "close", None)
                 if close:
                     close()
+                # in flight until the model call really ends, even after its caller went away, so
+                # that a stream hung in the model still fails the health check
+                self._untrack(rid)
             loop.call_soon_threadsafe(queue.put_nowait, (done, None))
 
         rid = self._track()
@@ -146,7 +149,6 @@ class ModelReplica:
                 yield item
         finally:
             stop.set()
-            self._untrack(rid)
             if not future.done():
                 future.add_done_callback(lambda f: f.exception())
 
