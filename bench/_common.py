@@ -95,6 +95,23 @@ def machine_info(loadavg_start: str) -> dict[str, Any]:
 
 
 # -- workspace and cluster -------------------------------------------------------------------------
+def add_run_args(ap: Any) -> None:
+    """The options every benchmark takes: OMP_WAIT_POLICY and --json."""
+    ap.add_argument("--omp-wait-policy", choices=("PASSIVE", "ACTIVE"), default="PASSIVE",
+                    help="OMP_WAIT_POLICY for this process and the embedded cluster's workers (default: PASSIVE, as replicas use)")
+    ap.add_argument("--json", metavar="OUT", help="write the figures as JSON to OUT")
+
+
+def run_in_env(args: Any, run: Callable[[Any, Path], int]) -> int:
+    """`run(args, work)` inside a prepared environment (workspace, embedded cluster, OMP policy),
+    which is torn down afterwards whatever happens."""
+    work = prepare_env(args.omp_wait_policy)
+    try:
+        return run(args, work)
+    finally:
+        shutdown(work)
+
+
 def prepare_env(omp_wait_policy: str | None) -> Path:
     """A temporary workspace; call before byzer_like, Ray or torch is imported. Sets BYZER_LIKE_HOME,
     drops RAY_ADDRESS (an embedded cluster, never a remote one) and sets OMP_WAIT_POLICY (read when

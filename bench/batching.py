@@ -59,8 +59,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-from _common import (PlainLoop, finish, loadavg, log, make_rows, prepare_env, print_header, probe_threads,
-                     proc_cpu_s, self_cpu_s, shutdown, spread, timed, write_json)
+from _common import (PlainLoop, add_run_args, finish, loadavg, log, make_rows, print_header, probe_threads,
+                     proc_cpu_s, run_in_env, self_cpu_s, spread, timed, write_json)
 
 UDF_BIG = "bench_b32"
 UDF_ONE = "bench_b1"
@@ -85,18 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="timed runs of each path (order changed every repeat)")
     ap.add_argument("--no-plain", action="store_true", help="skip the plain transformers loop at batch 32 and 1")
     ap.add_argument("--concurrent-chats", type=int, default=8, help="single chat_oai calls sent at once (0: skip)")
-    ap.add_argument("--omp-wait-policy", choices=("PASSIVE", "ACTIVE"), default="PASSIVE",
-                    help="OMP_WAIT_POLICY for this process and the embedded cluster's workers (default: PASSIVE, as replicas use)")
-    ap.add_argument("--json", metavar="OUT", help="write the figures as JSON to OUT")
+    add_run_args(ap)
     args = ap.parse_args(argv)
     if args.batch_size < 2:
         ap.error("--batch-size must be at least 2 (it is compared with 1)")
 
-    work = prepare_env(args.omp_wait_policy)
-    try:
-        return run(args, work)
-    finally:
-        shutdown(work)
+    return run_in_env(args, run)
 
 
 def run(args: argparse.Namespace, work: Path) -> int:

@@ -66,8 +66,8 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from _common import (finish, loadavg, log, make_rows, median_ms, prepare_env, probe_threads, proc_cpu_s,
-                     self_cpu_s, shutdown, spread, write_json)
+from _common import (add_run_args, finish, loadavg, log, make_rows, median_ms, probe_threads, proc_cpu_s,
+                     run_in_env, self_cpu_s, spread, write_json)
 
 UDF = "bench_chat"
 API_KEY = "bench-http-key"
@@ -224,16 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", choices=("tiny", "small"), default="tiny")
     ap.add_argument("--cpus-per-worker", type=float, default=2.0, help="CPUs of the one replica (default 2)")
     ap.add_argument("--no-openai", action="store_true", help="skip the openai package's paths")
-    ap.add_argument("--omp-wait-policy", choices=("PASSIVE", "ACTIVE"), default="PASSIVE",
-                    help="OMP_WAIT_POLICY for this process and the embedded cluster's workers (default: PASSIVE, as replicas use)")
-    ap.add_argument("--json", metavar="OUT", help="write the figures as JSON to OUT")
+    add_run_args(ap)
     args = ap.parse_args(argv)
 
-    work = prepare_env(args.omp_wait_policy)
-    try:
-        return run(args, work)
-    finally:
-        shutdown(work)
+    return run_in_env(args, run)
 
 
 def run(args: argparse.Namespace, work: Path) -> int:

@@ -56,8 +56,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from _common import (PlainLoop, finish, loadavg, log, make_rows, median_ms, prepare_env, print_header,
-                     probe_threads, proc_cpu_s, self_cpu_s, shutdown, spread, timed, write_json)
+from _common import (PlainLoop, add_run_args, finish, loadavg, log, make_rows, median_ms, print_header,
+                     probe_threads, proc_cpu_s, run_in_env, self_cpu_s, spread, timed, write_json)
 
 UDF = "bench_chat"
 
@@ -75,18 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3, help="timed runs of each path (alternating)")
     ap.add_argument("--overhead-calls", type=int, default=30)
-    ap.add_argument("--omp-wait-policy", choices=("PASSIVE", "ACTIVE"), default="PASSIVE",
-                    help="OMP_WAIT_POLICY for this process and the embedded cluster's workers (default: PASSIVE, as replicas use)")
-    ap.add_argument("--json", metavar="OUT", help="write the figures as JSON to OUT")
+    add_run_args(ap)
     args = ap.parse_args(argv)
-
-    # Before byzer_like is imported: its workspace, an embedded cluster (never a remote one), and
-    # OMP_WAIT_POLICY (read when torch is imported; the embedded cluster's workers inherit it).
-    work = prepare_env(args.omp_wait_policy)
-    try:
-        return run(args, work)
-    finally:
-        shutdown(work)
+    return run_in_env(args, run)
 
 
 def run(args: argparse.Namespace, work: Path) -> int:
