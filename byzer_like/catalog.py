@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import ByzerError, ConfigError
+from .errors import ConfigError, JobNotFoundError, ModelExistsError, ModelNotFoundError  # noqa: F401 - re-exported
 from .workspace import Workspace
 
 CATALOG_FILE = ("catalog", "catalog.sqlite")
@@ -80,26 +80,10 @@ create table if not exists models (
 _JSON_COLUMNS = ("params", "sys_conf", "metrics")
 
 
-class JobNotFoundError(ByzerError, KeyError):
-    def __init__(self, job_id: str, known: list[str]):
-        shown = ", ".join(known[:10]) or "(none yet)"
-        super().__init__(f"no job {job_id!r} in this workspace's catalog; recent jobs: {shown}")
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
-class ModelNotFoundError(ByzerError, KeyError):
-    def __init__(self, ref: str, known: list[str]):
-        shown = ", ".join(known) or "(none yet: train one with outputTable=\"name\")"
-        super().__init__(f"no registered model {ref!r}; registered models: {shown}")
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
-class ModelExistsError(ByzerError, FileExistsError):
-    """An outputTable names a registered model and overwrite was not asked for."""
 
 
 @dataclass(frozen=True)

@@ -42,18 +42,18 @@ def _kv(items: Sequence[str] | None, what: str) -> dict[str, str]:
     return out
 
 
-def _client(args: argparse.Namespace):
-    """A client for commands whose effect must outlive them: it needs a cluster that is already running."""
-    from . import cluster
-    from .client import ByzerLLM
+def _runtime(args: argparse.Namespace, *, running: bool = True):
+    """The runtime of the command's workspace and address. `running`: the command's effect must
+    outlive it, so it needs a cluster that is already running (not a one-off embedded one)."""
+    from .runtime import Runtime
 
-    ws = Workspace.from_env(args.workspace)
-    if not cluster.reachable(args.address, ws):
+    rt = Runtime(args.address, workspace=Workspace.from_env(args.workspace))
+    if running and not rt.cluster_running():
         raise ClusterError(
-            f"no cluster is running for workspace {ws.root}: start one with `byzer-like cluster start` "
+            f"no cluster is running for workspace {rt.workspace.root}: start one with `byzer-like cluster start` "
             "(or pass --address / set RAY_ADDRESS); a deployment in a one-off embedded cluster would end with this command"
         )
-    return ByzerLLM(args.address, workspace=ws.root)
+    return rt
 
 
 # -- commands ----------------------------------------------------------------------------------------
@@ -96,9 +96,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
 def cmd_jobs(args: argparse.Namespace) -> int:
     import time
 
-    from .client import ByzerLLM
-
-    jobs = ByzerLLM(args.address, workspace=Workspace.from_env(args.workspace).root).jobs
+    jobs = _runtime(args, running=False).jobs
     if args.action == "list":
         rows = jobs.list(limit=args.limit)
         if not rows:
@@ -147,50 +145,53 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    llm = _client(args)
+    rt = _runtime(args)
     for key, value in (("num_workers", args.num_workers), ("cpus_per_worker", args.cpus_per_worker),
                        ("gpus_per_worker", args.gpus_per_worker)):
         if value is not None:
-            llm.setup(key, value)
+            rt.setup({key: value})
     for key, value in _kv(args.set, "--set").items():
-        llm.setup(key, value)
-    out = llm.deploy(args.model_dir, args.type, args.name, _kv(args.param, "--param"), reconnect=args.reconnect)
+        rt.setup({key: value})
+    options = {**_kv(args.param, "--param"), "pretrained_model_type": args.type, "udf_name": args.name,
+               "local_model_dir": args.model_dir}
+    if args.reconnect:
+        options["reconnect"] = True
+    out = rt.deploy(rt.deploy_spec(options))
     print(f"{out['udf_name']}: {out['status']}" + (f" on {out['num_workers']} worker(s)" if "num_workers" in out else ""))
     return 0
 
 
 def cmd_undeploy(args: argparse.Namespace) -> int:
-    _client(args).undeploy(args.name)
+    _runtime(args).undeploy(args.name)
     print(f"{args.name}: undeployed")
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .serving import manager
-
-    llm = _client(args)
-    llm.connect()
-    for name, status in sorted(manager.list_deployments().items()):
+    for name, status in sorted(_runtime(args).deployments().items()):
         print(f"{name}\t{status}")
     return 0
 
 
 def cmd_meta(args: argparse.Namespace) -> int:
-    print(json.dumps(_client(args).get_meta(args.name), indent=2, default=str))
+    print(json.dumps(_runtime(args).meta(args.name), indent=2, default=str))
     return 0
 
 
-def _stream_answer(llm: Any, name: str, messages: list[dict], config: dict) -> str:
+def _stream_answer(rt: Any, name: str, messages: list[dict], config: dict) -> str:
+    from .config import chat_request
+
     text = ""
-    for delta, _meta in llm.stream_chat_oai(messages, model=name, llm_config=config):
-        text += delta
+    for delta, text, _meta in rt.stream_deltas(name, chat_request(messages, config).model_dump()):
         print(delta, end="", flush=True)
     print()
     return text
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    llm = _client(args)
+    from .config import chat_request
+
+    llm = _runtime(args)
     config: dict[str, Any] = {"temperature": args.temperature}
     if args.max_new_tokens:
         config["max_new_tokens"] = args.max_new_tokens
@@ -200,7 +201,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     if args.message is not None:
         messages.append({"role": "user", "content": args.message})
         if args.no_stream:
-            print(llm.chat_oai(messages, model=args.name, llm_config=config)[0].output)
+            print(llm.chat(args.name, chat_request(messages, config).model_dump())["output"])
         else:
             _stream_answer(llm, args.name, messages, config)
         return 0
@@ -224,17 +225,16 @@ def cmd_chat(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .api import server
 
-    llm = _client(args)
-    llm.connect()
+    rt = _runtime(args)
     if args.stop:
-        print("HTTP API stopped" if server.stop() else "no HTTP API was running")
+        print("HTTP API stopped" if rt.stop_api() else "no HTTP API was running")
         return 0
     if args.status:
-        srv = server.status()
+        srv = rt.api_status()
         print(f"HTTP API running at {srv.url}" if srv else "no HTTP API is running")
         return 0 if srv else 3
-    srv = llm.serve(args.host, args.port, max_tokens_cap=args.max_tokens_cap, max_body_bytes=args.max_body_bytes,
-                    replace=args.replace)
+    srv = rt.serve_api(args.host, args.port, max_tokens_cap=args.max_tokens_cap, max_body_bytes=args.max_body_bytes,
+                       replace=args.replace)
     key = "generated, printed above" if srv.key_generated else ("from BYZER_LIKE_API_KEY" if srv.api_key else "none (loopback)")
     print(f"HTTP API at {srv.url}  (OpenAI base_url {srv.base_url}; chat page {srv.url}/; API key: {key})", flush=True)
     if args.detach:
@@ -262,10 +262,9 @@ def _print_result(i: int, result: Any, max_rows: int) -> None:
 
 
 def _session(args: argparse.Namespace, variables: dict[str, str]):
-    from .client import ByzerLLM
     from .engine import Session
 
-    return Session(ByzerLLM(args.address, workspace=args.workspace), variables=variables)
+    return Session(_runtime(args, running=False), variables=variables)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -341,7 +340,6 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     """Build the tiny model (once), run sql/quickstart.sql on it, then stream one answer."""
     import shutil
 
-    from .client import ByzerLLM
     from .engine import Session
     from .tiny import make_tiny
 
@@ -351,22 +349,22 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
         print(f"building a tiny llama model in {model_dir} ({args.pretrain_seconds:g} s of pretraining)...", flush=True)
         make_tiny("llama", model_dir, size="tiny", pretrain_seconds=args.pretrain_seconds, progress=True)
     shutil.copytree(SQL_DIR / "data", ws.dir("data"), dirs_exist_ok=True)
-    llm = ByzerLLM(args.address, workspace=ws.root)
+    llm = _runtime(args, running=False)
     info = llm.connect()
     print(f"ray: {info['mode']} cluster at {info['address']}", flush=True)
-    llm.setup_num_workers(args.num_workers)
+    llm.setup({"num_workers": args.num_workers})
     session = Session(llm, variables={"model_dir": str(model_dir), "data_dir": str(ws.path("data"))})
     name = "quickstart_chat"
     try:
         for i, result in enumerate(session.sql((SQL_DIR / "quickstart.sql").read_text()), 1):
             _print_result(i, result, max_rows=8)
-        print(f"{name!r} runs on {llm.get_meta(name)['num_workers']} replicas; streaming an answer:")
+        print(f"{name!r} runs on {llm.meta(name)['num_workers']} replicas; streaming an answer:")
         print(f"> {args.prompt}")
         _stream_answer(llm, name, [{"role": "user", "content": args.prompt}],
                        {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 96, "seed": 7})
     finally:
         session.close()
-        if llm.is_model_exist(name):
+        if llm.deployment_exists(name):
             llm.undeploy(name)
     return 0
 

@@ -16,6 +16,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from .errors import ConfigError, UnknownOptionError
+from .tasks import SETUP_MODES
 
 TYPE_TAGS = ("int", "float", "bool", "str", "list", "dict")
 
@@ -83,6 +84,23 @@ class _Options(BaseModel):
         return names
 
     @classmethod
+    def spellings(cls, name: str) -> set[str]:
+        """Every key that sets field `name`: snake_case, camelCase and its aliases."""
+        f = cls.model_fields[name]
+        names = {name, to_camel(name)}
+        if isinstance(f.validation_alias, AliasChoices):
+            names.update(c for c in f.validation_alias.choices if isinstance(c, str))
+        return names
+
+    @classmethod
+    def given(cls, values: Mapping[str, Any], name: str) -> Any:
+        """The value of field `name` in user-given `values`, under any of its spellings (None if absent)."""
+        for key in cls.spellings(name):
+            if key in values:
+                return values[key]
+        return None
+
+    @classmethod
     def parse(cls, values: Mapping[str, Any], *, where: str, **extra: Any):
         """Validate user-given options; errors name the key and list the valid ones."""
         data = dict(values)
@@ -122,7 +140,8 @@ class SetupConfig(_Options):
 
     spelling: ClassVar[str] = "snake"
 
-    mode: Literal["single", "sft", "sfft"] = Field("single", description="what the next `run ... as LLM` does")
+    mode: str = Field("single", description="what the next `run ... as LLM` does: single (deploy) or a training "
+                      "task of byzer_like.tasks (sft, sfft)")
     num_workers: int = Field(1, ge=1, le=1024, description="replicas of a deployment / training workers")
     cpus_per_worker: float = Field(
         1.0, ge=0, validation_alias=AliasChoices("cpus_per_worker", "cpusPerWorker", "num_cpus", "numCpus"),
@@ -138,6 +157,13 @@ class SetupConfig(_Options):
     request_timeout_s: float = Field(600.0, gt=0, description="a model call that takes longer fails with a timeout")
     health_check_period_s: float = Field(10.0, gt=0)
     health_check_timeout_s: float = Field(30.0, gt=0)
+
+    @field_validator("mode")
+    @classmethod
+    def _known_mode(cls, value: str) -> str:
+        if value not in SETUP_MODES:
+            raise ValueError(f"mode must be one of {', '.join(SETUP_MODES)}")
+        return value
 
     def with_values(self, values: Mapping[str, Any]) -> "SetupConfig":
         merged = self.model_dump()
@@ -178,6 +204,15 @@ class DeployOptions(_Options):
     @classmethod
     def _check_udf_name(cls, value: str) -> str:
         return check_udf_name(value)
+
+
+class MergeOptions(_Options):
+    """The `where` keys of `run command as LLM.`` where action="merge"` (`ByzerLLM.merge`)."""
+
+    action: Literal["merge"] = "merge"
+    model_table: str = Field(description="the registered LoRA adapter to merge (name or name@v2)")
+    output_table: str = Field(description="the name the merged model is registered under")
+    overwrite: bool = Field(False, description="register a new version when outputTable already exists")
 
 
 UDF_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")

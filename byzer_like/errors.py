@@ -1,10 +1,29 @@
 """Typed errors. Every error a user can cause says what went wrong and what to do about it.
 
 The hierarchy is flat on purpose: callers catch `ByzerError` for "a user-facing problem" and the
-CLI prints it as one line; anything else is a bug and keeps its traceback.
+CLI prints it as one line; anything else is a bug and keeps its traceback. Every error class a user
+can catch lives here (the modules that raise them re-export their names for older imports).
+
+    ByzerError
+      ConfigError (ValueError)            UnknownOptionError
+      WorkspacePathError (PermissionError)
+      ClusterError (RuntimeError)
+      PluginError                         UnknownPluginError (KeyError)
+      ModelDirError (FileNotFoundError)
+      DeployError (RuntimeError)          DuplicateDeploymentError, ModelNotDeployedError (KeyError)
+      InferenceError (RuntimeError)       InvalidRequestError (ValueError) > PromptTooLongError,
+                                          BackPressureError, RequestTimeoutError (TimeoutError)
+      NotSupportedError (NotImplementedError)
+      SqlError (line, column, snippet)    SqlSyntaxError (ValueError), UnknownTableError (KeyError),
+                                          UnknownFunctionError, ExecutionError
+      RowError (ValueError)               a row a model could not answer in a select
+      TableExistsError (FileExistsError), DataFileError (ValueError)   load / save
+      JobError (RuntimeError), JobNotFoundError (KeyError)             training jobs
+      ModelNotFoundError (KeyError), ModelExistsError (FileExistsError) the model registry
 """
 from __future__ import annotations
 
+import unicodedata
 from typing import Iterable
 
 
@@ -108,3 +127,109 @@ class RequestTimeoutError(InferenceError, TimeoutError):
 
 class NotSupportedError(ByzerError, NotImplementedError):
     """The plugin or the current version does not offer this operation."""
+
+
+# -- errors that point into a script ----------------------------------------------------------------
+class SqlError(ByzerError):
+    """An error at a place in a script. `line` and `column` are 1-based, in the original script;
+    `snippet` is that source line. `str()` shows the message, the line and a caret under the column:
+
+        line 3, column 26: expected `as <table>` after the load path, found `questions`
+          load json.`data/q.jsonl` questions;
+                                   ^
+    """
+
+    def __init__(self, message: str, line: int, column: int, snippet: str = ""):
+        super().__init__(message, line, column, snippet)  # all in args, so the error pickles
+        self.message = message
+        self.line = line
+        self.column = column
+        self.snippet = snippet
+
+    def __str__(self) -> str:
+        head = f"line {self.line}, column {self.column}: {self.message}"
+        if not self.snippet:
+            return head
+        return f"{head}\n  {self.snippet}\n  {_caret_indent(self.snippet, self.column)}^"
+
+
+class SqlSyntaxError(SqlError, ValueError):
+    """A script cannot be parsed."""
+
+
+class UnknownTableError(SqlError, KeyError):
+    """A statement names a table the session does not have."""
+
+    def __str__(self) -> str:
+        return SqlError.__str__(self)
+
+
+class UnknownFunctionError(SqlError):
+    """A select calls a function that is neither SQL's, a helper, nor a deployed model."""
+
+
+class ExecutionError(SqlError):
+    """DuckDB refused a select (an unknown column, a type mismatch...)."""
+
+
+def _caret_indent(line: str, column: int) -> str:
+    """Blanks as wide on screen as the first `column - 1` characters of `line`: tabs stay tabs,
+    wide (CJK) characters take two blanks, and a column past the line's end is padded."""
+    before = line[: column - 1].ljust(column - 1)
+    return "".join(_blank(c) for c in before)
+
+
+def _blank(c: str) -> str:
+    if c == "\t":
+        return c
+    return "  " if unicodedata.east_asian_width(c) in ("W", "F") else " "
+
+
+class RowError(ByzerError, ValueError):
+    """A row a model could not answer (prompt too long, bad parameter), with its row number (1-based)."""
+
+    def __init__(self, model: str, row: int, message: str, instruction: str | None):
+        self.row = row
+        shown = "" if instruction is None else f" (instruction: {instruction[:60]!r})"
+        super().__init__(f"model {model!r} failed on row {row}{shown}: {message}; "
+                         "set llm_on_error = \"null\" to get an error value instead")
+
+
+# -- tables on disk ---------------------------------------------------------------------------------
+class TableExistsError(ByzerError, FileExistsError):
+    """`save` with errorIfExists onto a path that already exists."""
+
+
+class DataFileError(ByzerError, ValueError):
+    """A file to load is missing, empty or not in the format named."""
+
+
+# -- jobs and the model registry --------------------------------------------------------------------
+class JobError(ByzerError, RuntimeError):
+    """A training job failed, or cannot be stopped or resumed in its state."""
+
+
+class JobNotFoundError(ByzerError, KeyError):
+    """No job of that id in the workspace's catalog; the message lists recent ones."""
+
+    def __init__(self, job_id: str, known: list[str]):
+        shown = ", ".join(known[:10]) or "(none yet)"
+        super().__init__(f"no job {job_id!r} in this workspace's catalog; recent jobs: {shown}")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ModelNotFoundError(ByzerError, KeyError):
+    """No registered model (or version) of that reference; the message lists the registered ones."""
+
+    def __init__(self, ref: str, known: list[str]):
+        shown = ", ".join(known) or "(none yet: train one with outputTable=\"name\")"
+        super().__init__(f"no registered model {ref!r}; registered models: {shown}")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ModelExistsError(ByzerError, FileExistsError):
+    """An outputTable names a registered model and overwrite was not asked for."""

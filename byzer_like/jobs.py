@@ -1,8 +1,12 @@
 """Training jobs: submit, watch, stop and resume fine-tuning (sft) and continued pretraining (sfft).
 
-    row = llm.jobs.submit({"pretrainedModelType": "sft/llama", "localModelDir": d, "outputTable": "m",
-                           "detached": "true"}, table)
-    llm.jobs.status(row["job_id"]); llm.jobs.logs(row["job_id"]); llm.jobs.stop(...); llm.jobs.resume(...)
+    jobs = Jobs(workspace, setup=SetupConfig())          # or runtime.jobs / ByzerLLM().jobs
+    row = jobs.submit({"pretrainedModelType": "sft/llama", "localModelDir": d, "outputTable": "m",
+                       "detached": "true"}, table)
+    jobs.status(row["job_id"]); jobs.logs(row["job_id"]); jobs.stop(...); jobs.resume(...)
+
+The training methods (sft, sfft, ...) come from one table, `byzer_like.tasks.TASKS`: its options
+model, the plugin entry point that runs it, the checks made before submitting.
 
 Every check that can fail (plugin, options, base model, output name, the table's form, max_seq_length,
 the DeepSpeed config) runs before anything starts. The input table is written once, as parquet, into
@@ -26,62 +30,64 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Callable, Mapping
 
 import pyarrow as pa
 
-from . import cluster
+from . import cluster, tasks
 from .catalog import FINISHED, Catalog
-from .errors import ByzerError, ClusterError, ConfigError, NotSupportedError
+from .config import SetupConfig
+from .errors import ByzerError, ClusterError, ConfigError, JobError, NotSupportedError
 from .plugins import registry
 from .train import options as train_options
 from .train.context import INTERNAL
 from .workspace import Workspace
 
-if TYPE_CHECKING:
-    from .client import ByzerLLM
-
-TASKS = ("sft", "sfft")
+TASKS = tuple(tasks.TASKS)  # the task names, for older imports; the table is byzer_like.tasks.TASKS
 LOG_FILE = "log.txt"
 # a job's row, as SQL, the client and the CLI show it
 ROW_FIELDS = ("job_id", "kind", "state", "step", "total_steps", "output_table", "model_version", "artifact",
               "metrics", "error", "detached", "ray_job_id", "created_at", "finished_at")
 
 
-class JobError(ByzerError, RuntimeError):
-    """A training job failed, or cannot be stopped or resumed in its state."""
 
 
-def task_of(model_type: str, mode: str = "single") -> tuple[str | None, str]:
-    """(`sft`|`sfft`|None, family) from `sft/llama`, or from the setup mode for a bare `llama`."""
-    task, family = registry.split_model_type(model_type)
-    if task is None and mode in TASKS:
-        task = mode
-    if task is not None and task not in TASKS:
-        raise ConfigError(f"unknown training task {task!r} in {model_type!r}; use sft/<family> or sfft/<family>")
-    return task, family
+task_of = tasks.task_of  # (task or None, family) from `sft/llama` or the setup mode
 
 
 class Jobs:
-    """The jobs of one workspace, seen from a client."""
+    """The jobs of one workspace.
 
-    def __init__(self, llm: "ByzerLLM"):
-        self.llm = llm
-        self.workspace: Workspace = llm.workspace
+    `address`: the Ray cluster the caller joined (None: this workspace's own); `setup`: the resources
+    and mode a submitted job runs with (recorded with it as its sys_conf); `connect()`: joins the
+    cluster (a blocking job runs as a Ray task on it)."""
+
+    def __init__(self, workspace: Workspace, *, address: str | None = None, setup: SetupConfig | None = None,
+                 connect: Callable[[], Any] | None = None):
+        self.workspace = workspace
+        self.address = address
+        self.setup = setup or SetupConfig()
+        self._connect = connect or (lambda: cluster.connect(self.address, self.workspace))
         self.catalog = Catalog(self.workspace)
 
     # -- submit ----------------------------------------------------------------------------------
-    def submit(self, train_params: Mapping[str, Any], table: pa.Table | None, *, progress: bool = False) -> dict:
-        """Check everything, store the table, record the job, then run it (detached: return at once)."""
+    def submit(self, train_params: Mapping[str, Any], table: pa.Table | None, *, task: str | None = None,
+               options: Any = None, progress: bool = False) -> dict:
+        """Check everything, store the table, record the job, then run it (detached: return at once).
+
+        `task`: a name of `byzer_like.tasks.TASKS`, else the model type's prefix (`sft/llama`) or the
+        setup mode; `options`: the task's options model when the caller has parsed `train_params`
+        already. Returns the job's row (see ROW_FIELDS). Raises ConfigError, UnknownOptionError,
+        NotSupportedError (the plugin cannot run the task), ModelExistsError, JobError."""
         params = {k: v for k, v in train_params.items() if not k.startswith(INTERNAL)}
-        model_type = str(params.get("pretrainedModelType", params.get("pretrained_model_type", "")))
-        task, family = task_of(model_type, self.llm.setup_config.mode)
-        if task is None:
-            raise ConfigError(f"pretrainedModelType={model_type!r} names no training task; use sft/{family} or sfft/{family}")
-        opts = train_options.options_for(task, params)
+        model_type = str(options.pretrained_model_type if options is not None
+                         else train_options.TrainOptions.given(params, "pretrained_model_type") or "")
+        spec = tasks.require_task(model_type, self.setup.mode, task)
+        task, family = spec.name, tasks.split_model_type(model_type)[1]
+        opts = options if options is not None else spec.parse_options(params)
         plugin = registry.load(family)
-        if not plugin.has(f"{task}_train"):
-            raise NotSupportedError(f"plugin {family!r} has no {task}_train: it cannot be trained with {task}")
+        if not plugin.has(spec.entry_point):
+            raise NotSupportedError(f"plugin {family!r} has no {spec.entry_point}: it cannot be trained with {task}")
         base_dir = self._base_model(opts, plugin)
         if opts.output_table:
             self.catalog.check_new_name(opts.output_table, overwrite=opts.overwrite)
@@ -89,8 +95,8 @@ class Jobs:
             raise ConfigError(f"{task} needs inputTable=\"<table>\" (a table of this session)")
         if table.num_rows == 0:
             raise ConfigError("the training table is empty: nothing to train on")
-        sys_conf = self.llm.sys_conf
-        _check_data(task, opts, table, base_dir, plugin, sys_conf)
+        sys_conf = self.setup.sys_conf()
+        spec.check_function()(opts, table, base_dir, plugin, sys_conf)
 
         job_id = f"{task}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         if opts.local_path_prefix:
@@ -148,7 +154,7 @@ class Jobs:
                               runtime_env={"env_vars": env}, metadata={"byzer_like_job": job_id})
             self.catalog.update_job(job_id, ray_job_id=submission, jobs_address=address, detached=1)
             return self.status(job_id)
-        self.llm.connect()
+        self._connect()
         import ray
 
         remote = ray.remote(_run_task).options(num_cpus=cpus, num_gpus=gpus, max_retries=0,
@@ -184,9 +190,9 @@ class Jobs:
         """The Ray Jobs API of the cluster detached jobs run on: JOBS address, else this workspace's
         persistent head (started now if needed: an embedded cluster would end with this process)."""
         address = os.environ.get("BYZER_LIKE_JOBS_ADDRESS") or ""
-        joined = self.llm.address or os.environ.get("RAY_ADDRESS")
+        joined = self.address or os.environ.get("RAY_ADDRESS")
         if not address and joined and not cluster.is_loopback(joined):
-            address = _dashboard_of_connected(self.llm)
+            address = _dashboard_of_connected(self._connect)
         if not address:
             info = cluster.head_info(self.workspace)
             if not (info and info.alive()):
@@ -334,37 +340,11 @@ def rows_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
 
-# -- checks before anything starts ------------------------------------------------------------------
-def _check_data(task: str, opts: Any, table: pa.Table, base_dir: str, plugin: registry.Plugin,
-                sys_conf: Mapping[str, str]) -> None:
-    from .train import data as D
-
-    if task == "sft":
-        form = D.sft_form(table.column_names)
-        sample = table.slice(0, min(table.num_rows, 2000)).to_pylist()
-        convs = D.conversations(sample, form)
-        target = plugin.target
-        from .train.sft import prepare_tokenizer, stop_token_ids
-
-        tok = prepare_tokenizer(base_dir, getattr(target, "fallback_chat_template", None))
-        stops = stop_token_ids(base_dir, tok, getattr(target, "stop_tokens", ()))
-        D.encode_all(tok, convs, opts.max_seq_length, stops)
-    else:
-        D.text_column(table.schema, opts.text_column)
-        from .train.ds_config import validate_deepspeed_config
-
-        workers = int(sys_conf.get("num_workers", 1))
-        if table.num_rows < workers:
-            raise ConfigError(f"the input table has {table.num_rows} row(s), fewer than the {workers} training "
-                              "workers; add rows or use fewer workers")
-        gpus = float(sys_conf.get("gpus_per_worker", 0) or 0)
-        validate_deepspeed_config(opts.deepspeed_config, opts, num_workers=workers, on_gpu=gpus > 0)
-
-
+# -- helpers ----------------------------------------------------------------------------------------
 def _runner_resources(job: dict) -> tuple[float, float]:
     """sft trains inside the runner (it holds the worker's CPUs/GPUs); sfft's runner only drives Ray Train."""
     sc = job["sys_conf"]
-    if job["kind"] == "sfft":
+    if not tasks.get(job["kind"]).runner_holds_worker:
         return 0.0, 0.0
     return float(sc.get("cpus_per_worker", 1) or 0), float(sc.get("gpus_per_worker", 0) or 0)
 
@@ -381,10 +361,10 @@ def _jobs_api(address: str) -> Any:
     return JobSubmissionClient(address)
 
 
-def _dashboard_of_connected(llm: "ByzerLLM") -> str:
+def _dashboard_of_connected(connect: Callable[[], Any]) -> str:
     import ray
 
-    llm.connect()
+    connect()
     url = ray._private.worker.get_dashboard_url()
     if not url:
         raise ClusterError("cannot find the Ray Jobs API of this cluster; set BYZER_LIKE_JOBS_ADDRESS=http://<head>:8265")
@@ -498,7 +478,7 @@ def _train(catalog: Catalog, job: dict, resume: bool) -> dict:
         f"{INTERNAL}run_dir": str(run_dir), f"{INTERNAL}workspace": str(catalog.workspace.root),
         f"{INTERNAL}job_id": job["id"], f"{INTERNAL}resume": "true" if resume else "false",
     }
-    out = getattr(plugin.target, f"{kind}_train")([str(run_dir / "input.parquet")], params, dict(job["sys_conf"]))
+    out = getattr(plugin.target, tasks.get(kind).entry_point)([str(run_dir / "input.parquet")], params, dict(job["sys_conf"]))
     out = out if isinstance(out, dict) else {}
     model_dir = str(out.get("model_dir") or output_dir)
     model_kind = out.get("kind", "model")

@@ -19,17 +19,19 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 
 from .errors import ByzerError
 
-_llm = None
+_session = None
 
 
 def session():
-    """The kernel's SQL session (created on first use; joins or starts a Ray cluster then)."""
-    global _llm
-    if _llm is None:
-        from .client import ByzerLLM
+    """The kernel's SQL session (created on first use; it joins or starts a Ray cluster when a
+    statement first needs one)."""
+    global _session
+    if _session is None:
+        from .engine import Session
+        from .runtime import Runtime
 
-        _llm = ByzerLLM()
-    return _llm.session
+        _session = Session(Runtime())
+    return _session
 
 
 @magics_class

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from ..config import chat_request, parse_bool
-from ..errors import ByzerError, ConfigError
+from ..errors import ConfigError, RowError  # noqa: F401 - RowError re-exported
 
 _PLACEHOLDER = re.compile(r"\{(\d+)\}")
 
@@ -104,12 +104,3 @@ def result_json(request: dict, result: dict) -> str:
         out["error"] = result["error"]
     return json.dumps(out, ensure_ascii=False)
 
-
-class RowError(ByzerError, ValueError):
-    """A row a model could not answer (prompt too long, bad parameter), with its row number."""
-
-    def __init__(self, model: str, row: int, message: str, instruction: str | None):
-        self.row = row
-        shown = "" if instruction is None else f" (instruction: {instruction[:60]!r})"
-        super().__init__(f"model {model!r} failed on row {row}{shown}: {message}; "
-                         "set llm_on_error = \"null\" to get an error value instead")

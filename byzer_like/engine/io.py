@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from ..config import _Options
-from ..errors import ByzerError, ConfigError, WorkspacePathError
+from ..errors import ConfigError, DataFileError, TableExistsError, WorkspacePathError  # noqa: F401 - re-exported
 
 LOAD_FORMATS = ("json", "jsonl", "csv", "parquet", "text", "model")
 SAVE_FORMATS = ("json", "jsonl", "csv", "parquet", "text")
@@ -31,12 +31,8 @@ _GLOBS = {"json": ("*.json", "*.jsonl"), "jsonl": ("*.json", "*.jsonl"), "csv": 
           "text": ("*.txt", "*.text")}
 
 
-class TableExistsError(ByzerError, FileExistsError):
-    """`save` with errorIfExists onto a path that already exists."""
 
 
-class DataFileError(ByzerError, ValueError):
-    """A file to load is missing, empty or not in the format named."""
 
 
 class LoadOptions(_Options):

@@ -1,38 +1,44 @@
 """A SQL session: named Arrow tables, DuckDB for relational work, deployed models as SQL functions.
 
-    session = Session()                       # or ByzerLLM().sql(script)
+    session = Session()                       # or Session(runtime), or ByzerLLM().sql(script)
     results = session.sql(script)             # one Result per statement, in order
     session.table("answers").to_pandas()
+
+Statements reach their handlers through tables: one handler per statement type, per `run ... as LLM`
+action (`RUN_ACTIONS`; a training task is found from the model type, see `byzer_like.tasks`) and per
+`!byzerllm` sub-command. Every verb that touches models, jobs or the cluster is the runtime's
+(`byzer_like.runtime.Runtime`, or any object with the members of `EngineRuntime`), so the engine's
+statements can be tested against a fake runtime without Ray.
 
 A whole script is parsed (with its `set` variables) before its first statement runs, so a syntax
 error anywhere stops it before anything is deployed or written. A model is called from `select` as
 a vectorised DuckDB function: the rows of each vector go to the model's replicas in concurrent
-chunks and come back in row order (`ByzerLLM.generate`), so no row is lost or duplicated.
+chunks and come back in row order (`Runtime.generate`), so no row is lost or duplicated.
 """
 from __future__ import annotations
 
 import re
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import duckdb
 import pyarrow as pa
 from duckdb import sqltypes
 
-from .. import cluster
-from ..config import parse_bool
-from ..errors import ConfigError
+from .. import tasks
+from ..config import DeployOptions, MergeOptions, parse_bool
+from ..errors import ConfigError, ExecutionError, SqlError, UnknownFunctionError, UnknownTableError
 from ..sql import Command, Load, Run, Save, Select, Set, Statement, parse_script, to_duckdb
-from ..sql.errors import SqlError
 from . import functions as fx
 from .io import load_table, save_table
-
-if TYPE_CHECKING:  # the client drives sessions; a session only calls back into the one it is given
-    from ..client import ByzerLLM
+from .protocol import EngineRuntime
 
 HELPERS = ("llm_prompt", "llm_stack")
 ON_ERROR = ("raise", "null")
+# `run command as LLM.`` where action="..."`: the actions, each with its handler (Session._<name>) and
+# its options model; training has no action of its own (the model type or setup mode names the task)
+RUN_ACTIONS: dict[str, str] = {"infer": "deploy", "merge": "merge"}
 
 
 @dataclass
@@ -48,19 +54,10 @@ class Result:
         return None if self.table is None else self.table.to_pandas()
 
 
-class UnknownTableError(SqlError, KeyError):
-    """A statement names a table the session does not have."""
-
-    def __str__(self) -> str:
-        return SqlError.__str__(self)
 
 
-class UnknownFunctionError(SqlError):
-    """A select calls a function that is neither SQL's, a helper, nor a deployed model."""
 
 
-class ExecutionError(SqlError):
-    """DuckDB refused a select (an unknown column, a type mismatch...)."""
 
 
 @dataclass
@@ -75,14 +72,21 @@ class _Call:
 
 
 class Session:
-    def __init__(self, llm: "ByzerLLM | None" = None, *, variables: dict[str, str] | None = None,
-                 progress: bool | None = None):
-        if llm is None:
-            from ..client import ByzerLLM
+    """Named tables, `set` variables and a DuckDB connection; statements run against `runtime`.
 
-            llm = ByzerLLM()
-        self.llm = llm
-        self.workspace = self.llm.workspace
+    `runtime`: a `byzer_like.runtime.Runtime` (default: a new one on the default workspace), or a face
+    that holds one as `.runtime` (a `ByzerLLM`); it stays reachable as `session.llm`. `progress`:
+    progress bars for model calls and training (default: when stderr is a terminal)."""
+
+    def __init__(self, runtime: Any = None, *, variables: dict[str, str] | None = None,
+                 progress: bool | None = None):
+        if runtime is None:
+            from ..runtime import Runtime
+
+            runtime = Runtime()
+        self.llm = runtime  # what the session was made with (a face keeps working as before)
+        self.runtime: EngineRuntime = getattr(runtime, "runtime", runtime)
+        self.workspace = self.runtime.workspace
         self.tables: dict[str, pa.Table] = {}
         self.variables: dict[str, str] = dict(variables or {})
         self.progress = sys.stderr.isatty() if progress is None else progress
@@ -105,6 +109,21 @@ class Session:
         self._handlers: dict[type, Callable[[Any], Result]] = {
             Load: self._load, Save: self._save, Select: self._select, Set: self._set, Run: self._run,
             Command: self._command,
+        }
+        # `!byzerllm <sub> [<action>]` -> handler(args after the action, command); None: any action
+        self._byzerllm: dict[tuple[str, str | None], Callable[[tuple[str, ...], Command], Result]] = {
+            ("setup", None): self._setup,
+            ("model", "list"): self._registry_list,
+            ("model", "deployed"): self._deployment_list,
+            ("model", "exists"): self._deployment_exists,
+            ("model", "remove"): self._undeploy,
+            ("job", "list"): self._job_list,
+            ("job", "logs"): self._job_logs,
+            ("job", "status"): self._job_control,
+            ("job", "stop"): self._job_control,
+            ("job", "resume"): self._job_control,
+            ("cache", "status"): self._cache_status,
+            ("cache", "clear"): self._cache_clear,
         }
 
     def close(self) -> None:
@@ -200,65 +219,63 @@ class Session:
             raise ConfigError(f'llm_cache must be "true" or "false", not {value!r}') from None
 
     def _run(self, s: Run) -> Result:
-        opts = dict(s.options)
-        action = opts.get("action")
-        if action == "merge":
-            return self._merge(s, opts)
-        if action is None:  # a training task in the model type (sft/llama), or from `!byzerllm setup sft|sfft`
-            from ..jobs import task_of
+        """`run ... as LLM`: the action's handler from RUN_ACTIONS, or training when the model type
+        (`sft/llama`) or the setup mode names a task."""
+        where = dict(s.options)
+        action = where.get("action")
+        if action is None:
+            model_type = DeployOptions.given(where, "pretrained_model_type") or ""
+            if s.verb == "train" or tasks.task_of(model_type, self.runtime.setup_config.mode)[0]:
+                return self._train(s, where)
+            action = "infer"
+        handler = RUN_ACTIONS.get(action)
+        if handler is None:
+            valid = ", ".join(f'"{a}"' for a in RUN_ACTIONS)
+            raise _at(ConfigError, s, None, f"unknown action {action!r}; run command as LLM supports action={valid}, "
+                      f"or a training pretrainedModelType ({', '.join(f'{t}/...' for t in tasks.TASKS)})")
+        result = getattr(self, f"_{handler}")(s, where)
+        if s.output_table and result.table is not None:  # `... as <t>` names the result row
+            self._put(s.output_table, result.table)
+            result.name = s.output_table
+        return result
 
-            model_type = opts.get("pretrainedModelType") or opts.get("pretrained_model_type") or ""
-            if s.verb == "train" or (model_type and task_of(model_type, self.llm.setup_config.mode)[0]):
-                return self._train(s, opts)
-        elif action != "infer":
-            raise ConfigError(f'unknown action {action!r}; run command as LLM supports action="infer" (deploy), '
-                              '"merge" (a LoRA adapter into its base), or a training pretrainedModelType (sft/..., sfft/...)')
-        opts.pop("action", None)
-        model_type = _take(opts, "pretrainedModelType", "pretrained_model_type") or ""
+    def _deploy(self, s: Run, where: dict[str, str]) -> Result:
+        """action="infer": deploy (the runtime checks every option, in either spelling)."""
         if s.input_table:
             self._need_table(s.input_table, s)
-        model_table = _take(opts, "modelTable", "model_table")
-        if model_table and model_table != "command":
-            if self._has_table(model_table):
-                opts["localModelDir"] = self._model_dir_from_table(model_table, s)
-            else:
-                opts["modelTable"] = model_table  # a registered model
-        udf_name = _take(opts, "udfName", "udf_name")
-        if not udf_name:
-            raise ConfigError('run command as LLM with action="infer" needs udfName="<name>"')
-        if not model_type:
-            raise ConfigError('run command as LLM with action="infer" needs pretrainedModelType="<type>"')
-        info = self.llm.deploy(None, model_type, udf_name, opts)
-        table = pa.table({k: [v] for k, v in info.items()})
-        if s.output_table:
-            self._put(s.output_table, table)
-        return Result("run", table, s.output_table, f"{udf_name}: {info['status']}")
+        spec = self.runtime.deploy_spec(where, session_models=lambda ref: self._model_dir_of(ref, s))
+        info = self.runtime.deploy(spec)
+        return Result("run", pa.table({k: [v] for k, v in info.items()}), None, f"{spec.udf_name}: {info['status']}")
 
-    def _train(self, s: Run, opts: dict[str, str]) -> Result:
-        """sft / sfft: the input table goes to a job; the result is the job's row (a detached job returns at once)."""
+    def _train(self, s: Run, where: dict[str, str]) -> Result:
+        """A training task: the input table goes to a job; the result is the job's row (a detached job
+        returns at once)."""
         from ..jobs import rows_table
 
-        name = opts.get("inputTable") or opts.get("input_table") or s.input_table
+        model_type = DeployOptions.given(where, "pretrained_model_type") or ""
+        task = tasks.require_task(model_type, self.runtime.setup_config.mode)
+        opts = task.parse_options(where)
+        name = opts.input_table or s.input_table
         if not name or name == "command":
             raise _at(ConfigError, s, None, 'training needs inputTable="<table>" (a table loaded in this session)')
         table = self._need_table(name, s)
-        row = self.llm.jobs.submit(opts, table, progress=self.progress)
-        out = rows_table([row])
-        return Result("run", out, None, f"job {row['job_id']}: {row['state']}")
+        row = self.runtime.train(task.name, where, table, options=opts, progress=self.progress)
+        return Result("run", rows_table([row]), None, f"job {row['job_id']}: {row['state']}")
 
-    def _merge(self, s: Run, opts: dict[str, str]) -> Result:
-        ref = opts.get("modelTable") or opts.get("model_table")
-        output = opts.get("outputTable") or opts.get("output_table")
-        if not ref or not output:
-            raise ConfigError('action="merge" needs modelTable="<registered adapter>" and outputTable="<new name>"')
-        info = self.llm.merge(ref, output, overwrite=parse_bool(opts.get("overwrite", False)))
+    def _merge(self, s: Run, where: dict[str, str]) -> Result:
+        """action="merge": a registered LoRA adapter into its base model, registered as a new model."""
+        opts = MergeOptions.parse(where, where='action="merge"')
+        info = self.runtime.merge(opts.model_table, opts.output_table, overwrite=opts.overwrite)
         return Result("run", pa.table({k: [v] for k, v in info.items()}), None,
                       f"{info['merged_from']} merged -> {info['name']}@v{info['version']}")
 
     def _has_table(self, name: str) -> bool:
         return any(k.lower() == name.lower() for k in self.tables)
 
-    def _model_dir_from_table(self, name: str, s: Run) -> str:
+    def _model_dir_of(self, name: str, s: Run) -> str | None:
+        """The model directory of a `load model.` table of this session; None if there is no such table."""
+        if not self._has_table(name):
+            return None
         table = self._need_table(name, s)
         if "model_dir" not in table.column_names or table.num_rows != 1:
             raise ConfigError(f"modelTable {name!r} must be a table from `load model.`<dir>` as {name}`, "
@@ -266,6 +283,8 @@ class Session:
         return table.column("model_dir")[0].as_py()
 
     def _command(self, c: Command) -> Result:
+        """`!show tables`, `!desc <t>`, and `!byzerllm <sub> ...` through the `_byzerllm` table (the
+        parser has checked each form against `sql.command.COMMANDS`)."""
         if c.name == "show":
             rows = [{"table": k, "rows": t.num_rows, "columns": t.num_columns} for k, t in sorted(self.tables.items())]
             return Result("show", pa.Table.from_pylist(rows, schema=pa.schema(
@@ -274,65 +293,74 @@ class Session:
             t = self._need_table(c.args[0], c)
             return Result("desc", pa.table({"column": t.schema.names, "type": [str(x) for x in t.schema.types]}))
         sub, rest = c.args[0], c.args[1:]
-        if sub == "setup":
-            return self._setup(rest)
-        if sub == "model":
-            return self._model_command(rest[0], rest[1:], c)
-        if sub == "cache":
-            return self._cache_command(rest[0], rest[1:])
-        return self._job_command(rest[0], rest[1:], c)
+        handler = self._byzerllm.get((sub, rest[0] if rest else None)) or self._byzerllm.get((sub, None))
+        if handler is None:
+            raise _at(ConfigError, c, sub, f"`!byzerllm {' '.join(c.args)}` has no handler")
+        return handler(rest, c)
 
-    def _setup(self, args: tuple[str, ...]) -> Result:
-        if len(args) == 1 and args[0] in ("single", "sft", "sfft"):
+    def _setup(self, args: tuple[str, ...], c: Command) -> Result:
+        if len(args) == 1 and "=" not in args[0]:
             pairs = [("mode", args[0])]
         else:
             pairs = [(k.strip(), v.strip()) for k, _, v in (a.partition("=") for a in args)]
         for key, value in pairs:
-            self.llm.setup(key, value)
+            self.runtime.setup({key: value})
         return Result("setup", message=", ".join(f"{k}={v}" for k, v in pairs))
 
-    def _job_command(self, action: str, args: tuple[str, ...], c: Command) -> Result:
+    def _job_list(self, args: tuple[str, ...], c: Command) -> Result:
         from ..jobs import rows_table
 
-        jobs = self.llm.jobs
-        if action == "list":
-            return Result("job", rows_table(jobs.list()))
-        if args:
-            job_id = args[0]
-        else:  # the most recent job
-            recent = self.llm.catalog.jobs(limit=1)
-            if not recent:
-                raise _at(ConfigError, c, None, "no training job in this workspace yet")
-            job_id = recent[0]["id"]
-        if action == "logs":
-            text = jobs.logs(job_id)
-            return Result("job", pa.table({"job_id": [job_id] * len(text.splitlines()), "line": text.splitlines()}),
-                          message=text)
-        row = {"status": jobs.status, "stop": jobs.stop, "resume": jobs.resume}[action](job_id)
+        return Result("job", rows_table(self.runtime.jobs.list()))
+
+    def _job_id(self, args: tuple[str, ...], c: Command) -> str:
+        """The job named after the action, else the most recent one."""
+        if len(args) > 1:
+            return args[1]
+        recent = self.runtime.catalog.jobs(limit=1)
+        if not recent:
+            raise _at(ConfigError, c, None, "no training job in this workspace yet")
+        return recent[0]["id"]
+
+    def _job_logs(self, args: tuple[str, ...], c: Command) -> Result:
+        job_id = self._job_id(args, c)
+        text = self.runtime.jobs.logs(job_id)
+        return Result("job", pa.table({"job_id": [job_id] * len(text.splitlines()), "line": text.splitlines()}),
+                      message=text)
+
+    def _job_control(self, args: tuple[str, ...], c: Command) -> Result:
+        """`status`, `stop`, `resume`: the verb of the same name on the jobs; the job's row."""
+        from ..jobs import rows_table
+
+        job_id = self._job_id(args, c)
+        row = getattr(self.runtime.jobs, args[0])(job_id)
         return Result("job", rows_table([row]), message=f"job {job_id}: {row['state']}")
 
-    def _cache_command(self, action: str, args: tuple[str, ...]) -> Result:
-        """`!byzerllm cache status|clear [<udf>]`: the result cache's rows per model, or forget them."""
-        model = args[0] if args else None
-        store = self.llm.result_cache
-        if action == "clear":
-            n = store.clear(model)
-            return Result("cache", pa.table({"model": [model or "*"], "removed": [n]}),
-                          message=f"result cache: {n} rows removed")
-        counts = store.count(model)
+    def _cache_status(self, args: tuple[str, ...], c: Command) -> Result:
+        """`!byzerllm cache status [<udf>]`: the result cache's rows per model."""
+        counts = self.runtime.result_cache.count(args[1] if len(args) > 1 else None)
         return Result("cache", pa.table({"model": pa.array(list(counts), type=pa.string()),
                                          "rows": pa.array(list(counts.values()), type=pa.int64())}))
 
-    def _model_command(self, action: str, args: tuple[str, ...], c: Command) -> Result:
-        if action == "list":
-            return Result("model", registry_table(self.llm.catalog.models()))
-        if action == "deployed":
-            names = self.llm.list_models()
-            return Result("model", pa.table({"udf_name": pa.array(names, type=pa.string())}))
-        name = args[0]
-        if action == "exists":
-            return Result("model", pa.table({"udf_name": [name], "exists": [self.llm.is_model_exist(name)]}))
-        self.llm.undeploy(name)
+    def _cache_clear(self, args: tuple[str, ...], c: Command) -> Result:
+        """`!byzerllm cache clear [<udf>]`: forget a model's cached answers (all models without one)."""
+        model = args[1] if len(args) > 1 else None
+        n = self.runtime.result_cache.clear(model)
+        return Result("cache", pa.table({"model": [model or "*"], "removed": [n]}), message=f"result cache: {n} rows removed")
+
+    def _registry_list(self, args: tuple[str, ...], c: Command) -> Result:
+        return Result("model", registry_table(self.runtime.catalog.models()))
+
+    def _deployment_list(self, args: tuple[str, ...], c: Command) -> Result:
+        names = sorted(self.runtime.deployments())
+        return Result("model", pa.table({"udf_name": pa.array(names, type=pa.string())}))
+
+    def _deployment_exists(self, args: tuple[str, ...], c: Command) -> Result:
+        name = args[1]
+        return Result("model", pa.table({"udf_name": [name], "exists": [self.runtime.deployment_exists(name)]}))
+
+    def _undeploy(self, args: tuple[str, ...], c: Command) -> Result:
+        name = args[1]
+        self.runtime.undeploy(name)
         self._registered.discard(name.lower())
         return Result("model", pa.table({"udf_name": [name], "removed": [True]}), message=f"{name}: undeployed")
 
@@ -344,8 +372,7 @@ class Session:
         if not unknown:
             return models
         # a typo should not start a cluster: with none running, nothing is deployed
-        live = cluster.reachable(self.llm.address, self.workspace)
-        deployed = {m.lower(): m for m in self.llm.list_models()} if live else {}
+        deployed = {m.lower(): m for m in self.runtime.deployments(start=False)}
         for n in unknown:
             if n not in deployed:
                 listed = ", ".join(sorted(deployed.values())) or "(none)"
@@ -376,9 +403,9 @@ class Session:
         bar = self._call.bar
         if chat:
             cache = self._cache_on()
-            results = self.llm.generate([requests[i] for i in chat], model=model,
-                                        on_rows=bar.update if bar is not None else None, cache=cache,
-                                        rows=[self._call.rows + i for i in chat], on_cached=self._note_cached)
+            results = self.runtime.generate(model, [requests[i] for i in chat],
+                                            on_rows=bar.update if bar is not None else None, cache=cache,
+                                            rows=[self._call.rows + i for i in chat], on_cached=self._note_cached)
             self._call.computed += len(chat)
             for i, res in zip(chat, results):
                 if "error" in res and on_error != "null":
@@ -386,7 +413,7 @@ class Session:
                 out[i] = fx.result_json(requests[i], res)
         embed = [i for i, r in enumerate(requests) if r is not None and embedding[i]]
         if embed:
-            vectors = self.llm.emb(model, [requests[i]["ins"] for i in embed])
+            vectors = self.runtime.embed(model, [requests[i]["ins"] for i in embed])
             for i, v in zip(embed, vectors):
                 out[i] = fx.result_json(requests[i], {"output": v, "metadata": {"dimensions": len(v)}})
         self._call.rows += len(params)
@@ -418,14 +445,6 @@ def registry_table(models: list) -> pa.Table:
                         ("path", pa.string()), ("job_id", pa.string()), ("metrics", pa.string()),
                         ("created_at", pa.float64())])
     return pa.Table.from_pylist(rows, schema=schema)
-
-
-def _take(opts: dict[str, str], camel: str, snake: str) -> str | None:
-    """Remove and return an option given in either spelling."""
-    for key in (camel, snake):
-        if key in opts:
-            return opts.pop(key)
-    return None
 
 
 def _at(cls: type[SqlError], statement: Statement, word: str | None, message: str) -> SqlError:

@@ -30,8 +30,10 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
+from ..tasks import TASKS
+
 REQUIRED = ("init_model", "stream_chat")
-TRAINING = ("sft_train", "sfft_train")
+TRAINING = tuple(task.entry_point for task in TASKS.values())  # sft_train, sfft_train
 OPTIONAL = ("batch_chat", "embed_query", "get_meta", "check_model_dir", "infer_param_names")
 
 

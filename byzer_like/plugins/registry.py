@@ -16,10 +16,11 @@ from importlib.metadata import entry_points
 from typing import Any, Iterator, Mapping, Sequence
 
 from ..errors import InvalidRequestError, NotSupportedError, PluginError, UnknownPluginError
+from ..tasks import TASKS, split_model_type  # noqa: F401 - split_model_type re-exported
 from .contract import REQUIRED, TRAINING, request_arguments
 
 ENTRY_POINT_GROUP = "byzer_like.models"
-TASK_PREFIXES = ("sft", "sfft")
+TASK_PREFIXES = tuple(TASKS)
 _registered: dict[str, str] = {}
 
 
@@ -42,15 +43,6 @@ def register(name: str, import_path: str, *, replace: bool = False) -> None:
     _registered[name] = import_path
 
 
-def split_model_type(pretrained_model_type: str) -> tuple[str | None, str]:
-    """`sft/llama` -> ("sft", "llama"); `llama` -> (None, "llama"); `custom/llama` -> (None, "llama")."""
-    value = (pretrained_model_type or "").strip()
-    head, sep, tail = value.partition("/")
-    if sep and head in TASK_PREFIXES:
-        return head, tail
-    if sep and head == "custom":
-        return None, tail
-    return None, value
 
 
 def import_path_for(name: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..tasks import SETUP_MODES
 from .grammar import Cursor, quote
 from .source import Node
 from .tokens import Token
@@ -19,7 +20,7 @@ from .tokens import Token
 # `[<x>]` an optional one, `"key=value"` an argument with a `=`, and `...` repeats what precedes.
 COMMANDS: dict[str, tuple[str, ...]] = {
     "byzerllm": (
-        "setup single|sft|sfft",
+        "setup " + "|".join(SETUP_MODES),
         'setup "key=value" ...',
         "model list|deployed",
         "model exists|remove <udf>",

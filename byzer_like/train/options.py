@@ -14,7 +14,8 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic.alias_generators import to_snake
 
 from ..config import _Options, split_typed_key, typed_value
-from ..errors import ConfigError, UnknownOptionError
+from ..errors import UnknownOptionError
+from ..tasks import TASKS, get as get_task
 
 METHODS = ("lora", "qlora", "full")
 
@@ -26,9 +27,9 @@ def normalise(train_params: Mapping[str, Any], given: dict[str, str] | None = No
     for key, value in train_params.items():
         name, _tag = split_typed_key(key)
         value = typed_value(key, value)
-        for prefix in ("sft.", "sfft."):
-            if name.startswith(prefix):
-                name = name[len(prefix):]
+        for task in TASKS:  # `sft.max_seq_length` / `sfft.text_column`: the task prefix is dropped
+            if name.startswith(f"{task}."):
+                name = name[len(task) + 1:]
         name = to_snake(name) if "." not in name else name
         out[name] = value
         if given is not None:
@@ -149,10 +150,8 @@ class SfftOptions(TrainOptions):
 
 
 def options_for(kind: str, train_params: Mapping[str, Any]) -> TrainOptions:
-    cls = {"sft": SftOptions, "sfft": SfftOptions}.get(kind)
-    if cls is None:
-        raise ConfigError(f"unknown training task {kind!r}; use sft or sfft")
-    return cls.from_params(train_params)
+    """The options of training task `kind` (see `byzer_like.tasks.TASKS`), parsed from the user's keys."""
+    return get_task(kind).parse_options(train_params)
 
 
 __all__ = ["METHODS", "SfftOptions", "SftOptions", "TrainOptions", "normalise", "options_for"]

@@ -1,0 +1,66 @@
+"""What the SQL engine needs from a runtime: the members `Session` uses, and nothing else.
+
+`byzer_like.runtime.Runtime` satisfies it; the engine's statement tests use a fake that does too (no
+Ray). Shapes: a request is a `config.ChatRequest` dict; an answer is `{"output", "metadata"}` or
+`{"error", "error_code"}`; a job row has `jobs.ROW_FIELDS`.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+
+from ..config import SetupConfig
+from ..workspace import Workspace
+
+
+@runtime_checkable
+class EngineRuntime(Protocol):
+    workspace: Workspace
+    setup_config: SetupConfig
+
+    def setup(self, values: Mapping[str, Any]) -> SetupConfig:
+        """Change setup values; UnknownOptionError / ConfigError for bad ones."""
+
+    # deployments
+    def deploy_spec(self, options: Mapping[str, Any], session_models: Callable[[str], str | None] | None = None) -> Any:
+        """Check `action="infer"` options; returns a spec with `.udf_name`. `session_models(ref)` gives
+        the model directory of the session's `load model.` table `ref`, or None."""
+
+    def deploy(self, spec: Any) -> dict:
+        """Deploy a spec; `{"udf_name", "status", ...}`."""
+
+    def undeploy(self, name: str) -> None: ...
+
+    def deployment_exists(self, name: str) -> bool: ...
+
+    def deployments(self, *, start: bool = True) -> dict[str, str]:
+        """name -> status; with `start=False` and no cluster running, `{}`."""
+
+    # calls
+    def generate(self, name: str, requests: Sequence[Mapping[str, Any]], *, on_rows: Callable[[int], Any] | None = None,
+                 cache: bool = False, rows: Sequence[int] | None = None,
+                 on_cached: Callable[[int], Any] | None = None) -> list[dict]:
+        """One answer per request, in order."""
+
+    def embed(self, name: str, texts: Sequence[str]) -> list[list[float]]: ...
+
+    # training, registry, jobs, result cache
+    def train(self, task: str | None, params: Mapping[str, Any], table: Any, *, options: Any = None,
+              progress: bool = False) -> dict:
+        """Submit a training job; its row."""
+
+    def merge(self, model_table: str, output_table: str, *, overwrite: bool = False) -> dict: ...
+
+    @property
+    def jobs(self) -> Any:
+        """`list()`, `logs(id)`, `status(id)`, `stop(id)`, `resume(id)` (see `jobs.Jobs`)."""
+
+    @property
+    def catalog(self) -> Any:
+        """`jobs(limit)`, `models()` (see `catalog.Catalog`)."""
+
+    @property
+    def result_cache(self) -> Any:
+        """`count(model)`, `clear(model)` (see `result_cache.ResultCache`)."""
+
+
+__all__ = ["EngineRuntime"]

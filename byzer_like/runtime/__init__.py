@@ -1,0 +1,333 @@
+"""The runtime: the verbs of the model lifecycle over one workspace and one cluster connection.
+
+    rt = Runtime(workspace="byzer_workspace")          # embedded local cluster, or the workspace's own head
+    rt.setup({"num_workers": 2})
+    rt.deploy(rt.deploy_spec({"pretrainedModelType": "llama", "localModelDir": "models/m", "udfName": "m"}))
+    rt.chat("m", chat_request("hello").model_dump())   # {"output": ..., "metadata": {...}}
+    rt.generate("m", requests, cache=True)             # the batched path under SQL and batch_chat
+    rt.train("sft", {"pretrainedModelType": "sft/llama", ...}, table)
+    rt.merge("m_lora@v1", "m_merged")
+
+Every face uses it: `ByzerLLM` (Byzer's names over these verbs), the SQL engine, the CLI, the notebook
+and the HTTP API. It imports no face. Nothing connects to Ray before a verb needs the cluster, and every
+check that can fail (names, options, paths, plugins) runs before that.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from .. import cluster
+from ..catalog import Catalog
+from ..config import SetupConfig, check_udf_name
+from ..errors import ConfigError, ModelNotDeployedError
+from ..jobs import Jobs
+from ..serving import manager
+from ..workspace import Workspace
+from .spec import DeploySpec, ResolvedModel, SessionModels, as_str, resolve_model
+
+
+class Runtime:
+    """One workspace (catalog, result cache, files) and one cluster address, with the lifecycle's verbs.
+
+    `address`: a Ray address (`ray://host:10001`, `host:6379`) or None for the workspace's persistent
+    head if it runs, else an embedded local cluster. `setup`: resources and serving limits (sys_conf)
+    for the deployments and jobs this runtime starts; `setup()` changes them."""
+
+    def __init__(self, address: str | None = None, *, workspace: Workspace | str | os.PathLike | None = None,
+                 setup: SetupConfig | None = None):
+        self.address = address
+        self.workspace = workspace if isinstance(workspace, Workspace) else Workspace.from_env(workspace)
+        self.setup_config = setup or SetupConfig()
+        self._handles: dict[str, Any] = {}
+        self._meta: dict[str, dict] = {}
+        self._result_cache = None
+
+    # -- setup and the cluster ----------------------------------------------------------------------
+    def setup(self, values: Mapping[str, Any]) -> SetupConfig:
+        """Change setup values (`num_workers`, `cpus_per_worker`, `mode`, limits...); UnknownOptionError
+        lists the valid keys. Returns the new setup."""
+        self.setup_config = self.setup_config.with_values(values)
+        return self.setup_config
+
+    @property
+    def sys_conf(self) -> dict[str, str]:
+        """The plugin contract's sys_conf: every setup value as a string."""
+        return self.setup_config.sys_conf()
+
+    def connect(self) -> dict[str, Any]:
+        """Connect to Ray now (verbs that need the cluster connect on their own). Returns
+        `{"mode": "embedded"|"persistent"|"remote", "address": ...}`."""
+        return cluster.connect(self.address, self.workspace)
+
+    def cluster_running(self) -> bool:
+        """Whether a cluster is there to join (an address was given, or this workspace's head runs);
+        asking starts nothing."""
+        return cluster.reachable(self.address, self.workspace)
+
+    # -- models and deployments ---------------------------------------------------------------------
+    @property
+    def catalog(self) -> Catalog:
+        """This workspace's catalog: jobs and the model registry (SQLite)."""
+        return Catalog(self.workspace)
+
+    def resolve_model(self, ref: str, session_models: SessionModels | None = None) -> ResolvedModel:
+        """A model reference (a `load model.` table of the caller, or a registered `name` / `name@v2`)
+        -> its directories. ModelNotFoundError when there is none."""
+        return resolve_model(ref, self.catalog, session_models)
+
+    def deploy_spec(self, options: Mapping[str, Any], session_models: SessionModels | None = None) -> DeploySpec:
+        """Check a deployment's options (either spelling) and build its spec; starts nothing."""
+        return DeploySpec.build(options, setup=self.setup_config, workspace=self.workspace, catalog=self.catalog,
+                                session_models=session_models)
+
+    def deploy(self, spec: DeploySpec) -> dict:
+        """Deploy `spec` on `num_workers` replicas and wait until each has loaded the model; with
+        `spec.reconnect`, use a running deployment of that name as it is.
+
+        Returns `{"udf_name", "status": "deployed"|"reconnected", ...}`. Raises
+        DuplicateDeploymentError, DeployError (a replica failed to start or could not be placed)."""
+        name = spec.udf_name
+        if spec.reconnect:
+            self.connect()
+            if manager.exists(name):
+                self._forget(name)
+                return {"udf_name": name, "status": "reconnected"}
+            spec.check_model()  # none running: deploy it, so its model must be there
+        self.connect()  # only now: a bad name, path or option never starts a cluster
+        manager.deploy(spec.replica_spec(), spec.setup)
+        self._forget(name)
+        return {"udf_name": name, "status": "deployed", "num_workers": spec.setup.num_workers,
+                "model_dir": spec.model_dir}
+
+    def undeploy(self, name: str) -> None:
+        """Remove deployment `name`; ModelNotDeployedError (listing the deployed ones) if there is none."""
+        valid_name(name)
+        self.connect()
+        manager.undeploy(name)
+        self._forget(name)
+
+    def deployment_exists(self, name: str) -> bool:
+        """Whether a deployment of that name runs (connects to the cluster)."""
+        try:
+            valid_name(name)
+        except ConfigError:
+            return False  # no deployment can have such a name
+        self.connect()
+        return manager.exists(name)
+
+    def deployments(self, *, start: bool = True) -> dict[str, str]:
+        """Deployments on the cluster: name -> Serve status. With `start=False` and no cluster
+        running, `{}` (nothing is started just to list)."""
+        if not start and not self.cluster_running():
+            return {}
+        self.connect()
+        return manager.list_deployments()
+
+    def meta(self, name: str, *, refresh: bool = False) -> dict:
+        """A deployment's metadata (asked once, then kept; `refresh=True` asks again, for its counters)."""
+        if refresh or name not in self._meta:
+            self._meta[name] = manager.call(self.handle(name), "meta", udf_name=name, timeout_s=60)
+        return dict(self._meta[name])
+
+    def handle(self, name: str) -> Any:
+        """The Serve handle of deployment `name` (kept per runtime)."""
+        if name not in self._handles:
+            self.connect()
+            self._handles[name] = manager.get_handle(name)
+        return self._handles[name]
+
+    def require_name(self, name: str | None) -> str:
+        """`name`, or ModelNotDeployedError listing the deployments when none was given."""
+        if name:
+            return name
+        self.connect()
+        raise ModelNotDeployedError("(none given)", manager.list_deployments())
+
+    def _forget(self, name: str) -> None:
+        self._handles.pop(name, None)
+        self._meta.pop(name, None)
+
+    # -- calls --------------------------------------------------------------------------------------
+    def chat(self, name: str, request: Mapping[str, Any]) -> dict:
+        """One request (`config.ChatRequest` as a dict) -> `{"output", "metadata"}`; a request that
+        fails on its own (prompt too long...) raises InvalidRequestError."""
+        res = manager.call(self.handle(name), "chat", dict(request), udf_name=name,
+                           timeout_s=self.setup_config.request_timeout_s)
+        manager.raise_row_error(res)
+        return res
+
+    def stream(self, name: str, request: Mapping[str, Any]) -> Iterator[dict]:
+        """Stream one request: items with `text` (so far) or `delta`, `metadata`, and `done` on the last."""
+        return manager.stream(self.handle(name), dict(request), udf_name=name,
+                              timeout_s=self.setup_config.request_timeout_s)
+
+    def stream_deltas(self, name: str, request: Mapping[str, Any]) -> Iterator[tuple[str, str, dict]]:
+        """Stream one request as `(new text, text so far, metadata)`; pieces with no new text are
+        skipped except the last, which carries the final metadata (token counts, finish reason)."""
+        text = ""
+        for item in self.stream(name, request):
+            if "text" in item:  # the plugin revised earlier text: the replica sends it whole
+                text = piece = item["text"]
+            else:
+                piece = item.get("delta", "")
+                text += piece
+            if piece or item.get("done"):
+                yield piece, text, item.get("metadata", {})
+
+    def embed(self, name: str, texts: Sequence[str]) -> list[list[float]]:
+        """Embedding vectors for `texts`, in order (the plugin's `embed_query`)."""
+        return manager.call(self.handle(name), "embed", list(texts), udf_name=name,
+                            timeout_s=self.setup_config.request_timeout_s)
+
+    def generate(self, name: str, requests: Sequence[Mapping[str, Any]], *, progress: bool = False,
+                 on_rows: Callable[[int], Any] | None = None, cache: bool = False, rows: Sequence[int] | None = None,
+                 on_cached: Callable[[int], Any] | None = None) -> list[dict]:
+        """The batch path under `batch_chat` and SQL: built requests (`config.ChatRequest` dicts) in,
+        one `{"output", "metadata"}` or `{"error", "error_code"}` per request out, in order.
+
+        Requests go in chunks to all replicas at once; a chunk whose replica died is sent again, so no
+        row is lost or duplicated. With `cache=True`, answers already in the result cache (same model,
+        row and request) are taken from it (`on_cached(n)` hears how many) and the others are kept as
+        they arrive; `rows` numbers the requests (default: their positions). `on_rows(n)` hears each
+        chunk's size as it returns."""
+        meta = self.meta(name)
+        reqs = list(requests)
+        keys: list[str] = []
+        found: dict[str, dict] = {}
+        store = None
+        if cache:
+            from ..result_cache import ResultCache, model_identity
+
+            store = self.result_cache
+            identity = model_identity(meta)
+            numbers = list(rows) if rows is not None else range(len(reqs))
+            keys = [ResultCache.key(identity, n, r) for n, r in zip(numbers, reqs)]
+            found = store.get_many(keys)
+            if on_cached:
+                on_cached(len(found))
+        todo = [i for i in range(len(reqs)) if not cache or keys[i] not in found]
+
+        def keep(start: int, answers: list[dict]) -> None:  # a chunk's answers, as soon as it is back
+            store.put_many(name, ((keys[todo[start + j]], a) for j, a in enumerate(answers)))
+
+        workers = int(meta.get("num_workers") or 1)
+        # chunks of the replicas' batch size, but at least two per replica, so that Serve's router
+        # (which picks between two random replicas) spreads the work even for small batches
+        chunk = max(1, min(int(meta.get("max_batch_size") or self.setup_config.max_batch_size),
+                           -(-len(todo) // (2 * workers))))
+        bar = _progress(len(reqs), name, progress)
+        if bar and found:
+            bar.update(len(found))
+        try:
+            answers = manager.run_batched(
+                self.handle(name), [reqs[i] for i in todo], udf_name=name, chunk_size=chunk, in_flight=2 * workers,
+                timeout_s=self.setup_config.request_timeout_s, on_rows=_both(bar.update if bar else None, on_rows),
+                on_answers=keep if cache else None,
+            ) if todo else []
+        finally:
+            if bar:
+                bar.close()
+        if not cache:
+            return answers
+        out = [found.get(k) for k in keys]
+        for i, answer in zip(todo, answers):
+            out[i] = answer
+        return out  # type: ignore[return-value]
+
+    @property
+    def result_cache(self):
+        """The workspace's result cache (`byzer_like.result_cache.ResultCache`)."""
+        if self._result_cache is None:
+            from ..result_cache import ResultCache
+
+            self._result_cache = ResultCache(self.workspace.path("cache", "results.sqlite"))
+        return self._result_cache
+
+    # -- training and the registry ------------------------------------------------------------------
+    @property
+    def jobs(self) -> Jobs:
+        """Training jobs of this workspace: `submit`, `list`, `status`, `logs`, `stop`, `resume`, `wait`."""
+        return Jobs(self.workspace, address=self.address, setup=self.setup_config, connect=self.connect)
+
+    def train(self, task: str | None, params: Mapping[str, Any], table: Any, *, options: Any = None,
+              progress: bool = False) -> dict:
+        """Submit a training job of `task` (see `byzer_like.tasks`; None: from the model type or the
+        setup mode) on `table`; returns its row (a detached job at once, otherwise when it ended)."""
+        return self.jobs.submit(params, table, task=task, options=options, progress=progress)
+
+    def merge(self, model_table: str, output_table: str, *, overwrite: bool = False) -> dict:
+        """Merge a registered LoRA adapter into its base model and register the result as a whole model.
+
+        Returns `{"name", "version", "kind", "path", "merged_from"}`. Raises ConfigError (not an
+        adapter), ModelNotFoundError, ModelExistsError (the name is taken and `overwrite` is off)."""
+        from ..train.sft import merge_adapter
+
+        cat = self.catalog
+        m = cat.model(model_table)
+        if m.kind != "adapter":
+            raise ConfigError(f"{m.ref} is already a whole model (kind {m.kind!r}); only a LoRA adapter can be merged")
+        cat.check_new_name(output_table, overwrite=overwrite)
+        out = self.workspace.path("models", f"{output_table}-merged-{int(time.time())}")
+        merge_adapter(m.base_model, m.path, str(out))
+        r = cat.register_model(output_table, kind="model", path=str(out), base_model=m.base_model,
+                               model_type=m.model_type, method=f"merge({m.ref})", params={"merged_from": m.ref},
+                               metrics=m.metrics, job_id=m.job_id, overwrite=overwrite)
+        return {"name": r.name, "version": r.version, "kind": r.kind, "path": r.path, "merged_from": m.ref}
+
+    # -- the HTTP API -------------------------------------------------------------------------------
+    def serve_api(self, host: str = "127.0.0.1", port: int = 8000, *, api_key: str | None = None,
+                  max_tokens_cap: int = 4096, max_body_bytes: int = 1 << 20, replace: bool = False):
+        """Start the OpenAI-compatible HTTP API and chat page for every deployment, on this node.
+
+        Returns an `api.server.ApiServer`; a generated key is printed once to stderr."""
+        from ..api import server
+
+        self.connect()
+        srv = server.start(host=host, port=port, api_key=api_key, max_tokens_cap=max_tokens_cap,
+                           max_body_bytes=max_body_bytes, request_timeout_s=self.setup_config.request_timeout_s,
+                           replace=replace)
+        if srv.key_generated:
+            print(f"byzer-like API key (shown once): {srv.api_key}", file=sys.stderr)
+        return srv
+
+    def stop_api(self) -> bool:
+        """Stop the HTTP API; False if none was running."""
+        from ..api import server
+
+        self.connect()
+        return server.stop()
+
+    def api_status(self):
+        """The running HTTP API (`api.server.ApiServer`), or None."""
+        from ..api import server
+
+        self.connect()
+        return server.status()
+
+
+def valid_name(name: str) -> None:
+    """A deployment name that SQL and Serve accept; ConfigError saying the rule otherwise."""
+    try:
+        check_udf_name(name)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _both(a: Any, b: Any) -> Any:
+    if a and b:
+        return lambda n: (a(n), b(n))
+    return a or b
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled or total == 0:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="row", leave=False)
+
+
+__all__ = ["DeploySpec", "ResolvedModel", "Runtime", "as_str", "valid_name"]

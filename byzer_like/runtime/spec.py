@@ -1,0 +1,145 @@
+"""What a deployment is: one `DeploySpec`, built once from the user's options and handed down.
+
+Every face builds a deployment the same way: SQL's `run command as LLM.`` where action="infer" ...`,
+`ByzerLLM.deploy(...)`, `byzer-like deploy ...`. The spec is checked completely here (plugin, options,
+model directory) before anything starts, then given to the serving layer as it is, the way Ray Serve
+LLM hands its server an `LLMConfig`.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from ..catalog import Catalog
+from ..config import DeployOptions, SetupConfig
+from ..errors import ConfigError, UnknownOptionError
+from ..plugins import registry
+from ..tasks import split_model_type
+from ..workspace import Workspace
+
+# `modelTable` may name a table of the caller's SQL session (`load model.`<dir>` as m`): the caller
+# passes a function that gives its model directory, or None when it has no table of that name
+SessionModels = Callable[[str], "str | None"]
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a model's weights are: `model_dir` (a Hugging Face directory), plus `adapter_dir` when
+    the reference is a LoRA adapter over that base model. `ref` is what was asked for."""
+
+    ref: str
+    model_dir: str
+    adapter_dir: str | None = None
+
+
+def resolve_model(ref: str, catalog: Catalog, session_models: SessionModels | None = None) -> ResolvedModel:
+    """A model reference -> its directories. In order: a table of the caller's session loaded with
+    `load model.` (`session_models`), then the registry (`name`, `name@v2`).
+
+    Raises ModelNotFoundError (listing the registered models) when neither has it."""
+    if session_models is not None:
+        model_dir = session_models(ref)
+        if model_dir is not None:
+            return ResolvedModel(ref, model_dir)
+    m = catalog.model(ref)
+    if m.kind == "adapter":
+        return ResolvedModel(m.ref, m.base_model or "", m.path)
+    return ResolvedModel(m.ref, m.path)
+
+
+@dataclass(frozen=True)
+class DeploySpec:
+    """One deployment, checked: a name, a plugin, a model directory and the plugin's infer params.
+
+    `infer_params` is what the plugin's `init_model` receives: byzer-like's own options in snake_case,
+    then every key the user gave (strings, Byzer style). `setup` gives the replicas' resources and
+    serving limits. `reconnect`: use a running deployment of that name as it is."""
+
+    udf_name: str
+    pretrained_model_type: str
+    plugin: str
+    import_path: str
+    model_dir: str
+    infer_params: dict[str, str]
+    setup: SetupConfig
+    reconnect: bool = False
+    deployed_at: float = field(default_factory=time.time)
+
+    @classmethod
+    def build(cls, options: Mapping[str, Any], *, setup: SetupConfig, workspace: Workspace, catalog: Catalog,
+              session_models: SessionModels | None = None) -> "DeploySpec":
+        """Check everything that can fail before a cluster is involved.
+
+        `options`: the `where` keys of `action="infer"` or the client's keywords, in either spelling
+        (`pretrainedModelType` / `pretrained_model_type`, `localModelDir` / `model_path`, `udfName`,
+        `modelTable`, `reconnect`, the plugin's own infer params). Raises ConfigError /
+        UnknownOptionError (listing the valid keys), UnknownPluginError, ModelNotFoundError,
+        WorkspacePathError, ModelDirError."""
+        params = {k: v for k, v in options.items() if k != "action"}
+        model_type = str(DeployOptions.given(params, "pretrained_model_type") or "")
+        if not model_type:
+            raise ConfigError('deploy needs pretrained_model_type (SQL: pretrainedModelType="<type>", e.g. "auto")')
+        task, name = split_model_type(model_type)
+        if task:
+            raise ConfigError(f"pretrained_model_type {model_type!r} names a training task; "
+                              f"deploy the model type itself (e.g. {name!r})")
+        plugin = registry.load(name)
+        extra = {k: params.pop(k) for k in list(params) if k in plugin.infer_param_names()}
+        try:
+            opts = DeployOptions.parse(params, where="deploy")
+        except UnknownOptionError as e:
+            raise UnknownOptionError("deploy", e.key, set(e.valid) | plugin.infer_param_names()) from None
+        if opts.model_table not in (None, "command"):  # a loaded model table, or a registered model
+            found = resolve_model(opts.model_table, catalog, session_models)
+            opts = opts.model_copy(update={"local_model_dir": found.model_dir, "adapter_dir": found.adapter_dir})
+        # no directory: a remote model (saas/...) whose options say where it is, or a reconnect
+        model_dir = str(workspace.resolve(opts.local_model_dir, what="model_path")) if opts.local_model_dir else ""
+        if opts.adapter_dir:
+            opts = opts.model_copy(update={"adapter_dir": str(workspace.resolve(opts.adapter_dir, what="adapter_dir"))})
+        infer = {k: as_str(v) for k, v in opts.model_dump(exclude={"local_model_dir"}).items() if v is not None}
+        infer.update({k: as_str(v) for k, v in {**_user_keys(params), **extra}.items()})
+        spec = cls(udf_name=opts.udf_name, pretrained_model_type=model_type, plugin=plugin.name,
+                   import_path=plugin.import_path, model_dir=model_dir, infer_params=infer, setup=setup,
+                   reconnect=opts.reconnect)
+        if not spec.reconnect:  # reconnecting to a running deployment needs no model; otherwise check it now
+            spec.check_model()
+        return spec
+
+    def check_model(self) -> None:
+        """The plugin accepts the model directory (ModelDirError / ConfigError otherwise)."""
+        plugin = registry.load_path(self.plugin, self.import_path)
+        if not self.model_dir and plugin.needs_model_dir():
+            raise ConfigError("deploy needs model_path (SQL: localModelDir)")
+        plugin.check_model_dir(self.model_dir, self.infer_params)
+
+    def replica_spec(self) -> dict[str, Any]:
+        """What each replica receives (`serving.replica.ModelReplica(spec)`); plain values only."""
+        return {
+            "udf_name": self.udf_name,
+            "pretrained_model_type": self.pretrained_model_type,
+            "plugin": self.plugin,
+            "import_path": self.import_path,
+            "model_dir": self.model_dir,
+            "infer_params": dict(self.infer_params),
+            "sys_conf": self.setup.sys_conf(),
+            "deployed_at": self.deployed_at,
+        }
+
+
+def _user_keys(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The user's own keys, passed to the plugin as given (its `init_model` may read any of them);
+    the ones that only name the deployment are left out."""
+    naming = DeployOptions.spellings("pretrained_model_type") | DeployOptions.spellings("udf_name")
+    return {k: v for k, v in params.items() if k not in naming}
+
+
+def as_str(value: Any) -> str:
+    """A value as the plugin contract passes it: `true`/`false` for booleans, `str()` otherwise."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+
+
+__all__ = ["DeploySpec", "ResolvedModel", "SessionModels", "as_str", "resolve_model"]

@@ -1,0 +1,110 @@
+"""The table of training tasks: one entry per method, read by SQL, the client, the CLI and the jobs.
+
+    sft   supervised fine-tuning (LoRA, QLoRA, full)       options SftOptions   plugin entry point sft_train
+    sfft  continued pretraining (Ray Train + DeepSpeed)    options SfftOptions  plugin entry point sfft_train
+
+A task's name is what users write: the prefix of `pretrainedModelType="sft/llama"`, the mode of
+`!byzerllm setup sft`, the Python method `ByzerLLM.sft(...)`, the job kind `byzer-like jobs list` shows.
+A new method is added here once (the way peft registers a tuner type with its config class); its options
+model and data check are named by import path (`module:attr`, as entry points are) so that this table,
+which every layer reads, imports nothing heavy. This module imports only the errors.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TrainingTask:
+    """One training method.
+
+    `options`: import path of its pydantic options model (a `train.options.TrainOptions` subclass).
+    `entry_point`: the plugin contract's function that runs it (`sft_train(data_refs, train_params, sys_conf)`).
+    `check`: import path of `check(options, table, base_dir, plugin, sys_conf)`, run before a job is
+    submitted; it raises ConfigError for data the run would fail on.
+    `runner_holds_worker`: the job's runner trains in its own process and so reserves one worker's
+    CPUs / GPUs; otherwise the runner only drives Ray Train workers and reserves nothing.
+    `summary`: one line for help texts."""
+
+    name: str
+    options: str
+    entry_point: str
+    check: str
+    runner_holds_worker: bool
+    summary: str
+
+    def options_model(self) -> Any:
+        """The options class (resolved on first use)."""
+        return _resolve(self.options)
+
+    def check_function(self) -> Callable[..., None]:
+        return _resolve(self.check)
+
+    def parse_options(self, train_params: Any) -> Any:
+        """The user's `where` keys (Byzer spellings, typed keys, Python keywords) -> the options model."""
+        return self.options_model().from_params(train_params)
+
+
+TASKS: dict[str, TrainingTask] = {
+    t.name: t for t in (
+        TrainingTask("sft", "byzer_like.train.options:SftOptions", "sft_train", "byzer_like.train.checks:check_sft",
+                     runner_holds_worker=True,
+                     summary="supervised fine-tuning on instruction/answer or chat rows (LoRA, QLoRA, full)"),
+        TrainingTask("sfft", "byzer_like.train.options:SfftOptions", "sfft_train", "byzer_like.train.checks:check_sfft",
+                     runner_holds_worker=False,
+                     summary="continued pretraining on a text column (Ray Train workers, DeepSpeed ZeRO)"),
+    )
+}
+# what `!byzerllm setup <mode>` accepts: serve models (single), or make the next `run ... as LLM` train
+SETUP_MODES: tuple[str, ...] = ("single", *TASKS)
+
+
+def get(name: str) -> TrainingTask:
+    """The task called `name`; ConfigError listing the known ones otherwise."""
+    task = TASKS.get(name)
+    if task is None:
+        raise ConfigError(f"unknown training task {name!r}; known tasks: {', '.join(TASKS)}")
+    return task
+
+
+def split_model_type(pretrained_model_type: str) -> tuple[str | None, str]:
+    """`sft/llama` -> ("sft", "llama"); `llama` -> (None, "llama"); `custom/llama` -> (None, "llama")."""
+    value = (pretrained_model_type or "").strip()
+    head, sep, tail = value.partition("/")
+    if sep and head in TASKS:
+        return head, tail
+    if sep and head == "custom":
+        return None, tail
+    return None, value
+
+
+def task_of(model_type: str, mode: str = "single") -> tuple[str | None, str]:
+    """(task name or None, model family) from `sft/llama`, or from the setup mode for a bare `llama`."""
+    task, family = split_model_type(model_type)
+    if task is None and mode in TASKS:
+        task = mode
+    return task, family
+
+
+def require_task(model_type: str, mode: str = "single", task: str | None = None) -> TrainingTask:
+    """The task a training statement runs: `task` if given, else the model type's prefix (`sft/llama`)
+    or the setup mode. ConfigError naming the forms that would train when there is none."""
+    found, family = task_of(model_type, mode)
+    name = task or found
+    if name is None:
+        forms = " or ".join(f"{t}/{family or '<family>'}" for t in TASKS)
+        raise ConfigError(f"pretrainedModelType={model_type!r} names no training task; use {forms} "
+                          f"(or `!byzerllm setup {'|'.join(TASKS)}` before it)")
+    return get(name)
+
+
+def _resolve(path: str) -> Any:
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+__all__ = ["SETUP_MODES", "TASKS", "TrainingTask", "get", "require_task", "split_model_type", "task_of"]

@@ -1,0 +1,118 @@
+"""A runtime for the engine's statement tests: the members of `engine.protocol.EngineRuntime`, with
+no cluster behind them. Deployments are names in a dict; a model answers `echo:<instruction>`; training
+and merge record what they were given. The workspace, its catalog and the result cache are the real
+(SQLite) ones. Imports neither ray nor torch.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any, Mapping, Sequence
+
+from byzer_like.catalog import Catalog
+from byzer_like.config import DeployOptions, SetupConfig
+from byzer_like.errors import ModelNotDeployedError
+from byzer_like.result_cache import ResultCache
+from byzer_like.workspace import Workspace
+
+
+@dataclass
+class FakeJobs:
+    rows: dict[str, dict] = field(default_factory=dict)
+    calls: list[tuple[str, str]] = field(default_factory=list)
+
+    def _row(self, job_id: str, state: str) -> dict:
+        return {"job_id": job_id, "kind": "sft", "state": state, "step": 0, "total_steps": None, "output_table": None,
+                "model_version": None, "artifact": None, "metrics": "{}", "error": None, "detached": True,
+                "ray_job_id": None, "created_at": time.time(), "finished_at": None}
+
+    def list(self, limit: int | None = None) -> list[dict]:
+        return list(self.rows.values())
+
+    def status(self, job_id: str) -> dict:
+        self.calls.append(("status", job_id))
+        return self.rows[job_id]
+
+    def stop(self, job_id: str) -> dict:
+        self.calls.append(("stop", job_id))
+        self.rows[job_id] = self._row(job_id, "STOPPED")
+        return self.rows[job_id]
+
+    def resume(self, job_id: str) -> dict:
+        self.calls.append(("resume", job_id))
+        self.rows[job_id] = self._row(job_id, "RUNNING")
+        return self.rows[job_id]
+
+    def logs(self, job_id: str) -> str:
+        self.calls.append(("logs", job_id))
+        return f"line 1 of {job_id}\nline 2 of {job_id}"
+
+
+class FakeRuntime:
+    def __init__(self, root: str):
+        self.workspace = Workspace.from_env(root)
+        self.setup_config = SetupConfig()
+        self.deployed: dict[str, dict] = {}
+        self.generated: list[tuple[str, list[dict]]] = []
+        self.trained: list[dict] = []
+        self.merged: list[tuple[str, str, bool]] = []
+        self.listed_with_start: list[bool] = []
+        self.jobs = FakeJobs()
+        self.catalog = Catalog(self.workspace)
+        self.result_cache = ResultCache(self.workspace.path("cache", "results.sqlite"))
+
+    def setup(self, values: Mapping[str, Any]) -> SetupConfig:
+        self.setup_config = self.setup_config.with_values(values)
+        return self.setup_config
+
+    def deploy_spec(self, options: Mapping[str, Any], session_models: Any = None) -> Any:
+        opts = dict(options)
+        table = DeployOptions.given(opts, "model_table")
+        model_dir = session_models(table) if (session_models and table) else None
+        return SimpleNamespace(udf_name=DeployOptions.given(opts, "udf_name"), options=opts,
+                               model_dir=model_dir or DeployOptions.given(opts, "local_model_dir"))
+
+    def deploy(self, spec: Any) -> dict:
+        self.deployed[spec.udf_name] = {"options": spec.options, "model_dir": spec.model_dir}
+        return {"udf_name": spec.udf_name, "status": "deployed", "model_dir": spec.model_dir}
+
+    def undeploy(self, name: str) -> None:
+        if name not in self.deployed:
+            raise ModelNotDeployedError(name, self.deployed)
+        del self.deployed[name]
+
+    def deployment_exists(self, name: str) -> bool:
+        return name in self.deployed
+
+    def deployments(self, *, start: bool = True) -> dict[str, str]:
+        self.listed_with_start.append(start)
+        return {n: "RUNNING" for n in self.deployed}
+
+    def generate(self, name: str, requests: Sequence[Mapping[str, Any]], *, on_rows: Any = None, cache: bool = False,
+                 rows: Sequence[int] | None = None, on_cached: Any = None) -> list[dict]:
+        reqs = [dict(r) for r in requests]
+        self.generated.append((name, reqs))
+        out = []
+        for r in reqs:
+            if r["ins"].startswith("FAIL"):
+                out.append({"error": "prompt too long", "error_code": "prompt_too_long"})
+            else:
+                out.append({"output": f"echo:{r['ins']}", "metadata": {"input_tokens": len(r["ins"])}})
+        if on_rows:
+            on_rows(len(out))
+        return out
+
+    def embed(self, name: str, texts: Sequence[str]) -> list[list[float]]:
+        return [[float(len(t)), 1.0] for t in texts]
+
+    def train(self, task: str | None, params: Mapping[str, Any], table: Any, *, options: Any = None,
+              progress: bool = False) -> dict:
+        self.trained.append({"task": task, "params": dict(params), "rows": table.num_rows, "options": options})
+        job_id = f"{task}-job-{len(self.trained)}"
+        self.jobs.rows[job_id] = self.jobs._row(job_id, "SUCCEEDED")
+        return self.jobs.rows[job_id]
+
+    def merge(self, model_table: str, output_table: str, *, overwrite: bool = False) -> dict:
+        self.merged.append((model_table, output_table, overwrite))
+        return {"name": output_table, "version": 1, "kind": "model", "path": "/x", "merged_from": model_table}
