@@ -4,10 +4,11 @@
     byzer-like models make-tiny --family llama --out DIR [--size tiny|small] [--pretrain-seconds N]
     byzer-like models types                      known pretrained_model_type names
     byzer-like models list                       the model registry (trained and merged models, all versions)
+    byzer-like train sft|sfft --data FILE --model-path DIR [--output-table NAME] [--option k=v ...] [--detach]
     byzer-like jobs list|status|logs|stop|resume [JOB_ID] [--follow]   training jobs
     byzer-like cluster start|stop|status         the workspace's persistent local Ray head
     byzer-like deploy DIR --type llama --name m [--num-workers 2] [--param key=value ...]
-    byzer-like list | meta NAME | undeploy NAME
+    byzer-like list | meta NAME | undeploy NAME    deployments (running models, by name)
     byzer-like chat NAME ["message"]             one-shot, or interactive without a message
     byzer-like serve [--host H] [--port N]       OpenAI-compatible HTTP API + chat page (BYZER_LIKE_API_KEY)
     byzer-like run script.sql [--set k=v]        run a SQL script, print each result
@@ -126,6 +127,37 @@ def cmd_jobs(args: argparse.Namespace) -> int:
                                                                         progress=args.wait)
     print(f"{row['job_id']}: {row['state']}" + (f" ({row['error']})" if row.get("error") else ""))
     return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Submit a training job of a task from `byzer_like.tasks` on a data file (json, jsonl, csv, parquet)."""
+    from .engine import Session
+    from .engine.io import load_table
+    from .tasks import get as get_task
+
+    task = get_task(args.task)
+    rt = _runtime(args, running=False)
+    for key, value in (("num_workers", args.num_workers), ("cpus_per_worker", args.cpus_per_worker),
+                       ("gpus_per_worker", args.gpus_per_worker)):
+        if value is not None:
+            rt.setup({key: value})
+    data = os.path.abspath(args.data)
+    fmt = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}.get(
+        Path(data).suffix.lower())
+    if fmt is None:
+        raise ConfigError(f"--data {args.data!r}: use a .json, .jsonl, .csv, .parquet or .txt file")
+    session = Session(rt, progress=False)  # its DuckDB, confined to the workspace's allowed roots
+    try:
+        table = load_table(session.con, fmt, rt.workspace.resolve(data, what="--data"), {})
+    finally:
+        session.close()
+    params: dict[str, Any] = {**_kv(args.option, "--option"), "pretrained_model_type": f"{task.name}/{args.type}",
+                              "local_model_dir": os.path.abspath(args.model_path), "detached": args.detach}
+    if args.output_table:
+        params["output_table"] = args.output_table
+    row = rt.train(task.name, params, table, progress=not args.detach and sys.stderr.isatty())
+    print(f"{row['job_id']}: {row['state']}" + (f" ({row['error']})" if row.get("error") else ""))
+    return 0 if row["state"] in ("SUCCEEDED", "PENDING", "RUNNING") else 1
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
@@ -401,6 +433,22 @@ def build_parser() -> argparse.ArgumentParser:
     ty.set_defaults(func=cmd_types)
     ml = msub.add_parser("list", parents=[common], help="the model registry: trained and merged models, all versions")
     ml.set_defaults(func=cmd_registry)
+
+    from .tasks import TASKS
+
+    tr = sub.add_parser("train", parents=[common], help="submit a training job (" + ", ".join(TASKS) + ") on a data file")
+    tr.add_argument("task", choices=list(TASKS), help="; ".join(f"{t.name}: {t.summary}" for t in TASKS.values()))
+    tr.add_argument("--data", required=True, help="the training table: a .jsonl, .json, .csv, .parquet or .txt file")
+    tr.add_argument("--model-path", required=True, help="the base model's directory")
+    tr.add_argument("--type", default="auto", help="the model family (plugin), default auto")
+    tr.add_argument("--output-table", help="register the result under this name (name@v1, v2, ...)")
+    tr.add_argument("--option", action="append", metavar="KEY=VALUE",
+                    help="a training option as in SQL (method=lora, max_seq_length=256, ...; repeatable)")
+    tr.add_argument("--num-workers", type=int)
+    tr.add_argument("--cpus-per-worker", type=float)
+    tr.add_argument("--gpus-per-worker", type=float)
+    tr.add_argument("--detach", action="store_true", help="submit as a detached job and return at once")
+    tr.set_defaults(func=cmd_train)
 
     j = sub.add_parser("jobs", parents=[common], help="training jobs: list, status, logs, stop, resume")
     j.add_argument("action", choices=("list", "status", "logs", "stop", "resume"))
