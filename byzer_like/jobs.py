@@ -463,7 +463,9 @@ def run_job(ws_root: str, job_id: str, *, resume: bool = False) -> dict:
 
 
 def _stop_signal(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)
+    from .train.progress import STOP
+
+    STOP.request(signum)  # at once, or at the training loop's next safe point
 
 
 def _train(catalog: Catalog, job: dict, resume: bool) -> dict:

@@ -141,3 +141,23 @@ def test_serve_status_and_one_server_per_cluster(api_server, workspace):
     second = run("serve", "--port", "0", ws=workspace)
     assert second.returncode == 1 and "already running" in second.stderr and "--stop" in second.stderr
     assert len(second.stderr.strip().splitlines()) == 1, second.stderr
+
+
+@pytest.mark.timeout(300)
+def test_train_a_task_from_the_command_line(ray_cluster, workspace, tiny_models):
+    """`byzer-like train sft` reads the task table: a data file in, a blocking job, a registry model out;
+    a task that is not in the table and a data file of an unknown kind are refused before anything runs."""
+    data = workspace / "data" / "cli_train.jsonl"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    data.write_text("".join(json.dumps({"instruction": f"Say {i}.", "output": str(i)}) + "\n" for i in range(8)))
+    out = run("train", "sft", "--data", str(data), "--model-path", str(tiny_models["llama"]), "--type", "llama",
+              "--output-table", "cli_lora", "--option", "max_steps=2", "--option", "sft.int.max_seq_length=64",
+              "--cpus-per-worker", "0.5", ws=workspace, timeout=280)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith(": SUCCEEDED"), out.stdout
+    listed = run("models", "list", ws=workspace)
+    assert "cli_lora@v1" in listed.stdout and "adapter" in listed.stdout
+    unknown = run("train", "ppo", "--data", str(data), "--model-path", "m", ws=workspace)
+    assert unknown.returncode == 2 and "invalid choice: 'ppo'" in unknown.stderr and "sft" in unknown.stderr
+    bad = run("train", "sft", "--data", str(workspace / "x.xml"), "--model-path", "m", ws=workspace)
+    assert bad.returncode == 1 and bad.stderr.startswith("error: ") and ".jsonl" in bad.stderr

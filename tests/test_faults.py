@@ -198,9 +198,9 @@ def _when_rows_done(llm, at_least: int, action: Callable[[], None]) -> threading
     reached = threading.Event()
     lock = threading.Lock()
     done = [0]
-    original = llm.generate
+    original = llm.runtime.generate
 
-    def generate(requests, model=None, *, on_rows=None, **options):
+    def generate(name, requests, *, on_rows=None, **options):
         def rows_done(k: int) -> None:
             with lock:
                 done[0] += k
@@ -209,9 +209,9 @@ def _when_rows_done(llm, at_least: int, action: Callable[[], None]) -> threading
             if on_rows:
                 on_rows(k)
 
-        return original(requests, model=model, on_rows=rows_done, **options)
+        return original(name, requests, on_rows=rows_done, **options)
 
-    llm.generate = generate  # the session calls its client's generate
+    llm.runtime.generate = generate  # the session calls its runtime's generate
     thread = threading.Thread(target=lambda: (reached.wait(300), action()), daemon=True)
     thread.start()
     return thread

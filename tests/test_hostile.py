@@ -237,7 +237,9 @@ def arena(tmp_path_factory):
 
         mp.delenv("BYZER_LIKE_ALLOWED_ROOTS", raising=False)
         mp.delenv("RAY_ADDRESS", raising=False)
-        mp.setattr(ByzerLLM, "connect", lambda self: a.connects.append(1) or {})
+        from byzer_like.runtime import Runtime
+
+        mp.setattr(Runtime, "connect", lambda self: a.connects.append(1) or {})
         mp.setattr(cluster, "reachable", lambda *args, **kwargs: True)
         mp.setattr(manager, "list_deployments", lambda: {"fake_model": "RUNNING"})
         mp.setattr(manager, "deploy", lambda spec, setup, **kw: a.deploys.append(spec))
@@ -277,7 +279,7 @@ def _session(arena: Arena) -> Session:
     source.mkdir(exist_ok=True)
     (source / "q.json").write_text("".join(json.dumps({"id": i, "q": f"question {i}"}) + "\n" for i in range(3)))
     llm = ByzerLLM(workspace=arena.ws)
-    llm.generate = lambda requests, model=None, **kw: [{"output": "fine", "metadata": {}} for _ in requests]
+    llm.runtime.generate = lambda name, requests, **kw: [{"output": "fine", "metadata": {}} for _ in requests]
     s = Session(llm, progress=False)
     s.sql("load json.`seed_source_q/q.json` as q;")
     return s

@@ -11,6 +11,31 @@ import time
 from typing import Any
 
 
+class StopRequest:
+    """A stop asked for by a signal, honoured at a safe point of the training loop.
+
+    The job runner's SIGTERM handler calls `request()`: while a loop has said it `defers` stops (sft's
+    Trainer, between steps), the request is only noted and the loop raises SystemExit at its next step
+    end, so a checkpoint being saved is always finished first; otherwise it raises at once."""
+
+    def __init__(self) -> None:
+        self.defers = False
+        self.requested: int | None = None  # the signal number
+
+    def request(self, signum: int) -> None:
+        if not self.defers:
+            raise SystemExit(128 + signum)
+        self.requested = signum
+
+    def check(self) -> None:
+        """At a safe point: SystemExit if a stop was requested."""
+        if self.requested is not None:
+            raise SystemExit(128 + self.requested)
+
+
+STOP = StopRequest()  # one per process: the runner's
+
+
 class Reporter:
     def __init__(self, workspace_root: str | None = None, job_id: str | None = None, *, total_steps: int | None = None,
                  out: Any = None):

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 from ..errors import ConfigError
 from . import data as D
 from .options import SftOptions
-from .progress import Reporter
+from .progress import STOP, Reporter
 
 
 def load_conversations(data_path: str) -> list[list[dict[str, str]]]:
@@ -52,10 +52,20 @@ def stop_token_ids(model_dir: str, tokenizer: Any, stop_tokens: Sequence[str] = 
 
 
 def last_checkpoint(checkpoint_dir: str | Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete Trainer checkpoint (`checkpoint-<step>`) in `checkpoint_dir`, or None.
 
+    A run stopped while it was saving leaves a checkpoint folder without `trainer_state.json` (the
+    Trainer writes it last): such a folder is skipped, so a resume starts from the one before it."""
     d = Path(checkpoint_dir)
-    return get_last_checkpoint(str(d)) if d.is_dir() else None
+    if not d.is_dir():
+        return None
+    steps = sorted((int(p.name.split("-", 1)[1]), p) for p in d.glob("checkpoint-*")
+                   if p.is_dir() and p.name.split("-", 1)[1].isdigit())
+    for step, p in reversed(steps):
+        if (p / "trainer_state.json").is_file():
+            return str(p)
+        print(f"[byzer-like] skipping {p.name}: incomplete (the run stopped while saving it)", flush=True)
+    return None
 
 
 def sft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str, options: SftOptions,
@@ -119,6 +129,9 @@ def sft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str, 
             self.tokens = self.start_tokens = state.num_input_tokens_seen
             reporter.start(state.global_step, state.max_steps)
 
+        def on_step_end(self, a, state, control, **kw):  # noqa: ANN001 - before this step's save, never during one
+            STOP.check()
+
         def on_log(self, a, state, control, logs=None, **kw):  # noqa: ANN001
             logs = logs or {}
             seen = state.num_input_tokens_seen
@@ -136,7 +149,11 @@ def sft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str, 
     start_ckpt = last_checkpoint(ckpt_dir) if resume else None
     resumed_from = int(start_ckpt.rsplit("-", 1)[1]) if start_ckpt else 0
     t0 = time.monotonic()
-    out = trainer.train(resume_from_checkpoint=start_ckpt)
+    STOP.defers = True  # a stop signal ends the run at the next step end, not inside a checkpoint save
+    try:
+        out = trainer.train(resume_from_checkpoint=start_ckpt)
+    finally:
+        STOP.defers = False
     runtime = time.monotonic() - t0
 
     Path(output_dir).mkdir(parents=True, exist_ok=True)
