@@ -8,6 +8,7 @@ replica died is retried, one that fails for its own reason is not.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import queue
 import threading
@@ -31,12 +32,14 @@ def _quiet_serve_logs() -> None:
 
 
 def serve_running() -> bool:
+    """Whether a Serve controller is running on the connected cluster."""
     from ray.serve.context import _get_global_client
 
     return _get_global_client(raise_if_no_controller_running=False) is not None
 
 
 def ensure_serve() -> None:
+    """Start Serve (without its HTTP proxy) unless it is running."""
     from ray import serve
 
     _quiet_serve_logs()
@@ -46,6 +49,7 @@ def ensure_serve() -> None:
 
 
 def app_status(app: Any) -> str:
+    """A Serve application's status as a plain string ("RUNNING", ...)."""
     return str(getattr(app.status, "value", app.status))
 
 
@@ -62,6 +66,7 @@ def list_deployments() -> dict[str, str]:
 
 
 def exists(udf_name: str) -> bool:
+    """Whether model `udf_name` is deployed."""
     return udf_name in list_deployments()
 
 
@@ -153,6 +158,7 @@ def _delete_quietly(udf_name: str) -> None:
 
 
 def undeploy(udf_name: str) -> None:
+    """Remove model `udf_name`; ModelNotDeployedError if it is not deployed."""
     from ray import serve
 
     deployed = list_deployments()
@@ -162,6 +168,7 @@ def undeploy(udf_name: str) -> None:
 
 
 def get_handle(udf_name: str) -> Any:
+    """The Serve handle of model `udf_name`; ModelNotDeployedError if it is not deployed."""
     from ray import serve
 
     deployed = list_deployments()
@@ -219,28 +226,48 @@ def _result(response: Any, timeout_s: float) -> Any:
         return pool.submit(response.result, timeout_s=timeout_s).result()
 
 
+def _retry_after(e: BaseException, attempt: int, retries: int) -> float | None:
+    """The retry rule of `call` and `acall`: seconds to wait before sending attempt `attempt` (from 0)
+    again after it failed with `e`, or None to give up. Only a dead replica is worth another try (not
+    a request that is bad in itself), at most `retries` times, waiting longer each time."""
+    if _retriable(e) and attempt < retries:
+        return 0.5 * (attempt + 1)
+    return None
+
+
 def call(handle: Any, method: str, *args: Any, udf_name: str, timeout_s: float, retries: int = 2) -> Any:
     """One call, retried when the replica died (not when the request itself was bad)."""
-    for attempt in range(retries + 1):
+    for attempt in itertools.count():
         try:
             return _result(getattr(handle, method).remote(*args), timeout_s)
         except Exception as e:  # noqa: BLE001 - translated below
-            if _retriable(e) and attempt < retries:
-                time.sleep(0.5 * (attempt + 1))
-                continue
-            raise translate(e, udf_name, timeout_s) from e
+            wait_s = _retry_after(e, attempt, retries)
+            if wait_s is None:
+                raise translate(e, udf_name, timeout_s) from e
+        time.sleep(wait_s)
     raise AssertionError("unreachable")
 
 
+def _start_stream(handle: Any, request: dict) -> Any:
+    """The Serve response generator of a `stream` call; a full queue raises here."""
+    return handle.options(stream=True).stream.remote(request)
+
+
+def _stream_timeout(udf_name: str, timeout_s: float) -> RequestTimeoutError:
+    return RequestTimeoutError(f"model {udf_name!r} did not finish streaming within {timeout_s:.0f} s")
+
+
 def stream(handle: Any, request: dict, *, udf_name: str, timeout_s: float) -> Iterator[dict]:
+    """The items of one streamed generation (text deltas, then the last one with `done` and its
+    metadata); a RequestTimeoutError once the whole stream takes over `timeout_s`."""
     gen = None
     try:
-        gen = handle.options(stream=True).stream.remote(request)  # a full queue raises here
+        gen = _start_stream(handle, request)
         deadline = time.monotonic() + timeout_s
         for item in (_iterate_off_loop(gen) if _in_event_loop() else gen):
             yield item
             if time.monotonic() > deadline:
-                raise RequestTimeoutError(f"model {udf_name!r} did not finish streaming within {timeout_s:.0f} s")
+                raise _stream_timeout(udf_name, timeout_s)
     except ByzerError:
         raise
     except Exception as e:  # noqa: BLE001
@@ -251,7 +278,7 @@ def stream(handle: Any, request: dict, *, udf_name: str, timeout_s: float) -> It
 
 async def acall(handle: Any, method: str, *args: Any, udf_name: str, timeout_s: float, retries: int = 2) -> Any:
     """`call` for code running on an event loop (the HTTP API): awaits instead of blocking."""
-    for attempt in range(retries + 1):
+    for attempt in itertools.count():
         response = None
         try:
             response = getattr(handle, method).remote(*args)
@@ -262,10 +289,10 @@ async def acall(handle: Any, method: str, *args: Any, udf_name: str, timeout_s: 
         except Exception as e:  # noqa: BLE001 - translated below
             if isinstance(e, TimeoutError):
                 _cancel(response)
-            if _retriable(e) and attempt < retries:
-                await asyncio.sleep(0.5 * (attempt + 1))
-                continue
-            raise translate(e, udf_name, timeout_s) from e
+            wait_s = _retry_after(e, attempt, retries)
+            if wait_s is None:
+                raise translate(e, udf_name, timeout_s) from e
+        await asyncio.sleep(wait_s)
     raise AssertionError("unreachable")
 
 
@@ -290,7 +317,7 @@ async def astream(handle: Any, request: dict, *, udf_name: str, timeout_s: float
     gen = None
     deadline = time.monotonic() + timeout_s
     try:
-        gen = handle.options(stream=True).stream.remote(request)  # a full queue raises here
+        gen = _start_stream(handle, request)
         while True:
             # a deadline per item, not `asyncio.timeout`: the consumer may resume this generator
             # from another task (the HTTP API's first item is awaited before its response starts)
@@ -301,7 +328,7 @@ async def astream(handle: Any, request: dict, *, udf_name: str, timeout_s: float
                 return
             yield item
     except TimeoutError as e:
-        raise RequestTimeoutError(f"model {udf_name!r} did not finish streaming within {timeout_s:.0f} s") from e
+        raise _stream_timeout(udf_name, timeout_s) from e
     except (ByzerError, asyncio.CancelledError, GeneratorExit):
         raise
     except Exception as e:  # noqa: BLE001
