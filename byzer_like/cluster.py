@@ -11,6 +11,7 @@ temp dir inside the workspace; `stop` ends exactly that process group (never a m
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import signal
@@ -42,6 +43,7 @@ _MAX_TEMP_DIR = 36
 
 @dataclass
 class HeadInfo:
+    """The persistent head of a workspace, as `start_head` left it in the workspace's head.json."""
     pid: int
     address: str
     dashboard_url: str
@@ -51,6 +53,7 @@ class HeadInfo:
     started_at: float
 
     def alive(self) -> bool:
+        """Whether its process exists and its GCS port answers."""
         try:
             os.kill(self.pid, 0)
         except (ProcessLookupError, PermissionError):
@@ -89,6 +92,18 @@ def _local_token_auth() -> None:
     _enable_token_auth()
 
 
+def _ensure_token() -> None:
+    """Save a new auth token (~/.ray/auth_token) unless one is available. `ray.init` makes one for a new
+    local cluster, but `ray start --head` in token mode refuses to start without one (a fresh machine)."""
+    from ray._private.authentication.authentication_token_setup import generate_and_save_token
+    from ray._raylet import AuthenticationTokenLoader
+
+    loader = AuthenticationTokenLoader.instance()
+    if not loader.has_token(ignore_auth_mode=True):
+        generate_and_save_token()
+        loader.reset_cache()
+
+
 def as_local() -> None:
     """Talk to a cluster on this machine as to our own: loopback addresses and the local auth token."""
     _loopback_only()
@@ -96,6 +111,7 @@ def as_local() -> None:
 
 
 def head_info(ws: Workspace) -> HeadInfo | None:
+    """The workspace's persistent head as recorded (running or not), or None."""
     f = ws.path(*HEAD_FILE)
     if not f.exists():
         return None
@@ -144,6 +160,8 @@ def start_head(ws: Workspace, *, num_cpus: int | None = None, num_gpus: int | No
         cmd += ["--num-gpus", str(num_gpus)]
     log = ws.dir("cluster") / "head.log"
     env = {**os.environ, **_LOOPBACK_ENV, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
+    if env["RAY_AUTH_MODE"].lower() == "token":
+        _ensure_token()
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, start_new_session=True)
@@ -239,11 +257,24 @@ def connect(address: str | None = None, ws: Workspace | None = None, *, num_cpus
 
 
 def is_loopback(address: str | None) -> bool:
-    """Whether `address` (host:port, ray://host:port, http://host:port) is on this machine's loopback."""
-    if not address:
+    """Whether `address` is on this machine's loopback: `localhost`, 127.0.0.0/8 or ::1, given as a bare
+    host (`::1`, `[::1]`), as host:port (`127.0.0.1:6379`, `[::1]:8000`) or in a URL (`ray://localhost:10001`,
+    `http://[::1]:8000/v1`). `0.0.0.0` and `::` (every interface) are not loopback."""
+    host = _host(address or "")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
         return False
-    host = address.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
-    return host in ("127.0.0.1", "localhost")
+
+
+def _host(address: str) -> str:
+    """The host of a bare host, host:port or URL, without IPv6 brackets; a bare IPv6 address as it is."""
+    netloc = address.strip().split("://", 1)[-1].split("/", 1)[0].rpartition("@")[2]
+    if netloc.startswith("["):
+        return netloc[1:].partition("]")[0]
+    return netloc.partition(":")[0] if netloc.count(":") == 1 else netloc
 
 
 def reachable(address: str | None, ws: Workspace) -> bool:
@@ -258,6 +289,7 @@ def reachable(address: str | None, ws: Workspace) -> bool:
 
 
 def status(ws: Workspace) -> dict[str, Any]:
+    """The workspace's persistent head: whether it runs, and its addresses."""
     info = head_info(ws)
     if info is None:
         return {"running": False, "workspace": str(ws.root)}

@@ -6,7 +6,6 @@ again if its process dies; the model applications themselves have no HTTP route 
 """
 from __future__ import annotations
 
-import ipaddress
 import os
 import secrets
 import socket
@@ -15,9 +14,10 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Mapping
 
+from ..cluster import is_loopback
 from ..errors import ConfigError
 from ..serving import manager
-from .app import ApiSettings, key_digest
+from .settings import ApiSettings, key_digest
 
 APP_NAME = "byzer_like_api"
 INGRESS_NAME = "HttpIngress"
@@ -25,20 +25,15 @@ DEFAULT_PORT = 8000
 ENV_KEY = "BYZER_LIKE_API_KEY"
 
 
-def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+# the one loopback check (bare hosts, host:port, [::1], URLs), under the name this module had for it
+is_loopback_host = is_loopback
 
 
 def resolve_key(host: str, api_key: str | None, env: Mapping[str, str] = os.environ) -> tuple[str | None, bool]:
     """The server's key and whether it was generated: `api_key`, else BYZER_LIKE_API_KEY, else a new
     one when bound to anything but loopback; a loopback server without either needs none."""
     key = api_key or env.get(ENV_KEY) or None
-    if key is None and not is_loopback_host(host):
+    if key is None and not is_loopback(host):
         return secrets.token_urlsafe(32), True
     return key, False
 
@@ -60,6 +55,7 @@ class ApiServer:
         return f"{self.url}/v1"
 
     def stop(self) -> bool:
+        """Stop this HTTP API (see the module's `stop`)."""
         return stop()
 
 
@@ -97,11 +93,13 @@ class HttpIngress:
             time.sleep(0.02)
 
     def address(self) -> dict:
+        """Where this replica listens: host, port, the node's IP and the process id."""
         import ray
 
         return {"host": self.host, "port": self.port, "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid()}
 
     def check_health(self) -> None:
+        """Serve's health check: the server thread must still be running."""
         if not self.thread.is_alive():
             raise RuntimeError("the HTTP server thread has stopped")
 
