@@ -31,7 +31,7 @@ PUBLIC_PATHS = ("/", "/favicon.ico")
 
 
 def build_app(settings: ApiSettings, backend: Any) -> FastAPI:
-    """The FastAPI application over `backend` (`api.backend.ServeBackend`)."""
+    """The FastAPI application over `backend` (`runtime.aio.AsyncRuntime`: the runtime's verbs for an event loop)."""
     app = FastAPI(title="byzer-like", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(_Auth, digest=settings.api_key_sha256)
     app.mount("/static", _Revalidated(StaticFiles(directory=STATIC)), name="static")

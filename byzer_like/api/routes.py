@@ -99,7 +99,7 @@ def _embedding(vec: list[float], encoding_format: str) -> Any:
 
 # -- the endpoints -----------------------------------------------------------------------------------
 class Routes:
-    """The endpoints over `backend` (`api.backend.ServeBackend`), under `settings`."""
+    """The endpoints over `backend` (`runtime.aio.AsyncRuntime`), under `settings`."""
 
     def __init__(self, settings: ApiSettings, backend: Any):
         self.settings, self.backend = settings, backend

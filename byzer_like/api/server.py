@@ -67,7 +67,7 @@ class HttpIngress:
         import uvicorn
 
         from .app import build_app
-        from .backend import ServeBackend
+        from ..runtime.aio import AsyncRuntime
 
         config = ApiSettings(**settings)
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -78,7 +78,7 @@ class HttpIngress:
             sock.close()
             raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}; choose another port") from None
         self.host, self.port = host, sock.getsockname()[1]
-        app = build_app(config, ServeBackend(config.request_timeout_s))
+        app = build_app(config, AsyncRuntime(config.request_timeout_s))
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                                                     timeout_keep_alive=5, timeout_graceful_shutdown=3))
         # Server.run picks uvicorn's event loop (uvloop when installed); it installs signal handlers

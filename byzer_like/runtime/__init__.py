@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -42,6 +43,7 @@ class Runtime:
         self.workspace = workspace if isinstance(workspace, Workspace) else Workspace.from_env(workspace)
         self.setup_config = setup or SetupConfig()
         self._handles: dict[str, Any] = {}
+        self._handles_lock = threading.Lock()  # one handle per deployment, also when threads ask at once
         self._meta: dict[str, dict] = {}
         self._result_cache = None
 
@@ -133,11 +135,13 @@ class Runtime:
         return dict(self._meta[name])
 
     def handle(self, name: str) -> Any:
-        """The Serve handle of deployment `name` (kept per runtime)."""
-        if name not in self._handles:
-            self.connect()
-            self._handles[name] = manager.get_handle(name)
-        return self._handles[name]
+        """The Serve handle of deployment `name` (kept per runtime: a handle holds the caller's side of the
+        deployment's queue limit, so threads of one runtime share one)."""
+        with self._handles_lock:
+            if name not in self._handles:
+                self.connect()
+                self._handles[name] = manager.get_handle(name)
+            return self._handles[name]
 
     def require_name(self, name: str | None) -> str:
         """`name`, or ModelNotDeployedError listing the deployments when none was given."""

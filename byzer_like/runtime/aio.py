@@ -1,4 +1,13 @@
-"""How the HTTP API reaches the model deployments: Serve handles, awaited on the server's event loop."""
+"""The runtime's verbs for code running on an event loop (the HTTP API): the deployments, one call,
+one stream, through Serve handles that are awaited on that loop instead of blocking it.
+
+    rt = AsyncRuntime(request_timeout_s=600)
+    await rt.models()                              # {"m": "RUNNING"}
+    await rt.call("m", "chat", request)            # {"output", "metadata"}
+    async for item in rt.stream("m", request): ... # {"delta"}, ..., {"metadata", "done": True}
+
+It needs no workspace: it only talks to the Serve applications of the cluster it runs in.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -12,7 +21,10 @@ from ..serving import manager
 LIST_TTL_S = 1.0
 
 
-class ServeBackend:
+class AsyncRuntime:
+    """Deployments, calls and streams for an event loop. `request_timeout_s`: a call or stream that
+    takes longer fails with RequestTimeoutError."""
+
     def __init__(self, request_timeout_s: float):
         self.request_timeout_s = request_timeout_s
         self._handles: dict[str, Any] = {}
