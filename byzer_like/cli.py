@@ -66,7 +66,7 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
     try:
         corpus = str(ws.resolve(args.corpus, what="--corpus")) if args.corpus else None
         summary = make_tiny(args.family, out, size=args.size, seed=args.seed, corpus=corpus,
-                            pretrain_seconds=args.pretrain_seconds, progress=True)
+                            pretrain_seconds=args.pretrain_seconds, progress=True, overwrite=args.overwrite)
     except (ValueError, FileExistsError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from None
     print(json.dumps(summary, indent=2))
@@ -186,8 +186,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         rt.setup({key: value})
     options = {**_kv(args.param, "--param"), "pretrained_model_type": args.type, "udf_name": args.name,
                "local_model_dir": args.model_dir}
-    if args.reconnect:
-        options["reconnect"] = True
+    for key in ("reconnect", "replace"):
+        if getattr(args, key):
+            options[key] = True
     out = rt.deploy(rt.deploy_spec(options))
     print(f"{out['udf_name']}: {out['status']}" + (f" on {out['num_workers']} worker(s)" if "num_workers" in out else ""))
     return 0
@@ -370,8 +371,6 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
     """Build the tiny model (once), run sql/quickstart.sql on it, then stream one answer."""
-    import shutil
-
     from .engine import Session
     from .tiny import make_tiny
 
@@ -380,12 +379,14 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     if not (model_dir / "config.json").exists():
         print(f"building a tiny llama model in {model_dir} ({args.pretrain_seconds:g} s of pretraining)...", flush=True)
         make_tiny("llama", model_dir, size="tiny", pretrain_seconds=args.pretrain_seconds, progress=True)
-    shutil.copytree(SQL_DIR / "data", ws.dir("data"), dirs_exist_ok=True)
+    data_dir = ws.path("quickstart", "data")  # the sample data's own folder: never a file of the user's
+    for note in ws.copy_own(SQL_DIR / "data", data_dir):
+        print(note, file=sys.stderr, flush=True)
     llm = _runtime(args, running=False)
     info = llm.connect()
     print(f"ray: {info['mode']} cluster at {info['address']}", flush=True)
     llm.setup({"num_workers": args.num_workers})
-    session = Session(llm, variables={"model_dir": str(model_dir), "data_dir": str(ws.path("data"))})
+    session = Session(llm, variables={"model_dir": str(model_dir), "data_dir": str(data_dir)})
     name = "quickstart_chat"
     try:
         for i, result in enumerate(session.sql((SQL_DIR / "quickstart.sql").read_text()), 1):
@@ -406,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="byzer-like", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--version", action="version", version=f"byzer-like {__version__}")
+    # also accepted before the command (`byzer-like --address H:P list`); after it, the command's own wins
+    p.add_argument("--workspace", dest="global_workspace", metavar="WORKSPACE", help=argparse.SUPPRESS)
+    p.add_argument("--address", dest="global_address", metavar="ADDRESS", help=argparse.SUPPRESS)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--workspace", help="workspace folder (default: $BYZER_LIKE_HOME or ./byzer_workspace)")
     common.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or the workspace's cluster)")
@@ -428,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--pretrain-seconds", type=float, default=0.0, metavar="N",
                     help="pretrain for N seconds so the model writes readable text")
     mt.add_argument("--corpus", help="text file or folder for the tokenizer and pretraining (default: Python's stdlib)")
+    mt.add_argument("--overwrite", action="store_true", help="replace a model this command built before in --out")
     mt.set_defaults(func=cmd_make_tiny)
     ty = msub.add_parser("types", help="known pretrained_model_type names (plugins)")
     ty.set_defaults(func=cmd_types)
@@ -473,7 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--gpus-per-worker", type=float)
     d.add_argument("--set", action="append", metavar="KEY=VALUE", help="a setup option (repeatable)")
     d.add_argument("--param", action="append", metavar="KEY=VALUE", help="an infer param for init_model (repeatable)")
-    d.add_argument("--reconnect", action="store_true", help="use an existing deployment of that name as it is")
+    d.add_argument("--reconnect", action="store_true",
+                   help="use a running deployment of that name if it serves this model (an error says what differs)")
+    d.add_argument("--replace", action="store_true", help="undeploy a running deployment of that name first, then deploy")
     d.set_defaults(func=cmd_deploy)
 
     u = sub.add_parser("undeploy", parents=[common], help="remove a deployed model")
@@ -521,6 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for name in ("workspace", "address"):  # given before the command: as if given after it
+        if getattr(args, name, None) is None and getattr(args, f"global_{name}", None) is not None:
+            setattr(args, name, getattr(args, f"global_{name}"))
     try:
         return args.func(args)
     except ByzerError as e:

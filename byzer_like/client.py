@@ -100,18 +100,22 @@ class ByzerLLM:
 
     # -- deployments ---------------------------------------------------------------------------
     def deploy(self, model_path: str | os.PathLike | None, pretrained_model_type: str, udf_name: str,
-               infer_params: Mapping[str, Any] | None = None, *, reconnect: bool | None = None) -> dict:
+               infer_params: Mapping[str, Any] | None = None, *, reconnect: bool | None = None,
+               replace: bool | None = None) -> dict:
         """Deploy `model_path` as `udf_name` on `num_workers` replicas; wait until all have loaded it.
 
         `infer_params` may also hold `model_table` (a registered model, `name@v2`) and the plugin's
         own keys. Every check that can fail (plugin, options, model directory) runs before anything
-        starts. Returns `{"udf_name", "status": "deployed"|"reconnected", ...}`."""
+        starts. `reconnect=True` uses a running deployment of that name if it serves this model (a
+        DeployError says what differs otherwise); `replace=True` undeploys it and deploys anew.
+        Returns `{"udf_name", "status": "deployed"|"reconnected", ...}`."""
         options: dict[str, Any] = {**(infer_params or {}), "pretrained_model_type": pretrained_model_type,
                                    "udf_name": udf_name}
         if model_path is not None:
             options["local_model_dir"] = os.fspath(model_path)
-        if reconnect is not None:
-            options["reconnect"] = reconnect
+        for key, value in (("reconnect", reconnect), ("replace", replace)):
+            if value is not None:
+                options[key] = value
         return self.runtime.deploy(self.runtime.deploy_spec(options))
 
     def undeploy(self, udf_name: str) -> None:

@@ -39,6 +39,7 @@ if not os.environ.get("RAY_ADDRESS"):
 
 # Unix socket paths are limited to ~107 bytes; Ray adds ~70 to its temp dir.
 _MAX_TEMP_DIR = 36
+CONNECT_CHECK_S = 5.0  # how long an address may take to accept a connection before it counts as unreachable
 
 
 @dataclass
@@ -237,6 +238,8 @@ def connect(address: str | None = None, ws: Workspace | None = None, *, num_cpus
         if info and info.alive():
             address, mode = info.address, "persistent"
     common: dict[str, Any] = {"namespace": NAMESPACE, "logging_level": "WARNING", "log_to_driver": False}
+    if address:
+        check_answers(address)  # an address nothing listens on: one line now, not minutes of Ray retries
     try:
         if address:
             if mode == "persistent" or is_loopback(address):  # a cluster on this machine: as ours
@@ -254,6 +257,24 @@ def connect(address: str | None = None, ws: Workspace | None = None, *, num_cpus
         where = address or "an embedded local cluster"
         raise ClusterError(f"cannot connect to Ray at {where}: {e}".splitlines()[0]) from e
     return {"address": ray.get_runtime_context().gcs_address, "mode": mode}
+
+
+def check_answers(address: str, timeout_s: float = CONNECT_CHECK_S) -> None:
+    """ClusterError unless something accepts a TCP connection at `address` (`host:port`,
+    `ray://host:port`) within `timeout_s` seconds; `auto` and addresses without a port are left to Ray."""
+    if address.strip().lower() in ("auto", "local"):
+        return
+    netloc = address.strip().split("://", 1)[-1].split("/", 1)[0].rpartition("@")[2]
+    host, _, port = netloc.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    host = host.strip("[]")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        why = f"no answer within {timeout_s:g} s" if isinstance(e, TimeoutError) else (e.strerror or type(e).__name__).lower()
+        raise ClusterError(f"no Ray cluster answers at {address} ({why}): check the address "
+                           "(--address / RAY_ADDRESS), or start one with `byzer-like cluster start`") from None
 
 
 def is_loopback(address: str | None) -> bool:

@@ -189,7 +189,8 @@ class DeployOptions(_Options):
         description="the Hugging Face-format model directory",
     )
     udf_name: str = Field(description="the model's name in SQL and the API")
-    reconnect: bool = False
+    reconnect: bool = Field(False, description="use a running deployment of that name, if it serves the model asked for")
+    replace: bool = Field(False, description="undeploy a running deployment of that name first, then deploy")
     model_table: str | None = Field(None, description="'command' (Byzer: use localModelDir) or a registered model (name, name@v2)")
     adapter_dir: str | None = Field(None, description="a LoRA adapter merged into the model when it loads")
     # init_model options understood by the built-in Hugging Face plugins

@@ -85,7 +85,7 @@ class DuplicateDeploymentError(DeployError):
         self.udf_name = udf_name
         super().__init__(
             f"a model named {udf_name!r} is already deployed; pass reconnect=True (SQL: reconnect=\"true\") "
-            f"to use it as it is, or undeploy it first"
+            f"to use it as it is, replace=True (SQL: replace=\"true\") to deploy anew over it, or undeploy it first"
         )
 
 

@@ -103,13 +103,15 @@ def make_tiny(
     pretrain_seconds: float = 0.0,
     corpus: str | None = None,
     progress: bool = False,
+    overwrite: bool = True,
 ) -> dict[str, Any]:
     """Build a causal LM of `family` ("llama" | "qwen2" | "gpt2") into out_dir; return a summary dict
     (family, size, params, vocab_size, out_dir, seconds, and when pretrained: steps, loss_start, loss_end).
 
     `corpus` is a UTF-8 text file or a directory (its .txt/.md/.rst/.py files, recursively, in sorted
     order); by default a fixed selection of the standard library's sources. An existing non-empty
-    out_dir is only overwritten if it already holds a model built here.
+    out_dir is only overwritten if it already holds a model built here, and `overwrite` is on
+    (FileExistsError otherwise).
     """
     started = time.monotonic()
     if family not in FAMILIES:
@@ -121,6 +123,9 @@ def make_tiny(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a directory")
+    if not overwrite and out.is_dir() and any(out.iterdir()):
+        raise FileExistsError(f"{out} already holds a model; pass --overwrite to build a new one there, "
+                              "or choose another directory")
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
         raise FileExistsError(
             f"{out} is not empty and does not hold a model built by byzer_like.tiny (no {MARKER}); "

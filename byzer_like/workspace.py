@@ -51,6 +51,29 @@ class Workspace:
         p.mkdir(parents=True, exist_ok=True)
         return p
 
+    def copy_own(self, source: str | os.PathLike, dest: str | os.PathLike) -> list[str]:
+        """Copy this project's own files (a file or a folder, e.g. the quick start's sample data) to
+        `dest` inside the workspace without losing a file of the user's: a missing file is written, an
+        identical one left alone, and a different one (the user's, or edited by the user) is kept as it
+        is, beside which ours is written as `<name>.byzer-like-sample`. Returns one line per file kept,
+        for the caller to show. Raises WorkspacePathError when `dest` is outside the allowed roots."""
+        import filecmp
+        import shutil
+
+        src, out = Path(source), self.resolve(dest, what="copy target")
+        notes: list[str] = []
+        files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
+        for f in files:
+            target = out if src.is_file() else out / f.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.exists():
+                shutil.copy2(f, target)
+            elif not (target.is_file() and filecmp.cmp(f, target, shallow=False)):
+                beside = target.with_name(target.name + ".byzer-like-sample")
+                shutil.copy2(f, beside)
+                notes.append(f"kept your {target} as it is; the sample is beside it as {beside.name}")
+        return notes
+
     def resolve(self, user_path: str | os.PathLike, *, what: str = "path", replaces: bool | None = None) -> Path:
         """Resolve a user-given path (relative ones against the workspace root) and refuse it
         unless it lies inside an allowed root.

@@ -1,9 +1,10 @@
 -- byzer-like quick start: deploy a tiny model on two workers and answer a table of questions with it.
--- `byzer-like quickstart` builds the model and copies sql/data into the workspace, then runs this
--- script; paths resolve inside the workspace. Run it yourself with:
+-- `byzer-like quickstart` builds the model and copies sql/data into the workspace's quickstart/data
+-- (a file of yours there is kept), then runs this script; paths resolve inside the workspace. Run it
+-- yourself with:
 --   byzer-like run sql/quickstart.sql --set model_dir=models/quickstart-llama
 set model_dir = "models/quickstart-llama" where type="defaultParam";
-set data_dir = "data" where type="defaultParam";
+set data_dir = "quickstart/data" where type="defaultParam";
 
 !byzerllm setup single;
 !byzerllm setup "num_workers=2";

@@ -103,8 +103,16 @@ def test_quickstart_on_the_embedded_default(tmp_path):
     """The README's main command: no cluster running, so an embedded one on loopback; sql/quickstart.sql
     on 2 replicas; then a streamed answer; nothing left deployed."""
     ws = tmp_path / "qs"
+    # the field report: quickstart wrote its sample data over a 30-row file of the user's at data/questions.jsonl
+    mine = ws / "data" / "questions.jsonl"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("".join(json.dumps({"task": f"my own row {i}", "topic": "mine"}) + "\n" for i in range(30)))
+    before = mine.read_bytes()
     out = run("quickstart", "--pretrain-seconds", "3", ws=ws, timeout=380)
     assert out.returncode == 0, out.stderr[-3000:]
+    assert mine.read_bytes() == before  # nothing of the user's is overwritten
+    sample = (ws / "quickstart" / "data" / "questions.jsonl").read_text().splitlines()
+    assert len(sample) == 20 and json.loads(sample[0])["id"] == 0
     lines = out.stdout.splitlines()
     assert any(line.startswith("ray: embedded cluster at 127.0.0.1:") for line in lines), out.stdout
     assert any(line.startswith("-- [") and "run: quickstart_chat: deployed" in line for line in lines), out.stdout
@@ -161,3 +169,21 @@ def test_train_a_task_from_the_command_line(ray_cluster, workspace, tiny_models)
     assert unknown.returncode == 2 and "invalid choice: 'ppo'" in unknown.stderr and "sft" in unknown.stderr
     bad = run("train", "sft", "--data", str(workspace / "x.xml"), "--model-path", "m", ws=workspace)
     assert bad.returncode == 1 and bad.stderr.startswith("error: ") and ".jsonl" in bad.stderr
+
+
+@pytest.mark.timeout(180)
+def test_make_tiny_asks_before_replacing_a_model_and_a_bad_address_fails_at_once(tmp_path):
+    """`models make-tiny` onto a folder that holds a model needs --overwrite; a cluster address nothing
+    listens on is a one-line error at once (it used to wait minutes), also written before the command."""
+    first = run("models", "make-tiny", "--family", "llama", "--out", "m", ws=tmp_path)
+    assert first.returncode == 0, first.stderr
+    config = (tmp_path / "m" / "config.json").read_bytes()
+    again = run("models", "make-tiny", "--family", "gpt2", "--out", "m", ws=tmp_path)
+    assert again.returncode == 1 and "--overwrite" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "m" / "config.json").read_bytes() == config
+    forced = run("models", "make-tiny", "--family", "gpt2", "--out", "m", "--overwrite", ws=tmp_path)
+    assert forced.returncode == 0 and json.loads((tmp_path / "m" / "config.json").read_text())["model_type"] == "gpt2"
+    for args in (["list", "--address", "127.0.0.1:1"], ["--address", "127.0.0.1:1", "list"]):
+        out = run(*args, ws=tmp_path, timeout=60)  # a hang fails here
+        assert out.returncode == 1 and "no Ray cluster answers at 127.0.0.1:1" in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr

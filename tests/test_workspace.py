@@ -56,3 +56,25 @@ def test_every_package_is_installed():
     found |= {".".join(("byzer_like_models", *p.parent.relative_to(root / "models").parts)).rstrip(".")
               for p in (root / "models").rglob("__init__.py")}
     assert found - listed == set(), f"add these to [tool.setuptools] packages: {sorted(found - listed)}"
+
+
+def test_copy_own_never_replaces_a_file_of_the_users(tmp_path):
+    """The project's own files (sample data) are copied in; a file the user changed is kept, ours beside it."""
+    from byzer_like.workspace import Workspace
+
+    ws = Workspace.from_env(tmp_path / "ws")
+    src = tmp_path / "sample"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.jsonl").write_text('{"id": 0}\n')
+    (src / "sub" / "b.txt").write_text("b\n")
+    assert ws.copy_own(src, "quickstart/data") == []
+    assert (ws.root / "quickstart" / "data" / "sub" / "b.txt").read_text() == "b\n"
+    assert ws.copy_own(src, "quickstart/data") == []  # identical: nothing to say
+    mine = ws.root / "quickstart" / "data" / "a.jsonl"
+    mine.write_text('{"id": "mine"}\n')
+    notes = ws.copy_own(src, "quickstart/data")
+    assert mine.read_text() == '{"id": "mine"}\n'
+    assert (mine.parent / "a.jsonl.byzer-like-sample").read_text() == '{"id": 0}\n'
+    assert len(notes) == 1 and str(mine) in notes[0] and "a.jsonl.byzer-like-sample" in notes[0]
+    with pytest.raises(WorkspacePathError):
+        ws.copy_own(src, tmp_path / "outside")

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from .. import cluster
 from ..catalog import Catalog
 from ..config import SetupConfig, check_udf_name
-from ..errors import ConfigError, ModelNotDeployedError
+from ..errors import ConfigError, DeployError, ModelNotDeployedError
 from ..jobs import Jobs
 from ..serving import manager
 from ..workspace import Workspace
@@ -46,6 +46,7 @@ class Runtime:
         self._handles_lock = threading.Lock()  # one handle per deployment, also when threads ask at once
         self._meta: dict[str, dict] = {}
         self._result_cache = None
+        self._announced = False
 
     # -- setup and the cluster ----------------------------------------------------------------------
     def setup(self, values: Mapping[str, Any]) -> SetupConfig:
@@ -61,8 +62,19 @@ class Runtime:
 
     def connect(self) -> dict[str, Any]:
         """Connect to Ray now (verbs that need the cluster connect on their own). Returns
-        `{"mode": "embedded"|"persistent"|"remote", "address": ...}`."""
-        return cluster.connect(self.address, self.workspace)
+        `{"mode": "embedded"|"persistent"|"address"|"connected", "address": ...}`.
+
+        Joining the workspace's persistent head (started by `byzer-like cluster start` or by a detached
+        job) says so once, with the deployments still running there from earlier scripts."""
+        info = cluster.connect(self.address, self.workspace)
+        if info["mode"] == "persistent" and not self._announced:
+            self._announced = True
+            running = manager.list_deployments()
+            if running:
+                _say(f"joined this workspace's Ray cluster at {info['address']}, which outlives scripts "
+                     f"(`byzer-like cluster stop` ends it); deployments running from before: "
+                     f"{', '.join(sorted(running))} (use one with reconnect=\"true\", or replace=\"true\")")
+        return info
 
     def cluster_running(self) -> bool:
         """Whether a cluster is there to join (an address was given, or this workspace's head runs);
@@ -92,14 +104,23 @@ class Runtime:
         Returns `{"udf_name", "status": "deployed"|"reconnected", ...}`. Raises
         DuplicateDeploymentError, DeployError (a replica failed to start or could not be placed)."""
         name = spec.udf_name
-        if spec.reconnect:
+        if spec.reconnect or spec.replace:
             self.connect()
             if manager.exists(name):
-                self._forget(name)
-                return {"udf_name": name, "status": "reconnected"}
+                if spec.replace:
+                    self.undeploy(name)
+                else:
+                    differs = spec.differences(self.meta(name, refresh=True))
+                    if differs:
+                        raise DeployError(
+                            f"deployment {name!r} serves {'; '.join(differs)}: reconnecting would answer with another "
+                            f"model than the one asked for; replace it (SQL: replace=\"true\", Python: replace=True, "
+                            "CLI: --replace), reconnect without naming a model, or choose another udfName")
+                    self._forget(name)
+                    return {"udf_name": name, "status": "reconnected"}
             spec.check_model()  # none running: deploy it, so its model must be there
         self.connect()  # only now: a bad name, path or option never starts a cluster
-        manager.deploy(spec.replica_spec(), spec.setup)
+        manager.deploy(spec.replica_spec(), spec.setup, on_wait=_say)
         self._forget(name)
         return {"udf_name": name, "status": "deployed", "num_workers": spec.setup.num_workers,
                 "model_dir": spec.model_dir}
@@ -318,6 +339,11 @@ def valid_name(name: str) -> None:
         check_udf_name(name)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+def _say(message: str) -> None:
+    """A progress line for a user waiting on the runtime (stderr)."""
+    print(f"[byzer-like] {message}", file=sys.stderr, flush=True)
 
 
 def _both(a: Any, b: Any) -> Any:

@@ -65,6 +65,8 @@ class DeploySpec:
     infer_params: dict[str, str]
     setup: SetupConfig
     reconnect: bool = False
+    replace: bool = False
+    requested: dict[str, str] = field(default_factory=dict)
     deployed_at: float = field(default_factory=time.time)
 
     @classmethod
@@ -93,16 +95,24 @@ class DeploySpec:
             raise UnknownOptionError("deploy", e.key, set(e.valid) | plugin.infer_param_names()) from None
         if opts.model_table not in (None, "command"):  # a loaded model table, or a registered model
             found = resolve_model(opts.model_table, catalog, session_models)
-            opts = opts.model_copy(update={"local_model_dir": found.model_dir, "adapter_dir": found.adapter_dir})
+            opts = opts.model_copy(update={"local_model_dir": found.model_dir, "adapter_dir": found.adapter_dir,
+                                           "model_table": found.ref})  # `name` -> the version it is now
         # no directory: a remote model (saas/...) whose options say where it is, or a reconnect
         model_dir = str(workspace.resolve(opts.local_model_dir, what="model_path")) if opts.local_model_dir else ""
         if opts.adapter_dir:
             opts = opts.model_copy(update={"adapter_dir": str(workspace.resolve(opts.adapter_dir, what="adapter_dir"))})
         infer = {k: as_str(v) for k, v in opts.model_dump(exclude={"local_model_dir"}).items() if v is not None}
         infer.update({k: as_str(v) for k, v in {**_user_keys(params), **extra}.items()})
+        user = {**_user_keys(params), **extra}
+        # compared by their resolved values below, or not part of what is served
+        skip = set().union(*(DeployOptions.spellings(n) for n in ("reconnect", "replace", "local_model_dir", "model_table")))
+        requested = {k: infer[k] for k in user if k not in skip}
+        for name in ("model_table", "adapter_dir"):
+            if infer.get(name):
+                requested[name] = infer[name]
         spec = cls(udf_name=opts.udf_name, pretrained_model_type=model_type, plugin=plugin.name,
                    import_path=plugin.import_path, model_dir=model_dir, infer_params=infer, setup=setup,
-                   reconnect=opts.reconnect)
+                   reconnect=opts.reconnect, replace=opts.replace, requested=requested)
         if not spec.reconnect:  # reconnecting to a running deployment needs no model; otherwise check it now
             spec.check_model()
         return spec
@@ -113,6 +123,22 @@ class DeploySpec:
         if not self.model_dir and plugin.needs_model_dir():
             raise ConfigError("deploy needs model_path (SQL: localModelDir)")
         plugin.check_model_dir(self.model_dir, self.infer_params)
+
+    def differences(self, meta: Mapping[str, Any]) -> list[str]:
+        """What a running deployment (its `meta`) serves differently from this spec: the model directory,
+        the registry model and version, the adapter, and every infer param the user gave. Empty when
+        this spec names no model (a bare reconnect: use whatever runs)."""
+        if not self.model_dir and not self.requested:
+            return []
+        running = dict(meta.get("infer_params") or {})
+        out = []
+        if self.model_dir and meta.get("model_dir") != self.model_dir:
+            out.append(f"model {meta.get('model_dir')!r}, not {self.model_dir!r}")
+        for key, want in sorted(self.requested.items()):
+            have = running.get(key)
+            if have != want:
+                out.append(f"{key}={have!r}, not {want!r}")
+        return out
 
     def replica_spec(self) -> dict[str, Any]:
         """What each replica receives (`serving.replica.ModelReplica(spec)`); plain values only."""

@@ -70,9 +70,12 @@ def exists(udf_name: str) -> bool:
     return udf_name in list_deployments()
 
 
-def deploy(spec: dict[str, Any], setup: SetupConfig, *, timeout_s: float = 600) -> None:
+def deploy(spec: dict[str, Any], setup: SetupConfig, *, timeout_s: float = 600,
+           on_wait: Callable[[str], None] | None = None) -> None:
     """Create the application `spec["udf_name"]`; wait until every replica has loaded the model.
-    On failure nothing is left running."""
+    On failure nothing is left running. `on_wait(message)` hears every WAIT_REPORT_S seconds what the
+    deployment is waiting for. Raises DuplicateDeploymentError, DeployError (replicas that can never be
+    placed are refused before anything starts)."""
     from ray import serve
 
     from .replica import ModelReplica
@@ -81,6 +84,7 @@ def deploy(spec: dict[str, Any], setup: SetupConfig, *, timeout_s: float = 600) 
     ensure_serve()
     if exists(udf_name):
         raise DuplicateDeploymentError(udf_name)
+    check_fits(setup)
     deployment = serve.deployment(
         ModelReplica,
         name=DEPLOYMENT_NAME,
@@ -98,25 +102,72 @@ def deploy(spec: dict[str, Any], setup: SetupConfig, *, timeout_s: float = 600) 
             [serve.RunTarget(target=deployment.bind(spec), name=udf_name, route_prefix=None)],
             wait_for_ingress_deployment_creation=False, wait_for_applications_running=False,
         )
-        _wait_running(udf_name, setup, timeout_s)
+        _wait_running(udf_name, setup, timeout_s, on_wait)
     except BaseException:
         _delete_quietly(udf_name)
         raise
 
 
-def _wait_running(udf_name: str, setup: SetupConfig, timeout_s: float) -> None:
-    wait_running(udf_name, DEPLOYMENT_NAME, timeout_s, what=f"deploying {udf_name!r}", on_timeout=(
-        f"{setup.num_workers} worker(s) of {setup.cpus_per_worker} CPU / {setup.gpus_per_worker} GPU each may not "
-        f"fit the cluster (available: {_available_resources()})"))
+def _wait_running(udf_name: str, setup: SetupConfig, timeout_s: float,
+                  on_wait: Callable[[str], None] | None) -> None:
+    asked = f"{setup.num_workers} replica(s) of {setup.cpus_per_worker:g} CPU / {setup.gpus_per_worker:g} GPU each"
+    wait_running(udf_name, DEPLOYMENT_NAME, timeout_s, what=f"deploying {udf_name!r}",
+                 on_timeout=f"{asked} may not fit the cluster now (free: {_available_resources()})",
+                 on_wait=on_wait and (lambda waited: on_wait(
+                     f"deploying {udf_name!r}: {_replica_progress(udf_name)} after {waited:.0f} s "
+                     f"({asked}; free now: {_available_resources()})")))
 
 
-def wait_running(app_name: str, deployment_name: str, timeout_s: float, *, what: str, on_timeout: str = "") -> None:
-    """Wait until Serve application `app_name` is RUNNING; a DeployError with its constructor's
-    error (the exception line, not the traceback) if it failed."""
+WAIT_REPORT_S = 10.0  # a deploy that waits longer than this says what it waits for, this often
+
+
+def check_fits(setup: SetupConfig) -> None:
+    """DeployError unless `num_workers` replicas of `cpus_per_worker` / `gpus_per_worker` could be placed
+    on the cluster's live nodes when nothing else runs (each replica on one node). Replicas that only
+    wait for resources in use now are not refused: the deploy waits and says so."""
+    import ray
+
+    need = {"CPU": setup.cpus_per_worker, "GPU": setup.gpus_per_worker}
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    fits = sum(min((int(res.get(k, 0) / v + 1e-9) for k, v in need.items() if v > 0), default=setup.num_workers)
+               for res in nodes)
+    if fits >= setup.num_workers:
+        return
+    total = {k: sum(res.get(k, 0) for res in nodes) for k in need}
+    largest = max((res.get("CPU", 0) for res in nodes), default=0)
+    raise DeployError(
+        f"{setup.num_workers} replica(s) of {setup.cpus_per_worker:g} CPU / {setup.gpus_per_worker:g} GPU each "
+        f"cannot be placed: the cluster has {total['CPU']:g} CPU(s) and {total['GPU']:g} GPU(s) in total on "
+        f"{len(nodes)} node(s) (largest node: {largest:g} CPUs), room for {fits}; lower num_workers / "
+        "cpus_per_worker / gpus_per_worker, or add nodes")
+
+
+def _replica_progress(app_name: str) -> str:
+    """`1 of 2 replicas running`, from Serve's status (best effort)."""
     from ray import serve
 
-    deadline = time.monotonic() + timeout_s
+    try:
+        dep = serve.status().applications[app_name].deployments[DEPLOYMENT_NAME]
+        states = {str(getattr(k, "value", k)): v for k, v in (dep.replica_states or {}).items()}
+        return f"{states.get('RUNNING', 0)} of {sum(states.values())} replicas running"
+    except (KeyError, AttributeError):
+        return "starting"
+
+
+def wait_running(app_name: str, deployment_name: str, timeout_s: float, *, what: str, on_timeout: str = "",
+                 on_wait: Callable[[float], None] | None = None) -> None:
+    """Wait until Serve application `app_name` is RUNNING; a DeployError with its constructor's
+    error (the exception line, not the traceback) if it failed, or when `timeout_s` passed.
+    `on_wait(seconds waited)` is called every WAIT_REPORT_S seconds while it waits."""
+    from ray import serve
+
+    start = time.monotonic()
+    deadline = start + timeout_s
+    reported = start
     while True:
+        if on_wait and time.monotonic() - reported >= WAIT_REPORT_S:
+            reported = time.monotonic()
+            on_wait(reported - start)
         app = serve.status().applications.get(app_name)
         status = app_status(app) if app else "NOT_STARTED"
         if status == "RUNNING":
