@@ -167,6 +167,9 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     if args.action == "start":
         info = cluster.start_head(ws, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
         print(f"cluster running: address {info.address}  dashboard {info.dashboard_url}  (workspace {ws.root})")
+        if os.environ.get("RAY_AUTH_MODE", "token").lower() == "token":
+            print("the dashboard asks for Ray's auth token (token authentication is on): "
+                  "`ray get-auth-token` prints it (it is kept in ~/.ray/auth_token)")
     elif args.action == "stop":
         print("cluster stopped" if cluster.stop_head(ws) else "no cluster was running")
     else:

@@ -92,6 +92,12 @@ def test_openai_client_models_chat_stream_embeddings(oai, api_model, llm):
     np.testing.assert_allclose(vec, llm.emb(api_model, ["green"])[0], atol=1e-5)
     floats = oai.embeddings.create(model=api_model, input="green", encoding_format="float")
     np.testing.assert_allclose(floats.data[0].embedding, vec, atol=1e-6)
+    # usage counts the inputs' tokens with the model's tokenizer (it was always 0)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(llm.get_meta(api_model)["model_dir"])
+    want = sum(len(tok.encode(t, add_special_tokens=False)) for t in ("red", "green", "blue"))
+    assert emb.usage.prompt_tokens == emb.usage.total_tokens == want > 0
 
 
 def test_completions_continue_the_prompt_as_is(oai, api_model):

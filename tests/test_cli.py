@@ -79,6 +79,8 @@ def test_cluster_start_status_stop_leaves_no_process(tmp_path):
     ws = tmp_path / "own"
     started = run("cluster", "start", "--num-cpus", "2", ws=ws, timeout=120)
     assert started.returncode == 0, started.stderr + started.stdout
+    if os.environ.get("RAY_AUTH_MODE", "token") == "token":  # the dashboard's URL comes with how to get in
+        assert "ray get-auth-token" in started.stdout
     try:
         status = json.loads(run("cluster", "status", ws=ws).stdout)
         assert status["running"] and status["address"].startswith("127.0.0.1:")

@@ -173,11 +173,12 @@ class Routes:
         texts = self._embedding_inputs(body)
         await self.backend.require(body.model)
         parts = [texts[i:i + EMBED_CHUNK] for i in range(0, len(texts), EMBED_CHUNK)]
-        answers = await asyncio.gather(*(self.backend.call(body.model, "embed", p) for p in parts))
+        answers = await asyncio.gather(*(self.backend.call(body.model, "embed", p, True) for p in parts))
         data = [{"object": "embedding", "index": i, "embedding": _embedding(vec, body.encoding_format)}
-                for i, vec in enumerate(v for part in answers for v in part)]
-        # token counts are not reported by the plugin contract's embed_query
-        return {"object": "list", "data": data, "model": body.model, "usage": {"prompt_tokens": 0, "total_tokens": 0}}
+                for i, vec in enumerate(v for part in answers for v in part["vectors"])]
+        tokens = sum(part["prompt_tokens"] for part in answers)  # counted by each replica's tokenizer
+        return {"object": "list", "data": data, "model": body.model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
     def _embedding_inputs(self, body: EmbeddingRequest) -> list[str]:
         texts = body.texts()

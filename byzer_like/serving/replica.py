@@ -152,9 +152,15 @@ class ModelReplica:
             if not future.done():
                 future.add_done_callback(lambda f: f.exception())
 
-    async def embed(self, texts: list[str]) -> list[list[float]]:
-        def run() -> list[list[float]]:
-            return [self.plugin.embed(self.model, self.tokenizer, t) for t in texts]
+    async def embed(self, texts: list[str], with_usage: bool = False) -> Any:
+        """One vector per text (the plugin's `embed_query`). With `with_usage`,
+        `{"vectors": [...], "prompt_tokens": n}`: n counts the texts' tokens with the model's tokenizer
+        (0 for a model without one, e.g. a remote saas model)."""
+        def run() -> Any:
+            vectors = [self.plugin.embed(self.model, self.tokenizer, t) for t in texts]
+            if not with_usage:
+                return vectors
+            return {"vectors": vectors, "prompt_tokens": sum(_token_count(self.tokenizer, t) for t in texts)}
 
         return await self._in_thread(run)
 
@@ -194,3 +200,14 @@ SECRET_WORDS = ("key", "token", "secret", "password")
 def _redacted(params: dict) -> dict:
     """Infer params as shown to callers: values of secret-looking keys (`saas.api_key`) hidden."""
     return {k: ("***" if any(w in k.lower() for w in SECRET_WORDS) else v) for k, v in params.items()}
+
+
+def _token_count(tokenizer: Any, text: str) -> int:
+    """Tokens of `text` as the model sees them (no special tokens); 0 without a usable tokenizer."""
+    encode = getattr(tokenizer, "encode", None)
+    if not callable(encode):
+        return 0
+    try:
+        return len(encode(text, add_special_tokens=False))
+    except TypeError:  # a tokenizer whose encode takes no keyword
+        return len(encode(text))
