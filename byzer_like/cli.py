@@ -43,12 +43,13 @@ def _kv(items: Sequence[str] | None, what: str) -> dict[str, str]:
     return out
 
 
-def _runtime(args: argparse.Namespace, *, running: bool = True):
+def _runtime(args: argparse.Namespace, *, running: bool = True, announce: bool = False):
     """The runtime of the command's workspace and address. `running`: the command's effect must
-    outlive it, so it needs a cluster that is already running (not a one-off embedded one)."""
+    outlive it, so it needs a cluster that is already running (not a one-off embedded one).
+    `announce`: a script runs (`run`, `sql`): say which deployments were left running before it."""
     from .runtime import Runtime
 
-    rt = Runtime(args.address, workspace=Workspace.from_env(args.workspace))
+    rt = Runtime(args.address, workspace=Workspace.from_env(args.workspace), announce=announce)
     if running and not rt.cluster_running():
         raise ClusterError(
             f"no cluster is running for workspace {rt.workspace.root}: start one with `byzer-like cluster start` "
@@ -300,7 +301,7 @@ def _print_result(i: int, result: Any, max_rows: int) -> None:
 def _session(args: argparse.Namespace, variables: dict[str, str]):
     from .engine import Session
 
-    return Session(_runtime(args, running=False), variables=variables)
+    return Session(_runtime(args, running=False, announce=True), variables=variables)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -46,7 +46,7 @@ class ByzerLLM:
 
     def __init__(self, address: str | None = None, *, workspace: str | os.PathLike | None = None,
                  runtime: Runtime | None = None):
-        self.runtime = runtime or Runtime(address, workspace=workspace)
+        self.runtime = runtime or Runtime(address, workspace=workspace, announce=True)
         self.default_model_name: str | None = None
         self._session = None
 

@@ -30,7 +30,7 @@ def session():
         from .engine import Session
         from .runtime import Runtime
 
-        _session = Session(Runtime())
+        _session = Session(Runtime(announce=True))
     return _session
 
 

@@ -35,10 +35,12 @@ class Runtime:
 
     `address`: a Ray address (`ray://host:10001`, `host:6379`) or None for the workspace's persistent
     head if it runs, else an embedded local cluster. `setup`: resources and serving limits (sys_conf)
-    for the deployments and jobs this runtime starts; `setup()` changes them."""
+    for the deployments and jobs this runtime starts; `setup()` changes them. `announce`: a script's
+    runtime (the client, `byzer-like run` / `sql`, the notebook) says once which deployments it finds
+    left running on the workspace's persistent head."""
 
     def __init__(self, address: str | None = None, *, workspace: Workspace | str | os.PathLike | None = None,
-                 setup: SetupConfig | None = None):
+                 setup: SetupConfig | None = None, announce: bool = False):
         self.address = address
         self.workspace = workspace if isinstance(workspace, Workspace) else Workspace.from_env(workspace)
         self.setup_config = setup or SetupConfig()
@@ -46,7 +48,7 @@ class Runtime:
         self._handles_lock = threading.Lock()  # one handle per deployment, also when threads ask at once
         self._meta: dict[str, dict] = {}
         self._result_cache = None
-        self._announced = False
+        self._announced = not announce
 
     # -- setup and the cluster ----------------------------------------------------------------------
     def setup(self, values: Mapping[str, Any]) -> SetupConfig:
