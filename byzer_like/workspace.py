@@ -91,8 +91,8 @@ class Workspace:
         try:
             p = Path(raw).expanduser()
         except RuntimeError:  # `~name` of a user this machine does not have
-            raise WorkspacePathError(f"{what} {_shown(raw)} starts with the home folder of an unknown user; "
-                                     f"give a path relative to {RELATIVE_TO[relative_to]} or under an allowed root") from None
+            raise WorkspacePathError(f"{what} {_shown(raw)} starts with the home folder of an unknown user; give a "
+                                     f"path relative to {RELATIVE_TO[relative_to]} or under an allowed root") from None
         relative = not p.is_absolute()
         try:
             base = self._base(relative_to) if relative else None
