@@ -14,6 +14,10 @@
     byzer-like run script.sql [--set k=v]        run a SQL script, print each result
     byzer-like sql                               an interactive SQL prompt
 
+Path arguments (DIR, FILE, script.sql) follow the shell's rule: a relative one starts at the current
+directory (paths inside SQL start at the workspace). Model and data paths must lie inside the
+workspace or a folder of BYZER_LIKE_ALLOWED_ROOTS.
+
 Errors a user can fix are printed as one line (exit status 1), never as a traceback.
 """
 from __future__ import annotations
@@ -58,14 +62,20 @@ def _runtime(args: argparse.Namespace, *, running: bool = True, announce: bool =
     return rt
 
 
+def _path_arg(ws: Workspace, value: str, what: str) -> Path:
+    """A path argument, read as the shell reads it (relative to the current directory), inside the
+    workspace's allowed roots; handed down absolute, since the runtime reads relative paths as SQL does."""
+    return ws.resolve(value, what=what, relative_to="cwd")
+
+
 # -- commands ----------------------------------------------------------------------------------------
 def cmd_make_tiny(args: argparse.Namespace) -> int:
     from .tiny import make_tiny
 
     ws = Workspace.from_env(args.workspace)
-    out = ws.resolve(args.out, what="--out")
+    out = _path_arg(ws, args.out, "--out")
     try:
-        corpus = str(ws.resolve(args.corpus, what="--corpus")) if args.corpus else None
+        corpus = str(_path_arg(ws, args.corpus, "--corpus")) if args.corpus else None
         summary = make_tiny(args.family, out, size=args.size, seed=args.seed, corpus=corpus,
                             pretrain_seconds=args.pretrain_seconds, progress=True, overwrite=args.overwrite)
     except (ValueError, FileExistsError, FileNotFoundError) as e:
@@ -142,18 +152,19 @@ def cmd_train(args: argparse.Namespace) -> int:
                        ("gpus_per_worker", args.gpus_per_worker)):
         if value is not None:
             rt.setup({key: value})
-    data = os.path.abspath(args.data)
     fmt = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}.get(
-        Path(data).suffix.lower())
+        Path(args.data).suffix.lower())
     if fmt is None:
         raise ConfigError(f"--data {args.data!r}: use a .json, .jsonl, .csv, .parquet or .txt file")
+    data = _path_arg(rt.workspace, args.data, "--data")
+    model_dir = str(_path_arg(rt.workspace, args.model_path, "--model-path"))
     session = Session(rt, progress=False)  # its DuckDB, confined to the workspace's allowed roots
     try:
-        table = load_table(session.con, fmt, rt.workspace.resolve(data, what="--data"), {})
+        table = load_table(session.con, fmt, data, {})
     finally:
         session.close()
     params: dict[str, Any] = {**_kv(args.option, "--option"), "pretrained_model_type": f"{task.name}/{args.type}",
-                              "local_model_dir": os.path.abspath(args.model_path), "detached": args.detach}
+                              "local_model_dir": model_dir, "detached": args.detach}
     if args.output_table:
         params["output_table"] = args.output_table
     row = rt.train(task.name, params, table, progress=not args.detach and sys.stderr.isatty())
@@ -189,7 +200,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     for key, value in _kv(args.set, "--set").items():
         rt.setup({key: value})
     options = {**_kv(args.param, "--param"), "pretrained_model_type": args.type, "udf_name": args.name,
-               "local_model_dir": args.model_dir}
+               "local_model_dir": str(_path_arg(rt.workspace, args.model_dir, "model_dir"))}
     for key in ("reconnect", "replace"):
         if getattr(args, key):
             options[key] = True
@@ -430,7 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     msub = m.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     mt = msub.add_parser("make-tiny", parents=[common], help="build a small Hugging Face-format model locally")
     mt.add_argument("--family", required=True, choices=("llama", "qwen2", "gpt2"))
-    mt.add_argument("--out", required=True, help="output directory (inside the workspace's allowed roots)")
+    mt.add_argument("--out", required=True,
+                    help="output directory, from the current directory (inside the workspace's allowed roots)")
     mt.add_argument("--size", choices=("tiny", "small"), default="tiny")
     mt.add_argument("--seed", type=int, default=0)
     mt.add_argument("--pretrain-seconds", type=float, default=0.0, metavar="N",
@@ -448,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", parents=[common], help="submit a training job (" + ", ".join(TASKS) + ") on a data file")
     tr.add_argument("task", choices=list(TASKS), help="; ".join(f"{t.name}: {t.summary}" for t in TASKS.values()))
     tr.add_argument("--data", required=True, help="the training table: a .jsonl, .json, .csv, .parquet or .txt file")
-    tr.add_argument("--model-path", required=True, help="the base model's directory")
+    tr.add_argument("--model-path", required=True, help="the base model's directory (from the current directory)")
     tr.add_argument("--type", default="auto", help="the model family (plugin), default auto")
     tr.add_argument("--output-table", help="register the result under this name (name@v1, v2, ...)")
     tr.add_argument("--option", action="append", metavar="KEY=VALUE",
@@ -474,7 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_cluster)
 
     d = sub.add_parser("deploy", parents=[common], help="deploy a model directory as a named model")
-    d.add_argument("model_dir")
+    d.add_argument("model_dir", help="the model's directory, from the current directory (e.g. "
+                   "byzer_workspace/models/m; inside the workspace's allowed roots)")
     d.add_argument("--type", required=True, help="pretrained_model_type: llama, qwen2, gpt2, auto, ...")
     d.add_argument("--name", required=True, help="udf_name: the model's name in SQL, the client and the API")
     d.add_argument("--num-workers", type=int)

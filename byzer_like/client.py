@@ -3,7 +3,7 @@
     llm = ByzerLLM()                       # embedded local cluster, or the workspace's persistent one
     llm.setup_num_workers(2)
     llm.deploy(model_path="byzer_workspace/models/tiny-llama", pretrained_model_type="llama",
-               udf_name="tiny_chat", infer_params={})
+               udf_name="tiny_chat", infer_params={})   # relative paths start at the current directory
     llm.chat_oai([{"role": "user", "content": "hello"}], model="tiny_chat")[0].output
     for delta, meta in llm.stream_chat_oai([{"role": "user", "content": "tell me"}], model="tiny_chat"):
         print(delta, end="")
@@ -12,6 +12,10 @@ Names follow Byzer-LLM's client (`setup_num_workers`, `deploy`, `chat_oai`, `str
 `is_model_exist`, `undeploy`) so existing code ports unchanged. The client is a face: every verb is the
 runtime's (`byzer_like.runtime.Runtime`, `llm.runtime`), which the SQL engine, the CLI, the notebook and
 the HTTP API use too.
+
+Paths given to the client (`model_path`) are read like any Python program reads them: a relative one
+starts at the current directory (SQL's paths, in `sql()`, start at the workspace). Either way they must
+lie inside the workspace's allowed roots (`byzer_like.workspace`).
 """
 from __future__ import annotations
 
@@ -106,13 +110,13 @@ class ByzerLLM:
 
         `infer_params` may also hold `model_table` (a registered model, `name@v2`) and the plugin's
         own keys. Every check that can fail (plugin, options, model directory) runs before anything
-        starts. `reconnect=True` uses a running deployment of that name if it serves this model (a
-        DeployError says what differs otherwise); `replace=True` undeploys it and deploys anew.
-        Returns `{"udf_name", "status": "deployed"|"reconnected", ...}`."""
+        starts. A relative `model_path` starts at the current directory. `reconnect=True` uses a running
+        deployment of that name if it serves this model (a DeployError says what differs otherwise);
+        `replace=True` undeploys it and deploys anew. Returns `{"udf_name", "status": "deployed"|"reconnected", ...}`."""
         options: dict[str, Any] = {**(infer_params or {}), "pretrained_model_type": pretrained_model_type,
                                    "udf_name": udf_name}
         if model_path is not None:
-            options["local_model_dir"] = os.fspath(model_path)
+            options["local_model_dir"] = self._local_path(model_path)
         for key, value in (("reconnect", reconnect), ("replace", replace)):
             if value is not None:
                 options[key] = value
@@ -138,6 +142,11 @@ class ByzerLLM:
     def get_meta(self, model: str | None = None, *, refresh: bool = False) -> dict:
         """A deployment's metadata (asked once, then kept; `refresh=True` asks again, for its counters)."""
         return self.runtime.meta(self._model(model), refresh=refresh)
+
+    def _local_path(self, path: str | os.PathLike) -> str:
+        """A path given in Python: relative to the current directory, checked against the allowed roots,
+        handed down absolute (the runtime reads relative paths from the workspace, as SQL does)."""
+        return str(self.workspace.resolve(path, what="model_path", relative_to="cwd"))
 
     def _model(self, model: str | None) -> str:
         return self.runtime.require_name(model or self.default_model_name)
@@ -176,7 +185,10 @@ class ByzerLLM:
     def train(self, task: str, data: Any, *, model_path: str | os.PathLike | None = None,
               pretrained_model_type: str | None = None, output_table: str | None = None, detached: bool = False,
               model_table: str | None = None, progress: bool = False, **options: Any) -> dict:
-        """Run training task `task` (a name of `byzer_like.tasks.TASKS`: sft, sfft, ...) on `data`."""
+        """Run training task `task` (a name of `byzer_like.tasks.TASKS`: sft, sfft, ...) on `data`.
+
+        A relative `model_path` starts at the current directory; the other options are SQL's (their
+        paths, such as `local_path_prefix`, start at the workspace)."""
         from .tasks import get as get_task
 
         get_task(task)
@@ -185,7 +197,7 @@ class ByzerLLM:
             model_type = f"{task}/{model_type}"
         params: dict[str, Any] = {"pretrained_model_type": model_type, "detached": detached, **options}
         if model_path is not None:
-            params["local_model_dir"] = os.fspath(model_path)
+            params["local_model_dir"] = self._local_path(model_path)
         for key, value in (("output_table", output_table), ("model_table", model_table)):
             if value is not None:
                 params[key] = value

@@ -5,6 +5,11 @@ job logs, the persistent cluster's temp dir) lives under the workspace root, `./
 default or `BYZER_LIKE_HOME`. Paths a user gives (model directories, SQL load/save paths) must
 resolve, after following symlinks, inside one of the allowed roots: the workspace itself plus the
 folders listed in `BYZER_LIKE_ALLOWED_ROOTS` (separated by `os.pathsep`).
+
+A relative path starts from one of two places, and the face that takes the path says which
+(`Workspace.resolve(..., relative_to=...)`): SQL's paths (`load`, `save`, `localModelDir`) start at
+the workspace, as in Byzer; the command line's path arguments and the Python client's paths start at
+the current directory, as in any shell or Python program. Both stay inside the allowed roots.
 """
 from __future__ import annotations
 
@@ -23,6 +28,8 @@ PATH_MAX = 4096
 STAGING_SUFFIX = 40  # what a save adds to its target's name for its staging folder (engine/io.py)
 # `what` of the paths that are written as a whole (see Workspace.resolve's `replaces`)
 WHOLE_WRITES = ("save path",)
+# where a relative path starts (`Workspace.resolve`'s `relative_to`), as an error message names it
+RELATIVE_TO = {"workspace": "the workspace", "cwd": "the current directory"}
 
 
 @dataclass(frozen=True)
@@ -74,20 +81,28 @@ class Workspace:
                 notes.append(f"kept your {target} as it is; the sample is beside it as {beside.name}")
         return notes
 
-    def resolve(self, user_path: str | os.PathLike, *, what: str = "path", replaces: bool | None = None) -> Path:
-        """Resolve a user-given path (relative ones against the workspace root) and refuse it
-        unless it lies inside an allowed root.
+    def resolve(self, user_path: str | os.PathLike, *, what: str = "path", replaces: bool | None = None,
+                relative_to: str = "workspace") -> Path:
+        """Resolve a user-given path and refuse it unless it lies inside an allowed root.
 
+        `relative_to`: where a relative path starts: `"workspace"` (SQL's rule, Byzer's) or `"cwd"`,
+        the current directory (the rule of the command line's arguments and the Python client's
+        paths). An absolute path is taken as it is. Symlinks are followed before the check.
         `replaces`: the path is written as a whole (a `save` target, which is replaced and whose
         parent gets a staging folder), so an allowed root itself is refused: saving onto the
-        workspace would delete it and write beside it. Left out, it is true for `what="save path"`."""
+        workspace would delete it and write beside it. Left out, it is true for `what="save path"`.
+
+        Raises WorkspacePathError naming the path, what it resolved to, from where and the roots."""
+        if relative_to not in RELATIVE_TO:
+            raise ValueError(f"relative_to must be one of {sorted(RELATIVE_TO)}, not {relative_to!r}")
         raw = os.fspath(user_path)
         if isinstance(raw, bytes):
             raw = os.fsdecode(raw)
         if not raw.strip() or "\x00" in raw:
             problem = "a NUL byte" if "\x00" in raw else "nothing but blanks" if raw else "nothing"
             raise WorkspacePathError(f"{what} {_shown(raw)} is not a valid path (it holds {problem}); "
-                                     "give a file or folder, relative to the workspace or under an allowed root")
+                                     f"give a file or folder, relative to {RELATIVE_TO[relative_to]} "
+                                     "or under an allowed root")
         if replaces is None:
             replaces = what in WHOLE_WRITES
         # a save writes `.<name>.tmp-<32 hex digits>` beside its target first: its name must leave room for that
@@ -99,11 +114,15 @@ class Workspace:
         try:
             p = Path(raw).expanduser()
         except RuntimeError:  # `~name` of a user this machine does not have
-            raise WorkspacePathError(f"{what} {_shown(raw)} starts with the home folder of an unknown user; "
-                                     "give a path relative to the workspace or under an allowed root") from None
-        if not p.is_absolute():
-            p = self.root / p
-        real = Path(os.path.realpath(p))
+            raise WorkspacePathError(f"{what} {_shown(raw)} starts with the home folder of an unknown user; give a "
+                                     f"path relative to {RELATIVE_TO[relative_to]} or under an allowed root") from None
+        relative = not p.is_absolute()
+        try:
+            base = self._base(relative_to) if relative else None
+        except OSError:  # the current directory was removed
+            raise WorkspacePathError(f"{what} {_shown(raw)} is relative, but the current directory no longer "
+                                     "exists; give an absolute path") from None
+        real = Path(os.path.realpath(base / p if base is not None else p))
         for root in self.allowed_roots:
             if real == root and replaces:
                 raise WorkspacePathError(
@@ -113,10 +132,27 @@ class Workspace:
             if real == root or real.is_relative_to(root):
                 return real
         roots = ", ".join(str(r) for r in self.allowed_roots)
+        start = f" (a relative path starts at {RELATIVE_TO[relative_to]}, {base})" if relative else ""
         raise WorkspacePathError(
-            f"{what} {_shown(raw)} resolves to {_clip(str(real))}, outside the allowed roots ({roots}); "
-            f"put it under the workspace or add its folder to {ROOTS_ENV}"
+            f"{what} {_shown(raw)} resolves to {_clip(str(real))}{start}, outside the allowed roots ({roots}); "
+            f"put it under the workspace or add its folder to {ROOTS_ENV}{self._other_start(p, relative_to)}"
         )
+
+    def _base(self, relative_to: str) -> Path:
+        return self.root if relative_to == "workspace" else Path.cwd()
+
+    def _other_start(self, p: Path, relative_to: str) -> str:
+        """A hint for a relative path that exists inside the roots when read from the other start."""
+        if p.is_absolute():
+            return ""
+        other = "cwd" if relative_to == "workspace" else "workspace"
+        try:
+            there = Path(os.path.realpath(self._base(other) / p))
+        except OSError:  # the current directory is gone
+            return ""
+        if not there.exists() or not any(there == r or there.is_relative_to(r) for r in self.allowed_roots):
+            return ""
+        return f"; from {RELATIVE_TO[other]} it would be {_clip(str(there))}: give that path"
 
 
 def _shown(text: str, limit: int = 200) -> str:

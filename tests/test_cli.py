@@ -11,9 +11,10 @@ import pytest
 CLI = str(Path(sys.executable).with_name("byzer-like"))
 
 
-def run(*args, ws, timeout=240, input=None, env=None):
+def run(*args, ws, timeout=240, input=None, env=None, cwd=None):
     full_env = {**os.environ, "BYZER_LIKE_HOME": str(ws), **(env or {})}
-    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout, env=full_env, input=input)
+    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout, env=full_env, input=input,
+                          cwd=cwd)
 
 
 @pytest.mark.parametrize("args", [[], ["models"], ["cluster"], ["deploy"], ["chat"], ["serve"]])
@@ -32,7 +33,7 @@ def test_help_everywhere(args, tmp_path):
     ],
 )
 def test_errors_are_one_line(tmp_path, args, text):
-    out = run(*args, ws=tmp_path, timeout=120)
+    out = run(*args, ws=tmp_path, timeout=120, cwd=tmp_path)
     assert out.returncode == 1
     assert out.stderr.startswith("error: ") and text in out.stderr and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
@@ -189,3 +190,37 @@ def test_make_tiny_asks_before_replacing_a_model_and_a_bad_address_fails_at_once
         out = run(*args, ws=tmp_path, timeout=60)  # a hang fails here
         assert out.returncode == 1 and "no Ray cluster answers at 127.0.0.1:1" in out.stderr, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+@pytest.mark.timeout(300)
+def test_path_arguments_start_at_the_current_directory(ray_cluster, workspace, tiny_models, tmp_path):
+    """The newcomer's case: in a folder holding the workspace `newcomer_ws` (here a link to the session's),
+    `make-tiny --out newcomer_ws/models/x` and `deploy newcomer_ws/models/m` mean the workspace's models/x and
+    models/m, not newcomer_ws/newcomer_ws/...; a path outside the roots is refused with what it resolved to,
+    the rule, and where the workspace's folder of that name is."""
+    (tmp_path / "newcomer_ws").symlink_to(workspace, target_is_directory=True)
+    here = {"ws": "newcomer_ws", "cwd": tmp_path}  # BYZER_LIKE_HOME relative, as a newcomer sets it
+
+    built = run("models", "make-tiny", "--family", "gpt2", "--out", "newcomer_ws/models/cwd-gpt2", **here)
+    assert built.returncode == 0, built.stderr[-2000:]
+    assert (workspace / "models" / "cwd-gpt2" / "config.json").exists()
+    assert not (workspace / "newcomer_ws").exists()
+
+    model = f"newcomer_ws/models/{tiny_models['gpt2'].name}"
+    out = run("deploy", model, "--type", "gpt2", "--name", "cwd_chat", "--num-workers", "1",
+              "--cpus-per-worker", "0.5", **here)
+    assert out.returncode == 0, out.stderr[-2000:]
+    try:
+        meta = json.loads(run("meta", "cwd_chat", **here).stdout)
+        assert meta["model_dir"] == str(tiny_models["gpt2"])
+    finally:
+        assert run("undeploy", "cwd_chat", **here).returncode == 0
+
+    refused = run("deploy", "models/cwd-gpt2", "--type", "gpt2", "--name", "cwd_chat", **here)
+    assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert f"model_dir 'models/cwd-gpt2' resolves to {tmp_path / 'models' / 'cwd-gpt2'} " in refused.stderr
+    assert f"(a relative path starts at the current directory, {tmp_path})" in refused.stderr
+    assert f"outside the allowed roots ({workspace})" in refused.stderr
+    assert f"from the workspace it would be {workspace / 'models' / 'cwd-gpt2'}" in refused.stderr
+    sql = run("run", "newcomer_ws/models/missing.sql", **here)  # the script: from here too, not from the workspace
+    assert sql.returncode == 1 and "cannot read newcomer_ws/models/missing.sql" in sql.stderr, sql.stderr

@@ -157,6 +157,7 @@ class Arena:
         data.mkdir(parents=True)
         (data / "q.json").write_text("".join(json.dumps({"id": i, "q": f"question {i}"}) + "\n" for i in range(3)))
         model = self.ws / "models" / "fake-llama"  # passes check_model_dir; never loaded (deploys are recorded)
+        self.model = str(model)  # the client reads relative paths from the current directory: give it this one whole
         model.mkdir(parents=True)
         (model / "config.json").write_text(json.dumps({"model_type": "llama"}))
         (model / "model.safetensors").write_bytes(b"")
@@ -410,7 +411,7 @@ def test_udf_names_in_run_statements_and_deploy(guarded):
         statement = ('run command as LLM.`` where action="infer" and pretrainedModelType="llama" '
                      f'and localModelDir="models/fake-llama" and udfName={quote(value)};')
         a.run(s, statement, "udf name (SQL)")
-        a.call(s.llm.deploy, "models/fake-llama", "llama", value, {}, kind="udf name (client)")
+        a.call(s.llm.deploy, a.model, "llama", value, {}, kind="udf name (client)")
         if not valid and a.connects:
             a.fail(f"deploying as {value!r} connected to the cluster before the name was refused")
     for spec in a.deploys:
@@ -483,11 +484,11 @@ def test_deploy_option_values(guarded):
         where = " and ".join(f"{backquote(k)}={quote(v)}" for k, v in options.items())
         a.run(s, f"run command as LLM.`` where {where};", "deploy option")
         params = {k: v for k, v in options.items() if k not in ("action", "pretrainedModelType", "localModelDir", "udfName")}
-        a.call(s.llm.deploy, "models/fake-llama", "llama", "hostile_ok", params, kind="deploy option (client)")
+        a.call(s.llm.deploy, a.model, "llama", "hostile_ok", params, kind="deploy option (client)")
         a.call(s.llm.deploy, value, "llama", "hostile_ok", {}, kind="model path (client)")
         if i % 5 == 0:
-            a.call(s.llm.deploy, "models/fake-llama", value, "hostile_ok", {}, kind="model type (client)")
-            a.call(s.llm.deploy, "models/fake-llama", "llama", "hostile_ok", {value: "1"}, kind="deploy key (client)")
+            a.call(s.llm.deploy, a.model, value, "hostile_ok", {}, kind="model type (client)")
+            a.call(s.llm.deploy, a.model, "llama", "hostile_ok", {value: "1"}, kind="deploy key (client)")
     for spec in a.deploys:  # whatever got through every check is a clean deployment of the model in the workspace
         if spec["udf_name"] != "hostile_ok" and not UDF_NAME.fullmatch(spec["udf_name"]):
             a.fail(f"deployed as {spec['udf_name']!r}")

@@ -178,7 +178,7 @@ def test_reconnect_never_binds_another_model_and_replace_redeploys(llm, tiny_mod
     "args, error, text",
     [
         (("{llama}", "llama7", "t_bad"), UnknownPluginError, "known model types: auto, .*gpt2, llama, .*qwen2"),
-        (("missing_dir", "llama", "t_bad"), ModelDirError, "does not exist"),
+        (("{missing}", "llama", "t_bad"), ModelDirError, "does not exist"),
         (("{empty}", "llama", "t_bad"), ModelDirError, "no config.json"),
         (("{gpt2}", "llama", "t_bad"), ModelDirError, "'gpt2' model"),
         (("/etc", "auto", "t_bad"), WorkspacePathError, "outside the allowed roots"),
@@ -192,7 +192,8 @@ def test_bad_deploys_fail_clearly_and_leave_nothing(llm, tiny_models, workspace,
 
     registry.register("broken", "broken_plugin", replace=True)
     (workspace / "empty").mkdir(exist_ok=True)
-    paths = {"{llama}": str(tiny_models["llama"]), "{gpt2}": str(tiny_models["gpt2"]), "{empty}": str(workspace / "empty")}
+    paths = {"{llama}": str(tiny_models["llama"]), "{gpt2}": str(tiny_models["gpt2"]), "{empty}": str(workspace / "empty"),
+             "{missing}": str(workspace / "missing_dir")}
     model_path, model_type, name = args
     with pytest.raises(error, match=text):
         llm.deploy(paths.get(model_path, model_path), model_type, name, {})

@@ -109,7 +109,9 @@ def test_refuses_foreign_directory_but_overwrites_own(tmp_path: Path) -> None:
     assert json.loads((out / "config.json").read_text())["model_type"] == "gpt2"
 
 
-def test_custom_corpus_and_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_custom_corpus_and_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # --out is read as the shell reads it, from the current directory
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("".join(f"The quick brown fox {i} jumps over the lazy dog.\n" for i in range(500)))
     assert main(["models", "make-tiny", "--family", "gpt2", "--out", "m", "--corpus", str(corpus), "--seed", "1",

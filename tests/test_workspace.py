@@ -1,5 +1,6 @@
 """Paths a user gives resolve inside the workspace's allowed roots, or are refused."""
 import os
+import re
 
 import pytest
 
@@ -78,3 +79,59 @@ def test_copy_own_never_replaces_a_file_of_the_users(tmp_path):
     assert len(notes) == 1 and str(mine) in notes[0] and "a.jsonl.byzer-like-sample" in notes[0]
     with pytest.raises(WorkspacePathError):
         ws.copy_own(src, tmp_path / "outside")
+
+
+def test_sql_paths_start_at_the_workspace_and_argument_paths_at_the_current_directory(tmp_path, monkeypatch):
+    """The newcomer's case: in /tmp with the workspace /tmp/newcomer_ws, `newcomer_ws/models/m` on the command
+    line (or in Python) is the workspace's models/m; in SQL, `models/m` is, wherever the process runs."""
+    monkeypatch.delenv("BYZER_LIKE_ALLOWED_ROOTS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BYZER_LIKE_HOME", "newcomer_ws")  # relative: from the current directory
+    ws = Workspace.from_env()
+    assert ws.root == tmp_path / "newcomer_ws"
+    assert ws.resolve("newcomer_ws/models/m", relative_to="cwd") == ws.root / "models" / "m"
+    assert ws.resolve("models/m") == ws.root / "models" / "m"  # SQL: Byzer's rule
+    assert ws.resolve("newcomer_ws/models/m") == ws.root / "newcomer_ws" / "models" / "m"
+    assert ws.resolve(ws.root / "models" / "m", relative_to="cwd") == ws.root / "models" / "m"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert ws.resolve("models/m") == ws.root / "models" / "m"
+    assert ws.resolve("../newcomer_ws/models/m", relative_to="cwd") == ws.root / "models" / "m"
+    with pytest.raises(ValueError, match="relative_to"):
+        ws.resolve("models/m", relative_to="home")
+
+
+def test_a_refused_path_shows_what_it_resolved_to_and_the_rule(tmp_path, monkeypatch):
+    monkeypatch.delenv("BYZER_LIKE_ALLOWED_ROOTS", raising=False)
+    ws = Workspace.from_env(tmp_path / "newcomer_ws")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(WorkspacePathError) as e:
+        ws.resolve("models/m", what="model_dir", relative_to="cwd")
+    message = str(e.value)
+    assert f"model_dir 'models/m' resolves to {tmp_path / 'models' / 'm'}" in message
+    assert f"a relative path starts at the current directory, {tmp_path}" in message
+    assert f"outside the allowed roots ({ws.root})" in message and "BYZER_LIKE_ALLOWED_ROOTS" in message
+    assert "it would be" not in message  # the workspace has no models/m either: no hint
+    (ws.root / "models" / "m").mkdir(parents=True)
+    with pytest.raises(WorkspacePathError, match=re.escape(f"from the workspace it would be {ws.root / 'models' / 'm'}")):
+        ws.resolve("models/m", what="model_dir", relative_to="cwd")
+    with pytest.raises(WorkspacePathError, match=re.escape(f"a relative path starts at the workspace, {ws.root}")):
+        ws.resolve("../m", what="load path")
+    with pytest.raises(WorkspacePathError) as e:
+        ws.resolve("/etc/passwd", what="load path")
+    assert "relative path starts" not in str(e.value)  # an absolute path is taken as it is
+
+
+def test_the_client_reads_model_paths_from_the_current_directory(tmp_path, monkeypatch):
+    """`ByzerLLM.deploy(model_path=...)` and `sft(model_path=...)` from a folder outside the workspace: refused
+    before any cluster is involved, with the path read from the current directory."""
+    from byzer_like import ByzerLLM
+
+    monkeypatch.delenv("BYZER_LIKE_ALLOWED_ROOTS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    llm = ByzerLLM(workspace=tmp_path / "ws")
+    with pytest.raises(WorkspacePathError, match="starts at the current directory") as e:
+        llm.deploy(model_path="models/m", pretrained_model_type="llama", udf_name="m")
+    assert str(tmp_path / "models" / "m") in str(e.value)
+    with pytest.raises(WorkspacePathError, match="starts at the current directory"):
+        llm.sft([{"instruction": "q", "output": "a"}], model_path="models/m", pretrained_model_type="sft/llama")

@@ -95,7 +95,8 @@ class Runtime:
         return resolve_model(ref, self.catalog, session_models)
 
     def deploy_spec(self, options: Mapping[str, Any], session_models: SessionModels | None = None) -> DeploySpec:
-        """Check a deployment's options (either spelling) and build its spec; starts nothing."""
+        """Check a deployment's options (either spelling) and build its spec; starts nothing. Paths are
+        SQL's: a relative `localModelDir` starts at the workspace."""
         return DeploySpec.build(options, setup=self.setup_config, workspace=self.workspace, catalog=self.catalog,
                                 session_models=session_models)
 

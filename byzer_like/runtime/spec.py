@@ -76,7 +76,9 @@ class DeploySpec:
 
         `options`: the `where` keys of `action="infer"` or the client's keywords, in either spelling
         (`pretrainedModelType` / `pretrained_model_type`, `localModelDir` / `model_path`, `udfName`,
-        `modelTable`, `reconnect`, the plugin's own infer params). Raises ConfigError /
+        `modelTable`, `reconnect`, the plugin's own infer params). A relative `localModelDir` starts at
+        the workspace (SQL's rule); faces that take paths from a shell or from Python code (the CLI, the
+        client) resolve them from the current directory and hand them down absolute. Raises ConfigError /
         UnknownOptionError (listing the valid keys), UnknownPluginError, ModelNotFoundError,
         WorkspacePathError, ModelDirError."""
         params = {k: v for k, v in options.items() if k != "action"}
