@@ -178,13 +178,13 @@ def test_train_a_task_from_the_command_line(ray_cluster, workspace, tiny_models)
 def test_make_tiny_asks_before_replacing_a_model_and_a_bad_address_fails_at_once(tmp_path):
     """`models make-tiny` onto a folder that holds a model needs --overwrite; a cluster address nothing
     listens on is a one-line error at once (it used to wait minutes), also written before the command."""
-    first = run("models", "make-tiny", "--family", "llama", "--out", "m", ws=tmp_path)
+    first = run("models", "make-tiny", "--family", "llama", "--out", str(tmp_path / "m"), ws=tmp_path)
     assert first.returncode == 0, first.stderr
     config = (tmp_path / "m" / "config.json").read_bytes()
-    again = run("models", "make-tiny", "--family", "gpt2", "--out", "m", ws=tmp_path)
+    again = run("models", "make-tiny", "--family", "gpt2", "--out", str(tmp_path / "m"), ws=tmp_path)
     assert again.returncode == 1 and "--overwrite" in again.stderr and len(again.stderr.strip().splitlines()) == 1
     assert (tmp_path / "m" / "config.json").read_bytes() == config
-    forced = run("models", "make-tiny", "--family", "gpt2", "--out", "m", "--overwrite", ws=tmp_path)
+    forced = run("models", "make-tiny", "--family", "gpt2", "--out", str(tmp_path / "m"), "--overwrite", ws=tmp_path)
     assert forced.returncode == 0 and json.loads((tmp_path / "m" / "config.json").read_text())["model_type"] == "gpt2"
     for args in (["list", "--address", "127.0.0.1:1"], ["--address", "127.0.0.1:1", "list"]):
         out = run(*args, ws=tmp_path, timeout=60)  # a hang fails here
