@@ -14,7 +14,8 @@
     byzer-like run script.sql [--set k=v]        run a SQL script, print each result
     byzer-like sql                               an interactive SQL prompt
 
-Errors a user can fix are printed as one line (exit status 1), never as a traceback.
+Errors a user can fix are printed as one line (exit status 1), never as a traceback. The libraries'
+own log lines (Ray, Serve, DeepSpeed) show with --verbose or BYZER_LIKE_LOG=debug.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import __version__
+from . import __version__, cluster, logs
 from .errors import ByzerError, ClusterError, ConfigError
 from .workspace import Workspace
 
@@ -161,8 +162,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    from . import cluster
-
     ws = Workspace.from_env(args.workspace)
     if args.action == "start":
         info = cluster.start_head(ws, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
@@ -406,7 +405,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="byzer-like", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--version", action="version", version=f"byzer-like {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
+    verbose_help = "also show the libraries' log lines (Ray, Serve, DeepSpeed); same as BYZER_LIKE_LOG=debug"
+    p.add_argument("--verbose", "-v", action="store_true", help=verbose_help)
+    # after the command too (`byzer-like list -v`); SUPPRESS: unless given there, the global value stays
+    flags = argparse.ArgumentParser(add_help=False)
+    flags.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS, help=verbose_help)
+    common = argparse.ArgumentParser(add_help=False, parents=[flags])
     common.add_argument("--workspace", help="workspace folder (default: $BYZER_LIKE_HOME or ./byzer_workspace)")
     common.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or the workspace's cluster)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -429,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="pretrain for N seconds so the model writes readable text")
     mt.add_argument("--corpus", help="text file or folder for the tokenizer and pretraining (default: Python's stdlib)")
     mt.set_defaults(func=cmd_make_tiny)
-    ty = msub.add_parser("types", help="known pretrained_model_type names (plugins)")
+    ty = msub.add_parser("types", parents=[flags], help="known pretrained_model_type names (plugins)")
     ty.set_defaults(func=cmd_types)
     ml = msub.add_parser("list", parents=[common], help="the model registry: trained and merged models, all versions")
     ml.set_defaults(func=cmd_registry)
@@ -521,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logs.configure(args.verbose)
     try:
         return args.func(args)
     except ByzerError as e:
@@ -529,6 +534,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        cluster.disconnect()
 
 
 if __name__ == "__main__":

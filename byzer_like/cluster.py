@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from . import logs
 from .errors import ClusterError
 from .workspace import Workspace
 
@@ -218,7 +219,8 @@ def connect(address: str | None = None, ws: Workspace | None = None, *, num_cpus
         info = head_info(ws)
         if info and info.alive():
             address, mode = info.address, "persistent"
-    common: dict[str, Any] = {"namespace": NAMESPACE, "logging_level": "WARNING", "log_to_driver": False}
+    common: dict[str, Any] = {"namespace": NAMESPACE, **logs.ray_init_options()}
+    sigterm = logs.sigterm_handler()
     try:
         if address:
             if mode == "persistent" or is_loopback(address):  # a cluster on this machine: as ours
@@ -235,7 +237,19 @@ def connect(address: str | None = None, ws: Workspace | None = None, *, num_cpus
     except Exception as e:  # ConnectionError, AuthenticationError, RuntimeError from Ray
         where = address or "an embedded local cluster"
         raise ClusterError(f"cannot connect to Ray at {where}: {e}".splitlines()[0]) from e
+    logs.after_ray_init(sigterm)
     return {"address": ray.get_runtime_context().gcs_address, "mode": mode}
+
+
+def disconnect() -> None:
+    """Disconnect this process from Ray now, if it is connected (an embedded cluster ends with it).
+
+    Ray's own exit hook does the same but first sleeps half a second for log lines still on their way
+    to the driver; with `log_to_driver` off (unless verbose, see `logs`) none are, so a command that
+    is done calls this instead."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized() and not logs.is_verbose():
+        ray.shutdown()
 
 
 def is_loopback(address: str | None) -> bool:
