@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{m['loadavg_start']}, at end {m['loadavg_end']}; {m['cores']} cores ({m['cpu_model']}), "
           f"python {m['python']}, ray {m['ray']}")
     for name, xs in runs.items():
-        print(f"  {name:12s} {med[name]:6.2f} s   ({min(xs):.2f}..{max(xs):.2f})   {shown(cmds[name])}")
+        print(f"  {name:14s} {med[name]:6.2f} s   ({min(xs):.2f}..{max(xs):.2f})   {shown(cmds[name])}")
     print(f"list / pass {results['list_over_pass']}x; list / import ray {results['list_over_import_ray']}x; "
           f"list {'meets' if results['list_meets_goal'] else 'misses'} the {GOAL_S:g} s goal")
     return 0
