@@ -1,13 +1,27 @@
 """byzer-like: run the whole life of a large language model on a Ray cluster.
 
 `from byzer_like import ByzerLLM` is the Python client; `byzer-like --help` the command line.
-Importing this package loads neither ray nor torch.
+Importing this package loads neither ray nor torch, nor the client's own dependencies (pydantic,
+pyarrow): `ByzerLLM` and `LLMResponse` are imported on first use, so that `byzer-like --help` and
+`byzer-like models list` start in a fraction of a second.
 """
-from .client import ByzerLLM, LLMResponse
+from . import cluster as _cluster  # noqa: F401  (sets Ray's loopback environment before ray is imported)
 from .errors import ByzerError
 
 __version__ = "0.1.0"
 __all__ = ["ByzerLLM", "ByzerError", "LLMResponse", "__version__", "load_ipython_extension"]
+_LAZY = {"ByzerLLM": ".client", "LLMResponse": ".client"}
+
+
+def __getattr__(name: str):
+    """`byzer_like.ByzerLLM` and `byzer_like.LLMResponse`, imported when first asked for."""
+    if name in _LAZY:
+        from importlib import import_module
+
+        value = getattr(import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_ipython_extension(ipython):

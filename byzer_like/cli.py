@@ -18,7 +18,8 @@ Path arguments (DIR, FILE, script.sql) follow the shell's rule: a relative one s
 directory (paths inside SQL start at the workspace). Model and data paths must lie inside the
 workspace or a folder of BYZER_LIKE_ALLOWED_ROOTS.
 
-Errors a user can fix are printed as one line (exit status 1), never as a traceback.
+Errors a user can fix are printed as one line (exit status 1), never as a traceback. The libraries'
+own log lines (Ray, Serve, DeepSpeed) show with --verbose or BYZER_LIKE_LOG=debug.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import __version__
+from . import __version__, cluster, logs
 from .errors import ByzerError, ClusterError, ConfigError
 from .workspace import Workspace
 
@@ -173,8 +174,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    from . import cluster
-
     ws = Workspace.from_env(args.workspace)
     if args.action == "start":
         info = cluster.start_head(ws, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
@@ -422,12 +421,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="byzer-like", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--version", action="version", version=f"byzer-like {__version__}")
-    # also accepted before the command (`byzer-like --address H:P list`); after it, the command's own wins
-    p.add_argument("--workspace", dest="global_workspace", metavar="WORKSPACE", help=argparse.SUPPRESS)
-    p.add_argument("--address", dest="global_address", metavar="ADDRESS", help=argparse.SUPPRESS)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--workspace", help="workspace folder (default: $BYZER_LIKE_HOME or ./byzer_workspace)")
-    common.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or the workspace's cluster)")
+    verbose_help = "also show the libraries' log lines (Ray, Serve, DeepSpeed); same as BYZER_LIKE_LOG=debug"
+    p.add_argument("--verbose", "-v", action="store_true", help=verbose_help)
+    # after the command too (`byzer-like list -v`); SUPPRESS: unless given there, the global value stays
+    flags = argparse.ArgumentParser(add_help=False)
+    flags.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS, help=verbose_help)
+    # --workspace / --address before the command (`byzer-like --address H:P list`) or after it; SUPPRESS
+    # after it, as for --verbose: a command's own default does not replace the value given before it
+    workspace_help = "workspace folder (default: $BYZER_LIKE_HOME or ./byzer_workspace)"
+    address_help = "Ray cluster address (default: $RAY_ADDRESS or the workspace's cluster)"
+    p.add_argument("--workspace", help=workspace_help)
+    p.add_argument("--address", help=address_help)
+    common = argparse.ArgumentParser(add_help=False, parents=[flags])
+    common.add_argument("--workspace", default=argparse.SUPPRESS, help=workspace_help)
+    common.add_argument("--address", default=argparse.SUPPRESS, help=address_help)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     q = sub.add_parser("quickstart", parents=[common],
@@ -450,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--corpus", help="text file or folder for the tokenizer and pretraining (default: Python's stdlib)")
     mt.add_argument("--overwrite", action="store_true", help="replace a model this command built before in --out")
     mt.set_defaults(func=cmd_make_tiny)
-    ty = msub.add_parser("types", help="known pretrained_model_type names (plugins)")
+    ty = msub.add_parser("types", parents=[flags], help="known pretrained_model_type names (plugins)")
     ty.set_defaults(func=cmd_types)
     ml = msub.add_parser("list", parents=[common], help="the model registry: trained and merged models, all versions")
     ml.set_defaults(func=cmd_registry)
@@ -545,9 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("workspace", "address"):  # given before the command: as if given after it
-        if getattr(args, name, None) is None and getattr(args, f"global_{name}", None) is not None:
-            setattr(args, name, getattr(args, f"global_{name}"))
+    logs.configure(args.verbose)
     try:
         return args.func(args)
     except ByzerError as e:
@@ -556,6 +561,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        cluster.disconnect()
 
 
 if __name__ == "__main__":

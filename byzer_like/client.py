@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
+from . import logs
 from .config import SetupConfig, chat_request
 from .errors import ConfigError
 from .runtime import Runtime
@@ -46,10 +47,13 @@ class ByzerLLM:
 
     `address`: a Ray address, or None for the workspace's persistent head if it runs, else an
     embedded local cluster (started on first use). `workspace`: the folder for the catalog, models and
-    jobs (default $BYZER_LIKE_HOME or ./byzer_workspace)."""
+    jobs (default $BYZER_LIKE_HOME or ./byzer_workspace). Creating one applies `byzer_like.logs`'s
+    policy to the program: Ray's and Serve's INFO lines stay out of its stderr (`BYZER_LIKE_LOG=debug`
+    lets them in)."""
 
     def __init__(self, address: str | None = None, *, workspace: str | os.PathLike | None = None,
                  runtime: Runtime | None = None):
+        logs.configure()
         self.runtime = runtime or Runtime(address, workspace=workspace, announce=True)
         self.default_model_name: str | None = None
         self._session = None

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from . import logs
 from .errors import ClusterError
 from .workspace import Workspace
 
@@ -237,7 +238,8 @@ def connect(address: str | None = None, ws: Workspace | None = None, *, num_cpus
         info = head_info(ws)
         if info and info.alive():
             address, mode = info.address, "persistent"
-    common: dict[str, Any] = {"namespace": NAMESPACE, "logging_level": "WARNING", "log_to_driver": False}
+    common: dict[str, Any] = {"namespace": NAMESPACE, **logs.ray_init_options()}
+    sigterm = logs.sigterm_handler()
     if address:
         check_answers(address)  # an address nothing listens on: one line now, not minutes of Ray retries
     try:
@@ -256,6 +258,7 @@ def connect(address: str | None = None, ws: Workspace | None = None, *, num_cpus
     except Exception as e:  # ConnectionError, AuthenticationError, RuntimeError from Ray
         where = address or "an embedded local cluster"
         raise ClusterError(f"cannot connect to Ray at {where}: {e}".splitlines()[0]) from e
+    logs.after_ray_init(sigterm)
     return {"address": ray.get_runtime_context().gcs_address, "mode": mode}
 
 
@@ -275,6 +278,17 @@ def check_answers(address: str, timeout_s: float = CONNECT_CHECK_S) -> None:
         why = f"no answer within {timeout_s:g} s" if isinstance(e, TimeoutError) else (e.strerror or type(e).__name__).lower()
         raise ClusterError(f"no Ray cluster answers at {address} ({why}): check the address "
                            "(--address / RAY_ADDRESS), or start one with `byzer-like cluster start`") from None
+
+
+def disconnect() -> None:
+    """Disconnect this process from Ray now, if it is connected (an embedded cluster ends with it).
+
+    Ray's own exit hook does the same but first sleeps half a second for log lines still on their way
+    to the driver; with `log_to_driver` off (unless verbose, see `logs`) none are, so a command that
+    is done calls this instead."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized() and not logs.is_verbose():
+        ray.shutdown()
 
 
 def is_loopback(address: str | None) -> bool:

@@ -30,9 +30,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from . import cluster, tasks
 from .catalog import FINISHED, Catalog
@@ -42,6 +40,9 @@ from .plugins import registry
 from .train import options as train_options
 from .train.context import INTERNAL
 from .workspace import Workspace
+
+if TYPE_CHECKING:  # pyarrow is imported where a table is made: `byzer-like jobs list` needs none
+    import pyarrow as pa
 
 TASKS = tuple(tasks.TASKS)  # the task names, for older imports; the table is byzer_like.tasks.TASKS
 LOG_FILE = "log.txt"
@@ -331,6 +332,8 @@ class Jobs:
 
 
 def rows_table(rows: list[dict]) -> pa.Table:
+    import pyarrow as pa
+
     schema = pa.schema([
         ("job_id", pa.string()), ("kind", pa.string()), ("state", pa.string()), ("step", pa.int64()),
         ("total_steps", pa.int64()), ("output_table", pa.string()), ("model_version", pa.int64()),

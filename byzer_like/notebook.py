@@ -17,6 +17,7 @@ from typing import Any
 
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
+from . import logs
 from .errors import ByzerError
 
 _session = None
@@ -57,4 +58,7 @@ class ByzerMagics(Magics):
 
 
 def load_ipython_extension(ipython: Any) -> None:
+    """Register `%%byzer` / `%byzer`; from here on the kernel shows byzer-like's output and real
+    warnings, not the libraries' log lines (`BYZER_LIKE_LOG=debug` shows them, see `byzer_like.logs`)."""
+    logs.configure()
     ipython.register_magics(ByzerMagics)

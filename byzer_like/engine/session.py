@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import sys
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -91,6 +92,9 @@ class Session:
         self.variables: dict[str, str] = dict(variables or {})
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.con = duckdb.connect()
+        # closed by close(), or at the latest when the interpreter exits: an open connection with Python
+        # functions left to interpreter teardown makes DuckDB's binding print dozens of `nanobind: leaked` lines
+        self._close = weakref.finalize(self, self.con.close)
         # a second wall behind the path checks: DuckDB itself reads and writes only inside the allowed
         # roots (and nothing remote); once external access is off it cannot be turned back on
         roots = ", ".join("'" + str(r).replace("'", "''") + "/'" for r in self.workspace.allowed_roots)
@@ -127,7 +131,8 @@ class Session:
         }
 
     def close(self) -> None:
-        self.con.close()
+        """Close the session's DuckDB connection (its tables stay readable as Arrow tables)."""
+        self._close()
 
     # -- scripts -----------------------------------------------------------------------------------
     def sql(self, script: str) -> list[Result]:

@@ -1,0 +1,117 @@
+"""What a user sees on stderr: this project's output and real warnings, not the libraries' chatter.
+
+One policy, in this module. The faces (`byzer-like`, `%load_ext byzer_like`, `ByzerLLM`) call
+`configure()`; `cluster.connect` takes Ray's options from `ray_init_options()` and calls
+`after_ray_init()`. `byzer-like --verbose` or `BYZER_LIKE_LOG=debug` turns the policy off: Ray then logs
+at INFO, forwards its workers' output, and nothing below is filtered.
+
+The noise, where it comes from, and how it is kept out by default:
+
+- Ray's driver logs (`Connecting to existing Ray cluster ...`): `ray.init(logging_level=WARNING,
+  log_to_driver=False)`; the replicas' and workers' output stays in Ray's log files.
+- Ray Serve's INFO lines in the driver (`Started <...SharedRouterLongPollClient...>`, `Deleting app ...`)
+  and Ray's `Missing packages: ['ipywidgets']` (logged while `import ray` runs in a notebook kernel): a
+  filter on those loggers keeps WARNING and above. A filter, because Serve resets its logger's level
+  and handlers when it is imported, never its filters.
+- DeepSpeed's `Setting accelerator to CPU` on a machine without a GPU (a WARNING, printed to stdout),
+  torchao's `Failed to load .../_C_*.so` for kernels this machine cannot run, and torch's deprecation
+  notice to torchao's authors (`<enum ...> is an Enum subclass ...`), each on every import: those
+  messages are dropped (`DROPPED`), the loggers' other warnings stay.
+- tqdm's `IProgress not found` in a kernel without ipywidgets (transformers uses `tqdm.auto`; the bar
+  falls back to text): ignored.
+- The `*** SIGTERM received ...` stack dump: Ray's C++ failure-signal handler catches SIGTERM too;
+  after connecting, SIGTERM gets back the handler the process had before (crashes still dump).
+- nanobind's `leaked ... instances / types / functions` at exit: DuckDB's binding reports the objects
+  of a connection with Python functions that is still open when the interpreter ends; the engine's
+  `Session` closes its connection at exit (`engine/session.py`), so there is nothing to report.
+
+Warnings from this project and every library's other warnings still show.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import warnings
+from typing import Any
+
+ENV = "BYZER_LIKE_LOG"
+# logger -> messages (parts of them) dropped whatever their level; for the loggers in QUIET, INFO and DEBUG go too
+DROPPED: dict[str, tuple[str, ...]] = {
+    "DeepSpeed": ("Setting accelerator to CPU",),
+    # torchao's optional CUDA / other-Python kernels, on every import where they cannot load
+    "torchao": ("Failed to load ",),
+    # a deprecation addressed to torchao's authors, printed on every import of torchao
+    "torch.utils._pytree": ("is an Enum subclass and is now natively supported",),
+}
+QUIET = ("ray.serve", "ray.widgets.util")
+IGNORED_WARNINGS = (r"IProgress not found",)
+
+
+def is_verbose() -> bool:
+    """Whether the user asked for everything (`BYZER_LIKE_LOG=debug`, which `--verbose` sets)."""
+    return os.environ.get(ENV, "").strip().lower() == "debug"
+
+
+class _Quiet(logging.Filter):
+    """Keeps a logger's records at `level` and above, except those that contain one of `dropped`."""
+
+    def __init__(self, level: int, dropped: tuple[str, ...] = ()):
+        super().__init__()
+        self.level = level
+        self.dropped = dropped
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < self.level:
+            return False
+        if not self.dropped:
+            return True
+        message = record.getMessage()
+        return not any(part in message for part in self.dropped)
+
+
+_installed: list[tuple[logging.Logger, logging.Filter]] = []
+
+
+def configure(verbose: bool | None = None) -> None:
+    """Apply the policy to this process (again is harmless). Call it before the libraries run.
+
+    `verbose=True` sets `BYZER_LIKE_LOG=debug` in the environment, so that the subprocesses and
+    Ray workers started from here see it too; None or False leave the environment as it is."""
+    if verbose:
+        os.environ[ENV] = "debug"
+    for logger, f in _installed:
+        logger.removeFilter(f)
+    _installed.clear()
+    if is_verbose():
+        return
+    for name in {*QUIET, *DROPPED}:
+        logger = logging.getLogger(name)
+        f = _Quiet(logging.WARNING if name in QUIET else logging.NOTSET, DROPPED.get(name, ()))
+        logger.addFilter(f)
+        _installed.append((logger, f))
+    for message in IGNORED_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+
+
+def ray_init_options() -> dict[str, Any]:
+    """The logging keywords of `ray.init` for this process."""
+    if is_verbose():
+        return {"logging_level": logging.INFO, "log_to_driver": True}
+    return {"logging_level": logging.WARNING, "log_to_driver": False}
+
+
+def sigterm_handler() -> Any:
+    """SIGTERM's handler now (read it before `ray.init`, hand it to `after_ray_init`)."""
+    return signal.getsignal(signal.SIGTERM)
+
+
+def after_ray_init(previous_sigterm: Any) -> None:
+    """Give SIGTERM back the handler it had before `ray.init` (Ray's handler prints a stack dump).
+
+    Only from the main thread (elsewhere Python cannot set handlers), only for a handler Python knows
+    (None: one set outside Python), and not when verbose."""
+    if is_verbose() or previous_sigterm is None or threading.current_thread() is not threading.main_thread():
+        return
+    signal.signal(signal.SIGTERM, previous_sigterm)
