@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Quantization benchmark: weight-quantized exports of a real small model against its fp32 original.
 
-    .venv/bin/python bench/quantize.py [--methods bnb-int8,bnb-nf4,torchao-int8,gptq-int4] [--prompts 50]
+    .venv/bin/python bench/quantize.py [--methods bnb-int8,bnb-nf4,torchao-int8,gptq-int8,gptq-int4] [--prompts 50]
                                        [--max-new-tokens 16] [--batch-size 10] [--model-dir DIR]
                                        [--calibration-rows 64] [--omp-wait-policy PASSIVE] [--json OUT]
 
@@ -18,7 +18,7 @@ What one run does, in one process (no cluster: quantization and the timing are i
    chat prompts, in batches of `--batch-size` (left-padded, the chat template applied). Every model sees
    the same batches; the fp32 model runs first and last, and its two runs must agree.
 4. Reports per method: rows whose first `--max-new-tokens` generated tokens equal fp32's (and rows whose
-   first 8 do), weight-file size and its ratio to fp32's, generated tokens/s and its ratio to fp32's
+   first 8 do, whose first token does, and the mean number of leading tokens shared), weight-file size and its ratio to fp32's, generated tokens/s and its ratio to fp32's
    (tokens up to and including the end-of-turn token; fp32's figure is the mean of its two runs).
 
 No figure is asserted. The machine is shared and small: read tokens/s ratios as rough, sizes as exact.
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import inspect
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ from typing import Any
 
 from _common import add_run_args, loadavg, log, machine_info, run_in_env, write_json
 
-DEFAULT_METHODS = "bnb-int8,bnb-nf4,torchao-int8,gptq-int4"
+DEFAULT_METHODS = "bnb-int8,bnb-nf4,torchao-int8,gptq-int8,gptq-int4"
 TOPICS = ["the capital of {}", "a short poem about {}", "three facts about {}", "how to cook {}", "the history of {}",
           "why people like {}", "a one-line summary of {}", "the opposite of {}", "a synonym for {}", "a joke about {}"]
 THINGS = ["France", "the moon", "rice", "bicycles", "Python", "winter", "coffee", "music", "the ocean", "trees"]
@@ -46,29 +45,6 @@ def prompts(n: int) -> list[str]:
     """`n` distinct short chat prompts (topic x thing)."""
     out = [f"Tell me {t.format(x)}." for x in THINGS for t in TOPICS]
     return out[:n]
-
-
-def calibration_text(n: int) -> list[str]:
-    """`n` lines of English prose from the standard library's docstrings."""
-    import argparse as a
-    import collections
-    import json
-    import logging
-    import pathlib
-    import shutil
-    import subprocess
-    import textwrap
-    import threading
-
-    lines: list[str] = []
-    for mod in (a, collections, json, logging, pathlib, shutil, subprocess, textwrap, threading):
-        for obj in [mod, *(getattr(mod, k) for k in sorted(dir(mod)) if not k.startswith("_"))]:
-            doc = inspect.getdoc(obj) if callable(obj) or obj is mod else None
-            for line in (doc or "").splitlines():
-                line = line.strip()
-                if len(line) > 30 and not line.startswith((">>>", "...")) and line not in lines:
-                    lines.append(line)
-    return lines[:n]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,6 +85,16 @@ def generate(model: Any, tok: Any, rows: list[str], max_new: int, batch: int) ->
     return answers, tokens, seconds
 
 
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens two answers share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def measure(model_dir: str, rows: list[str], args: argparse.Namespace) -> dict:
     import torch
 
@@ -131,6 +117,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
     from byzer_like.catalog import Catalog
     from byzer_like.convert.staging import weights_size
     from byzer_like.runtime import Runtime
+    from byzer_like.tiny import prose_lines
 
     rt = Runtime(workspace=work)
     if args.model_dir:
@@ -150,7 +137,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
         log(f"quantizing with {method} ...")
         try:
             q = rt.quantize("base", "q_" + method.replace("-", "_"), method,
-                            calibration=calibration_text(args.calibration_rows))
+                            calibration=prose_lines(args.calibration_rows))
             quantized[method] = {"path": q["path"], "weights_bytes": q["weights_bytes"], "size_ratio": q["size_ratio"],
                                  "quantize_s": q["seconds"]}
         except Exception as e:  # noqa: BLE001 - reported, the other methods go on
@@ -162,11 +149,19 @@ def run(args: argparse.Namespace, work: Path) -> int:
         if "error" in q:
             continue
         log(f"{method} ...")
-        m = measure(q["path"], rows, args)
+        try:
+            m = measure(q["path"], rows, args)
+        except Exception as e:  # noqa: BLE001 - reported, the other methods go on
+            q["error"] = f"generation failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            log(f"{method}: {q['error']}")
+            continue
         q.update({k: m[k] for k in ("tokens", "seconds", "tokens_per_s", "load_s", "quantization")})
         n = args.max_new_tokens
-        q["rows_equal_first_tokens"] = sum(a[:n] == b[:n] for a, b in zip(m["answers"], fp32["answers"]))
-        q["rows_equal_first_8_tokens"] = sum(a[:8] == b[:8] for a, b in zip(m["answers"], fp32["answers"]))
+        pairs = list(zip(m["answers"], fp32["answers"]))
+        q["rows_equal_first_tokens"] = sum(a[:n] == b[:n] for a, b in pairs)
+        q["rows_equal_first_8_tokens"] = sum(a[:8] == b[:8] for a, b in pairs)
+        q["rows_equal_first_token"] = sum(a[:1] == b[:1] for a, b in pairs)
+        q["mean_common_prefix_tokens"] = round(sum(common_prefix(a, b) for a, b in pairs) / len(pairs), 2)
     log("fp32, second run ...")
     fp32_again = measure(base_dir, rows, args)
     fp32_tps = (fp32["tokens_per_s"] + fp32_again["tokens_per_s"]) / 2
@@ -196,14 +191,15 @@ def report(r: dict) -> None:
           f"torch {m['torch']}, transformers {m['transformers']}")
     print(f"fp32: weights {f['weights_bytes'] / 2**20:,.1f} MiB, {f['tokens_per_s']:.1f} tok/s "
           f"(runs {f['tokens_per_s_runs']}, answers of the two runs equal: {f['runs_agree']})")
-    print(f"{'method':14s} {'equal rows':>10s} {'first 8':>8s} {'weights MiB':>12s} {'size':>6s} {'tok/s':>7s} {'speed':>6s}")
+    print(f"{'method':14s} {'equal rows':>10s} {'first 8':>8s} {'1st tok':>8s} {'prefix':>6s} {'weights MiB':>12s} "
+          f"{'size':>6s} {'tok/s':>7s} {'speed':>6s}")
     n = r["prompts"]
     for name, q in r["methods"].items():
         if "error" in q:
             print(f"{name:14s} not run: {q['error'][:150]}")
             continue
         print(f"{name:14s} {q['rows_equal_first_tokens']:>5d}/{n:<4d} {q['rows_equal_first_8_tokens']:>4d}/{n:<3d} "
-              f"{q['weights_bytes'] / 2**20:>12,.1f} {q['size_ratio']:>6.3f} {q['tokens_per_s']:>7.1f} {q['speed_ratio']:>6.3f}")
+              f"{q['rows_equal_first_token']:>4d}/{n:<3d} {q['mean_common_prefix_tokens']:>6.1f} {q['weights_bytes'] / 2**20:>12,.1f} {q['size_ratio']:>6.3f} {q['tokens_per_s']:>7.1f} {q['speed_ratio']:>6.3f}")
 
 
 if __name__ == "__main__":

@@ -278,7 +278,8 @@ class QuantizeOptions(_Options):
     calibration_column: str | None = Field(None, description="the calibration table's text column (default: text, "
                                            "or its only string column)")
     calibration_rows: int = Field(128, ge=1, le=100_000, description="GPTQ: at most this many calibration rows")
-    group_size: int | None = Field(None, ge=-1, description="GPTQ: weights per scale (default 128; -1: one per row)")
+    group_size: int | None = Field(None, ge=-1, description="GPTQ: weights per scale (default: 128, or the largest of "
+                                     "64, 32, 16 dividing the model's layer widths; -1: one per row)")
     overwrite: bool = Field(False, description="register a new version when outputTable already exists")
 
 

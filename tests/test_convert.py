@@ -204,6 +204,17 @@ def test_quantizing_a_lora_adapter_says_to_merge_first(rt, workspace, tiny_model
     assert not Catalog(workspace).model_exists("tiny_lora_q")
 
 
+def test_gptq_group_size_divides_every_layer_width():
+    from byzer_like.convert.quantize import gptq_group_size
+
+    smollm2 = {"hidden_size": 576, "intermediate_size": 1536}  # the CPU int4 kernel refuses 128 here
+    assert gptq_group_size(smollm2, None) == 64
+    assert gptq_group_size({"hidden_size": 4096, "intermediate_size": 11008}, None) == 128
+    assert gptq_group_size({"hidden_size": 100, "intermediate_size": 300}, None) == -1
+    with pytest.raises(ConfigError, match=r"groupSize 128 must divide the model's layer widths \[576, 1536\]"):
+        gptq_group_size(smollm2, 128)
+
+
 def test_gptq_runs_where_gptqmodel_is_installed_and_says_how_to_get_it_otherwise(rt, workspace, tiny_registered):
     import importlib.util
 
@@ -394,6 +405,7 @@ def test_sql_convert_of_the_gguf_file_writes_the_same_weights(smollm2, workspace
                   f'and sourcePath="smollm2" and outputTable="smol_sql" as imported;').to_dict("records")[0]
     assert row["name"] == "smol_sql" and row["architecture"] == "llama" and row["file_type"] == "MOSTLY_Q4_1"
     cat = Catalog(workspace)
+    assert row["path"] == cat.model("smol_sql").path and Path(row["path"], "config.json").is_file()
     a = load_file(Path(cat.model("smol_sql").path, "model.safetensors"))
     if cat.model_exists("smol"):
         b = load_file(Path(cat.model("smol").path, "model.safetensors"))

