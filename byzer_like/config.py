@@ -216,6 +216,73 @@ class MergeOptions(_Options):
     overwrite: bool = Field(False, description="register a new version when outputTable already exists")
 
 
+# `run command as LLM.`` where action="convert"`: the source formats, and the pretrainedModelType values
+# that name one (Byzer-LLM writes pretrainedModelType="deepspeed" for a ZeRO checkpoint)
+SOURCE_FORMATS = ("gguf", "deepspeed")
+
+
+class ConvertOptions(_Options):
+    """The `where` keys of `run command as LLM.`` where action="convert"` (`ByzerLLM.convert`, `byzer-like
+    models import|convert`): a GGUF file or a DeepSpeed ZeRO checkpoint made into a Hugging Face model
+    directory, registered as `outputTable` and/or written to `savePath`.
+
+    Byzer-LLM's spelling works as it is: `pretrainedModelType="deepspeed"`, `modelNameOrPath` (the model
+    the run started from: its config and tokenizer), `checkpointDir`, `tag`, `savePath`."""
+
+    action: Literal["convert"] = "convert"
+    source_format: Literal["gguf", "deepspeed"] | None = Field(
+        None, description="gguf or deepspeed (default: from pretrainedModelType, checkpointDir or the file)")
+    pretrained_model_type: str | None = Field(
+        None, description="deepspeed / gguf (Byzer: the source), or the model family recorded in the registry")
+    source_path: str | None = Field(
+        None, validation_alias=AliasChoices("source_path", "sourcePath", "gguf_file", "ggufFile", "file"),
+        description="the GGUF file, a folder holding one, or a short name of an installed model package (smollm2)")
+    model_name_or_path: str | None = Field(
+        None, validation_alias=AliasChoices("model_name_or_path", "modelNameOrPath", "model_dir", "modelDir",
+                                            "local_model_dir", "localModelDir", "model_path", "modelPath"),
+        description="deepspeed: the model directory the run started from (config, tokenizer); gguf: the GGUF file")
+    model_table: str | None = Field(None, description="deepspeed: the registered model the run started from, "
+                                    "instead of modelNameOrPath")
+    checkpoint_dir: str | None = Field(None, description="the DeepSpeed checkpoint folder (or an sfft run's folder "
+                                       "of checkpoint_step_<n>/ folders: the newest is used)")
+    tag: str | None = Field(None, description="the checkpoint's tag (default: the one its `latest` file names)")
+    save_path: str | None = Field(None, description="write the model directory here (default: under the workspace's models/)")
+    output_table: str | None = Field(None, description="register the model under this name (name@v1, v2, ...)")
+    overwrite: bool = Field(False, description="register a new version when outputTable already exists")
+
+    def source(self) -> str:
+        """The source format, from sourceFormat, a pretrainedModelType naming one, a checkpointDir, or a
+        `.gguf` path; ConfigError saying how to name it otherwise."""
+        if self.source_format:
+            return self.source_format
+        if (self.pretrained_model_type or "").lower() in SOURCE_FORMATS:
+            return self.pretrained_model_type.lower()
+        if self.checkpoint_dir:
+            return "deepspeed"
+        if self.source_path or str(self.model_name_or_path or "").endswith(".gguf"):
+            return "gguf"
+        raise ConfigError('action="convert" needs its source: sourceFormat="gguf" with sourcePath="<file.gguf>", or '
+                          'pretrainedModelType="deepspeed" with checkpointDir, modelNameOrPath (and tag)')
+
+
+class QuantizeOptions(_Options):
+    """The `where` keys of `run command as LLM.`` where action="quantize"` (`ByzerLLM.quantize`,
+    `byzer-like models quantize`): a registered whole model written weight-quantized and registered."""
+
+    action: Literal["quantize"] = "quantize"
+    model_table: str = Field(description="the registered model to quantize (name or name@v2), or a `load model.` table")
+    method: str = Field(description="bnb-int8, bnb-nf4, bnb-fp4, torchao-int8, gptq-int4, gptq-int8 (aliases: int8, "
+                        "nf4, fp4, 4bit, 8bit, gptq)")
+    output_table: str = Field(description="the name the quantized model is registered under")
+    calibration_table: str | None = Field(None, description="GPTQ: a table of the session whose text calibrates it")
+    calibration_column: str | None = Field(None, description="the calibration table's text column (default: text, "
+                                           "or its only string column)")
+    calibration_rows: int = Field(128, ge=1, le=100_000, description="GPTQ: at most this many calibration rows")
+    group_size: int | None = Field(None, ge=-1, description="GPTQ: weights per scale (default: 128, or the largest of "
+                                     "64, 32, 16 dividing the model's layer widths; -1: one per row)")
+    overwrite: bool = Field(False, description="register a new version when outputTable already exists")
+
+
 UDF_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 # SQL functions of the dialect itself: a model of one of these names could never be called
 RESERVED_UDF_NAMES = frozenset({"llm_param", "llm_result", "llm_response_predict", "llm_prompt", "llm_stack", "map", "array"})

@@ -20,6 +20,9 @@ can catch lives here (the modules that raise them re-export their names for olde
       TableExistsError (FileExistsError), DataFileError (ValueError)   load / save
       JobError (RuntimeError), JobNotFoundError (KeyError)             training jobs
       ModelNotFoundError (KeyError), ModelExistsError (FileExistsError) the model registry
+      ConvertError (RuntimeError)         ModelFileError (ValueError) > UnsupportedArchitectureError,
+                                          CheckpointError (FileNotFoundError), QuantizeError
+                                          importing, converting and quantizing models
 """
 from __future__ import annotations
 
@@ -233,3 +236,30 @@ class ModelNotFoundError(ByzerError, KeyError):
 
 class ModelExistsError(ByzerError, FileExistsError):
     """An outputTable names a registered model and overwrite was not asked for."""
+
+
+# -- importing, converting and quantizing models ----------------------------------------------------
+class ConvertError(ByzerError, RuntimeError):
+    """A model could not be imported, converted or quantized; nothing was registered or left behind."""
+
+
+class ModelFileError(ConvertError, ValueError):
+    """A model file is not what was expected: not a GGUF file, a truncated one, a file that does not exist."""
+
+
+class UnsupportedArchitectureError(ModelFileError):
+    """A GGUF file holds an architecture that transformers cannot load from GGUF; the message lists those it can."""
+
+    def __init__(self, path: str, architecture: str, supported: Iterable[str]):
+        self.architecture = architecture
+        self.supported = sorted(set(supported))
+        super().__init__(f"{path} holds a {architecture!r} model, which transformers cannot load from GGUF; "
+                         f"architectures it can: {_choices(self.supported)}")
+
+
+class CheckpointError(ConvertError, FileNotFoundError):
+    """A checkpoint folder holds no DeepSpeed ZeRO checkpoint, or not the tag asked for."""
+
+
+class QuantizeError(ConvertError):
+    """A quantization method failed, or its library is not installed or cannot run on this machine."""

@@ -34,6 +34,32 @@ if TYPE_CHECKING:
     from transformers import PreTrainedConfig, PreTrainedModel
 
 FAMILIES = ("llama", "qwen2", "gpt2")
+# modules whose docstrings give `prose_lines` its English text
+_PROSE_MODULES = ("argparse", "collections", "json", "logging", "pathlib", "shutil", "subprocess", "textwrap",
+                  "threading")
+
+
+def prose_lines(n: int = 480) -> list[str]:
+    """`n` distinct lines of English prose (over 30 characters each) from the docstrings of a fixed list of
+    standard-library modules: local text for pretraining tables, GPTQ calibration and tests. ValueError
+    when there are fewer than `n` such lines."""
+    import importlib
+    import inspect
+
+    lines: list[str] = []
+    seen: set[str] = set()
+    for name in _PROSE_MODULES:
+        mod = importlib.import_module(name)
+        for obj in [mod, *(getattr(mod, k) for k in sorted(dir(mod)) if not k.startswith("_"))]:
+            doc = inspect.getdoc(obj) if callable(obj) or obj is mod else None
+            for line in (doc or "").splitlines():
+                line = line.strip()
+                if len(line) > 30 and not line.startswith((">>>", "...")) and line not in seen:
+                    seen.add(line)
+                    lines.append(line)
+    if len(lines) < n:
+        raise ValueError(f"only {len(lines)} lines of prose in the standard library's docstrings, {n} asked for")
+    return lines[:n]
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,8 @@ class FakeRuntime:
         self.generated: list[tuple[str, list[dict]]] = []
         self.trained: list[dict] = []
         self.merged: list[tuple[str, str, bool]] = []
+        self.converted: list[Any] = []
+        self.quantized: list[dict] = []
         self.listed_with_start: list[bool] = []
         self.jobs = FakeJobs()
         self.catalog = Catalog(self.workspace)
@@ -116,3 +118,21 @@ class FakeRuntime:
     def merge(self, model_table: str, output_table: str, *, overwrite: bool = False) -> dict:
         self.merged.append((model_table, output_table, overwrite))
         return {"name": output_table, "version": 1, "kind": "model", "path": "/x", "merged_from": model_table}
+
+    def convert(self, options: Any, *, session_models: Any = None) -> dict:
+        self.converted.append(options)
+        return {"name": options.output_table, "version": 1 if options.output_table else None, "kind": "model",
+                "path": options.save_path or "/x", "source_format": options.source()}
+
+    def quantize(self, model_table: str, output_table: str, method: str, *, calibration: Any = None,
+                 calibration_column: str | None = None, calibration_rows: int = 128, group_size: int | None = None,
+                 overwrite: bool = False, session_models: Any = None) -> dict:
+        from byzer_like.convert.quantize import method_of
+
+        name = method_of(method)  # the real check: an unknown method lists the valid ones
+        self.quantized.append({"model_table": model_table, "output_table": output_table, "method": name,
+                               "calibration_rows": None if calibration is None else calibration.num_rows,
+                               "calibration_column": calibration_column, "group_size": group_size,
+                               "overwrite": overwrite})
+        return {"name": output_table, "version": 1, "kind": "model", "path": "/q", "method": name,
+                "quantized_from": model_table}

@@ -17,7 +17,8 @@ def run(*args, ws, timeout=240, input=None, env=None, cwd=None):
                           cwd=cwd)
 
 
-@pytest.mark.parametrize("args", [[], ["models"], ["cluster"], ["deploy"], ["chat"], ["serve"]])
+@pytest.mark.parametrize("args", [[], ["models"], ["models", "import"], ["models", "convert"], ["models", "quantize"],
+                                  ["cluster"], ["deploy"], ["chat"], ["serve"]])
 def test_help_everywhere(args, tmp_path):
     out = run(*args, "--help", ws=tmp_path)
     assert out.returncode == 0 and "usage: byzer-like" in out.stdout
@@ -30,6 +31,10 @@ def test_help_everywhere(args, tmp_path):
         (["models", "make-tiny", "--family", "llama", "--out", "m", "--size", "tiny", "--corpus", "missing.txt"], "corpus"),
         (["deploy", "m", "--type", "llama", "--name", "x"], "byzer-like cluster start"),
         (["list"], "no cluster is running"),
+        (["models", "import", "nosuchmodel", "--name", "x"], "short name of an installed model package"),
+        (["models", "convert", "--checkpoint-dir", "nowhere", "--model-path", "m", "--name", "x"], "does not exist"),
+        (["models", "quantize", "nosuch", "--method", "int3", "--name", "x"], "valid methods: bnb-int8"),
+        (["models", "quantize", "nosuch", "--method", "nf4", "--name", "x"], "no registered model 'nosuch'"),
     ],
 )
 def test_errors_are_one_line(tmp_path, args, text):

@@ -13,7 +13,7 @@ import pytest
 
 from byzer_like.engine import Session, UnknownFunctionError
 from byzer_like.engine.protocol import EngineRuntime
-from byzer_like.errors import ConfigError, RowError, UnknownOptionError
+from byzer_like.errors import ConfigError, RowError, UnknownOptionError, UnknownTableError
 from fake_runtime import FakeRuntime
 
 pytestmark = pytest.mark.timeout(30)
@@ -115,8 +115,60 @@ def test_merge_options_are_checked(s, rt):
     assert rt.merged == [("a@v1", "b", True)]
 
 
+def test_convert_takes_byzers_deepspeed_keys_as_they_are(s, rt):
+    out = s.sql('run command as LLM.`` where action="convert" and pretrainedModelType="deepspeed" '
+                'and modelNameOrPath="models/base" and checkpointDir="ckpt" and tag="Epoch-1" '
+                'and savePath="models/base-sft" as converted;')[0]
+    (opts,) = rt.converted
+    assert (opts.source(), opts.model_name_or_path, opts.checkpoint_dir, opts.tag, opts.save_path) == (
+        "deepspeed", "models/base", "ckpt", "Epoch-1", "models/base-sft")
+    assert s.table("converted").to_pylist()[0]["path"] == "models/base-sft"
+    assert out.message == "deepspeed converted -> models/base-sft"
+
+
+def test_convert_of_a_gguf_file_in_either_spelling(s, rt):
+    s.sql('run command as LLM.`` where action="convert" and sourceFormat="gguf" and sourcePath="smollm2" '
+          'and outputTable="smol";')
+    s.sql('run command as LLM.`` where action="convert" and source_format="gguf" and gguf_file="m.gguf" '
+          'and output_table="smol2" and overwrite="true";')
+    assert [(o.source(), o.source_path, o.output_table, o.overwrite) for o in rt.converted] == [
+        ("gguf", "smollm2", "smol", False), ("gguf", "m.gguf", "smol2", True)]
+
+
+def test_convert_options_are_checked(s, rt):
+    with pytest.raises(UnknownOptionError, match=r"unknown action=\"convert\" option 'checkpoint'; valid options: .*checkpointDir"):
+        s.sql('run command as LLM.`` where action="convert" and checkpoint="x" and outputTable="m";')
+    with pytest.raises(ConfigError, match="sourceFormat"):
+        s.sql('run command as LLM.`` where action="convert" and sourceFormat="onnx" and outputTable="m";')
+    assert rt.converted == []
+
+
+def test_quantize_dispatches_with_its_calibration_table(s, rt):
+    out = s.sql('load json.`data/q.jsonl` as cal;\n'
+                'run command as LLM.`` where action="quantize" and modelTable="m@v1" and method="gptq" '
+                'and outputTable="m_q" and calibrationTable="cal" and calibrationColumn="q" and groupSize="64" as q;')
+    assert rt.quantized == [{"model_table": "m@v1", "output_table": "m_q", "method": "gptq-int4", "calibration_rows": 5,
+                             "calibration_column": "q", "group_size": 64, "overwrite": False}]
+    assert out[-1].message == "m@v1 quantized (gptq-int4) -> m_q@v1"
+    assert s.table("q").to_pylist()[0]["method"] == "gptq-int4"
+
+
+def test_quantize_options_are_checked(s, rt):
+    with pytest.raises(ConfigError, match=r"unknown quantization method 'int3'; valid methods: bnb-int8"):
+        s.sql('run command as LLM.`` where action="quantize" and modelTable="m" and method="int3" and outputTable="q";')
+    with pytest.raises(ConfigError, match="method"):
+        s.sql('run command as LLM.`` where action="quantize" and modelTable="m" and outputTable="q";')
+    with pytest.raises(UnknownOptionError, match="calibrationTable"):
+        s.sql('run command as LLM.`` where action="quantize" and modelTable="m" and method="nf4" and outputTable="q" '
+              'and bits="3";')
+    with pytest.raises(UnknownTableError, match="nope"):
+        s.sql('run command as LLM.`` where action="quantize" and modelTable="m" and method="gptq" and outputTable="q" '
+              'and calibrationTable="nope";')
+    assert rt.quantized == []
+
+
 def test_unknown_action_lists_the_actions(s, rt):
-    with pytest.raises(ConfigError, match='"infer", "merge"'):
+    with pytest.raises(ConfigError, match='"infer", "merge", "convert", "quantize"'):
         s.sql('run command as LLM.`` where action="explode" and udfName="x";')
 
 

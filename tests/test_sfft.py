@@ -3,7 +3,6 @@ a real tiny llama. Loss goes down and the export deploys; a killed worker and a 
 from the last checkpoint; bad input is refused before any worker starts."""
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import signal
@@ -32,26 +31,9 @@ def sfft_options(model_dir, **extra) -> SfftOptions:
 
 def english_lines(n: int = 480) -> list[str]:
     """Prose from the standard library's docstrings: one non-trivial line per row."""
-    import argparse
-    import collections
-    import json as json_mod
-    import logging
-    import pathlib
-    import shutil
-    import subprocess
-    import textwrap
-    import threading as threading_mod
+    from byzer_like.tiny import prose_lines
 
-    lines: list[str] = []
-    for mod in (argparse, collections, json_mod, logging, pathlib, shutil, subprocess, textwrap, threading_mod):
-        for obj in [mod, *(getattr(mod, name) for name in sorted(dir(mod)) if not name.startswith("_"))]:
-            doc = inspect.getdoc(obj) if callable(obj) or obj is mod else None
-            for line in (doc or "").splitlines():
-                line = line.strip()
-                if len(line) > 30 and not line.startswith((">>>", "...")) and line not in lines:
-                    lines.append(line)
-    assert len(lines) >= n, len(lines)
-    return lines[:n]
+    return prose_lines(n)
 
 
 def write_table(path: Path, **columns) -> Path:

@@ -50,6 +50,14 @@ class EngineRuntime(Protocol):
 
     def merge(self, model_table: str, output_table: str, *, overwrite: bool = False) -> dict: ...
 
+    def convert(self, options: Any, *, session_models: Callable[[str], str | None] | None = None) -> dict:
+        """action="convert" (`config.ConvertOptions`): `{"name", "version", "kind", "path", "source_format", ...}`."""
+
+    def quantize(self, model_table: str, output_table: str, method: str, *, calibration: Any = None,
+                 calibration_column: str | None = None, calibration_rows: int = 128, group_size: int | None = None,
+                 overwrite: bool = False, session_models: Callable[[str], str | None] | None = None) -> dict:
+        """action="quantize": `{"name", "version", "kind", "path", "method", "quantized_from", ...}`."""
+
     @property
     def jobs(self) -> Any:
         """`list()`, `logs(id)`, `status(id)`, `stop(id)`, `resume(id)` (see `jobs.Jobs`)."""

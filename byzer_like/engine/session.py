@@ -28,7 +28,7 @@ import pyarrow as pa
 from duckdb import sqltypes
 
 from .. import tasks
-from ..config import DeployOptions, MergeOptions, parse_bool
+from ..config import ConvertOptions, DeployOptions, MergeOptions, QuantizeOptions, parse_bool
 from ..errors import ConfigError, ExecutionError, SqlError, UnknownFunctionError, UnknownTableError
 from ..sql import Command, Load, Run, Save, Select, Set, Statement, parse_script, to_duckdb
 from . import functions as fx
@@ -39,7 +39,7 @@ HELPERS = ("llm_prompt", "llm_stack")
 ON_ERROR = ("raise", "null")
 # `run command as LLM.`` where action="..."`: the actions, each with its handler (Session._<name>) and
 # its options model; training has no action of its own (the model type or setup mode names the task)
-RUN_ACTIONS: dict[str, str] = {"infer": "deploy", "merge": "merge"}
+RUN_ACTIONS: dict[str, str] = {"infer": "deploy", "merge": "merge", "convert": "convert", "quantize": "quantize"}
 
 
 @dataclass
@@ -274,6 +274,27 @@ class Session:
         return Result("run", pa.table({k: [v] for k, v in info.items()}), None,
                       f"{info['merged_from']} merged -> {info['name']}@v{info['version']}")
 
+    def _convert(self, s: Run, where: dict[str, str]) -> Result:
+        """action="convert": a GGUF file or a DeepSpeed ZeRO checkpoint -> a Hugging Face model, registered
+        as outputTable (Byzer's keys: pretrainedModelType="deepspeed", modelNameOrPath, checkpointDir, tag,
+        savePath)."""
+        opts = ConvertOptions.parse(where, where='action="convert"')
+        info = self.runtime.convert(opts, session_models=lambda ref: self._model_dir_of(ref, s))
+        what = f"{info['name']}@v{info['version']}" if info.get("name") else info["path"]
+        return Result("run", _row_table(info), None, f"{info['source_format']} converted -> {what}")
+
+    def _quantize(self, s: Run, where: dict[str, str]) -> Result:
+        """action="quantize": a registered whole model written weight-quantized and registered as outputTable;
+        GPTQ reads its calibration text from calibrationTable (a table of this session)."""
+        opts = QuantizeOptions.parse(where, where='action="quantize"')
+        table = self._need_table(opts.calibration_table, s) if opts.calibration_table else None
+        info = self.runtime.quantize(opts.model_table, opts.output_table, opts.method, calibration=table,
+                                     calibration_column=opts.calibration_column,
+                                     calibration_rows=opts.calibration_rows, group_size=opts.group_size,
+                                     overwrite=opts.overwrite, session_models=lambda ref: self._model_dir_of(ref, s))
+        return Result("run", _row_table(info), None,
+                      f"{info['quantized_from']} quantized ({info['method']}) -> {info['name']}@v{info['version']}")
+
     def _has_table(self, name: str) -> bool:
         return any(k.lower() == name.lower() for k in self.tables)
 
@@ -436,6 +457,14 @@ class Session:
         if isinstance(e, duckdb.CatalogException) and "Table with name" in message and names:
             return self._unknown_table(names[0], s)
         return _at(ExecutionError, s, names[0] if names else None, message)
+
+
+def _row_table(info: dict) -> pa.Table:
+    """A verb's result dict as a one-row table (nested values as JSON text, None kept as null)."""
+    import json
+
+    row = {k: (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v) for k, v in info.items()}
+    return pa.Table.from_pylist([row])
 
 
 def registry_table(models: list) -> pa.Table:

@@ -187,8 +187,10 @@ class CausalLMPlugin:
             kwargs["dtype"] = getattr(torch, dtype_name)
         else:
             kwargs["dtype"] = torch.float32 if device == "cpu" else "auto"
-        quant = None
-        if in4 or in8:
+        quant = saved_quantization(model_dir)
+        if quant is not None:  # a quantized export: its config.json says how; transformers loads it so
+            kwargs["device_map"] = {"": device if device == "cpu" else 0}
+        elif in4 or in8:
             from transformers import BitsAndBytesConfig
 
             quant = "4bit" if in4 else "8bit"
@@ -487,6 +489,22 @@ class CausalLMPlugin:
         if ignored:
             meta["ignored_options"] = ignored
         return meta
+
+
+def saved_quantization(model_dir: str | os.PathLike) -> str | None:
+    """How a model directory's weights are stored quantized, from the `quantization_config` of its
+    config.json (written by `save_pretrained` of a quantized model): `bitsandbytes-8bit`,
+    `bitsandbytes-nf4`, `bitsandbytes-fp4`, `torchao`, `gptq-4bit`, ...; None for full precision."""
+    cfg_file = Path(model_dir, "config.json")
+    if not cfg_file.is_file():
+        return None
+    q = _json_object(cfg_file).get("quantization_config")
+    if not isinstance(q, dict) or not q:
+        return None
+    kind = str(q.get("quant_method", "unknown"))
+    if kind == "bitsandbytes":
+        return "bitsandbytes-8bit" if q.get("load_in_8bit") else f"bitsandbytes-{q.get('bnb_4bit_quant_type', '4bit')}"
+    return f"{kind}-{q['bits']}bit" if q.get("bits") else kind
 
 
 def _json_object(file: Path) -> dict:

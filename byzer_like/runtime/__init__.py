@@ -7,6 +7,8 @@
     rt.generate("m", requests, cache=True)             # the batched path under SQL and batch_chat
     rt.train("sft", {"pretrainedModelType": "sft/llama", ...}, table)
     rt.merge("m_lora@v1", "m_merged")
+    rt.convert({"sourceFormat": "gguf", "sourcePath": "smollm2", "outputTable": "smol"})   # GGUF / DeepSpeed -> HF
+    rt.quantize("smol", "smol_nf4", "bnb-nf4")
 
 Every face uses it: `ByzerLLM` (Byzer's names over these verbs), the SQL engine, the CLI, the notebook
 and the HTTP API. It imports no face. Nothing connects to Ray before a verb needs the cluster, and every
@@ -18,11 +20,12 @@ import os
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from .. import cluster
 from ..catalog import Catalog
-from ..config import SetupConfig, check_udf_name
+from ..config import ConvertOptions, SetupConfig, check_udf_name
 from ..errors import ConfigError, DeployError, ModelNotDeployedError
 from ..jobs import Jobs
 from ..serving import manager
@@ -305,6 +308,111 @@ class Runtime:
                                metrics=m.metrics, job_id=m.job_id, overwrite=overwrite)
         return {"name": r.name, "version": r.version, "kind": r.kind, "path": r.path, "merged_from": m.ref}
 
+    # -- importing, converting and quantizing models --------------------------------------------------
+    def convert(self, options: ConvertOptions | Mapping[str, Any], *, session_models: SessionModels | None = None) -> dict:
+        """Make a GGUF file or a DeepSpeed ZeRO checkpoint into a Hugging Face model directory and register it.
+
+        `options`: `config.ConvertOptions` or its keys in either spelling (Byzer's `pretrainedModelType=
+        "deepspeed"`, `modelNameOrPath`, `checkpointDir`, `tag`, `savePath`; `sourceFormat="gguf"` with
+        `sourcePath`, a short name such as `smollm2` included). The directory goes to `savePath`, or under the
+        workspace's models/; it is written aside and renamed when complete, and registered (kind "model") when
+        `outputTable` is given. Returns {"name", "version", "kind", "path", "source_format", ...facts of the
+        conversion} (name and version None without outputTable). Raises ConfigError, ModelFileError,
+        UnsupportedArchitectureError, CheckpointError, ConvertError, ModelExistsError, WorkspacePathError."""
+        opts = options if isinstance(options, ConvertOptions) else ConvertOptions.parse(options, where='action="convert"')
+        source = opts.source()
+        if not opts.output_table and not opts.save_path:
+            raise ConfigError('action="convert" needs outputTable="<name>" (registers the model) or savePath="<dir>"')
+        cat = self.catalog
+        if opts.output_table:
+            cat.check_new_name(opts.output_table, overwrite=opts.overwrite)
+        family = opts.pretrained_model_type if (opts.pretrained_model_type or "").lower() not in ("", "gguf", "deepspeed") else None
+        if source == "gguf":
+            from ..convert.gguf import find_gguf, import_gguf, short_name
+
+            raw = opts.source_path or opts.model_name_or_path
+            if not raw:
+                raise ConfigError('sourceFormat="gguf" needs sourcePath="<file.gguf>" (a file, a folder holding one, '
+                                  'or a short name such as "smollm2")')
+            # a bare word names a packaged model unless the workspace has a file or folder of that name
+            packaged = short_name(raw) and not self.workspace.path(raw).exists()
+            gguf_file = find_gguf(raw if packaged else self.workspace.resolve(raw, what="sourcePath"))
+            out = self._output_dir(opts, "gguf")
+            info = import_gguf(gguf_file, out)
+            base, method, params = None, "import(gguf)", {"source": str(gguf_file), "gguf_type": info.get("file_type")}
+        else:
+            from ..convert.deepspeed import convert_checkpoint, find_checkpoint
+
+            if not opts.checkpoint_dir:
+                raise ConfigError('pretrainedModelType="deepspeed" needs checkpointDir="<folder>" (and modelNameOrPath)')
+            if opts.model_table:
+                found = self.resolve_model(opts.model_table, session_models)
+                base = found.model_dir
+            elif opts.model_name_or_path:
+                base = str(self.workspace.resolve(opts.model_name_or_path, what="modelNameOrPath"))
+            else:
+                raise ConfigError('pretrainedModelType="deepspeed" needs modelNameOrPath="<dir>" (or modelTable): the '
+                                  "model the run started from, whose config and tokenizer the converted model takes")
+            ckpt = find_checkpoint(self.workspace.resolve(opts.checkpoint_dir, what="checkpointDir"), opts.tag)
+            out = self._output_dir(opts, "ds")
+            info = convert_checkpoint(ckpt, model_dir=base, out_dir=out)
+            method = f"convert(deepspeed zero-{ckpt.stage})"
+            params = {"checkpoint": ckpt.checkpoint_dir, "tag": ckpt.tag, "zero_stage": ckpt.stage}
+        return self._register_result(opts.output_table, out, info, base_model=base, model_type=family, method=method,
+                                     params=params, overwrite=opts.overwrite, source_format=source)
+
+    def quantize(self, model_table: str, output_table: str, method: str, *, calibration: Any = None,
+                 calibration_column: str | None = None, calibration_rows: int = 128, group_size: int | None = None,
+                 overwrite: bool = False, session_models: SessionModels | None = None) -> dict:
+        """Write a registered whole model weight-quantized (`convert.quantize.METHODS`: bnb-int8, bnb-nf4,
+        bnb-fp4, torchao-int8, gptq-int4, gptq-int8) and register it as `output_table`.
+
+        `calibration`: GPTQ's text, a list of strings or a table (pyarrow / pandas) whose `calibration_column`
+        (default `text`, or its only string column) is read, first `calibration_rows` rows. Returns
+        {"name", "version", "kind", "path", "method", "bits", "weights_bytes", "source_weights_bytes",
+        "size_ratio", ...}. Raises ConfigError (unknown method, listing the valid ones; an adapter: merge it
+        first), ModelNotFoundError, ModelExistsError, ModelDirError, QuantizeError."""
+        from ..convert.quantize import METHODS, method_of, quantize_model
+
+        name = method_of(method)
+        found = self.resolve_model(model_table, session_models)
+        if found.adapter_dir:
+            raise ConfigError(f"{found.ref} is a LoRA adapter (registry kind 'adapter'), not a whole model: merge it into "
+                              f"its base first (SQL: run command as LLM.`` where action=\"merge\" and modelTable=\"{found.ref}\" "
+                              f"and outputTable=\"<name>\"; Python: merge(...)), then quantize the merged model")
+        cat = self.catalog
+        cat.check_new_name(output_table, overwrite=overwrite)
+        texts = _texts(calibration, calibration_column)[:calibration_rows] if METHODS[name].calibration else None
+        out = self.workspace.path("models", f"{output_table}-{name}-{int(time.time())}")
+        info = quantize_model(found.model_dir, out, name, calibration=texts, group_size=group_size)
+        from_session = session_models is not None and session_models(model_table) is not None
+        model_type = None if from_session else cat.model(found.ref).model_type  # None: read from its config
+        return self._register_result(output_table, out, info, base_model=found.model_dir, model_type=model_type,
+                                     method=f"quantize({name})", params={"source": found.ref, "method": name,
+                                                                         "group_size": group_size},
+                                     overwrite=overwrite, quantized_from=found.ref)
+
+    def _output_dir(self, opts: ConvertOptions, what: str) -> Any:
+        if opts.save_path:
+            return self.workspace.resolve(opts.save_path, what="savePath")
+        return self.workspace.path("models", f"{opts.output_table}-{what}-{int(time.time())}")
+
+    def _register_result(self, name: str | None, out: Any, info: Mapping[str, Any], *, base_model: str | None,
+                         model_type: str | None, method: str, params: dict, overwrite: bool, **extra: Any) -> dict:
+        """Register a finished conversion (kind "model") and return its row; without a name, the row of the
+        written directory alone."""
+        import json
+
+        model_type = model_type or json.loads(Path(out, "config.json").read_text(encoding="utf-8")).get("model_type")
+        facts = {k: v for k, v in info.items() if k not in ("model_dir", "path")}
+        row: dict[str, Any] = {"name": None, "version": None, "kind": "model", **extra, **facts, "path": str(out)}
+        if name:
+            r = self.catalog.register_model(name, kind="model", path=str(out), base_model=base_model,
+                                            model_type=model_type, method=method, params=params, metrics=facts,
+                                            job_id=None, overwrite=overwrite)
+            row.update(name=r.name, version=r.version)
+        return row
+
     # -- the HTTP API -------------------------------------------------------------------------------
     def serve_api(self, host: str = "127.0.0.1", port: int = 8000, *, api_key: str | None = None,
                   max_tokens_cap: int = 4096, max_body_bytes: int = 1 << 20, replace: bool = False):
@@ -334,6 +442,25 @@ class Runtime:
 
         self.connect()
         return server.status()
+
+
+def _texts(data: Any, column: str | None) -> list[str]:
+    """Calibration text: a list of strings as it is, or a table's text column (`column`, else `text`, else
+    its only string column; train.data.text_column says which when it cannot tell)."""
+    if data is None:
+        return []
+    if isinstance(data, (list, tuple)):
+        return [str(x) for x in data]
+    import pyarrow as pa
+
+    from ..train.data import text_column
+
+    table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, preserve_index=False)
+    try:
+        name = text_column(table.schema, column)
+    except ConfigError as e:
+        raise ConfigError(f"calibrationTable: {e}".replace("`sfft.text_column`=", "calibrationColumn=")) from None
+    return [str(x) for x in table.column(name).to_pylist() if x is not None]
 
 
 def valid_name(name: str) -> None:
