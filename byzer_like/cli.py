@@ -113,7 +113,6 @@ def cmd_types(args: argparse.Namespace) -> int:
 
 def cmd_registry(args: argparse.Namespace) -> int:
     from .catalog import Catalog
-
     from .jobs import main_metrics
 
     models = Catalog(Workspace.from_env(args.workspace)).models()
@@ -157,8 +156,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         print(json.dumps(record, indent=2, default=str))
         return JOB_EXIT[record["state"]]
     if args.action == "stop":
-        if jobs.status(job_id)["state"] in FINISHED:
-            print(f"{_job_line(jobs.status(job_id))}; it had already ended, nothing to stop")
+        before = jobs.status(job_id)
+        if before["state"] in FINISHED:
+            print(f"{_job_line(before)}; it had already ended, nothing to stop")
             return NOTHING_TO_DO
         row = jobs.stop(job_id)
         print(_job_line(row))
@@ -408,9 +408,10 @@ def cmd_sql(args: argparse.Namespace) -> int:
     session = _session(args, _kv(args.set, "--set"))
     print("byzer-like SQL: end statements with ';', Ctrl-C clears the input, Ctrl-D quits", file=sys.stderr, flush=True)
     typed: list[str] = []  # the lines of the statement being typed
-    results = [0]  # results printed so far
+    shown = 0  # results printed so far
 
     def handle(line: str) -> bool:
+        nonlocal shown
         typed.append(line)
         text = "\n".join(typed) + "\n"
         if not text.strip():
@@ -424,8 +425,8 @@ def cmd_sql(args: argparse.Namespace) -> int:
             return True
         typed.clear()
         for result in session.sql(text):
-            results[0] += 1
-            _print_result(results[0], result, args.max_rows)
+            shown += 1
+            _print_result(shown, result, args.max_rows)
         return True
 
     try:

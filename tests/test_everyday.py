@@ -158,7 +158,7 @@ def test_ctrl_c_at_the_sql_prompt_clears_the_input_and_keeps_the_session(ws):
     term.expect("byzer> ")
     term.type("!show tables;\n")
     shown = term.expect("byzer> ")
-    assert "table  rows  columns" in shown and re.search(r"\bn +3000 +1\b", shown), shown
+    assert re.search(r"table +rows +columns", shown) and re.search(r"\bn +3000 +1\b", shown), shown
     # Ctrl-C while a statement runs (a 27-billion-row join) stops that statement; the session stays
     term.type("select count(*) as c from n as a, n as b, n as c2 where a.i + b.i + c2.i = -1 as slow;\n")
     term.expect("as slow;")
