@@ -221,7 +221,8 @@ class Catalog:
         check_model_name(name)
         if self.model_exists(name) and not overwrite:
             raise ModelExistsError(f"outputTable {name!r} is already a registered model ({self.model(name).ref}); "
-                                   'choose another name or add overwrite="true" to register a new version')
+                                   'choose another name or add overwrite="true" to register a new version'
+                                   ).suggesting(output_table="outputTable", overwrite='overwrite="true"')
 
     def model_exists(self, name: str) -> bool:
         with self._db() as db:

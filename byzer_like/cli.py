@@ -21,8 +21,18 @@ Path arguments (DIR, FILE, script.sql) follow the shell's rule: a relative one s
 directory (paths inside SQL start at the workspace). Model and data paths must lie inside the
 workspace or a folder of BYZER_LIKE_ALLOWED_ROOTS.
 
-Errors a user can fix are printed as one line (exit status 1), never as a traceback. The libraries'
-own log lines (Ray, Serve, DeepSpeed) show with --verbose or BYZER_LIKE_LOG=debug.
+Errors a user can fix are printed as one line on stderr, never as a traceback. Lists print a header
+row and aligned columns on a terminal (tab-separated columns when piped), "(none)" when empty, local
+times. The libraries' own log lines (Ray, Serve, DeepSpeed) show with --verbose or
+BYZER_LIKE_LOG=debug.
+
+Exit status (every command):
+    0    done as asked: a blocking job SUCCEEDED, a detached one was submitted, a prompt ended (Ctrl-D)
+    1    an error (one line on stderr), or a job that ended FAILED
+    2    the command line is wrong (unknown command, option or value)
+    3    nothing to act on: no cluster or HTTP API is running (status, stop), the job had already ended (jobs stop)
+    4    a job ended STOPPED (stopped from elsewhere) instead of finishing
+    130  interrupted (Ctrl-C); the prompts (sql, chat) clear the line or stop the statement instead
 """
 from __future__ import annotations
 
@@ -31,14 +41,35 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from . import __version__, cluster, logs
+from .display import format_table, frame_text, local_time
 from .errors import ByzerError, ClusterError, ConfigError
 from .workspace import Workspace
 
 QUICKSTART_PROMPT = "Write a short Python function that adds two numbers."
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+# exit statuses (see the epilog)
+OK, FAILED, NOTHING_TO_DO, STOPPED, INTERRUPTED = 0, 1, 3, 4, 130
+# a job's state -> the exit status of a command that ran or waited for it
+JOB_EXIT = {"SUCCEEDED": OK, "PENDING": OK, "RUNNING": OK, "FAILED": FAILED, "STOPPED": STOPPED}
+# how the CLI spells the options an error suggests (errors name them the Python / SQL way; see ByzerError.spelled)
+FLAGS = {"reconnect": "--reconnect", "replace": "--replace", "stop_serving": "`byzer-like serve --stop`",
+         "output_table": "--output-table", "overwrite": "--option overwrite=true"}
+
+
+def error_line(e: ByzerError) -> str:
+    """A user-facing error as the CLI prints it: `error: <message>`, options spelled as CLI flags."""
+    return f"error: {e.spelled(FLAGS)}"
+
+
+def _print_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    print(format_table(header, rows, aligned=sys.stdout.isatty()))
+
+
+def _job_line(row: dict) -> str:
+    return f"{row['job_id']}: {row['state']}" + (f" ({row['error']})" if row.get("error") else "")
 
 
 def _kv(items: Sequence[str] | None, what: str) -> dict[str, str]:
@@ -91,36 +122,35 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
 def cmd_types(args: argparse.Namespace) -> int:
     from .plugins import registry
 
-    for name, path in sorted(registry.available().items()):
-        print(f"{name:12s} {path}")
+    _print_table(("type", "import path"), sorted(registry.available().items()))
     return 0
 
 
 def cmd_registry(args: argparse.Namespace) -> int:
     from .catalog import Catalog
+    from .jobs import main_metrics
 
     models = Catalog(Workspace.from_env(args.workspace)).models()
-    if not models:
-        print("no registered models yet (train one with outputTable=\"name\")")
-    for m in models:
-        loss = m.metrics.get("final_loss")
-        print(f"{m.ref:28s} {m.kind:8s} {m.method or '':10s} {m.model_type or '':8s} "
-              f"{'' if loss is None else f'loss {loss:.4g}':14s} {m.path}")
+    _print_table(("model", "kind", "method", "type", "loss", "tokens/s", "created", "path"),
+                 [(m.ref, m.kind, m.method, m.model_type, *main_metrics(m.metrics).values(), local_time(m.created_at),
+                   m.path) for m in models])
     return 0
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     import time
 
+    from .catalog import FINISHED
+    from .jobs import main_metrics
+
     jobs = _runtime(args, running=False).jobs
     if args.action == "list":
-        rows = jobs.list(limit=args.limit)
-        if not rows:
-            print("no training jobs in this workspace yet")
-        for r in rows:
-            steps = f"{r['step']}/{r['total_steps'] or '?'}"
-            print(f"{r['job_id']:30s} {r['state']:9s} {steps:>11s}  {r['output_table'] or '':20s} {r['error'] or ''}")
-        return 0
+        _print_table(("job", "state", "step", "model", "loss", "tokens/s", "created", "finished", "error"), [
+            (r["job_id"], r["state"], f"{r['step']}/{r['total_steps'] or '?'}",
+             f"{r['output_table']}@v{r['model_version']}" if r["model_version"] else r["output_table"],
+             *main_metrics(json.loads(r["metrics"])).values(), local_time(r["created_at"]),
+             local_time(r["finished_at"]), r["error"]) for r in jobs.list(limit=args.limit)])
+        return OK
     job_id = args.job_id or (jobs.catalog.jobs(limit=1) or [{"id": None}])[0]["id"]
     if job_id is None:
         raise ConfigError("no training job in this workspace yet")
@@ -136,12 +166,21 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     if args.action == "status":
         record = jobs.record(job_id)
         record.pop("history", None)
+        for key in ("created_at", "updated_at", "started_at", "finished_at"):
+            record[key] = local_time(record.get(key)) or None
         print(json.dumps(record, indent=2, default=str))
-        return 0 if record["state"] != "FAILED" else 1
-    row = jobs.stop(job_id) if args.action == "stop" else jobs.resume(job_id, detached=not args.wait,
-                                                                        progress=args.wait)
-    print(f"{row['job_id']}: {row['state']}" + (f" ({row['error']})" if row.get("error") else ""))
-    return 0
+        return JOB_EXIT[record["state"]]
+    if args.action == "stop":
+        before = jobs.status(job_id)
+        if before["state"] in FINISHED:
+            print(f"{_job_line(before)}; it had already ended, nothing to stop")
+            return NOTHING_TO_DO
+        row = jobs.stop(job_id)
+        print(_job_line(row))
+        return OK if row["state"] == "STOPPED" else NOTHING_TO_DO  # it ended by itself meanwhile
+    row = jobs.resume(job_id, detached=not args.wait, progress=args.wait and sys.stderr.isatty())
+    print(_job_line(row))
+    return JOB_EXIT[row["state"]]
 
 
 def _data_file(rt: Any, path: str, option: str):
@@ -224,8 +263,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.output_table:
         params["output_table"] = args.output_table
     row = rt.train(task.name, params, table, progress=not args.detach and sys.stderr.isatty())
-    print(f"{row['job_id']}: {row['state']}" + (f" ({row['error']})" if row.get("error") else ""))
-    return 0 if row["state"] in ("SUCCEEDED", "PENDING", "RUNNING") else 1
+    print(_job_line(row))
+    return JOB_EXIT[row["state"]]
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
@@ -237,12 +276,15 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             print("the dashboard asks for Ray's auth token (token authentication is on): "
                   "`ray get-auth-token` prints it (it is kept in ~/.ray/auth_token)")
     elif args.action == "stop":
-        print("cluster stopped" if cluster.stop_head(ws) else "no cluster was running")
+        if not cluster.stop_head(ws):
+            print("no cluster was running")
+            return NOTHING_TO_DO
+        print("cluster stopped")
     else:
         st = cluster.status(ws)
         print(json.dumps(st, indent=2))
-        return 0 if st["running"] else 3
-    return 0
+        return OK if st["running"] else NOTHING_TO_DO
+    return OK
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -270,8 +312,7 @@ def cmd_undeploy(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    for name, status in sorted(_runtime(args).deployments().items()):
-        print(f"{name}\t{status}")
+    _print_table(("name", "status"), sorted(_runtime(args).deployments().items()))
     return 0
 
 
@@ -290,6 +331,31 @@ def _stream_answer(rt: Any, name: str, messages: list[dict], config: dict) -> st
     return text
 
 
+def _prompt_loop(prompt: Callable[[], str], handle: Callable[[str], bool], reset: Callable[[], None]) -> int:
+    """An interactive prompt that behaves as psql's and IPython's: Ctrl-C clears what is being typed
+    (`reset`) or interrupts what runs, and the session goes on; an error is printed and the session
+    goes on; Ctrl-D (end of input) ends it with status 0. `handle(line)` returns False to end it."""
+    while True:
+        try:
+            line = input(prompt())
+        except EOFError:
+            print()
+            return OK
+        except KeyboardInterrupt:  # while typing
+            print(flush=True)
+            reset()
+            continue
+        try:
+            if not handle(line):
+                return OK
+        except KeyboardInterrupt:  # while it ran
+            print("interrupted", file=sys.stderr, flush=True)
+            reset()
+        except ByzerError as e:
+            print(error_line(e), file=sys.stderr, flush=True)
+            reset()
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     from .config import chat_request
 
@@ -299,56 +365,63 @@ def cmd_chat(args: argparse.Namespace) -> int:
         config["max_new_tokens"] = args.max_new_tokens
     if args.max_length:
         config["max_length"] = args.max_length
-    messages: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
+    system: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
     if args.message is not None:
-        messages.append({"role": "user", "content": args.message})
+        messages = [*system, {"role": "user", "content": args.message}]
         if args.no_stream:
             print(llm.chat(args.name, chat_request(messages, config).model_dump())["output"])
         else:
             _stream_answer(llm, args.name, messages, config)
-        return 0
-    print(f"chatting with {args.name}; an empty line or Ctrl-D ends, /clear forgets the history", file=sys.stderr)
-    while True:
-        try:
-            line = input("> ")
-        except EOFError:
-            print()
-            return 0
+        return OK
+    llm.meta(args.name)  # a model that is not deployed fails here (listing the deployed ones), not at each line
+    print(f"chatting with {args.name}; an empty line or Ctrl-D ends, /clear forgets the history, "
+          "Ctrl-C stops an answer", file=sys.stderr)
+    history: list[dict] = []
+
+    def handle(line: str) -> bool:
         if not line.strip():
-            return 0
+            return False
         if line.strip() == "/clear":
-            messages = messages[:1] if args.system else []
-            continue
-        messages.append({"role": "user", "content": line})
-        answer = _stream_answer(llm, args.name, messages, config)
-        messages.append({"role": "assistant", "content": answer})
+            history.clear()
+            return True
+        question = {"role": "user", "content": line}
+        answer = _stream_answer(llm, args.name, [*system, *history, question], config)
+        history.extend([question, {"role": "assistant", "content": answer}])  # only whole exchanges are kept
+        return True
+
+    return _prompt_loop(lambda: "> ", handle, lambda: None)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .api import server
 
+    if args.stop or args.status:
+        rt = _runtime(args, running=False)
+        srv = rt.api_status() if rt.cluster_running() else None  # no cluster: no HTTP API either
+        if srv is None:
+            print("no HTTP API is running")
+            return NOTHING_TO_DO
+        if args.stop:
+            rt.stop_api()
+            print(f"HTTP API at {srv.url} stopped")
+        else:
+            print(f"HTTP API running at {srv.url}")
+        return OK
     rt = _runtime(args)
-    if args.stop:
-        print("HTTP API stopped" if rt.stop_api() else "no HTTP API was running")
-        return 0
-    if args.status:
-        srv = rt.api_status()
-        print(f"HTTP API running at {srv.url}" if srv else "no HTTP API is running")
-        return 0 if srv else 3
     srv = rt.serve_api(args.host, args.port, max_tokens_cap=args.max_tokens_cap, max_body_bytes=args.max_body_bytes,
                        replace=args.replace)
     key = "generated, printed above" if srv.key_generated else ("from BYZER_LIKE_API_KEY" if srv.api_key else "none (loopback)")
     print(f"HTTP API at {srv.url}  (OpenAI base_url {srv.base_url}; chat page {srv.url}/; API key: {key})", flush=True)
     if args.detach:
         print("running on the cluster; stop it with `byzer-like serve --stop`")
-        return 0
+        return OK
     print("Ctrl-C stops it", file=sys.stderr, flush=True)
     try:
         server.wait(srv)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # how a foreground server is meant to end: done as asked
         srv.stop()
         print("HTTP API stopped", file=sys.stderr)
-    return 0
+    return OK
 
 
 def _print_result(i: int, result: Any, max_rows: int) -> None:
@@ -357,10 +430,10 @@ def _print_result(i: int, result: Any, max_rows: int) -> None:
         import pandas as pd
 
         with pd.option_context("display.max_colwidth", 80, "display.width", 200):
-            print(result.table.slice(0, max_rows).to_pandas().to_string(index=False))
+            print(frame_text(result.table.slice(0, max_rows)))
         if result.table.num_rows > max_rows:
             print(f"... {result.table.num_rows - max_rows} more rows")
-    print()
+    print(flush=True)
 
 
 def _session(args: argparse.Namespace, variables: dict[str, str]):
@@ -380,14 +453,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         for i, result in enumerate(session.sql(script), 1):
             _print_result(i, result, args.max_rows)
     except ByzerError as e:
-        raise ByzerError(f"{args.script}: {e}") from None
+        raise ByzerError(f"{args.script}: {e}").suggesting(**e.options) from None
     finally:
         session.close()
-    return 0
+    return OK
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    """An interactive prompt: statements run when a line ends with `;` outside any string."""
+    """An interactive prompt: statements run when a line ends with `;` outside any string. Ctrl-C
+    clears the statement being typed, or interrupts the one running; the session's tables stay."""
     from .sql import split_statements
     from .sql.errors import SqlSyntaxError
 
@@ -402,33 +476,31 @@ def cmd_sql(args: argparse.Namespace) -> int:
         except OSError:
             pass
     session = _session(args, _kv(args.set, "--set"))
-    print("byzer-like SQL: end statements with ';', Ctrl-D quits", file=sys.stderr)
-    buffer = ""
-    n = 0
+    print("byzer-like SQL: end statements with ';', Ctrl-C clears the input, Ctrl-D quits", file=sys.stderr, flush=True)
+    typed: list[str] = []  # the lines of the statement being typed
+    shown = 0  # results printed so far
+
+    def handle(line: str) -> bool:
+        nonlocal shown
+        typed.append(line)
+        text = "\n".join(typed) + "\n"
+        if not text.strip():
+            typed.clear()
+            return True
+        if not line.rstrip().endswith(";"):
+            return True
+        try:
+            split_statements(text)  # an unterminated string: keep reading
+        except SqlSyntaxError:
+            return True
+        typed.clear()
+        for result in session.sql(text):
+            shown += 1
+            _print_result(shown, result, args.max_rows)
+        return True
+
     try:
-        while True:
-            try:
-                line = input("byzer> " if not buffer else "   ...> ")
-            except EOFError:
-                print()
-                return 0
-            buffer += line + "\n"
-            if not buffer.strip():
-                buffer = ""
-                continue
-            if not line.rstrip().endswith(";"):
-                continue
-            try:
-                split_statements(buffer)  # an unterminated string: keep reading
-            except SqlSyntaxError:
-                continue
-            try:
-                for result in session.sql(buffer):
-                    n += 1
-                    _print_result(n, result, args.max_rows)
-            except ByzerError as e:
-                print(f"error: {e}", file=sys.stderr)
-            buffer = ""
+        return _prompt_loop(lambda: "   ...> " if typed else "byzer> ", handle, typed.clear)
     finally:
         session.close()
         if readline is not None:
@@ -618,7 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body")
     sv.add_argument("--detach", action="store_true", help="leave it running on the cluster and return")
     sv.add_argument("--replace", action="store_true", help="stop a running HTTP API first")
-    sv.add_argument("--stop", action="store_true", help="stop the running HTTP API")
+    sv.add_argument("--stop", action="store_true", help="stop the running HTTP API (exit status 3 if none runs)")
     sv.add_argument("--status", action="store_true", help="where the HTTP API runs (exit status 3 if it does not)")
     sv.set_defaults(func=cmd_serve)
 
@@ -640,11 +712,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except ByzerError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        print(error_line(e), file=sys.stderr)
+        return FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     finally:
         cluster.disconnect()
 

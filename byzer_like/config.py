@@ -109,7 +109,7 @@ class _Options(BaseModel):
         for key in data:
             if key not in valid:
                 shown = cls.model_fields if cls.spelling == "snake" else [to_camel(n) for n in cls.model_fields]
-                raise UnknownOptionError(where, key, shown)
+                raise UnknownOptionError(where, key, shown, candidates=valid | set(cls.model_fields))
         try:
             return cls.model_validate(data)
         except ValidationError as e:

@@ -26,8 +26,9 @@ can catch lives here (the modules that raise them re-export their names for olde
 """
 from __future__ import annotations
 
+import difflib
 import unicodedata
-from typing import Iterable
+from typing import Iterable, Mapping, Self
 
 
 def _choices(values: Iterable[str]) -> str:
@@ -35,8 +36,57 @@ def _choices(values: Iterable[str]) -> str:
     return ", ".join(values) if values else "(none)"
 
 
+def _folded(name: str) -> str:
+    """A name without case, `_` and `-`: `learningRate`, `learning_rate` and `learning-rate` fold alike."""
+    return name.replace("_", "").replace("-", "").lower()
+
+
+def closest(word: str, candidates: Iterable[str], cutoff: float = 0.75) -> str | None:
+    """The candidate `word` was most likely meant to be (None when none is close), compared across
+    camelCase / snake_case; of equally close spellings, the one in `word`'s own style (camelCase when
+    it has a capital) wins."""
+    folded = _folded(word)
+    best: tuple[float, bool, float] | None = None
+    found = None
+    for c in set(candidates):
+        if c == word:
+            continue
+        score = (difflib.SequenceMatcher(None, folded, _folded(c)).ratio(),
+                 (c != c.lower()) == (word != word.lower()), difflib.SequenceMatcher(None, word, c).ratio())
+        if score[0] >= cutoff and (best is None or score > best):
+            best, found = score, c
+    return found
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """`"did you mean 'x'? "` when a candidate is close to `word`, else `""` (to put before a list of
+    the valid ones). A dotted key (`sft.int.max_seq_lenght`) is matched on its last part."""
+    head, dot, last = word.rpartition(".")
+    found = closest(last, candidates)
+    return f"did you mean {head + dot + found!r}? " if found else ""
+
+
 class ByzerError(Exception):
-    """Base of every error a user can cause and fix."""
+    """Base of every error a user can cause and fix.
+
+    An error that suggests an option names it the Python client's and SQL's way (`reconnect=True (SQL:
+    reconnect="true")`) and records, in `options`, each option's keyword and the words that spell it
+    in the message; another face shows `spelled()` with its own spellings (the CLI: `--reconnect`)."""
+
+    options: Mapping[str, str] = {}  # keyword -> the words of the message that spell it
+
+    def suggesting(self, **options: str) -> Self:
+        """Record the options the message suggests (keyword=the words that spell it); returns self."""
+        self.options = {**self.options, **options}
+        return self
+
+    def spelled(self, spellings: Mapping[str, str]) -> str:
+        """The message with each suggested option that `spellings` knows in that face's spelling."""
+        text = str(self)
+        for keyword, words in self.options.items():
+            if keyword in spellings:
+                text = text.replace(words, spellings[keyword])
+        return text
 
 
 class ConfigError(ByzerError, ValueError):
@@ -44,10 +94,15 @@ class ConfigError(ByzerError, ValueError):
 
 
 class UnknownOptionError(ConfigError):
-    def __init__(self, where: str, key: str, valid: Iterable[str]):
+    """An option no one understands. `valid`: the options listed (one spelling each); `candidates`:
+    every accepted spelling and alias (default: `valid`), for the "did you mean" before the list."""
+
+    def __init__(self, where: str, key: str, valid: Iterable[str], *, candidates: Iterable[str] | None = None):
         self.key = key
         self.valid = sorted(set(valid))
-        super().__init__(f"unknown {where} option {key!r}; valid options: {_choices(self.valid)}")
+        self.candidates = sorted(set(self.valid if candidates is None else candidates) | set(self.valid))
+        super().__init__(f"unknown {where} option {key!r}; {did_you_mean(key, self.candidates)}"
+                         f"valid options: {_choices(self.valid)}")
 
 
 class WorkspacePathError(ByzerError, PermissionError):
@@ -67,7 +122,8 @@ class UnknownPluginError(PluginError, KeyError):
         self.name = name
         self.known = sorted(set(known))
         super().__init__(
-            f"unknown pretrained_model_type {name!r}; known model types: {_choices(self.known)} "
+            f"unknown pretrained_model_type {name!r}; {did_you_mean(name, self.known)}"
+            f"known model types: {_choices(self.known)} "
             "(a third-party plugin registers itself in the 'byzer_like.models' entry-point group)"
         )
 
@@ -86,10 +142,11 @@ class DeployError(ByzerError, RuntimeError):
 class DuplicateDeploymentError(DeployError):
     def __init__(self, udf_name: str):
         self.udf_name = udf_name
-        super().__init__(
-            f"a model named {udf_name!r} is already deployed; pass reconnect=True (SQL: reconnect=\"true\") "
-            f"to use it as it is, replace=True (SQL: replace=\"true\") to deploy anew over it, or undeploy it first"
-        )
+        reconnect = 'reconnect=True (SQL: reconnect="true")'
+        replace = 'replace=True (SQL: replace="true")'
+        super().__init__(f"a model named {udf_name!r} is already deployed; pass {reconnect} "
+                         f"to use it as it is, {replace} to deploy anew over it, or undeploy it first")
+        self.suggesting(reconnect=reconnect, replace=replace)
 
 
 class ModelNotDeployedError(DeployError, KeyError):

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from . import cluster, tasks
 from .catalog import FINISHED, Catalog
 from .config import SetupConfig
+from .display import local_timestamp
 from .errors import ByzerError, ClusterError, ConfigError, JobError, NotSupportedError
 from .plugins import registry
 from .train import options as train_options
@@ -281,7 +282,7 @@ class Jobs:
     def _finish_if_running(self, job_id: str, state: str, error: str) -> None:
         job = self.catalog.job(job_id)  # re-read: the runner may have finished meanwhile
         if job["state"] not in FINISHED:
-            self.catalog.update_job(job_id, state=state, error=error, finished_at=time.time())
+            _ended(self.catalog, job_id, state, error)
 
     # -- control ---------------------------------------------------------------------------------
     def stop(self, job_id: str, timeout_s: float = 60) -> dict:
@@ -332,15 +333,35 @@ class Jobs:
 
 
 def rows_table(rows: list[dict]) -> pa.Table:
+    """Job rows (see ROW_FIELDS) as the table SQL shows: times as local timestamps, and the main
+    metrics (`loss`: the final loss, else the last one logged; `tokens_per_s`) as columns beside the
+    whole `metrics` JSON."""
     import pyarrow as pa
 
     schema = pa.schema([
         ("job_id", pa.string()), ("kind", pa.string()), ("state", pa.string()), ("step", pa.int64()),
         ("total_steps", pa.int64()), ("output_table", pa.string()), ("model_version", pa.int64()),
-        ("artifact", pa.string()), ("metrics", pa.string()), ("error", pa.string()), ("detached", pa.bool_()),
-        ("ray_job_id", pa.string()), ("created_at", pa.float64()), ("finished_at", pa.float64()),
+        ("artifact", pa.string()), ("loss", pa.float64()), ("tokens_per_s", pa.float64()), ("metrics", pa.string()),
+        ("error", pa.string()), ("detached", pa.bool_()), ("ray_job_id", pa.string()),
+        ("created_at", pa.timestamp("s")), ("finished_at", pa.timestamp("s")),
     ])
-    return pa.Table.from_pylist(rows, schema=schema)
+    shown = []
+    for row in rows:
+        metrics = row.get("metrics") or {}
+        metrics = json.loads(metrics) if isinstance(metrics, str) else metrics
+        shown.append({**row, **main_metrics(metrics), "created_at": local_timestamp(row.get("created_at")),
+                      "finished_at": local_timestamp(row.get("finished_at"))})
+    return pa.Table.from_pylist(shown, schema=schema)
+
+
+def main_metrics(metrics: Mapping[str, Any]) -> dict[str, float | None]:
+    """The metrics a table shows as columns: `loss` (the final loss, else the last one logged) and `tokens_per_s`."""
+    loss = metrics.get("final_loss", metrics.get("loss"))
+    return {"loss": _float(loss), "tokens_per_s": _float(metrics.get("tokens_per_s"))}
+
+
+def _float(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 # -- helpers ----------------------------------------------------------------------------------------
@@ -452,17 +473,23 @@ def run_job(ws_root: str, job_id: str, *, resume: bool = False) -> dict:
         print(f"[byzer-like] job {job_id} SUCCEEDED: {result.get('artifact')}", flush=True)
         return catalog.job(job_id)
     except (KeyboardInterrupt, SystemExit):
-        catalog.update_job(job_id, state="STOPPED", error="stopped by request", finished_at=time.time())
+        _ended(catalog, job_id, "STOPPED", "stopped by request")
         print(f"[byzer-like] job {job_id} STOPPED", flush=True)
         raise
     except BaseException as e:
-        catalog.update_job(job_id, state="FAILED", error=f"{type(e).__name__}: {e}".splitlines()[0][:2000],
-                           finished_at=time.time())
+        _ended(catalog, job_id, "FAILED", f"{type(e).__name__}: {e}".splitlines()[0][:2000])
         print(f"[byzer-like] job {job_id} FAILED: {type(e).__name__}: {e}", flush=True)
         raise
     finally:
         sys.stdout, sys.stderr = old
         log.close()
+
+
+def _ended(catalog: Catalog, job_id: str, state: str, error: str) -> None:
+    """Record a job that ended before finishing (STOPPED, FAILED): nothing is left to wait for, so its
+    metrics lose their ETA."""
+    metrics = {k: v for k, v in catalog.job(job_id)["metrics"].items() if k != "eta_s"}
+    catalog.update_job(job_id, state=state, error=error, finished_at=time.time(), metrics=metrics)
 
 
 def _stop_signal(signum: int, frame: Any) -> None:
@@ -473,6 +500,7 @@ def _stop_signal(signum: int, frame: Any) -> None:
 
 def _train(catalog: Catalog, job: dict, resume: bool) -> dict:
     from .train.plot import loss_curve
+    from .train.progress import final_metrics
 
     kind, run_dir = job["kind"], Path(job["run_dir"])
     plugin = registry.load(job["model_type"])
@@ -487,14 +515,14 @@ def _train(catalog: Catalog, job: dict, resume: bool) -> dict:
     out = out if isinstance(out, dict) else {}
     model_dir = str(out.get("model_dir") or output_dir)
     model_kind = out.get("kind", "model")
-    metrics = {**catalog.job(job["id"])["metrics"], **(out.get("metrics") or {})}
+    metrics = final_metrics(catalog.job(job["id"])["metrics"], out.get("metrics") or {})
     history = catalog.metric_history(job["id"])
     png = loss_curve(history, Path(model_dir) / "loss.png", title=f"{job['id']} ({kind})")
     if png:
         metrics["loss_curve"] = png
     result: dict[str, Any] = {"artifact": model_dir, "metrics": metrics}
-    if isinstance(metrics.get("steps"), int):
-        result["step"] = metrics["steps"]
+    if isinstance(metrics.get("steps"), int):  # finished: the final step is the last one
+        result["step"] = result["total_steps"] = metrics["steps"]
     opts = train_options.options_for(kind, job["params"])
     if job["output_table"]:
         method = getattr(opts, "method", "pretrain")

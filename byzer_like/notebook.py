@@ -10,6 +10,10 @@
 A cell runs as one script and shows the last statement's table as a pandas DataFrame (the earlier
 statements print one line each). `%byzer <statement>` runs one statement. Tables and `set`
 variables live in one session per kernel: `byzer_like.notebook.session()`.
+
+A statement that fails raises `CellError`, so that a notebook run (nbclient, papermill, `jupyter
+nbconvert --execute`) stops at that cell; the notebook shows the error's message alone, without a
+traceback into byzer-like.
 """
 from __future__ import annotations
 
@@ -18,9 +22,23 @@ from typing import Any
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
 from . import logs
+from .display import readable_frame
 from .errors import ByzerError
 
 _session = None
+
+
+class CellError(ByzerError):
+    """A `%%byzer` cell's statement failed with `error` (a ByzerError). IPython shows it as the
+    error's message alone (`_render_traceback_`), and a notebook run stops at the cell."""
+
+    def __init__(self, error: ByzerError):
+        super().__init__(str(error))
+        self.error = error
+
+    def _render_traceback_(self) -> list[str]:
+        """What IPython shows instead of a traceback: the error's kind and message."""
+        return f"{type(self.error).__name__}: {self.error}".splitlines()
 
 
 def session():
@@ -43,9 +61,8 @@ class ByzerMagics(Magics):
         script = cell if cell is not None else line
         try:
             results = session().sql(script)
-        except ByzerError as e:  # shown like an error, without a traceback into byzer-like
-            print(f"error: {e}")
-            return None
+        except ByzerError as e:  # the cell fails; shown without a traceback into byzer-like
+            raise CellError(e) from None
         for r in results[:-1]:
             print(f"{r.kind}: {r.message}" if r.message else r.kind)
         if not results:
@@ -54,7 +71,7 @@ class ByzerMagics(Magics):
         if last.table is None:
             print(f"{last.kind}: {last.message}" if last.message else last.kind)
             return None
-        return last.to_pandas()
+        return readable_frame(last.table)
 
 
 def load_ipython_extension(ipython: Any) -> None:

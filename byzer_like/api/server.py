@@ -130,8 +130,9 @@ def start(*, host: str = "127.0.0.1", port: int = DEFAULT_PORT, api_key: str | N
     running = status()
     if running is not None:
         if not replace:
-            raise ConfigError(f"the HTTP API is already running at {running.url}; stop it first "
-                              "(`byzer-like serve --stop` or ByzerLLM().stop_serving()) or pass replace=True")
+            stop_serving = "`byzer-like serve --stop` or ByzerLLM().stop_serving()"
+            raise ConfigError(f"the HTTP API is already running at {running.url}; stop it first ({stop_serving}) "
+                              "or pass replace=True").suggesting(stop_serving=stop_serving, replace="replace=True")
         stop()
     key, generated = resolve_key(host, api_key)
     settings = ApiSettings(api_key_sha256=key_digest(key) if key else None, max_body_bytes=int(max_body_bytes),

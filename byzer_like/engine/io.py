@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from ..config import _Options
-from ..errors import ConfigError, DataFileError, TableExistsError, WorkspacePathError  # noqa: F401 - re-exported
+from ..errors import (ConfigError, DataFileError, TableExistsError, WorkspacePathError,  # noqa: F401 - re-exported
+                      did_you_mean)
 
 LOAD_FORMATS = ("json", "jsonl", "csv", "parquet", "text", "model")
 SAVE_FORMATS = ("json", "jsonl", "csv", "parquet", "text")
@@ -80,7 +81,8 @@ def _files(path: Path, fmt: str) -> list[str]:
 def load_table(con: duckdb.DuckDBPyConnection, fmt: str, path: Path, options: Mapping[str, Any]) -> pa.Table:
     """Read `path` (already resolved inside the allowed roots) as a table, with DuckDB's readers on `con`."""
     if fmt not in LOAD_FORMATS:
-        raise ConfigError(f"unknown load format {fmt!r}; valid formats: {', '.join(LOAD_FORMATS)}")
+        raise ConfigError(f"unknown load format {fmt!r}; {did_you_mean(fmt, LOAD_FORMATS)}"
+                          f"valid formats: {', '.join(LOAD_FORMATS)}")
     opts = LoadOptions.parse(options, where=f"load {fmt}")
     if fmt == "model":
         return _model_table(path)
@@ -124,9 +126,11 @@ def _model_table(path: Path) -> pa.Table:
 def save_table(table: pa.Table, fmt: str, path: Path, mode: str, options: Mapping[str, Any]) -> dict[str, Any]:
     """Write `table` under the folder `path`; return what was written."""
     if fmt not in SAVE_FORMATS:
-        raise ConfigError(f"unknown save format {fmt!r}; valid formats: {', '.join(SAVE_FORMATS)}")
+        raise ConfigError(f"unknown save format {fmt!r}; {did_you_mean(fmt, SAVE_FORMATS)}"
+                          f"valid formats: {', '.join(SAVE_FORMATS)}")
     if mode not in SAVE_MODES:
-        raise ConfigError(f"unknown save mode {mode!r}; valid modes: {', '.join(SAVE_MODES)}")
+        raise ConfigError(f"unknown save mode {mode!r}; {did_you_mean(mode, SAVE_MODES)}"
+                          f"valid modes: {', '.join(SAVE_MODES)}")
     opts = SaveOptions.parse(options, where=f"save {fmt}")
     if fmt == "text" and not (table.num_columns == 1 and pa.types.is_string(table.schema.types[0])):
         raise ConfigError("save as text needs a table with exactly one string column")

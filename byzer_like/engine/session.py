@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import sys
+import threading
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -37,6 +38,7 @@ from .protocol import EngineRuntime
 
 HELPERS = ("llm_prompt", "llm_stack")
 ON_ERROR = ("raise", "null")
+DUCKDB_INTERRUPTED = "Query interrupted"  # DuckDB's RuntimeError when a signal (Ctrl-C) arrives while it runs
 # `run command as LLM.`` where action="..."`: the actions, each with its handler (Session._<name>) and
 # its options model; training has no action of its own (the model type or setup mode names the task)
 RUN_ACTIONS: dict[str, str] = {"infer": "deploy", "merge": "merge", "convert": "convert", "quantize": "quantize"}
@@ -141,7 +143,14 @@ class Session:
         return [self.execute(s) for s in statements]
 
     def execute(self, statement: Statement) -> Result:
-        return self._handlers[type(statement)](statement)
+        """Run one parsed statement. Ctrl-C (SIGINT) while DuckDB runs it raises KeyboardInterrupt, as
+        anywhere else in Python; the session and its tables stay usable."""
+        try:
+            return self._handlers[type(statement)](statement)
+        except RuntimeError as e:
+            if str(e) == DUCKDB_INTERRUPTED:
+                raise KeyboardInterrupt(f"statement at line {statement.pos.line} interrupted") from None
+            raise
 
     def table(self, name: str) -> pa.Table:
         for key, t in self.tables.items():
@@ -200,7 +209,9 @@ class Session:
             self._call.bar = tqdm(desc="model rows", unit="row", leave=False)
         self.con.execute(f"SET threads={1 if models else self._threads}")  # one vector at a time: row numbers
         try:
-            table = self.con.sql(tr.sql).to_arrow_table()
+            query = lambda: self.con.sql(tr.sql).to_arrow_table()  # noqa: E731
+            # model functions run in this thread, where Ctrl-C reaches them; DuckDB alone runs aside
+            table = query() if models else self._interruptible(query)
         except duckdb.Error as e:
             if self._call.error is not None:
                 raise self._call.error from None
@@ -215,6 +226,33 @@ class Session:
             message += (f" ({self._call.cached} model answers from the result cache, "
                         f"{self._call.computed} computed)")
         return Result("select", table, s.table, message)
+
+    def _interruptible(self, query: Callable[[], pa.Table]) -> pa.Table:
+        """Run a DuckDB query in a helper thread while this (main) thread waits, so that Ctrl-C
+        interrupts it at once (DuckDB notices signals only now and then while it runs)."""
+        if threading.current_thread() is not threading.main_thread():
+            return query()
+        outcome: dict[str, Any] = {}
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                outcome["table"] = query()
+            except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+                outcome["error"] = e
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name="byzer-like-select", daemon=True).start()
+        try:
+            done.wait()
+        except KeyboardInterrupt:
+            while not done.wait(0.05):  # until the query has stopped (it may not have started at the first call)
+                self.con.interrupt()
+            raise
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["table"]
 
     def _cache_on(self) -> bool:
         value = self.variables.get("llm_cache", "false")
@@ -468,16 +506,21 @@ def _row_table(info: dict) -> pa.Table:
 
 
 def registry_table(models: list) -> pa.Table:
-    """The model registry as a table (`!byzerllm model list`)."""
+    """The model registry as a table (`!byzerllm model list`): `created_at` a local timestamp, the main
+    metrics (`loss`, `tokens_per_s`) as columns beside the whole `metrics` JSON."""
     import json
+
+    from ..display import local_timestamp
+    from ..jobs import main_metrics
 
     rows = [{"name": m.name, "version": m.version, "ref": m.ref, "kind": m.kind, "model_type": m.model_type,
              "method": m.method, "base_model": m.base_model, "path": m.path, "job_id": m.job_id,
-             "metrics": json.dumps(m.metrics, sort_keys=True), "created_at": m.created_at} for m in models]
+             **main_metrics(m.metrics), "metrics": json.dumps(m.metrics, sort_keys=True),
+             "created_at": local_timestamp(m.created_at)} for m in models]
     schema = pa.schema([("name", pa.string()), ("version", pa.int64()), ("ref", pa.string()), ("kind", pa.string()),
                         ("model_type", pa.string()), ("method", pa.string()), ("base_model", pa.string()),
-                        ("path", pa.string()), ("job_id", pa.string()), ("metrics", pa.string()),
-                        ("created_at", pa.float64())])
+                        ("path", pa.string()), ("job_id", pa.string()), ("loss", pa.float64()),
+                        ("tokens_per_s", pa.float64()), ("metrics", pa.string()), ("created_at", pa.timestamp("s"))])
     return pa.Table.from_pylist(rows, schema=schema)
 
 

@@ -94,7 +94,8 @@ class DeploySpec:
         try:
             opts = DeployOptions.parse(params, where="deploy")
         except UnknownOptionError as e:
-            raise UnknownOptionError("deploy", e.key, set(e.valid) | plugin.infer_param_names()) from None
+            raise UnknownOptionError("deploy", e.key, set(e.valid) | plugin.infer_param_names(),
+                                     candidates=set(e.candidates) | plugin.infer_param_names()) from None
         if opts.model_table not in (None, "command"):  # a loaded model table, or a registered model
             found = resolve_model(opts.model_table, catalog, session_models)
             opts = opts.model_copy(update={"local_model_dir": found.model_dir, "adapter_dir": found.adapter_dir,

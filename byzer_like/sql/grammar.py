@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Callable, Collection, Iterable
 
+from ..errors import did_you_mean
 from .errors import SqlSyntaxError
 from .source import Origin, Position
 from .tokens import BACKQUOTED, COMMENT, NUMBER, STRING, WORD, Token, tokenize
@@ -176,7 +177,8 @@ def check_choice(cur: Cursor, value: str, token: Token, valid: Iterable[str], wh
     found = spelling.get(value.lower())
     if found is None:
         choices = ", ".join(sorted(spelling.values(), key=str.lower))
-        raise cur.error(token, f"unknown {what} `{shorten(value)}`; valid: {choices}")
+        hint = did_you_mean(value, spelling.values()).rstrip()  # after the list: the message starts as it always did
+        raise cur.error(token, f"unknown {what} `{shorten(value)}`; valid: {choices}" + (f"; {hint}" if hint else ""))
     return found
 
 

@@ -78,7 +78,8 @@ class TrainOptions(_Options):
         try:
             return cls.parse(values, where=cls.kind or "training")
         except UnknownOptionError as e:
-            raise UnknownOptionError(cls.kind or "training", given.get(e.key, e.key), e.valid) from None
+            raise UnknownOptionError(cls.kind or "training", given.get(e.key, e.key), e.valid,
+                                     candidates=e.candidates) from None
 
     @field_validator("model")
     @classmethod

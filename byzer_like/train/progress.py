@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import Any
+from typing import Any, Mapping
 
 
 class StopRequest:
@@ -86,6 +86,16 @@ class Reporter:
         print(f"[byzer-like] {line}", file=out, flush=True)
 
 
+def final_metrics(last: Mapping[str, Any], result: Mapping[str, Any]) -> dict:
+    """The metrics of a run that finished: the last progress point's (`last`, logged every few steps)
+    updated by the run's own `result`, so that they describe the final step: progress 1.0, no time
+    left, the final loss and the final epoch (when the run gives one)."""
+    metrics = {**last, **result, "progress": 1.0, "eta_s": 0.0}
+    if result.get("final_loss") is not None:
+        metrics["loss"] = result["final_loss"]
+    return metrics
+
+
 def _num(v: Any) -> Any:
     if isinstance(v, float):
         return v if math.isfinite(v) else None
@@ -94,4 +104,4 @@ def _num(v: Any) -> Any:
     return v
 
 
-__all__ = ["Reporter"]
+__all__ = ["Reporter", "StopRequest", "final_metrics"]

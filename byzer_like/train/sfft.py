@@ -168,6 +168,8 @@ def sfft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str,
         raise ConfigError(metrics["error"])
     out = {k: metrics.get(k) for k in ("steps", "tokens", "first_loss", "final_loss", "train_runtime_s",
                                        "tokens_per_s", "resumed_from_step")}
+    if "epoch" in metrics:  # where the run ended in its data (not when it resumed at its end)
+        out["epoch"] = metrics["epoch"]
     print(f"[byzer-like] sfft run {run_name!r}: trained from step {out['resumed_from_step']} to {out['steps']} "
           f"in {time.monotonic() - t_start:.1f} s (loss {out['first_loss']} -> {out['final_loss']}); "
           f"model written to {output_dir}", flush=True)
@@ -377,6 +379,7 @@ class _WorkerRun:
         self.epoch = self.skip = self.batch_in_epoch = 0
         self.first_loss: float | None = None
         self.final_loss: float | None = None
+        self.epoch_at: float | None = None  # the fractional epoch at the last optimizer step of this call
         self.window_loss, self.window_n, self.window_micro = 0.0, 0, 0  # since the last logged step
         self.tokens_run = 0  # tokens trained on in this call, all ranks together
         self.refined = False  # whether the reporter's total steps were re-estimated from the tokens seen
@@ -544,6 +547,7 @@ class _WorkerRun:
         """Losses, progress every logging_steps (and at max_steps), a checkpoint every checkpoint_steps."""
         opts = self.opts
         self.step = self.engine.global_steps
+        self.epoch_at = round(self.epoch + min(data.rows / self.rows_per_worker, 1.0), 4)
         if self.first_loss is None:
             self.first_loss = self.global_mean(self.window_loss / self.window_n)
         if self.step % opts.logging_steps == 0 or self.finished():
@@ -558,14 +562,13 @@ class _WorkerRun:
     def _report_progress(self, data: _ShardPass) -> None:
         """Rank 0: the logged step to the reporter (tokens since the last report, loss, LR, fractional epoch)."""
         opts = self.opts
-        seen_share = min(data.rows / self.rows_per_worker, 1.0)
         if not self.refined and opts.max_steps <= 0 and data.rows_read:
             self.refined = True  # a better total for the ETA, from the tokens per row seen so far
             blocks = self.rows_per_worker * data.tokens_read / data.rows_read / self.max_len
             per_epoch = max(1, math.floor(blocks / self.micro)) / self.accum
             self.reporter.total_steps = max(self.step, math.ceil(per_epoch * opts.num_train_epochs))
         self.reporter.step(self.step, tokens=self.window_micro * self.tokens_per_micro, loss=self.final_loss,
-                           learning_rate=self.engine.get_lr()[0], epoch=round(self.epoch + seen_share, 4))
+                           learning_rate=self.engine.get_lr()[0], epoch=self.epoch_at)
 
     def _finish(self, data_error: str | None) -> dict:
         """Report the final metrics (with a last checkpoint when steps were taken since the last one) and
@@ -592,7 +595,7 @@ class _WorkerRun:
         last_loss = self.final_loss if self.final_loss is not None else self.first_loss
         if last_loss is None:  # resumed at the end: nothing trained in this call
             last_loss = self.resumed_state.get("last_loss")
-        return {
+        metrics = {
             "steps": int(self.step),
             "tokens": int(self.tokens_run),
             "first_loss": self.first_loss if self.first_loss is not None else last_loss,
@@ -601,6 +604,9 @@ class _WorkerRun:
             "tokens_per_s": round(self.tokens_run / runtime, 2) if runtime > 0 else 0.0,
             "resumed_from_step": int(self.start_step),
         }
+        if self.epoch_at is not None:
+            metrics["epoch"] = self.epoch_at
+        return metrics
 
 
 def _build_engine(model_dir: str, opts: SfftOptions, ds_config: dict, total_steps: int) -> Any:

@@ -163,6 +163,7 @@ def sft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str, 
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     metrics = {
         "steps": trainer.state.global_step,
+        "epoch": round(trainer.state.epoch or 0, 3),
         "train_loss": round(out.training_loss, 6),
         "first_loss": losses[0] if losses else None,
         "final_loss": losses[-1] if losses else None,
