@@ -146,10 +146,11 @@ def _questions(fc: FaultCluster, n: int) -> str:
     return str(f)
 
 
-def _select(llm, model: str, path: str) -> list[dict]:
+def _select(llm, model: str, path: str, max_new_tokens: int = 4) -> list[dict]:
+    greedy = GREEDY_SQL.replace('"max_new_tokens", "4"', f'"max_new_tokens", "{max_new_tokens}"')
     df = llm.sql(f"""
         load json.`{path}` as questions;
-        select id, q, {model}(llm_param(map("instruction", q, {GREEDY_SQL}))) as r from questions as answered;
+        select id, q, {model}(llm_param(map("instruction", q, {greedy}))) as r from questions as answered;
     """)
     return df.to_dict("records")
 
@@ -305,7 +306,9 @@ def test_node_removed_mid_select_loses_no_row(fc, retried):
     removed: dict[str, Any] = {}
     try:
         t0 = time.monotonic()
-        expected = _select(llm, name, path)
+        # longer answers than the replica-kill test's: a whole node's processes take a moment to die, and
+        # with 4-token chunks the doomed replica could still finish the two it held and send them back
+        expected = _select(llm, name, path, max_new_tokens=24)
         print(f"fault-free select: {time.monotonic() - t0:.1f} s")
         _check_rows(expected, 2000)
         assert not retried
@@ -326,7 +329,7 @@ def test_node_removed_mid_select_loses_no_row(fc, retried):
                 removed["error"] = e
 
         remover = _when_rows_done(llm, 500, remove)
-        rows = _select(llm, name, path)
+        rows = _select(llm, name, path, max_new_tokens=24)
         end = time.monotonic()
         remover.join(60)
         assert "done" in removed and "error" not in removed, removed
