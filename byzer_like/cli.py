@@ -246,16 +246,19 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _setup_workers(rt: Any, args: argparse.Namespace) -> None:
+    """--num-workers, --cpus-per-worker, --gpus-per-worker, where given, as setup values."""
+    given = {k: getattr(args, k) for k in ("num_workers", "cpus_per_worker", "gpus_per_worker")}
+    rt.setup({k: v for k, v in given.items() if v is not None})
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Submit a training job of a task from `byzer_like.tasks` on a data file (json, jsonl, csv, parquet)."""
     from .tasks import get as get_task
 
     task = get_task(args.task)
     rt = _runtime(args, running=False)
-    for key, value in (("num_workers", args.num_workers), ("cpus_per_worker", args.cpus_per_worker),
-                       ("gpus_per_worker", args.gpus_per_worker)):
-        if value is not None:
-            rt.setup({key: value})
+    _setup_workers(rt, args)
     table = _data_file(rt, args.data, "--data")
     model_dir = str(_path_arg(rt.workspace, args.model_path, "--model-path"))
     params: dict[str, Any] = {**_kv(args.option, "--option"), "pretrained_model_type": f"{task.name}/{args.type}",
@@ -289,10 +292,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     rt = _runtime(args)
-    for key, value in (("num_workers", args.num_workers), ("cpus_per_worker", args.cpus_per_worker),
-                       ("gpus_per_worker", args.gpus_per_worker)):
-        if value is not None:
-            rt.setup({key: value})
+    _setup_workers(rt, args)
     for key, value in _kv(args.set, "--set").items():
         rt.setup({key: value})
     options = {**_kv(args.param, "--param"), "pretrained_model_type": args.type, "udf_name": args.name,
