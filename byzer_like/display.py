@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-import pyarrow as pa
+if TYPE_CHECKING:  # a CLI command that prints no table does not pay for pyarrow
+    import pyarrow as pa
 
 NONE = "(none)"
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -58,10 +59,11 @@ def format_table(header: Sequence[str], rows: Iterable[Sequence[Any]], *, aligne
     return "\n".join(text)
 
 
-def readable_frame(table: pa.Table):
+def readable_frame(table: "pa.Table"):
     """`table` as a pandas DataFrame for people: integer columns stay integers when they have NULLs
     (pandas' nullable Int64, not float `2.0`) and times with a time zone show in local time."""
     import pandas as pd
+    import pyarrow as pa
 
     ints = {t: pd.Int64Dtype() for t in (pa.int8(), pa.int16(), pa.int32(), pa.int64())}
     ints.update({t: pd.UInt64Dtype() for t in (pa.uint8(), pa.uint16(), pa.uint32(), pa.uint64())})
@@ -73,7 +75,7 @@ def readable_frame(table: pa.Table):
     return frame
 
 
-def frame_text(table: pa.Table) -> str:
+def frame_text(table: "pa.Table") -> str:
     """`table` as printed text (the CLI's SQL results): `readable_frame`'s columns, NULLs blank."""
     frame = readable_frame(table)
     for name in frame.columns:
