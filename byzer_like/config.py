@@ -74,14 +74,8 @@ class _Options(BaseModel):
 
     @classmethod
     def option_names(cls) -> set[str]:
-        names = set()
-        for name, f in cls.model_fields.items():
-            names.add(name)
-            if f.alias:
-                names.add(f.alias)
-            if isinstance(f.validation_alias, AliasChoices):
-                names.update(c for c in f.validation_alias.choices if isinstance(c, str))
-        return names
+        """Every key the model accepts: each field's spellings."""
+        return set().union(*(cls.spellings(name) for name in cls.model_fields))
 
     @classmethod
     def spellings(cls, name: str) -> set[str]:

@@ -385,9 +385,7 @@ class Runtime:
         texts = _texts(calibration, calibration_column)[:calibration_rows] if METHODS[name].calibration else None
         out = self.workspace.path("models", f"{output_table}-{name}-{int(time.time())}")
         info = quantize_model(found.model_dir, out, name, calibration=texts, group_size=group_size)
-        from_session = session_models is not None and session_models(model_table) is not None
-        model_type = None if from_session else cat.model(found.ref).model_type  # None: read from its config
-        return self._register_result(output_table, out, info, base_model=found.model_dir, model_type=model_type,
+        return self._register_result(output_table, out, info, base_model=found.model_dir, model_type=found.model_type,
                                      method=f"quantize({name})", params={"source": found.ref, "method": name,
                                                                          "group_size": group_size},
                                      overwrite=overwrite, quantized_from=found.ref)

@@ -27,11 +27,13 @@ SessionModels = Callable[[str], "str | None"]
 @dataclass(frozen=True)
 class ResolvedModel:
     """Where a model's weights are: `model_dir` (a Hugging Face directory), plus `adapter_dir` when
-    the reference is a LoRA adapter over that base model. `ref` is what was asked for."""
+    the reference is a LoRA adapter over that base model. `ref` is what was asked for (a registered one
+    as `name@vN`); `model_type` is the registry's family, None for a session's `load model.` table."""
 
     ref: str
     model_dir: str
     adapter_dir: str | None = None
+    model_type: str | None = None
 
 
 def resolve_model(ref: str, catalog: Catalog, session_models: SessionModels | None = None) -> ResolvedModel:
@@ -45,8 +47,8 @@ def resolve_model(ref: str, catalog: Catalog, session_models: SessionModels | No
             return ResolvedModel(ref, model_dir)
     m = catalog.model(ref)
     if m.kind == "adapter":
-        return ResolvedModel(m.ref, m.base_model or "", m.path)
-    return ResolvedModel(m.ref, m.path)
+        return ResolvedModel(m.ref, m.base_model or "", m.path, m.model_type)
+    return ResolvedModel(m.ref, m.path, None, m.model_type)
 
 
 @dataclass(frozen=True)
@@ -105,14 +107,12 @@ class DeploySpec:
         if opts.adapter_dir:
             opts = opts.model_copy(update={"adapter_dir": str(workspace.resolve(opts.adapter_dir, what="adapter_dir"))})
         infer = {k: as_str(v) for k, v in opts.model_dump(exclude={"local_model_dir"}).items() if v is not None}
-        infer.update({k: as_str(v) for k, v in {**_user_keys(params), **extra}.items()})
         user = {**_user_keys(params), **extra}
+        infer.update({k: as_str(v) for k, v in user.items()})
         # compared by their resolved values below, or not part of what is served
         skip = set().union(*(DeployOptions.spellings(n) for n in ("reconnect", "replace", "local_model_dir", "model_table")))
         requested = {k: infer[k] for k in user if k not in skip}
-        for name in ("model_table", "adapter_dir"):
-            if infer.get(name):
-                requested[name] = infer[name]
+        requested.update({k: infer[k] for k in ("model_table", "adapter_dir") if infer.get(k)})
         spec = cls(udf_name=opts.udf_name, pretrained_model_type=model_type, plugin=plugin.name,
                    import_path=plugin.import_path, model_dir=model_dir, infer_params=infer, setup=setup,
                    reconnect=opts.reconnect, replace=opts.replace, requested=requested)
