@@ -20,6 +20,8 @@ from __future__ import annotations
 import re
 import sys
 import threading
+from concurrent import futures
+from concurrent.futures import ThreadPoolExecutor
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -232,27 +234,13 @@ class Session:
         interrupts it at once (DuckDB notices signals only now and then while it runs)."""
         if threading.current_thread() is not threading.main_thread():
             return query()
-        outcome: dict[str, Any] = {}
-        done = threading.Event()
-
-        def run() -> None:
-            try:
-                outcome["table"] = query()
-            except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
-                outcome["error"] = e
-            finally:
-                done.set()
-
-        threading.Thread(target=run, name="byzer-like-select", daemon=True).start()
+        future = ThreadPoolExecutor(max_workers=1, thread_name_prefix="byzer-like-select").submit(query)
         try:
-            done.wait()
+            return future.result()
         except KeyboardInterrupt:
-            while not done.wait(0.05):  # until the query has stopped (it may not have started at the first call)
+            while not futures.wait([future], timeout=0.05).done:  # until it stopped (it may not have started yet)
                 self.con.interrupt()
             raise
-        if "error" in outcome:
-            raise outcome["error"]
-        return outcome["table"]
 
     def _cache_on(self) -> bool:
         value = self.variables.get("llm_cache", "false")
