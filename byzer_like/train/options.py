@@ -104,6 +104,10 @@ class SftOptions(TrainOptions):
     max_seq_length: int = Field(512, ge=8, le=1_048_576, description="prompt + answer tokens per example")
     packing: bool = Field(False, description="pack several short examples into one sequence")
     eval_split: float = Field(0.0, ge=0, lt=0.5, description="fraction of rows held out for eval loss")
+    per_device_batch_size: int | None = Field(
+        None, ge=1, le=4096,
+        validation_alias=AliasChoices("per_device_batch_size", "perDeviceBatchSize", "batch_size", "batchSize"),
+        description="rows per step; default: about 0.2% of the training rows, from 1 to 8")
     lora_r: int = Field(8, ge=1, le=4096)
     lora_alpha: float = Field(16.0, gt=0)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
@@ -118,6 +122,16 @@ class SftOptions(TrainOptions):
 
     def lr(self) -> float:
         return self.learning_rate or (2e-5 if self.method == "full" else 2e-4)
+
+    def batch_size(self, rows: int) -> int:
+        """Rows per optimizer step (before gradient accumulation) for `rows` training examples: the given
+        `per_device_batch_size`, else about 0.2% of the rows, at least 1 and at most 8 — the default of
+        OpenAI's fine-tuning API (~0.2% of the examples, there capped at 256), capped at 8 to fit a worker.
+        A small table thus still gets one optimizer step per row each epoch: 30 question/answer pairs at
+        a batch of 8 would train for 12 steps in 3 epochs and learn nothing."""
+        if self.per_device_batch_size is not None:
+            return self.per_device_batch_size
+        return max(1, min(8, round(0.002 * rows)))
 
 
 class SfftOptions(TrainOptions):

@@ -96,8 +96,8 @@ def sft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str, 
     ckpt_dir = Path(run_dir) / "checkpoints"
     args = TrainingArguments(
         output_dir=str(ckpt_dir),
-        per_device_train_batch_size=opts.per_device_batch_size,
-        per_device_eval_batch_size=opts.per_device_batch_size,
+        per_device_train_batch_size=opts.batch_size(len(train_rows)),
+        per_device_eval_batch_size=opts.batch_size(len(train_rows)),
         gradient_accumulation_steps=opts.gradient_accumulation_steps,
         learning_rate=opts.lr(),
         num_train_epochs=opts.num_train_epochs,
