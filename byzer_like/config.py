@@ -398,7 +398,10 @@ def chat_request(conversations: list[Mapping[str, Any]] | str, llm_config: Mappi
     else:
         msgs = [dict(m) if isinstance(m, Mapping) else m for m in conversations]
     if "instruction" in cfg:
-        msgs.append({"role": "user", "content": str(cfg.pop("instruction"))})
+        instruction = cfg.pop("instruction")
+        if instruction is None:  # never the text "None": SQL answers a NULL instruction with NULL before this
+            raise ConfigError("request option 'instruction' is null; give the text to answer")
+        msgs.append({"role": "user", "content": as_text(instruction)})
     if "history" in cfg:
         msgs = _history(cfg.pop("history")) + msgs
     if not msgs:
@@ -407,8 +410,12 @@ def chat_request(conversations: list[Mapping[str, Any]] | str, llm_config: Mappi
         if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
             raise ConfigError(f"each message needs 'role' and 'content'; got {_shown(m)}")
     last = msgs[-1]
-    req: dict[str, Any] = {"ins": str(last["content"]), "his": msgs[:-1], "kwargs": {}}
+    if last["content"] is None:
+        raise ConfigError("the last message's content is null; give the text to answer")
+    req: dict[str, Any] = {"ins": as_text(last["content"]), "his": msgs[:-1], "kwargs": {}}
     for key, value in cfg.items():
+        if value is None:
+            continue  # a NULL option (SQL map value) is an option not given
         name, _tag = split_typed_key(key)
         value = typed_value(key, value)
         if name.startswith("generation.") or name.startswith("gen."):
@@ -429,6 +436,18 @@ def chat_request(conversations: list[Mapping[str, Any]] | str, llm_config: Mappi
         return ChatRequest.model_validate(req)
     except ValidationError as e:
         raise ConfigError(_explain(e, "request")) from None
+
+
+def as_text(value: Any) -> str:
+    """A value that goes to a model or into training text: strings as they are, objects and lists as JSON
+    text (never Python's repr), other scalars by `str()`. Callers decide about None before this."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _history(value: Any) -> list[Any]:

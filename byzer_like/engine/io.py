@@ -280,6 +280,9 @@ def save_table(table: pa.Table, fmt: str, path: Path, mode: str, options: Mappin
         raise ConfigError(f"unknown save mode {mode!r}; {did_you_mean(mode, SAVE_MODES)}"
                           f"valid modes: {', '.join(SAVE_MODES)}")
     opts = SaveOptions.parse(options, where=f"save {fmt}")
+    names, renamed = unique_names(table.column_names)
+    if renamed:  # a JSON object keeps one key of a name, Parquet readers refuse repeated names: keep both, renamed
+        table = table.rename_columns(names)
     if fmt == "text" and not (table.num_columns == 1 and pa.types.is_string(table.schema.types[0])):
         raise ConfigError("save as text needs a table with exactly one string column")
     exists = path.exists()
@@ -300,7 +303,7 @@ def save_table(table: pa.Table, fmt: str, path: Path, mode: str, options: Mappin
         tmp = path / f".tmp-{uuid.uuid4().hex}"
         _write(table, fmt, tmp, opts)
         os.replace(tmp, target)
-        return {"path": str(path), "rows": table.num_rows, "mode": mode, "written": True}
+        return {"path": str(path), "rows": table.num_rows, "mode": mode, "written": True, **_renamed(renamed)}
     staging = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
     staging.mkdir()
     try:
@@ -316,7 +319,33 @@ def save_table(table: pa.Table, fmt: str, path: Path, mode: str, options: Mappin
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    return {"path": str(path), "rows": table.num_rows, "mode": mode, "written": True}
+    return {"path": str(path), "rows": table.num_rows, "mode": mode, "written": True, **_renamed(renamed)}
+
+
+def unique_names(names: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Column names made unique the way DuckDB reads repeated ones back (`x`, `x_1`, `x_2`; case-insensitive),
+    and the (old, new) pairs renamed."""
+    taken = {n.lower() for n in names}
+    seen: set[str] = set()
+    out, renamed = [], []
+    for n in names:
+        if n.lower() not in seen:
+            seen.add(n.lower())
+            out.append(n)
+            continue
+        k = 1
+        while f"{n}_{k}".lower() in taken:
+            k += 1
+        new = f"{n}_{k}"
+        taken.add(new.lower())
+        seen.add(new.lower())
+        out.append(new)
+        renamed.append((n, new))
+    return out, renamed
+
+
+def _renamed(renamed: list[tuple[str, str]]) -> dict[str, str]:
+    return {"renamed": ", ".join(f"{a} -> {b}" for a, b in renamed)} if renamed else {}
 
 
 def _write(table: pa.Table, fmt: str, file: Path, opts: SaveOptions) -> None:

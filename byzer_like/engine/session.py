@@ -208,7 +208,9 @@ class Session:
         path = self.workspace.resolve(s.path, what="save path")
         info = save_table(table, s.format, path, s.mode, s.options)
         summary = pa.table({k: [v] for k, v in info.items()})
-        return Result("save", summary, None, f"{s.table}: {info['rows']} rows -> {info['path']} ({s.mode})")
+        note = (f" (note: repeated column names written apart: {info['renamed']}; name them in the select to "
+                f"choose the names)" if info.get("renamed") else "")
+        return Result("save", summary, None, f"{s.table}: {info['rows']} rows -> {info['path']} ({s.mode}){note}")
 
     def _set(self, s: Set) -> Result:
         if not (s.keeps_existing and s.name in self.variables):
@@ -224,6 +226,7 @@ class Session:
         models = self._prepare_functions(tr.functions, s)
         for name in tr.tables:
             self._need_table(name, s)
+        self._check_ambiguous(tr.columns, s)
         self._call = _Call()
         if models and self.progress:
             from tqdm import tqdm
@@ -248,6 +251,20 @@ class Session:
             message += (f" ({self._call.cached} model answers from the result cache, "
                         f"{self._call.computed} computed)")
         return Result("select", table, s.table, message)
+
+    def _check_ambiguous(self, columns: tuple[tuple[str, tuple[str, ...]], ...], s: Select) -> None:
+        """Spark's rule: a column name that a table holds twice (a `select *` over a join, `select 1 as x,
+        2 as x`) cannot be referenced; DuckDB would silently read the first one."""
+        for column, sources in columns:
+            for name in sources:
+                if not self._has_table(name):
+                    continue
+                same = [c for c in self.table(name).column_names if c.lower() == column.lower()]
+                if len(same) > 1:
+                    raise _at(ExecutionError, s, column,
+                              f"ambiguous reference to column {column!r}: table {name} has {len(same)} columns of that "
+                              f"name (from a join or a select that repeated it); name them apart where {name} is made, "
+                              f"e.g. `select a.{column} as a_{column}, b.{column} as b_{column} ...`")
 
     def _interruptible(self, query: Callable[[], pa.Table]) -> pa.Table:
         """Run a DuckDB query in a helper thread while this (main) thread waits, so that Ctrl-C
