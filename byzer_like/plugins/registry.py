@@ -43,9 +43,10 @@ UNSUPPORTED: dict[str, str] = {
     **dict.fromkeys(("whisper", "sensevoice", "qwen_voice"), "a speech recognition model"),
     **dict.fromkeys(("bark", "chattts"), "a speech synthesis model"),
     **dict.fromkeys(("stable_diffusion", "sd", "sdxl"), "an image generation model"),
-    **dict.fromkeys(("bge", "m3e", "bge_rerank"), "a sentence-embedding (encoder) model; embed with a deployed "
-                    'causal LM (llm_param(map("embedding", "true", ...))) or a saas/* embedding model'),
+    **dict.fromkeys(("bge", "m3e", "bge_rerank"), "a sentence-embedding (encoder) model"),
 }
+_HINTS = {"a sentence-embedding (encoder) model": '; for embeddings deploy a causal LM and call it with '
+          'llm_param(map("embedding", "true", "instruction", ...)), or a saas/* service with saas.embedding_model'}
 # Byzer-LLM's saas/* types whose services do not speak the OpenAI protocol
 UNSUPPORTED_SAAS = ("sparkdesk", "minimax", "claude", "gemini", "aws_bedrock", "pangu", "qianfan", "qianwen_vl",
                     "volcengine", "azure", "filelogger")
@@ -82,10 +83,12 @@ def resolve(name: str) -> tuple[str, str]:
     head, sep, tail = name.partition("/")
     if sep and head.lower() == "custom" and tail and "/" not in tail:
         if tail.lower() in UNSUPPORTED:
-            raise UnsupportedModelTypeError(name, UNSUPPORTED[tail.lower()], supported_kinds())
+            kind = UNSUPPORTED[tail.lower()]
+            raise UnsupportedModelTypeError(name, kind, supported_kinds() + _HINTS.get(kind, ""))
         return resolve(tail) if (tail in known or tail.lower() in known) else ("auto", known["auto"])
     if name.lower() in UNSUPPORTED:
-        raise UnsupportedModelTypeError(name, UNSUPPORTED[name.lower()], supported_kinds())
+        kind = UNSUPPORTED[name.lower()]
+        raise UnsupportedModelTypeError(name, kind, supported_kinds() + _HINTS.get(kind, ""))
     if sep and head.lower() == "saas" and tail.lower() in UNSUPPORTED_SAAS:
         raise UnsupportedModelTypeError(name, "a hosted service that does not speak the OpenAI protocol",
                                         supported_kinds() + "; a service with an OpenAI-compatible endpoint works "
