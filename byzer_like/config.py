@@ -129,6 +129,11 @@ def _shown(value: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+# `!byzerllm setup "infer_backend=..."`: the serving engines byzer-like has, and Byzer's others (not yet here)
+INFER_BACKENDS = ("transformers",)
+LATER_BACKENDS = ("vllm", "llama_cpp", "deepspeed")
+
+
 class SetupConfig(_Options):
     """What `!byzerllm setup` / `ByzerLLM.setup(...)` set: resources and serving limits (sys_conf)."""
 
@@ -136,7 +141,9 @@ class SetupConfig(_Options):
 
     mode: str = Field("single", description="what the next `run ... as LLM` does: single (deploy) or a training "
                       "task of byzer_like.tasks (sft, sfft)")
-    num_workers: int = Field(1, ge=1, le=1024, description="replicas of a deployment / training workers")
+    num_workers: int = Field(
+        1, ge=1, le=1024, validation_alias=AliasChoices("num_workers", "numWorkers", "maxConcurrency", "max_concurrency"),
+        description="replicas of a deployment / training workers (Byzer's maxConcurrency)")
     cpus_per_worker: float = Field(
         1.0, ge=0, validation_alias=AliasChoices("cpus_per_worker", "cpusPerWorker", "num_cpus", "numCpus"),
         description="CPUs reserved by each worker (Ray resources)",
@@ -145,12 +152,54 @@ class SetupConfig(_Options):
         0.0, ge=0, validation_alias=AliasChoices("gpus_per_worker", "gpusPerWorker", "num_gpus", "numGpus"),
         description="GPUs reserved by each worker (Byzer's num_gpus)",
     )
-    max_ongoing_requests: int = Field(8, ge=1, description="requests a replica works on at once")
+    max_ongoing_requests: int = Field(
+        8, ge=1, validation_alias=AliasChoices("max_ongoing_requests", "maxOngoingRequests", "workerMaxConcurrency",
+                                               "worker_max_concurrency"),
+        description="requests a replica works on at once (Byzer's workerMaxConcurrency)")
     max_queued_requests: int = Field(256, ge=-1, description="requests waiting per caller before back-pressure (-1: no limit)")
     max_batch_size: int = Field(32, ge=1, le=4096, description="rows a replica generates in one batch")
     request_timeout_s: float = Field(600.0, gt=0, description="a model call that takes longer fails with a timeout")
     health_check_period_s: float = Field(10.0, gt=0)
     health_check_timeout_s: float = Field(30.0, gt=0)
+    infer_backend: str = Field("transformers", validation_alias=AliasChoices("infer_backend", "inferBackend"),
+                               description="the serving engine: transformers (the built-in Hugging Face engine)")
+    # Byzer-LLM's client sets these by default; they are accepted so its scripts run, and have no effect here
+    master_max_concurrency: int | None = Field(
+        None, ge=1, validation_alias=AliasChoices("master_max_concurrency", "masterMaxConcurrency"),
+        description="Byzer: requests its master actor takes at once (no effect: Ray Serve routes; the queue limit "
+                    "is max_queued_requests)")
+    python_mode: str | None = Field(None, validation_alias=AliasChoices("python_mode", "pythonMode"),
+                                    description="Byzer: how its Python workers start (no effect: always Ray here)")
+    standalone: bool | None = Field(None, description="Byzer: one-node training without Ray (no effect: training "
+                                    "always runs as a Ray job here)")
+
+    # setup fields that are accepted for Byzer scripts and change nothing: what the statement's message says
+    NO_EFFECT: ClassVar[dict[str, str]] = {
+        "master_max_concurrency": "Ray Serve routes requests here; the per-caller queue limit is max_queued_requests",
+        "python_mode": "workers are always Ray actors here",
+        "standalone": "training always runs as a Ray job here (num_workers=1 is one worker)",
+    }
+
+    # Byzer-LLM's names of setup fields that mean the same here (said in the statement's message)
+    BYZER_NAMES: ClassVar[dict[str, str]] = {"maxConcurrency": "num_workers", "max_concurrency": "num_workers",
+                                             "workerMaxConcurrency": "max_ongoing_requests",
+                                             "worker_max_concurrency": "max_ongoing_requests"}
+
+    @field_validator("infer_backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        name = str(value).strip().lower()
+        if name in INFER_BACKENDS:
+            return name
+        if name in LATER_BACKENDS:
+            raise ValueError(f"infer_backend {name!r} is not available yet in byzer-like; valid backends: "
+                             f"{', '.join(INFER_BACKENDS)} (Byzer's {', '.join(LATER_BACKENDS)} are not served here)")
+        raise ValueError(f"unknown infer_backend {value!r}; valid backends: {', '.join(INFER_BACKENDS)}")
+
+    @classmethod
+    def field_of(cls, key: str) -> str | None:
+        """The field a setup key sets (any spelling), or None."""
+        return next((name for name in cls.model_fields if key in cls.spellings(name)), None)
 
     @field_validator("mode")
     @classmethod
@@ -166,7 +215,7 @@ class SetupConfig(_Options):
 
     def sys_conf(self) -> dict[str, str]:
         """The plugin contract's `sys_conf`: every setting as a string, Byzer style."""
-        d = {k: str(v) for k, v in self.model_dump().items()}
+        d = {k: str(v) for k, v in self.model_dump().items() if v is not None}  # unset: absent, never "None"
         d["num_gpus"] = d["gpus_per_worker"]
         return d
 
@@ -277,6 +326,21 @@ class QuantizeOptions(_Options):
     overwrite: bool = Field(False, description="register a new version when outputTable already exists")
 
 
+class RepartitionOptions(_Options):
+    """The `where` keys of Byzer's ET `run <t> as TableRepartition.`` where partitionNum="4" as <t2>`."""
+
+    partition_num: int = Field(description="how many partitions the table is split into", ge=1, le=100_000)
+    partition_cols: str | None = Field(None, description="comma-separated columns: rows with equal values share a "
+                                       "partition (hash); without them rows are dealt round-robin")
+    partition_type: Literal["hash", "range"] = Field("hash", description="hash (Byzer's default) or range: "
+                                                     "partitionCols sorted, then cut into equal runs")
+    shuffle: bool = Field(True, description="Byzer's flag (accepted; rows are always regrouped here)")
+
+    def columns(self) -> list[str]:
+        """The partition columns, in order (empty: round-robin)."""
+        return [c.strip() for c in (self.partition_cols or "").split(",") if c.strip()]
+
+
 UDF_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 # SQL functions of the dialect itself: a model of one of these names could never be called
 RESERVED_UDF_NAMES = frozenset({"llm_param", "llm_result", "llm_response_predict", "llm_prompt", "llm_stack", "map", "array"})
@@ -334,7 +398,10 @@ def chat_request(conversations: list[Mapping[str, Any]] | str, llm_config: Mappi
     else:
         msgs = [dict(m) if isinstance(m, Mapping) else m for m in conversations]
     if "instruction" in cfg:
-        msgs.append({"role": "user", "content": str(cfg.pop("instruction"))})
+        instruction = cfg.pop("instruction")
+        if instruction is None:  # never the text "None": SQL answers a NULL instruction with NULL before this
+            raise ConfigError("request option 'instruction' is null; give the text to answer")
+        msgs.append({"role": "user", "content": as_text(instruction)})
     if "history" in cfg:
         msgs = _history(cfg.pop("history")) + msgs
     if not msgs:
@@ -343,8 +410,12 @@ def chat_request(conversations: list[Mapping[str, Any]] | str, llm_config: Mappi
         if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
             raise ConfigError(f"each message needs 'role' and 'content'; got {_shown(m)}")
     last = msgs[-1]
-    req: dict[str, Any] = {"ins": str(last["content"]), "his": msgs[:-1], "kwargs": {}}
+    if last["content"] is None:
+        raise ConfigError("the last message's content is null; give the text to answer")
+    req: dict[str, Any] = {"ins": as_text(last["content"]), "his": msgs[:-1], "kwargs": {}}
     for key, value in cfg.items():
+        if value is None:
+            continue  # a NULL option (SQL map value) is an option not given
         name, _tag = split_typed_key(key)
         value = typed_value(key, value)
         if name.startswith("generation.") or name.startswith("gen."):
@@ -365,6 +436,18 @@ def chat_request(conversations: list[Mapping[str, Any]] | str, llm_config: Mappi
         return ChatRequest.model_validate(req)
     except ValidationError as e:
         raise ConfigError(_explain(e, "request")) from None
+
+
+def as_text(value: Any) -> str:
+    """A value that goes to a model or into training text: strings as they are, objects and lists as JSON
+    text (never Python's repr), other scalars by `str()`. Callers decide about None before this."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _history(value: Any) -> list[Any]:

@@ -8,7 +8,7 @@ can catch lives here (the modules that raise them re-export their names for olde
       ConfigError (ValueError)            UnknownOptionError
       WorkspacePathError (PermissionError)
       ClusterError (RuntimeError)
-      PluginError                         UnknownPluginError (KeyError)
+      PluginError                         UnknownPluginError (KeyError), UnsupportedModelTypeError
       ModelDirError (FileNotFoundError)
       DeployError (RuntimeError)          DuplicateDeploymentError, ModelNotDeployedError (KeyError)
       InferenceError (RuntimeError)       InvalidRequestError (ValueError) > PromptTooLongError,
@@ -129,6 +129,16 @@ class UnknownPluginError(PluginError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return self.args[0]
+
+
+class UnsupportedModelTypeError(PluginError, NotImplementedError):
+    """A model type Byzer-LLM has that cannot run here (a multimodal, speech or image model; a saas/* service
+    that does not speak the OpenAI protocol); the message names the kinds that can."""
+
+    def __init__(self, name: str, kind: str, supported: str):
+        self.name = name
+        self.kind = kind
+        super().__init__(f"pretrained_model_type {name!r} is {kind}, which byzer-like cannot serve; supported: {supported}")
 
 
 class ModelDirError(ByzerError, FileNotFoundError):

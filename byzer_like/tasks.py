@@ -72,13 +72,12 @@ def get(name: str) -> TrainingTask:
 
 
 def split_model_type(pretrained_model_type: str) -> tuple[str | None, str]:
-    """`sft/llama` -> ("sft", "llama"); `llama` -> (None, "llama"); `custom/llama` -> (None, "llama")."""
+    """`sft/llama` -> ("sft", "llama"); `llama` -> (None, "llama"); `custom/llama` -> (None, "custom/llama")
+    (the plugin registry resolves `custom/<x>`: the plugin x, else auto)."""
     value = (pretrained_model_type or "").strip()
     head, sep, tail = value.partition("/")
     if sep and head in TASKS:
         return head, tail
-    if sep and head == "custom":
-        return None, tail
     return None, value
 
 

@@ -47,7 +47,7 @@ def test_unknown_type_lists_known_ones():
 @pytest.mark.parametrize(
     "value, expected",
     [("llama", (None, "llama")), ("sft/llama", ("sft", "llama")), ("sfft/qwen2", ("sfft", "qwen2")),
-     ("custom/auto", (None, "auto")), (" gpt2 ", (None, "gpt2"))],
+     ("custom/auto", (None, "custom/auto")), (" gpt2 ", (None, "gpt2"))],
 )
 def test_split_model_type(value, expected):
     assert registry.split_model_type(value) == expected

@@ -139,7 +139,7 @@ ERRORS = [
     ("save t json.`x`;", 1, 8, "expected `as <format>.`<path>`` after the table name `t`, found `json`"),
     ("save;", 1, 5, "expected `[<mode>] <table>` after `save` (modes: overwrite, append, errorIfExists, ignore)"),
     ("run command LLM.``;", 1, 13, "expected `as` and a target such as LLM.`` after `run command`, found `LLM`"),
-    ("run command as Spark.`` where a=1;", 1, 16, "unknown run target `Spark`; valid: LLM"),
+    ("run command as Spark.`` where a=1;", 1, 16, "unknown run target (ET) `Spark`; valid: LLM, TableRepartition"),
     ("run command as LLM.`` where;", 1, 28, "expected an option `key=value` after `where`"),
     ("run command as LLM.`` where\nand a=\"1\"\nand a=\"2\";", 3, 5, "duplicate option `a` (first given at line 2, column 5)"),
     ("run command as LLM.`` where a= and b=1;", 1, 32, "missing value after `a=`"),

@@ -17,25 +17,26 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
-from ..config import chat_request, parse_bool
+from ..config import as_text, chat_request, parse_bool
 from ..errors import ConfigError, RowError  # noqa: F401 - RowError re-exported
 
 _PLACEHOLDER = re.compile(r"\{(\d+)\}")
 
 
 def llm_prompt(template: str | None, values: list | None) -> str | None:
-    """Fill `{0}`, `{1}`... with the array's values; other braces are left alone."""
+    """Fill `{0}`, `{1}`... with the array's values; other braces are left alone. NULL when a value it
+    uses is NULL."""
     if template is None:
         return None
     values = values or []
 
-    def fill(m: re.Match) -> str:
-        i = int(m.group(1))
+    used = {int(m.group(1)) for m in _PLACEHOLDER.finditer(template)}
+    for i in sorted(used):
         if i >= len(values):
             raise ConfigError(f"llm_prompt: the template uses {{{i}}} but the array has {len(values)} value(s)")
-        return "" if values[i] is None else str(values[i])
-
-    return _PLACEHOLDER.sub(fill, template)
+    if any(values[i] is None for i in used):
+        return None  # a NULL value makes a NULL prompt (as concat does), never the text "None" or a hole
+    return _PLACEHOLDER.sub(lambda m: as_text(values[int(m.group(1))]), template)
 
 
 def llm_stack(previous: str | None, params: str | None) -> str | None:
@@ -47,9 +48,9 @@ def llm_stack(previous: str | None, params: str | None) -> str | None:
         prev = json.loads(previous)
         history = list(prev.get("history") or [])
         if prev.get("input") is not None:
-            history.append({"role": "user", "content": str(prev["input"])})
+            history.append({"role": "user", "content": as_text(prev["input"])})
         if prev.get("output") is not None:
-            history.append({"role": "assistant", "content": str(prev["output"])})
+            history.append({"role": "assistant", "content": as_text(prev["output"])})
         p["history"] = history + list(_history(p.get("history")))
     return json.dumps(p, ensure_ascii=False)
 
@@ -86,6 +87,11 @@ def build_requests(params: list[str | None]) -> tuple[list[dict | None], list[bo
             raise ConfigError(f"a model function takes llm_param(map(...)); got {raw[:80]!r}") from None
         if not isinstance(cfg, dict):
             raise ConfigError(f"a model function takes llm_param(map(...)); got {raw[:80]!r}")
+        if "instruction" in cfg and cfg["instruction"] is None:  # NULL in, NULL out (never the text "None")
+            requests.append(None)
+            embedding.append(False)
+            inputs.append(None)
+            continue
         embedding.append(parse_bool(cfg.get("embedding", False)))
         req = chat_request([], cfg).model_dump()
         requests.append(req)

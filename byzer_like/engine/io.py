@@ -7,6 +7,7 @@ temporary sibling first and renames it into place, so a failed save leaves nothi
 """
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from pydantic import Field
+from pydantic import AliasChoices, Field, field_validator
 
 from ..config import _Options
 from ..errors import (ConfigError, DataFileError, TableExistsError, WorkspacePathError,  # noqa: F401 - re-exported
@@ -37,10 +38,53 @@ _GLOBS = {"json": ("*.json", "*.jsonl"), "jsonl": ("*.json", "*.jsonl"), "csv": 
 
 
 class LoadOptions(_Options):
-    """`where` keys of `load`."""
+    """`where` keys of `load`: Spark's reader options, over DuckDB and pyarrow.
+
+    An option that Spark's reader for another format reads is accepted on this one with a note, as Spark
+    accepts and ignores it (`header` on json); a key no reader knows is an error ("did you mean")."""
 
     header: bool = Field(True, description="csv: the first line names the columns")
-    delimiter: str = Field(",", min_length=1, max_length=1, description="csv: the field separator")
+    delimiter: str = Field(",", min_length=1, max_length=1, validation_alias=AliasChoices("delimiter", "sep"),
+                           description="csv: the field separator (Spark's sep)")
+    infer_schema: bool = Field(True, description="csv: detect column types (false: every column is text, Spark's default)")
+    multi_line: bool = Field(False, description="json: a file may hold one pretty-printed document or array; "
+                             "csv: quoted values may span lines (both are read either way here)")
+    encoding: str = Field("utf-8", validation_alias=AliasChoices("encoding", "charset"),
+                          description="csv, json, text: the files' character encoding")
+    wholetext: bool = Field(False, description="text: one row per file (`value` its content, `file` its path) "
+                            "instead of one row per line")
+    sampling_ratio: float = Field(1.0, gt=0, le=1, description="json, csv: the fraction of rows the schema is "
+                                  "inferred from (1.0: all rows)")
+    mode: str | None = Field(None, description="json, csv: PERMISSIVE (csv: missing trailing fields are null), "
+                             "DROPMALFORMED (rows that cannot be parsed are skipped), FAILFAST (strict); without it, "
+                             "a row that cannot be parsed is an error, never dropped silently")
+    line_sep: str | None = Field(None, description="text: the line separator (default: any of \\n, \\r\\n)")
+
+    @field_validator("mode")
+    @classmethod
+    def _known_mode(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value.upper() not in READ_MODES:
+            raise ValueError(f"mode must be one of {', '.join(READ_MODES)}")
+        return value.upper()
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            return codecs.lookup(value).name
+        except LookupError:
+            raise ValueError("not an encoding Python knows (e.g. utf-8, gbk, latin-1, utf-16)") from None
+
+
+READ_MODES = ("PERMISSIVE", "DROPMALFORMED", "FAILFAST")
+# which formats read each load option (Spark's readers); on another format an option is accepted with a note
+_READS: dict[str, tuple[str, ...]] = {
+    "header": ("csv",), "delimiter": ("csv",), "infer_schema": ("csv",), "multi_line": ("json", "jsonl", "csv"),
+    "encoding": ("json", "jsonl", "csv", "text"), "wholetext": ("text",), "sampling_ratio": ("json", "jsonl", "csv"),
+    "mode": ("json", "jsonl", "csv"), "line_sep": ("text", "json", "jsonl", "csv"),
+}
 
 
 class SaveOptions(_Options):
@@ -78,30 +122,134 @@ def _files(path: Path, fmt: str) -> list[str]:
     return files
 
 
-def load_table(con: duckdb.DuckDBPyConnection, fmt: str, path: Path, options: Mapping[str, Any]) -> pa.Table:
-    """Read `path` (already resolved inside the allowed roots) as a table, with DuckDB's readers on `con`."""
+def load_table(con: duckdb.DuckDBPyConnection, fmt: str, path: Path, options: Mapping[str, Any],
+               notes: list[str] | None = None) -> pa.Table:
+    """Read `path` (already resolved inside the allowed roots) as a table, with DuckDB's readers on `con`.
+    `notes` (if given) receives a line for each option accepted that has no effect on this format."""
     if fmt not in LOAD_FORMATS:
         raise ConfigError(f"unknown load format {fmt!r}; {did_you_mean(fmt, LOAD_FORMATS)}"
                           f"valid formats: {', '.join(LOAD_FORMATS)}")
+    # Spark reads its option keys case-insensitively (inferschema, multiline, Header)
+    spelled = {k.lower(): k for k in LoadOptions.option_names()}
+    options = {spelled.get(k.lower(), k): v for k, v in options.items()}
     opts = LoadOptions.parse(options, where=f"load {fmt}")
+    for key in options:
+        field = next((n for n in LoadOptions.model_fields if key in LoadOptions.spellings(n)), None)
+        if field and fmt not in _READS[field] and notes is not None:
+            notes.append(f"{key} has no effect on {fmt} (Spark's {fmt} reader ignores it too; it is read by "
+                         f"{', '.join(f for f in _READS[field] if f != 'jsonl')})")
     if fmt == "model":
         return _model_table(path)
     files = _files(path, fmt)
     if fmt == "text":
-        lines: list[str] = []
-        for f in files:
-            lines.extend(Path(f).read_text(encoding="utf-8").splitlines())
-        return pa.table({"value": pa.array(lines, type=pa.string())})
+        return _text_table(files, opts)
     try:
         if fmt in ("json", "jsonl"):
-            rel = con.read_json(files)
-        elif fmt == "csv":
-            rel = con.read_csv(files, header=opts.header, sep=opts.delimiter)
-        else:
-            rel = con.read_parquet(files)
-        return rel.to_arrow_table()
+            if opts.encoding != "utf-8":
+                return _json_transcoded(files, opts)
+            return con.read_json(files, ignore_errors=opts.mode == "DROPMALFORMED",
+                                 sample_size=-1 if opts.sampling_ratio >= 1 else _sample(files, opts)).to_arrow_table()
+        if fmt == "csv":
+            if opts.encoding not in ("utf-8", "utf-16", "latin-1", "iso8859-1"):
+                return _csv_transcoded(files, opts)
+            encoding = {"iso8859-1": "latin-1"}.get(opts.encoding, opts.encoding)
+            rel = con.read_csv(files, header=opts.header, sep=opts.delimiter, all_varchar=not opts.infer_schema,
+                               encoding=encoding, ignore_errors=opts.mode == "DROPMALFORMED",
+                               null_padding=opts.mode == "PERMISSIVE", strict_mode=opts.mode == "FAILFAST",
+                               sample_size=-1 if opts.sampling_ratio >= 1 else _sample(files, opts))
+            return rel.to_arrow_table()
+        return con.read_parquet(files).to_arrow_table()
     except duckdb.Error as e:
-        raise DataFileError(f"cannot read {path} as {fmt}: {str(e).splitlines()[0]}") from None
+        first = str(e).splitlines()[0]
+        raise DataFileError(f"cannot read {path} as {fmt}: {first.rstrip('. ')}{_mode_hint(fmt, opts, first)}") from None
+
+
+def _mode_hint(fmt: str, opts: LoadOptions, error: str = "") -> str:
+    if "utf-8" in error.lower() or "unicode" in error.lower():
+        return '; name the files\' encoding with encoding="<name>" (e.g. gbk, latin-1)'
+    if fmt in ("json", "jsonl", "csv") and opts.mode != "DROPMALFORMED":
+        return '; fix the file, or skip such rows with mode="DROPMALFORMED"'
+    return ""
+
+
+def _sample(files: list[str], opts: LoadOptions) -> int:
+    """Rows DuckDB infers the schema from for samplingRatio < 1: that fraction of the lines (at least 1)."""
+    lines = 0
+    for f in files:
+        with open(f, "rb") as fh:
+            lines += sum(1 for _ in fh)
+    return max(1, int(lines * opts.sampling_ratio))
+
+
+def _decode(file: str, opts: LoadOptions) -> str:
+    try:
+        return Path(file).read_bytes().decode(opts.encoding)
+    except UnicodeDecodeError as e:
+        raise DataFileError(f"{file} is not {opts.encoding} text ({e.reason} at byte {e.start}); "
+                            'name its encoding with encoding="<name>" (e.g. gbk, latin-1)') from None
+
+
+def _lines(text: str, opts: LoadOptions) -> list[str]:
+    if opts.line_sep:
+        parts = text.split(opts.line_sep)
+        return parts[:-1] if parts and parts[-1] == "" else parts
+    return text.splitlines()
+
+
+def _text_table(files: list[str], opts: LoadOptions) -> pa.Table:
+    """`load text`: one row per line in `value`; with wholetext, one row per file, its path in `file`."""
+    if opts.wholetext:
+        return pa.table({"value": pa.array([_decode(f, opts) for f in files], type=pa.string()),
+                         "file": pa.array(files, type=pa.string())})
+    lines: list[str] = []
+    for f in files:
+        lines.extend(_lines(_decode(f, opts), opts))
+    return pa.table({"value": pa.array(lines, type=pa.string())})
+
+
+def _json_transcoded(files: list[str], opts: LoadOptions) -> pa.Table:
+    """JSON in another encoding than UTF-8 (DuckDB reads only UTF-8): decoded and parsed here."""
+    rows: list[Any] = []
+    for f in files:
+        text = _decode(f, opts)
+        try:
+            doc = json.loads(text)
+            rows.extend(doc if isinstance(doc, list) else [doc])
+            continue
+        except json.JSONDecodeError:
+            pass  # not one document: JSON lines
+        for n, line in enumerate(_lines(text, opts), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                if opts.mode != "DROPMALFORMED":
+                    raise DataFileError(f"{f} line {n} is not JSON ({e.msg}){_mode_hint('json', opts)}") from None
+    try:
+        return pa.Table.from_pylist([r if isinstance(r, dict) else {"value": r} for r in rows])
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise DataFileError(f"cannot make a table of {files[0]}: {e}") from None
+
+
+def _csv_transcoded(files: list[str], opts: LoadOptions) -> pa.Table:
+    """CSV in an encoding DuckDB does not read: pyarrow's reader transcodes it."""
+    tables = []
+    for f in files:
+        try:
+            tables.append(pacsv.read_csv(
+                f, read_options=pacsv.ReadOptions(encoding=opts.encoding, autogenerate_column_names=not opts.header),
+                parse_options=pacsv.ParseOptions(delimiter=opts.delimiter, newlines_in_values=True,
+                                                 invalid_row_handler=(lambda row: "skip")
+                                                 if opts.mode == "DROPMALFORMED" else None),
+                convert_options=pacsv.ConvertOptions(column_types=None) if opts.infer_schema else
+                pacsv.ConvertOptions(auto_dict_encode=False, strings_can_be_null=True)))
+        except (pa.ArrowInvalid, UnicodeDecodeError) as e:
+            raise DataFileError(f"cannot read {f} as {opts.encoding} csv: {e}{_mode_hint('csv', opts)}") from None
+    table = pa.concat_tables(tables, promote_options="default")
+    if not opts.infer_schema:
+        table = table.cast(pa.schema([(n, pa.string()) for n in table.column_names]))
+    return table
 
 
 def _model_table(path: Path) -> pa.Table:
@@ -132,6 +280,9 @@ def save_table(table: pa.Table, fmt: str, path: Path, mode: str, options: Mappin
         raise ConfigError(f"unknown save mode {mode!r}; {did_you_mean(mode, SAVE_MODES)}"
                           f"valid modes: {', '.join(SAVE_MODES)}")
     opts = SaveOptions.parse(options, where=f"save {fmt}")
+    names, renamed = unique_names(table.column_names)
+    if renamed:  # a JSON object keeps one key of a name, Parquet readers refuse repeated names: keep both, renamed
+        table = table.rename_columns(names)
     if fmt == "text" and not (table.num_columns == 1 and pa.types.is_string(table.schema.types[0])):
         raise ConfigError("save as text needs a table with exactly one string column")
     exists = path.exists()
@@ -152,7 +303,7 @@ def save_table(table: pa.Table, fmt: str, path: Path, mode: str, options: Mappin
         tmp = path / f".tmp-{uuid.uuid4().hex}"
         _write(table, fmt, tmp, opts)
         os.replace(tmp, target)
-        return {"path": str(path), "rows": table.num_rows, "mode": mode, "written": True}
+        return {"path": str(path), "rows": table.num_rows, "mode": mode, "written": True, **_renamed(renamed)}
     staging = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
     staging.mkdir()
     try:
@@ -168,7 +319,33 @@ def save_table(table: pa.Table, fmt: str, path: Path, mode: str, options: Mappin
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    return {"path": str(path), "rows": table.num_rows, "mode": mode, "written": True}
+    return {"path": str(path), "rows": table.num_rows, "mode": mode, "written": True, **_renamed(renamed)}
+
+
+def unique_names(names: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Column names made unique the way DuckDB reads repeated ones back (`x`, `x_1`, `x_2`; case-insensitive),
+    and the (old, new) pairs renamed."""
+    taken = {n.lower() for n in names}
+    seen: set[str] = set()
+    out, renamed = [], []
+    for n in names:
+        if n.lower() not in seen:
+            seen.add(n.lower())
+            out.append(n)
+            continue
+        k = 1
+        while f"{n}_{k}".lower() in taken:
+            k += 1
+        new = f"{n}_{k}"
+        taken.add(new.lower())
+        seen.add(new.lower())
+        out.append(new)
+        renamed.append((n, new))
+    return out, renamed
+
+
+def _renamed(renamed: list[tuple[str, str]]) -> dict[str, str]:
+    return {"renamed": ", ".join(f"{a} -> {b}" for a, b in renamed)} if renamed else {}
 
 
 def _write(table: pa.Table, fmt: str, file: Path, opts: SaveOptions) -> None:

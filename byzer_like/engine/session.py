@@ -31,7 +31,8 @@ import pyarrow as pa
 from duckdb import sqltypes
 
 from .. import tasks
-from ..config import ConvertOptions, DeployOptions, MergeOptions, QuantizeOptions, parse_bool
+from ..config import (ConvertOptions, DeployOptions, MergeOptions, QuantizeOptions, RepartitionOptions, SetupConfig,
+                      parse_bool)
 from ..errors import ConfigError, ExecutionError, SqlError, UnknownFunctionError, UnknownTableError
 from ..sql import Command, Load, Run, Save, Select, Set, Statement, parse_script, to_duckdb
 from . import functions as fx
@@ -44,6 +45,19 @@ DUCKDB_INTERRUPTED = "Query interrupted"  # DuckDB's RuntimeError when a signal 
 # `run command as LLM.`` where action="..."`: the actions, each with its handler (Session._<name>) and
 # its options model; training has no action of its own (the model type or setup mode names the task)
 RUN_ACTIONS: dict[str, str] = {"infer": "deploy", "merge": "merge", "convert": "convert", "quantize": "quantize"}
+# `run <t> as <ET>.`` ...`: Byzer's ETs that exist here (lower-cased target -> handler Session._<name>); the
+# parser lists them (sql.run.RUN_TARGETS) when a script names another
+RUN_ETS: dict[str, str] = {"tablerepartition": "repartition"}
+
+
+@dataclass(frozen=True)
+class Partitioning:
+    """How `TableRepartition` split a table: `num` partitions by `columns` (empty: round-robin); `sizes`:
+    rows per partition, in the table's row order (the rows of partition 0 first)."""
+
+    num: int
+    columns: tuple[str, ...]
+    sizes: tuple[int, ...]
 
 
 @dataclass
@@ -93,6 +107,7 @@ class Session:
         self.runtime: EngineRuntime = getattr(runtime, "runtime", runtime)
         self.workspace = self.runtime.workspace
         self.tables: dict[str, pa.Table] = {}
+        self.partitioning: dict[str, Partitioning] = {}  # lower-cased table name -> its TableRepartition
         self.variables: dict[str, str] = dict(variables or {})
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.con = duckdb.connect()
@@ -160,9 +175,12 @@ class Session:
                 return t
         raise KeyError(name)
 
-    def _put(self, name: str, table: pa.Table) -> None:
+    def _put(self, name: str, table: pa.Table, partitioning: Partitioning | None = None) -> None:
         for key in [k for k in self.tables if k.lower() == name.lower()]:
             del self.tables[key]
+        self.partitioning.pop(name.lower(), None)
+        if partitioning is not None:
+            self.partitioning[name.lower()] = partitioning
         self.tables[name] = table
         self.con.register(name, table)
 
@@ -179,16 +197,20 @@ class Session:
     # -- statements --------------------------------------------------------------------------------
     def _load(self, s: Load) -> Result:
         path = self.workspace.resolve(s.path, what="load path")
-        table = load_table(self.con, s.format, path, s.options)
+        notes: list[str] = []
+        table = load_table(self.con, s.format, path, s.options, notes)
         self._put(s.table, table)
-        return Result("load", table, s.table, f"{s.table}: {table.num_rows} rows from {path}")
+        return Result("load", table, s.table, f"{s.table}: {table.num_rows} rows from {path}"
+                      + "".join(f" (note: {n})" for n in notes))
 
     def _save(self, s: Save) -> Result:
         table = self._need_table(s.table, s)
         path = self.workspace.resolve(s.path, what="save path")
         info = save_table(table, s.format, path, s.mode, s.options)
         summary = pa.table({k: [v] for k, v in info.items()})
-        return Result("save", summary, None, f"{s.table}: {info['rows']} rows -> {info['path']} ({s.mode})")
+        note = (f" (note: repeated column names written apart: {info['renamed']}; name them in the select to "
+                f"choose the names)" if info.get("renamed") else "")
+        return Result("save", summary, None, f"{s.table}: {info['rows']} rows -> {info['path']} ({s.mode}){note}")
 
     def _set(self, s: Set) -> Result:
         if not (s.keeps_existing and s.name in self.variables):
@@ -204,6 +226,7 @@ class Session:
         models = self._prepare_functions(tr.functions, s)
         for name in tr.tables:
             self._need_table(name, s)
+        self._check_ambiguous(tr.columns, s)
         self._call = _Call()
         if models and self.progress:
             from tqdm import tqdm
@@ -229,6 +252,20 @@ class Session:
                         f"{self._call.computed} computed)")
         return Result("select", table, s.table, message)
 
+    def _check_ambiguous(self, columns: tuple[tuple[str, tuple[str, ...]], ...], s: Select) -> None:
+        """Spark's rule: a column name that a table holds twice (a `select *` over a join, `select 1 as x,
+        2 as x`) cannot be referenced; DuckDB would silently read the first one."""
+        for column, sources in columns:
+            for name in sources:
+                if not self._has_table(name):
+                    continue
+                same = [c for c in self.table(name).column_names if c.lower() == column.lower()]
+                if len(same) > 1:
+                    raise _at(ExecutionError, s, column,
+                              f"ambiguous reference to column {column!r}: table {name} has {len(same)} columns of that "
+                              f"name (from a join or a select that repeated it); name them apart where {name} is made, "
+                              f"e.g. `select a.{column} as a_{column}, b.{column} as b_{column} ...`")
+
     def _interruptible(self, query: Callable[[], pa.Table]) -> pa.Table:
         """Run a DuckDB query in a helper thread while this (main) thread waits, so that Ctrl-C
         interrupts it at once (DuckDB notices signals only now and then while it runs)."""
@@ -253,6 +290,18 @@ class Session:
         """`run ... as LLM`: the action's handler from RUN_ACTIONS, or training when the model type
         (`sft/llama`) or the setup mode names a task."""
         where = dict(s.options)
+        et = RUN_ETS.get(s.target.lower())
+        if et is not None:  # `run <t> as TableRepartition.`` ...`: one of Byzer's ETs
+            result = getattr(self, f"_{et}")(s, where)
+        else:
+            result = self._run_llm(s, where)
+        if s.output_table and result.table is not None and result.name != s.output_table:  # names the result row
+            self._put(s.output_table, result.table)
+            result.name = s.output_table
+        return result
+
+    def _run_llm(self, s: Run, where: dict[str, str]) -> Result:
+        """`run ... as LLM`: an action's handler, or training."""
         action = where.get("action")
         if action is None:
             model_type = DeployOptions.given(where, "pretrained_model_type") or ""
@@ -264,11 +313,34 @@ class Session:
             valid = ", ".join(f'"{a}"' for a in RUN_ACTIONS)
             raise _at(ConfigError, s, None, f"unknown action {action!r}; run command as LLM supports action={valid}, "
                       f"or a training pretrainedModelType ({', '.join(f'{t}/...' for t in tasks.TASKS)})")
-        result = getattr(self, f"_{handler}")(s, where)
-        if s.output_table and result.table is not None:  # `... as <t>` names the result row
-            self._put(s.output_table, result.table)
-            result.name = s.output_table
-        return result
+        return getattr(self, f"_{handler}")(s, where)
+
+    def _repartition(self, s: Run, where: dict[str, str]) -> Result:
+        """Byzer's ET TableRepartition: the rows regrouped into `partitionNum` partitions (rows with equal
+        `partitionCols` values together, else dealt round-robin), the partitioning recorded on the output
+        table. The partitions are what a later step splits across workers: sfft with keepPartitionNum="true"
+        is told the count."""
+        opts = RepartitionOptions.parse(where, where="TableRepartition")
+        if not s.input_table:
+            raise _at(ConfigError, s, "command", "TableRepartition needs an input table: run <table> as "
+                      'TableRepartition.`` where partitionNum="4" as <new table>')
+        if not s.output_table:
+            raise _at(ConfigError, s, None, "TableRepartition needs `as <new table>` after its options")
+        table = self._need_table(s.input_table, s)
+        columns = opts.columns()
+        missing = [c for c in columns if c not in table.column_names]
+        if missing:
+            raise _at(ConfigError, s, missing[0], f"partitionCols names {', '.join(map(repr, missing))}, not a column "
+                      f"of {s.input_table}; its columns: {', '.join(table.column_names)}")
+        parts = _partition_ids(table, columns, opts.partition_num, opts.partition_type)
+        order = sorted(range(table.num_rows), key=lambda i: parts[i])  # stable: rows keep their order within one
+        out = table.take(pa.array(order, type=pa.int64())) if table.num_rows else table
+        sizes = tuple(parts.count(p) for p in range(opts.partition_num))
+        self._put(s.output_table, out, Partitioning(opts.partition_num, tuple(columns), sizes))
+        by = f" by {', '.join(columns)} ({opts.partition_type})" if columns else " (round-robin)"
+        return Result("run", out, s.output_table,
+                      f"{s.output_table}: {out.num_rows} rows in {opts.partition_num} partitions{by}; "
+                      f"largest {max(sizes)} rows, {sizes.count(0)} empty")
 
     def _deploy(self, s: Run, where: dict[str, str]) -> Result:
         """action="infer": deploy (the runtime checks every option, in either spelling)."""
@@ -291,7 +363,13 @@ class Session:
             raise _at(ConfigError, s, None, 'training needs inputTable="<table>" (a table loaded in this session)')
         table = self._need_table(name, s)
         row = self.runtime.train(task.name, where, table, options=opts, progress=self.progress)
-        return Result("run", rows_table([row]), None, f"job {row['job_id']}: {row['state']}")
+        message = f"job {row['job_id']}: {row['state']}"
+        parts = self.partitioning.get(name.lower())
+        if getattr(opts, "keep_partition_num", False) and parts is not None:
+            workers = self.runtime.setup_config.num_workers
+            message += (f" (keepPartitionNum: {name} has {parts.num} partitions; the rows are split across "
+                        f"{workers} training worker(s), set by num_workers)")
+        return Result("run", rows_table([row]), None, message)
 
     def _merge(self, s: Run, where: dict[str, str]) -> Result:
         """action="merge": a registered LoRA adapter into its base model, registered as a new model."""
@@ -355,9 +433,16 @@ class Session:
             pairs = [("mode", args[0])]
         else:
             pairs = [(k.strip(), v.strip()) for k, _, v in (a.partition("=") for a in args)]
+        notes = []
         for key, value in pairs:
             self.runtime.setup({key: value})
-        return Result("setup", message=", ".join(f"{k}={v}" for k, v in pairs))
+            field = SetupConfig.field_of(key)
+            if field in SetupConfig.NO_EFFECT:
+                notes.append(f"{key} is accepted for Byzer scripts and has no effect here: {SetupConfig.NO_EFFECT[field]}")
+            elif key in SetupConfig.BYZER_NAMES:
+                notes.append(f"{key} sets {field} here")
+        message = ", ".join(f"{k}={v}" for k, v in pairs)
+        return Result("setup", message=message + "".join(f" (note: {n})" for n in notes))
 
     def _job_list(self, args: tuple[str, ...], c: Command) -> Result:
         from ..jobs import rows_table
@@ -483,6 +568,24 @@ class Session:
         if isinstance(e, duckdb.CatalogException) and "Table with name" in message and names:
             return self._unknown_table(names[0], s)
         return _at(ExecutionError, s, names[0] if names else None, message)
+
+
+def _partition_ids(table: pa.Table, columns: list[str], num: int, kind: str) -> list[int]:
+    """The partition of each row: a stable hash of its `columns` values (the same in every process), their
+    sorted order cut into `num` equal runs (`kind="range"`), or round-robin without columns."""
+    import json
+    import zlib
+
+    n = table.num_rows
+    if not columns:
+        return [i % num for i in range(n)]
+    keys = [json.dumps(list(v), sort_keys=True, default=str, ensure_ascii=False)
+            for v in zip(*(table.column(c).to_pylist() for c in columns))]
+    if kind == "range":
+        rank = {k: r for r, k in enumerate(sorted(set(keys)))}
+        distinct = max(1, len(rank))
+        return [min(num - 1, rank[k] * num // distinct) for k in keys]
+    return [zlib.crc32(k.encode("utf-8")) % num for k in keys]
 
 
 def _row_table(info: dict) -> pa.Table:

@@ -88,6 +88,10 @@ class _TokenStreamer:
         self.queue.put(None)
 
 
+# a config.json architecture that AutoModelForCausalLM loads
+_CAUSAL_LM = re.compile(r"(ForCausalLM|LMHeadModel)$")
+
+
 class CausalLMPlugin:
     """A model plugin for a family of `AutoModelForCausalLM` models."""
 
@@ -130,6 +134,15 @@ class CausalLMPlugin:
             raise ModelDirError(
                 f"{model_dir!r} holds a {model_type!r} model, not {self.family}; "
                 f"use pretrained_model_type={model_type!r} if that plugin exists, or 'auto'"
+            )
+        architectures = [a for a in (cfg.get("architectures") or []) if isinstance(a, str)]
+        auto_map = cfg.get("auto_map") if isinstance(cfg.get("auto_map"), dict) else {}
+        if architectures and not any(_CAUSAL_LM.search(a) for a in architectures) \
+                and "AutoModelForCausalLM" not in auto_map:
+            raise ModelDirError(
+                f"{model_dir!r} holds a {architectures[0]} ({model_type!r}), not a causal language model, which "
+                f"the {self.family!r} plugin cannot load; it serves Hugging Face causal LMs (architectures "
+                "...ForCausalLM, ...LMHeadModel) and saas/* services"
             )
         names = os.listdir(d)
         if not trust:  # transformers would import the directory's own modules (auto_map, modeling_*.py)

@@ -4,7 +4,9 @@ Plugins are registered in the entry-point group `byzer_like.models` (name -> `pa
 or `package.module`); the built-in ones are registered the same way in this project's
 pyproject.toml. `register()` adds one for the current process (its import path travels to the
 workers, which import it themselves). `pretrained_model_type` may carry Byzer's prefixes:
-`sft/llama` and `sfft/llama` pick the training entry points of `llama`, `custom/llama` is `llama`.
+`sft/llama` and `sfft/llama` pick the training entry points of `llama`; `custom/llama` is `llama` if that
+plugin exists, else `auto` (Byzer's custom plugins). Byzer-LLM's other names resolve through BUILTIN (causal
+LM families, OpenAI-protocol saas/* types) or are refused with the kinds that work (UNSUPPORTED).
 """
 from __future__ import annotations
 
@@ -15,13 +17,39 @@ from functools import lru_cache
 from importlib.metadata import entry_points
 from typing import Any, Iterator, Mapping, Sequence
 
-from ..errors import InvalidRequestError, NotSupportedError, PluginError, UnknownPluginError
+from ..errors import InvalidRequestError, NotSupportedError, PluginError, UnknownPluginError, UnsupportedModelTypeError
 from ..tasks import TASKS, split_model_type  # noqa: F401 - split_model_type re-exported
 from .contract import REQUIRED, TRAINING, request_arguments
 
 ENTRY_POINT_GROUP = "byzer_like.models"
 TASK_PREFIXES = tuple(TASKS)
 _registered: dict[str, str] = {}
+
+# Byzer-LLM's names served by the built-in plugin packages (beside their entry points): its model folders
+# that are Hugging Face causal LM families (the `auto` plugin, checked against config.json's model_type:
+# byzer_like_models.auto.FAMILIES), and its saas/* types that speak the OpenAI protocol (one adapter over
+# byzer_like_models.saas_openai.PROVIDERS)
+BYZER_FAMILIES = ("llama2", "qwen", "chatglm2", "chatglm6b", "baichuan", "falcon", "zephyr", "dolly", "moss", "starcode")
+SAAS_PROVIDERS = ("official_openai", "reasoning_openai", "qianwen", "deepseek", "moonshot", "kimi", "zhipu", "baichuan",
+                  "siliconflow", "together", "groq")
+BUILTIN: dict[str, str] = {
+    **{name: f"byzer_like_models.auto:families.{name}" for name in BYZER_FAMILIES},
+    "saas/azure_openai": "byzer_like_models.saas_openai:azure",
+    **{f"saas/{name}": f"byzer_like_models.saas_openai:providers.{name}" for name in SAAS_PROVIDERS},
+}
+# Byzer-LLM's model types that cannot run here, with what they are (the error names the kinds that can)
+UNSUPPORTED: dict[str, str] = {
+    **dict.fromkeys(("visualglm", "qwen_vl", "qwen_vl_chat", "llava"), "a multimodal (image + text) model"),
+    **dict.fromkeys(("whisper", "sensevoice", "qwen_voice"), "a speech recognition model"),
+    **dict.fromkeys(("bark", "chattts"), "a speech synthesis model"),
+    **dict.fromkeys(("stable_diffusion", "sd", "sdxl"), "an image generation model"),
+    **dict.fromkeys(("bge", "m3e", "bge_rerank"), "a sentence-embedding (encoder) model"),
+}
+_HINTS = {"a sentence-embedding (encoder) model": '; for embeddings deploy a causal LM and call it with '
+          'llm_param(map("embedding", "true", "instruction", ...)), or a saas/* service with saas.embedding_model'}
+# Byzer-LLM's saas/* types whose services do not speak the OpenAI protocol
+UNSUPPORTED_SAAS = ("sparkdesk", "minimax", "claude", "gemini", "aws_bedrock", "pangu", "qianfan", "qianwen_vl",
+                    "volcengine", "azure", "filelogger")
 
 
 @lru_cache(maxsize=1)
@@ -30,8 +58,42 @@ def _entry_points() -> dict[str, str]:
 
 
 def available() -> dict[str, str]:
-    """Known plugin names and their import paths."""
-    return {**_entry_points(), **_registered}
+    """Known plugin names and their import paths (Byzer's built-in names, entry points, then `register()`)."""
+    return {**BUILTIN, **_entry_points(), **_registered}
+
+
+def supported_kinds() -> str:
+    """What can be served, for errors: the local families and the saas/* types."""
+    known = available()
+    local = sorted(n for n in known if "/" not in n)
+    saas = sorted(n for n in known if n.startswith("saas/"))
+    return (f"Hugging Face causal language models ({', '.join(local)}; custom/<name> is the plugin <name>, else "
+            f"auto) and OpenAI-protocol services ({', '.join(saas)})")
+
+
+def resolve(name: str) -> tuple[str, str]:
+    """A model type (no task prefix) -> (plugin name, import path). `custom/<x>` is the plugin x if there is
+    one, else `auto`. UnsupportedModelTypeError for Byzer's types that cannot run here, UnknownPluginError
+    (with a "did you mean" and the known names) for the rest."""
+    known = available()
+    if name in known:
+        return name, known[name]
+    if name.lower() in known:
+        return name.lower(), known[name.lower()]
+    head, sep, tail = name.partition("/")
+    if sep and head.lower() == "custom" and tail and "/" not in tail:
+        if tail.lower() in UNSUPPORTED:
+            kind = UNSUPPORTED[tail.lower()]
+            raise UnsupportedModelTypeError(name, kind, supported_kinds() + _HINTS.get(kind, ""))
+        return resolve(tail) if (tail in known or tail.lower() in known) else ("auto", known["auto"])
+    if name.lower() in UNSUPPORTED:
+        kind = UNSUPPORTED[name.lower()]
+        raise UnsupportedModelTypeError(name, kind, supported_kinds() + _HINTS.get(kind, ""))
+    if sep and head.lower() == "saas" and tail.lower() in UNSUPPORTED_SAAS:
+        raise UnsupportedModelTypeError(name, "a hosted service that does not speak the OpenAI protocol",
+                                        supported_kinds() + "; a service with an OpenAI-compatible endpoint works "
+                                        "as saas/openai with saas.base_url")
+    raise UnknownPluginError(name, known)
 
 
 def register(name: str, import_path: str, *, replace: bool = False) -> None:
@@ -46,10 +108,8 @@ def register(name: str, import_path: str, *, replace: bool = False) -> None:
 
 
 def import_path_for(name: str) -> str:
-    known = available()
-    if name in known:
-        return known[name]
-    raise UnknownPluginError(name, known)
+    """The import path of the plugin a model type names (see `resolve`)."""
+    return resolve(name)[1]
 
 
 def import_target(import_path: str) -> Any:
@@ -77,8 +137,8 @@ def check(target: Any, label: str, needs: Sequence[str] = REQUIRED) -> None:
 
 
 def load(name: str, *, needs: Sequence[str] = REQUIRED) -> "Plugin":
-    """Import and check the plugin registered as `name` (no task prefix)."""
-    return load_path(name, import_path_for(name), needs=needs)
+    """Import and check the plugin a model type names (no task prefix; see `resolve`)."""
+    return load_path(*resolve(name), needs=needs)
 
 
 def load_path(name: str, import_path: str, *, needs: Sequence[str] = REQUIRED) -> "Plugin":
@@ -185,6 +245,6 @@ class Plugin:
 
 
 __all__ = [
-    "ENTRY_POINT_GROUP", "Plugin", "available", "check", "import_path_for", "load", "load_path",
-    "register", "split_model_type",
+    "BUILTIN", "ENTRY_POINT_GROUP", "Plugin", "available", "check", "import_path_for", "load", "load_path",
+    "register", "resolve", "split_model_type", "supported_kinds",
 ]

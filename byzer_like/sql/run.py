@@ -1,5 +1,7 @@
 """`run command as LLM.`` where k="v" and ... [as <table>];` (deploy, fine-tune, pretrain),
-`run <table> as LLM.`` where ...;` and Byzer's alias `train <table> as LLM.`<anything>` where ...;`."""
+`run <table> as LLM.`` where ...;`, Byzer's alias `train <table> as LLM.`<anything>` where ...;`, and the
+Byzer ETs an LLM script uses around model calls: `run <t> as TableRepartition.`` where partitionNum="4"
+[and partitionCols="file"] as <t2>;`. Another ET name is an error listing these targets."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,7 +10,7 @@ from .grammar import Cursor, backquote, check_choice, options_sql, parse_options
 from .source import Node
 
 RUN_VERBS = ("run", "train")
-RUN_TARGETS = ("LLM",)
+RUN_TARGETS = ("LLM", "TableRepartition")  # LLM, then Byzer's ETs that exist here
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,7 @@ def parse_run(cur: Cursor) -> Run:
     source = cur.name("an input table or `command`", f"`{verb}`")
     cur.keyword("as", "`as` and a target such as LLM.``", f"`{verb} {source.text}`")
     target_token, path = parse_target(cur, "a target", "`as`", "LLM.``")
-    target = check_choice(cur, target_token.text, target_token, RUN_TARGETS, "run target")
+    target = check_choice(cur, target_token.text, target_token, RUN_TARGETS, "run target (ET)")
     options, _ = parse_options(cur)
     output = cur.name("an output table name", "`as`").text if cur.accept("as") else None
     cur.expect_end(verb)

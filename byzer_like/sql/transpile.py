@@ -42,6 +42,9 @@ class Transpiled:
     sql: str  # DuckDB SQL
     functions: frozenset[str]  # lower-cased names of the functions sqlglot does not know (models, UDFs)
     tables: frozenset[str]  # tables the query reads (CTE names excluded), as written
+    # each column reference: (its name, the tables it may come from: the one its qualifier names, or every
+    # table read in its scope when it has none); CTEs and subqueries are not tables here
+    columns: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 def to_duckdb(select_sql: str) -> Transpiled:
@@ -56,7 +59,29 @@ def to_duckdb(select_sql: str) -> Transpiled:
         raise origin.error(0, _TOO_DEEP) from None
     except Exception as e:  # noqa: BLE001 - a sqlglot bug must still reach the user as a typed error
         raise origin.error(0, f"this select cannot be translated to DuckDB ({type(e).__name__}: {e})") from None
-    return Transpiled(duck, frozenset(functions), _tables(tree))
+    return Transpiled(duck, frozenset(functions), _tables(tree), _column_sources(tree))
+
+
+def _column_sources(tree: exp.Query) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Each column reference with the tables it may be read from (see Transpiled.columns), scope by scope;
+    empty when sqlglot cannot resolve the scopes (the engine's ambiguity check is then DuckDB's alone)."""
+    from sqlglot.optimizer.scope import traverse_scope
+
+    out = []
+    try:
+        for scope in traverse_scope(tree):
+            tables = {alias: ".".join(p.name for p in source.parts) for alias, source in scope.sources.items()
+                      if isinstance(source, exp.Table) and not isinstance(source.this, exp.Func)}
+            for column in scope.columns:
+                if column.table:
+                    found = (tables[column.table],) if column.table in tables else ()
+                else:
+                    found = tuple(tables.values())
+                if found:
+                    out.append((column.name, found))
+    except Exception:  # noqa: BLE001 - sqlglot's scope analysis is an extra check, not a gate
+        return ()
+    return tuple(out)
 
 
 def check_spark(sql: str, origin: Origin) -> tuple[str, exp.Query]:

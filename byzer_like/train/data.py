@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pyarrow as pa
 
+from ..config import as_text
 from ..errors import ConfigError
 
 ALPACA_REQUIRED = ("instruction", "output")
@@ -72,9 +73,14 @@ def _json_list(value: Any, what: str, row: int) -> list:
     return value
 
 
+def _text(value: Any) -> str:
+    """A cell as training text: NULL is empty, a JSON object or list is JSON text (never Python's repr)."""
+    return "" if value is None else as_text(value)
+
+
 def _message(m: Any, row: int) -> dict[str, str]:
     if isinstance(m, Mapping) and "role" in m and "content" in m:
-        return {"role": str(m["role"]), "content": "" if m["content"] is None else str(m["content"])}
+        return {"role": str(m["role"]), "content": _text(m["content"])}
     raise ConfigError(f"row {row}: each message needs role and content, got {m!r}")
 
 
@@ -86,16 +92,18 @@ def conversations(rows: Iterable[Mapping[str, Any]], form: str) -> list[list[dic
         if form == "chat":
             msgs = [_message(m, i) for m in _json_list(r.get("messages"), "messages", i)]
         else:
-            msgs = [{"role": "system", "content": str(r["system"])}] if r.get("system") else []
+            msgs = [{"role": "system", "content": _text(r["system"])}] if r.get("system") else []
             for h in _json_list(r.get("history"), "history", i):
                 if isinstance(h, (list, tuple)) and len(h) == 2:
-                    msgs += [{"role": "user", "content": str(h[0])}, {"role": "assistant", "content": str(h[1])}]
+                    msgs += [{"role": "user", "content": _text(h[0])}, {"role": "assistant", "content": _text(h[1])}]
                 else:
                     msgs.append(_message(h, i))
-            instruction = "" if r.get("instruction") is None else str(r["instruction"])
-            extra = "" if r.get("input") is None else str(r["input"])
+            if r.get("output") is None:
+                raise ConfigError(f"row {i}: output is NULL; every training row needs the answer to learn "
+                                  "(filter such rows out first: `select * from t where output is not null as t2`)")
+            instruction, extra = _text(r.get("instruction")), _text(r.get("input"))
             question = f"{instruction}\n{extra}" if extra.strip() else instruction
-            msgs += [{"role": "user", "content": question}, {"role": "assistant", "content": str(r.get("output") or "")}]
+            msgs += [{"role": "user", "content": question}, {"role": "assistant", "content": _text(r["output"])}]
         if not msgs or msgs[-1]["role"] != "assistant":
             raise ConfigError(f"row {i}: the conversation must end with an assistant message (the answer to learn)")
         out.append(msgs)

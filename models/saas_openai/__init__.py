@@ -1,4 +1,5 @@
-"""`saas/openai`: a deployment that forwards to any OpenAI-compatible endpoint.
+"""`saas/openai` (and Byzer's other `saas/*` types that speak the OpenAI protocol): a deployment that
+forwards to an OpenAI-compatible endpoint.
 
 A hosted API, a vLLM server or another byzer-like's HTTP API becomes a model that SQL and the
 client use like a local one:
@@ -10,6 +11,10 @@ client use like a local one:
 Retries with exponential back-off (honouring `Retry-After` on 429 and 5xx answers) are the openai
 package's own; `saas.max_retries` sets how many. The remote model is checked when the deployment
 starts, so a wrong URL, key or model name fails the deploy, not the first query.
+
+Byzer's providers with OpenAI-compatible endpoints (saas/qianwen, saas/deepseek, saas/zhipu, ...) are one
+adapter over the table PROVIDERS (base URL, key variable, default model); `saas/azure_openai` uses the
+openai package's Azure client with Byzer's keys (saas.api_base, saas.api_version, saas.deployment_id).
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, Iterator, Mapping, Sequence
 from urllib.parse import urlparse
 
@@ -25,10 +31,40 @@ from byzer_like.errors import (
     RequestTimeoutError,
 )
 
+@dataclass(frozen=True)
+class Provider:
+    """A hosted service that speaks the OpenAI protocol: `saas/<name>` with its base URL (None: the user
+    gives saas.base_url), the environment variable a worker reads its key from when saas.api_key is not
+    given, and the model used when saas.model is not given (None: saas.model is required)."""
+
+    name: str
+    base_url: str | None
+    key_env: str
+    default_model: str | None = None
+
+
+# Byzer-LLM's saas/* types whose services have OpenAI-compatible endpoints (one adapter, this table);
+# saas.base_url overrides a URL here (a proxy, a regional endpoint, a local test server)
+PROVIDERS: dict[str, Provider] = {p.name: p for p in (
+    Provider("openai", None, "OPENAI_API_KEY"),
+    Provider("official_openai", "https://api.openai.com/v1", "OPENAI_API_KEY", "gpt-4o-mini"),
+    Provider("reasoning_openai", None, "OPENAI_API_KEY"),
+    Provider("qianwen", "https://dashscope.aliyuncs.com/compatible-mode/v1", "DASHSCOPE_API_KEY", "qwen-turbo"),
+    Provider("deepseek", "https://api.deepseek.com/v1", "DEEPSEEK_API_KEY", "deepseek-chat"),
+    Provider("moonshot", "https://api.moonshot.cn/v1", "MOONSHOT_API_KEY", "moonshot-v1-8k"),
+    Provider("kimi", "https://api.moonshot.cn/v1", "MOONSHOT_API_KEY", "moonshot-v1-8k"),
+    Provider("zhipu", "https://open.bigmodel.cn/api/paas/v4", "ZHIPUAI_API_KEY", "glm-4"),
+    Provider("baichuan", "https://api.baichuan-ai.com/v1", "BAICHUAN_API_KEY", "Baichuan2-Turbo"),
+    Provider("siliconflow", "https://api.siliconflow.cn/v1", "SILICONFLOW_API_KEY"),
+    Provider("together", "https://api.together.xyz/v1", "TOGETHER_API_KEY"),
+    Provider("groq", "https://api.groq.com/openai/v1", "GROQ_API_KEY"),
+)}
+
 PARAMS = {
     "saas.base_url": "the endpoint's base URL, e.g. http://127.0.0.1:8000/v1 (required)",
     "saas.model": "the model name the endpoint knows (required)",
-    "saas.api_key": "the endpoint's key (default: $OPENAI_API_KEY on the worker, else none)",
+    "saas.api_key": "the endpoint's key (default: the provider's variable on the worker, $OPENAI_API_KEY for "
+                    "saas/openai, $DEEPSEEK_API_KEY for saas/deepseek..., else none)",
     "saas.embedding_model": "the model for embeddings (default: saas.model)",
     "saas.timeout": "seconds per request (default 120)",
     "saas.max_retries": "retries with back-off on 429, 5xx and connection errors (default 4)",
@@ -46,11 +82,18 @@ class SaasConfig:
     max_retries: int
     concurrency: int
 
+    provider: str = "openai"
+
     @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> "SaasConfig":
+    def from_params(cls, params: Mapping[str, Any], provider: Provider = PROVIDERS["openai"]) -> "SaasConfig":
+        params = dict(params)
+        if provider.base_url and not str(params.get("saas.base_url") or "").strip():
+            params["saas.base_url"] = provider.base_url
+        if provider.default_model and not str(params.get("saas.model") or "").strip():
+            params["saas.model"] = provider.default_model
         missing = [k for k in ("saas.base_url", "saas.model") if not str(params.get(k) or "").strip()]
         if missing:
-            raise ConfigError(f"saas/openai needs {' and '.join(missing)}; its options: " +
+            raise ConfigError(f"saas/{provider.name} needs {' and '.join(missing)}; its options: " +
                               "; ".join(f"{k}: {v}" for k, v in PARAMS.items()))
         url = str(params["saas.base_url"]).strip().rstrip("/")
         parsed = urlparse(url)
@@ -68,10 +111,10 @@ class SaasConfig:
             return value
 
         return cls(base_url=url, model=str(params["saas.model"]).strip(),
-                   api_key=str(params.get("saas.api_key") or "") or None,
+                   api_key=str(params.get("saas.api_key") or "") or os.environ.get(provider.key_env) or None,
                    embedding_model=str(params.get("saas.embedding_model") or "") or None,
                    timeout=number("saas.timeout", 120, float, 1), max_retries=number("saas.max_retries", 4, int, 0),
-                   concurrency=number("saas.concurrency", 8, int, 1))
+                   concurrency=number("saas.concurrency", 8, int, 1), provider=provider.name)
 
 
 def _error(e: Exception, cfg: SaasConfig) -> Exception:
@@ -100,31 +143,46 @@ def _error(e: Exception, cfg: SaasConfig) -> Exception:
 
 
 class OpenAICompatiblePlugin:
-    """The plugin contract over an OpenAI-compatible endpoint; `model` is an `openai.OpenAI` client."""
+    """The plugin contract over an OpenAI-compatible endpoint; `model` is an `openai.OpenAI` client.
+    `provider`: the `saas/<name>` it serves (its default URL, key variable and model)."""
 
     needs_model_dir = False
+
+    def __init__(self, provider: Provider = PROVIDERS["openai"]):
+        self.provider = provider
+
+    def __repr__(self) -> str:
+        return f"OpenAICompatiblePlugin(saas/{self.provider.name})"
 
     def infer_param_names(self) -> set[str]:
         return set(PARAMS)
 
+    def config(self, infer_params: Mapping[str, Any] | None) -> SaasConfig:
+        return SaasConfig.from_params(infer_params or {}, self.provider)
+
     def check_model_dir(self, model_dir: str, infer_params: Mapping[str, Any] | None = None) -> None:
-        SaasConfig.from_params(infer_params or {})  # options are checked before anything starts
+        self.config(infer_params)  # options are checked before anything starts
+
+    def client(self, cfg: SaasConfig, infer_params: Mapping[str, Any]) -> Any:
+        import openai
+
+        return openai.OpenAI(base_url=cfg.base_url, api_key=cfg.api_key or "none", timeout=cfg.timeout,
+                             max_retries=cfg.max_retries)
 
     def init_model(self, model_dir: str, infer_params: Mapping[str, Any] | None = None,
                    sys_conf: Mapping[str, Any] | None = None) -> tuple[Any, SaasConfig]:
         import openai
 
-        cfg = SaasConfig.from_params(infer_params or {})
-        client = openai.OpenAI(base_url=cfg.base_url, api_key=cfg.api_key or os.environ.get("OPENAI_API_KEY") or "none",
-                               timeout=cfg.timeout, max_retries=cfg.max_retries)
+        cfg = self.config(infer_params)
+        client = self.client(cfg, infer_params or {})
         try:
             served = [m.id for m in client.with_options(max_retries=1, timeout=min(cfg.timeout, 30)).models.list()]
         except openai.NotFoundError:
             served = None  # the endpoint has no model list: the first request tells
         except openai.APIError as e:
-            raise DeployError(f"saas/openai: {_error(e, cfg)}") from None
+            raise DeployError(f"saas/{cfg.provider}: {_error(e, cfg)}") from None
         if served is not None and cfg.model not in served:
-            raise DeployError(f"saas/openai: {cfg.base_url} does not serve saas.model {cfg.model!r}; "
+            raise DeployError(f"saas/{cfg.provider}: {cfg.base_url} does not serve saas.model {cfg.model!r}; "
                               f"it serves: {', '.join(served) or '(nothing)'}")
         return client, cfg
 
@@ -207,9 +265,64 @@ class OpenAICompatiblePlugin:
 
     def get_meta(self, model: Any, tokenizer: SaasConfig) -> dict:
         cfg = tokenizer
-        return {"family": "saas/openai", "saas": True, "base_url": cfg.base_url, "remote_model": cfg.model,
+        return {"family": f"saas/{cfg.provider}", "saas": True, "base_url": cfg.base_url, "remote_model": cfg.model,
                 "embedding_model": cfg.embedding_model or cfg.model, "streaming": True, "embedding": True,
                 "max_batch_size": cfg.concurrency, "max_retries": cfg.max_retries}
 
 
+AZURE_PARAMS = {
+    "saas.api_base": "the Azure OpenAI resource's endpoint, e.g. https://<resource>.openai.azure.com (required; "
+                     "also saas.azure_endpoint)",
+    "saas.api_version": "the Azure OpenAI API version, e.g. 2024-06-01 (required)",
+    "saas.deployment_id": "the deployment's name (required; also saas.azure_deployment)",
+    "saas.api_type": "azure (Byzer's key; accepted)",
+    "saas.api_key": "the resource's key (default: $AZURE_OPENAI_API_KEY on the worker)",
+    "saas.model": "the model name shown in answers (default: saas.deployment_id)",
+}
+
+
+class AzureOpenAIPlugin(OpenAICompatiblePlugin):
+    """`saas/azure_openai`: an Azure OpenAI deployment through the openai package's `AzureOpenAI` client,
+    with Byzer's keys (saas.api_type, saas.api_base, saas.api_version, saas.deployment_id)."""
+
+    def __init__(self) -> None:
+        super().__init__(Provider("azure_openai", None, "AZURE_OPENAI_API_KEY"))
+
+    def infer_param_names(self) -> set[str]:
+        return set(PARAMS) | set(AZURE_PARAMS) | {"saas.azure_endpoint", "saas.azure_deployment"}
+
+    def config(self, infer_params: Mapping[str, Any] | None) -> SaasConfig:
+        p = {k: v for k, v in (infer_params or {}).items() if v not in (None, "")}
+        api_type = str(p.get("saas.api_type", "azure")).strip().lower()
+        if api_type != "azure":
+            raise ConfigError(f"saas/azure_openai: saas.api_type must be azure, not {api_type!r} (for another "
+                              "OpenAI-compatible service use saas/openai with saas.base_url)")
+        endpoint = p.get("saas.api_base") or p.get("saas.azure_endpoint")
+        deployment = p.get("saas.deployment_id") or p.get("saas.azure_deployment")
+        missing = [k for k, v in (("saas.api_base", endpoint), ("saas.api_version", p.get("saas.api_version")),
+                                  ("saas.deployment_id", deployment)) if not v]
+        if missing:
+            raise ConfigError(f"saas/azure_openai needs {' and '.join(missing)}; its options: " +
+                              "; ".join(f"{k}: {v}" for k, v in AZURE_PARAMS.items()))
+        return SaasConfig.from_params({**p, "saas.base_url": endpoint, "saas.model": p.get("saas.model") or deployment},
+                                      self.provider)
+
+    def client(self, cfg: SaasConfig, infer_params: Mapping[str, Any]) -> Any:
+        import openai
+
+        p = infer_params
+        return openai.AzureOpenAI(azure_endpoint=cfg.base_url, api_version=str(p["saas.api_version"]),
+                                  azure_deployment=str(p.get("saas.deployment_id") or p.get("saas.azure_deployment")),
+                                  api_key=cfg.api_key or "none", timeout=cfg.timeout, max_retries=cfg.max_retries)
+
+    def init_model(self, model_dir: str, infer_params: Mapping[str, Any] | None = None,
+                   sys_conf: Mapping[str, Any] | None = None) -> tuple[Any, SaasConfig]:
+        cfg = self.config(infer_params)  # the deployment is the model: there is no model list to check
+        return self.client(cfg, infer_params or {}), cfg
+
+
 plugin = OpenAICompatiblePlugin()
+azure = AzureOpenAIPlugin()
+# saas/<name> for each provider of the table (registered as `byzer_like_models.saas_openai:providers.<name>`)
+providers = SimpleNamespace(**{name: (plugin if name == "openai" else OpenAICompatiblePlugin(p))
+                               for name, p in PROVIDERS.items()})

@@ -1,0 +1,3 @@
+-- expect-error: UnknownOptionError
+-- A typo of a Byzer key stays an error (with "did you mean 'maxConcurrency'?").
+!byzerllm setup "maxConcurency=4";
