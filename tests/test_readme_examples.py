@@ -267,7 +267,7 @@ def check_listing(block: Block, text: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def reader(ray_cluster, workspace, smollm2, tmp_path_factory):
+def reader(ray_cluster, workspace, smollm2_dir, tmp_path_factory):
     """The reader's folder after the quick start: `byzer_workspace/` (the session's workspace, holding the
     quick start's model, SmolLM2 in models/smollm2, and data) and `sql/`; removes what the README's blocks
     left running at the end."""

