@@ -91,10 +91,21 @@ def is_model_class(value: Any) -> bool:
 
 def instruction(cls: type) -> str:
     """Words added to a question asked with `response_class` (as Byzer-LLM does): answer with a JSON
-    object of this schema. Decoding is constrained anyway; this tells the model what to put there."""
-    schema = json.dumps(cls.model_json_schema(), ensure_ascii=False)
-    return ("\n\nAnswer with a JSON object that matches this JSON schema, and nothing else:\n"
-            f"```json\n{schema}\n```")
+    object of this shape. Decoding is constrained anyway; this tells the model what to put there. A
+    flat class is shown as its fields (small models copy a whole JSON schema's descriptions into the
+    answer); a nested one as its JSON schema."""
+    schema = cls.model_json_schema()
+    props = schema.get("properties") or {}
+    flat = props and all(isinstance(p, dict) and p.get("type") in _SCALARS for p in props.values())
+    if not flat:
+        return ("\n\nAnswer with a JSON object that matches this JSON schema, and nothing else:\n"
+                f"```json\n{json.dumps(schema, ensure_ascii=False)}\n```")
+    fields = ", ".join(f'"{name}": <{p["type"]}{": " + p["description"] if p.get("description") else ""}>'
+                       for name, p in props.items())
+    return f"\n\nAnswer with only a JSON object of this form: {{{fields}}}"
+
+
+_SCALARS = ("string", "integer", "number", "boolean")
 
 
 def parse(text: str, cls: type) -> tuple[Any, str]:
