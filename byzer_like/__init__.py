@@ -2,19 +2,21 @@
 
 `from byzer_like import ByzerLLM` is the Python client; `byzer-like --help` the command line.
 Importing this package loads neither ray nor torch, nor the client's own dependencies (pydantic,
-pyarrow): `ByzerLLM` and `LLMResponse` are imported on first use, so that `byzer-like --help` and
+pyarrow): `ByzerLLM` and the client's types (`LLMRequest`, `InferBackend`, `Templates`...) are imported on first use, so that `byzer-like --help` and
 `byzer-like models list` start in a fraction of a second.
 """
 from . import cluster as _cluster  # noqa: F401  (sets Ray's loopback environment before ray is imported)
 from .errors import ByzerError
 
 __version__ = "0.1.0"
-__all__ = ["ByzerLLM", "ByzerError", "LLMResponse", "__version__", "load_ipython_extension"]
-_LAZY = {"ByzerLLM": ".client", "LLMResponse": ".client"}
+__all__ = ["ByzerLLM", "ByzerError", "InferBackend", "LLMClassResponse", "LLMRequest", "LLMResponse", "Template",
+           "Templates", "__version__", "load_ipython_extension"]
+_CLIENT_NAMES = ("ByzerLLM", "InferBackend", "LLMClassResponse", "LLMRequest", "LLMResponse", "Template", "Templates")
+_LAZY = {name: ".client" for name in _CLIENT_NAMES}
 
 
 def __getattr__(name: str):
-    """`byzer_like.ByzerLLM` and `byzer_like.LLMResponse`, imported when first asked for."""
+    """`byzer_like.ByzerLLM` and the client's types, imported when first asked for."""
     if name in _LAZY:
         from importlib import import_module
 

@@ -291,12 +291,16 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
+    if args.model_dir and args.model_path and args.model_dir != args.model_path:
+        raise ConfigError(f"two model directories given ({args.model_dir!r} and --model_path {args.model_path!r}); give one")
     rt = _runtime(args)
     _setup_workers(rt, args)
     for key, value in _kv(args.set, "--set").items():
         rt.setup({key: value})
-    options = {**_kv(args.param, "--param"), "pretrained_model_type": args.type, "udf_name": args.name,
-               "local_model_dir": str(_path_arg(rt.workspace, args.model_dir, "model_dir"))}
+    options = {**_kv(args.param, "--param"), "pretrained_model_type": args.type, "udf_name": args.name}
+    model_dir = args.model_dir or args.model_path
+    if model_dir:
+        options["local_model_dir"] = str(_path_arg(rt.workspace, model_dir, "model_dir"))
     for key in ("reconnect", "replace"):
         if getattr(args, key):
             options[key] = True
@@ -306,9 +310,33 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_undeploy(args: argparse.Namespace) -> int:
-    _runtime(args).undeploy(args.name)
-    print(f"{args.name}: undeployed")
+    if bool(args.name) == bool(args.model) and args.name != args.model:
+        raise ConfigError("name the model to undeploy once: `undeploy NAME` or `undeploy --model NAME`")
+    name = args.name or args.model
+    rt = _runtime(args)
+    if args.force and not rt.deployment_exists(name):
+        print(f"{name}: not deployed")
+        return OK
+    rt.undeploy(name)
+    print(f"{name}: undeployed")
     return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    """Byzer's `query --model NAME --query TEXT`: one answer, printed whole."""
+    from .config import chat_request
+
+    config: dict[str, Any] = {"temperature": args.temperature}
+    for key in ("max_new_tokens", "max_length"):
+        if getattr(args, key):
+            config[key] = getattr(args, key)
+    if args.response_format:
+        fmt = args.response_format.strip()
+        config["response_format"] = {"type": fmt} if fmt in ("json_object", "text") else fmt
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    request = chat_request([*system, {"role": "user", "content": args.query}], config).model_dump()
+    print(_runtime(args).chat(args.model, request)["output"])
+    return OK
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -577,10 +605,10 @@ def build_parser() -> argparse.ArgumentParser:
     workspace_help = "workspace folder (default: $BYZER_LIKE_HOME or ./byzer_workspace)"
     address_help = "Ray cluster address (default: $RAY_ADDRESS or the workspace's cluster)"
     p.add_argument("--workspace", help=workspace_help)
-    p.add_argument("--address", help=address_help)
+    p.add_argument("--address", "--ray_address", "--ray-address", help=address_help)  # Byzer's: --ray_address
     common = argparse.ArgumentParser(add_help=False, parents=[flags])
     common.add_argument("--workspace", default=argparse.SUPPRESS, help=workspace_help)
-    common.add_argument("--address", default=argparse.SUPPRESS, help=address_help)
+    common.add_argument("--address", "--ray_address", "--ray-address", default=argparse.SUPPRESS, help=address_help)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     q = sub.add_parser("quickstart", parents=[common],
@@ -670,24 +698,43 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--num-gpus", type=int)
     c.set_defaults(func=cmd_cluster)
 
+    # Byzer-LLM's spellings work too: `deploy --model_path DIR --pretrained_model_type T --num_workers N
+    # --gpus_per_worker G --cpus_per_worker C --infer_params k=v k=v --model NAME`
     d = sub.add_parser("deploy", parents=[common], help="deploy a model directory as a named model")
-    d.add_argument("model_dir", help="the model's directory, from the current directory (e.g. "
-                   "byzer_workspace/models/m; inside the workspace's allowed roots)")
-    d.add_argument("--type", required=True, help="pretrained_model_type: llama, qwen2, gpt2, auto, ...")
-    d.add_argument("--name", required=True, help="udf_name: the model's name in SQL, the client and the API")
-    d.add_argument("--num-workers", type=int)
-    d.add_argument("--cpus-per-worker", type=float)
-    d.add_argument("--gpus-per-worker", type=float)
+    d.add_argument("model_dir", nargs="?", help="the model's directory, from the current directory (e.g. "
+                   "byzer_workspace/models/m; inside the workspace's allowed roots); none for a saas/* model")
+    d.add_argument("--model_path", "--model-path", dest="model_path", help="the model's directory (Byzer's spelling)")
+    d.add_argument("--type", "--pretrained_model_type", "--pretrained-model-type", dest="type", required=True,
+                   help="pretrained_model_type: llama, qwen2, gpt2, auto, ...")
+    d.add_argument("--name", "--model", "--udf_name", "--udf-name", dest="name", required=True,
+                   help="udf_name: the model's name in SQL, the client and the API")
+    d.add_argument("--num-workers", "--num_workers", type=int)
+    d.add_argument("--cpus-per-worker", "--cpus_per_worker", type=float)
+    d.add_argument("--gpus-per-worker", "--gpus_per_worker", "--gpu_gpus_per_worker", type=float)
     d.add_argument("--set", action="append", metavar="KEY=VALUE", help="a setup option (repeatable)")
     d.add_argument("--param", action="append", metavar="KEY=VALUE", help="an infer param for init_model (repeatable)")
+    d.add_argument("--infer_params", "--infer-params", dest="param", action="extend", nargs="+", metavar="KEY=VALUE",
+                   help="infer params, several after one flag (Byzer's spelling of --param)")
     d.add_argument("--reconnect", action="store_true",
                    help="use a running deployment of that name if it serves this model (an error says what differs)")
     d.add_argument("--replace", action="store_true", help="undeploy a running deployment of that name first, then deploy")
     d.set_defaults(func=cmd_deploy)
 
     u = sub.add_parser("undeploy", parents=[common], help="remove a deployed model")
-    u.add_argument("name")
+    u.add_argument("name", nargs="?")
+    u.add_argument("--model", "--name", "--udf_name", "--udf-name", dest="model", help="the model (Byzer's spelling)")
+    u.add_argument("--force", action="store_true", help="no error when no model of that name is deployed")
     u.set_defaults(func=cmd_undeploy)
+    qy = sub.add_parser("query", parents=[common], help="ask a deployed model one question (Byzer's `query`)")
+    qy.add_argument("--model", "--name", dest="model", required=True, help="the deployed model")
+    qy.add_argument("--query", "-q", required=True, help="the question")
+    qy.add_argument("--system", help="system prompt")
+    qy.add_argument("--temperature", type=float, default=0.1)
+    qy.add_argument("--max-new-tokens", "--max_new_tokens", type=int)
+    qy.add_argument("--max-length", "--max_length", type=int)
+    qy.add_argument("--response-format", "--response_format", dest="response_format",
+                    help='constrain the answer: json_object, or OpenAI\'s response_format as JSON')
+    qy.set_defaults(func=cmd_query)
     ls = sub.add_parser("list", parents=[common], help="deployed models")
     ls.set_defaults(func=cmd_list)
     me = sub.add_parser("meta", parents=[common], help="a deployed model's metadata")

@@ -19,13 +19,18 @@ lie inside the workspace's allowed roots (`byzer_like.workspace`).
 """
 from __future__ import annotations
 
+import copy
+import enum
+import functools
+import json
 import os
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from . import logs
+from . import logs, prompt_functions, structured
 from .config import SetupConfig, chat_request
-from .errors import ConfigError
+from .errors import ConfigError, NotSupportedError
 from .runtime import Runtime
 from .serving import manager
 
@@ -42,6 +47,96 @@ class LLMResponse:
         return str(self.output)
 
 
+@dataclass
+class LLMClassResponse:
+    """An answer asked for with `response_class` (Byzer-LLM's type): `value` is the validated instance
+    (None when the answer did not parse; `metadata["reason"]` says why), `response` the plain answer."""
+
+    response: LLMResponse
+    value: Any
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def output(self) -> Any:
+        return self.response.output
+
+    @property
+    def input(self) -> Any:
+        return self.response.input
+
+
+@dataclass
+class LLMRequest:
+    """Byzer-LLM's request object, as `emb(model, LLMRequest(instruction=[...]))` and `chat` take it."""
+
+    instruction: str | list[str]
+    embedding: bool = False
+    max_length: int = 4096
+    top_p: float = 0.95
+    temperature: float = 0.1
+
+
+class InferBackend(str, enum.Enum):
+    """Byzer-LLM's inference back ends. `Transformers` (also spelled `transformers`) is the built-in
+    engine; the others are named so Byzer code reads, and `setup_infer_backend` says they are not
+    available yet (vLLM is planned as a serving engine of its own)."""
+
+    Transformers = "transformers"
+    transformers = "transformers"
+    VLLM = "ray/vllm"
+    vllm = "ray/vllm"
+    LLAMA_CPP = "llama_cpp"
+    llama_cpp = "llama_cpp"
+    DeepSpeed = "ray/deepspeed"
+    deepspeed = "ray/deepspeed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass
+class Template:
+    """How a model's prompts are written: `role_mapping` None uses the tokenizer's own chat template
+    (what "auto" means); otherwise a plain-text dialogue `User:... Assistant:` with these role names
+    (`user_role`, `assistant_role`, `system_msg`). `generation_config` are request options added to
+    every call (`generation.*` keys); `clean_func` tidies each answer."""
+
+    name: str
+    role_mapping: dict | None = None
+    generation_config: dict = field(default_factory=dict)
+    clean_func: Callable[[str], str] | None = None
+
+
+class Templates:
+    """Byzer-LLM's template names. A Hugging Face model's tokenizer carries its chat template, which the
+    built-in engine applies, so `qwen()`, `llama()` ... and `auto()` all use it; `default()` is
+    Byzer's plain `User:` / `Assistant:` dialogue, for base models without a chat template."""
+
+    @staticmethod
+    def auto() -> Template:
+        return Template("auto")
+
+    @staticmethod
+    def default() -> Template:
+        return Template("default", role_mapping={"user_role": "User:", "assistant_role": "Assistant:"})
+
+    @staticmethod
+    def qwen() -> Template:
+        return Template("qwen")
+
+    @staticmethod
+    def llama() -> Template:
+        return Template("llama")
+
+    @staticmethod
+    def yi() -> Template:
+        return Template("yi")
+
+    @staticmethod
+    def empty() -> Template:
+        return Template("empty")
+
+
 class ByzerLLM:
     """A connection to a Ray cluster and the models deployed on it, with Byzer-LLM's names.
 
@@ -56,6 +151,12 @@ class ByzerLLM:
         logs.configure()
         self.runtime = runtime or Runtime(address, workspace=workspace, announce=True)
         self.default_model_name: str | None = None
+        self.default_emb_model_name: str | None = None
+        self.infer_backend = InferBackend.Transformers
+        # per model, as Byzer-LLM keeps them: request options added to every call, role names, answer tidying
+        self.mapping_extra_generation_params: dict[str, dict] = {}
+        self.mapping_role_mapping: dict[str, dict] = {}
+        self.mapping_clean_func: dict[str, Callable[[str], str]] = {}
         self._session = None
 
     @property
@@ -86,6 +187,76 @@ class ByzerLLM:
         self.default_model_name = name
         return self
 
+    def setup_default_emb_model_name(self, name: str) -> "ByzerLLM":
+        """The model `emb` / `emb_query` use when none is named (else the default model)."""
+        self.default_emb_model_name = name
+        return self
+
+    def setup_infer_backend(self, backend: str | InferBackend) -> "ByzerLLM":
+        """Byzer-LLM's back end choice. `InferBackend.Transformers` is the built-in engine (the only one
+        here for now); vLLM, llama.cpp and DeepSpeed inference raise NotSupportedError, which says so."""
+        value = str(backend.value if isinstance(backend, InferBackend) else backend).strip().lower()
+        known = {b.value for b in InferBackend} | {"vllm", "deepspeed"}
+        if value == "transformers":
+            self.infer_backend = InferBackend.Transformers
+            return self
+        if value in known:
+            raise NotSupportedError(f"infer backend {value!r} is not available in byzer-like yet (vLLM is planned as a "
+                                    "serving engine of its own); use InferBackend.Transformers, the built-in engine, "
+                                    "which serves the same models")
+        raise ConfigError(f"unknown infer backend {backend!r}; use InferBackend.Transformers")
+
+    def setup_worker_concurrency(self, num: int) -> "ByzerLLM":
+        """Requests one worker (replica) works on at once (Byzer's workerMaxConcurrency)."""
+        return self.setup("max_ongoing_requests", num)
+
+    def setup_max_model_length(self, model: str, max_model_length: int) -> "ByzerLLM":
+        """Prompt + answer tokens for every call to `model` (the request's `max_length`)."""
+        return self.setup_extra_generation_params(model, {"max_length": int(max_model_length)})
+
+    def setup_max_output_length(self, model: str, max_output_length: int) -> "ByzerLLM":
+        """Answer tokens for every call to `model` (the request's `max_new_tokens`)."""
+        return self.setup_extra_generation_params(model, {"max_new_tokens": int(max_output_length)})
+
+    def setup_role_mapping(self, model: str, role_mapping: Mapping[str, str]) -> "ByzerLLM":
+        """Write `model`'s prompts as a plain-text dialogue with these role names (`user_role`,
+        `assistant_role`, `system_msg`) instead of its chat template. The engine puts the ':' after
+        each role name itself, so Byzer's "User:" and "User" mean the same."""
+        unknown = sorted(set(role_mapping) - {"user_role", "assistant_role", "system_msg"})
+        if unknown:
+            raise ConfigError(f"role_mapping keys {unknown} are not understood; use user_role, assistant_role, system_msg")
+        self.mapping_role_mapping[model] = dict(role_mapping)
+        return self
+
+    def setup_extra_generation_params(self, model: str, params: Mapping[str, Any]) -> "ByzerLLM":
+        """Request options added to every call to `model` (any `llm_config` key: `generation.*`,
+        `temperature`, `max_new_tokens`, `stop`...), merged with those set before. Checked now."""
+        merged = {**self.mapping_extra_generation_params.get(model, {}), **params}
+        chat_request("check", merged)  # an unknown or ill-typed option fails here, not at the first call
+        self.mapping_extra_generation_params[model] = merged
+        return self
+
+    def setup_template(self, model: str, template: str | Template) -> "ByzerLLM":
+        """How `model`'s prompts are written: "auto" (or any of `Templates`' chat templates) uses the
+        tokenizer's chat template, which the built-in engine applies anyway; `Templates.default()` a
+        plain `User:` / `Assistant:` dialogue. A template's generation options apply to every call."""
+        if isinstance(template, str):
+            if template != "auto":
+                raise ConfigError(f"template {template!r} is not known; use \"auto\" or one of Templates' "
+                                  "(Templates.default(), Templates.qwen(), ...)")
+            template = Templates.auto()
+        if not isinstance(template, Template):
+            raise ConfigError(f"setup_template takes \"auto\" or a Template (Templates.qwen()...), not {template!r}")
+        if template.role_mapping:
+            self.setup_role_mapping(model, template.role_mapping)
+        else:
+            self.mapping_role_mapping.pop(model, None)
+        if template.generation_config:
+            self.setup_extra_generation_params(model, template.generation_config)
+        if template.clean_func:
+            self.mapping_clean_func[model] = template.clean_func
+        return self
+
     @property
     def sys_conf(self) -> dict[str, str]:
         return self.runtime.sys_conf
@@ -105,6 +276,14 @@ class ByzerLLM:
     def connect(self) -> dict[str, Any]:
         """Connect to Ray now (otherwise the first call that needs it connects)."""
         return self.runtime.connect()
+
+    def connect_cluster(self, address: str | None = None, **_: Any) -> "ByzerLLM":
+        """Byzer-LLM's `connect_cluster(address=...)`: use the Ray cluster at `address` ("auto", None:
+        this workspace's head or an embedded one) and connect now. Returns the client."""
+        if address not in (None, "auto"):
+            self.runtime.address = address
+        self.runtime.connect()
+        return self
 
     # -- deployments ---------------------------------------------------------------------------
     def deploy(self, model_path: str | os.PathLike | None, pretrained_model_type: str, udf_name: str,
@@ -126,7 +305,11 @@ class ByzerLLM:
                 options[key] = value
         return self.runtime.deploy(self.runtime.deploy_spec(options))
 
-    def undeploy(self, udf_name: str) -> None:
+    def undeploy(self, udf_name: str, force: bool = False) -> None:
+        """Remove deployment `udf_name`; ModelNotDeployedError if there is none, unless `force=True`
+        (Byzer's: remove it if it is there)."""
+        if force and not self.is_model_exist(udf_name):
+            return
         self.runtime.undeploy(udf_name)
 
     def is_model_exist(self, udf_name: str) -> bool:
@@ -143,9 +326,44 @@ class ByzerLLM:
         """The model registry: every registered model and version (`catalog.RegisteredModel`)."""
         return self.runtime.catalog.models()
 
-    def get_meta(self, model: str | None = None, *, refresh: bool = False) -> dict:
-        """A deployment's metadata (asked once, then kept; `refresh=True` asks again, for its counters)."""
-        return self.runtime.meta(self._model(model), refresh=refresh)
+    def get_meta(self, model: str | None = None, *, refresh: bool = False, llm_config: Any = None) -> dict:
+        """A deployment's metadata (asked once, then kept; `refresh=True` asks again, for its counters),
+        with Byzer-LLM's keys too: `model_deploy_type`, `backend`, `support_stream`,
+        `support_chat_template`, `max_model_len`."""
+        meta = self.runtime.meta(self._model(model), refresh=refresh)
+        saas = str(meta.get("pretrained_model_type", "")).startswith("saas/")
+        meta.setdefault("model_deploy_type", "saas" if saas else "proprietary")
+        meta.setdefault("backend", "saas" if saas else "transformers")
+        meta.setdefault("support_stream", bool(meta.get("streaming", True)))
+        meta.setdefault("support_chat_template", not saas)
+        if meta.get("context_length"):
+            meta.setdefault("max_model_len", meta["context_length"])
+        return meta
+
+    def tokenize(self, model: str | None, s: str, llm_config: Any = None) -> list[LLMResponse]:
+        """`s` split into the model's tokens: `[LLMResponse(output=[token, ...])]`, as Byzer-LLM returns it."""
+        name = self._model(model)
+        return [LLMResponse(output=self.runtime.tokenize(name, s), input=s)]
+
+    def apply_chat_template(self, model: str | None, s: str | Sequence[Mapping[str, Any]],
+                            llm_config: Mapping[str, Any] | None = None) -> str:
+        """The prompt text the model is given for conversation `s` (a list of messages, or that list as
+        JSON, as Byzer-LLM passes it), its chat template applied."""
+        if isinstance(s, str):
+            try:
+                s = json.loads(s)
+            except ValueError:
+                s = [{"role": "user", "content": s}]
+        name = self._model(model)
+        req = chat_request(s, self._options(name, llm_config)).model_dump()
+        return self.runtime.prompt_text(name, req)
+
+    def abort(self, request_id: str, model: str | None = None) -> None:
+        """Byzer-LLM aborts a request by id only on its vLLM back end, and so here: the built-in engine
+        stops a generation when its stream is closed (leave the `for` over `stream_chat_oai`)."""
+        raise NotSupportedError(f"abort({request_id!r}) needs the vLLM back end, which byzer-like does not have yet; "
+                                "to stop a generation, stop iterating over stream_chat_oai (closing the stream "
+                                "cancels it on the replica)")
 
     def _local_path(self, path: str | os.PathLike) -> str:
         """A path given in Python: relative to the current directory, checked against the allowed roots,
@@ -240,24 +458,125 @@ class ByzerLLM:
 
     # -- calls -----------------------------------------------------------------------------------
     def chat_oai(self, conversations: Sequence[Mapping[str, Any]] | str, model: str | None = None,
-                 llm_config: Mapping[str, Any] | None = None, **_: Any) -> list[LLMResponse]:
+                 llm_config: Mapping[str, Any] | None = None, *, response_class: type | None = None,
+                 role_mapping: Mapping[str, str] | None = None, tools: Sequence[Any] | None = None,
+                 tool_choice: Any = None, impl_func: Callable | None = None, response_after_chat: bool = False,
+                 enable_default_sys_message: bool = True, only_return_prompt: bool = False,
+                 extra_request_params: Mapping[str, Any] | None = None,
+                 **_: Any) -> list[LLMResponse] | list[LLMClassResponse]:
         """Answer one conversation (OpenAI-style messages; the last one is the question).
 
-        Returns a one-item list, as Byzer-LLM does; `str(result[0])` is the answer text."""
+        Returns a one-item list, as Byzer-LLM does: `result[0].output` is the answer text (`str(result[0])`
+        too), `.metadata` its token counts, finish reason and timings. With `response_class` (a pydantic
+        model class) the items are LLMClassResponse whose `.value` is a validated instance: the question
+        gains the class's JSON schema and decoding is constrained to it (`structured`), so it parses;
+        an answer cut at max_new_tokens gives `.value` None and `.metadata["reason"]`. The model's
+        options set with `setup_extra_generation_params` / `setup_max_output_length` /
+        `setup_role_mapping` apply, under `llm_config`. Tool calling and `impl_func` raise
+        NotSupportedError. `only_return_prompt=True` returns the request that would be sent."""
+        if tools or tool_choice or impl_func:
+            raise NotSupportedError("tools, tool_choice and impl_func are not supported; ask for structured output "
+                                    "with response_class=<a pydantic model> instead")
         name = self._model(model)
-        req = chat_request(conversations, llm_config).model_dump()
+        msgs = [{"role": "user", "content": conversations}] if isinstance(conversations, str) \
+            else [dict(m) for m in conversations]
+        options = self._options(name, llm_config, role_mapping)
+        if response_class is not None:
+            fmt = structured.for_class(response_class)
+            if msgs and msgs[-1].get("role") == "user" and not response_after_chat:
+                msgs[-1]["content"] = f"{msgs[-1]['content']}{structured.instruction(response_class)}"
+            if not response_after_chat:
+                options["response_format"] = fmt
+        req = chat_request(msgs, options).model_dump()
+        if only_return_prompt:
+            response = LLMResponse(output="", input=req["ins"], metadata=req)
+            return [LLMClassResponse(response, None, {"reason": "only_return_prompt"})] if response_class else [response]
         res = self.runtime.chat(name, req)
-        return [LLMResponse(output=res["output"], input=req["ins"], metadata=res.get("metadata", {}))]
+        response = LLMResponse(output=self._clean(name, res["output"]), input=req["ins"],
+                               metadata=res.get("metadata", {}))
+        if response_class is None:
+            return [response]
+        if response_after_chat:  # Byzer's two-step form: answer freely, then restate the answer as the class
+            follow = msgs + [{"role": "assistant", "content": response.output},
+                             {"role": "user", "content": "Restate your answer." + structured.instruction(response_class)}]
+            return self.chat_oai(follow, name, llm_config, response_class=response_class, role_mapping=role_mapping)
+        value, why = structured.parse(response.output, response_class)
+        return [LLMClassResponse(response, value, {**response.metadata, "reason": why})]
 
     def stream_chat_oai(self, conversations: Sequence[Mapping[str, Any]] | str, model: str | None = None,
-                        llm_config: Mapping[str, Any] | None = None, delta_mode: bool = True,
-                        **_: Any) -> Iterator[tuple[str, dict]]:
+                        llm_config: Mapping[str, Any] | None = None, delta_mode: bool = True, *,
+                        role_mapping: Mapping[str, str] | None = None, **_: Any) -> Iterator[tuple[str, dict]]:
         """Stream an answer as `(text, metadata)` pairs: new text only (`delta_mode=True`, default) or
-        the whole text so far. The last pair carries the final metadata."""
+        the whole text so far. The last pair carries the final metadata. Leaving the loop early stops
+        the generation on the replica."""
         name = self._model(model)
-        req = chat_request(conversations, llm_config).model_dump()
+        req = chat_request(conversations, self._options(name, llm_config, role_mapping)).model_dump()
         for piece, text, meta in self.runtime.stream_deltas(name, req):
             yield (piece if delta_mode else text), meta
+
+    def _options(self, model: str, llm_config: Mapping[str, Any] | None,
+                 role_mapping: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """A call's request options: the model's defaults (setup_extra_generation_params, its role
+        mapping), then `role_mapping`, then `llm_config`."""
+        options: dict[str, Any] = dict(self.mapping_extra_generation_params.get(model, {}))
+        for key, value in (role_mapping or self.mapping_role_mapping.get(model) or {}).items():
+            options[key] = str(value).rstrip().rstrip(":") if key != "system_msg" else value
+        options.update(llm_config or {})
+        return options
+
+    def _clean(self, model: str, text: Any) -> Any:
+        clean = self.mapping_clean_func.get(model)
+        return clean(text) if clean and isinstance(text, str) else text
+
+    # -- prompt functions ---------------------------------------------------------------------------
+    def prompt(self, model: str | None = None, render: str = "jinja2", check_result: bool = False,
+               options: Mapping[str, Any] | None = None, return_origin_response: bool = False,
+               llm_config: Mapping[str, Any] | None = None, **_: Any) -> Callable[[Callable], Callable]:
+        """Byzer-LLM's prompt functions: `@llm.prompt()` makes a function whose docstring is a prompt
+        template call the model (`model`, else the default model, looked up at each call).
+
+        The call's arguments fill the template (`render="jinja2"`: `{{ name }}`; `render="simple"`:
+        `{name}`); a dict the body returns adds or overrides variables. The return annotation picks the
+        answer: `-> str` the text, `-> SomeModel` (pydantic) a validated instance (None if it did not
+        parse; `check_result=True` warns then), `-> Generator[str, None, None]` the text as it streams.
+        `return_origin_response=True` gives the chat_oai list (or the stream of pairs) instead.
+        `fn.prompt(*args)` returns the rendered prompt without calling the model. `options` may hold
+        `llm_config`, `delta_mode` and `model`, as Byzer's do. Errors (no docstring, a template that
+        does not render, an unsupported annotation) are ConfigError."""
+        if render not in prompt_functions.RENDERS:
+            raise ConfigError(f"render={render!r} is not supported; use one of {', '.join(prompt_functions.RENDERS)}")
+        opts = dict(options or {})
+        model = model or opts.pop("model", None)
+        config = {**(opts.pop("llm_config", None) or {}), **(llm_config or {})}
+        delta_mode = bool(opts.pop("delta_mode", True))
+
+        def decorate(func: Callable) -> Callable:
+            template = prompt_functions.template_of(func)
+            kind, cls = prompt_functions.answer_kind(func)
+
+            def text_of(*args: Any, **kwargs: Any) -> str:
+                return prompt_functions.render(template, prompt_functions.variables(func, args, kwargs), render)
+
+            @functools.wraps(func)
+            def call(*args: Any, **kwargs: Any) -> Any:
+                messages = [{"role": "user", "content": text_of(*args, **kwargs)}]
+                if kind == "stream":
+                    pairs = self.stream_chat_oai(messages, model, config, delta_mode)
+                    return pairs if return_origin_response else (text for text, _meta in pairs)
+                answers = self.chat_oai(messages, model, config, response_class=cls)
+                if return_origin_response:
+                    return answers
+                if kind == "class":
+                    if answers[0].value is None and check_result:
+                        warnings.warn(f"{func.__name__} gave no {cls.__name__}: {answers[0].metadata.get('reason')}",
+                                      stacklevel=2)
+                    return answers[0].value
+                return answers[0].output
+
+            call.prompt = text_of  # type: ignore[attr-defined]
+            return call
+
+        return decorate
 
     def batch_chat(self, conversations: Sequence[Sequence[Mapping[str, Any]] | str], model: str | None = None,
                    llm_config: Mapping[str, Any] | None = None, *, on_error: str = "raise",
@@ -295,12 +614,20 @@ class ByzerLLM:
         """The workspace's result cache (`byzer_like.result_cache.ResultCache`)."""
         return self.runtime.result_cache
 
-    def emb(self, model: str | None, texts: str | Sequence[str]) -> list[list[float]]:
-        """Embedding vectors for one text or many (the plugin's `embed_query`)."""
+    def emb(self, model: str | None, texts: "str | Sequence[str] | LLMRequest",
+            extract_params: Mapping[str, Any] | None = None) -> list:
+        """Embedding vectors (the plugin's `embed_query`). Given a text or a list of texts: the vectors,
+        one per text. Given Byzer-LLM's `LLMRequest(instruction=...)`: one LLMResponse per text, its
+        `.output` the vector, as Byzer-LLM returns them. `model` None: the default embedding model."""
+        name = self._model(model or self.default_emb_model_name)
+        if isinstance(texts, LLMRequest):
+            items = [texts.instruction] if isinstance(texts.instruction, str) else list(texts.instruction)
+            return [LLMResponse(output=v, input=t) for t, v in zip(items, self.runtime.embed(name, items))]
         items = [texts] if isinstance(texts, str) else list(texts)
-        return self.runtime.embed(self._model(model), items)
+        return self.runtime.embed(name, items)
 
     def emb_query(self, text: str, model: str | None = None) -> list[float]:
+        """One text's vector."""
         return self.emb(model, [text])[0]
 
     # -- HTTP API --------------------------------------------------------------------------------
@@ -358,4 +685,4 @@ def _as_table(data: Any):
     return pa.Table.from_pandas(data, preserve_index=False)
 
 
-__all__ = ["ByzerLLM", "LLMResponse"]
+__all__ = ["ByzerLLM", "InferBackend", "LLMClassResponse", "LLMRequest", "LLMResponse", "Template", "Templates"]

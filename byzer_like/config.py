@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal, Mapping
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
+from . import structured
 from .errors import ConfigError, UnknownOptionError
 from .tasks import SETUP_MODES
 
@@ -362,7 +363,7 @@ def check_udf_name(value: str) -> str:
 REQUEST_KEYS = {
     "instruction", "system_msg", "user_role", "assistant_role", "history", "temperature", "top_p",
     "max_length", "max_new_tokens", "max_tokens", "stop", "seed", "top_k", "repetition_penalty",
-    "embedding",
+    "embedding", "response_format",
 }
 _KWARG_KEYS = {"system_msg", "user_role", "assistant_role", "stop", "seed", "top_k", "repetition_penalty"}
 
@@ -390,7 +391,8 @@ def chat_request(conversations: list[Mapping[str, Any]] | str, llm_config: Mappi
     """Build a request from OpenAI-style messages plus options.
 
     The last message is the instruction (`ins`); the ones before it are the history (`his`).
-    `generation.x` / `gen.x` keys arrive in the plugin's kwargs as `x`.
+    `generation.x` / `gen.x` keys arrive in the plugin's kwargs as `x`. `response_format` (OpenAI's
+    shape, or that as a JSON string) is checked and normalised (`structured.normalize`) into the kwargs.
     """
     cfg = dict(llm_config or {})
     if isinstance(conversations, str):
@@ -428,6 +430,10 @@ def chat_request(conversations: list[Mapping[str, Any]] | str, llm_config: Mappi
             req["max_new_tokens"] = _number(key, value, int)
         elif name in _KWARG_KEYS:
             req["kwargs"][name] = value
+        elif name == "response_format":  # a dict, or a JSON string in SQL; decoding is constrained to it
+            fmt = structured.normalize(value)
+            if fmt is not None:
+                req["kwargs"]["response_format"] = fmt
         elif name == "embedding":
             continue  # routed by the caller
         else:

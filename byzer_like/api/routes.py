@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from ..config import chat_request
-from ..errors import InvalidRequestError, ModelNotDeployedError
+from ..errors import ConfigError, InvalidRequestError, ModelNotDeployedError
 from .errors import ApiError, api_error
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from .settings import ApiSettings
@@ -151,7 +151,11 @@ class Routes:
         """POST /v1/chat/completions: messages -> the assistant's answer, whole or streamed."""
         body: ChatCompletionRequest = await self._body(request, ChatCompletionRequest)
         _check_cap(body, self.settings.max_tokens_cap)
-        req = chat_request(_chat_messages(body), body.options()).model_dump()
+        try:
+            req = chat_request(_chat_messages(body), body.options()).model_dump()
+        except ConfigError as e:  # e.g. a response_format that is not OpenAI's shape or not valid JSON Schema
+            param = "response_format" if "response_format" in str(e) else None
+            raise ApiError(400, str(e), param=param, code="invalid_value") from None
         chunks = ChatChunks.new(body.model)
         if not body.stream:
             return JSONResponse(chunks.whole(*await self._answer(body.model, req)))

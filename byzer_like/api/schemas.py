@@ -1,8 +1,8 @@
 """Request bodies of the OpenAI-compatible HTTP API, validated with pydantic.
 
 Fields OpenAI defines that change nothing here (`user`, `presence_penalty`, ...) are accepted and
-ignored, as OpenAI-compatible servers do; fields whose meaning byzer-like cannot honour (`n` > 1,
-tools, logprobs) are refused with a 400 that names them, rather than silently dropped.
+ignored, as OpenAI-compatible servers do; `response_format` (`json_object`, `json_schema`) constrains
+the answer's decoding; fields whose meaning byzer-like cannot honour (`n` > 1, tools, logprobs) are refused with a 400 that names them, rather than silently dropped.
 """
 from __future__ import annotations
 
@@ -112,9 +112,15 @@ class ChatCompletionRequest(_Sampling):
         out = super().refused()
         if self.tools or self.functions:
             out.append(("tools", "tool and function calling are not supported"))
-        if self.response_format and self.response_format.get("type") not in (None, "text"):
-            out.append(("response_format", "only response_format type 'text' is supported"))
         return out
+
+    def options(self) -> dict[str, Any]:
+        """The sampling options, plus `response_format` (checked by `structured.normalize` when the
+        request is built: an invalid one is a 400 naming it)."""
+        opts = super().options()
+        if self.response_format is not None:
+            opts["response_format"] = self.response_format
+        return opts
 
 
 class CompletionRequest(_Sampling):

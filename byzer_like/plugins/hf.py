@@ -17,8 +17,10 @@ from pathlib import Path
 from queue import Empty, Queue
 from typing import Any, Iterator, Mapping, Sequence
 
+from .. import structured
 from ..config import parse_bool
-from ..errors import InvalidRequestError, ModelDirError, PromptTooLongError
+from ..errors import ConfigError, InvalidRequestError, ModelDirError, PromptTooLongError
+from . import grammar
 from .contract import request_arguments
 
 # Answer length when the caller gives neither max_length nor max_new_tokens.
@@ -28,6 +30,7 @@ DEFAULT_MAX_NEW_TOKENS = 512
 GENERATION_KEYS = {
     "system_msg", "user_role", "assistant_role", "max_new_tokens", "stop", "seed", "top_k",
     "repetition_penalty", "no_repeat_ngram_size", "min_new_tokens", "do_sample", "raw_prompt",
+    "response_format",
 }
 
 # Weight files that are Python pickles (unpickling can run code): loaded only with allow_pickle_weights.
@@ -60,6 +63,7 @@ class _Prepared:
     gen: dict[str, Any]
     stop: list[str]
     ignored: list[str] = field(default_factory=list)
+    response_format: dict | None = None  # decoding constrained to it (plugins/grammar.py)
 
 
 class _TokenStreamer:
@@ -302,14 +306,29 @@ class CausalLMPlugin:
         stop = kwargs.get("stop") or []
         stop = [stop] if isinstance(stop, str) else [str(s) for s in stop]
         ignored = sorted(k for k in kwargs if k not in GENERATION_KEYS)
-        return _Prepared(ids=ids, budget=budget, gen=gen, stop=[s for s in stop if s], ignored=ignored)
+        fmt = kwargs.get("response_format")
+        if fmt is not None:
+            try:  # a plugin may be called directly, not only through a checked request
+                fmt = structured.normalize(fmt)
+            except ConfigError as e:
+                raise InvalidRequestError(str(e), code="invalid_response_format") from None
+            if fmt is not None:  # compiled now (and kept): a schema it cannot use fails this request alone
+                grammar.compiled(model, tokenizer, fmt, state.stop_ids)
+        return _Prepared(ids=ids, budget=budget, gen=gen, stop=[s for s in stop if s], ignored=ignored,
+                         response_format=fmt)
 
     def _generate(self, model: Any, tokenizer: Any, input_ids: Any, attention_mask: Any, max_new_tokens: int,
-                  gen: Mapping[str, Any], stop: Sequence[str] = (), **extra: Any) -> Any:
+                  gen: Mapping[str, Any], stop: Sequence[str] = (), response_format: Mapping[str, Any] | None = None,
+                  **extra: Any) -> Any:
         import torch
 
         state: _State = model.byzer_like
         gen = dict(gen)
+        if response_format is not None:  # every row of the batch constrained to the same grammar
+            from transformers import LogitsProcessorList
+
+            gen["logits_processor"] = LogitsProcessorList([grammar.logits_processor(
+                model, tokenizer, response_format, state.stop_ids, rows=int(input_ids.shape[0]))])
         if stop:  # end a row as soon as it produced a stop string (the text is cut after decoding)
             gen.update(stop_strings=list(stop), tokenizer=tokenizer)
         seed = gen.pop("seed", None)
@@ -343,7 +362,7 @@ class CausalLMPlugin:
         def work() -> None:
             try:
                 self._generate(model, tokenizer, input_ids, torch.ones_like(input_ids), p.budget, p.gen,
-                               streamer=streamer, stopping_criteria=StoppingCriteriaList([_Cancel()]))
+                               response_format=p.response_format, streamer=streamer, stopping_criteria=StoppingCriteriaList([_Cancel()]))
             except BaseException as e:  # noqa: BLE001 - handed to the consuming thread
                 failure.append(e)
             finally:
@@ -406,7 +425,7 @@ class CausalLMPlugin:
             except InvalidRequestError as e:
                 results[i] = (None, {"error": str(e), "error_code": e.code})
                 continue
-            groups.setdefault(json.dumps([p.gen, p.stop], sort_keys=True), []).append((i, p))
+            groups.setdefault(json.dumps([p.gen, p.stop, p.response_format], sort_keys=True), []).append((i, p))
         pad = tokenizer.pad_token_id
         for members in groups.values():
             members.sort(key=lambda m: len(m[1].ids))
@@ -420,7 +439,7 @@ class CausalLMPlugin:
                     mask[row, width - len(p.ids):] = 1
                 start = time.perf_counter()
                 out = self._generate(model, tokenizer, ids, mask, max(p.budget for _, p in chunk), chunk[0][1].gen,
-                                     chunk[0][1].stop)
+                                     chunk[0][1].stop, chunk[0][1].response_format)
                 seconds = time.perf_counter() - start
                 for row, (i, p) in enumerate(chunk):
                     new, ended = _answer_tokens(out[row, width:].tolist(), p.budget, state.stop_ids)
@@ -464,6 +483,7 @@ class CausalLMPlugin:
             "embedding": True,
             "embedding_dimensions": getattr(model.config, "hidden_size", None) or getattr(model.config, "n_embd", None),
             "streaming": True,
+            "response_formats": ["json_object", "json_schema"],  # decoding constrained (plugins/grammar.py)
         }
 
     def sft_train(self, data_refs: Any, train_params: Mapping[str, str], sys_conf: Mapping[str, str]) -> dict:

@@ -243,6 +243,23 @@ class Plugin:
     def meta(self, model: Any, tokenizer: Any) -> dict:
         return dict(self.target.get_meta(model, tokenizer)) if self.has("get_meta") else {}
 
+    def tokenize(self, model: Any, tokenizer: Any, text: str) -> list[str]:
+        """`text` as the model's tokens (strings); NotSupportedError for a model without a tokenizer."""
+        if not callable(getattr(tokenizer, "tokenize", None)):
+            raise NotSupportedError(f"model type {self.name!r} has no tokenizer to split text with")
+        return [str(t) for t in tokenizer.tokenize(text)]
+
+    def prompt_text(self, model: Any, tokenizer: Any, request: Mapping[str, Any]) -> str:
+        """The text the model is given for `request` (its chat template applied): the plugin's
+        `build_prompt` where it has one, else the tokenizer's chat template."""
+        ins, his, options = request_arguments(request)
+        if self.has("build_prompt"):
+            return str(self.target.build_prompt(tokenizer, ins, his, options))
+        if callable(getattr(tokenizer, "apply_chat_template", None)):
+            messages = [*his, {"role": "user", "content": ins}]
+            return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        raise NotSupportedError(f"model type {self.name!r} has no chat template to apply")
+
 
 __all__ = [
     "BUILTIN", "ENTRY_POINT_GROUP", "Plugin", "available", "check", "import_path_for", "load", "load_path",

@@ -208,6 +208,14 @@ class Runtime:
             if piece or item.get("done"):
                 yield piece, text, item.get("metadata", {})
 
+    def tokenize(self, name: str, text: str) -> list[str]:
+        """`text` split into deployment `name`'s tokens (strings)."""
+        return manager.call(self.handle(name), "tokenize", text, udf_name=name, timeout_s=60)
+
+    def prompt_text(self, name: str, request: Mapping[str, Any]) -> str:
+        """The prompt deployment `name` would be given for `request` (its chat template applied)."""
+        return manager.call(self.handle(name), "apply_chat_template", dict(request), udf_name=name, timeout_s=60)
+
     def embed(self, name: str, texts: Sequence[str]) -> list[list[float]]:
         """Embedding vectors for `texts`, in order (the plugin's `embed_query`)."""
         return manager.call(self.handle(name), "embed", list(texts), udf_name=name,

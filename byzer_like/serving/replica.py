@@ -164,6 +164,14 @@ class ModelReplica:
 
         return await self._in_thread(run)
 
+    async def tokenize(self, text: str) -> list[str]:
+        """`text` as the model's tokens (strings)."""
+        return await self._in_thread(self.plugin.tokenize, self.model, self.tokenizer, text)
+
+    async def apply_chat_template(self, request: dict) -> str:
+        """The prompt text the model would be given for `request` (a `config.ChatRequest` dict)."""
+        return await self._in_thread(self.plugin.prompt_text, self.model, self.tokenizer, request)
+
     def meta(self) -> dict:
         meta = self.plugin.meta(self.model, self.tokenizer)
         meta.update(
