@@ -196,6 +196,23 @@ def test_encoding_and_mode(s, rt):
         s.sql('load json.`data/articles.json` where multiLines="true" as b;')
 
 
+def test_permissive_csv_pads_short_rows_with_nulls(s, rt):
+    """Spark's PERMISSIVE: a row with missing trailing fields is kept, the missing ones null (one file or a
+    folder of files); without a mode such a row is an error that names DROPMALFORMED, never dropped."""
+    root = Path(rt.workspace.root) / "data" / "short"
+    root.mkdir(parents=True)
+    (root / "a.csv").write_text("a,b,c\n1,2,3\n4,5\n6,7,8\n")
+    (root / "b.csv").write_text("a,b,c\n9,9\n")
+    s.sql('load csv.`data/short/a.csv` where mode="PERMISSIVE" as one;')
+    assert s.table("one").to_pylist() == [{"a": 1, "b": 2, "c": 3}, {"a": 4, "b": 5, "c": None}, {"a": 6, "b": 7, "c": 8}]
+    s.sql('load csv.`data/short` where mode="permissive" as both;')
+    assert s.table("both").num_rows == 4 and s.table("both").to_pylist()[-1] == {"a": 9, "b": 9, "c": None}
+    with pytest.raises(DataFileError, match="DROPMALFORMED"):
+        s.sql("load csv.`data/short/a.csv` as strict;")
+    s.sql('load csv.`data/short/a.csv` where mode="DROPMALFORMED" as dropped;')
+    assert [r["a"] for r in s.table("dropped").to_pylist()] == [1, 6]
+
+
 # -- TableRepartition -------------------------------------------------------------------------------
 def test_table_repartition_records_the_partitioning(s):
     out = s.sql('load text.`data/docs` where wholetext="true" as t;\n'

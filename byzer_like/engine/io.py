@@ -153,11 +153,15 @@ def load_table(con: duckdb.DuckDBPyConnection, fmt: str, path: Path, options: Ma
             if opts.encoding not in ("utf-8", "utf-16", "latin-1", "iso8859-1"):
                 return _csv_transcoded(files, opts)
             encoding = {"iso8859-1": "latin-1"}.get(opts.encoding, opts.encoding)
-            rel = con.read_csv(files, header=opts.header, sep=opts.delimiter, all_varchar=not opts.infer_schema,
-                               encoding=encoding, ignore_errors=opts.mode == "DROPMALFORMED",
-                               null_padding=opts.mode == "PERMISSIVE", strict_mode=opts.mode == "FAILFAST",
-                               sample_size=-1 if opts.sampling_ratio >= 1 else _sample(files, opts))
-            return rel.to_arrow_table()
+            kw = dict(header=opts.header, sep=opts.delimiter, all_varchar=not opts.infer_schema, encoding=encoding,
+                      ignore_errors=opts.mode == "DROPMALFORMED", null_padding=opts.mode == "PERMISSIVE",
+                      strict_mode=opts.mode == "FAILFAST",
+                      sample_size=-1 if opts.sampling_ratio >= 1 else _sample(files, opts))
+            # DuckDB 2.0's sniffer refuses null_padding over a plain list of files; one file, or a list read
+            # with union_by_name (each file sniffed on its own, columns matched by name), works
+            if len(files) == 1:
+                return con.read_csv(files[0], **kw).to_arrow_table()
+            return con.read_csv(files, union_by_name=opts.mode == "PERMISSIVE", **kw).to_arrow_table()
         return con.read_parquet(files).to_arrow_table()
     except duckdb.Error as e:
         first = str(e).splitlines()[0]
