@@ -211,3 +211,33 @@ def test_bad_promotions_are_typed_errors_and_promote_nothing(s, rt):
     with pytest.raises(ModelNotFoundError, match="promote one first"):
         s.sql('run command as LLM.`` where action="eval" and modelTable="cap@production" and inputTable="capitals";')
     assert rt.catalog.model("cap@v1").stage == "candidate"
+
+
+def test_client_evaluate_model_handle_and_cli_list_compare_promote(rt, tmp_path, capsys):
+    """The Python client's evaluate / model_handle (LazyLLM's evalset + eval) and the CLI's `eval list /
+    compare / promote` over the same catalog."""
+    from byzer_like import ByzerLLM
+    from byzer_like.cli import NOTHING_TO_DO, main
+    from byzer_like.eval.run import evaluate
+
+    rt.evaluate = lambda table, **kw: evaluate(rt, table, **kw)
+    llm = ByzerLLM(runtime=rt)
+    v1, v2 = _register(rt, "cli_cap", 10), _register(rt, "cli_cap", 30)
+    summary, rows = llm.evaluate(v1, _qa(), metrics=["exact_match", "token_f1"], evalset="capitals")
+    assert summary["exact_match"] == pytest.approx(1 / 3) and len(rows) == 30 and "prediction" in rows.columns
+    handle = llm.model_handle(v2).evalset(_qa(), metrics="exact_match", evalset="capitals")
+    assert handle.eval() is handle.eval_result and handle.eval_result.summary["exact_match"] == 1.0
+    assert [r["version"] for r in llm.eval_list("cli_cap")] == [2, 1]
+    (em,) = llm.eval_compare(v1, v2)
+    assert em["metric"] == "exact_match" and em["significant"]
+
+    ws = ["--workspace", str(tmp_path)]
+    assert main(["eval", "list", "cli_cap", *ws]) == 0
+    assert "cli_cap@v2" in capsys.readouterr().out
+    assert main(["eval", "compare", v1, v2, *ws]) == 0
+    out = capsys.readouterr().out
+    assert "exact_match" in out and "+0.6667" in out and "yes" in out
+    assert main(["eval", "promote", v1, "--if", f"exact_match >= {v2}.exact_match", "--on", "capitals", *ws]) == NOTHING_TO_DO
+    assert "not promoted" in capsys.readouterr().out
+    assert main(["eval", "promote", v2, "--if", f"exact_match >= {v1}.exact_match + 0.5", *ws]) == 0
+    assert rt.catalog.model("cli_cap@production").version == 2
