@@ -241,3 +241,14 @@ def test_client_evaluate_model_handle_and_cli_list_compare_promote(rt, tmp_path,
     assert "not promoted" in capsys.readouterr().out
     assert main(["eval", "promote", v2, "--if", f"exact_match >= {v1}.exact_match + 0.5", *ws]) == 0
     assert rt.catalog.model("cli_cap@production").version == 2
+
+
+def test_sft_takes_an_eval_table_of_the_session(s, rt):
+    s.sql('load json.`data/qa.jsonl` as capitals;\nselect * from capitals limit 5 as held;\n'
+          'run command as LLM.`` where pretrainedModelType="sft/llama" and localModelDir="m" and inputTable="capitals" '
+          'and evalTable="held" and evalMetrics="exact_match,rouge_l";')
+    (call,) = rt.trained
+    assert call["eval_rows"] == 5 and call["options"].eval_metrics == "exact_match,rouge_l"
+    with pytest.raises(Exception, match="unknown table 'nope'"):
+        s.sql('run command as LLM.`` where pretrainedModelType="sft/llama" and localModelDir="m" and inputTable="capitals" '
+              'and evalTable="nope";')

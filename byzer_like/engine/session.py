@@ -370,7 +370,10 @@ class Session:
         if not name or name == "command":
             raise _at(ConfigError, s, None, 'training needs inputTable="<table>" (a table loaded in this session)')
         table = self._need_table(name, s)
-        row = self.runtime.train(task.name, where, table, options=opts, progress=self.progress)
+        extra = {}
+        if getattr(opts, "eval_table", None):  # sft's evalTable: measured after every epoch
+            extra["eval_table"] = self._need_table(opts.eval_table, s)
+        row = self.runtime.train(task.name, where, table, options=opts, progress=self.progress, **extra)
         message = f"job {row['job_id']}: {row['state']}"
         parts = self.partitioning.get(name.lower())
         if getattr(opts, "keep_partition_num", False) and parts is not None:
