@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Evaluation benchmark: `action="eval"` vs a plain loop of generate + metric over the same rows.
 
-    .venv/bin/python bench/eval.py [--rows 256] [--max-new-tokens 16] [--size tiny|small] [--repeats 3]
+    .venv/bin/python bench/eval.py [--rows 256] [--max-new-tokens 32] [--size tiny|small] [--repeats 3]
                                    [--metrics exact_match,token_f1,rouge_l] [--json OUT]
 
 What one run does, in one process:
@@ -43,7 +43,7 @@ UDF = "bench_eval"
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=256)
-    ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--size", choices=("tiny", "small"), default="tiny")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--metrics", default="exact_match,token_f1,rouge_l")

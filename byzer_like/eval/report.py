@@ -99,7 +99,8 @@ def _plot(out: Path, data: list[dict], per_row: list[str], history: Sequence[dic
         ax.text(0.5, 0.5, "no earlier evaluation", ha="center", va="center")
         ax.set_axis_off()
     fig.suptitle(f"{summary.get('model_ref')} on {summary.get('evalset') or summary.get('fingerprint')}", fontsize=10)
-    fig.tight_layout()
+    # fixed margins: tight_layout would draw the figure once more just to measure it
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.17, top=0.8, wspace=0.35)
     fig.savefig(out)
 
 
