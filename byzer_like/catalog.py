@@ -25,7 +25,8 @@ CATALOG_FILE = ("catalog", "catalog.sqlite")
 JOB_STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED")
 FINISHED = ("SUCCEEDED", "FAILED", "STOPPED")
 MODEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
-MODEL_REF = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_.-]{0,127}?)(?:@v(?P<version>[0-9]+))?$")
+MODEL_REF = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_.-]{0,127}?)"
+                       r"(?:@v(?P<version>[0-9]+)|@(?P<stage>candidate|production|archived))?$")
 
 _SCHEMA = """
 create table if not exists jobs (
@@ -75,7 +76,25 @@ create table if not exists models (
     created_at real not null,
     primary key (name, version)
 );
+create table if not exists evals (
+    id text primary key,
+    model text not null,
+    version integer,
+    udf_name text,
+    evalset text,
+    fingerprint text not null,
+    rows integer not null,
+    metrics text not null default '{}',
+    judge text,
+    judge_prompt text,
+    params text not null default '{}',
+    row_data text not null default '{}',
+    report text,
+    created_at real not null
+);
+create index if not exists evals_model on evals(model, version, fingerprint);
 """
+STAGES = ("candidate", "production", "archived")
 
 _JSON_COLUMNS = ("params", "sys_conf", "metrics")
 
@@ -99,6 +118,7 @@ class RegisteredModel:
     metrics: dict
     job_id: str | None
     created_at: float
+    stage: str = "candidate"  # candidate (every new version), production (one per name), archived (a former production)
 
     @property
     def ref(self) -> str:
@@ -117,6 +137,9 @@ class Catalog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self._db() as db:
                 db.executescript(_SCHEMA)
+                columns = {r[1] for r in db.execute("pragma table_info(models)")}
+                if "stage" not in columns:  # a catalog written before versions carried stages
+                    db.execute("alter table models add column stage text not null default 'candidate'")
             _READY.add(self.path)
 
     @contextmanager
@@ -229,12 +252,27 @@ class Catalog:
             return db.execute("select 1 from models where name = ? limit 1", (name,)).fetchone() is not None
 
     def model(self, ref: str) -> RegisteredModel:
-        """`name` (its latest version) or `name@vN`."""
+        """`name` (its latest version), `name@vN`, or `name@production` / `name@candidate` (the latest
+        version holding that stage)."""
         m = MODEL_REF.match(ref or "")
         if not m:
-            raise ConfigError(f"{ref!r} is not a model reference; use name or name@v2")
-        name, version = m.group("name"), m.group("version")
+            raise ConfigError(f"{ref!r} is not a model reference; use name, name@v2 or name@production")
+        name, version, stage = m.group("name"), m.group("version"), m.group("stage")
         with self._db() as db:
+            if stage is not None:
+                row = db.execute("select * from models where name = ? and stage = ? order by version desc limit 1",
+                                 (name, stage)).fetchone()
+                if row is None:
+                    held = [f"{r[0]}@v{r[1]} ({r[2]})" for r in db.execute(
+                        "select name, version, stage from models where name = ? order by version", (name,))]
+                    if not held:
+                        raise ModelNotFoundError(ref, [f"{r[0]}@v{r[1]}" for r in db.execute(
+                            "select name, max(version) from models group by name order by name")])
+                    err = ModelNotFoundError(ref, held)
+                    err.args = (f"no version of {name!r} holds stage {stage!r} (versions: {', '.join(held)}); "
+                                f"promote one first: !byzerllm model promote {name}@vN [if ...]",)
+                    raise err
+                return _model(row)
             if version is None:
                 row = db.execute("select * from models where name = ? order by version desc limit 1", (name,)).fetchone()
             else:
@@ -248,6 +286,66 @@ class Catalog:
     def models(self) -> list[RegisteredModel]:
         with self._db() as db:
             return [_model(r) for r in db.execute("select * from models order by name, version")]
+
+    def set_stage(self, ref: str, stage: str) -> RegisteredModel:
+        """Give version `ref` the stage `stage`; promoting to production moves the version that held it to
+        archived (one production version per name). Returns the updated version."""
+        if stage not in STAGES:
+            raise ConfigError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+        m = self.model(ref)
+        with self._db() as db:
+            db.execute("begin immediate")
+            try:
+                if stage == "production":
+                    db.execute("update models set stage = 'archived' where name = ? and stage = 'production' "
+                               "and version != ?", (m.name, m.version))
+                db.execute("update models set stage = ? where name = ? and version = ?", (stage, m.name, m.version))
+                db.execute("commit")
+            except BaseException:
+                db.execute("rollback")
+                raise
+        return self.model(m.ref)
+
+    # -- evaluations -----------------------------------------------------------------------------
+    def record_eval(self, record: dict) -> dict:
+        """Keep one evaluation: `id`, `model` (a registry name, or a deployment's name), `version` (None for
+        a deployment that is no registry version), `udf_name`, `evalset` (the table's name), `fingerprint`,
+        `rows`, `metrics` (the summary), `judge`, `judge_prompt`, `params` (the options), `row_data` (per-row
+        keys, predictions, references and metric values: what `eval compare` pairs), `report`."""
+        fields = ("id", "model", "version", "udf_name", "evalset", "fingerprint", "rows", "metrics", "judge",
+                  "judge_prompt", "params", "row_data", "report", "created_at")
+        rec = {"created_at": time.time(), "params": {}, "row_data": {}, **record}
+        values = [json.dumps(rec.get(k)) if k in ("metrics", "params", "row_data") else rec.get(k) for k in fields]
+        with self._db() as db:
+            db.execute(f"insert into evals ({', '.join(fields)}) values ({', '.join('?' * len(fields))})", values)
+        return self.eval_record(rec["id"])
+
+    def set_eval_report(self, eval_id: str, report: dict) -> None:
+        with self._db() as db:
+            db.execute("update evals set report = ? where id = ?", (json.dumps(report), eval_id))
+
+    def eval_record(self, eval_id: str) -> dict:
+        with self._db() as db:
+            row = db.execute("select * from evals where id = ?", (eval_id,)).fetchone()
+        if row is None:
+            from .errors import EvalNotFoundError
+
+            raise EvalNotFoundError(f"no evaluation {eval_id!r} in this workspace's catalog")
+        return _eval_dict(row)
+
+    def evals(self, model: str | None = None, version: int | None = None, *, fingerprint: str | None = None,
+              evalset: str | None = None, with_rows: bool = False) -> list[dict]:
+        """Stored evaluations, newest first, optionally of one model (and version) on one eval set (by its
+        fingerprint or its table name). `with_rows`: include the per-row data (large)."""
+        q, args = "select * from evals where 1 = 1", []
+        for column, value in (("model", model), ("version", version), ("fingerprint", fingerprint),
+                              ("evalset", evalset)):
+            if value is not None:
+                q += f" and {column} = ?"
+                args.append(value)
+        with self._db() as db:
+            rows = db.execute(q + " order by created_at desc, rowid desc", args).fetchall()
+        return [_eval_dict(r, with_rows) for r in rows]
 
 
 def check_model_name(name: str) -> str:
@@ -267,6 +365,16 @@ def _job_dict(row: sqlite3.Row) -> dict:
     return d
 
 
+def _eval_dict(row: sqlite3.Row, with_rows: bool = True) -> dict:
+    d = dict(row)
+    for k in ("metrics", "params", "row_data"):
+        d[k] = json.loads(d[k]) if d.get(k) else {}
+    d["report"] = json.loads(d["report"]) if d.get("report") else None
+    if not with_rows:
+        d.pop("row_data")
+    return d
+
+
 def _model(row: sqlite3.Row) -> RegisteredModel:
     d = dict(row)
     d["params"] = json.loads(d["params"] or "{}")
@@ -274,5 +382,5 @@ def _model(row: sqlite3.Row) -> RegisteredModel:
     return RegisteredModel(**d)
 
 
-__all__ = ["Catalog", "JobNotFoundError", "ModelExistsError", "ModelNotFoundError", "RegisteredModel",
+__all__ = ["STAGES", "Catalog", "JobNotFoundError", "ModelExistsError", "ModelNotFoundError", "RegisteredModel",
            "check_model_name"]

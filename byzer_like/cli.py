@@ -246,6 +246,55 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluation: `run` a model on a data file, `list` stored evaluations, `compare` two versions,
+    `promote` a version when a condition holds (exit status 3 when it is refused)."""
+    rt = _runtime(args, running=False)
+    if args.eval_command == "list":
+        from .eval.compare import split_ref
+
+        name, version = split_ref(args.model, rt.catalog) if args.model and "@" in args.model else (args.model, None)
+        records = rt.catalog.evals(name, version)
+        metric_names = [m for m in dict.fromkeys(k for r in records for k in r["metrics"])
+                        if isinstance(records[0]["metrics"].get(m), (int, float)) and m not in ("rows", "seconds")][:6]
+        _print_table(("eval", "model", "eval set", "rows", *metric_names, "created"),
+                     [(r["id"], f"{r['model']}@v{r['version']}" if r["version"] is not None else r["model"],
+                       r.get("evalset") or r["fingerprint"], r["rows"],
+                       *(_metric_cell(r["metrics"].get(m)) for m in metric_names), local_time(r["created_at"]))
+                      for r in records])
+        return OK
+    if args.eval_command == "compare":
+        from .eval.compare import compare
+
+        rows = compare(rt.catalog, args.a, args.b, evalset=args.on)
+        _print_table(("metric", args.a, args.b, "delta", "95% interval", "significant"),
+                     [(r["metric"], _metric_cell(r["a"]), _metric_cell(r["b"]), f"{r['delta']:+.4g}",
+                       f"[{r['ci_low']:+.4g}, {r['ci_high']:+.4g}]", "yes" if r["significant"] else "no") for r in rows])
+        return OK
+    data = _data_file(rt, args.data, "--data") if args.data else None
+    if args.eval_command == "promote":
+        from .eval.compare import promote
+        from .eval.run import evaluate
+
+        tables = {args.on: data} if args.on and data is not None else None
+        row = promote(rt, args.model, args.condition, evalset=args.on, tables=tables, evaluate=evaluate)
+        print(f"{row['model']}@v{row['version']}: {row['reason']}")
+        return OK if row["promoted"] else NOTHING_TO_DO
+    if data is None:
+        raise ConfigError("byzer-like eval run needs --data <file> (the eval set)")
+    where = "udf_name" if "@" not in args.model and rt.cluster_running() and rt.deployment_exists(args.model) else "model_table"
+    options = {k: v for k, v in (("judge", args.judge), ("judge_mode", args.judge_mode), ("choices", args.choices),
+                                 ("reference_column", args.reference_column)) if v is not None}
+    result = rt.evaluate(data, **{where: args.model}, metrics=args.metrics, max_new_tokens=args.max_new_tokens,
+                         evalset=args.evalset or Path(args.data).stem, **options)
+    _print_row(result.summary)
+    return OK
+
+
+def _metric_cell(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
+
+
 def _setup_workers(rt: Any, args: argparse.Namespace) -> None:
     """--num-workers, --cpus-per-worker, --gpus-per-worker, where given, as setup values."""
     given = {k: getattr(args, k) for k in ("num_workers", "cpus_per_worker", "gpus_per_worker")}
@@ -683,6 +732,35 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--gpus-per-worker", type=float)
     tr.add_argument("--detach", action="store_true", help="submit as a detached job and return at once")
     tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="evaluate models on eval sets; list, compare, promote on the results")
+    esub = ev.add_subparsers(dest="eval_command", required=True, metavar="ACTION")
+    er = esub.add_parser("run", parents=[common], help="answer an eval set with a model and measure it (recorded)")
+    er.add_argument("model", help="a deployed model's name, or a registry version (m, m@v2, m@production)")
+    er.add_argument("--data", required=True, help="the eval set: a .jsonl, .json, .csv or .parquet file")
+    er.add_argument("--metrics", default="exact_match", help="comma-separated: exact_match, exact_match_strict, "
+                    "token_f1, accuracy, macro_f1, rouge_l, bleu, chrf, perplexity, judge (default exact_match)")
+    er.add_argument("--judge", help="the deployed model that grades answers (metric judge)")
+    er.add_argument("--judge-mode", choices=("score", "pairwise"))
+    er.add_argument("--choices", help="comma-separated labels for accuracy / macro_f1")
+    er.add_argument("--reference-column", help="the reference column (default: output, reference, answer, ...)")
+    er.add_argument("--max-new-tokens", type=int, default=64)
+    er.add_argument("--evalset", help="the eval set's name in the records (default: the file's name)")
+    er.set_defaults(func=cmd_eval)
+    el = esub.add_parser("list", parents=[common], help="stored evaluations, newest first")
+    el.add_argument("model", nargs="?", help="only this model (m or m@v2)")
+    el.set_defaults(func=cmd_eval)
+    ec = esub.add_parser("compare", parents=[common], help="metric deltas of B over A with bootstrap 95%% intervals")
+    ec.add_argument("a")
+    ec.add_argument("b")
+    ec.add_argument("--on", help="the eval set (name or fingerprint; default: B's newest)")
+    ec.set_defaults(func=cmd_eval)
+    ep = esub.add_parser("promote", parents=[common], help="make a version production if a condition holds (exit 3: refused)")
+    ep.add_argument("model", help="the registry version (m@v3)")
+    ep.add_argument("--if", dest="condition", help='e.g. "exact_match >= m@v2.exact_match + 0.02"')
+    ep.add_argument("--on", help="the eval set (name or fingerprint)")
+    ep.add_argument("--data", help="the eval set's file, to evaluate a version that has no stored result on it")
+    ep.set_defaults(func=cmd_eval)
 
     j = sub.add_parser("jobs", parents=[common], help="training jobs: list, status, logs, stop, resume")
     j.add_argument("action", choices=("list", "status", "logs", "stop", "resume"))

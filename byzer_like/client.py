@@ -672,6 +672,72 @@ class ByzerLLM:
         results = self.session.sql(script)
         return results[-1].to_pandas() if results else None
 
+    # -- evaluation ------------------------------------------------------------------------------
+    def evaluate(self, model: str, data: Any, metrics: Sequence[str] | str = ("exact_match",), **options: Any):
+        """Evaluate `model` (a deployed model's name, or a registry version: `m`, `m@v2`, `m@production`, deployed
+        for the evaluation and removed after it) on `data` (a table or a list of row dicts with prompt and
+        reference columns, see `byzer_like.eval.evalset`). `options`: the keys of SQL's `action="eval"` in
+        snake_case (judge, judge_mode, judge_prompt, choices, reference_column, max_new_tokens, evalset...).
+
+        Returns an `EvalResult`: `.summary` (a dict of metrics and facts, recorded in the catalog) and
+        `.rows` (pyarrow); `summary, rows = llm.evaluate(...)` gives the rows as a pandas DataFrame."""
+        where = "udf_name" if "@" not in model and self.runtime.deployment_exists(model) else "model_table"
+        return self.runtime.evaluate(_as_table(data), **{where: model}, metrics=metrics, **options)
+
+    def eval_list(self, model: str | None = None) -> list[dict]:
+        """Stored evaluations (newest first), of one model (`m` or `m@v2`) when given."""
+        from .eval.compare import split_ref
+
+        name, version = split_ref(model, self.catalog) if model and "@" in model else (model, None)
+        return self.catalog.evals(name, version)
+
+    def eval_compare(self, a: str, b: str, *, evalset: str | None = None) -> list[dict]:
+        """Metric deltas of `b` over `a` on one eval set, each with its paired bootstrap 95% interval."""
+        from .eval.compare import compare
+
+        return compare(self.catalog, a, b, evalset=evalset)
+
+    def promote(self, ref: str, condition: str | None = None, *, evalset: str | None = None,
+                data: Any = None) -> dict:
+        """Make registry version `ref` the production one if `condition` holds (`"exact_match >=
+        m@v2.exact_match + 0.02"`) on the stored results on `evalset` (evaluated first from `data` when a
+        version has none). Returns {"promoted", "stage", "conditions", "reason", ...}; nothing changes when
+        a condition fails (`reason` says which and by how much)."""
+        from .eval.compare import promote
+        from .eval.run import evaluate
+
+        tables = {evalset: _as_table(data)} if evalset and data is not None else None
+        return promote(self.runtime, ref, condition, evalset=evalset, tables=tables, evaluate=evaluate)
+
+    def model_handle(self, model: str) -> "ModelHandle":
+        """LazyLLM's habit: a handle on a model whose `.evalset(rows)` sets its eval set and `.eval()` fills
+        `.eval_result`: `m = llm.model_handle("m@v2"); m.evalset(rows); m.eval(); m.eval_result.summary`."""
+        return ModelHandle(self, model)
+
+
+class ModelHandle:
+    """A model (a deployment's name or a registry version) with an eval set, LazyLLM style."""
+
+    def __init__(self, llm: ByzerLLM, model: str):
+        self.llm = llm
+        self.model = model
+        self._rows: Any = None
+        self._options: dict[str, Any] = {}
+        self.eval_result: Any = None
+
+    def evalset(self, rows: Any, **options: Any) -> "ModelHandle":
+        """Set the eval set (rows or a table) and evaluation options (metrics=..., judge=...); returns self."""
+        self._rows = rows
+        self._options = dict(options)
+        return self
+
+    def eval(self, **options: Any) -> Any:
+        """Evaluate on the eval set; the `EvalResult` is kept in `eval_result` and returned."""
+        if self._rows is None:
+            raise ConfigError("this model has no eval set yet: call .evalset(rows) first")
+        self.eval_result = self.llm.evaluate(self.model, self._rows, **{**self._options, **options})
+        return self.eval_result
+
 
 def _as_table(data: Any):
     import pyarrow as pa
@@ -685,4 +751,5 @@ def _as_table(data: Any):
     return pa.Table.from_pandas(data, preserve_index=False)
 
 
-__all__ = ["ByzerLLM", "InferBackend", "LLMClassResponse", "LLMRequest", "LLMResponse", "Template", "Templates"]
+__all__ = ["ByzerLLM", "InferBackend", "LLMClassResponse", "LLMRequest", "LLMResponse", "ModelHandle", "Template",
+           "Templates"]

@@ -327,6 +327,38 @@ class QuantizeOptions(_Options):
     overwrite: bool = Field(False, description="register a new version when outputTable already exists")
 
 
+class EvalOptions(_Options):
+    """The `where` keys of `run command as LLM.`` where action="eval"` (`ByzerLLM.evaluate`, `byzer-like eval
+    run`): a model answers an eval set through the batched path and is measured (see `byzer_like.eval`)."""
+
+    action: Literal["eval"] = "eval"
+    model_table: str | None = Field(None, description="the registry version to evaluate (name, name@v2, name@production); "
+                                    "deployed for the evaluation and removed after it")
+    udf_name: str | None = Field(None, description="a deployed model to evaluate, instead of modelTable")
+    input_table: str | None = Field(None, validation_alias=AliasChoices("input_table", "inputTable", "eval_table",
+                                                                       "evalTable", "evalset", "evalSet"),
+                                    description="the eval set: a table of this session")
+    metrics: str = Field("exact_match", description="comma-separated metrics: exact_match, exact_match_strict, token_f1, "
+                         "accuracy, macro_f1, rouge_l, bleu, chrf, perplexity, judge")
+    judge: str | None = Field(None, description="the deployed model that grades answers (metric judge)")
+    judge_mode: Literal["score", "pairwise"] = Field("score", description="score (1-10 per answer) or pairwise "
+                                                     "(the answer against the reference: win rate)")
+    judge_prompt: str | None = Field(None, description="replaces the judge prompt; placeholders {question}, "
+                                     "{prediction}, {reference}")
+    choices: str | None = Field(None, description="comma-separated labels for accuracy / macro_f1")
+    reference_column: str | None = Field(None, description="the reference column (default: output, reference, answer, "
+                                         "label, target)")
+    prompt_column: str | None = Field(None, description="the prompt column (default: instruction, messages, prompt, question)")
+    output_table: str | None = Field(None, description="the per-row table's name in the session (default: eval_rows)")
+    max_new_tokens: int = Field(64, ge=1, le=32768, validation_alias=AliasChoices("max_new_tokens", "maxNewTokens",
+                                                                                 "max_tokens", "maxTokens"),
+                                description="answer tokens per row")
+    temperature: float = Field(0.0, ge=0, le=2, description="0: greedy answers (reproducible)")
+    cache: bool = Field(True, description="answers from and into the result cache (a rerun asks only for new rows)")
+    report: bool = Field(True, description="write a Markdown and a PNG report under the workspace's evals/")
+    keep_deployed: bool = Field(False, description="leave a modelTable's deployment running after the evaluation")
+
+
 class RepartitionOptions(_Options):
     """The `where` keys of Byzer's ET `run <t> as TableRepartition.`` where partitionNum="4" as <t2>`."""
 
@@ -344,7 +376,8 @@ class RepartitionOptions(_Options):
 
 UDF_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 # SQL functions of the dialect itself: a model of one of these names could never be called
-RESERVED_UDF_NAMES = frozenset({"llm_param", "llm_result", "llm_response_predict", "llm_prompt", "llm_stack", "map", "array"})
+RESERVED_UDF_NAMES = frozenset({"llm_param", "llm_result", "llm_response_predict", "llm_prompt", "llm_stack", "llm_eval",
+                                "map", "array"})
 
 
 def check_udf_name(value: str) -> str:

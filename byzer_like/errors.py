@@ -23,6 +23,8 @@ can catch lives here (the modules that raise them re-export their names for olde
       ConvertError (RuntimeError)         ModelFileError (ValueError) > UnsupportedArchitectureError,
                                           CheckpointError (FileNotFoundError), QuantizeError
                                           importing, converting and quantizing models
+      UnknownMetricError, EvalSetError, PromotionError (ConfigError); JudgeNotDeployedError
+      (ModelNotDeployedError); EvalNotFoundError (KeyError)   evaluation and gated promotion
 """
 from __future__ import annotations
 
@@ -330,3 +332,40 @@ class CheckpointError(ConvertError, FileNotFoundError):
 
 class QuantizeError(ConvertError):
     """A quantization method failed, or its library is not installed or cannot run on this machine."""
+
+
+# -- evaluation and gated promotion -----------------------------------------------------------------
+class UnknownMetricError(ConfigError):
+    """An evaluation metric no one knows; the message lists the valid ones (and the closest)."""
+
+    def __init__(self, name: str, valid: Iterable[str]):
+        self.name = name
+        self.valid = sorted(set(valid))
+        super().__init__(f"unknown metric {name!r}; {did_you_mean(name, self.valid)}valid metrics: {_choices(self.valid)}")
+
+
+class EvalSetError(ConfigError):
+    """An eval table cannot serve the metrics asked for: no prompt column, no reference column for a
+    reference metric, no rows."""
+
+
+class JudgeNotDeployedError(ModelNotDeployedError):
+    """The model named as judge is not deployed; deploy it first (it is never deployed on the fly)."""
+
+    def __init__(self, udf_name: str, deployed: Iterable[str]):
+        super().__init__(udf_name, deployed)
+        self.args = (f"judge {udf_name!r} is not deployed (deploy it first: run command as LLM.`` where "
+                     f"action=\"infer\" and ... and udfName=\"{udf_name}\"); deployed models: {_choices(self.deployed)}",)
+
+
+class EvalNotFoundError(ByzerError, KeyError):
+    """No stored evaluation matches (a model version on an eval set); the message says how to make one."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class PromotionError(ConfigError):
+    """A `promote` statement that cannot be decided: a condition that does not parse, a metric the
+    evaluations do not have. Nothing is promoted. (A condition that does not hold is no error: the
+    result row says which failed and by how much.)"""

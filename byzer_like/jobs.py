@@ -74,12 +74,13 @@ class Jobs:
 
     # -- submit ----------------------------------------------------------------------------------
     def submit(self, train_params: Mapping[str, Any], table: pa.Table | None, *, task: str | None = None,
-               options: Any = None, progress: bool = False) -> dict:
+               options: Any = None, progress: bool = False, eval_table: pa.Table | None = None) -> dict:
         """Check everything, store the table, record the job, then run it (detached: return at once).
 
         `task`: a name of `byzer_like.tasks.TASKS`, else the model type's prefix (`sft/llama`) or the
         setup mode; `options`: the task's options model when the caller has parsed `train_params`
-        already. Returns the job's row (see ROW_FIELDS). Raises ConfigError, UnknownOptionError,
+        already. `eval_table`: sft's evalTable (prompts and references measured with evalMetrics after each
+        epoch), stored beside the input as `eval.parquet`. Returns the job's row (see ROW_FIELDS). Raises ConfigError, UnknownOptionError,
         NotSupportedError (the plugin cannot run the task), ModelExistsError, JobError."""
         params = {k: v for k, v in train_params.items() if not k.startswith(INTERNAL)}
         model_type = str(options.pretrained_model_type if options is not None
@@ -99,6 +100,10 @@ class Jobs:
             raise ConfigError("the training table is empty: nothing to train on")
         sys_conf = self.setup.sys_conf()
         spec.check_function()(opts, table, base_dir, plugin, sys_conf)
+        if eval_table is not None:
+            from .eval.run import plan
+
+            plan(eval_table, metrics=getattr(opts, "eval_metrics", None), name=getattr(opts, "eval_table", None))
 
         job_id = f"{task}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         if opts.local_path_prefix:
@@ -109,6 +114,8 @@ class Jobs:
         import pyarrow.parquet as pq
 
         pq.write_table(table, run_dir / "input.parquet")
+        if eval_table is not None:
+            pq.write_table(eval_table, run_dir / "eval.parquet")
         self.catalog.create_job(
             job_id, task, model_type=family, base_model=base_dir, output_table=opts.output_table,
             params={k: _jsonable(v) for k, v in params.items()}, sys_conf=sys_conf, detached=opts.detached,

@@ -55,6 +55,7 @@ class FakeRuntime:
         self.setup_config = SetupConfig()
         self.deployed: dict[str, dict] = {}
         self.generated: list[tuple[str, list[dict]]] = []
+        self.scored: list[tuple[str, list[dict]]] = []
         self.trained: list[dict] = []
         self.merged: list[tuple[str, str, bool]] = []
         self.converted: list[Any] = []
@@ -108,9 +109,15 @@ class FakeRuntime:
     def embed(self, name: str, texts: Sequence[str]) -> list[list[float]]:
         return [[float(len(t)), 1.0] for t in texts]
 
+    def score(self, name: str, items: Sequence[Mapping[str, Any]]) -> list[dict]:
+        """-1 nat per character of each text, one token per character."""
+        self.scored.append((name, [dict(i) for i in items]))
+        return [{"logprob": -float(len(i["text"])), "tokens": len(i["text"])} for i in items]
+
     def train(self, task: str | None, params: Mapping[str, Any], table: Any, *, options: Any = None,
-              progress: bool = False) -> dict:
-        self.trained.append({"task": task, "params": dict(params), "rows": table.num_rows, "options": options})
+              progress: bool = False, eval_table: Any = None) -> dict:
+        self.trained.append({"task": task, "params": dict(params), "rows": table.num_rows, "options": options,
+                             "eval_rows": None if eval_table is None else eval_table.num_rows})
         job_id = f"{task}-job-{len(self.trained)}"
         self.jobs.rows[job_id] = self.jobs._row(job_id, "SUCCEEDED")
         return self.jobs.rows[job_id]

@@ -43,6 +43,9 @@ class EngineRuntime(Protocol):
 
     def embed(self, name: str, texts: Sequence[str]) -> list[list[float]]: ...
 
+    def score(self, name: str, items: Sequence[Mapping[str, Any]]) -> list[dict]:
+        """Token log-likelihoods (`{"logprob", "tokens"}` per item): perplexity in `action="eval"`."""
+
     # training, registry, jobs, result cache
     def train(self, task: str | None, params: Mapping[str, Any], table: Any, *, options: Any = None,
               progress: bool = False) -> dict:

@@ -31,20 +31,22 @@ import pyarrow as pa
 from duckdb import sqltypes
 
 from .. import tasks
-from ..config import (ConvertOptions, DeployOptions, MergeOptions, QuantizeOptions, RepartitionOptions, SetupConfig,
-                      parse_bool)
+from ..config import (ConvertOptions, DeployOptions, EvalOptions, MergeOptions, QuantizeOptions, RepartitionOptions,
+                      SetupConfig, parse_bool)
 from ..errors import ConfigError, ExecutionError, SqlError, UnknownFunctionError, UnknownTableError
 from ..sql import Command, Load, Run, Save, Select, Set, Statement, parse_script, to_duckdb
 from . import functions as fx
 from .io import load_table, save_table
 from .protocol import EngineRuntime
 
-HELPERS = ("llm_prompt", "llm_stack")
+HELPERS = ("llm_prompt", "llm_stack", "llm_eval")
 ON_ERROR = ("raise", "null")
 DUCKDB_INTERRUPTED = "Query interrupted"  # DuckDB's RuntimeError when a signal (Ctrl-C) arrives while it runs
 # `run command as LLM.`` where action="..."`: the actions, each with its handler (Session._<name>) and
 # its options model; training has no action of its own (the model type or setup mode names the task)
-RUN_ACTIONS: dict[str, str] = {"infer": "deploy", "merge": "merge", "convert": "convert", "quantize": "quantize"}
+RUN_ACTIONS: dict[str, str] = {"infer": "deploy", "merge": "merge", "convert": "convert", "quantize": "quantize",
+                               "eval": "eval"}
+DEFAULT_EVAL_ROWS = "eval_rows"  # action="eval": the per-row table's name when outputTable is not given
 # `run <t> as <ET>.`` ...`: Byzer's ETs that exist here (lower-cased target -> handler Session._<name>); the
 # parser lists them (sql.run.RUN_TARGETS) when a script names another
 RUN_ETS: dict[str, str] = {"tablerepartition": "repartition"}
@@ -129,6 +131,9 @@ class Session:
             self.con.create_function(name, fx.arrow_function2(fn), args, sqltypes.VARCHAR, type="arrow",
                                      null_handling="special")
             self._registered.add(name)
+        self.con.create_function("llm_eval", self._llm_eval, [sqltypes.VARCHAR, sqltypes.VARCHAR, sqltypes.VARCHAR],
+                                 sqltypes.DOUBLE, type="arrow", null_handling="special")
+        self._registered.add("llm_eval")
         self._handlers: dict[type, Callable[[Any], Result]] = {
             Load: self._load, Save: self._save, Select: self._select, Set: self._set, Run: self._run,
             Command: self._command,
@@ -147,6 +152,9 @@ class Session:
             ("job", "resume"): self._job_control,
             ("cache", "status"): self._cache_status,
             ("cache", "clear"): self._cache_clear,
+            ("model", "promote"): self._promote,
+            ("eval", "list"): self._eval_list,
+            ("eval", "compare"): self._eval_compare,
         }
 
     def close(self) -> None:
@@ -362,7 +370,10 @@ class Session:
         if not name or name == "command":
             raise _at(ConfigError, s, None, 'training needs inputTable="<table>" (a table loaded in this session)')
         table = self._need_table(name, s)
-        row = self.runtime.train(task.name, where, table, options=opts, progress=self.progress)
+        extra = {}
+        if getattr(opts, "eval_table", None):  # sft's evalTable: measured after every epoch
+            extra["eval_table"] = self._need_table(opts.eval_table, s)
+        row = self.runtime.train(task.name, where, table, options=opts, progress=self.progress, **extra)
         message = f"job {row['job_id']}: {row['state']}"
         parts = self.partitioning.get(name.lower())
         if getattr(opts, "keep_partition_num", False) and parts is not None:
@@ -398,6 +409,90 @@ class Session:
                                      overwrite=opts.overwrite, session_models=lambda ref: self._model_dir_of(ref, s))
         return Result("run", _row_table(info), None,
                       f"{info['quantized_from']} quantized ({info['method']}) -> {info['name']}@v{info['version']}")
+
+    def _eval(self, s: Run, where: dict[str, str]) -> Result:
+        """action="eval": a model (modelTable, or a deployed udfName) answers the eval set inputTable through
+        the batched path; the result is the summary row, the per-row table goes to outputTable (default
+        eval_rows); both are recorded in the catalog with a report (see byzer_like.eval)."""
+        from ..eval.run import evaluate
+
+        opts = EvalOptions.parse(where, where='action="eval"')
+        name = opts.input_table or (s.input_table if s.input_table not in (None, "command") else None)
+        if not name:
+            raise _at(ConfigError, s, None, 'action="eval" needs its eval set: inputTable="<table>" (a table of this '
+                      "session with prompt and reference columns)")
+        table = self._need_table(name, s)
+        result = evaluate(self.runtime, table, udf_name=opts.udf_name, model_table=opts.model_table,
+                          metrics=opts.metrics, judge=opts.judge, judge_mode=opts.judge_mode,
+                          judge_prompt=opts.judge_prompt, choices=opts.choices, reference_column=opts.reference_column,
+                          prompt_column=opts.prompt_column, max_new_tokens=opts.max_new_tokens,
+                          temperature=opts.temperature, cache=opts.cache, evalset=name, report=opts.report,
+                          keep_deployed=opts.keep_deployed, session_models=lambda ref: self._model_dir_of(ref, s))
+        out = opts.output_table or DEFAULT_EVAL_ROWS
+        self._put(out, result.rows)
+        shown = " ".join(f"{k}={_short(v)}" for k, v in result.summary.items()
+                         if k in (*EVAL_SHOWN, *(opts.metrics.split(","))) and v is not None)
+        return Result("run", result.summary_table(), None,
+                      f"eval of {result.summary['model_ref']} on {name}: {shown} ({result.summary['rows']} rows; "
+                      f"per-row table {out})")
+
+    def _llm_eval(self, predictions: pa.Array, references: pa.Array, metric_names: pa.Array) -> pa.Array:
+        """`llm_eval(prediction, reference, 'rouge_l')`: one row's value of a per-row metric (NULL when an
+        argument is NULL)."""
+        from ..eval.metrics import row_value
+
+        try:
+            return pa.array([None if r is None or m is None else row_value(m, p, r)
+                             for p, r, m in zip(predictions.to_pylist(), references.to_pylist(),
+                                                metric_names.to_pylist())], type=pa.float64())
+        except BaseException as e:  # noqa: BLE001 - DuckDB would flatten it to text; kept and re-raised
+            self._call.error = e
+            raise
+
+    def _promote(self, args: tuple[str, ...], c: Command) -> Result:
+        """`!byzerllm model promote m@v3 [if|where <conditions>] [on <eval set>];`: production stage for the
+        version when every condition holds on stored (or, for a table of this session, fresh) results."""
+        from ..eval.compare import promote
+        from ..eval.run import evaluate
+
+        ref, words = args[1], list(args[2:])
+        evalset = None
+        if len(words) >= 2 and words[-2].lower() == "on":
+            evalset, words = words[-1], words[:-2]
+        if words and words[0].lower() in ("if", "where"):
+            words = words[1:]
+        elif words:
+            raise _at(ConfigError, c, words[0], f"unexpected `{words[0]}` after `promote {ref}`; write "
+                      f"`!byzerllm model promote {ref} if <metric> >= <value> [on <eval set>]`")
+        row = promote(self.runtime, ref, " ".join(words) or None, evalset=evalset, tables=self.tables,
+                      evaluate=evaluate)
+        return Result("model", _row_table(row), message=f"{row['model']}@v{row['version']}: {row['reason']}")
+
+    def _eval_list(self, args: tuple[str, ...], c: Command) -> Result:
+        """`!byzerllm eval list [<model>|<model>@vN];`: stored evaluations, newest first."""
+        from ..eval.compare import split_ref
+
+        model = version = None
+        if len(args) > 1:
+            model, version = split_ref(args[1], self.runtime.catalog) if "@" in args[1] else (args[1], None)
+        return Result("eval", evals_table(self.runtime.catalog.evals(model, version)))
+
+    def _eval_compare(self, args: tuple[str, ...], c: Command) -> Result:
+        """`!byzerllm eval compare <a> <b> [on <eval set>];`: metric deltas of b over a with bootstrap intervals."""
+        from ..eval.compare import compare
+
+        if len(args) < 3:
+            raise _at(ConfigError, c, None, "`!byzerllm eval compare` needs two models: eval compare m@v1 m@v2 [on <eval set>]")
+        rest = list(args[3:])
+        evalset = None
+        if len(rest) == 2 and rest[0].lower() == "on":
+            evalset = rest[1]
+        elif rest:
+            raise _at(ConfigError, c, rest[0], "write `!byzerllm eval compare m@v1 m@v2 [on <eval set>]`")
+        rows = compare(self.runtime.catalog, args[1], args[2], evalset=evalset)
+        table = pa.Table.from_pylist(rows) if rows else pa.table({"metric": pa.array([], pa.string())})
+        shown = "; ".join(f"{r['metric']} {r['delta']:+.4g} [{r['ci_low']:+.4g}, {r['ci_high']:+.4g}]" for r in rows)
+        return Result("eval", table, message=f"{args[2]} vs {args[1]}: {shown or 'no metric in common'}")
 
     def _has_table(self, name: str) -> bool:
         return any(k.lower() == name.lower() for k in self.tables)
@@ -604,14 +699,48 @@ def registry_table(models: list) -> pa.Table:
     from ..display import local_timestamp
     from ..jobs import main_metrics
 
-    rows = [{"name": m.name, "version": m.version, "ref": m.ref, "kind": m.kind, "model_type": m.model_type,
+    rows = [{"name": m.name, "version": m.version, "ref": m.ref, "stage": m.stage, "kind": m.kind,
+             "model_type": m.model_type,
              "method": m.method, "base_model": m.base_model, "path": m.path, "job_id": m.job_id,
              **main_metrics(m.metrics), "metrics": json.dumps(m.metrics, sort_keys=True),
              "created_at": local_timestamp(m.created_at)} for m in models]
-    schema = pa.schema([("name", pa.string()), ("version", pa.int64()), ("ref", pa.string()), ("kind", pa.string()),
+    schema = pa.schema([("name", pa.string()), ("version", pa.int64()), ("ref", pa.string()), ("stage", pa.string()),
+                        ("kind", pa.string()),
                         ("model_type", pa.string()), ("method", pa.string()), ("base_model", pa.string()),
                         ("path", pa.string()), ("job_id", pa.string()), ("loss", pa.float64()),
                         ("tokens_per_s", pa.float64()), ("metrics", pa.string()), ("created_at", pa.timestamp("s"))])
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+EVAL_SHOWN = ("judge_parse_failures", "failed_rows", "mean_token_logprob")
+
+
+def _short(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def evals_table(records: list[dict]) -> pa.Table:
+    """Stored evaluations as a table (`!byzerllm eval list`): one row each, a column per metric found
+    (in the order of `eval.metrics.METRICS`), the whole summary as `metrics` JSON, the report's paths."""
+    import json
+
+    from ..display import local_timestamp
+    from ..eval.metrics import METRICS
+
+    found = [m for m in (*METRICS, "judge_parse_failures") if any(m in (r.get("metrics") or {}) for r in records)]
+    rows = []
+    for r in records:
+        ms = r.get("metrics") or {}
+        rows.append({"eval_id": r["id"], "model": r["model"], "version": r["version"],
+                     "evalset": r.get("evalset"), "fingerprint": r["fingerprint"], "rows": r["rows"],
+                     **{m: (float(ms[m]) if isinstance(ms.get(m), (int, float)) else None) for m in found},
+                     "judge": r.get("judge"), "metrics": json.dumps(ms, sort_keys=True),
+                     "report_md": (r.get("report") or {}).get("markdown"),
+                     "created_at": local_timestamp(r["created_at"])})
+    schema = pa.schema([("eval_id", pa.string()), ("model", pa.string()), ("version", pa.int64()),
+                        ("evalset", pa.string()), ("fingerprint", pa.string()), ("rows", pa.int64()),
+                        *[(m, pa.float64()) for m in found], ("judge", pa.string()), ("metrics", pa.string()),
+                        ("report_md", pa.string()), ("created_at", pa.timestamp("s"))])
     return pa.Table.from_pylist(rows, schema=schema)
 
 

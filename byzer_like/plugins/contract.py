@@ -22,7 +22,8 @@ Streaming rules (the one place they are written down):
 
 Required: `init_model`, `stream_chat`. Training (`sft_train`, `sfft_train`) is required only when a
 training job asks for it. Optional: `batch_chat` (many requests in one batched forward pass),
-`embed_query`, `get_meta`, `check_model_dir` (raise before anything starts), `infer_param_names`
+`embed_query`, `get_meta`, `check_model_dir` (raise before anything starts), `infer_param_names`,
+`score_text` (token log-likelihoods of texts: perplexity in evaluation)
 (extra `where` keys the plugin reads), and the attribute `needs_model_dir = False` for a plugin of
 a remote model that deploys without a model directory (`saas/openai`).
 """
@@ -34,7 +35,7 @@ from ..tasks import TASKS
 
 REQUIRED = ("init_model", "stream_chat")
 TRAINING = tuple(task.entry_point for task in TASKS.values())  # sft_train, sfft_train
-OPTIONAL = ("batch_chat", "embed_query", "get_meta", "check_model_dir", "infer_param_names")
+OPTIONAL = ("batch_chat", "embed_query", "get_meta", "check_model_dir", "infer_param_names", "score_text")
 
 
 @runtime_checkable
@@ -97,3 +98,11 @@ class EmbedQuery(Protocol):
 class GetMeta(Protocol):
     def get_meta(self, model: Any, tokenizer: Any) -> dict:
         """Facts about the loaded model (context length, family, parameters, ...)."""
+
+
+class ScoreText(Protocol):
+    def score_text(self, model: Any, tokenizer: Any, items: Sequence[Mapping[str, Any]]) -> list[dict]:
+        """Token log-likelihoods, for perplexity. Each item is `{"text": str}` (the text scored from its
+        second token on) or `{"text", "ins", "his"}` (the answer `text` after the chat prompt of `ins` and
+        `his`, built as `stream_chat` builds it; only the answer's tokens are scored). Returns one
+        `{"logprob": <sum of natural-log probabilities>, "tokens": <tokens scored>}` per item, in order."""

@@ -465,6 +465,51 @@ class CausalLMPlugin:
         vec = (hidden * mask).sum(0) / mask.sum().clamp(min=1)
         return torch.nn.functional.normalize(vec, dim=0).tolist()
 
+    def score_text(self, model: Any, tokenizer: Any, items: Sequence[Mapping[str, Any]]) -> list[dict]:
+        """Token log-likelihoods of texts (the contract's optional `score_text`), batched.
+
+        Each item: `{"text": str}` (every token after the first is scored), or with `"ins"` / `"his"`
+        (a chat prompt, built as `stream_chat` builds it): then `text` is the answer after that prompt and
+        only its tokens are scored. Returns `{"logprob": sum of natural-log probabilities, "tokens": n}`
+        per item, in order; a text longer than the context is cut at its end (counted tokens say so)."""
+        import torch
+
+        state: _State = model.byzer_like
+        rows: list[tuple[list[int], int]] = []  # (ids, index of the first scored token)
+        for item in items:
+            text = str(item.get("text") or "")
+            if item.get("ins") is not None:
+                prompt = self.build_prompt(tokenizer, str(item["ins"]), item.get("his") or [], {})
+                head = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+                ids = head + tokenizer(text, add_special_tokens=False)["input_ids"]
+                start = len(head)
+            else:
+                ids = tokenizer(text)["input_ids"]
+                start = 1
+            ids = ids[: state.context_length]
+            rows.append((ids, max(1, min(start, len(ids)))))
+        out: list[dict] = [{"logprob": 0.0, "tokens": 0} for _ in rows]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
+        for k in range(0, len(order), state.max_batch_size):
+            chunk = order[k:k + state.max_batch_size]
+            width = max(len(rows[i][0]) for i in chunk)
+            if width < 2:
+                continue
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for r, i in enumerate(chunk):
+                ids[r, :len(rows[i][0])] = torch.tensor(rows[i][0])
+                mask[r, :len(rows[i][0])] = 1
+            with torch.inference_mode():
+                logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
+            logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:].to(logits.device).unsqueeze(-1))[..., 0]
+            for r, i in enumerate(chunk):
+                n, start = len(rows[i][0]), rows[i][1]
+                scored = logp[r, start - 1:n - 1]
+                out[i] = {"logprob": float(scored.sum()), "tokens": int(scored.numel())}
+        return out
+
     def get_meta(self, model: Any, tokenizer: Any) -> dict:
         state: _State = model.byzer_like
         return {
@@ -484,6 +529,7 @@ class CausalLMPlugin:
             "embedding_dimensions": getattr(model.config, "hidden_size", None) or getattr(model.config, "n_embd", None),
             "streaming": True,
             "response_formats": ["json_object", "json_schema"],  # decoding constrained (plugins/grammar.py)
+            "scoring": True,
         }
 
     def sft_train(self, data_refs: Any, train_params: Mapping[str, str], sys_conf: Mapping[str, str]) -> dict:

@@ -240,6 +240,16 @@ class Plugin:
             raise NotSupportedError(f"plugin {self.name!r} does not provide embed_query: it cannot make embeddings")
         return [float(x) for x in self.target.embed_query(model, tokenizer, text, **kwargs)]
 
+    def score(self, model: Any, tokenizer: Any, items: Sequence[Mapping[str, Any]]) -> list[dict]:
+        """Token log-likelihoods of texts (the optional `score_text`); NotSupportedError without it."""
+        if not self.has("score_text"):
+            raise NotSupportedError(f"plugin {self.name!r} does not provide score_text: it cannot score text, so "
+                                    "perplexity cannot be measured with it")
+        out = self.target.score_text(model, tokenizer, list(items))
+        if len(out) != len(items):
+            raise PluginError(f"plugin {self.name!r}: score_text returned {len(out)} scores for {len(items)} texts")
+        return [{"logprob": float(o["logprob"]), "tokens": int(o["tokens"])} for o in out]
+
     def meta(self, model: Any, tokenizer: Any) -> dict:
         return dict(self.target.get_meta(model, tokenizer)) if self.has("get_meta") else {}
 

@@ -276,6 +276,33 @@ class Runtime:
             out[i] = answer
         return out  # type: ignore[return-value]
 
+    def score(self, name: str, items: Sequence[Mapping[str, Any]]) -> list[dict]:
+        """Token log-likelihoods of texts on deployment `name` (the plugin's optional `score_text`, see
+        `plugins.contract.ScoreText`): `{"logprob", "tokens"}` per item, in order. Items go in chunks of
+        the replicas' batch size, several at once across the replicas. NotSupportedError for a plugin
+        that cannot score."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        items = [dict(i) for i in items]
+        if not items:
+            return []
+        meta = self.meta(name)
+        workers = int(meta.get("num_workers") or 1)
+        size = max(1, int(meta.get("max_batch_size") or self.setup_config.max_batch_size))
+        chunks = [items[k:k + size] for k in range(0, len(items), size)]
+        handle = self.handle(name)
+        with ThreadPoolExecutor(max_workers=min(len(chunks), 2 * workers)) as pool:
+            parts = pool.map(lambda c: manager.call(handle, "score", c, udf_name=name,
+                                                    timeout_s=self.setup_config.request_timeout_s), chunks)
+            return [s for part in parts for s in part]
+
+    def evaluate(self, table: Any, **options: Any):
+        """An evaluation of a deployment (`udf_name=`) or a registry version (`model_table=`) on an eval
+        set; see `byzer_like.eval.run.evaluate` for the options. Returns an `EvalResult` (summary, rows)."""
+        from ..eval.run import evaluate
+
+        return evaluate(self, table, **options)
+
     @property
     def result_cache(self):
         """The workspace's result cache (`byzer_like.result_cache.ResultCache`)."""
@@ -292,10 +319,11 @@ class Runtime:
         return Jobs(self.workspace, address=self.address, setup=self.setup_config, connect=self.connect)
 
     def train(self, task: str | None, params: Mapping[str, Any], table: Any, *, options: Any = None,
-              progress: bool = False) -> dict:
+              progress: bool = False, eval_table: Any = None) -> dict:
         """Submit a training job of `task` (see `byzer_like.tasks`; None: from the model type or the
-        setup mode) on `table`; returns its row (a detached job at once, otherwise when it ended)."""
-        return self.jobs.submit(params, table, task=task, options=options, progress=progress)
+        setup mode) on `table`; returns its row (a detached job at once, otherwise when it ended).
+        `eval_table`: sft's evalTable, measured with evalMetrics after each epoch."""
+        return self.jobs.submit(params, table, task=task, options=options, progress=progress, eval_table=eval_table)
 
     def merge(self, model_table: str, output_table: str, *, overwrite: bool = False) -> dict:
         """Merge a registered LoRA adapter into its base model and register the result as a whole model.

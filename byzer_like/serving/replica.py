@@ -152,6 +152,10 @@ class ModelReplica:
             if not future.done():
                 future.add_done_callback(lambda f: f.exception())
 
+    async def score(self, items: list[dict]) -> list[dict]:
+        """Token log-likelihoods of texts (the plugin's `score_text`): `{"logprob", "tokens"}` per item."""
+        return await self._in_thread(self.plugin.score, self.model, self.tokenizer, items)
+
     async def embed(self, texts: list[str], with_usage: bool = False) -> Any:
         """One vector per text (the plugin's `embed_query`). With `with_usage`,
         `{"vectors": [...], "prompt_tokens": n}`: n counts the texts' tokens with the model's tokenizer

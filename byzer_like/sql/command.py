@@ -1,5 +1,6 @@
 """Commands starting with `!`: `!byzerllm setup ...`, `!byzerllm model ...`, `!byzerllm job ...`,
 `!byzerllm cache ...`,
+`!byzerllm model promote <ref> [if <conditions>] [on <eval set>]`, `!byzerllm eval list|compare ...`,
 `!show tables`, `!desc <table>`.
 
 They parse generically into a name and argument words (tokens written without spaces between
@@ -27,6 +28,9 @@ COMMANDS: dict[str, tuple[str, ...]] = {
         "job list",
         "job status|logs|stop|resume [<id>]",
         "cache status|clear [<udf>]",
+        "model promote <ref> ...",
+        "eval list [<model>]",
+        "eval compare <ref> <ref> ...",
     ),
     "show": ("tables",),
     "desc": ("<table>",),

@@ -112,6 +112,25 @@ class SftOptions(TrainOptions):
     lora_alpha: float = Field(16.0, gt=0)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     lora_target_modules: list[str] | None = Field(None, description="default: the plugin's")
+    eval_table: str | None = Field(None, description="a table of the session (prompts and references) answered and "
+                                   "measured after every epoch and at the end (evalMetrics)")
+    eval_metrics: str | None = Field(None, description="comma-separated metrics for evalTable (default exact_match; "
+                                     "see byzer_like.eval.metrics)")
+    eval_max_new_tokens: int = Field(32, ge=1, le=4096, description="answer tokens per evalTable row")
+
+    @field_validator("eval_metrics")
+    @classmethod
+    def _known_metrics(cls, v: str | None) -> str | None:
+        if v is not None:
+            from ..eval.metrics import parse_metrics
+
+            names = [m.name for m in parse_metrics(v)]
+            unusable = [n for n in names if n in ("judge", "perplexity")]
+            if unusable:
+                raise ValueError(f"{', '.join(unusable)} cannot run inside a training job; evaluate the registered model "
+                                 'afterwards with action="eval"')
+            return ",".join(names)
+        return v
 
     @field_validator("lora_target_modules", mode="before")
     @classmethod

@@ -6,7 +6,8 @@ from typing import Sequence
 
 
 def loss_curve(history: Sequence[dict], out_png: str | Path, *, title: str = "") -> str | None:
-    """Plot `loss` (and `eval_loss` when present) against `step`; None when there is nothing to plot."""
+    """Plot `loss` (and `eval_loss` when present) against `step`, and the evalTable metrics (`eval_exact_match`,
+    ...) on a second axis; None when there is nothing to plot."""
     train = [(h["step"], h["loss"]) for h in history if h.get("loss") is not None]
     evals = [(h["step"], h["eval_loss"]) for h in history if h.get("eval_loss") is not None]
     if not train and not evals:
@@ -26,7 +27,19 @@ def loss_curve(history: Sequence[dict], out_png: str | Path, *, title: str = "")
     ax.set_ylabel("loss")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    # task metrics measured on evalTable (eval_exact_match, ...) beside the loss, on their own axis
+    names = sorted({k for h in history for k, v in h.items() if k.startswith("eval_") and k != "eval_loss"
+                    and isinstance(v, (int, float))})
+    handles, labels = ax.get_legend_handles_labels()
+    if names:
+        right = ax.twinx()
+        for name in names:
+            points = [(h["step"], h[name]) for h in history if isinstance(h.get(name), (int, float))]
+            right.plot(*zip(*points), "s--", label=name, linewidth=1.2)
+        right.set_ylabel("eval metric")
+        more = right.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    ax.legend(handles, labels)
     fig.tight_layout()
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)

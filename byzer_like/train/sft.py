@@ -93,6 +93,8 @@ def sft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str, 
     to_ds = lambda rows: [{"input_ids": i, "labels": lab, "attention_mask": [1] * len(i)} for i, lab in rows]  # noqa: E731
 
     model = _load_model(model_dir, opts, target_modules, on_gpu)
+    eval_path = Path(run_dir) / "eval.parquet"
+    evaluator = _evaluator(eval_path, opts, tok, stop_ids) if eval_path.is_file() else None
     ckpt_dir = Path(run_dir) / "checkpoints"
     args = TrainingArguments(
         output_dir=str(ckpt_dir),
@@ -131,6 +133,13 @@ def sft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str, 
 
         def on_step_end(self, a, state, control, **kw):  # noqa: ANN001 - before this step's save, never during one
             STOP.check()
+
+        def on_epoch_end(self, a, state, control, model=None, **kw):  # noqa: ANN001
+            if evaluator is not None:
+                self.evals = evaluator(model)
+                reporter.step(state.global_step, tokens=0, epoch=round(state.epoch or 0, 3), **self.evals)
+
+        evals: dict = {}
 
         def on_log(self, a, state, control, logs=None, **kw):  # noqa: ANN001
             logs = logs or {}
@@ -174,11 +183,53 @@ def sft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str, 
         "train_runtime_s": round(runtime, 3),
         "resumed_from_step": resumed_from,
     }
+    if evaluator is not None:  # the final model's metrics on evalTable, in the job's metrics
+        metrics.update(progress.evals or evaluator(model))
     evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
     if evals:
         metrics["eval_loss"] = evals[-1]
     metrics["tokens_per_s"] = round((metrics["tokens"] - progress.start_tokens) / runtime, 2) if runtime > 0 else None
     return {"model_dir": str(output_dir), "kind": "model" if opts.method == "full" else "adapter", "metrics": metrics}
+
+
+def _evaluator(eval_path: Path, opts: SftOptions, tok: Any, stop_ids: list[int]):
+    """A function of the model being trained -> `{"eval_<metric>": value}` on evalTable's rows: greedy answers
+    (evalMaxNewTokens tokens, batched and left-padded) measured with `byzer_like.eval.metrics`."""
+    import pyarrow.parquet as pq
+
+    from ..eval import metrics as M
+    from ..eval.run import plan
+
+    ms, es, labels = plan(pq.read_table(eval_path), metrics=opts.eval_metrics)
+    prompts = [tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in es.prompts]
+
+    def evaluate(model: Any) -> dict:
+        import torch
+
+        was_training = model.training
+        model.eval()
+        side, tok.padding_side = tok.padding_side, "left"
+        predictions: list[str] = []
+        try:
+            for k in range(0, len(prompts), 8):
+                enc = tok(prompts[k:k + 8], return_tensors="pt", padding=True, add_special_tokens=False)
+                with torch.inference_mode():
+                    out = model.generate(**{n: v.to(model.device) for n, v in enc.items()}, do_sample=False,
+                                         max_new_tokens=opts.eval_max_new_tokens, eos_token_id=stop_ids or None,
+                                         pad_token_id=tok.pad_token_id)
+                predictions += [t.strip() for t in tok.batch_decode(out[:, enc["input_ids"].shape[1]:],
+                                                                     skip_special_tokens=True)]
+        finally:
+            tok.padding_side = side
+            if was_training:
+                model.train()
+        result = {}
+        for m in ms:
+            values = [m.row(p, r) if m.row and r is not None else None for p, r in zip(predictions, es.references)]
+            result[f"eval_{m.name}"] = round(M.summarise(m, values, predictions, es.references, labels), 6)
+        return result
+
+    return evaluate
 
 
 def _load_model(model_dir: str, opts: SftOptions, target_modules: Sequence[str], on_gpu: bool):

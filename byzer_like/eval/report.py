@@ -1,0 +1,107 @@
+"""An evaluation's report: a Markdown page and a PNG, written under the workspace's `evals/<eval id>/`.
+
+The Markdown has the metrics, the best and worst rows of the first per-row metric, and the PNG's
+name; the PNG shows each per-row metric's distribution and, when the model has earlier evaluations on
+the same eval set, the first metric version over version (matplotlib, no display needed).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+SHOWN_ROWS = 3  # best and worst rows in the Markdown
+
+
+def write_report(workspace: Any, summary: dict, rows: Any, metrics: Sequence[str], history: Sequence[dict]) -> dict:
+    """Write `report.md` and `report.png` for one evaluation; returns {"markdown": path, "png": path}.
+
+    `rows`: the per-row pyarrow table; `metrics`: the metric names asked for; `history`: the model's stored
+    evaluations on the same eval set (newest first, as `Catalog.evals` gives them)."""
+    folder = Path(workspace.path("evals", summary.get("eval_id") or "latest"))
+    folder.mkdir(parents=True, exist_ok=True)
+    png = folder / "report.png"
+    md = folder / "report.md"
+    data = rows.to_pylist()
+    per_row = [m for m in metrics if m in rows.column_names and _numeric(r.get(m) for r in data)]
+    _plot(png, data, per_row, history, metrics, summary)
+    md.write_text(_markdown(summary, data, per_row, metrics, png.name), encoding="utf-8")
+    return {"markdown": str(md), "png": str(png)}
+
+
+def _numeric(values: Any) -> bool:
+    return any(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "n/a" if math.isnan(v) else f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def _cut(text: Any, n: int = 80) -> str:
+    s = "" if text is None else str(text).replace("\n", " ").replace("|", "\\|")
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def _markdown(summary: dict, data: list[dict], per_row: list[str], metrics: Sequence[str], png: str) -> str:
+    lines = [f"# Evaluation {summary.get('eval_id', '')}", "",
+             f"Model **{summary.get('model_ref')}** (deployment `{summary.get('udf_name')}`) on eval set "
+             f"**{summary.get('evalset') or '(unnamed)'}** (fingerprint `{summary.get('fingerprint')}`, "
+             f"{summary.get('rows')} rows, {summary.get('failed_rows', 0)} failed).", "",
+             "| metric | value |", "| --- | --- |"]
+    for k in (*metrics, "mean_token_logprob", "judge_parse_failures"):
+        if k in summary:
+            lines.append(f"| {k} | {_fmt(summary[k])} |")
+    if summary.get("judge_model"):
+        lines += ["", f"Judge: `{summary['judge_model']}` ({summary.get('judge_mode')})."]
+    if per_row:
+        key = per_row[0]
+        scored = [r for r in data if isinstance(r.get(key), (int, float))]
+        ranked = sorted(scored, key=lambda r: r[key])
+        for title, chosen in (("Best", list(reversed(ranked))[:SHOWN_ROWS]), ("Worst", ranked[:SHOWN_ROWS])):
+            lines += ["", f"## {title} rows by {key}", "", f"| row | question | prediction | reference | {key} |",
+                      "| --- | --- | --- | --- | --- |"]
+            lines += [f"| {r['row']} | {_cut(r.get('question'))} | {_cut(r.get('prediction'))} | "
+                      f"{_cut(r.get('reference'))} | {_fmt(r[key])} |" for r in chosen]
+    lines += ["", f"![metric distributions and history]({png})", ""]
+    return "\n".join(lines)
+
+
+def _plot(out: Path, data: list[dict], per_row: list[str], history: Sequence[dict], metrics: Sequence[str],
+          summary: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    panels = max(1, len(per_row)) + 1
+    fig = Figure(figsize=(3.6 * panels, 3.2), dpi=90)
+    axes = fig.subplots(1, panels)
+    for ax, name in zip(axes, per_row):
+        values = [r[name] for r in data if isinstance(r.get(name), (int, float)) and not math.isnan(r[name])]
+        ax.hist(values, bins=min(20, max(5, len(set(values)))), color="#4477aa")
+        ax.set_title(f"{name} per row")
+        ax.set_xlabel(name)
+        ax.set_ylabel("rows")
+    if not per_row:
+        axes[0].text(0.5, 0.5, "no per-row metric", ha="center", va="center")
+        axes[0].set_axis_off()
+    ax = axes[-1]
+    key = next((m for m in metrics if any(m in (h.get("metrics") or {}) for h in history)), None)
+    points = sorted({(h.get("version") if h.get("version") is not None else 0, h["metrics"][key])
+                     for h in history if key and isinstance((h.get("metrics") or {}).get(key), (int, float))})
+    if points:
+        ax.plot([f"v{v}" for v, _ in points], [y for _, y in points], "o-", color="#cc6677")
+        ax.set_title(f"{key} by version")
+        ax.set_ylabel(key)
+    else:
+        ax.text(0.5, 0.5, "no earlier evaluation", ha="center", va="center")
+        ax.set_axis_off()
+    fig.suptitle(f"{summary.get('model_ref')} on {summary.get('evalset') or summary.get('fingerprint')}", fontsize=10)
+    # fixed margins: tight_layout would draw the figure once more just to measure it
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.17, top=0.8, wspace=0.35)
+    fig.savefig(out)
+
+
+__all__ = ["write_report"]
