@@ -13,6 +13,8 @@ The noise, where it comes from, and how it is kept out by default:
   and Ray's `Missing packages: ['ipywidgets']` (logged while `import ray` runs in a notebook kernel): a
   filter on those loggers keeps WARNING and above. A filter, because Serve resets its logger's level
   and handlers when it is imported, never its filters.
+- Serve's router's `Failed to get queue length from Replica(...) within 0.1s` when a replica is busy (a
+  loaded machine; the router retries by itself): dropped.
 - DeepSpeed's `Setting accelerator to CPU` on a machine without a GPU (a WARNING, printed to stdout),
   torchao's `Failed to load .../_C_*.so` for kernels this machine cannot run, and torch's deprecation
   notice to torchao's authors (`<enum ...> is an Enum subclass ...`), each on every import: those
@@ -44,6 +46,8 @@ DROPPED: dict[str, tuple[str, ...]] = {
     "torchao": ("Failed to load ",),
     # a deprecation addressed to torchao's authors, printed on every import of torchao
     "torch.utils._pytree": ("is an Enum subclass and is now natively supported",),
+    # Serve's router probing a busy replica's queue on a loaded machine (a WARNING; it retries on its own)
+    "ray.serve": ("Failed to get queue length from Replica",),
 }
 QUIET = ("ray.serve", "ray.widgets.util")
 IGNORED_WARNINGS = (r"IProgress not found",)
