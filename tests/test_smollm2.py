@@ -46,6 +46,14 @@ def test_the_quick_start_model_knows_the_capital_of_france_through_sql(session, 
     assert "Paris" in answer, (llm_row, answer)
 
 
+def test_the_packaged_model_is_imported_once(workspace, smollm2_dir):
+    """The session fixture imported it (as the quick start does); asking again reads the registry."""
+    from byzer_like.runtime import Runtime
+
+    again = Runtime(workspace=workspace).packaged_model("smollm2")
+    assert again == {"name": "smollm2", "version": 1, "path": str(smollm2_dir), "model_type": "llama", "imported": False}
+
+
 def exact_match(session, udf: str) -> tuple[float, list[tuple[str, str]]]:
     """Greedy answers of deployment `udf` to the capitals table `qa`: (normalised exact match, misses)."""
     session.sql(f'''select instruction, output,
