@@ -93,7 +93,8 @@ class FakeRuntime:
         return {n: "RUNNING" for n in self.deployed}
 
     def generate(self, name: str, requests: Sequence[Mapping[str, Any]], *, on_rows: Any = None, cache: bool = False,
-                 rows: Sequence[int] | None = None, on_cached: Any = None) -> list[dict]:
+                 rows: Sequence[int] | None = None, on_cached: Any = None, dedupe: bool = True,
+                 known: dict | None = None, on_shared: Any = None) -> list[dict]:
         reqs = [dict(r) for r in requests]
         self.generated.append((name, reqs))
         out = []

@@ -38,8 +38,11 @@ class EngineRuntime(Protocol):
     # calls
     def generate(self, name: str, requests: Sequence[Mapping[str, Any]], *, on_rows: Callable[[int], Any] | None = None,
                  cache: bool = False, rows: Sequence[int] | None = None,
-                 on_cached: Callable[[int], Any] | None = None) -> list[dict]:
-        """One answer per request, in order."""
+                 on_cached: Callable[[int], Any] | None = None, dedupe: bool = True,
+                 known: dict[str, dict] | None = None, on_shared: Callable[[int], Any] | None = None) -> list[dict]:
+        """One answer per request, in order. With `dedupe`, identical deterministic requests are asked
+        once (`known`: answers given earlier in the same select, extended; `on_shared(n)`: how many rows
+        were answered without being sent)."""
 
     def embed(self, name: str, texts: Sequence[str]) -> list[list[float]]: ...
 

@@ -23,7 +23,7 @@ import threading
 from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import duckdb
@@ -41,6 +41,7 @@ from .protocol import EngineRuntime
 
 HELPERS = ("llm_prompt", "llm_stack", "llm_eval")
 ON_ERROR = ("raise", "null")
+FLAG_DEFAULTS = {"llm_cache": "false", "llm_dedupe": "true"}  # boolean `set` variables and their defaults
 DUCKDB_INTERRUPTED = "Query interrupted"  # DuckDB's RuntimeError when a signal (Ctrl-C) arrives while it runs
 # `run command as LLM.`` where action="..."`: the actions, each with its handler (Session._<name>) and
 # its options model; training has no action of its own (the model type or setup mode names the task)
@@ -90,6 +91,8 @@ class _Call:
     bar: Any = None
     cached: int = 0  # rows taken from the result cache
     computed: int = 0  # rows sent to a model
+    shared: int = 0  # rows answered with the answer of an identical request (not sent again)
+    known: dict = field(default_factory=dict)  # per model: answers of deterministic requests (runtime.batching)
 
 
 class Session:
@@ -225,8 +228,8 @@ class Session:
             self.variables[s.name] = s.value
         if s.name == "llm_on_error" and self.variables[s.name] not in ON_ERROR:
             raise ConfigError(f"llm_on_error must be one of {', '.join(ON_ERROR)}, not {s.value!r}")
-        if s.name == "llm_cache":
-            self._cache_on()  # a value that is not a boolean fails here, not at the next select
+        if s.name in ("llm_cache", "llm_dedupe"):
+            self._flag(s.name)  # a value that is not a boolean fails here, not at the next select
         return Result("set", None, None, f"{s.name} = {self.variables[s.name]!r}")
 
     def _select(self, s: Select) -> Result:
@@ -255,9 +258,14 @@ class Session:
         if s.table:
             self._put(s.table, table)
         message = f"{s.table or 'result'}: {table.num_rows} rows"
+        notes = []
         if self._call.cached:
-            message += (f" ({self._call.cached} model answers from the result cache, "
-                        f"{self._call.computed} computed)")
+            notes.append(f"{self._call.cached} model answers from the result cache, {self._call.computed} computed")
+        if self._call.shared:
+            notes.append(f"{self._call.shared} duplicate requests answered once: "
+                         f"{self._call.computed - self._call.shared} sent to the model")
+        if notes:
+            message += f" ({'; '.join(notes)})"
         return Result("select", table, s.table, message)
 
     def _check_ambiguous(self, columns: tuple[tuple[str, tuple[str, ...]], ...], s: Select) -> None:
@@ -288,11 +296,15 @@ class Session:
             raise
 
     def _cache_on(self) -> bool:
-        value = self.variables.get("llm_cache", "false")
+        return self._flag("llm_cache")
+
+    def _flag(self, name: str) -> bool:
+        """A boolean `set` variable: `llm_cache` (default false), `llm_dedupe` (default true)."""
+        value = self.variables.get(name, FLAG_DEFAULTS[name])
         try:
             return parse_bool(value)
         except ConfigError:
-            raise ConfigError(f'llm_cache must be "true" or "false", not {value!r}') from None
+            raise ConfigError(f'{name} must be "true" or "false", not {value!r}') from None
 
     def _run(self, s: Run) -> Result:
         """`run ... as LLM`: the action's handler from RUN_ACTIONS, or training when the model type
@@ -637,7 +649,9 @@ class Session:
             cache = self._cache_on()
             results = self.runtime.generate(model, [requests[i] for i in chat],
                                             on_rows=bar.update if bar is not None else None, cache=cache,
-                                            rows=[self._call.rows + i for i in chat], on_cached=self._note_cached)
+                                            rows=[self._call.rows + i for i in chat], on_cached=self._note_cached,
+                                            dedupe=self._flag("llm_dedupe"), on_shared=self._note_shared,
+                                            known=self._call.known.setdefault(model.lower(), {}))
             self._call.computed += len(chat)
             for i, res in zip(chat, results):
                 if "error" in res and on_error != "null":
@@ -650,6 +664,9 @@ class Session:
                 out[i] = fx.result_json(requests[i], {"output": v, "metadata": {"dimensions": len(v)}})
         self._call.rows += len(params)
         return out
+
+    def _note_shared(self, n: int) -> None:
+        self._call.shared += n
 
     def _note_cached(self, n: int) -> None:
         self._call.cached += n

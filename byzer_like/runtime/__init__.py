@@ -223,15 +223,25 @@ class Runtime:
 
     def generate(self, name: str, requests: Sequence[Mapping[str, Any]], *, progress: bool = False,
                  on_rows: Callable[[int], Any] | None = None, cache: bool = False, rows: Sequence[int] | None = None,
-                 on_cached: Callable[[int], Any] | None = None) -> list[dict]:
+                 on_cached: Callable[[int], Any] | None = None, dedupe: bool = True, sort: bool = True,
+                 known: dict[str, dict] | None = None, on_shared: Callable[[int], Any] | None = None) -> list[dict]:
         """The batch path under `batch_chat` and SQL: built requests (`config.ChatRequest` dicts) in,
         one `{"output", "metadata"}` or `{"error", "error_code"}` per request out, in order.
 
         Requests go in chunks to all replicas at once; a chunk whose replica died is sent again, so no
         row is lost or duplicated. With `cache=True`, answers already in the result cache (same model,
         row and request) are taken from it (`on_cached(n)` hears how many) and the others are kept as
-        they arrive; `rows` numbers the requests (default: their positions). `on_rows(n)` hears each
-        chunk's size as it returns."""
+        they arrive; `rows` numbers the requests (default: their positions). `on_rows(n)` hears how many
+        rows each returning chunk answered.
+
+        With `dedupe` (default), identical deterministic requests (greedy or seeded; see
+        `runtime.batching`) go to the model once and every one of them gets the answer; `known` (a dict
+        the caller keeps, e.g. for the vectors of one SQL select) holds answers given earlier and gains
+        the new ones; `on_shared(n)` hears how many requests were answered without being sent. With
+        `sort` (default), what is sent goes shortest prompt first, grouped by decoding options, so that
+        each chunk pads little; the answers still come back in request order."""
+        from .batching import plan_requests
+
         meta = self.meta(name)
         reqs = list(requests)
         keys: list[str] = []
@@ -248,31 +258,46 @@ class Runtime:
             if on_cached:
                 on_cached(len(found))
         todo = [i for i in range(len(reqs)) if not cache or keys[i] not in found]
+        plan = plan_requests([reqs[i] for i in todo], dedupe=dedupe, sort=sort, known=known)
+        if on_shared and plan.saved:
+            on_shared(plan.saved)
+        bar = _progress(len(reqs), name, progress)
+        counted = _both(bar.update if bar else None, on_rows)
+        if bar and found:
+            bar.update(len(found))
+        if store is not None and plan.remembered:  # answered earlier in this select: kept for this row too
+            store.put_many(name, ((keys[todo[i]], known[k]) for i, k in plan.remembered.items()))  # type: ignore[index]
+        if counted and plan.remembered:
+            counted(len(plan.remembered))
 
-        def keep(start: int, answers: list[dict]) -> None:  # a chunk's answers, as soon as it is back
-            store.put_many(name, ((keys[todo[start + j]], a) for j, a in enumerate(answers)))
+        def returned(start: int, answers: list[dict]) -> None:  # a chunk's answers, as soon as it is back
+            groups = plan.groups[start:start + len(answers)]
+            if store is not None:
+                store.put_many(name, ((keys[todo[i]], a) for g, a in zip(groups, answers) for i in g))
+            if counted:
+                counted(sum(len(g) for g in groups))
 
         workers = int(meta.get("num_workers") or 1)
+        sent = [reqs[todo[g[0]]] for g in plan.groups]
         # chunks of the replicas' batch size, but at least two per replica, so that Serve's router
         # (which picks between two random replicas) spreads the work even for small batches
         chunk = max(1, min(int(meta.get("max_batch_size") or self.setup_config.max_batch_size),
-                           -(-len(todo) // (2 * workers))))
-        bar = _progress(len(reqs), name, progress)
-        if bar and found:
-            bar.update(len(found))
+                           -(-len(sent) // (2 * workers))))
         try:
             answers = manager.run_batched(
-                self.handle(name), [reqs[i] for i in todo], udf_name=name, chunk_size=chunk, in_flight=2 * workers,
-                timeout_s=self.setup_config.request_timeout_s, on_rows=_both(bar.update if bar else None, on_rows),
-                on_answers=keep if cache else None,
-            ) if todo else []
+                self.handle(name), sent, udf_name=name, chunk_size=chunk, in_flight=2 * workers,
+                timeout_s=self.setup_config.request_timeout_s, on_answers=returned,
+            ) if sent else []
         finally:
             if bar:
                 bar.close()
+        if known is not None:
+            plan.remember(answers, known)
+        computed = plan.fan_out(answers, known)
         if not cache:
-            return answers
+            return computed
         out = [found.get(k) for k in keys]
-        for i, answer in zip(todo, answers):
+        for i, answer in zip(todo, computed):
             out[i] = answer
         return out  # type: ignore[return-value]
 

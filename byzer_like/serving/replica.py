@@ -41,6 +41,7 @@ class ModelReplica:
         self._inflight: dict[str, float] = {}
         self._lock = threading.Lock()
         self._served = 0
+        self._answered = 0  # requests given to the model by `generate` (each row of a chunk counts)
         self._cancelled = 0
         self._cancelled_after = 0
         self.replica_id = serve.get_replica_context().replica_id.unique_id
@@ -71,6 +72,7 @@ class ModelReplica:
     # -- calls -----------------------------------------------------------------------------------
     async def generate(self, requests: list[dict]) -> list[dict]:
         """Many requests in, one result each out, in order: `{"output", "metadata"}` or `{"error", "error_code"}`."""
+        self._answered += len(requests)
         results = await self._in_thread(self.plugin.batch, self.model, self.tokenizer, requests)
         for r in results:
             if "metadata" in r:
@@ -188,6 +190,7 @@ class ModelReplica:
             replica_pid=os.getpid(),
             load_seconds=round(self.load_s, 3),
             requests_served=self._served,
+            requests_generated=self._answered,
             requests_in_flight=len(self._inflight),
             requests_cancelled=self._cancelled,
             last_cancelled_after_pieces=self._cancelled_after,
