@@ -59,6 +59,11 @@ def test_a_plan_sends_each_request_once_shortest_first_and_answers_in_row_order(
     assert out[1] == out[3] and out[1] is not out[3]  # a copy per row
     assert [a["metadata"]["t"] for a in out] == [0.0] * 7 + [0.9]
 
+    # answer budgets of one size class go together (8-15 before 16-31), shortest prompt first within each
+    mixed = [req("long prompt here", temperature=0, max_new_tokens=9), req("x", temperature=0, max_new_tokens=100),
+             req("mid", temperature=0, max_new_tokens=12), req("y", temperature=0, max_new_tokens=20)]
+    assert [g[0] for g in plan_requests(mixed).groups] == [2, 0, 3, 1]
+
     # no dedupe, no sort: every request, in row order
     plain = plan_requests(reqs, dedupe=False, sort=False)
     assert plain.groups == [[i] for i in range(len(reqs))] and plain.saved == 0

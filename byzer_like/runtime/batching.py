@@ -15,9 +15,13 @@ is the default, 0.1) are never merged: asking the same question twice at a tempe
 samples, and a user who wants that gets two.
 
 **Order.** The requests that do go to the model are sent grouped by their decoding options (so that a
-chunk holds requests a replica can run in one `generate` call) and, within a group, shortest prompt first
-(measured in characters, no tokenizer needed), so that each chunk pads its prompts little: a static batch
-costs as much as its longest prompt and its longest answer. Answers are put back in request order.
+chunk holds requests a replica can run in one `generate` call), then by the size of their answer budget
+(`max_new_tokens`, in powers of two: 8-15, 16-31, ...), and within those shortest prompt first (measured
+in characters, no tokenizer needed). A static batch costs as much as its longest prompt (padding) and
+runs as many steps as its longest answer, so chunks of alike prompts and alike budgets waste little:
+on SmolLM2 with 64 mixed-length prompts and budgets of 8-128 tokens (bench/sorting.py's rows), a plain
+static loop ran at 22.9 tokens/s in row order, 31.9 sorted by prompt length and 46.3 in this order.
+Answers are put back in request order.
 
 Pure Python (no Ray, no torch): unit tests run it on plain dicts.
 """
@@ -63,6 +67,16 @@ def prompt_chars(request: Mapping[str, Any]) -> int:
         n += len(str(m.get("content") or "")) if isinstance(m, Mapping) else len(str(m))
     system = (request.get("kwargs") or {}).get("system_msg")
     return n + (len(str(system)) if system else 0)
+
+
+def budget_class(request: Mapping[str, Any]) -> int:
+    """The answer budget's size class: the bit length of `max_new_tokens` (else `max_length`; 0 when
+    neither is given, so such requests go together)."""
+    budget = request.get("max_new_tokens") or request.get("max_length") or 0
+    try:
+        return int(budget).bit_length()
+    except (TypeError, ValueError):
+        return 0
 
 
 def options_signature(request: Mapping[str, Any]) -> str:
@@ -120,7 +134,8 @@ class Plan:
 def plan_requests(requests: Sequence[Mapping[str, Any]], *, dedupe: bool = True, sort: bool = True,
                   known: Mapping[str, dict] | None = None) -> Plan:
     """Plan `requests` (`config.ChatRequest` dicts): duplicates merged (with `dedupe`), requests whose key
-    is in `known` answered from it, the rest sorted by decoding options and prompt length (with `sort`)."""
+    is in `known` answered from it, the rest sorted by decoding options, answer budget class and prompt
+    length (with `sort`)."""
     keys = [dedupe_key(r) if dedupe else None for r in requests]
     plan = Plan(keys=keys)
     first: dict[str, int] = {}
@@ -136,7 +151,8 @@ def plan_requests(requests: Sequence[Mapping[str, Any]], *, dedupe: bool = True,
             first[key] = len(groups)
         groups.append([i])
     if sort:
-        sort_keys = [(options_signature(requests[g[0]]), prompt_chars(requests[g[0]])) for g in groups]
+        sort_keys = [(options_signature(requests[g[0]]), budget_class(requests[g[0]]), prompt_chars(requests[g[0]]))
+                     for g in groups]
         order = sorted(range(len(groups)), key=sort_keys.__getitem__)  # stable: equal keys keep row order
         groups = [groups[g] for g in order]
     plan.groups = groups
