@@ -3,7 +3,8 @@ bench/engine.py compare the deployed engine with.
 
     .venv-vllm/bin/python -m byzer_like.plugins.vllm_offline job.json answers.json
 
-`job.json`: {"model_dir", "prompts": [[token ids], ...], "max_tokens": [n, ...] (or one n),
+`job.json`: {"model_dir", "prompts": [[token ids], ...] or "texts": [prompt text, ...] (tokenized here without
+special tokens, as the deployment does after its chat template), "max_tokens": [n, ...] (or one n),
 "stop_token_ids": [...], "enforce_eager": true, "dtype": "float32"}. `answers.json`: {"texts": [...],
 "output_tokens": [...], "engine_start_s", "generate_s"}. Greedy (temperature 0), as the deployment with
 temperature 0. The engine is shut down before the script exits (its processes would outlive it).
@@ -29,7 +30,11 @@ def run(job: dict) -> dict:
     llm = LLM(model=job["model_dir"], dtype=job.get("dtype", "float32"), enforce_eager=job.get("enforce_eager", True),
               seed=0)
     started = time.perf_counter() - start
-    prompts = job["prompts"]
+    if "texts" in job:
+        tokenizer = llm.get_tokenizer()
+        prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in job["texts"]]
+    else:
+        prompts = job["prompts"]
     max_tokens = job["max_tokens"] if isinstance(job["max_tokens"], list) else [job["max_tokens"]] * len(prompts)
     params = [SamplingParams(temperature=0.0, max_tokens=int(n), stop_token_ids=job.get("stop_token_ids") or None,
                              skip_special_tokens=True) for n in max_tokens]
