@@ -318,7 +318,7 @@ class VLLMEngine:
         if out is None:
             raise InvalidRequestError("vLLM returned no output for the request", code="engine_error")
         o = out.outputs[0]
-        meta = {"input_tokens": len(p.ids), "output_tokens": len(o.token_ids),
+        meta = {"input_tokens": len(p.ids), "output_tokens": _answer_tokens(o, self.stop_ids),
                 "finish_reason": "stop" if o.finish_reason == "stop" else "length",
                 "generation_s": round(time.perf_counter() - start, 6), "engine": "vllm"}
         if first is not None and kind == "CUMULATIVE":
@@ -452,6 +452,13 @@ class VLLMEngine:
             "vllm_version": _vllm_version(),
             "python": sys.executable,
         }
+
+
+def _answer_tokens(output: Any, stop_ids: Sequence[int]) -> int:
+    """The answer's tokens as the transformers engine counts them: without the stop token that ended it
+    (vLLM keeps that token in `token_ids`)."""
+    ids = list(output.token_ids)
+    return len(ids) - 1 if output.finish_reason == "stop" and ids and ids[-1] in stop_ids else len(ids)
 
 
 def _configure_environment(device: str, ip: Mapping[str, str]) -> None:

@@ -41,7 +41,13 @@ def run(job: dict) -> dict:
     start = time.perf_counter()
     outs = llm.generate([{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=False)
     seconds = time.perf_counter() - start
-    result = {"texts": [o.outputs[0].text for o in outs], "output_tokens": [len(o.outputs[0].token_ids) for o in outs],
+    stops = set(job.get("stop_token_ids") or ())
+
+    def count(o) -> int:  # without the stop token that ended the answer, as the deployment counts
+        ids = list(o.token_ids)
+        return len(ids) - 1 if o.finish_reason == "stop" and ids and ids[-1] in stops else len(ids)
+
+    result = {"texts": [o.outputs[0].text for o in outs], "output_tokens": [count(o.outputs[0]) for o in outs],
               "engine_start_s": round(started, 3), "generate_s": round(seconds, 3)}
     engine = getattr(llm.llm_engine, "engine_core", None)
     if engine is not None and callable(getattr(engine, "shutdown", None)):
