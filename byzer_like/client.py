@@ -78,8 +78,8 @@ class LLMRequest:
 
 class InferBackend(str, enum.Enum):
     """Byzer-LLM's inference back ends. `Transformers` (also spelled `transformers`) is the built-in
-    engine; the others are named so Byzer code reads, and `setup_infer_backend` says they are not
-    available yet (vLLM is planned as a serving engine of its own)."""
+    engine; `VLLM` deploys local models on vLLM's async engine (see byzer_like/plugins/vllm.py); the
+    others are named so Byzer code reads, and `setup_infer_backend` says they are not available."""
 
     Transformers = "transformers"
     transformers = "transformers"
@@ -193,18 +193,19 @@ class ByzerLLM:
         return self
 
     def setup_infer_backend(self, backend: str | InferBackend) -> "ByzerLLM":
-        """Byzer-LLM's back end choice. `InferBackend.Transformers` is the built-in engine (the only one
-        here for now); vLLM, llama.cpp and DeepSpeed inference raise NotSupportedError, which says so."""
+        """Byzer-LLM's back end choice for the next deploys: `InferBackend.Transformers` (the built-in engine)
+        or `InferBackend.VLLM` (vLLM's async engine in each replica; its Python environment is built by
+        `python3 dev.py setup --vllm`). llama.cpp and DeepSpeed inference raise NotSupportedError."""
         value = str(backend.value if isinstance(backend, InferBackend) else backend).strip().lower()
         known = {b.value for b in InferBackend} | {"vllm", "deepspeed"}
-        if value == "transformers":
-            self.infer_backend = InferBackend.Transformers
+        if value in ("transformers", "vllm", "ray/vllm"):
+            self.runtime.setup({"infer_backend": value})
+            self.infer_backend = InferBackend.VLLM if "vllm" in value else InferBackend.Transformers
             return self
         if value in known:
-            raise NotSupportedError(f"infer backend {value!r} is not available in byzer-like yet (vLLM is planned as a "
-                                    "serving engine of its own); use InferBackend.Transformers, the built-in engine, "
-                                    "which serves the same models")
-        raise ConfigError(f"unknown infer backend {backend!r}; use InferBackend.Transformers")
+            raise NotSupportedError(f"infer backend {value!r} is not available in byzer-like; use InferBackend.Transformers "
+                                    "(the built-in engine) or InferBackend.VLLM (vLLM), which serve the same models")
+        raise ConfigError(f"unknown infer backend {backend!r}; use InferBackend.Transformers or InferBackend.VLLM")
 
     def setup_worker_concurrency(self, num: int) -> "ByzerLLM":
         """Requests one worker (replica) works on at once (Byzer's workerMaxConcurrency)."""
@@ -333,7 +334,8 @@ class ByzerLLM:
         meta = self.runtime.meta(self._model(model), refresh=refresh)
         saas = str(meta.get("pretrained_model_type", "")).startswith("saas/")
         meta.setdefault("model_deploy_type", "saas" if saas else "proprietary")
-        meta.setdefault("backend", "saas" if saas else "transformers")
+        engine = InferBackend.VLLM.value if meta.get("engine") == "vllm" else InferBackend.Transformers.value
+        meta.setdefault("backend", "saas" if saas else engine)
         meta.setdefault("support_stream", bool(meta.get("streaming", True)))
         meta.setdefault("support_chat_template", not saas)
         if meta.get("context_length"):

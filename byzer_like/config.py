@@ -130,9 +130,11 @@ def _shown(value: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-# `!byzerllm setup "infer_backend=..."`: the serving engines byzer-like has, and Byzer's others (not yet here)
-INFER_BACKENDS = ("transformers",)
-LATER_BACKENDS = ("vllm", "llama_cpp", "deepspeed")
+# `!byzerllm setup "infer_backend=..."`: the serving engines byzer-like has, and Byzer's others (not yet here);
+# Byzer-LLM's client spells vLLM `ray/vllm` (InferBackend.VLLM)
+INFER_BACKENDS = ("transformers", "vllm")
+BACKEND_ALIASES = {"ray/vllm": "vllm"}
+LATER_BACKENDS = ("llama_cpp", "deepspeed", "ray/deepspeed")
 
 
 class SetupConfig(_Options):
@@ -163,7 +165,9 @@ class SetupConfig(_Options):
     health_check_period_s: float = Field(10.0, gt=0)
     health_check_timeout_s: float = Field(30.0, gt=0)
     infer_backend: str = Field("transformers", validation_alias=AliasChoices("infer_backend", "inferBackend"),
-                               description="the serving engine: transformers (the built-in Hugging Face engine)")
+                               description="the serving engine of the next deploy: transformers (the built-in Hugging "
+                               "Face engine) or vllm (vLLM's async engine in the replicas: pretrainedModelType x deploys as "
+                               "vllm/x)")
     # Byzer-LLM's client sets these by default; they are accepted so its scripts run, and have no effect here
     master_max_concurrency: int | None = Field(
         None, ge=1, validation_alias=AliasChoices("master_max_concurrency", "masterMaxConcurrency"),
@@ -190,6 +194,7 @@ class SetupConfig(_Options):
     @classmethod
     def _known_backend(cls, value: str) -> str:
         name = str(value).strip().lower()
+        name = BACKEND_ALIASES.get(name, name)
         if name in INFER_BACKENDS:
             return name
         if name in LATER_BACKENDS:

@@ -151,6 +151,11 @@ class DeployError(ByzerError, RuntimeError):
     """A deployment could not be created, bound or removed."""
 
 
+class EngineEnvironmentError(DeployError):
+    """The Python environment a serving engine needs (vLLM's own venv) is missing or broken; the message
+    names the command that builds it."""
+
+
 class DuplicateDeploymentError(DeployError):
     def __init__(self, udf_name: str):
         self.udf_name = udf_name

@@ -157,8 +157,11 @@ def test_setup_calls_chain_and_check_their_values(tmp_path):
         "assistant_role": "Assistant", "temperature": 0}
     llm.setup_template("m", "auto")
     assert "user_role" not in llm._options("m", None)
+    assert llm.setup_infer_backend(InferBackend.VLLM).setup_config.infer_backend == "vllm"
+    assert llm.infer_backend is InferBackend.VLLM
+    assert llm.setup_infer_backend("transformers").setup_config.infer_backend == "transformers"
     with pytest.raises(NotSupportedError, match="use InferBackend.Transformers"):
-        llm.setup_infer_backend(InferBackend.VLLM)
+        llm.setup_infer_backend(InferBackend.LLAMA_CPP)
     with pytest.raises(ConfigError, match="unknown request option"):
         llm.setup_extra_generation_params("m", {"temprature": 0})
     with pytest.raises(NotSupportedError, match="stop iterating over stream_chat_oai"):

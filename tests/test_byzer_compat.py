@@ -46,6 +46,8 @@ def s(rt) -> Session:
     ("workerMaxConcurrency", "4", "max_ongoing_requests", 4),
     ("infer_backend", "transformers", "infer_backend", "transformers"),
     ("infer_backend", "Transformers", "infer_backend", "transformers"),
+    ("infer_backend", "vllm", "infer_backend", "vllm"),
+    ("infer_backend", "ray/vllm", "infer_backend", "vllm"),
     ("pythonMode", "ray", "python_mode", "ray"),
     ("standalone", "true", "standalone", True),
     ("masterMaxConcurrency", "1000", "master_max_concurrency", 1000),
@@ -54,9 +56,9 @@ def test_byzer_setup_keys(key, value, field, expected):
     assert getattr(SetupConfig().with_values({key: value}), field) == expected
 
 
-@pytest.mark.parametrize("backend", ["vllm", "llama_cpp", "deepspeed"])
+@pytest.mark.parametrize("backend", ["llama_cpp", "deepspeed"])
 def test_later_backends_are_a_typed_error_naming_the_valid_ones(backend):
-    with pytest.raises(ConfigError, match=f"'{backend}' is not available yet.*valid backends: transformers"):
+    with pytest.raises(ConfigError, match=f"'{backend}' is not available yet.*valid backends: transformers, vllm"):
         SetupConfig().with_values({"infer_backend": backend})
 
 
@@ -299,7 +301,7 @@ def test_as_names_the_training_job_row(s, rt):
 
 
 def test_errors_a_user_causes_are_one_line_with_what_to_do(s):
-    for script in ('!byzerllm setup "infer_backend=vllm";', "load csv.`data/people.csv` where sepp=\";\" as p;",
+    for script in ('!byzerllm setup "infer_backend=llama_cpp";', "load csv.`data/people.csv` where sepp=\";\" as p;",
                    'load text.`data/docs` as t; run t as TableRepartition.`` where partitionNum="0" as t2;'):
         with pytest.raises(Exception) as e:
             s.sql(script)

@@ -26,16 +26,32 @@ training job asks for it. Optional: `batch_chat` (many requests in one batched f
 `score_text` (token log-likelihoods of texts: perplexity in evaluation)
 (extra `where` keys the plugin reads), and the attribute `needs_model_dir = False` for a plugin of
 a remote model that deploys without a model directory (`saas/openai`).
+
+The engine seam (optional; Ray Serve LLM's split between its server and its engine): a plugin whose
+model is a serving engine of its own (vLLM: continuous batching, paged KV cache) provides
+
+    engine(model, tokenizer) -> ChatEngine     # called once per replica, after init_model
+    runtime_env(infer_params, sys_conf) -> dict  # on the driver, before the replicas start
+
+A replica that gets an engine hands it every request as it arrives (a whole chunk of a SQL select at
+once: the engine schedules them) instead of calling `batch_chat` / `stream_chat` on worker threads,
+streams its items under the streaming rules above, aborts a request whose caller went away, and shows
+the engine's `load()` in its meta. Without `engine` the replica keeps its own path. `runtime_env` is
+Ray's runtime_env for the plugin's replicas, e.g. `{"py_executable": ".../.venv-vllm/bin/python"}` when
+the engine's libraries need a Python environment of their own. Requests carry an `adapter` key only
+once adapters are served (a LoRA adapter per request: vLLM's LoRARequest); an engine that cannot serve
+one answers that request with an error.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, AsyncIterator, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 from ..tasks import TASKS
 
 REQUIRED = ("init_model", "stream_chat")
 TRAINING = tuple(task.entry_point for task in TASKS.values())  # sft_train, sfft_train
-OPTIONAL = ("batch_chat", "embed_query", "get_meta", "check_model_dir", "infer_param_names", "score_text")
+OPTIONAL = ("batch_chat", "embed_query", "get_meta", "check_model_dir", "infer_param_names", "score_text", "engine",
+            "runtime_env")
 
 
 @runtime_checkable
@@ -106,3 +122,39 @@ class ScoreText(Protocol):
         second token on) or `{"text", "ins", "his"}` (the answer `text` after the chat prompt of `ins` and
         `his`, built as `stream_chat` builds it; only the answer's tokens are scored). Returns one
         `{"logprob": <sum of natural-log probabilities>, "tokens": <tokens scored>}` per item, in order."""
+
+
+@runtime_checkable
+class ChatEngine(Protocol):
+    """A serving engine a plugin provides (`plugin.engine(model, tokenizer)`): it owns its scheduling, so the
+    replica sends it requests as they arrive. Requests are `config.ChatRequest` dicts, as `batch_chat` and
+    `stream_chat` receive them (`request_arguments` unpacks one). Every method may be called from any
+    event loop and thread; the engine keeps its own loop if it needs one."""
+
+    async def generate(self, requests: Sequence[Mapping[str, Any]]) -> list[dict]:
+        """Answer every request (all submitted at once; the engine batches them as it sees fit): one
+        `{"output": text, "metadata": {...}}` or `{"error": message, "error_code": code}` per request, in
+        order. Metadata as `stream_chat`'s: input_tokens, output_tokens, finish_reason, generation_s."""
+
+    def stream(self, request: Mapping[str, Any], request_id: str) -> AsyncIterator[tuple[str, dict]]:
+        """Yield `(text_so_far, metadata)` under the streaming rules above; the last item is the whole
+        answer with its metadata. Closing the iterator (the caller went away) aborts the request."""
+
+    async def abort(self, request_id: str) -> None:
+        """Stop request `request_id` now (nothing happens if it ended)."""
+
+    def load(self) -> dict:
+        """What the engine is doing now, for routing and `meta`: at least `requests_running` and
+        `requests_waiting`."""
+
+    def shutdown(self) -> None:
+        """Stop the engine and every process it started (the replica is going away)."""
+
+
+class EngineProvider(Protocol):
+    def engine(self, model: Any, tokenizer: Any) -> ChatEngine:
+        """The engine serving `model` (what `init_model` returned), or None to use the replica's own path."""
+
+    def runtime_env(self, infer_params: Mapping[str, str], sys_conf: Mapping[str, str]) -> dict:
+        """Ray's runtime_env for this plugin's replicas (called on the driver when it deploys); raise a
+        typed error saying what to install when the environment it needs is missing."""

@@ -32,8 +32,13 @@ _registered: dict[str, str] = {}
 BYZER_FAMILIES = ("llama2", "qwen", "chatglm2", "chatglm6b", "baichuan", "falcon", "zephyr", "dolly", "moss", "starcode")
 SAAS_PROVIDERS = ("official_openai", "reasoning_openai", "qianwen", "deepseek", "moonshot", "kimi", "zhipu", "baichuan",
                   "siliconflow", "together", "groq")
+# The families the vLLM engine serves: `vllm/<family>` (or `!byzerllm setup "infer_backend=vllm"` with
+# `pretrainedModelType="<family>"`) is that family's plugin with vLLM's async engine in its replicas
+# (byzer_like_models.vllm; byzer_like/plugins/vllm.py)
+VLLM_FAMILIES = ("llama", "qwen2", "gpt2", "auto", *BYZER_FAMILIES)
 BUILTIN: dict[str, str] = {
     **{name: f"byzer_like_models.auto:families.{name}" for name in BYZER_FAMILIES},
+    **{f"vllm/{name}": f"byzer_like_models.vllm:families.{name}" for name in VLLM_FAMILIES},
     "saas/azure_openai": "byzer_like_models.saas_openai:azure",
     **{f"saas/{name}": f"byzer_like_models.saas_openai:providers.{name}" for name in SAAS_PROVIDERS},
 }
@@ -68,7 +73,7 @@ def supported_kinds() -> str:
     local = sorted(n for n in known if "/" not in n)
     saas = sorted(n for n in known if n.startswith("saas/"))
     return (f"Hugging Face causal language models ({', '.join(local)}; custom/<name> is the plugin <name>, else "
-            f"auto) and OpenAI-protocol services ({', '.join(saas)})")
+            f"auto; vllm/<family> serves one on the vLLM engine) and OpenAI-protocol services ({', '.join(saas)})")
 
 
 def resolve(name: str) -> tuple[str, str]:
@@ -94,6 +99,23 @@ def resolve(name: str) -> tuple[str, str]:
                                         supported_kinds() + "; a service with an OpenAI-compatible endpoint works "
                                         "as saas/openai with saas.base_url")
     raise UnknownPluginError(name, known)
+
+
+def with_backend(name: str, backend: str) -> str:
+    """The model type to deploy for `name` under `!byzerllm setup "infer_backend=..."`: with `vllm`, a local
+    family `x` (or `custom/x`) becomes `vllm/x`; remote (`saas/*`) and already-`vllm/` types stay as they are.
+    UnsupportedModelTypeError for a plugin the vLLM engine does not serve."""
+    if backend != "vllm" or name.lower().startswith(("vllm/", "saas/")):
+        return name
+    plugin, _ = resolve(name)
+    if plugin.startswith("saas/"):
+        return name
+    if plugin not in VLLM_FAMILIES:
+        raise UnsupportedModelTypeError(
+            name, f"the plugin {plugin!r}, which the vLLM engine does not serve",
+            f"with infer_backend=vllm: {', '.join(VLLM_FAMILIES)} (or vllm/<family>); "
+            'for this plugin use !byzerllm setup "infer_backend=transformers"')
+    return f"vllm/{plugin}"
 
 
 def register(name: str, import_path: str, *, replace: bool = False) -> None:
@@ -182,6 +204,28 @@ class Plugin:
     def check_model_dir(self, model_dir: str, infer_params: Mapping[str, Any]) -> None:
         if self.has("check_model_dir"):
             self.target.check_model_dir(model_dir, infer_params)
+
+    def engine(self, model: Any, tokenizer: Any) -> Any:
+        """The plugin's serving engine for a loaded model (contract.ChatEngine), or None: the replica
+        then runs `batch_chat` / `stream_chat` itself."""
+        if not self.has("engine"):
+            return None
+        engine = self.target.engine(model, tokenizer)
+        if engine is not None:
+            missing = [n for n in ("generate", "stream", "abort", "load", "shutdown") if not callable(getattr(engine, n, None))]
+            if missing:
+                raise PluginError(f"plugin {self.name!r}: its engine does not provide {', '.join(missing)}; "
+                                  "see byzer_like.plugins.contract.ChatEngine")
+        return engine
+
+    def runtime_env(self, infer_params: Mapping[str, Any], sys_conf: Mapping[str, Any]) -> dict:
+        """Ray's runtime_env the plugin asks for its replicas ({} when it asks for none)."""
+        if not self.has("runtime_env"):
+            return {}
+        env = self.target.runtime_env(infer_params, sys_conf)
+        if not isinstance(env, Mapping):
+            raise PluginError(f"plugin {self.name!r}: runtime_env must return a dict, got {type(env).__name__}")
+        return dict(env)
 
     def init_model(self, model_dir: str, infer_params: dict, sys_conf: dict) -> tuple[Any, Any]:
         out = self.target.init_model(model_dir, infer_params, sys_conf)
@@ -273,5 +317,5 @@ class Plugin:
 
 __all__ = [
     "BUILTIN", "ENTRY_POINT_GROUP", "Plugin", "available", "check", "import_path_for", "load", "load_path",
-    "register", "resolve", "split_model_type", "supported_kinds",
+    "register", "resolve", "split_model_type", "supported_kinds", "with_backend", "VLLM_FAMILIES",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from dataclasses import replace as _replace
 from typing import Any, Callable, Mapping
 
 from ..catalog import Catalog
@@ -70,6 +71,8 @@ class DeploySpec:
     replace: bool = False
     requested: dict[str, str] = field(default_factory=dict)
     deployed_at: float = field(default_factory=time.time)
+    # Ray's runtime_env for the replicas, as the plugin asks (vLLM's own Python environment); {} for none
+    runtime_env: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def build(cls, options: Mapping[str, Any], *, setup: SetupConfig, workspace: Workspace, catalog: Catalog,
@@ -91,6 +94,8 @@ class DeploySpec:
         if task:
             raise ConfigError(f"pretrained_model_type {model_type!r} names a training task; "
                               f"deploy the model type itself (e.g. {name!r})")
+        # !byzerllm setup "infer_backend=vllm": a local family is served by its vllm/<family> plugin
+        name = model_type = registry.with_backend(name, setup.infer_backend)
         plugin = registry.load(name)
         extra = {k: params.pop(k) for k in list(params) if k in plugin.infer_param_names()}
         try:
@@ -118,6 +123,7 @@ class DeploySpec:
                    reconnect=opts.reconnect, replace=opts.replace, requested=requested)
         if not spec.reconnect:  # reconnecting to a running deployment needs no model; otherwise check it now
             spec.check_model()
+            spec = _replace(spec, runtime_env=plugin.runtime_env(infer, setup.sys_conf()))
         return spec
 
     def check_model(self) -> None:
@@ -154,6 +160,7 @@ class DeploySpec:
             "infer_params": dict(self.infer_params),
             "sys_conf": self.setup.sys_conf(),
             "deployed_at": self.deployed_at,
+            "runtime_env": dict(self.runtime_env),
         }
 
 

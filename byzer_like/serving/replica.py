@@ -3,6 +3,8 @@
 Thin on purpose: it loads the plugin named in its spec (an import path resolved inside the worker),
 runs model calls on worker threads so the replica's event loop stays free for health checks and
 cancellation, and reports hung requests to Serve's health check so the replica gets replaced.
+A plugin that provides a serving engine (the contract's engine seam: vLLM) gets every request as it
+arrives instead: the engine schedules, streams and aborts, the replica only counts and reports.
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ class ModelReplica:
         start = time.perf_counter()
         self.model, self.tokenizer = self.plugin.init_model(spec["model_dir"], spec["infer_params"], spec["sys_conf"])
         self.load_s = time.perf_counter() - start
+        # the plugin's own engine (contract.ChatEngine), or None: batch_chat / stream_chat on worker threads
+        self.engine = self.plugin.engine(self.model, self.tokenizer)
         conf = spec["sys_conf"]
         self.request_timeout_s = float(conf.get("request_timeout_s", 600))
         ongoing = int(conf.get("max_ongoing_requests", 8))
@@ -73,7 +77,14 @@ class ModelReplica:
     async def generate(self, requests: list[dict]) -> list[dict]:
         """Many requests in, one result each out, in order: `{"output", "metadata"}` or `{"error", "error_code"}`."""
         self._answered += len(requests)
-        results = await self._in_thread(self.plugin.batch, self.model, self.tokenizer, requests)
+        if self.engine is not None:  # all at once: the engine schedules them
+            rid = self._track()
+            try:
+                results = await self.engine.generate(requests)
+            finally:
+                self._untrack(rid)
+        else:
+            results = await self._in_thread(self.plugin.batch, self.model, self.tokenizer, requests)
         for r in results:
             if "metadata" in r:
                 r["metadata"]["replica"] = self.replica_id
@@ -84,7 +95,9 @@ class ModelReplica:
         return await self.generate(requests)
 
     async def chat(self, request: dict) -> dict:
-        """One request; concurrent single requests are batched together."""
+        """One request; concurrent single requests are batched together (an engine batches them itself)."""
+        if self.engine is not None:
+            return (await self.generate([request]))[0]
         return await self._chat_batched(request)
 
     async def stream(self, request: dict) -> AsyncIterator[dict]:
@@ -96,7 +109,8 @@ class ModelReplica:
         meta: dict = {}
         pieces = 0
         try:
-            async with aclosing(self._iterate(lambda: self.plugin.stream(self.model, self.tokenizer, request))) as items:
+            async with aclosing(self._engine_stream(request) if self.engine is not None else
+                                self._iterate(lambda: self.plugin.stream(self.model, self.tokenizer, request))) as items:
                 async for text, meta in items:
                     if text.startswith(sent):
                         delta = text[len(sent):]
@@ -112,6 +126,16 @@ class ModelReplica:
                 self._cancelled_after = pieces
             raise
         yield {"delta": "", "metadata": {**meta, "replica": self.replica_id}, "done": True}
+
+    async def _engine_stream(self, request: dict) -> AsyncIterator[Any]:
+        """The engine's stream of one request; closing it aborts the request in the engine."""
+        rid = self._track()
+        try:
+            async with aclosing(self.engine.stream(request, rid)) as items:
+                async for item in items:
+                    yield item
+        finally:
+            self._untrack(rid)
 
     async def _iterate(self, make: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
         """Drive a blocking generator on one worker thread; closing this stops it after its next item."""
@@ -197,6 +221,8 @@ class ModelReplica:
             deployed_at=self.spec["deployed_at"],
             num_workers=int(self.spec["sys_conf"].get("num_workers", 1)),
         )
+        if self.engine is not None:
+            meta["engine_load"] = self.engine.load()
         return meta
 
     def check_health(self) -> None:
@@ -207,6 +233,14 @@ class ModelReplica:
             oldest = min(self._inflight.values(), default=now)
         if now - oldest > limit:
             raise RuntimeError(f"a request has been running for {now - oldest:.0f} s (limit {limit:.0f} s): replica hung")
+        if self.engine is not None and callable(getattr(self.engine, "check_health", None)):
+            self.engine.check_health()
+
+    def __del__(self) -> None:
+        """Serve calls this when the replica shuts down: stop the engine and its processes."""
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.shutdown()
 
 
 SECRET_WORDS = ("key", "token", "secret", "password")

