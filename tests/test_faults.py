@@ -489,7 +489,7 @@ DETACHED_CLIENT = textwrap.dedent("""
     llm.setup_cpus_per_worker(1)
     rows = [{"instruction": f"question {i}", "output": f"answer {i}"} for i in range(40)]
     job = llm.sft(rows, model_path=sys.argv[1], pretrained_model_type="sft/llama", output_table="f_detached",
-                  detached=True, epochs=4, max_seq_length=32, checkpoint_steps=10, logging_steps=2,
+                  detached=True, epochs=4, batch_size=8, max_seq_length=32, checkpoint_steps=10, logging_steps=2,
                   learning_rate=1e-3)
     print(json.dumps(job), flush=True)
     time.sleep(600)  # killed long before this
