@@ -155,6 +155,8 @@ class PlainLoop:
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
         self.tok = AutoTokenizer.from_pretrained(model_dir)
         self.tok.padding_side = "left"
+        if self.tok.pad_token_id is None:
+            self.tok.pad_token = self.tok.eos_token
         eos = self.model.generation_config.eos_token_id
         self.stop_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tok.eos_token_id}
         self.batch_size = batch_size

@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import add_run_args, loadavg, log, machine_info, run_in_env, write_json
+from _common import PlainLoop, add_run_args, loadavg, log, machine_info, run_in_env, write_json
 
 PASSAGE = ("The old harbour town has a fish market that opens at dawn, a lighthouse painted red and white, "
            "three bakeries that compete for the best rye bread, a small museum about shipwrecks, and a ferry "
@@ -67,21 +67,13 @@ def make_prompts(n: int, seed: int = 0) -> list[tuple[str, int]]:
     return out
 
 
-class StaticLoop:
-    """Static batched greedy `generate`, rows in table order, each batch to its longest budget."""
+class StaticLoop(PlainLoop):
+    """Static batched greedy `generate`, rows in table order, each batch to its longest budget (loaded as
+    `_common.PlainLoop`, on 2 threads)."""
 
     def __init__(self, model_dir: str, batch_size: int):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        torch.set_num_threads(2)
-        self.torch = torch
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-        self.tok = AutoTokenizer.from_pretrained(model_dir)
-        self.tok.padding_side = "left"
-        eos = self.model.generation_config.eos_token_id
-        self.stop_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tok.eos_token_id}
-        self.batch_size = batch_size
+        super().__init__(model_dir, batch_size)
+        self.torch.set_num_threads(2)
 
     def run(self, texts: list[str], budgets: list[int]) -> tuple[list[str], int]:
         answers, tokens = [], 0

@@ -40,7 +40,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from _common import add_run_args, finish, loadavg, log, print_header, run_in_env, spread, timed, write_json
+from _common import PlainLoop, add_run_args, finish, loadavg, log, print_header, run_in_env, spread, timed, write_json
 
 UDF = "smol"
 PASSAGE = (
@@ -83,22 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     return run_in_env(args, run)
 
 
-class StaticLoop:
-    """The plain loop: static left-padded batches, one `generate` per batch with its largest budget."""
-
-    def __init__(self, model_dir: str, batch_size: int):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.torch = torch
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-        self.tok = AutoTokenizer.from_pretrained(model_dir)
-        self.tok.padding_side = "left"
-        if self.tok.pad_token_id is None:
-            self.tok.pad_token = self.tok.eos_token
-        eos = self.model.generation_config.eos_token_id
-        self.stop_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tok.eos_token_id}
-        self.batch_size = batch_size
+class StaticLoop(PlainLoop):
+    """The plain loop (loaded as `_common.PlainLoop`): static left-padded batches, one `generate` per batch
+    with its largest budget."""
 
     def prompt_ids(self, text: str) -> list[int]:
         chat = self.tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
