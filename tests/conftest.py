@@ -23,6 +23,25 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".torch_extensions"))
 os.environ.pop("RAY_ADDRESS", None)
 
 
+def hang_up_mid_stream(port: int, body: dict, api_key: str, events: int = 4) -> None:
+    """POST a streamed chat completion to the HTTP API on `port`, read `events` server-sent events, then
+    close the socket as a client that goes away does."""
+    import http.client
+    import json
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("POST", "/v1/chat/completions", json.dumps({**body, "stream": True}),
+                 {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"})
+    r = conn.getresponse()
+    assert r.status == 200, r.read()[:500]
+    seen = 0
+    while seen < events:
+        if r.fp.readline().startswith(b"data:"):
+            seen += 1
+    conn.sock.shutdown(2)
+    conn.close()
+
+
 @pytest.fixture(scope="session")
 def workspace(tmp_path_factory) -> Path:
     ws = tmp_path_factory.mktemp("ws")

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from conftest import API_KEY
+from conftest import API_KEY, hang_up_mid_stream
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 HI = [{"role": "user", "content": "hi"}]
@@ -216,18 +216,8 @@ def test_client_disconnect_stops_the_generation(api_server, api_model, llm):
     import time
 
     before = llm.get_meta(api_model, refresh=True)
-    conn = http.client.HTTPConnection("127.0.0.1", api_server.port, timeout=60)
-    body = {"model": api_model, "messages": HI, "max_tokens": 480, "min_tokens": 480, "temperature": 0.7, "stream": True}
-    conn.request("POST", "/v1/chat/completions", json.dumps(body),
-                 {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})
-    r = conn.getresponse()
-    assert r.status == 200
-    events = 0
-    while events < 4:
-        if r.fp.readline().startswith(b"data:"):
-            events += 1
-    conn.sock.shutdown(2)
-    conn.close()
+    hang_up_mid_stream(api_server.port, {"model": api_model, "messages": HI, "max_tokens": 480, "min_tokens": 480,
+                                         "temperature": 0.7}, API_KEY)
     deadline = time.monotonic() + 60
     while True:
         meta = llm.get_meta(api_model, refresh=True)

@@ -9,7 +9,6 @@ Skipped, with the command that builds it, when the vLLM environment is missing (
 """
 from __future__ import annotations
 
-import http.client
 import json
 import subprocess
 import time
@@ -17,6 +16,7 @@ import time
 import pytest
 
 from byzer_like.engine import Session
+from conftest import hang_up_mid_stream
 
 pytestmark = [pytest.mark.vllm, pytest.mark.ray, pytest.mark.timeout(600)]
 NAME = "smol_vllm"
@@ -176,19 +176,9 @@ def test_the_openai_client_and_a_json_schema_request(oai):
 
 def test_a_caller_that_goes_away_aborts_its_request_in_the_engine(api, llm):
     before = llm.get_meta(NAME, refresh=True)
-    conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=60)
-    body = {"model": NAME, "messages": [{"role": "user", "content": "Tell me a very long story."}], "max_tokens": 480,
-            "min_tokens": 480, "temperature": 0.7, "stream": True}
-    conn.request("POST", "/v1/chat/completions", json.dumps(body),
-                 {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})
-    r = conn.getresponse()
-    assert r.status == 200
-    events = 0
-    while events < 4:
-        if r.fp.readline().startswith(b"data:"):
-            events += 1
-    conn.sock.shutdown(2)
-    conn.close()
+    story = [{"role": "user", "content": "Tell me a very long story."}]
+    hang_up_mid_stream(api.port, {"model": NAME, "messages": story, "max_tokens": 480, "min_tokens": 480,
+                                  "temperature": 0.7}, API_KEY)
     deadline = time.monotonic() + 60
     while True:
         meta = llm.get_meta(NAME, refresh=True)
