@@ -58,9 +58,7 @@ class AsyncRuntime:
             if name not in models:
                 raise ModelNotDeployedError(name, models)
         if name not in self._handles:
-            from ray import serve
-
-            self._handles[name] = await asyncio.to_thread(serve.get_app_handle, name)
+            self._handles[name] = await asyncio.to_thread(manager.app_handle, name)
         return self._handles[name]
 
     async def call(self, name: str, method: str, *args: Any, timeout_s: float | None = None) -> Any:

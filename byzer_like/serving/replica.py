@@ -49,10 +49,9 @@ class ModelReplica:
         self._cancelled = 0
         self._cancelled_after = 0
         self.replica_id = serve.get_replica_context().replica_id.unique_id
-        # single chats arriving together share one forward pass; no more can arrive than the
-        # replica takes at once, and a lone chat waits at most a millisecond for company
-        self._chat_batched.set_max_batch_size(min(int(conf.get("max_batch_size", 32)), ongoing))
-        self._chat_batched.set_batch_wait_timeout_s(0.001)
+        # single chats share a forward pass when they arrive while one runs (see `chat`); no more can
+        # arrive than the replica takes at once
+        self._chats = ChatBatcher(self.generate, min(int(conf.get("max_batch_size", 32)), ongoing))
 
     # -- bookkeeping -------------------------------------------------------------------------------
     def _track(self) -> str:
@@ -90,15 +89,11 @@ class ModelReplica:
                 r["metadata"]["replica"] = self.replica_id
         return results
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.001)
-    async def _chat_batched(self, requests: list[dict]) -> list[dict]:
-        return await self.generate(requests)
-
     async def chat(self, request: dict) -> dict:
         """One request; concurrent single requests are batched together (an engine batches them itself)."""
         if self.engine is not None:
             return (await self.generate([request]))[0]
-        return await self._chat_batched(request)
+        return await self._chats.submit(request)
 
     async def stream(self, request: dict) -> AsyncIterator[dict]:
         """Yield `{"delta": text}` pieces, then `{"delta": "", "metadata": {...}, "done": True}`.
@@ -241,6 +236,47 @@ class ModelReplica:
         engine = getattr(self, "engine", None)
         if engine is not None:
             engine.shutdown()
+
+
+class ChatBatcher:
+    """Batches single chats without a waiting window: a chat that finds the model idle starts at once,
+    alone; chats that arrive while a batch runs wait for it to end and then go together, up to
+    `max_batch_size` rows per `generate` call, in arrival order. One batch runs at a time, as with Serve's
+    `@serve.batch` (whose fixed wait window cost every lone request ~1 ms: bench/inference.py).
+
+    `generate` takes a list of request dicts and returns one result dict per request, in order. A chat
+    whose caller went away before its batch started is left out of it."""
+
+    def __init__(self, generate: Callable[[list[dict]], Any], max_batch_size: int):
+        self._generate = generate
+        self.max_batch_size = max(1, int(max_batch_size))
+        self._waiting: list[tuple[dict, asyncio.Future]] = []
+        self._running: asyncio.Task | None = None
+
+    async def submit(self, request: dict) -> dict:
+        """Answer one request (a `config.ChatRequest` dict) in the next batch; raises what `generate` raised."""
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((request, future))
+        if self._running is None or self._running.done():
+            self._running = asyncio.ensure_future(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        while self._waiting:
+            batch = [(r, f) for r, f in self._waiting[:self.max_batch_size] if not f.done()]
+            del self._waiting[:self.max_batch_size]
+            if not batch:
+                continue
+            try:
+                results = await self._generate([r for r, _ in batch])
+            except Exception as e:  # noqa: BLE001 - handed to every caller of the batch
+                for _, f in batch:
+                    if not f.done():
+                        f.set_exception(e)
+                continue
+            for (_, f), result in zip(batch, results):
+                if not f.done():
+                    f.set_result(result)
 
 
 SECRET_WORDS = ("key", "token", "secret", "password")
