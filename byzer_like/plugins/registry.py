@@ -112,7 +112,8 @@ def resolve(name: str) -> tuple[str, str]:
 
 def with_backend(name: str, backend: str) -> str:
     """The model type to deploy for `name` under `!byzerllm setup "infer_backend=..."`: with `vllm`, a local
-    family `x` (or `custom/x`) becomes `vllm/x`; remote (`saas/*`) and already-`vllm/` types stay as they are.
+    family `x` (or `custom/x`) becomes `vllm/x`; remote (`saas/*`), embedding (`bge`, `m3e`, ...) and
+    already-`vllm/` types stay as they are.
     UnsupportedModelTypeError for a plugin the vLLM engine does not serve."""
     if backend != "vllm" or name.lower().startswith(("vllm/", "saas/")):
         return name
