@@ -51,7 +51,7 @@ from .workspace import Workspace
 QUICKSTART_PROMPT = "What is the capital of France, and what is it known for?"
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 # exit statuses (see the epilog)
-OK, FAILED, NOTHING_TO_DO, STOPPED, INTERRUPTED = 0, 1, 3, 4, 130
+OK, FAILED, USAGE, NOTHING_TO_DO, STOPPED, INTERRUPTED = 0, 1, 2, 3, 4, 130
 # a job's state -> the exit status of a command that ran or waited for it
 JOB_EXIT = {"SUCCEEDED": OK, "PENDING": OK, "RUNNING": OK, "FAILED": FAILED, "STOPPED": STOPPED}
 # how the CLI spells the options an error suggests (errors name them the Python / SQL way; see ByzerError.spelled)
@@ -381,7 +381,7 @@ def cmd_query(args: argparse.Namespace) -> int:
             config[key] = getattr(args, key)
     if args.response_format:
         fmt = args.response_format.strip()
-        config["response_format"] = {"type": fmt} if fmt in ("json_object", "text") else fmt
+        config["response_format"] = fmt if fmt.startswith("{") else {"type": fmt}  # a type name, or OpenAI's JSON
     system = [{"role": "system", "content": args.system}] if args.system else []
     request = chat_request([*system, {"role": "user", "content": args.query}], config).model_dump()
     print(_runtime(args).chat(args.model, request)["output"])
@@ -640,8 +640,18 @@ def _quickstart_model(llm: Any, args: argparse.Namespace) -> Path:
 
 
 # -- parser ------------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse, with the CLI's error habit: a wrong command line is one line on stderr saying what is wrong
+    and where the help is (exit status 2), not argparse's usage block followed by the error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        """Print `error: <message> (see `<prog> --help`)` and exit with status 2."""
+        self.exit(USAGE, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="byzer-like", description=__doc__.split("\n\n")[0],
+    """The `byzer-like` argument parser: every command, its options and the epilog's exit statuses."""
+    p = _Parser(prog="byzer-like", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--version", action="version", version=f"byzer-like {__version__}")
     verbose_help = "also show the libraries' log lines (Ray, Serve, DeepSpeed); same as BYZER_LIKE_LOG=debug"

@@ -401,7 +401,7 @@ def check_udf_name(value: str) -> str:
 REQUEST_KEYS = {
     "instruction", "system_msg", "user_role", "assistant_role", "history", "temperature", "top_p",
     "max_length", "max_new_tokens", "max_tokens", "stop", "seed", "top_k", "repetition_penalty",
-    "embedding", "response_format",
+    "embedding", "embedding_query", "response_format",
 }
 _KWARG_KEYS = {"system_msg", "user_role", "assistant_role", "stop", "seed", "top_k", "repetition_penalty"}
 
@@ -433,6 +433,11 @@ def chat_request(conversations: list[Mapping[str, Any]] | str, llm_config: Mappi
     shape, or that as a JSON string) is checked and normalised (`structured.normalize`) into the kwargs.
     """
     cfg = dict(llm_config or {})
+    if "embedding_query" in cfg:  # Byzer's embedding call: the text to embed, in place of an instruction
+        if "instruction" in cfg:
+            raise ConfigError("a request gives both 'instruction' and 'embedding_query'; give one (embedding_query "
+                              "is the text to embed)")
+        cfg["instruction"] = cfg.pop("embedding_query")
     if isinstance(conversations, str):
         msgs = [{"role": "user", "content": conversations}]
     else:

@@ -13,7 +13,7 @@ can catch lives here (the modules that raise them re-export their names for olde
       DeployError (RuntimeError)          DuplicateDeploymentError, ModelNotDeployedError (KeyError)
       InferenceError (RuntimeError)       InvalidRequestError (ValueError) > PromptTooLongError,
                                           BackPressureError, RequestTimeoutError (TimeoutError)
-      NotSupportedError (NotImplementedError)
+      NotSupportedError (NotImplementedError)   NotAChatModelError (chat on an embedding model)
       SqlError (line, column, snippet)    SqlSyntaxError (ValueError), UnknownTableError (KeyError),
                                           UnknownFunctionError, ExecutionError
       RowError (ValueError)               a row a model could not answer in a select
@@ -204,6 +204,17 @@ class RequestTimeoutError(InferenceError, TimeoutError):
 
 class NotSupportedError(ByzerError, NotImplementedError):
     """The plugin or the current version does not offer this operation."""
+
+
+class NotAChatModelError(NotSupportedError):
+    """A chat or completion call on a sentence-embedding model (bge, m3e): it makes vectors, not answers."""
+
+    def __init__(self, model_type: str):
+        self.model_type = model_type
+        super().__init__(
+            f"model type {model_type!r} is a sentence-embedding model: it turns text into vectors and cannot chat "
+            'or generate text; call it with llm_param(map("embedding_query", text)) in SQL, emb / emb_query in '
+            "Python, or POST /v1/embeddings")
 
 
 # -- errors that point into a script ----------------------------------------------------------------

@@ -432,3 +432,78 @@ def _val_loss(model: PreTrainedModel, val: torch.Tensor) -> float:
             for chunk in val.split(BATCH)
         ]
     return round(sum(losses) / len(losses), 4)
+
+
+# -- sentence encoders (Byzer's bge / m3e embedding models) ----------------------------------------
+ENCODER_TYPES = ("bert", "xlm-roberta")
+ENCODER_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4
+
+
+def make_tiny_encoder(
+    out_dir: str | os.PathLike[str],
+    *,
+    model_type: str = "bert",
+    pooling: str | None = None,
+    seed: int = 0,
+    hidden: int = 64,
+    layers: int = 2,
+) -> dict[str, Any]:
+    """Build a randomly initialised sentence encoder (`BertModel`, or `XLMRobertaModel` as bge-m3 is) into
+    out_dir with a WordPiece tokenizer trained on local prose, saved with `save_pretrained` (safetensors).
+
+    `pooling` "cls" or "mean" also writes sentence-transformers' `modules.json` and `1_Pooling/config.json`
+    (as bge and m3e checkpoints ship them); None writes neither. Returns a summary dict (model_type,
+    pooling, hidden_size, params, vocab_size, out_dir). ValueError for an unknown model_type or pooling."""
+    if model_type not in ENCODER_TYPES:
+        raise ValueError(f"unknown encoder model_type {model_type!r}; valid: {', '.join(ENCODER_TYPES)}")
+    if pooling not in (None, "cls", "mean"):
+        raise ValueError(f"unknown pooling {pooling!r}; valid: cls, mean (or None for no sentence-transformers files)")
+    import torch
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import AutoModel, BertConfig, PreTrainedTokenizerFast, XLMRobertaConfig
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(prose_lines(), trainers.WordPieceTrainer(vocab_size=1024, special_tokens=list(ENCODER_SPECIALS),
+                                                                    show_progress=False))
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                       special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    max_positions = 128
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                        sep_token="[SEP]", mask_token="[MASK]", model_max_length=max_positions)
+    common = dict(vocab_size=tok.get_vocab_size(), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+                  intermediate_size=hidden * 2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                  pad_token_id=0)
+    config = (BertConfig(max_position_embeddings=max_positions, **common) if model_type == "bert"
+              else XLMRobertaConfig(max_position_embeddings=max_positions + 2, **common))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModel.from_config(config)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    finally:
+        hf_logging.enable_progress_bar()
+    if pooling is not None:
+        (out / "modules.json").write_text(json.dumps([
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+        ], indent=2))
+        (out / "1_Pooling").mkdir(exist_ok=True)
+        (out / "1_Pooling" / "config.json").write_text(json.dumps({
+            "word_embedding_dimension": hidden, "pooling_mode_cls_token": pooling == "cls",
+            "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": False,
+            "pooling_mode_mean_sqrt_len_tokens": False}, indent=2))
+        (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_positions,
+                                                                    "do_lower_case": False}))
+    return {"model_type": model_type, "pooling": pooling, "hidden_size": hidden,
+            "params": sum(p.numel() for p in model.parameters()), "vocab_size": tok.get_vocab_size(), "out_dir": str(out)}

@@ -84,7 +84,7 @@ def test_byzer_model_type_names_resolve(name, plugin):
     assert registry.load(name).name == plugin
 
 
-@pytest.mark.parametrize("name", ["visualglm", "qwen_vl_chat", "whisper", "stable_diffusion", "sd", "bark", "bge",
+@pytest.mark.parametrize("name", ["visualglm", "qwen_vl_chat", "whisper", "stable_diffusion", "sd", "bark", "bge_rerank",
                                   "custom/visualglm", "saas/sparkdesk", "saas/minimax"])
 def test_types_that_cannot_run_here_name_the_supported_kinds(name):
     with pytest.raises(UnsupportedModelTypeError) as e:

@@ -4,8 +4,8 @@ A model call `m(llm_param(map(...)))` returns one JSON string per row (Byzer-LLM
 
     {"output": "...", "input": "<instruction>", "history": [...], "metadata": {...}}
 
-`output` is the answer text (a list of floats for `"embedding", "true"`), or null with an `"error"`
-key when the row failed and `llm_on_error` is "null". `llm_result(r)` / `llm_response_predict(r)` read
+`output` is the answer text (a list of floats for `"embedding", "true"` or `"embedding_query", text`), or
+null with an `"error"` key when the row failed and `llm_on_error` is "null". `llm_result(r)` / `llm_response_predict(r)` read
 `output`; `llm_stack(r, llm_param(...))` continues the conversation of `r`; `llm_prompt(template,
 array(...))` fills `{0}`, `{1}`... placeholders.
 """
@@ -71,7 +71,8 @@ def arrow_function2(fn: Callable[[Any, Any], str | None]) -> Callable[[pa.Array,
 
 
 def build_requests(params: list[str | None]) -> tuple[list[dict | None], list[bool], list[str | None]]:
-    """Per row: the chat request (None for a NULL row), whether it asks for an embedding, the instruction."""
+    """Per row: the chat request (None for a NULL row), whether it asks for an embedding (`"embedding", "true"`,
+    or Byzer's `"embedding_query", text`), the instruction (the text to embed for an embedding)."""
     requests: list[dict | None] = []
     embedding: list[bool] = []
     inputs: list[str | None] = []
@@ -87,12 +88,13 @@ def build_requests(params: list[str | None]) -> tuple[list[dict | None], list[bo
             raise ConfigError(f"a model function takes llm_param(map(...)); got {raw[:80]!r}") from None
         if not isinstance(cfg, dict):
             raise ConfigError(f"a model function takes llm_param(map(...)); got {raw[:80]!r}")
-        if "instruction" in cfg and cfg["instruction"] is None:  # NULL in, NULL out (never the text "None")
+        text_key = "embedding_query" if "embedding_query" in cfg else "instruction"
+        if text_key in cfg and cfg[text_key] is None:  # NULL in, NULL out (never the text "None")
             requests.append(None)
             embedding.append(False)
             inputs.append(None)
             continue
-        embedding.append(parse_bool(cfg.get("embedding", False)))
+        embedding.append(text_key == "embedding_query" or parse_bool(cfg.get("embedding", False)))
         req = chat_request([], cfg).model_dump()
         requests.append(req)
         inputs.append(req["ins"])

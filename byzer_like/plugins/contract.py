@@ -22,10 +22,11 @@ Streaming rules (the one place they are written down):
 
 Required: `init_model`, `stream_chat`. Training (`sft_train`, `sfft_train`) is required only when a
 training job asks for it. Optional: `batch_chat` (many requests in one batched forward pass),
-`embed_query`, `get_meta`, `check_model_dir` (raise before anything starts), `infer_param_names`,
-`score_text` (token log-likelihoods of texts: perplexity in evaluation)
-(extra `where` keys the plugin reads), and the attribute `needs_model_dir = False` for a plugin of
-a remote model that deploys without a model directory (`saas/openai`).
+`embed_query` (and `embed_documents`: many texts in batches), `get_meta`, `check_model_dir` (raise before
+anything starts), `infer_param_names` (extra `where` keys the plugin reads), `score_text` (token
+log-likelihoods of texts: perplexity in evaluation), `build_prompt` (the prompt text of a request), and
+the attribute `needs_model_dir = False` for a plugin of a remote model that deploys without a model
+directory (`saas/openai`).
 
 The engine seam (optional; Ray Serve LLM's split between its server and its engine): a plugin whose
 model is a serving engine of its own (vLLM: continuous batching, paged KV cache) provides
@@ -50,8 +51,8 @@ from ..tasks import TASKS
 
 REQUIRED = ("init_model", "stream_chat")
 TRAINING = tuple(task.entry_point for task in TASKS.values())  # sft_train, sfft_train
-OPTIONAL = ("batch_chat", "embed_query", "get_meta", "check_model_dir", "infer_param_names", "score_text", "engine",
-            "runtime_env")
+OPTIONAL = ("batch_chat", "embed_query", "embed_documents", "get_meta", "check_model_dir", "infer_param_names",
+            "score_text", "engine", "runtime_env")
 
 
 @runtime_checkable
@@ -109,6 +110,12 @@ class BatchChat(Protocol):
 class EmbedQuery(Protocol):
     def embed_query(self, model: Any, tokenizer: Any, text: str, **kwargs: Any) -> list[float]:
         """A vector for `text`."""
+
+
+class EmbedDocuments(Protocol):
+    def embed_documents(self, model: Any, tokenizer: Any, texts: Sequence[str]) -> list[list[float]]:
+        """One vector per text, in order, the same as `embed_query` gives each (batched forward passes).
+        A sentence encoder (models/encoder) provides it; without it the replica calls `embed_query` per text."""
 
 
 class GetMeta(Protocol):

@@ -137,18 +137,7 @@ class CausalLMPlugin:
     def check_model_dir(self, model_dir: str, infer_params: Mapping[str, Any] | None = None) -> None:
         """Refuse, before any worker starts, a directory that this family cannot load."""
         ip = dict(infer_params or {})
-        allow_pickle = parse_bool(ip.get("allow_pickle_weights", False))
-        trust = parse_bool(ip.get("trust_remote_code", False))
-        d = Path(model_dir)
-        if not d.is_dir():
-            raise ModelDirError(f"model directory {model_dir!r} does not exist")
-        cfg_file = d / "config.json"
-        if not cfg_file.is_file():
-            raise ModelDirError(
-                f"{model_dir!r} is not a Hugging Face model directory (no config.json); "
-                "build one with `byzer-like models make-tiny` or point at a downloaded model"
-            )
-        cfg = _json_object(cfg_file)
+        cfg = model_config(model_dir)
         model_type = cfg.get("model_type")
         if self.model_types and model_type not in self.model_types:
             raise ModelDirError(
@@ -159,33 +148,14 @@ class CausalLMPlugin:
         auto_map = cfg.get("auto_map") if isinstance(cfg.get("auto_map"), dict) else {}
         if architectures and not any(_CAUSAL_LM.search(a) for a in architectures) \
                 and "AutoModelForCausalLM" not in auto_map:
+            hint = ("deploy it as pretrainedModelType=\"custom/bge\" (a sentence-embedding model) and call it with "
+                    "embedding_query / emb" if model_type in ENCODER_MODEL_TYPES else
+                    "it serves Hugging Face causal LMs (architectures ...ForCausalLM, ...LMHeadModel) and saas/* services")
             raise ModelDirError(
                 f"{model_dir!r} holds a {architectures[0]} ({model_type!r}), not a causal language model, which "
-                f"the {self.family!r} plugin cannot load; it serves Hugging Face causal LMs (architectures "
-                "...ForCausalLM, ...LMHeadModel) and saas/* services"
+                f"the {self.family!r} plugin cannot load; {hint}"
             )
-        names = os.listdir(d)
-        if not trust:  # transformers would import the directory's own modules (auto_map, modeling_*.py)
-            tokenizer_cfg = d / "tokenizer_config.json"
-            configs = [(cfg_file, cfg)] + ([(tokenizer_cfg, _json_object(tokenizer_cfg))] if tokenizer_cfg.is_file() else [])
-            asks = [f"auto_map in {f.name}" for f, c in configs if c.get("auto_map")]
-            asks += sorted(n for n in names if _REMOTE_CODE.fullmatch(n))
-            if asks:
-                raise ModelDirError(
-                    f"{model_dir!r} asks to run its own Python code ({', '.join(asks[:3])}); deploy it with "
-                    "trust_remote_code=true only if you trust its source"
-                )
-        if not any(n.endswith(".safetensors") for n in names):
-            pickled = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
-            if pickled and not allow_pickle:
-                raise ModelDirError(
-                    f"{model_dir!r} holds only pickle weights ({', '.join(sorted(pickled)[:3])}), which can run code "
-                    "when loaded; convert them to safetensors or deploy with allow_pickle_weights=true"
-                )
-            if not pickled:
-                raise ModelDirError(f"{model_dir!r} has no model weights (*.safetensors)")
-        if not any(n in names for n in ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")):
-            raise ModelDirError(f"{model_dir!r} has no tokenizer files")
+        check_model_files(model_dir, cfg, ip)
         adapter = ip.get("adapter_dir")
         if adapter and not (Path(adapter, "adapter_config.json").is_file()
                             and Path(adapter, "adapter_model.safetensors").is_file()):
@@ -573,6 +543,58 @@ class CausalLMPlugin:
         if ignored:
             meta["ignored_options"] = ignored
         return meta
+
+
+# config.json model_type values of the sentence encoders the `encoder` plugin serves (byzer_like_models.encoder)
+ENCODER_MODEL_TYPES = ("bert", "xlm-roberta", "roberta", "distilbert", "ernie", "mpnet", "electra", "camembert",
+                       "modernbert", "nomic_bert", "new")
+
+
+def model_config(model_dir: str | os.PathLike) -> dict:
+    """A Hugging Face model directory's config.json as a dict; ModelDirError when the directory or its
+    config.json is missing or the file is not a JSON object."""
+    d = Path(model_dir)
+    if not d.is_dir():
+        raise ModelDirError(f"model directory {str(model_dir)!r} does not exist; give the folder that holds config.json")
+    cfg_file = d / "config.json"
+    if not cfg_file.is_file():
+        raise ModelDirError(
+            f"{str(model_dir)!r} is not a Hugging Face model directory (no config.json); "
+            "build one with `byzer-like models make-tiny` or point at a downloaded model"
+        )
+    return _json_object(cfg_file)
+
+
+def check_model_files(model_dir: str | os.PathLike, cfg: Mapping[str, Any], infer_params: Mapping[str, Any]) -> None:
+    """The checks every Hugging Face plugin makes of a directory's files, before anything loads: no code
+    of its own runs without trust_remote_code, weights are safetensors (pickles only with
+    allow_pickle_weights), and there is a tokenizer. ModelDirError saying what to do otherwise."""
+    allow_pickle = parse_bool(infer_params.get("allow_pickle_weights", False))
+    trust = parse_bool(infer_params.get("trust_remote_code", False))
+    d = Path(model_dir)
+    names = os.listdir(d)
+    if not trust:  # transformers would import the directory's own modules (auto_map, modeling_*.py)
+        tokenizer_cfg = d / "tokenizer_config.json"
+        configs = [(d / "config.json", cfg)] + ([(tokenizer_cfg, _json_object(tokenizer_cfg))] if tokenizer_cfg.is_file() else [])
+        asks = [f"auto_map in {f.name}" for f, c in configs if c.get("auto_map")]
+        asks += sorted(n for n in names if _REMOTE_CODE.fullmatch(n))
+        if asks:
+            raise ModelDirError(
+                f"{str(model_dir)!r} asks to run its own Python code ({', '.join(asks[:3])}); deploy it with "
+                "trust_remote_code=true only if you trust its source"
+            )
+    if not any(n.endswith(".safetensors") for n in names):
+        pickled = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
+        if pickled and not allow_pickle:
+            raise ModelDirError(
+                f"{str(model_dir)!r} holds only pickle weights ({', '.join(sorted(pickled)[:3])}), which can run code "
+                "when loaded; convert them to safetensors or deploy with allow_pickle_weights=true"
+            )
+        if not pickled:
+            raise ModelDirError(f"{str(model_dir)!r} has no model weights (*.safetensors)")
+    if not any(n in names for n in ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                                    "sentencepiece.bpe.model", "tokenizer_config.json")):
+        raise ModelDirError(f"{str(model_dir)!r} has no tokenizer files")
 
 
 def saved_quantization(model_dir: str | os.PathLike) -> str | None:

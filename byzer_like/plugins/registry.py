@@ -6,7 +6,8 @@ pyproject.toml. `register()` adds one for the current process (its import path t
 workers, which import it themselves). `pretrained_model_type` may carry Byzer's prefixes:
 `sft/llama` and `sfft/llama` pick the training entry points of `llama`; `custom/llama` is `llama` if that
 plugin exists, else `auto` (Byzer's custom plugins). Byzer-LLM's other names resolve through BUILTIN (causal
-LM families, OpenAI-protocol saas/* types) or are refused with the kinds that work (UNSUPPORTED).
+LM families, sentence-embedding encoders, OpenAI-protocol saas/* types) or are refused with the kinds that
+work (UNSUPPORTED).
 """
 from __future__ import annotations
 
@@ -30,6 +31,11 @@ _registered: dict[str, str] = {}
 # byzer_like_models.auto.FAMILIES), and its saas/* types that speak the OpenAI protocol (one adapter over
 # byzer_like_models.saas_openai.PROVIDERS)
 BYZER_FAMILIES = ("llama2", "qwen", "chatglm2", "chatglm6b", "baichuan", "falcon", "zephyr", "dolly", "moss", "starcode")
+# Byzer-LLM's sentence-embedding model folders (bge-large-zh, bge-m3, m3e-base): BERT-family encoders served by
+# byzer_like_models.encoder (checked against config.json's model_type; `custom/bge` is `bge`), plus `encoder`
+# for any other one. They answer embeddings only, and stay on that plugin whatever infer_backend says.
+ENCODER_FAMILIES = ("bge", "bge_m3", "m3e")
+ENCODERS = ("encoder", *ENCODER_FAMILIES)
 SAAS_PROVIDERS = ("official_openai", "reasoning_openai", "qianwen", "deepseek", "moonshot", "kimi", "zhipu", "baichuan",
                   "siliconflow", "together", "groq")
 # The families the vLLM engine serves: `vllm/<family>` (or `!byzerllm setup "infer_backend=vllm"` with
@@ -38,6 +44,8 @@ SAAS_PROVIDERS = ("official_openai", "reasoning_openai", "qianwen", "deepseek", 
 VLLM_FAMILIES = ("llama", "qwen2", "gpt2", "auto", *BYZER_FAMILIES)
 BUILTIN: dict[str, str] = {
     **{name: f"byzer_like_models.auto:families.{name}" for name in BYZER_FAMILIES},
+    "encoder": "byzer_like_models.encoder:plugin",
+    **{name: f"byzer_like_models.encoder:families.{name}" for name in ENCODER_FAMILIES},
     **{f"vllm/{name}": f"byzer_like_models.vllm:families.{name}" for name in VLLM_FAMILIES},
     "saas/azure_openai": "byzer_like_models.saas_openai:azure",
     **{f"saas/{name}": f"byzer_like_models.saas_openai:providers.{name}" for name in SAAS_PROVIDERS},
@@ -48,10 +56,10 @@ UNSUPPORTED: dict[str, str] = {
     **dict.fromkeys(("whisper", "sensevoice", "qwen_voice"), "a speech recognition model"),
     **dict.fromkeys(("bark", "chattts"), "a speech synthesis model"),
     **dict.fromkeys(("stable_diffusion", "sd", "sdxl"), "an image generation model"),
-    **dict.fromkeys(("bge", "m3e", "bge_rerank"), "a sentence-embedding (encoder) model"),
+    **dict.fromkeys(("bge_rerank", "bge_reranker"), "a reranking (cross-encoder) model"),
 }
-_HINTS = {"a sentence-embedding (encoder) model": '; for embeddings deploy a causal LM and call it with '
-          'llm_param(map("embedding", "true", "instruction", ...)), or a saas/* service with saas.embedding_model'}
+_HINTS = {"a reranking (cross-encoder) model": '; for embeddings deploy a sentence encoder (pretrainedModelType='
+          '"custom/bge" or "m3e") and call it with llm_param(map("embedding_query", text))'}
 # Byzer-LLM's saas/* types whose services do not speak the OpenAI protocol
 UNSUPPORTED_SAAS = ("sparkdesk", "minimax", "claude", "gemini", "aws_bedrock", "pangu", "qianfan", "qianwen_vl",
                     "volcengine", "azure", "filelogger")
@@ -70,10 +78,11 @@ def available() -> dict[str, str]:
 def supported_kinds() -> str:
     """What can be served, for errors: the local families and the saas/* types."""
     known = available()
-    local = sorted(n for n in known if "/" not in n)
+    local = sorted(n for n in known if "/" not in n and n not in ENCODERS)
     saas = sorted(n for n in known if n.startswith("saas/"))
     return (f"Hugging Face causal language models ({', '.join(local)}; custom/<name> is the plugin <name>, else "
-            f"auto; vllm/<family> serves one on the vLLM engine) and OpenAI-protocol services ({', '.join(saas)})")
+            f"auto; vllm/<family> serves one on the vLLM engine), sentence-embedding encoders ({', '.join(ENCODERS)}; "
+            f"custom/bge, custom/m3e) and OpenAI-protocol services ({', '.join(saas)})")
 
 
 def resolve(name: str) -> tuple[str, str]:
@@ -103,12 +112,13 @@ def resolve(name: str) -> tuple[str, str]:
 
 def with_backend(name: str, backend: str) -> str:
     """The model type to deploy for `name` under `!byzerllm setup "infer_backend=..."`: with `vllm`, a local
-    family `x` (or `custom/x`) becomes `vllm/x`; remote (`saas/*`) and already-`vllm/` types stay as they are.
+    family `x` (or `custom/x`) becomes `vllm/x`; remote (`saas/*`), embedding (`bge`, `m3e`, ...) and
+    already-`vllm/` types stay as they are.
     UnsupportedModelTypeError for a plugin the vLLM engine does not serve."""
     if backend != "vllm" or name.lower().startswith(("vllm/", "saas/")):
         return name
     plugin, _ = resolve(name)
-    if plugin.startswith("saas/"):
+    if plugin.startswith("saas/") or plugin in ENCODERS:  # encoders make vectors on their own plugin
         return name
     if plugin not in VLLM_FAMILIES:
         raise UnsupportedModelTypeError(
@@ -280,9 +290,20 @@ class Plugin:
         return out
 
     def embed(self, model: Any, tokenizer: Any, text: str, **kwargs: Any) -> list[float]:
+        """One text's vector (the plugin's `embed_query`); NotSupportedError without it."""
         if not self.has("embed_query"):
             raise NotSupportedError(f"plugin {self.name!r} does not provide embed_query: it cannot make embeddings")
         return [float(x) for x in self.target.embed_query(model, tokenizer, text, **kwargs)]
+
+    def embed_many(self, model: Any, tokenizer: Any, texts: Sequence[str]) -> list[list[float]]:
+        """One vector per text, in order: the plugin's batched `embed_documents` where it has one, else
+        `embed_query` text by text."""
+        if not self.has("embed_documents"):
+            return [self.embed(model, tokenizer, t) for t in texts]
+        out = self.target.embed_documents(model, tokenizer, list(texts))
+        if len(out) != len(texts):
+            raise PluginError(f"plugin {self.name!r}: embed_documents returned {len(out)} vectors for {len(texts)} texts")
+        return [[float(x) for x in v] for v in out]
 
     def score(self, model: Any, tokenizer: Any, items: Sequence[Mapping[str, Any]]) -> list[dict]:
         """Token log-likelihoods of texts (the optional `score_text`); NotSupportedError without it."""
@@ -316,6 +337,6 @@ class Plugin:
 
 
 __all__ = [
-    "BUILTIN", "ENTRY_POINT_GROUP", "Plugin", "available", "check", "import_path_for", "load", "load_path",
+    "BUILTIN", "ENCODERS", "ENTRY_POINT_GROUP", "Plugin", "available", "check", "import_path_for", "load", "load_path",
     "register", "resolve", "split_model_type", "supported_kinds", "with_backend", "VLLM_FAMILIES",
 ]

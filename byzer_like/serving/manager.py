@@ -263,8 +263,21 @@ def translate(e: BaseException, udf_name: str, timeout_s: float | None = None) -
         cause = e.cause if getattr(e, "cause", None) is not None else e
         if isinstance(cause, ByzerError):
             return cause
-        return InferenceError(f"model {udf_name!r} failed: {type(cause).__name__}: {str(cause).splitlines()[-1] if str(cause) else ''}")
-    return InferenceError(f"model {udf_name!r} failed: {type(e).__name__}: {e}")
+        return _call_failed(udf_name, cause, last_line=True)  # Ray's text of a task error ends with the exception
+    return _call_failed(udf_name, e, last_line=False)
+
+
+def _call_failed(udf_name: str, e: BaseException, *, last_line: bool) -> InferenceError:
+    """A model call that failed for no reason of the request's own, as one line: the model, the exception's
+    type and one line of its text (Ray's texts hold tracebacks and actor details), and what to do."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    text = (lines[-1] if last_line else lines[0]).rstrip(".") if lines else ""
+    return InferenceError(f"model {udf_name!r} failed: {type(e).__name__}: {text}; {CALL_FAILED_HINT}")
+
+
+# what to do about a model call that failed for no reason of its own (a replica died, a plugin raised)
+CALL_FAILED_HINT = ("retry it (Serve restarts a replica that died); if it fails again, the replica's log says why "
+                    "(Ray's dashboard, or BYZER_LIKE_LOG=debug)")
 
 
 def _in_event_loop() -> bool:

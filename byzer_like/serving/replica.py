@@ -178,11 +178,11 @@ class ModelReplica:
         return await self._in_thread(self.plugin.score, self.model, self.tokenizer, items)
 
     async def embed(self, texts: list[str], with_usage: bool = False) -> Any:
-        """One vector per text (the plugin's `embed_query`). With `with_usage`,
+        """One vector per text (the plugin's `embed_documents`, else `embed_query`). With `with_usage`,
         `{"vectors": [...], "prompt_tokens": n}`: n counts the texts' tokens with the model's tokenizer
         (0 for a model without one, e.g. a remote saas model)."""
         def run() -> Any:
-            vectors = [self.plugin.embed(self.model, self.tokenizer, t) for t in texts]
+            vectors = self.plugin.embed_many(self.model, self.tokenizer, texts)
             if not with_usage:
                 return vectors
             return {"vectors": vectors, "prompt_tokens": sum(_token_count(self.tokenizer, t) for t in texts)}
