@@ -32,9 +32,10 @@ What one run does, in one process:
    All paths are warmed up once, then timed `--repeats` times, changing their order every repeat
    (rotations of the list, then of its reverse); medians and min..max are reported.
 5. Single chats: `--concurrent-chats` `chat_oai` calls sent at once (3 rounds) to each deployment.
-   The replica's `chat` queues them through `@serve.batch`, whose max batch size the replica sets
-   to min(max_batch_size, max_ongoing_requests); the batch sizes seen in their metadata must all be
-   1 on `bench_b1` (on `bench_b32`, whatever arrived within the 1 ms batch window shares a pass).
+   The replica's `chat` queues them through its `ChatBatcher` (chats that arrive while a batch runs
+   go together in the next one), whose max batch size the replica sets to min(max_batch_size,
+   max_ongoing_requests); the batch sizes seen in their metadata must all be 1 on `bench_b1` (on
+   `bench_b32`, whatever arrived while the previous pass ran shares the next one).
 6. Checks that the answers are equal across the two settings (greedy decoding; padding in the
    batch-32 passes must not change them), and to the plain loop's.
 
@@ -198,7 +199,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
             bad = [i for i, (x, y) in enumerate(zip(answers[a], answers[b])) if x != y]
             return len(rows) - len(bad), bad[:20]
 
-        # ---- single chats sent at once: what @serve.batch makes of them ----------------------------------
+        # ---- single chats sent at once: what the chat batcher makes of them ----------------------------------
         chat_sizes: dict[str, Counter] = {UDF_BIG: Counter(), UDF_ONE: Counter()}
         chat_mismatch: dict[str, int] = {UDF_BIG: 0, UDF_ONE: 0}
         n_chat = min(args.concurrent_chats, len(rows))

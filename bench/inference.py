@@ -26,7 +26,7 @@ What one run does, in one process:
 5. Per-request overhead: median latency of a one-token greedy call (`max_new_tokens=1`) through
    `chat_oai` vs. the same request on the plugin in-process (`registry.load("llama")`, `init_model`,
    `plugin.batch(model, tokenizer, [request])`). Also shown: the same one-row call sent to the
-   replica's `generate` method, which skips `chat`'s `@serve.batch` queue (its 1 ms batch window).
+   replica's `generate` method, which skips `chat`'s batcher (`serving.replica.ChatBatcher`).
 6. Checks that the Serve answers equal the plain-loop answers (greedy, so they should all match).
 
 Reading the output: `ratio` = Serve rows/s / plain rows/s on one replica (1.0 = Serve costs nothing;
@@ -274,7 +274,7 @@ def report(r: dict) -> None:
     print()
     print("one-token request (max_new_tokens=1), median latency:")
     print(f"  chat_oai through Serve:            {r['overhead_ms_serve']:8.2f} ms")
-    print(f"  replica.generate through Serve:    {r['overhead_ms_serve_generate']:8.2f} ms   (no @serve.batch window)")
+    print(f"  replica.generate through Serve:    {r['overhead_ms_serve_generate']:8.2f} ms   (no chat batcher)")
     print(f"  plugin.batch in-process:           {r['overhead_ms_direct']:8.2f} ms")
     print(f"  Serve overhead per request:        {r['overhead_ms_diff']:8.2f} ms "
           f"(chat_oai - direct)")

@@ -268,7 +268,7 @@ def rows() -> list[Row]:
     def overhead_raw(r: dict) -> str:
         return (f"one-token `chat_oai` {_num(r.get('overhead_ms_serve'), 2)} ms vs in-process plugin call "
                 f"{_num(r.get('overhead_ms_direct'), 2)} ms (medians); "
-                f"replica `generate` without the `@serve.batch` window {_num(r.get('overhead_ms_serve_generate'), 2)} ms")
+                f"replica `generate` without the chat batcher {_num(r.get('overhead_ms_serve_generate'), 2)} ms")
 
     def http_raw(r: dict) -> str:
         lat = r.get("latency_ms") or {}
