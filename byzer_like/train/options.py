@@ -53,7 +53,8 @@ class TrainOptions(_Options):
     overwrite: bool = Field(False, description="register a new version when outputTable already exists")
     detached: bool = Field(False, description="submit as a Ray job and return at once")
     local_path_prefix: str | None = Field(None, description="where the job's files go (inside the workspace)")
-    keep_partition_num: bool = Field(False, description="accepted for Byzer compatibility")
+    keep_partition_num: bool = Field(False, description="sfft: each training worker takes whole partitions of a "
+                                     "TableRepartition'ed table, in order (partition i -> worker i % num_workers)")
     learning_rate: float | None = Field(None, gt=0, lt=1)
     num_train_epochs: float = Field(
         3.0, gt=0, validation_alias=AliasChoices("num_train_epochs", "numTrainEpochs", "epochs"))
