@@ -118,6 +118,10 @@ def evaluate(rt: Any, table: Any, *, udf_name: str | None = None, model_table: s
     if bool(udf_name) == bool(model_table):
         raise ConfigError('evaluate needs the model: modelTable="<name or name@v2>" (a registry version) or '
                           'udfName="<deployed model>", one of them')
+    if report:  # matplotlib loads while the model answers
+        from .report import warm_up
+
+        warm_up()
     target, label, version, deployed_here = _target(rt, udf_name, model_table, session_models)
     try:
         summary, table_out, row_data = _measure(rt, target, es, ms, labels, judge, judge_mode, template,
