@@ -15,6 +15,7 @@ cores they measure). Their output streams to this console as it comes.
     train           bench/train.py --repeats 2                 --rows 48 --epochs 1 --size tiny --repeats 1
     http_api        bench/http_api.py                          --calls 5 --stream-calls 5
     batching        bench/batching.py                          --rows 64 --repeats 1
+    eval            bench/eval.py                              --rows 64 --repeats 1
 
 `--only` takes names (or prefixes: `sql`, `http`), comma-separated or repeated. A benchmark that
 fails (non-zero exit, timeout, no JSON) does not stop the others: its rows in RESULTS.md say so, with
@@ -68,6 +69,7 @@ BENCHMARKS = [
     Bench("train", "train.py", ["--repeats", "2"], ["--rows", "48", "--epochs", "1", "--size", "tiny", "--repeats", "1"]),
     Bench("http_api", "http_api.py", [], ["--calls", "5", "--stream-calls", "5"]),
     Bench("batching", "batching.py", [], ["--rows", "64", "--repeats", "1"]),
+    Bench("eval", "eval.py", [], ["--rows", "64", "--repeats", "1"]),
 ]
 BY_NAME = {b.name: b for b in BENCHMARKS}
 
@@ -306,6 +308,13 @@ def rows() -> list[Row]:
               f"answers equal {_matches(r.get('answers_match'), r['rows'])}")
         return s
 
+    def eval_raw(r: dict) -> str:
+        runs = {k: [round(x, 2) for x in v] for k, v in (r.get("per_run_s") or {}).items()}
+        return (f"eval {_num(r.get('eval_rows_per_s'))} vs plain {_num(r.get('plain_rows_per_s'))} rows/s ({r['rows']} rows, "
+                f"{', '.join(r.get('metrics') or {})}, 1 replica x {r['cpus_per_worker']:g} CPU); without the report "
+                f"(`report=\"false\"`) {_num(r.get('ratio_no_report'), 2)}; per run eval {runs.get('eval')} s, plain "
+                f"{runs.get('plain')} s; predictions and metrics equal: {'yes' if r.get('answers_and_metrics_agree') else 'NO'}")
+
     def answers_result(rs: dict) -> str:
         bits = []
         if rs.get("inference"):
@@ -317,6 +326,8 @@ def rows() -> list[Row]:
         if rs.get("batching"):
             r = rs["batching"]
             bits.append(f"batch-1 vs batch-32 {_matches(r.get('answers_match'), r['rows'])}")
+        if rs.get("eval"):
+            bits.append(f"eval / plain {'equal' if rs['eval'].get('answers_and_metrics_agree') else 'NOT equal'}")
         if rs.get("http_api"):
             bits.append(f"HTTP / handle / direct {'equal' if rs['http_api'].get('answers_match') else 'NOT equal'}")
         return "; ".join(bits) or "n/a"
@@ -338,6 +349,8 @@ def rows() -> list[Row]:
             lambda r: f"**{_num(r.get('ratio_2_vs_1'), 2)}**", two_raw),
         Row("batch-32 vs batch-1 throughput through Serve (`max_batch_size`)", "batching",
             lambda r: f"**{_num(r.get('ratio'), 2)}**", batching_raw),
+        Row("`action=\"eval\"` vs a plain loop of `generate` + metric functions (rows/s)", "eval",
+            lambda r: f"**{_num(r.get('ratio'), 2)}**", eval_raw),
     ], answers_result
 
 

@@ -94,6 +94,8 @@ create table if not exists evals (
 );
 create index if not exists evals_model on evals(model, version, fingerprint);
 """
+EVAL_COLUMNS = ("id", "model", "version", "udf_name", "evalset", "fingerprint", "rows", "metrics", "judge",
+                "judge_prompt", "params", "row_data", "report", "created_at")
 STAGES = ("candidate", "production", "archived")
 
 _JSON_COLUMNS = ("params", "sys_conf", "metrics")
@@ -312,10 +314,11 @@ class Catalog:
         a deployment that is no registry version), `udf_name`, `evalset` (the table's name), `fingerprint`,
         `rows`, `metrics` (the summary), `judge`, `judge_prompt`, `params` (the options), `row_data` (per-row
         keys, predictions, references and metric values: what `eval compare` pairs), `report`."""
-        fields = ("id", "model", "version", "udf_name", "evalset", "fingerprint", "rows", "metrics", "judge",
-                  "judge_prompt", "params", "row_data", "report", "created_at")
+        fields = EVAL_COLUMNS
         rec = {"created_at": time.time(), "params": {}, "row_data": {}, **record}
         values = [json.dumps(rec.get(k)) if k in ("metrics", "params", "row_data") else rec.get(k) for k in fields]
+        if isinstance(rec.get("report"), dict):
+            values[fields.index("report")] = json.dumps(rec["report"])
         with self._db() as db:
             db.execute(f"insert into evals ({', '.join(fields)}) values ({', '.join('?' * len(fields))})", values)
         return self.eval_record(rec["id"])
@@ -337,7 +340,8 @@ class Catalog:
               evalset: str | None = None, with_rows: bool = False) -> list[dict]:
         """Stored evaluations, newest first, optionally of one model (and version) on one eval set (by its
         fingerprint or its table name). `with_rows`: include the per-row data (large)."""
-        q, args = "select * from evals where 1 = 1", []
+        columns = "*" if with_rows else ", ".join(c for c in EVAL_COLUMNS if c != "row_data")  # row_data is large
+        q, args = f"select {columns} from evals where 1 = 1", []
         for column, value in (("model", model), ("version", version), ("fingerprint", fingerprint),
                               ("evalset", evalset)):
             if value is not None:
@@ -368,10 +372,11 @@ def _job_dict(row: sqlite3.Row) -> dict:
 def _eval_dict(row: sqlite3.Row, with_rows: bool = True) -> dict:
     d = dict(row)
     for k in ("metrics", "params", "row_data"):
-        d[k] = json.loads(d[k]) if d.get(k) else {}
+        if k in d:
+            d[k] = json.loads(d[k]) if d.get(k) else {}
     d["report"] = json.loads(d["report"]) if d.get("report") else None
     if not with_rows:
-        d.pop("row_data")
+        d.pop("row_data", None)
     return d
 
 

@@ -30,7 +30,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from . import cluster, tasks
 from .catalog import FINISHED, Catalog
@@ -47,6 +47,7 @@ if TYPE_CHECKING:  # pyarrow is imported where a table is made: `byzer-like jobs
 
 TASKS = tuple(tasks.TASKS)  # the task names, for older imports; the table is byzer_like.tasks.TASKS
 LOG_FILE = "log.txt"
+PARTITIONS_FILE = "partitions.json"  # the input table's partition sizes (TableRepartition), for keepPartitionNum
 # a job's row, as SQL, the client and the CLI show it
 ROW_FIELDS = ("job_id", "kind", "state", "step", "total_steps", "output_table", "model_version", "artifact",
               "metrics", "error", "detached", "ray_job_id", "created_at", "finished_at")
@@ -74,14 +75,17 @@ class Jobs:
 
     # -- submit ----------------------------------------------------------------------------------
     def submit(self, train_params: Mapping[str, Any], table: pa.Table | None, *, task: str | None = None,
-               options: Any = None, progress: bool = False, eval_table: pa.Table | None = None) -> dict:
+               options: Any = None, progress: bool = False, eval_table: pa.Table | None = None,
+               partitions: Sequence[int] | None = None) -> dict:
         """Check everything, store the table, record the job, then run it (detached: return at once).
 
         `task`: a name of `byzer_like.tasks.TASKS`, else the model type's prefix (`sft/llama`) or the
         setup mode; `options`: the task's options model when the caller has parsed `train_params`
-        already. `eval_table`: sft's evalTable (prompts and references measured with evalMetrics after each
-        epoch), stored beside the input as `eval.parquet`. Returns the job's row (see ROW_FIELDS). Raises ConfigError, UnknownOptionError,
-        NotSupportedError (the plugin cannot run the task), ModelExistsError, JobError."""
+        already. `eval_table`: the evalTable (measured with evalMetrics at each evaluation step), stored
+        beside the input as `eval.parquet`. `partitions`: the sizes of the table's partitions, in row
+        order (TableRepartition's), stored as `partitions.json` for sfft's keepPartitionNum. Returns the
+        job's row (see ROW_FIELDS). Raises ConfigError, UnknownOptionError, NotSupportedError (the plugin
+        cannot run the task), ModelExistsError, JobError."""
         params = {k: v for k, v in train_params.items() if not k.startswith(INTERNAL)}
         model_type = str(options.pretrained_model_type if options is not None
                          else train_options.TrainOptions.given(params, "pretrained_model_type") or "")
@@ -103,7 +107,9 @@ class Jobs:
         if eval_table is not None:
             from .eval.run import plan
 
-            plan(eval_table, metrics=getattr(opts, "eval_metrics", None), name=getattr(opts, "eval_table", None))
+            plan(eval_table, metrics=opts.eval_metric_names(), name=opts.eval_table)
+        if partitions is not None and sum(partitions) != table.num_rows:
+            raise ConfigError(f"the partition sizes add up to {sum(partitions)} rows, the table has {table.num_rows}")
 
         job_id = f"{task}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         if opts.local_path_prefix:
@@ -116,6 +122,8 @@ class Jobs:
         pq.write_table(table, run_dir / "input.parquet")
         if eval_table is not None:
             pq.write_table(eval_table, run_dir / "eval.parquet")
+        if partitions is not None:
+            (run_dir / PARTITIONS_FILE).write_text(json.dumps({"sizes": [int(n) for n in partitions]}))
         self.catalog.create_job(
             job_id, task, model_type=family, base_model=base_dir, output_table=opts.output_table,
             params={k: _jsonable(v) for k, v in params.items()}, sys_conf=sys_conf, detached=opts.detached,
@@ -518,6 +526,8 @@ def _train(catalog: Catalog, job: dict, resume: bool) -> dict:
         f"{INTERNAL}run_dir": str(run_dir), f"{INTERNAL}workspace": str(catalog.workspace.root),
         f"{INTERNAL}job_id": job["id"], f"{INTERNAL}resume": "true" if resume else "false",
     }
+    if (run_dir / PARTITIONS_FILE).is_file():
+        params[f"{INTERNAL}partitions"] = json.dumps(json.loads((run_dir / PARTITIONS_FILE).read_text())["sizes"])
     out = getattr(plugin.target, tasks.get(kind).entry_point)([str(run_dir / "input.parquet")], params, dict(job["sys_conf"]))
     out = out if isinstance(out, dict) else {}
     model_dir = str(out.get("model_dir") or output_dir)

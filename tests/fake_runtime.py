@@ -116,9 +116,10 @@ class FakeRuntime:
         return [{"logprob": -float(len(i["text"])), "tokens": len(i["text"])} for i in items]
 
     def train(self, task: str | None, params: Mapping[str, Any], table: Any, *, options: Any = None,
-              progress: bool = False, eval_table: Any = None) -> dict:
+              progress: bool = False, eval_table: Any = None, partitions: Any = None) -> dict:
         self.trained.append({"task": task, "params": dict(params), "rows": table.num_rows, "options": options,
-                             "eval_rows": None if eval_table is None else eval_table.num_rows})
+                             "eval_rows": None if eval_table is None else eval_table.num_rows,
+                             "partitions": None if partitions is None else list(partitions)})
         job_id = f"{task}-job-{len(self.trained)}"
         self.jobs.rows[job_id] = self.jobs._row(job_id, "SUCCEEDED")
         return self.jobs.rows[job_id]

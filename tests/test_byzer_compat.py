@@ -239,8 +239,11 @@ def test_keep_partition_num_is_accepted_on_sfft(s, rt):
           'run t as TableRepartition.`` where partitionNum="3" and partitionCols="file" as t2;')
     out = s.sql('run command as LLM.`` where pretrainedModelType="sfft/llama" and localModelDir="m" '
                 'and inputTable="t2" and keepPartitionNum="true" as job;')
-    assert "t2 has 3 partitions" in out[0].message
+    assert "t2 has 3 partitions, each kept whole on one of" in out[0].message
     assert s.table("job").num_rows == 1  # field report 4: `as <t>` names the job's row
+    assert rt.trained[-1]["partitions"] == list(s.partitioning["t2"].sizes)  # handed to the job (partitions.json)
+    s.sql('run command as LLM.`` where pretrainedModelType="sfft/llama" and localModelDir="m" and inputTable="t2";')
+    assert rt.trained[-1]["partitions"] is None  # without keepPartitionNum: Ray Data's split, as before
 
 
 # -- field reports ----------------------------------------------------------------------------------

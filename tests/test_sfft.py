@@ -1,6 +1,7 @@
 """Continued pretraining (sfft) on a real local Ray cluster: Ray Train V2 workers, real DeepSpeed ZeRO on CPU,
 a real tiny llama. Loss goes down and the export deploys; a killed worker and a killed driver both resume
-from the last checkpoint; bad input is refused before any worker starts."""
+from the last checkpoint; an evalTable is measured every evalSteps; keepPartitionNum keeps a TableRepartition'ed
+table's partitions whole per worker; bad input is refused before any worker starts."""
 from __future__ import annotations
 
 import json
@@ -154,6 +155,73 @@ def test_driver_failure_resumes_the_run_by_name(first_run, tiny_models, corpus, 
     from byzer_like.workspace import Workspace
 
     assert_no_training_actors_left(head_info(Workspace.from_env()).dashboard_url)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(420)
+def test_eval_table_is_measured_per_eval_step_and_partitions_stay_whole(llm, workspace, tiny_models):
+    """Through SQL, 2 workers: a TableRepartition'ed table with keepPartitionNum="true" (partition i -> worker
+    i % 2, said in the log and the metrics), and an evalTable of held-out text whose perplexity (and eval
+    loss) is measured every evalSteps, in the job's history and plotted beside the loss."""
+    from byzer_like.catalog import Catalog
+    from byzer_like.engine import Session
+
+    lines = english_lines(240)
+    folder = workspace / "data" / "sfft_keep"
+    write_table(folder / "train.parquet", doc=[f"doc{i % 4}" for i in range(200)], text=lines[:200])
+    write_table(folder / "held.parquet", text=lines[200:232])
+    session = Session(llm, progress=False)
+    try:
+        out = session.sql(f"""
+            load parquet.`{folder / 'train.parquet'}` as docs;
+            load parquet.`{folder / 'held.parquet'}` as held;
+            run docs as TableRepartition.`` where partitionNum="4" and partitionCols="doc" as parts;
+            !byzerllm setup sfft;
+            !byzerllm setup "num_workers=2";
+            !byzerllm setup "cpus_per_worker=1";
+            run command as LLM.`` where pretrainedModelType="sfft/llama" and localModelDir="{tiny_models['llama']}"
+            and inputTable="parts" and keepPartitionNum="true" and evalTable="held" and evalSteps="2"
+            and detached="false" and `sfft.int.max_length`="32" and perDeviceBatchSize="2" and learningRate="3e-3"
+            and loggingSteps="1" and maxSteps="4" and checkpointSteps="4" and zeroStage="2";
+        """)
+    finally:
+        session.sql('!byzerllm setup single; !byzerllm setup "num_workers=1"; !byzerllm setup "cpus_per_worker=0.5";')
+        session.close()
+    assert "each kept whole on one of 2 training worker(s)" in out[-1].message
+    row = out[-1].table.to_pylist()[0]
+    assert row["state"] == "SUCCEEDED", row
+    m = json.loads(row["metrics"])
+    sizes = [50, 50, 50, 50]
+    assert m["keep_partition_num"] == {"partitions": 4, "partitions_per_worker": [[0, 2], [1, 3]],
+                                       "rows_per_worker": [sizes[0] + sizes[2], sizes[1] + sizes[3]]}
+    assert m["eval_perplexity"] > 1 and m["eval_loss"] == pytest.approx(-m["eval_mean_token_logprob"])
+    history = Catalog(workspace).metric_history(row["job_id"])
+    evals = [(h["step"], h["eval_perplexity"]) for h in history if "eval_perplexity" in h]
+    assert [s for s, _ in evals] == [2, 4]  # every evalSteps, the last one at the end
+    assert evals[-1][1] < evals[0][1]  # the held-out text of the same prose gets likelier
+    assert all("loss" in h and "eval_loss" in h for h in history if h["step"] in (2, 4))  # one point per step
+    assert Path(m["loss_curve"]).stat().st_size > 1000
+    log = llm.jobs.logs(row["job_id"])
+    assert "keepPartitionNum: 4 partitions kept whole" in log and "worker 1: partitions 1, 3 (100 rows)" in log
+
+
+def test_whole_partitions_go_to_worker_i_mod_n_and_are_read_in_order(tmp_path, tiny_models):
+    from byzer_like.train.sfft import _PartitionShard, _placement, assign_partitions
+
+    assert assign_partitions([3, 0, 2, 4, 1], 2) == [[(0, 0, 3), (2, 3, 2), (4, 9, 1)], [(3, 5, 4)]]
+    assert assign_partitions([2, 2], 3) == [[(0, 0, 2)], [(1, 2, 2)], []]
+    table = write_table(tmp_path / "t.parquet", text=[f"row {i}" for i in range(10)])
+    shard = _PartitionShard(str(table), "text", [(0, 0, 3), (2, 5, 4)])
+    batches = list(shard.iter_batches(batch_size=2, batch_format="pyarrow"))
+    assert [b.column("text").to_pylist() for b in batches] == [["row 0", "row 1"], ["row 2"], ["row 5", "row 6"],
+                                                               ["row 7", "row 8"]]  # never two partitions in one batch
+    keep = sfft_options(tiny_models["llama"], keepPartitionNum="true")
+    with pytest.raises(ConfigError, match=r"leave worker\(s\) 1 of 2 without rows"):
+        _placement(keep, [5, 0, 5, 0], 10, 2)
+    with pytest.raises(ConfigError, match="hold 9 rows, the input table 10"):
+        _placement(keep, [4, 5], 10, 2)
+    assert _placement(keep, None, 10, 2) is None  # no recorded partitioning: Ray Data's split, said in the log
+    assert _placement(sfft_options(tiny_models["llama"]), [5, 5], 10, 2) is None  # not asked for
 
 
 @pytest.mark.ray

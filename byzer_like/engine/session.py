@@ -382,16 +382,22 @@ class Session:
         if not name or name == "command":
             raise _at(ConfigError, s, None, 'training needs inputTable="<table>" (a table loaded in this session)')
         table = self._need_table(name, s)
-        extra = {}
-        if getattr(opts, "eval_table", None):  # sft's evalTable: measured after every epoch
+        extra: dict[str, Any] = {}
+        if getattr(opts, "eval_table", None):  # measured at each evaluation step
             extra["eval_table"] = self._need_table(opts.eval_table, s)
+        parts = self.partitioning.get(name.lower())
+        keep = getattr(opts, "keep_partition_num", False) and parts is not None
+        if keep and task.name == "sfft":  # each worker takes whole partitions (train/sfft.py)
+            extra["partitions"] = parts.sizes
         row = self.runtime.train(task.name, where, table, options=opts, progress=self.progress, **extra)
         message = f"job {row['job_id']}: {row['state']}"
-        parts = self.partitioning.get(name.lower())
-        if getattr(opts, "keep_partition_num", False) and parts is not None:
+        if keep:
             workers = self.runtime.setup_config.num_workers
-            message += (f" (keepPartitionNum: {name} has {parts.num} partitions; the rows are split across "
-                        f"{workers} training worker(s), set by num_workers)")
+            if task.name == "sfft":
+                message += (f" (keepPartitionNum: {name} has {parts.num} partitions, each kept whole on one of "
+                            f"{workers} training worker(s): partition i -> worker i % {workers})")
+            else:
+                message += f" (keepPartitionNum: {name} has {parts.num} partitions; {task.name} trains in one process)"
         return Result("run", rows_table([row]), None, message)
 
     def _merge(self, s: Run, where: dict[str, str]) -> Result:

@@ -118,6 +118,10 @@ def evaluate(rt: Any, table: Any, *, udf_name: str | None = None, model_table: s
     if bool(udf_name) == bool(model_table):
         raise ConfigError('evaluate needs the model: modelTable="<name or name@v2>" (a registry version) or '
                           'udfName="<deployed model>", one of them')
+    if report:  # matplotlib loads while the model answers
+        from .report import warm_up
+
+        warm_up()
     target, label, version, deployed_here = _target(rt, udf_name, model_table, session_models)
     try:
         summary, table_out, row_data = _measure(rt, target, es, ms, labels, judge, judge_mode, template,
@@ -137,21 +141,21 @@ def evaluate(rt: Any, table: Any, *, udf_name: str | None = None, model_table: s
     params = {"metrics": names, "choices": labels, "max_new_tokens": max_new_tokens, "temperature": temperature,
               "judge_mode": judge_mode if judge else None, "reference_column": reference_column,
               "prompt_column": prompt_column}
+    recorded = {k: v for k, v in summary.items() if k not in head}
+    paths = None
+    if report:  # written first, so that the evaluation is recorded with its report in one write
+        from .report import write_report
+
+        history = ([{"id": eval_id, "version": version, "metrics": recorded},
+                    *rt.catalog.evals(label, fingerprint=es.fingerprint)] if record else [])
+        paths = write_report(rt.workspace, summary, table_out, names, history)
+        summary.update(report_md=paths["markdown"], report_png=paths["png"])
     if record:
         rt.catalog.record_eval({"id": eval_id, "model": label, "version": version, "udf_name": target,
                                 "evalset": es.name, "fingerprint": es.fingerprint, "rows": es.rows,
-                                "metrics": {k: v for k, v in summary.items() if k not in head},
-                                "judge": judge, "judge_prompt": template if judge else None, "params": params,
-                                "row_data": row_data})
-    if report:
-        from .report import write_report
-
-        paths = write_report(rt.workspace, summary, table_out, names,
-                             rt.catalog.evals(label, fingerprint=es.fingerprint) if record else [])
-        summary.update(report_md=paths["markdown"], report_png=paths["png"])
-        if record:
-            rt.catalog.set_eval_report(eval_id, paths)
-    elif not record:
+                                "metrics": recorded, "judge": judge, "judge_prompt": template if judge else None,
+                                "params": params, "row_data": row_data, "report": paths})
+    elif not report:
         summary.pop("eval_id")
     return EvalResult(summary, table_out)
 

@@ -527,7 +527,7 @@ class CausalLMPlugin:
         result = sfft_train(model_dir=ctx.model_dir, data_path=ctx.data_path, output_dir=ctx.output_dir,
                             run_dir=ctx.run_dir, run_name=ctx.run_name, options=ctx.options,
                             num_workers=ctx.num_workers, cpus_per_worker=ctx.cpus, gpus_per_worker=ctx.gpus,
-                            reporter=ctx.reporter)
+                            reporter=ctx.reporter, partition_sizes=ctx.partitions)
         return {"kind": "model", **result}
 
     @staticmethod

@@ -344,11 +344,13 @@ class Runtime:
         return Jobs(self.workspace, address=self.address, setup=self.setup_config, connect=self.connect)
 
     def train(self, task: str | None, params: Mapping[str, Any], table: Any, *, options: Any = None,
-              progress: bool = False, eval_table: Any = None) -> dict:
+              progress: bool = False, eval_table: Any = None, partitions: Sequence[int] | None = None) -> dict:
         """Submit a training job of `task` (see `byzer_like.tasks`; None: from the model type or the
         setup mode) on `table`; returns its row (a detached job at once, otherwise when it ended).
-        `eval_table`: sft's evalTable, measured with evalMetrics after each epoch."""
-        return self.jobs.submit(params, table, task=task, options=options, progress=progress, eval_table=eval_table)
+        `eval_table`: the evalTable, measured with evalMetrics at each evaluation step; `partitions`: the
+        table's partition sizes (TableRepartition), kept whole per sfft worker with keepPartitionNum."""
+        return self.jobs.submit(params, table, task=task, options=options, progress=progress, eval_table=eval_table,
+                                partitions=partitions)
 
     def merge(self, model_table: str, output_table: str, *, overwrite: bool = False) -> dict:
         """Merge a registered LoRA adapter into its base model and register the result as a whole model.

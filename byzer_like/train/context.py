@@ -2,10 +2,12 @@
 
 The job runner calls `plugin.sft_train(data_refs, train_params, sys_conf)` as the contract says:
 `data_refs` is a list with the path of the input table (parquet, written once by the client),
-`train_params` the user's `where` keys plus `byzer.*` keys that say where this run lives.
+`train_params` the user's `where` keys plus `byzer.*` keys that say where this run lives (and, for a
+TableRepartition'ed table, `byzer.partitions`: its partition sizes).
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -30,6 +32,7 @@ class TrainContext:
     cpus: float
     gpus: float
     reporter: Reporter
+    partitions: list[int] | None = None  # the input table's partition sizes (TableRepartition), in row order
 
     @classmethod
     def from_call(cls, kind: str, data_refs: Sequence[Any], train_params: Mapping[str, Any],
@@ -54,7 +57,18 @@ class TrainContext:
             cpus=float(sys_conf.get("cpus_per_worker", 1) or 0),
             gpus=float(sys_conf.get("gpus_per_worker", sys_conf.get("num_gpus", 0)) or 0),
             reporter=Reporter(internal.get("workspace"), internal.get("job_id")),
+            partitions=_sizes(internal.get("partitions")),
         )
+
+
+def _sizes(value: Any) -> list[int] | None:
+    """`byzer.partitions` (a JSON list of partition sizes, or a list) -> ints; None when not given."""
+    if value in (None, ""):
+        return None
+    sizes = json.loads(value) if isinstance(value, str) else value
+    if not isinstance(sizes, list) or not all(isinstance(n, int) and n >= 0 for n in sizes):
+        raise ConfigError(f"train_params['byzer.partitions'] must be a JSON list of partition sizes, got {value!r}")
+    return sizes
 
 
 __all__ = ["INTERNAL", "TrainContext"]

@@ -53,7 +53,8 @@ class TrainOptions(_Options):
     overwrite: bool = Field(False, description="register a new version when outputTable already exists")
     detached: bool = Field(False, description="submit as a Ray job and return at once")
     local_path_prefix: str | None = Field(None, description="where the job's files go (inside the workspace)")
-    keep_partition_num: bool = Field(False, description="accepted for Byzer compatibility")
+    keep_partition_num: bool = Field(False, description="sfft: each training worker takes whole partitions of a "
+                                     "TableRepartition'ed table, in order (partition i -> worker i % num_workers)")
     learning_rate: float | None = Field(None, gt=0, lt=1)
     num_train_epochs: float = Field(
         3.0, gt=0, validation_alias=AliasChoices("num_train_epochs", "numTrainEpochs", "epochs"))
@@ -70,6 +71,31 @@ class TrainOptions(_Options):
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     seed: int = 42
+    eval_table: str | None = Field(None, description="a table of the session measured with evalMetrics on the model "
+                                   "being trained at each evaluation step and at the end (sft: after every epoch; "
+                                   "sfft: every evalSteps optimizer steps)")
+    eval_metrics: str | None = Field(None, description="comma-separated metrics of byzer_like.eval.metrics for evalTable "
+                                     "(default: sft exact_match, sfft perplexity; judge cannot run inside a job)")
+    eval_max_new_tokens: int = Field(32, ge=1, le=4096, description="answer tokens per evalTable row")
+
+    default_eval_metrics: ClassVar[str] = "exact_match"
+
+    def eval_metric_names(self) -> str:
+        """The evalMetrics asked for, else the task's default."""
+        return self.eval_metrics or self.default_eval_metrics
+
+    @field_validator("eval_metrics")
+    @classmethod
+    def _known_metrics(cls, v: str | None) -> str | None:
+        if v is not None:
+            from ..eval.metrics import parse_metrics
+
+            names = [m.name for m in parse_metrics(v)]
+            if "judge" in names:
+                raise ValueError('judge cannot run inside a training job; evaluate the registered model afterwards '
+                                 'with action="eval" and judge="<udfName>"')
+            return ",".join(names)
+        return v
 
     @classmethod
     def from_params(cls, train_params: Mapping[str, Any]) -> "TrainOptions":
@@ -103,7 +129,8 @@ class SftOptions(TrainOptions):
     method: Literal["lora", "qlora", "full"] = "lora"
     max_seq_length: int = Field(512, ge=8, le=1_048_576, description="prompt + answer tokens per example")
     packing: bool = Field(False, description="pack several short examples into one sequence")
-    eval_split: float = Field(0.0, ge=0, lt=0.5, description="fraction of rows held out for eval loss")
+    eval_split: float = Field(0.0, ge=0, lt=0.5, description="fraction of rows held out for eval loss (and for "
+                              "evalMetrics when no evalTable is given)")
     per_device_batch_size: int | None = Field(
         None, ge=1, le=4096,
         validation_alias=AliasChoices("per_device_batch_size", "perDeviceBatchSize", "batch_size", "batchSize"),
@@ -112,26 +139,6 @@ class SftOptions(TrainOptions):
     lora_alpha: float = Field(16.0, gt=0)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     lora_target_modules: list[str] | None = Field(None, description="default: the plugin's")
-    eval_table: str | None = Field(None, description="a table of the session (prompts and references) answered and "
-                                   "measured after every epoch and at the end (evalMetrics)")
-    eval_metrics: str | None = Field(None, description="comma-separated metrics for evalTable (default exact_match; "
-                                     "see byzer_like.eval.metrics)")
-    eval_max_new_tokens: int = Field(32, ge=1, le=4096, description="answer tokens per evalTable row")
-
-    @field_validator("eval_metrics")
-    @classmethod
-    def _known_metrics(cls, v: str | None) -> str | None:
-        if v is not None:
-            from ..eval.metrics import parse_metrics
-
-            names = [m.name for m in parse_metrics(v)]
-            unusable = [n for n in names if n in ("judge", "perplexity")]
-            if unusable:
-                raise ValueError(f"{', '.join(unusable)} cannot run inside a training job; evaluate the registered model "
-                                 'afterwards with action="eval"')
-            return ",".join(names)
-        return v
-
     @field_validator("lora_target_modules", mode="before")
     @classmethod
     def _modules(cls, v: Any) -> Any:
@@ -164,6 +171,10 @@ class SfftOptions(TrainOptions):
     zero_stage: int = Field(2, ge=0, le=3)
     setup_nccl_socket_ifname_by_ip: bool = Field(False, description="set NCCL_SOCKET_IFNAME from each node's IP")
     max_failures: int = Field(3, ge=0, description="worker failures survived (restarts from the last checkpoint)")
+    eval_steps: int | None = Field(None, ge=1, description="evaluate evalTable every N optimizer steps (and at the "
+                                   "end); default: loggingSteps")
+
+    default_eval_metrics: ClassVar[str] = "perplexity"
 
     @field_validator("deepspeed_config", mode="before")
     @classmethod

@@ -5,9 +5,13 @@ from pathlib import Path
 from typing import Sequence
 
 
+SAME_AS_LOSS = ("eval_loss", "eval_mean_token_logprob")  # on the loss axis already (or its negative)
+
+
 def loss_curve(history: Sequence[dict], out_png: str | Path, *, title: str = "") -> str | None:
     """Plot `loss` (and `eval_loss` when present) against `step`, and the evalTable metrics (`eval_exact_match`,
-    ...) on a second axis; None when there is nothing to plot."""
+    `eval_perplexity`, ...) on a second axis (logarithmic when perplexity spans more than 10x); None when
+    there is nothing to plot. `eval_mean_token_logprob` is left out: `eval_loss` is its negative."""
     train = [(h["step"], h["loss"]) for h in history if h.get("loss") is not None]
     evals = [(h["step"], h["eval_loss"]) for h in history if h.get("eval_loss") is not None]
     if not train and not evals:
@@ -28,14 +32,17 @@ def loss_curve(history: Sequence[dict], out_png: str | Path, *, title: str = "")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     # task metrics measured on evalTable (eval_exact_match, ...) beside the loss, on their own axis
-    names = sorted({k for h in history for k, v in h.items() if k.startswith("eval_") and k != "eval_loss"
+    names = sorted({k for h in history for k, v in h.items() if k.startswith("eval_") and k not in SAME_AS_LOSS
                     and isinstance(v, (int, float))})
     handles, labels = ax.get_legend_handles_labels()
     if names:
         right = ax.twinx()
-        for name in names:
+        for k, name in enumerate(names):  # colours after the loss axis' two
             points = [(h["step"], h[name]) for h in history if isinstance(h.get(name), (int, float))]
-            right.plot(*zip(*points), "s--", label=name, linewidth=1.2)
+            right.plot(*zip(*points), "s--", label=name, linewidth=1.2, color=f"C{k + 2}")
+        ppl = [h["eval_perplexity"] for h in history if isinstance(h.get("eval_perplexity"), (int, float))]
+        if ppl and min(ppl) > 0 and max(ppl) > 10 * min(ppl):
+            right.set_yscale("log")
         right.set_ylabel("eval metric")
         more = right.get_legend_handles_labels()
         handles, labels = handles + more[0], labels + more[1]

@@ -16,6 +16,16 @@ with the same `run_dir` + `run_name` (the driver died) both start from the lates
 V2 finds the run's checkpoints by name and storage path, the workers load model + optimizer + LR
 schedule and skip the micro batches of the epoch already trained on.
 
+With keepPartitionNum="true" and a table that TableRepartition split (`partition_sizes`), Ray Data is
+not used: partition i goes whole to worker i % num_workers, which reads its partitions' rows, in order,
+from the parquet file itself (`assign_partitions`, `_PartitionShard`).
+
+Evaluation: with an evalTable (`<run_dir>/eval.parquet`, written by the job), every `eval_steps` optimizer
+steps (default: logging_steps) and at the end the workers measure evalMetrics on the model being trained
+(`train.evaluation.TrainingEval`: perplexity by default, generation metrics on prompt + reference rows),
+each rank a share of the rows; rank 0 reports `eval_<metric>` (and `eval_loss`, the held-out mean token
+negative log-likelihood, beside the training loss) to the job's progress and history.
+
 At the end rank 0 writes a plain Hugging Face model directory (full weights, gathered from ZeRO-3
 partitions when needed, safetensors) plus the base model's tokenizer and generation config.
 
@@ -34,7 +44,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..errors import ConfigError
 from .data import text_column as text_column_of
@@ -51,13 +61,16 @@ READ_CPUS = 0.25  # per Ray Data read task, so reads still run when the workers 
 
 def sfft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str, run_name: str,
                options: SfftOptions, num_workers: int, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
-               reporter: Reporter | None = None) -> dict:
+               reporter: Reporter | None = None, partition_sizes: Sequence[int] | None = None) -> dict:
     """Continue pretraining the model in `model_dir` on the text table in `data_path` (parquet).
 
     Returns {"model_dir": output_dir, "metrics": {steps, tokens, first_loss, final_loss, train_runtime_s,
-    tokens_per_s, resumed_from_step}}. `steps` counts optimizer steps since the run began (across
-    resumes); `tokens`, the losses and the rates cover this call only. Raises ConfigError (before any
-    worker starts) for a bad option, DeepSpeed config or table, and RuntimeError when training fails.
+    tokens_per_s, resumed_from_step}}, plus the last evaluation's `eval_<metric>` with an evalTable
+    (`<run_dir>/eval.parquet`) and `keep_partition_num` (partitions and rows per worker) when whole
+    partitions were kept. `steps` counts optimizer steps since the run began (across resumes); `tokens`,
+    the losses and the rates cover this call only. `partition_sizes`: rows per partition, in row order
+    (TableRepartition's), used with keepPartitionNum. Raises ConfigError (before any worker starts) for a
+    bad option, DeepSpeed config, table or eval table, and RuntimeError when training fails.
     """
     t_start = time.monotonic()
     if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 1:
@@ -77,6 +90,8 @@ def sfft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str,
     if table["num_rows"] < num_workers:
         raise ConfigError(f"the input table has {table['num_rows']} row(s), fewer than the {num_workers} training "
                           "workers; add rows or use fewer workers")
+    placement = _placement(options, partition_sizes, table["num_rows"], num_workers)
+    evaluator = _training_eval(Path(run_dir) / "eval.parquet", options)
     ds_config = validate_deepspeed_config(options.deepspeed_config, options, num_workers=num_workers, on_gpu=on_gpu)
     micro, accum = ds_config["train_micro_batch_size_per_gpu"], ds_config["gradient_accumulation_steps"]
     est_tokens_per_worker = (table["text_bytes"] / BYTES_PER_TOKEN + table["num_rows"]) / num_workers
@@ -113,12 +128,15 @@ def sfft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str,
     else:
         print(f"[byzer-like] sfft run {run_name!r}: no checkpoint yet; training starts from step 0", flush=True)
 
-    ds = _read_parquet(data_path, table["text_column"])
-    with warnings.catch_warnings():  # Ray's own defaults pass a deprecated option (exclude_resources)
-        warnings.simplefilter("ignore")
-        ingest = DataConfig.default_ingest_options()
-    ingest.preserve_order = True  # the same rows reach the same worker in the same order after a restart
-    data_config = DataConfig(execution_options=ingest, enable_shard_locality=False)
+    datasets: dict[str, Any] = {}
+    data_config = None
+    if placement is None:
+        datasets["train"] = _read_parquet(data_path, table["text_column"])
+        with warnings.catch_warnings():  # Ray's own defaults pass a deprecated option (exclude_resources)
+            warnings.simplefilter("ignore")
+            ingest = DataConfig.default_ingest_options()
+        ingest.preserve_order = True  # the same rows reach the same worker in the same order after a restart
+        data_config = DataConfig(execution_options=ingest, enable_shard_locality=False)
 
     resources = {"CPU": float(cpus_per_worker)}
     if on_gpu:
@@ -135,6 +153,9 @@ def sfft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str,
         "total_steps": total_steps,
         "cpus_per_worker": cpus_per_worker,
         "reporter": reporter or Reporter(),
+        "data_path": data_path,
+        "placement": placement,  # per worker: [(partition, first row, rows)], or None: Ray Data's split
+        "evaluator": evaluator,
     }
     trainer = TorchTrainer(
         _train_loop_per_worker,
@@ -148,7 +169,7 @@ def sfft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str,
             checkpoint_config=CheckpointConfig(num_to_keep=options.save_total_limit),
             worker_runtime_env={"env_vars": env_vars},
         ),
-        datasets={"train": ds},
+        datasets=datasets or None,
         dataset_config=data_config,
     )
     # fit() installs a SIGINT handler holding the run's controller actor, which keeps the controller (and
@@ -170,6 +191,11 @@ def sfft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str,
                                        "tokens_per_s", "resumed_from_step")}
     if "epoch" in metrics:  # where the run ended in its data (not when it resumed at its end)
         out["epoch"] = metrics["epoch"]
+    out.update({k: v for k, v in metrics.items() if k.startswith("eval_")})
+    if placement is not None:
+        out["keep_partition_num"] = {"partitions": len(partition_sizes or ()),
+                                     "partitions_per_worker": [[p for p, _, _ in w] for w in placement],
+                                     "rows_per_worker": [sum(n for _, _, n in w) for w in placement]}
     print(f"[byzer-like] sfft run {run_name!r}: trained from step {out['resumed_from_step']} to {out['steps']} "
           f"in {time.monotonic() - t_start:.1f} s (loss {out['first_loss']} -> {out['final_loss']}); "
           f"model written to {output_dir}", flush=True)
@@ -204,6 +230,67 @@ def inspect_table(data_path: str, text_column: str | None = None) -> dict:
     if num_rows == 0:
         raise ConfigError(f"the input table {data_path} is empty: continued pretraining needs rows of text")
     return {"text_column": column, "num_rows": num_rows, "text_bytes": text_bytes, "columns": schema.names}
+
+
+def assign_partitions(sizes: Sequence[int], num_workers: int) -> list[list[tuple[int, int, int]]]:
+    """Whole partitions per worker: partition i (the `sizes[i]` rows after those of partitions 0..i-1)
+    goes to worker i % num_workers. Returns, per worker, its (partition, first row, rows) in order;
+    empty partitions are left out."""
+    placement: list[list[tuple[int, int, int]]] = [[] for _ in range(num_workers)]
+    start = 0
+    for i, n in enumerate(sizes):
+        if n:
+            placement[i % num_workers].append((i, start, int(n)))
+        start += int(n)
+    return placement
+
+
+def _placement(options: SfftOptions, sizes: Sequence[int] | None, num_rows: int,
+               num_workers: int) -> list[list[tuple[int, int, int]]] | None:
+    """keepPartitionNum's assignment of whole partitions to workers (`assign_partitions`), logged; None
+    (Ray Data splits the rows) without keepPartitionNum or without a recorded partitioning. ConfigError
+    when the sizes do not match the table or a worker would get no rows."""
+    if not options.keep_partition_num:
+        return None
+    if sizes is None:
+        print("[byzer-like] keepPartitionNum: the input table has no recorded partitioning (make it with "
+              "`run <t> as TableRepartition.`` where partitionNum=\"N\" as <t2>;`); its rows are split across the "
+              "workers as usual", flush=True)
+        return None
+    if sum(sizes) != num_rows:
+        raise ConfigError(f"keepPartitionNum: the partitions hold {sum(sizes)} rows, the input table {num_rows}")
+    placement = assign_partitions(sizes, num_workers)
+    idle = [w for w, parts in enumerate(placement) if not parts]
+    if idle:
+        raise ConfigError(f"keepPartitionNum: {len(sizes)} partitions ({sum(1 for n in sizes if n)} not empty) leave "
+                          f"worker(s) {', '.join(map(str, idle))} of {num_workers} without rows; repartition into at "
+                          "least as many non-empty partitions as workers, or use fewer workers")
+    rows = [sum(n for _, _, n in parts) for parts in placement]
+    shown = "; ".join(f"worker {w}: partitions {', '.join(str(p) for p, _, _ in parts)} ({rows[w]} rows)"
+                      for w, parts in enumerate(placement))
+    print(f"[byzer-like] keepPartitionNum: {len(sizes)} partitions kept whole, partition i -> worker i % "
+          f"{num_workers}: {shown}", flush=True)
+    if max(rows) > 2 * min(rows):
+        print(f"[byzer-like] note: the workers' rows are uneven ({min(rows)} to {max(rows)}): an epoch ends when the "
+              "worker with the least text runs out", flush=True)
+    return placement
+
+
+def _training_eval(eval_path: Path, options: SfftOptions) -> Any:
+    """The evalTable at `eval_path` with evalMetrics (`train.evaluation.TrainingEval`), checked here on the
+    driver; None without one."""
+    if not eval_path.is_file():
+        if options.eval_table:
+            print(f"[byzer-like] evalTable={options.eval_table!r} was not stored with this run ({eval_path} is "
+                  "missing): nothing is evaluated", file=sys.stderr, flush=True)
+        return None
+    import pyarrow.parquet as pq
+
+    from .evaluation import TrainingEval
+
+    return TrainingEval.from_table(pq.read_table(eval_path), metrics=options.eval_metric_names(),
+                                   max_new_tokens=options.eval_max_new_tokens, max_length=options.max_length,
+                                   name=options.eval_table, default=(options.default_eval_metrics,))
 
 
 def _read_parquet(data_path: str, column: str):
@@ -362,7 +449,12 @@ class _WorkerRun:
         self.micro = config["ds_config"]["train_micro_batch_size_per_gpu"]
         self.accum = config["ds_config"]["gradient_accumulation_steps"]
         self.max_len = self.opts.max_length
-        self.rows_per_worker = max(1, config["rows"] // self.world)
+        placement = config.get("placement")
+        if placement is not None:  # keepPartitionNum: this worker's whole partitions
+            mine = placement[self.rank]
+            self.rows_per_worker = max(1, sum(n for _, _, n in mine))
+        else:
+            self.rows_per_worker = max(1, config["rows"] // self.world)
         self.tokens_per_micro = self.micro * self.max_len * self.world  # all ranks together
 
         self.tokenizer = AutoTokenizer.from_pretrained(config["model_dir"])
@@ -370,7 +462,14 @@ class _WorkerRun:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if self.tokenizer.eos_token_id is None:
             raise ValueError("the base model's tokenizer has no EOS token, so rows cannot be separated")
-        self.shard = ray.train.get_dataset_shard("train")
+        if placement is not None:
+            self.shard: Any = _PartitionShard(config["data_path"], config["text_column"], placement[self.rank])
+        else:
+            self.shard = ray.train.get_dataset_shard("train")
+        self.evaluator = config.get("evaluator")  # a train.evaluation.TrainingEval, or None
+        self.eval_every = self.opts.eval_steps or self.opts.logging_steps
+        self.evals: dict = {}  # the last evaluation's eval_<metric> values
+        self.last_eval_step = -1
 
         self.engine: Any = None
         self.device: Any = None
@@ -550,17 +649,44 @@ class _WorkerRun:
         self.epoch_at = round(self.epoch + min(data.rows / self.rows_per_worker, 1.0), 4)
         if self.first_loss is None:
             self.first_loss = self.global_mean(self.window_loss / self.window_n)
+        evals = None
+        if self.evaluator is not None and (self.step % self.eval_every == 0 or self.finished()):
+            evals = self.evaluate()
         if self.step % opts.logging_steps == 0 or self.finished():
             self.final_loss = self.global_mean(self.window_loss / self.window_n)
             if self.rank == 0:
-                self._report_progress(data)
+                self._report_progress(data, evals or {})
             self.window_loss, self.window_n, self.window_micro = 0.0, 0, 0
+        elif evals and self.rank == 0:  # an evaluation step between two logged steps
+            self.reporter.step(self.step, tokens=0, epoch=self.epoch_at, **evals)
         if self.step % opts.checkpoint_steps == 0 and not self.finished():
             self.save_checkpoint({"step": self.step, "loss": self.final_loss, "epoch": self.epoch})
             self.last_saved = self.step
 
-    def _report_progress(self, data: _ShardPass) -> None:
-        """Rank 0: the logged step to the reporter (tokens since the last report, loss, LR, fractional epoch)."""
+    def evaluate(self) -> dict:
+        """Measure evalMetrics on the model as it is now (a collective: every rank measures its share of
+        the eval rows, see `train.evaluation`); returns `eval_<metric>` values, with `eval_loss` (the mean
+        negative log-likelihood per token of the held-out text) when perplexity is measured."""
+        import torch.distributed as dist
+
+        def gather(obj: Any) -> list:
+            parts: list = [None] * self.world
+            dist.all_gather_object(parts, obj)
+            return parts
+
+        t0 = time.monotonic()
+        evals = self.evaluator(self.engine.module, self.tokenizer, stop_ids=[self.tokenizer.eos_token_id],
+                               rank=self.rank, world=self.world, gather=gather,
+                               synced_gpus=bool(self.engine.zero_optimization_partition_weights()))
+        if isinstance(evals.get("eval_mean_token_logprob"), float) and math.isfinite(evals["eval_mean_token_logprob"]):
+            evals["eval_loss"] = round(-evals["eval_mean_token_logprob"], 6)
+        evals["evaluation_s"] = round(time.monotonic() - t0, 3)
+        self.evals, self.last_eval_step = evals, self.step
+        return evals
+
+    def _report_progress(self, data: _ShardPass, evals: dict) -> None:
+        """Rank 0: the logged step to the reporter (tokens since the last report, loss, LR, fractional epoch,
+        and `evals` when this step was also an evaluation step)."""
         opts = self.opts
         if not self.refined and opts.max_steps <= 0 and data.rows_read:
             self.refined = True  # a better total for the ETA, from the tokens per row seen so far
@@ -568,18 +694,23 @@ class _WorkerRun:
             per_epoch = max(1, math.floor(blocks / self.micro)) / self.accum
             self.reporter.total_steps = max(self.step, math.ceil(per_epoch * opts.num_train_epochs))
         self.reporter.step(self.step, tokens=self.window_micro * self.tokens_per_micro, loss=self.final_loss,
-                           learning_rate=self.engine.get_lr()[0], epoch=self.epoch_at)
+                           learning_rate=self.engine.get_lr()[0], epoch=self.epoch_at, **evals)
 
     def _finish(self, data_error: str | None) -> dict:
         """Report the final metrics (with a last checkpoint when steps were taken since the last one) and
         export the model; with `data_error` only report it."""
         import ray.train
 
-        metrics = self._final_metrics()
         if data_error:
+            metrics = self._final_metrics()
             metrics["error"] = data_error
             ray.train.report(metrics)
             return metrics
+        if self.evaluator is not None and self.last_eval_step != self.step:  # the final model, once
+            evals = self.evaluate()
+            if self.rank == 0:
+                self.reporter.step(self.step, tokens=0, epoch=self.epoch_at, **evals)
+        metrics = self._final_metrics()
         if self.step > self.last_saved:
             self.save_checkpoint(metrics)
         else:
@@ -606,6 +737,7 @@ class _WorkerRun:
         }
         if self.epoch_at is not None:
             metrics["epoch"] = self.epoch_at
+        metrics.update({k: v for k, v in self.evals.items() if k != "evaluation_s"})
         return metrics
 
 
@@ -711,6 +843,30 @@ class _ShardPass:
                     chunk = []
 
 
+class _PartitionShard:
+    """A worker's whole partitions (keepPartitionNum), iterated like a Ray Data shard (`iter_batches`).
+
+    `ranges`: (partition, first row, rows) in the table's row order (`assign_partitions`). The text
+    column is read from the parquet table once, with pyarrow; batches never mix two partitions, and the
+    rows of each come in their order."""
+
+    def __init__(self, data_path: str, column: str, ranges: Sequence[tuple[int, int, int]]):
+        self.data_path, self.column, self.ranges = data_path, column, list(ranges)
+        self._table: Any = None
+
+    def iter_batches(self, *, batch_size: int = 256, batch_format: str = "pyarrow", **_: Any):
+        """pyarrow tables of at most `batch_size` rows, partition after partition."""
+        if batch_format != "pyarrow":
+            raise ValueError("only pyarrow batches are produced")
+        if self._table is None:
+            import pyarrow.dataset as pads
+
+            self._table = pads.dataset(self.data_path, format="parquet").to_table(columns=[self.column])
+        for _, start, rows in self.ranges:
+            for k in range(0, rows, batch_size):
+                yield self._table.slice(start + k, min(batch_size, rows - k))
+
+
 class _Prefetched:
     """A generator whose first item is computed in a background thread, started at once."""
 
@@ -778,4 +934,4 @@ def _export(engine: Any, tokenizer: Any, base_dir: str, output_dir: str, rank: i
     dist.barrier()
 
 
-__all__ = ["inspect_table", "latest_checkpoint_state", "sfft_train"]
+__all__ = ["assign_partitions", "inspect_table", "latest_checkpoint_state", "sfft_train"]

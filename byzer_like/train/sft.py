@@ -4,6 +4,7 @@ with the Trainer's own restore (same step, optimizer and scheduler state, data p
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -84,17 +85,26 @@ def sft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str, 
     opts = options
     tok = prepare_tokenizer(model_dir, fallback_template)
     stop_ids = stop_token_ids(model_dir, tok, stop_tokens)
-    examples, dropped = D.encode_all(tok, load_conversations(data_path), opts.max_seq_length, stop_ids)
+    convs = load_conversations(data_path)
+    examples, dropped = D.encode_all(tok, convs, opts.max_seq_length, stop_ids)
     if dropped:
         print(f"[byzer-like] {dropped} rows have no answer token within max_seq_length={opts.max_seq_length}: skipped")
+    eval_path = Path(run_dir) / "eval.parquet"
+    held_convs: list = []
+    if opts.eval_split > 0 and opts.eval_metrics and not eval_path.is_file():  # evalMetrics on the held-out rows
+        if opts.packing:
+            print("[byzer-like] evalMetrics not measured: with packing the evalSplit holds out packed blocks, not "
+                  "rows; give an evalTable", flush=True)
+        else:
+            kept = [c for c in convs if D.encode(tok, c, opts.max_seq_length, stop_ids) is not None]
+            held_convs = D.split(kept, opts.eval_split, opts.seed)[1]  # the examples' split: same length and seed
     if opts.packing:
         examples = D.pack(examples, opts.max_seq_length)
     train_rows, eval_rows = D.split(examples, opts.eval_split, opts.seed)
     to_ds = lambda rows: [{"input_ids": i, "labels": lab, "attention_mask": [1] * len(i)} for i, lab in rows]  # noqa: E731
 
     model = _load_model(model_dir, opts, target_modules, on_gpu)
-    eval_path = Path(run_dir) / "eval.parquet"
-    evaluator = _evaluator(eval_path, opts, tok, stop_ids) if eval_path.is_file() else None
+    evaluator = _evaluator(eval_path, held_convs, opts, tok, stop_ids)
     ckpt_dir = Path(run_dir) / "checkpoints"
     args = TrainingArguments(
         output_dir=str(ckpt_dir),
@@ -192,44 +202,26 @@ def sft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str, 
     return {"model_dir": str(output_dir), "kind": "model" if opts.method == "full" else "adapter", "metrics": metrics}
 
 
-def _evaluator(eval_path: Path, opts: SftOptions, tok: Any, stop_ids: list[int]):
-    """A function of the model being trained -> `{"eval_<metric>": value}` on evalTable's rows: greedy answers
-    (evalMaxNewTokens tokens, batched and left-padded) measured with `byzer_like.eval.metrics`."""
+def _evaluator(eval_path: Path, held_convs: list, opts: SftOptions, tok: Any, stop_ids: list[int]):
+    """A function of the model being trained -> `{"eval_<metric>": value}` (`train.evaluation.TrainingEval`):
+    on evalTable's rows (`eval_path`) when it was given, else on the evalSplit rows held out of training
+    (`held_convs`) when evalMetrics names metrics; None when there is nothing to measure."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ..eval import metrics as M
-    from ..eval.run import plan
+    from .evaluation import TrainingEval
 
-    ms, es, labels = plan(pq.read_table(eval_path), metrics=opts.eval_metrics)
-    prompts = [tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in es.prompts]
-
-    def evaluate(model: Any) -> dict:
-        import torch
-
-        was_training = model.training
-        model.eval()
-        side, tok.padding_side = tok.padding_side, "left"
-        predictions: list[str] = []
-        try:
-            for k in range(0, len(prompts), 8):
-                enc = tok(prompts[k:k + 8], return_tensors="pt", padding=True, add_special_tokens=False)
-                with torch.inference_mode():
-                    out = model.generate(**{n: v.to(model.device) for n, v in enc.items()}, do_sample=False,
-                                         max_new_tokens=opts.eval_max_new_tokens, eos_token_id=stop_ids or None,
-                                         pad_token_id=tok.pad_token_id)
-                predictions += [t.strip() for t in tok.batch_decode(out[:, enc["input_ids"].shape[1]:],
-                                                                     skip_special_tokens=True)]
-        finally:
-            tok.padding_side = side
-            if was_training:
-                model.train()
-        result = {}
-        for m in ms:
-            values = [m.row(p, r) if m.row and r is not None else None for p, r in zip(predictions, es.references)]
-            result[f"eval_{m.name}"] = round(M.summarise(m, values, predictions, es.references, labels), 6)
-        return result
-
-    return evaluate
+    if eval_path.is_file():
+        table, name = pq.read_table(eval_path), opts.eval_table
+    elif held_convs and opts.eval_metrics:
+        table, name = pa.table({"messages": [json.dumps(c, ensure_ascii=False) for c in held_convs]}), "evalSplit"
+        print(f"[byzer-like] evalMetrics measured on the {len(held_convs)} evalSplit rows held out of training",
+              flush=True)
+    else:
+        return None
+    ev = TrainingEval.from_table(table, metrics=opts.eval_metric_names(), max_new_tokens=opts.eval_max_new_tokens,
+                                 max_length=opts.max_seq_length, name=name)
+    return lambda model: ev(model, tok, stop_ids=stop_ids)
 
 
 def _load_model(model_dir: str, opts: SftOptions, target_modules: Sequence[str], on_gpu: bool):
