@@ -650,7 +650,6 @@ class CausalLMPlugin:
             "scoring": True,
             # LoRA adapters served per request over this model (load_adapter), unless one was merged at load
             "adapters": not state.merged_adapter,
-            "adapters_loaded": sorted(state.peft.peft_config) if state.peft is not None else [],
         }
 
     def sft_train(self, data_refs: Any, train_params: Mapping[str, str], sys_conf: Mapping[str, str]) -> dict:
