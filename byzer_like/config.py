@@ -390,7 +390,7 @@ class RepartitionOptions(_Options):
 UDF_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 # SQL functions of the dialect itself: a model of one of these names could never be called
 RESERVED_UDF_NAMES = frozenset({"llm_param", "llm_result", "llm_response_predict", "llm_prompt", "llm_stack", "llm_eval",
-                                "map", "array"})
+                                "llm_with_adapter", "map", "array"})
 
 
 def check_udf_name(value: str) -> str:
