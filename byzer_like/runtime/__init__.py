@@ -535,7 +535,7 @@ class Runtime:
         self.connect()
         srv = server.start(host=host, port=port, api_key=api_key, max_tokens_cap=max_tokens_cap,
                            max_body_bytes=max_body_bytes, request_timeout_s=self.setup_config.request_timeout_s,
-                           replace=replace)
+                           replace=replace, workspace=str(self.workspace.root))
         if srv.key_generated:
             print(f"byzer-like API key (shown once): {srv.api_key}", file=sys.stderr)
         return srv
