@@ -59,8 +59,11 @@ class ReplicaAdapters:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.loads = 0
         self.unloads = 0
+        async def load_adapter(ref: str) -> _Loaded:  # a plain function: Serve keeps its LRU on it
+            return await self._load(ref)
+
         # Serve's LRU; made per replica so that its size is this deployment's (see serve.multiplexed)
-        self._slot = serve.multiplexed(max_num_models_per_replica=capacity)(self._load) if load else None
+        self._slot = serve.multiplexed(max_num_models_per_replica=capacity)(load_adapter) if load else None
 
     # -- loading and unloading (Serve's LRU decides when) -----------------------------------------
     async def _load(self, ref: str) -> _Loaded:
