@@ -15,6 +15,7 @@ cores they measure). Their output streams to this console as it comes.
     train           bench/train.py --repeats 2                 --rows 48 --epochs 1 --size tiny --repeats 1
     http_api        bench/http_api.py                          --calls 5 --stream-calls 5
     batching        bench/batching.py                          --rows 64 --repeats 1
+    adapters        bench/adapters.py                          --model small --rows 24 --repeats 1
 
 `--only` takes names (or prefixes: `sql`, `http`), comma-separated or repeated. A benchmark that
 fails (non-zero exit, timeout, no JSON) does not stop the others: its rows in RESULTS.md say so, with
@@ -68,6 +69,7 @@ BENCHMARKS = [
     Bench("train", "train.py", ["--repeats", "2"], ["--rows", "48", "--epochs", "1", "--size", "tiny", "--repeats", "1"]),
     Bench("http_api", "http_api.py", [], ["--calls", "5", "--stream-calls", "5"]),
     Bench("batching", "batching.py", [], ["--rows", "64", "--repeats", "1"]),
+    Bench("adapters", "adapters.py", [], ["--model", "small", "--rows", "24", "--repeats", "1"]),
 ]
 BY_NAME = {b.name: b for b in BENCHMARKS}
 
@@ -306,6 +308,13 @@ def rows() -> list[Row]:
               f"answers equal {_matches(r.get('answers_match'), r['rows'])}")
         return s
 
+    def adapters_raw(r: dict) -> str:
+        return (f"RSS {_num(r.get('shared_rss_mb'), 0)} MiB (1 replica, {r.get('adapters')} adapters loaded) vs "
+                f"{_num(r.get('separate_rss_mb'), 0)} MiB ({r.get('adapters')} replicas); rows/s "
+                f"{_num(r.get('shared_rows_per_s'), 2)} (one select) vs {_num(r.get('separate_rows_per_s'), 2)} "
+                f"({r.get('adapters')} selects), {_num(r.get('throughput_ratio'), 2)}x; {r.get('model')}, "
+                f"{r.get('rows')} rows; answers equal {_matches(r.get('answers_match'), r.get('rows', 0))}")
+
     def answers_result(rs: dict) -> str:
         bits = []
         if rs.get("inference"):
@@ -317,6 +326,9 @@ def rows() -> list[Row]:
         if rs.get("batching"):
             r = rs["batching"]
             bits.append(f"batch-1 vs batch-32 {_matches(r.get('answers_match'), r['rows'])}")
+        if rs.get("adapters"):
+            r = rs["adapters"]
+            bits.append(f"one base + adapters vs merged deployments {_matches(r.get('answers_match'), r['rows'])}")
         if rs.get("http_api"):
             bits.append(f"HTTP / handle / direct {'equal' if rs['http_api'].get('answers_match') else 'NOT equal'}")
         return "; ".join(bits) or "n/a"
@@ -338,6 +350,8 @@ def rows() -> list[Row]:
             lambda r: f"**{_num(r.get('ratio_2_vs_1'), 2)}**", two_raw),
         Row("batch-32 vs batch-1 throughput through Serve (`max_batch_size`)", "batching",
             lambda r: f"**{_num(r.get('ratio'), 2)}**", batching_raw),
+        Row("N LoRA adapters on one base vs N deployments (resident memory, N deployments / one base)", "adapters",
+            lambda r: f"**{_num(r.get('memory_ratio'), 2)}**", adapters_raw),
     ], answers_result
 
 
