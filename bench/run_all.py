@@ -16,6 +16,7 @@ cores they measure). Their output streams to this console as it comes.
     http_api        bench/http_api.py                          --calls 5 --stream-calls 5
     batching        bench/batching.py                          --rows 64 --repeats 1
     eval            bench/eval.py                              --rows 64 --repeats 1
+    adapters        bench/adapters.py                          --model small --rows 24 --repeats 1
 
 `--only` takes names (or prefixes: `sql`, `http`), comma-separated or repeated. A benchmark that
 fails (non-zero exit, timeout, no JSON) does not stop the others: its rows in RESULTS.md say so, with
@@ -70,6 +71,7 @@ BENCHMARKS = [
     Bench("http_api", "http_api.py", [], ["--calls", "5", "--stream-calls", "5"]),
     Bench("batching", "batching.py", [], ["--rows", "64", "--repeats", "1"]),
     Bench("eval", "eval.py", [], ["--rows", "64", "--repeats", "1"]),
+    Bench("adapters", "adapters.py", [], ["--model", "small", "--rows", "24", "--repeats", "1"]),
 ]
 BY_NAME = {b.name: b for b in BENCHMARKS}
 
@@ -314,6 +316,12 @@ def rows() -> list[Row]:
                 f"{', '.join(r.get('metrics') or {})}, 1 replica x {r['cpus_per_worker']:g} CPU); without the report "
                 f"(`report=\"false\"`) {_num(r.get('ratio_no_report'), 2)}; per run eval {runs.get('eval')} s, plain "
                 f"{runs.get('plain')} s; predictions and metrics equal: {'yes' if r.get('answers_and_metrics_agree') else 'NO'}")
+    def adapters_raw(r: dict) -> str:
+        return (f"RSS {_num(r.get('shared_rss_mb'), 0)} MiB (1 replica, {r.get('adapters')} adapters loaded) vs "
+                f"{_num(r.get('separate_rss_mb'), 0)} MiB ({r.get('adapters')} replicas); rows/s "
+                f"{_num(r.get('shared_rows_per_s'), 2)} (one select) vs {_num(r.get('separate_rows_per_s'), 2)} "
+                f"({r.get('adapters')} selects), {_num(r.get('throughput_ratio'), 2)}x; {r.get('model')}, "
+                f"{r.get('rows')} rows; answers equal {_matches(r.get('answers_match'), r.get('rows', 0))}")
 
     def answers_result(rs: dict) -> str:
         bits = []
@@ -328,6 +336,9 @@ def rows() -> list[Row]:
             bits.append(f"batch-1 vs batch-32 {_matches(r.get('answers_match'), r['rows'])}")
         if rs.get("eval"):
             bits.append(f"eval / plain {'equal' if rs['eval'].get('answers_and_metrics_agree') else 'NOT equal'}")
+        if rs.get("adapters"):
+            r = rs["adapters"]
+            bits.append(f"one base + adapters vs merged deployments {_matches(r.get('answers_match'), r['rows'])}")
         if rs.get("http_api"):
             bits.append(f"HTTP / handle / direct {'equal' if rs['http_api'].get('answers_match') else 'NOT equal'}")
         return "; ".join(bits) or "n/a"
@@ -351,6 +362,8 @@ def rows() -> list[Row]:
             lambda r: f"**{_num(r.get('ratio'), 2)}**", batching_raw),
         Row("`action=\"eval\"` vs a plain loop of `generate` + metric functions (rows/s)", "eval",
             lambda r: f"**{_num(r.get('ratio'), 2)}**", eval_raw),
+        Row("N LoRA adapters on one base vs N deployments (resident memory, N deployments / one base)", "adapters",
+            lambda r: f"**{_num(r.get('memory_ratio'), 2)}**", adapters_raw),
     ], answers_result
 
 

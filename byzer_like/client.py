@@ -327,6 +327,12 @@ class ByzerLLM:
         """The model registry: every registered model and version (`catalog.RegisteredModel`)."""
         return self.runtime.catalog.models()
 
+    def loaded_adapters(self, model: str | None = None) -> list[dict]:
+        """The LoRA adapters each replica of `model` holds now (SQL: `!byzerllm adapter list <model>`): one
+        row per replica and adapter, with `replica`, `adapter`, `version`, `ref`, `loaded_at`, `requests`,
+        `capacity` (max_adapters_per_replica)."""
+        return self.runtime.loaded_adapters(self._model(model))
+
     def get_meta(self, model: str | None = None, *, refresh: bool = False, llm_config: Any = None) -> dict:
         """A deployment's metadata (asked once, then kept; `refresh=True` asks again, for its counters),
         with Byzer-LLM's keys too: `model_deploy_type`, `backend`, `support_stream`,
@@ -464,9 +470,13 @@ class ByzerLLM:
                  role_mapping: Mapping[str, str] | None = None, tools: Sequence[Any] | None = None,
                  tool_choice: Any = None, impl_func: Callable | None = None, response_after_chat: bool = False,
                  enable_default_sys_message: bool = True, only_return_prompt: bool = False,
-                 extra_request_params: Mapping[str, Any] | None = None,
+                 extra_request_params: Mapping[str, Any] | None = None, adapter: str | None = None,
                  **_: Any) -> list[LLMResponse] | list[LLMClassResponse]:
         """Answer one conversation (OpenAI-style messages; the last one is the question).
+
+        `adapter`: a registered LoRA adapter trained on the model's base (`"qa_model"`, `"qa_model@v2"`), which
+        the answer goes through; the deployment loads it on first use (AdapterNotFoundError lists the ones
+        registered for that base, AdapterBaseError names the base an adapter needs).
 
         Returns a one-item list, as Byzer-LLM does: `result[0].output` is the answer text (`str(result[0])`
         too), `.metadata` its token counts, finish reason and timings. With `response_class` (a pydantic
@@ -482,7 +492,7 @@ class ByzerLLM:
         name = self._model(model)
         msgs = [{"role": "user", "content": conversations}] if isinstance(conversations, str) \
             else [dict(m) for m in conversations]
-        options = self._options(name, llm_config, role_mapping)
+        options = self._options(name, llm_config, role_mapping, adapter)
         if response_class is not None:
             fmt = structured.for_class(response_class)
             if msgs and msgs[-1].get("role") == "user" and not response_after_chat:
@@ -501,29 +511,33 @@ class ByzerLLM:
         if response_after_chat:  # Byzer's two-step form: answer freely, then restate the answer as the class
             follow = msgs + [{"role": "assistant", "content": response.output},
                              {"role": "user", "content": "Restate your answer." + structured.instruction(response_class)}]
-            return self.chat_oai(follow, name, llm_config, response_class=response_class, role_mapping=role_mapping)
+            return self.chat_oai(follow, name, llm_config, response_class=response_class, role_mapping=role_mapping,
+                                 adapter=adapter)
         value, why = structured.parse(response.output, response_class)
         return [LLMClassResponse(response, value, {**response.metadata, "reason": why})]
 
     def stream_chat_oai(self, conversations: Sequence[Mapping[str, Any]] | str, model: str | None = None,
                         llm_config: Mapping[str, Any] | None = None, delta_mode: bool = True, *,
-                        role_mapping: Mapping[str, str] | None = None, **_: Any) -> Iterator[tuple[str, dict]]:
+                        role_mapping: Mapping[str, str] | None = None, adapter: str | None = None,
+                        **_: Any) -> Iterator[tuple[str, dict]]:
         """Stream an answer as `(text, metadata)` pairs: new text only (`delta_mode=True`, default) or
         the whole text so far. The last pair carries the final metadata. Leaving the loop early stops
-        the generation on the replica."""
+        the generation on the replica. `adapter`: as in `chat_oai`."""
         name = self._model(model)
-        req = chat_request(conversations, self._options(name, llm_config, role_mapping)).model_dump()
+        req = chat_request(conversations, self._options(name, llm_config, role_mapping, adapter)).model_dump()
         for piece, text, meta in self.runtime.stream_deltas(name, req):
             yield (piece if delta_mode else text), meta
 
     def _options(self, model: str, llm_config: Mapping[str, Any] | None,
-                 role_mapping: Mapping[str, str] | None = None) -> dict[str, Any]:
+                 role_mapping: Mapping[str, str] | None = None, adapter: str | None = None) -> dict[str, Any]:
         """A call's request options: the model's defaults (setup_extra_generation_params, its role
-        mapping), then `role_mapping`, then `llm_config`."""
+        mapping), then `role_mapping`, then `llm_config`, then the LoRA `adapter` if one is named."""
         options: dict[str, Any] = dict(self.mapping_extra_generation_params.get(model, {}))
         for key, value in (role_mapping or self.mapping_role_mapping.get(model) or {}).items():
             options[key] = str(value).rstrip().rstrip(":") if key != "system_msg" else value
         options.update(llm_config or {})
+        if adapter:
+            options["adapter"] = adapter
         return options
 
     def _clean(self, model: str, text: Any) -> Any:
@@ -582,15 +596,23 @@ class ByzerLLM:
 
     def batch_chat(self, conversations: Sequence[Sequence[Mapping[str, Any]] | str], model: str | None = None,
                    llm_config: Mapping[str, Any] | None = None, *, on_error: str = "raise",
-                   progress: bool = False, cache: bool = False) -> list[LLMResponse | None]:
+                   progress: bool = False, cache: bool = False,
+                   adapter: str | Sequence[str | None] | None = None) -> list[LLMResponse | None]:
         """Answer many conversations at once, spread over all replicas; answers in input order.
+
+        `adapter`: one registered LoRA adapter for every conversation, or one per conversation (None: the
+        base model); conversations of different adapters share forward passes.
 
         A conversation that fails on its own (prompt too long...) raises with its index, or gives
         `None` with `on_error="null"`. `cache=True` keeps each answer in the workspace's result
         cache as it arrives, and takes the ones already there (an interrupted batch resumes)."""
         if on_error not in ("raise", "null"):
             raise ConfigError(f"on_error must be 'raise' or 'null', not {on_error!r}")
-        reqs = [chat_request(c, llm_config).model_dump() for c in conversations]
+        per_row = [adapter] * len(conversations) if adapter is None or isinstance(adapter, str) else list(adapter)
+        if len(per_row) != len(conversations):
+            raise ConfigError(f"{len(per_row)} adapters for {len(conversations)} conversations; give one per conversation")
+        reqs = [chat_request(c, {**(llm_config or {}), **({"adapter": a} if a else {})}).model_dump()
+                for c, a in zip(conversations, per_row)]
         results = self.generate(reqs, model=model, progress=progress, cache=cache)
         out: list[LLMResponse | None] = []
         for i, (req, res) in enumerate(zip(reqs, results)):

@@ -12,7 +12,10 @@ import math
 import re
 from typing import Any, ClassVar, Literal, Mapping
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AliasChoices, BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, field_validator,
+    model_serializer,
+)
 from pydantic.alias_generators import to_camel
 
 from . import structured
@@ -161,6 +164,9 @@ class SetupConfig(_Options):
         description="requests a replica works on at once (Byzer's workerMaxConcurrency)")
     max_queued_requests: int = Field(256, ge=-1, description="requests waiting per caller before back-pressure (-1: no limit)")
     max_batch_size: int = Field(32, ge=1, le=4096, description="rows a replica generates in one batch")
+    max_adapters_per_replica: int = Field(
+        8, ge=1, le=1024, description="LoRA adapters a replica keeps loaded over its base model (least recently "
+        "used ones are unloaded; a request for another one loads it)")
     request_timeout_s: float = Field(600.0, gt=0, description="a model call that takes longer fails with a timeout")
     health_check_period_s: float = Field(10.0, gt=0)
     health_check_timeout_s: float = Field(30.0, gt=0)
@@ -242,6 +248,8 @@ class DeployOptions(_Options):
     replace: bool = Field(False, description="undeploy a running deployment of that name first, then deploy")
     model_table: str | None = Field(None, description="'command' (Byzer: use localModelDir) or a registered model (name, name@v2)")
     adapter_dir: str | None = Field(None, description="a LoRA adapter merged into the model when it loads")
+    max_adapters_per_replica: int | None = Field(
+        None, ge=1, le=1024, description="LoRA adapters each replica keeps loaded (default: the setup's)")
     # init_model options understood by the built-in Hugging Face plugins
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     load_in_4bit: bool = False
@@ -382,7 +390,7 @@ class RepartitionOptions(_Options):
 UDF_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 # SQL functions of the dialect itself: a model of one of these names could never be called
 RESERVED_UDF_NAMES = frozenset({"llm_param", "llm_result", "llm_response_predict", "llm_prompt", "llm_stack", "llm_eval",
-                                "map", "array"})
+                                "llm_with_adapter", "map", "array"})
 
 
 def check_udf_name(value: str) -> str:
@@ -401,7 +409,7 @@ def check_udf_name(value: str) -> str:
 REQUEST_KEYS = {
     "instruction", "system_msg", "user_role", "assistant_role", "history", "temperature", "top_p",
     "max_length", "max_new_tokens", "max_tokens", "stop", "seed", "top_k", "repetition_penalty",
-    "embedding", "embedding_query", "response_format",
+    "embedding", "embedding_query", "response_format", "adapter",
 }
 _KWARG_KEYS = {"system_msg", "user_role", "assistant_role", "stop", "seed", "top_k", "repetition_penalty"}
 
@@ -423,6 +431,17 @@ class ChatRequest(BaseModel):
     top_p: float = Field(0.95, gt=0, le=1)
     temperature: float = Field(0.1, ge=0, le=2)
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    # a registered LoRA adapter over the deployment's base: its reference as asked (`qa_model`, `qa_model@v2`),
+    # which the runtime resolves to the registry's `{"ref", "name", "version", "path", "base_model"}` before
+    # the request leaves the driver (runtime.adapters); absent from the dumped dict when not asked for
+    adapter: str | dict[str, Any] | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_base_adapter(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out = handler(self)
+        if out.get("adapter") is None:
+            out.pop("adapter", None)
+        return out
 
 
 def chat_request(conversations: list[Mapping[str, Any]] | str, llm_config: Mapping[str, Any] | None = None) -> ChatRequest:
@@ -479,6 +498,8 @@ def chat_request(conversations: list[Mapping[str, Any]] | str, llm_config: Mappi
                 req["kwargs"]["response_format"] = fmt
         elif name == "embedding":
             continue  # routed by the caller
+        elif name == "adapter":  # SQL's `m@qa_model(...)` and llm_param's "adapter"; the client's adapter=
+            req["adapter"] = as_text(value).strip() or None
         else:
             raise UnknownOptionError("request", key, REQUEST_KEYS | {"generation.*"})
     try:

@@ -20,6 +20,8 @@ can catch lives here (the modules that raise them re-export their names for olde
       TableExistsError (FileExistsError), DataFileError (ValueError)   load / save
       JobError (RuntimeError), JobNotFoundError (KeyError)             training jobs
       ModelNotFoundError (KeyError), ModelExistsError (FileExistsError) the model registry
+      AdapterNotFoundError (ConfigError, KeyError), AdapterBaseError (ConfigError)   LoRA adapters served
+                                          on a base deployment (`m@qa_model`, `model="m:qa_model"`)
       ConvertError (RuntimeError)         ModelFileError (ValueError) > UnsupportedArchitectureError,
                                           CheckpointError (FileNotFoundError), QuantizeError
                                           importing, converting and quantizing models
@@ -321,6 +323,31 @@ class ModelNotFoundError(ByzerError, KeyError):
 
 class ModelExistsError(ByzerError, FileExistsError):
     """An outputTable names a registered model and overwrite was not asked for."""
+
+
+class AdapterNotFoundError(ConfigError, KeyError):
+    """A request asks deployment `udf_name` for an adapter the registry does not hold (or a whole model, not
+    an adapter); the message lists the adapters registered for that deployment's base, the closest first."""
+
+    def __init__(self, ref: str, udf_name: str, known: Iterable[str], *, why: str | None = None):
+        self.ref, self.udf_name = ref, udf_name
+        self.known = sorted(set(known))
+        names = {k.split("@", 1)[0] for k in self.known}
+        super().__init__(f"{why or f'no registered LoRA adapter {ref!r}'}; {did_you_mean(ref.split('@', 1)[0], names)}"
+                         f"adapters registered for the base of {udf_name!r}: {_choices(self.known)}")
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0])
+
+
+class AdapterBaseError(ConfigError):
+    """An adapter was trained on another base model than the deployment serves; `needs` names that base (its
+    registry reference when it is registered, else its directory)."""
+
+    def __init__(self, ref: str, udf_name: str, needs: str, serves: str):
+        self.ref, self.udf_name, self.needs, self.serves = ref, udf_name, needs, serves
+        super().__init__(f"adapter {ref!r} was trained on base model {needs}, but deployment {udf_name!r} serves "
+                         f"{serves}; call it on a deployment of {needs}, or train the adapter on {serves}")
 
 
 # -- importing, converting and quantizing models ----------------------------------------------------

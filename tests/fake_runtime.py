@@ -110,6 +110,14 @@ class FakeRuntime:
     def embed(self, name: str, texts: Sequence[str]) -> list[list[float]]:
         return [[float(len(t)), 1.0] for t in texts]
 
+    def loaded_adapters(self, name: str) -> list[dict]:
+        """The adapters the requests sent to `name` asked for, as held by one replica "r1"."""
+        refs = sorted({r["adapter"] for n, reqs in self.generated if n == name for r in reqs if r.get("adapter")})
+        return [{"replica": "r1", "adapter": ref, "version": 1, "ref": f"{ref}@v1", "loaded_at": 0.0,
+                 "requests": 1, "capacity": 8} for ref in refs] or \
+            [{"replica": "r1", "adapter": None, "version": None, "ref": None, "loaded_at": None, "requests": 0,
+              "capacity": 8}]
+
     def score(self, name: str, items: Sequence[Mapping[str, Any]]) -> list[dict]:
         """-1 nat per character of each text, one token per character."""
         self.scored.append((name, [dict(i) for i in items]))

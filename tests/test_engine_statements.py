@@ -56,6 +56,27 @@ def test_deploy_then_select_answers_every_row_in_order(s, rt):
     assert name == "echo" and [r["temperature"] for r in reqs] == [0.0] * 5
 
 
+def test_model_at_adapter_sends_each_row_through_its_adapter_in_one_call(s, rt):
+    """`m@a(...)` and llm_param's "adapter" key put the adapter in the request; with the adapter in a column,
+    rows of different adapters (and the base: null) go to the model in one call; NULL rows stay NULL;
+    `!byzerllm adapter list` shows what is held."""
+    out = s.sql(f"""{DEPLOY};
+        load json.`data/q.jsonl` as q;
+        select id, echo(llm_param(map("instruction", q,
+                   "adapter", case id % 3 when 0 then 'qa_one' when 1 then 'qa_two@v2' end))) as r,
+               echo@qa_one(llm_param(map("instruction", if(id = 4, null, q)))) as n
+        from q as answers;
+        !byzerllm adapter list echo;""")
+    rows = out[2].table.to_pylist()
+    assert [json.loads(r["r"])["output"] for r in rows] == [f"echo:question {i}" for i in range(5)]
+    assert rows[4]["n"] is None and json.loads(rows[0]["n"])["output"] == "echo:question 0"
+    (_, mixed), (_, through) = rt.generated
+    assert [r.get("adapter") for r in mixed] == ["qa_one", "qa_two@v2", None, "qa_one", "qa_two@v2"]
+    assert [r.get("adapter") for r in through] == ["qa_one"] * 4
+    listed = out[3].table.to_pylist()
+    assert {r["adapter"] for r in listed} == {"qa_one", "qa_two@v2"} and out[3].message.startswith("echo: 2 adapter(s)")
+
+
 def test_run_as_names_the_result_row_of_every_action(s, rt):
     s.sql(f"{DEPLOY} as deployed_row;")
     assert s.table("deployed_row").to_pylist()[0]["status"] == "deployed"

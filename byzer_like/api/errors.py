@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
 from ..errors import (
-    BackPressureError, ByzerError, ConfigError, InvalidRequestError, ModelNotDeployedError, NotSupportedError,
+    AdapterBaseError, AdapterNotFoundError, BackPressureError, ByzerError, ConfigError, InvalidRequestError, ModelNotDeployedError, NotSupportedError,
     RequestTimeoutError,
 )
 
@@ -40,6 +40,10 @@ def api_error(e: BaseException) -> ApiError:
         return e
     if isinstance(e, ModelNotDeployedError):
         return ApiError(404, str(e), param="model", code="model_not_found")
+    if isinstance(e, AdapterNotFoundError):
+        return ApiError(404, str(e), param="model", code="adapter_not_found")
+    if isinstance(e, AdapterBaseError):
+        return ApiError(400, str(e), param="model", code="adapter_base_mismatch")
     if isinstance(e, InvalidRequestError):
         code = "context_length_exceeded" if e.code == "prompt_too_long" else e.code
         return ApiError(400, str(e), code=code)

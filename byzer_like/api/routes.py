@@ -18,6 +18,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 
 from ..config import chat_request
 from ..errors import ConfigError, InvalidRequestError, ModelNotDeployedError
+from ..runtime.adapters import split_model
 from .errors import ApiError, api_error
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from .settings import ApiSettings
@@ -89,6 +90,14 @@ def _prompt(body: CompletionRequest) -> str:
         raise ApiError(400, str(e), param="prompt", code="invalid_value") from None
 
 
+def _model_and_adapter(model: str) -> tuple[str, str | None]:
+    """The `model` field: a deployment, or `<deployment>:<adapter>` (a registered LoRA adapter over it)."""
+    try:
+        return split_model(model)
+    except ConfigError as e:
+        raise ApiError(400, str(e), param="model", code="invalid_value") from None
+
+
 def _embedding(vec: list[float], encoding_format: str) -> Any:
     if encoding_format != "base64":
         return vec
@@ -151,25 +160,27 @@ class Routes:
         """POST /v1/chat/completions: messages -> the assistant's answer, whole or streamed."""
         body: ChatCompletionRequest = await self._body(request, ChatCompletionRequest)
         _check_cap(body, self.settings.max_tokens_cap)
+        name, adapter = _model_and_adapter(body.model)
         try:
-            req = chat_request(_chat_messages(body), body.options()).model_dump()
+            req = chat_request(_chat_messages(body), {**body.options(), "adapter": adapter}).model_dump()
         except ConfigError as e:  # e.g. a response_format that is not OpenAI's shape or not valid JSON Schema
             param = "response_format" if "response_format" in str(e) else None
             raise ApiError(400, str(e), param=param, code="invalid_value") from None
         chunks = ChatChunks.new(body.model)
         if not body.stream:
-            return JSONResponse(chunks.whole(*await self._answer(body.model, req)))
-        return await self._stream(body, req, chunks, [chunks.role()])
+            return JSONResponse(chunks.whole(*await self._answer(name, req)))
+        return await self._stream(name, body, req, chunks, [chunks.role()])
 
     async def completions(self, request: Request) -> Response:
         """POST /v1/completions: a prompt continued as it is (no chat template), whole or streamed."""
         body: CompletionRequest = await self._body(request, CompletionRequest)
         _check_cap(body, self.settings.max_tokens_cap)
-        req = chat_request(_prompt(body), {**body.options(), "generation.raw_prompt": True}).model_dump()
+        name, adapter = _model_and_adapter(body.model)
+        req = chat_request(_prompt(body), {**body.options(), "generation.raw_prompt": True, "adapter": adapter}).model_dump()
         chunks = CompletionChunks.new(body.model)
         if not body.stream:
-            return JSONResponse(chunks.whole(*await self._answer(body.model, req)))
-        return await self._stream(body, req, chunks, [])
+            return JSONResponse(chunks.whole(*await self._answer(name, req)))
+        return await self._stream(name, body, req, chunks, [])
 
     async def embeddings(self, request: Request) -> dict:
         """POST /v1/embeddings: one text or many -> vectors ("float" or "base64")."""
@@ -198,13 +209,13 @@ class Routes:
         return parse(model, await read_json(request, self.settings.max_body_bytes))
 
     async def _answer(self, name: str, req: dict) -> tuple[str, dict]:
-        result = await self.backend.call(name, "chat", req)
+        result = await self.backend.chat(name, req)
         if "error" in result:
             raise InvalidRequestError(result["error"], code=result.get("error_code", "invalid_request"))
         return result["output"], result.get("metadata") or {}
 
-    async def _stream(self, body: Any, req: dict, chunks: Chunks, start: list[dict]) -> StreamingResponse:
-        first, items = await self._first_and_rest(body.model, req)
+    async def _stream(self, name: str, body: Any, req: dict, chunks: Chunks, start: list[dict]) -> StreamingResponse:
+        first, items = await self._first_and_rest(name, req)
         return event_stream(events(first, items, chunks, body.include_usage(), start))
 
     async def _first_and_rest(self, name: str, req: dict) -> tuple[dict | None, AsyncIterator[dict]]:

@@ -78,7 +78,7 @@ class HttpIngress:
             sock.close()
             raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}; choose another port") from None
         self.host, self.port = host, sock.getsockname()[1]
-        app = build_app(config, AsyncRuntime(config.request_timeout_s))
+        app = build_app(config, AsyncRuntime(config.request_timeout_s, workspace=config.workspace))
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                                                     timeout_keep_alive=5, timeout_graceful_shutdown=3))
         # Server.run picks uvicorn's event loop (uvloop when installed); it installs signal handlers
@@ -118,9 +118,11 @@ def _url(host: str, port: int, node_ip: str) -> str:
 def start(*, host: str = "127.0.0.1", port: int = DEFAULT_PORT, api_key: str | None = None,
           max_body_bytes: int = ApiSettings.max_body_bytes, max_tokens_cap: int = ApiSettings.max_tokens_cap,
           request_timeout_s: float = ApiSettings.request_timeout_s, replace: bool = False,
-          timeout_s: float = 60) -> ApiServer:
+          timeout_s: float = 60, workspace: str | None = None) -> ApiServer:
     """Start the HTTP API on this node (Ray must be connected). A key comes from `api_key`, else
-    BYZER_LIKE_API_KEY; bound to anything but loopback without either, a key is generated."""
+    BYZER_LIKE_API_KEY; bound to anything but loopback without either, a key is generated. `workspace`:
+    the folder whose registry LoRA adapters (`model="m:qa_model"`) are looked up in (None: adapters are
+    refused)."""
     import ray
     from ray import serve
 
@@ -136,7 +138,8 @@ def start(*, host: str = "127.0.0.1", port: int = DEFAULT_PORT, api_key: str | N
         stop()
     key, generated = resolve_key(host, api_key)
     settings = ApiSettings(api_key_sha256=key_digest(key) if key else None, max_body_bytes=int(max_body_bytes),
-                           max_tokens_cap=int(max_tokens_cap), request_timeout_s=float(request_timeout_s))
+                           max_tokens_cap=int(max_tokens_cap), request_timeout_s=float(request_timeout_s),
+                           workspace=workspace)
     node_ip = ray.util.get_node_ip_address()
     deployment = serve.deployment(
         HttpIngress, name=INGRESS_NAME, num_replicas=1,

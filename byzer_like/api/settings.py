@@ -14,6 +14,8 @@ class ApiSettings:
     max_tokens_cap: int = 4096
     max_embedding_inputs: int = 2048
     request_timeout_s: float = 600.0
+    # the workspace whose registry `model="m:qa_model"` (a LoRA adapter over deployment m) is resolved in
+    workspace: str | None = None
 
 
 def key_digest(key: str) -> str:

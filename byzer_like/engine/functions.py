@@ -55,6 +55,21 @@ def llm_stack(previous: str | None, params: str | None) -> str | None:
     return json.dumps(p, ensure_ascii=False)
 
 
+def llm_with_adapter(params: str | None, adapter: str | None) -> str | None:
+    """`params` (a request's JSON, from llm_param) answered through LoRA adapter `adapter`: SQL's
+    `m@qa_model(llm_param(...))` is `m(llm_with_adapter(llm_param(...), 'qa_model'))`. NULL stays NULL."""
+    if params is None:
+        return None
+    try:
+        p = json.loads(params)
+    except ValueError:
+        raise ConfigError(f"a model function takes llm_param(map(...)); got {params[:80]!r}") from None
+    if not isinstance(p, dict):
+        raise ConfigError(f"a model function takes llm_param(map(...)); got {params[:80]!r}")
+    p["adapter"] = adapter
+    return json.dumps(p, ensure_ascii=False)
+
+
 def _history(value: Any) -> list:
     if not value:
         return []

@@ -46,6 +46,10 @@ class EngineRuntime(Protocol):
 
     def embed(self, name: str, texts: Sequence[str]) -> list[list[float]]: ...
 
+    def loaded_adapters(self, name: str) -> list[dict]:
+        """The LoRA adapters each replica of deployment `name` holds: rows with `replica`, `adapter`,
+        `version`, `ref`, `loaded_at` (epoch seconds), `requests`, `capacity`."""
+
     def score(self, name: str, items: Sequence[Mapping[str, Any]]) -> list[dict]:
         """Token log-likelihoods (`{"logprob", "tokens"}` per item): perplexity in `action="eval"`."""
 

@@ -39,7 +39,7 @@ from . import functions as fx
 from .io import load_table, save_table
 from .protocol import EngineRuntime
 
-HELPERS = ("llm_prompt", "llm_stack", "llm_eval")
+HELPERS = ("llm_prompt", "llm_stack", "llm_eval", "llm_with_adapter")
 ON_ERROR = ("raise", "null")
 FLAG_DEFAULTS = {"llm_cache": "false", "llm_dedupe": "true"}  # boolean `set` variables and their defaults
 DUCKDB_INTERRUPTED = "Query interrupted"  # DuckDB's RuntimeError when a signal (Ctrl-C) arrives while it runs
@@ -129,7 +129,8 @@ class Session:
         self._registered: set[str] = set()
         self._call = _Call()
         helpers = {"llm_prompt": (fx.llm_prompt, [sqltypes.VARCHAR, duckdb.list_type(sqltypes.VARCHAR)]),
-                   "llm_stack": (fx.llm_stack, [sqltypes.VARCHAR, sqltypes.VARCHAR])}
+                   "llm_stack": (fx.llm_stack, [sqltypes.VARCHAR, sqltypes.VARCHAR]),
+                   "llm_with_adapter": (fx.llm_with_adapter, [sqltypes.VARCHAR, sqltypes.VARCHAR])}
         for name, (fn, args) in helpers.items():
             self.con.create_function(name, fx.arrow_function2(fn), args, sqltypes.VARCHAR, type="arrow",
                                      null_handling="special")
@@ -158,6 +159,7 @@ class Session:
             ("model", "promote"): self._promote,
             ("eval", "list"): self._eval_list,
             ("eval", "compare"): self._eval_compare,
+            ("adapter", "list"): self._adapter_list,
         }
 
     def close(self) -> None:
@@ -511,6 +513,24 @@ class Session:
         table = pa.Table.from_pylist(rows) if rows else pa.table({"metric": pa.array([], pa.string())})
         shown = "; ".join(f"{r['metric']} {r['delta']:+.4g} [{r['ci_low']:+.4g}, {r['ci_high']:+.4g}]" for r in rows)
         return Result("eval", table, message=f"{args[2]} vs {args[1]}: {shown or 'no metric in common'}")
+
+    def _adapter_list(self, args: tuple[str, ...], c: Command) -> Result:
+        """`!byzerllm adapter list <udf>`: the LoRA adapters each replica of the deployment holds now (one row
+        per replica and adapter; a replica holding none has a row with a null adapter)."""
+        from ..display import local_timestamp
+
+        name = args[1]
+        rows = self.runtime.loaded_adapters(name)
+        for r in rows:
+            r["loaded_at"] = local_timestamp(r["loaded_at"]) if r["loaded_at"] is not None else None
+        schema = pa.schema([("replica", pa.string()), ("adapter", pa.string()), ("version", pa.int64()),
+                            ("ref", pa.string()), ("loaded_at", pa.timestamp("s")), ("requests", pa.int64()),
+                            ("capacity", pa.int64())])
+        table = pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema)
+        held = sorted({r["ref"] for r in rows if r["ref"]})
+        replicas = len({r["replica"] for r in rows})
+        return Result("adapter", table, message=f"{name}: {len(held)} adapter(s) loaded on {replicas} replica(s)"
+                                                + (f": {', '.join(held)}" if held else ""))
 
     def _has_table(self, name: str) -> bool:
         return any(k.lower() == name.lower() for k in self.tables)

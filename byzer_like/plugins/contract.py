@@ -39,9 +39,25 @@ once: the engine schedules them) instead of calling `batch_chat` / `stream_chat`
 streams its items under the streaming rules above, aborts a request whose caller went away, and shows
 the engine's `load()` in its meta. Without `engine` the replica keeps its own path. `runtime_env` is
 Ray's runtime_env for the plugin's replicas, e.g. `{"py_executable": ".../.venv-vllm/bin/python"}` when
-the engine's libraries need a Python environment of their own. Requests carry an `adapter` key only
-once adapters are served (a LoRA adapter per request: vLLM's LoRARequest); an engine that cannot serve
-one answers that request with an error.
+the engine's libraries need a Python environment of their own.
+
+Many LoRA adapters over one base model (optional): a request may name a registered adapter trained on the
+deployment's base (`m@qa_model` in SQL, `model="m:qa_model"` over HTTP, `adapter=` in the client). The
+driver resolves it in the registry and checks its base (runtime/adapters.py), so a request reaches a
+replica with `adapter` = `{"ref", "name", "version", "path", "base_model"}`, or without the key for the
+base model. Then:
+
+    load_adapter(model, adapter_dir, name)   # load the adapter over the loaded model under `name`
+    unload_adapter(model, name)              # and remove it again (the replica's LRU evicted it)
+
+A replica without an engine keeps up to `max_adapters_per_replica` adapters loaded this way (least
+recently used ones are unloaded; ones in use by a running request only after it) and hands the plugin
+each request with `adapter` replaced by the `name` it loaded it under: `batch_chat` reads it from the
+request, `stream_chat` receives it as the keyword argument `adapter`. Requests for different adapters
+(and the base model) may arrive in one `batch_chat` call; the plugin answers each row through its own
+adapter (the built-in engine: peft's mixed-adapter batches, one forward pass). An engine receives the
+registry's dict as it is (vLLM: a LoRARequest per request) and says `"adapters": True` in `get_meta`;
+an engine or plugin that cannot serve adapters is refused on the driver before any request is sent.
 """
 from __future__ import annotations
 
@@ -52,7 +68,7 @@ from ..tasks import TASKS
 REQUIRED = ("init_model", "stream_chat")
 TRAINING = tuple(task.entry_point for task in TASKS.values())  # sft_train, sfft_train
 OPTIONAL = ("batch_chat", "embed_query", "embed_documents", "get_meta", "check_model_dir", "infer_param_names",
-            "score_text", "engine", "runtime_env")
+            "score_text", "engine", "runtime_env", "load_adapter", "unload_adapter")
 
 
 @runtime_checkable
@@ -94,6 +110,8 @@ def request_arguments(request: Mapping[str, Any]) -> tuple[str, list[dict], dict
     `max_length` is passed only when the caller gave it, so that the plugin's own default applies."""
     options: dict[str, Any] = {"top_p": request.get("top_p", 0.95), "temperature": request.get("temperature", 0.1)}
     options.update(request.get("kwargs") or {})
+    if isinstance(request.get("adapter"), str):  # the name the replica loaded the request's adapter under
+        options["adapter"] = request["adapter"]
     for key in ("max_new_tokens", "max_length"):
         if request.get(key) is not None:
             options[key] = request[key]
@@ -129,6 +147,15 @@ class ScoreText(Protocol):
         second token on) or `{"text", "ins", "his"}` (the answer `text` after the chat prompt of `ins` and
         `his`, built as `stream_chat` builds it; only the answer's tokens are scored). Returns one
         `{"logprob": <sum of natural-log probabilities>, "tokens": <tokens scored>}` per item, in order."""
+
+
+class ServesAdapters(Protocol):
+    def load_adapter(self, model: Any, adapter_dir: str, name: str) -> None:
+        """Load the LoRA adapter in `adapter_dir` (trained on this model) under `name`; the requests whose
+        `adapter` is `name` are answered through it from then on. May be called while other requests run."""
+
+    def unload_adapter(self, model: Any, name: str) -> None:
+        """Remove the adapter loaded as `name`; no running request uses it."""
 
 
 @runtime_checkable

@@ -12,6 +12,7 @@ import os
 import re
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty, Queue
@@ -19,7 +20,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from .. import structured
 from ..config import parse_bool
-from ..errors import ConfigError, InvalidRequestError, ModelDirError, PromptTooLongError
+from ..errors import ConfigError, InvalidRequestError, ModelDirError, NotSupportedError, PromptTooLongError
 from . import grammar
 from .contract import request_arguments
 
@@ -30,7 +31,7 @@ DEFAULT_MAX_NEW_TOKENS = 512
 GENERATION_KEYS = {
     "system_msg", "user_role", "assistant_role", "max_new_tokens", "stop", "seed", "top_k",
     "repetition_penalty", "no_repeat_ngram_size", "min_new_tokens", "do_sample", "raw_prompt",
-    "response_format",
+    "response_format", "adapter",
 }
 
 
@@ -60,6 +61,74 @@ GENERIC_TEMPLATE = (
 )
 
 
+class _SharedLock:
+    """Many holders share it (generation on many threads), or one holds it alone (an adapter loading or
+    unloading changes the model's modules). One waiting to hold it alone goes first, so loads never starve."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._alone = False
+        self._waiting = 0
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._alone and not self._waiting)
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def alone(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            self._cond.wait_for(lambda: not self._alone and not self._shared)
+            self._waiting -= 1
+            self._alone = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._alone = False
+                self._cond.notify_all()
+
+
+# The adapter of each row of the batch this thread is generating (peft's names; "__base__": none). peft's
+# own `generate(adapter_names=...)` hooks every LoRA layer for the length of one call, which is not safe
+# when several threads generate at once; one hook per layer reading this thread's rows is.
+_ROWS = threading.local()
+BASE_ROW = "__base__"
+
+
+def _rows_hook(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """A LoRA layer's forward pre-hook: the adapter of each row of this thread's batch (all base by default)."""
+    x = args[0] if args else kwargs["x"]
+    names = getattr(_ROWS, "names", None)
+    rows = int(x.shape[0])
+    if names is None:
+        names = [BASE_ROW] * rows
+    elif len(names) != rows:
+        raise RuntimeError(f"a batch of {rows} rows was given adapters for {len(names)}")
+    kwargs["adapter_names"] = names
+    return args, kwargs
+
+
+@contextmanager
+def _adapter_rows(names: Sequence[str] | None) -> Iterator[None]:
+    """Generate on this thread with `names[i]` the adapter of row i (None: every row on the base model)."""
+    before = getattr(_ROWS, "names", None)
+    _ROWS.names = list(names) if names is not None else None
+    try:
+        yield
+    finally:
+        _ROWS.names = before
+
+
 @dataclass
 class _State:
     """What a loaded model carries for this plugin (attached as `model.byzer_like`)."""
@@ -70,6 +139,9 @@ class _State:
     max_batch_size: int
     device: str
     quantization: str | None
+    merged_adapter: str | None = None  # the deployment's adapter_dir, merged into the weights at load
+    peft: Any = None  # the PeftModel over the model once an adapter was loaded (load_adapter)
+    lock: _SharedLock = field(default_factory=_SharedLock)
 
 
 @dataclass
@@ -80,6 +152,7 @@ class _Prepared:
     stop: list[str]
     ignored: list[str] = field(default_factory=list)
     response_format: dict | None = None  # decoding constrained to it (plugins/grammar.py)
+    adapter: str | None = None  # the name of the LoRA adapter it is answered through (load_adapter)
 
 
 class _TokenStreamer:
@@ -225,8 +298,41 @@ class CausalLMPlugin:
             max_batch_size=int(float(sc.get("max_batch_size", 32))),
             device=device,
             quantization=quant,
+            merged_adapter=ip.get("adapter_dir") or None,
         )
         return model, tokenizer
+
+    # -- LoRA adapters over the loaded model (many per deployment, chosen per request) ------------
+    def load_adapter(self, model: Any, adapter_dir: str, name: str) -> None:
+        """Load the LoRA adapter in `adapter_dir` (trained on this model) under `name`; requests whose
+        `adapter` is `name` are then answered through it, in the same batches as other adapters' and the
+        base model's requests. The weights stay unmerged (peft's mixed-adapter batches). Waits until the
+        generations running now have ended (loading changes the model's modules). Raises NotSupportedError
+        on a model that merged an adapter at load, ModelDirError for a directory that holds no adapter."""
+        from peft import PeftModel
+
+        state: _State = model.byzer_like
+        if state.merged_adapter:
+            raise NotSupportedError(f"this deployment merged the adapter {state.merged_adapter!r} into its weights; "
+                                    "deploy the base model without adapter_dir to serve adapters over it")
+        if not Path(adapter_dir, "adapter_config.json").is_file():
+            raise ModelDirError(f"{adapter_dir!r} is not a LoRA adapter (no adapter_config.json)")
+        with state.lock.alone():
+            if state.peft is None:  # the LoRA layers go into `model` itself: it stays the object that generates
+                state.peft = PeftModel.from_pretrained(model, adapter_dir, adapter_name=name, is_trainable=False)
+            else:
+                state.peft.load_adapter(adapter_dir, adapter_name=name, is_trainable=False)
+            _hook_lora_layers(model)
+            model.eval()  # the new layers' dropout off
+
+    def unload_adapter(self, model: Any, name: str) -> None:
+        """Remove the adapter loaded as `name` (its memory is freed); the base model and the other adapters
+        are unchanged. Waits until the generations running now have ended."""
+        state: _State = model.byzer_like
+        if state.peft is None or name not in state.peft.peft_config:
+            return
+        with state.lock.alone():
+            state.peft.delete_adapter(name)
 
     def _stop_ids(self, model: Any, tokenizer: Any) -> list[int]:
         ids: list[int] = []
@@ -281,6 +387,9 @@ class CausalLMPlugin:
         stop = kwargs.get("stop") or []
         stop = [stop] if isinstance(stop, str) else [str(s) for s in stop]
         ignored = sorted(k for k in kwargs if k not in GENERATION_KEYS)
+        adapter = kwargs.get("adapter") or None
+        if adapter is not None and (state.peft is None or adapter not in state.peft.peft_config):
+            raise InvalidRequestError(f"adapter {adapter!r} is not loaded on this replica", code="adapter_not_loaded")
         fmt = kwargs.get("response_format")
         if fmt is not None:
             try:  # a plugin may be called directly, not only through a checked request
@@ -290,11 +399,12 @@ class CausalLMPlugin:
             if fmt is not None:  # compiled now (and kept): a schema it cannot use fails this request alone
                 grammar.compiled(model, tokenizer, fmt, state.stop_ids)
         return _Prepared(ids=ids, budget=budget, gen=gen, stop=[s for s in stop if s], ignored=ignored,
-                         response_format=fmt)
+                         response_format=fmt, adapter=adapter)
 
     def _generate(self, model: Any, tokenizer: Any, input_ids: Any, attention_mask: Any, max_new_tokens: int,
                   gen: Mapping[str, Any], stop: Sequence[str] = (), response_format: Mapping[str, Any] | None = None,
-                  **extra: Any) -> Any:
+                  adapters: Sequence[str | None] | None = None, **extra: Any) -> Any:
+        """One batched `model.generate`; `adapters[i]`: the adapter of row i (None: the base model)."""
         import torch
 
         state: _State = model.byzer_like
@@ -309,7 +419,8 @@ class CausalLMPlugin:
         seed = gen.pop("seed", None)
         if seed is not None:
             torch.manual_seed(seed)
-        with torch.inference_mode():
+        rows = [a or BASE_ROW for a in adapters] if adapters is not None and any(adapters) else None
+        with state.lock.shared(), _adapter_rows(rows), torch.inference_mode():
             return model.generate(
                 input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
                 max_new_tokens=max_new_tokens, eos_token_id=state.stop_ids, pad_token_id=tokenizer.pad_token_id,
@@ -337,7 +448,8 @@ class CausalLMPlugin:
         def work() -> None:
             try:
                 self._generate(model, tokenizer, input_ids, torch.ones_like(input_ids), p.budget, p.gen,
-                               response_format=p.response_format, streamer=streamer, stopping_criteria=StoppingCriteriaList([_Cancel()]))
+                               response_format=p.response_format, adapters=[p.adapter], streamer=streamer,
+                               stopping_criteria=StoppingCriteriaList([_Cancel()]))
             except BaseException as e:  # noqa: BLE001 - handed to the consuming thread
                 failure.append(e)
             finally:
@@ -386,7 +498,8 @@ class CausalLMPlugin:
         """Answer many requests with batched `generate` calls.
 
         Requests are grouped by their sampling options, sorted by prompt length (so little padding is
-        needed) and cut into batches of `max_batch_size`; answers come back in request order."""
+        needed) and cut into batches of `max_batch_size`; answers come back in request order. Requests for
+        different adapters (and the base model) share batches: each row goes through its own adapter."""
         import torch
 
         state: _State = model.byzer_like
@@ -414,7 +527,7 @@ class CausalLMPlugin:
                     mask[row, width - len(p.ids):] = 1
                 start = time.perf_counter()
                 out = self._generate(model, tokenizer, ids, mask, max(p.budget for _, p in chunk), chunk[0][1].gen,
-                                     chunk[0][1].stop, chunk[0][1].response_format)
+                                     chunk[0][1].stop, chunk[0][1].response_format, adapters=[p.adapter for _, p in chunk])
                 seconds = time.perf_counter() - start
                 for row, (i, p) in enumerate(chunk):
                     new, ended = _answer_tokens(out[row, width:].tolist(), p.budget, state.stop_ids)
@@ -433,7 +546,7 @@ class CausalLMPlugin:
         import torch
 
         enc = tokenizer(text, return_tensors="pt", truncation=True, max_length=model.byzer_like.context_length)
-        with torch.inference_mode():
+        with model.byzer_like.lock.shared(), torch.inference_mode():  # the base model, whatever adapters are loaded
             out = model(**{k: v.to(model.device) for k, v in enc.items()}, output_hidden_states=True)
         hidden = out.hidden_states[-1][0].float()
         mask = enc["attention_mask"][0].to(hidden.device).unsqueeze(-1).float()
@@ -476,7 +589,7 @@ class CausalLMPlugin:
             for r, i in enumerate(chunk):
                 ids[r, :len(rows[i][0])] = torch.tensor(rows[i][0])
                 mask[r, :len(rows[i][0])] = 1
-            with torch.inference_mode():
+            with state.lock.shared(), torch.inference_mode():
                 logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
             logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:].to(logits.device).unsqueeze(-1))[..., 0]
             for r, i in enumerate(chunk):
@@ -505,6 +618,8 @@ class CausalLMPlugin:
             "streaming": True,
             "response_formats": ["json_object", "json_schema"],  # decoding constrained (plugins/grammar.py)
             "scoring": True,
+            # LoRA adapters served per request over this model (load_adapter), unless one was merged at load
+            "adapters": not state.merged_adapter,
         }
 
     def sft_train(self, data_refs: Any, train_params: Mapping[str, str], sys_conf: Mapping[str, str]) -> dict:
@@ -595,6 +710,17 @@ def check_model_files(model_dir: str | os.PathLike, cfg: Mapping[str, Any], infe
     if not any(n in names for n in ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt",
                                     "sentencepiece.bpe.model", "tokenizer_config.json")):
         raise ModelDirError(f"{str(model_dir)!r} has no tokenizer files")
+
+
+def _hook_lora_layers(model: Any) -> None:
+    """Give every LoRA layer of `model` that has none the hook that picks each row's adapter (`_rows_hook`)."""
+    from peft.tuners.lora import LoraLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    for module in model.modules():  # the modules peft's own generate(adapter_names=...) hooks
+        if isinstance(module, (LoraLayer, AuxiliaryTrainingWrapper)) and not getattr(module, "_byzer_like_rows", False):
+            module.register_forward_pre_hook(_rows_hook, with_kwargs=True)
+            module._byzer_like_rows = True
 
 
 def saved_quantization(model_dir: str | os.PathLike) -> str | None:

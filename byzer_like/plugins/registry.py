@@ -237,6 +237,22 @@ class Plugin:
             raise PluginError(f"plugin {self.name!r}: runtime_env must return a dict, got {type(env).__name__}")
         return dict(env)
 
+    def serves_adapters(self) -> bool:
+        """Whether the plugin loads LoRA adapters per request over its model (`load_adapter` and
+        `unload_adapter`, or an engine that takes the request's adapter itself)."""
+        return self.has("load_adapter") and self.has("unload_adapter")
+
+    def load_adapter(self, model: Any, adapter_dir: str, name: str) -> None:
+        """Load the LoRA adapter in `adapter_dir` over `model` under `name` (NotSupportedError without it)."""
+        if not self.serves_adapters():
+            raise NotSupportedError(f"plugin {self.name!r} does not provide load_adapter: it cannot serve LoRA "
+                                    "adapters per request; merge the adapter into its base and deploy that")
+        self.target.load_adapter(model, adapter_dir, name)
+
+    def unload_adapter(self, model: Any, name: str) -> None:
+        """Remove the adapter loaded as `name` from `model`."""
+        self.target.unload_adapter(model, name)
+
     def init_model(self, model_dir: str, infer_params: dict, sys_conf: dict) -> tuple[Any, Any]:
         out = self.target.init_model(model_dir, infer_params, sys_conf)
         if not (isinstance(out, (tuple, list)) and len(out) == 2):

@@ -30,6 +30,7 @@ from ..errors import ConfigError, DeployError, ModelNotDeployedError
 from ..jobs import Jobs
 from ..serving import manager
 from ..workspace import Workspace
+from . import adapters
 from .spec import DeploySpec, ResolvedModel, SessionModels, as_str, resolve_model
 
 
@@ -184,16 +185,42 @@ class Runtime:
     # -- calls --------------------------------------------------------------------------------------
     def chat(self, name: str, request: Mapping[str, Any]) -> dict:
         """One request (`config.ChatRequest` as a dict) -> `{"output", "metadata"}`; a request that
-        fails on its own (prompt too long...) raises InvalidRequestError."""
-        res = manager.call(self.handle(name), "chat", dict(request), udf_name=name,
+        fails on its own (prompt too long...) raises InvalidRequestError. A request naming an `adapter`
+        is answered through it (see `with_adapters`), on a replica that holds it already when one does."""
+        req = self.with_adapters(name, [request])[0]
+        res = manager.call(manager.routed(self.handle(name), adapters.routing_id(req)), "chat", req, udf_name=name,
                            timeout_s=self.setup_config.request_timeout_s)
         manager.raise_row_error(res)
         return res
 
     def stream(self, name: str, request: Mapping[str, Any]) -> Iterator[dict]:
         """Stream one request: items with `text` (so far) or `delta`, `metadata`, and `done` on the last."""
-        return manager.stream(self.handle(name), dict(request), udf_name=name,
+        req = self.with_adapters(name, [request])[0]
+        return manager.stream(manager.routed(self.handle(name), adapters.routing_id(req)), req, udf_name=name,
                               timeout_s=self.setup_config.request_timeout_s)
+
+    def with_adapters(self, name: str, requests: Sequence[Mapping[str, Any]]) -> list[dict]:
+        """Requests whose `adapter` names a registered LoRA adapter (`qa_model`, `qa_model@v2`) with it resolved
+        in the registry, now (an adapter registered a moment ago is served at once), and checked against
+        deployment `name`'s base model. Raises AdapterNotFoundError (listing the adapters registered for that
+        base), AdapterBaseError (naming the base the adapter needs), NotSupportedError (a deployment that cannot
+        serve adapters per request)."""
+        return adapters.with_adapters(lambda: self.catalog, requests, udf_name=name, meta_of=lambda: self.meta(name))
+
+    def loaded_adapters(self, name: str) -> list[dict]:
+        """Which adapters deployment `name`'s replicas hold now: one row per replica and adapter
+        (`replica`, `adapter`, `version`, `ref`, `loaded_at`, `requests`, `capacity`), a row with adapter None
+        for a replica that holds none."""
+        meta = self.meta(name)
+        answers = manager.call_each_replica(self.handle(name), "loaded_adapters", udf_name=name,
+                                            replicas=int(meta.get("num_workers") or 1), timeout_s=60)
+        rows = []
+        for a in answers:
+            base = {"replica": a["replica"], "capacity": a["capacity"]}
+            rows += [{**base, "adapter": r["name"], "version": r["version"], "ref": r["ref"], "loaded_at": r["loaded_at"],
+                      "requests": r["requests"]} for r in a["adapters"]] or \
+                [{**base, "adapter": None, "version": None, "ref": None, "loaded_at": None, "requests": 0}]
+        return rows
 
     def stream_deltas(self, name: str, request: Mapping[str, Any]) -> Iterator[tuple[str, str, dict]]:
         """Stream one request as `(new text, text so far, metadata)`; pieces with no new text are
@@ -243,7 +270,7 @@ class Runtime:
         from .batching import plan_requests
 
         meta = self.meta(name)
-        reqs = list(requests)
+        reqs = self.with_adapters(name, requests)
         keys: list[str] = []
         found: dict[str, dict] = {}
         store = None
@@ -510,7 +537,7 @@ class Runtime:
         self.connect()
         srv = server.start(host=host, port=port, api_key=api_key, max_tokens_cap=max_tokens_cap,
                            max_body_bytes=max_body_bytes, request_timeout_s=self.setup_config.request_timeout_s,
-                           replace=replace)
+                           replace=replace, workspace=str(self.workspace.root))
         if srv.key_generated:
             print(f"byzer-like API key (shown once): {srv.api_key}", file=sys.stderr)
         return srv

@@ -15,7 +15,8 @@ is the default, 0.1) are never merged: asking the same question twice at a tempe
 samples, and a user who wants that gets two.
 
 **Order.** The requests that do go to the model are sent grouped by their decoding options (so that a
-chunk holds requests a replica can run in one `generate` call), then by the size of their answer budget
+chunk holds requests a replica can run in one `generate` call; the LoRA adapter a request names is not one:
+rows of different adapters share a forward pass), then by the size of their answer budget
 (`max_new_tokens`, in powers of two: 8-15, 16-31, ...), and within those shortest prompt first (measured
 in characters, no tokenizer needed). A static batch costs as much as its longest prompt (padding) and
 runs as many steps as its longest answer, so chunks of alike prompts and alike budgets waste little:
@@ -35,8 +36,9 @@ from typing import Any, Mapping, Sequence
 from ..config import parse_bool
 from ..errors import ConfigError
 
-# request fields that make up the prompt or bound its length; the rest are decoding options
-PROMPT_FIELDS = ("ins", "his", "max_new_tokens", "max_length")
+# request fields that make up the prompt or bound its length, and the LoRA adapter it goes through (requests
+# for different adapters share batches: each row goes through its own); the rest are decoding options
+PROMPT_FIELDS = ("ins", "his", "max_new_tokens", "max_length", "adapter")
 
 
 def sampled(request: Mapping[str, Any]) -> bool:

@@ -319,6 +319,32 @@ def call(handle: Any, method: str, *args: Any, udf_name: str, timeout_s: float, 
     raise AssertionError("unreachable")
 
 
+def routed(handle: Any, model_id: str | None) -> Any:
+    """`handle`, or for a request routed by a multiplexed model id (a LoRA adapter's `name@vN`) the handle
+    whose calls Serve sends to a replica that holds that adapter already, when one does."""
+    return handle.options(multiplexed_model_id=model_id) if model_id else handle
+
+
+def call_each_replica(handle: Any, method: str, *, udf_name: str, replicas: int, timeout_s: float,
+                      rounds: int = 8) -> list[dict]:
+    """`method` (which returns a dict with the replica's id under "replica") of every replica, as far as
+    they answer. Serve routes each call to a replica of its choosing and offers no public way to call a
+    given one, so the calls go out in rounds of `2 * replicas` at once until `replicas` different
+    replicas answered (with two replicas, 8 rounds miss one with odds of 1 in 2**64)."""
+    seen: dict[str, dict] = {}
+    for _ in range(rounds):
+        responses = [getattr(handle, method).remote() for _ in range(2 * replicas)]
+        for response in responses:
+            try:
+                out = _result(response, timeout_s)
+            except Exception as e:  # noqa: BLE001 - translated
+                raise translate(e, udf_name, timeout_s) from e
+            seen.setdefault(out["replica"], out)
+        if len(seen) >= replicas:
+            break
+    return [seen[k] for k in sorted(seen)]
+
+
 def _start_stream(handle: Any, request: dict) -> Any:
     """The Serve response generator of a `stream` call; a full queue raises here."""
     return handle.options(stream=True).stream.remote(request)

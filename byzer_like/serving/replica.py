@@ -14,12 +14,14 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import aclosing
-from typing import Any, AsyncIterator, Callable, Iterator
+from contextlib import aclosing, nullcontext
+from typing import Any, AsyncIterator, Callable, Iterator, Sequence
 
 from ray import serve
 
+from ..errors import NotSupportedError
 from ..plugins import registry
+from .adapters import ReplicaAdapters
 
 # A request running longer than request_timeout_s times this factor marks the replica unhealthy.
 HANG_FACTOR = 2.0
@@ -52,6 +54,15 @@ class ModelReplica:
         # single chats share a forward pass when they arrive while one runs (see `chat`); no more can
         # arrive than the replica takes at once
         self._chats = ChatBatcher(self.generate, min(int(conf.get("max_batch_size", 32)), ongoing))
+        # LoRA adapters over the model, per request (serving/adapters.py); None: the plugin serves none
+        self.adapters = None
+        if self.engine is not None or self.plugin.serves_adapters():
+            capacity = int(spec["infer_params"].get("max_adapters_per_replica") or conf.get("max_adapters_per_replica", 8))
+            local = self.engine is None
+            self.adapters = ReplicaAdapters(
+                capacity, run_in_thread=self._in_thread,
+                load=(lambda path, name: self.plugin.load_adapter(self.model, path, name)) if local else None,
+                unload=(lambda name: self.plugin.unload_adapter(self.model, name)) if local else None)
 
     # -- bookkeeping -------------------------------------------------------------------------------
     def _track(self) -> str:
@@ -74,20 +85,34 @@ class ModelReplica:
 
     # -- calls -----------------------------------------------------------------------------------
     async def generate(self, requests: list[dict]) -> list[dict]:
-        """Many requests in, one result each out, in order: `{"output", "metadata"}` or `{"error", "error_code"}`."""
+        """Many requests in, one result each out, in order: `{"output", "metadata"}` or `{"error", "error_code"}`.
+        Requests may name different adapters (and none): they still share the plugin's batches."""
         self._answered += len(requests)
-        if self.engine is not None:  # all at once: the engine schedules them
-            rid = self._track()
-            try:
-                results = await self.engine.generate(requests)
-            finally:
-                self._untrack(rid)
-        else:
-            results = await self._in_thread(self.plugin.batch, self.model, self.tokenizer, requests)
-        for r in results:
+        async with self._with_adapters(requests) as given:
+            if self.engine is not None:  # all at once: the engine schedules them
+                rid = self._track()
+                try:
+                    results = await self.engine.generate(given)
+                finally:
+                    self._untrack(rid)
+            else:
+                results = await self._in_thread(self.plugin.batch, self.model, self.tokenizer, given)
+        for req, r in zip(requests, results):
             if "metadata" in r:
                 r["metadata"]["replica"] = self.replica_id
+                if isinstance(req.get("adapter"), dict):
+                    r["metadata"]["adapter"] = req["adapter"]["ref"]
         return results
+
+    def _with_adapters(self, requests: Sequence[dict]) -> Any:
+        """`ReplicaAdapters.using` (the requests' adapters loaded and pinned), or the requests as they are
+        when none names an adapter; a NotSupportedError when one does and this plugin serves none."""
+        if self.adapters is not None:
+            return self.adapters.using(requests)
+        if any(r.get("adapter") for r in requests):
+            raise NotSupportedError(f"model type {self.spec['pretrained_model_type']!r} cannot serve LoRA adapters "
+                                    "per request")
+        return nullcontext(list(requests))
 
     async def chat(self, request: dict) -> dict:
         """One request; concurrent single requests are batched together (an engine batches them itself)."""
@@ -104,8 +129,9 @@ class ModelReplica:
         meta: dict = {}
         pieces = 0
         try:
-            async with aclosing(self._engine_stream(request) if self.engine is not None else
-                                self._iterate(lambda: self.plugin.stream(self.model, self.tokenizer, request))) as items:
+            async with self._with_adapters([request]) as (given,), \
+                    aclosing(self._engine_stream(given) if self.engine is not None else
+                             self._iterate(lambda: self.plugin.stream(self.model, self.tokenizer, given))) as items:
                 async for text, meta in items:
                     if text.startswith(sent):
                         delta = text[len(sent):]
@@ -120,6 +146,8 @@ class ModelReplica:
                 self._cancelled += 1
                 self._cancelled_after = pieces
             raise
+        if isinstance(request.get("adapter"), dict):
+            meta = {**meta, "adapter": request["adapter"]["ref"]}
         yield {"delta": "", "metadata": {**meta, "replica": self.replica_id}, "done": True}
 
     async def _engine_stream(self, request: dict) -> AsyncIterator[Any]:
@@ -197,6 +225,13 @@ class ModelReplica:
         """The prompt text the model would be given for `request` (a `config.ChatRequest` dict)."""
         return await self._in_thread(self.plugin.prompt_text, self.model, self.tokenizer, request)
 
+    def loaded_adapters(self) -> dict:
+        """This replica's adapters: `{"replica", "capacity", "adapters": [rows of ReplicaAdapters.rows()],
+        "loads", "unloads"}` (capacity None and no rows when the plugin serves no adapters)."""
+        a = self.adapters
+        return {"replica": self.replica_id, "capacity": a.capacity if a else None, "adapters": a.rows() if a else [],
+                "loads": a.loads if a else 0, "unloads": a.unloads if a else 0}
+
     def meta(self) -> dict:
         meta = self.plugin.meta(self.model, self.tokenizer)
         meta.update(
@@ -215,6 +250,8 @@ class ModelReplica:
             last_cancelled_after_pieces=self._cancelled_after,
             deployed_at=self.spec["deployed_at"],
             num_workers=int(self.spec["sys_conf"].get("num_workers", 1)),
+            adapters=self.adapters is not None and bool(meta.get("adapters", self.engine is None)),
+            max_adapters_per_replica=self.adapters.capacity if self.adapters is not None else None,
         )
         if self.engine is not None:
             meta["engine_load"] = self.engine.load()

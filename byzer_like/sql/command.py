@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
         "model promote <ref> ...",
         "eval list [<model>]",
         "eval compare <ref> <ref> ...",
+        "adapter list <udf>",
     ),
     "show": ("tables",),
     "desc": ("<table>",),

@@ -7,6 +7,10 @@ Every other function sqlglot does not know (a model such as `tiny_chat(...)`, `l
 `llm_stack`) stays a plain call of the same name, for the engine to register as a Python UDF;
 Spark's `array(...)` becomes a DuckDB list `[...]`.
 
+A model call through one of its LoRA adapters, `m@qa_model(llm_param(...))` (also `m@qa_model@v2(...)`),
+becomes `m(llm_with_adapter(llm_param(...), 'qa_model'))`: the adapter travels in the request, as
+llm_param's `"adapter"` key does, so rows of different adapters still go to the model together.
+
 A select reads only tables: DuckDB's table functions (`read_text('/etc/passwd')`, `read_csv`, `glob`,
 ...) would read files past the workspace's allowed roots, so a function call where a table goes is an
 error (but `explode` / `unnest` of the query's own values). Brackets nested deeper than MAX_NESTING
@@ -14,17 +18,20 @@ and other input sqlglot cannot take (it recurses, or crashes) are SqlSyntaxError
 """
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
 from .source import Origin, RawStatement
-from .tokens import BACKQUOTED, COMMENT, Token, tokenize
+from .tokens import BACKQUOTED, COMMENT, NUMBER, WORD, Token, tokenize
 
 _LLM_PARAM = "llm_param"
+WITH_ADAPTER = "llm_with_adapter"  # the engine's helper that adds "adapter" to a request's JSON
 _LLM_OUTPUT = ("llm_result", "llm_response_predict")
 _COMMAS = ",，"  # a full-width comma (pasted with Chinese text) counts as a comma
 _CLASS = re.compile(r"<class '(?:\w+\.)*(\w+)'>")
@@ -52,7 +59,8 @@ def to_duckdb(select_sql: str) -> Transpiled:
     Errors are `SqlSyntaxError`s with lines and columns counted in `select_sql`."""
     origin = Origin(RawStatement(select_sql))
     _, tree = check_spark(select_sql, origin)
-    functions = {name for call in tree.find_all(exp.Anonymous) if (name := call.name.lower()) not in _REWRITES}
+    functions = {name.split("@", 1)[0] for call in tree.find_all(exp.Anonymous)
+                 if (name := call.name.lower()) not in _REWRITES}
     try:
         duck = tree.transform(_rewrite).sql("duckdb", normalize_functions="lower", comments=False)
     except RecursionError:  # long chains (a.b.c..., x[0][0]...) that sqlglot parses but cannot print back
@@ -86,7 +94,8 @@ def _column_sources(tree: exp.Query) -> tuple[tuple[str, tuple[str, ...]], ...]:
 
 def check_spark(sql: str, origin: Origin) -> tuple[str, exp.Query]:
     """Parse one query as Spark SQL; `sql` starts at offset 0 of `origin`'s text.
-    Returns the SQL with full-width commas made ASCII (same length) and its tree."""
+    Returns the SQL with full-width commas made ASCII (same length) and its tree (where a model called
+    through an adapter, `m@qa_model(...)`, is a function named `m@qa_model`)."""
     tokens = [t for t in tokenize(sql, origin) if t.kind != COMMENT]
     chars = list(sql)
     for t in tokens:
@@ -95,8 +104,9 @@ def check_spark(sql: str, origin: Origin) -> tuple[str, exp.Query]:
     sql = "".join(chars)
     _check_brackets(tokens, origin)
     _check_lists(tokens, origin)
+    parsed, origin = _quote_adapter_calls(sql, tokens, origin)
     try:
-        tree = sqlglot.parse_one(sql, read="spark", error_message_context=len(sql))
+        tree = sqlglot.parse_one(parsed, read="spark", error_message_context=len(parsed))
     except ParseError as e:
         info = e.errors[0] if e.errors else {}
         description = _CLASS.sub(r"\1", str(info.get("description") or e))
@@ -115,6 +125,52 @@ def check_spark(sql: str, origin: Origin) -> tuple[str, exp.Query]:
     _check_llm_calls(tree, origin)
     _check_table_functions(tree, tokens, origin)
     return sql, tree
+
+
+class _Quoted:
+    """`origin` for a text with backquotes added around adapter calls: offsets map back past them."""
+
+    def __init__(self, origin: Origin, added: list[int]):
+        self.origin, self.added = origin, added  # positions of the added characters, in the new text
+
+    def _old(self, offset: int) -> int:
+        return offset - bisect.bisect_left(self.added, offset)
+
+    def position(self, offset: int) -> Any:
+        return self.origin.position(self._old(offset))
+
+    def error(self, offset: int, message: str) -> Any:
+        return self.origin.error(self._old(offset), message)
+
+
+def _quote_adapter_calls(sql: str, tokens: list[Token], origin: Origin) -> tuple[str, Any]:
+    """`m@qa_model(` (a word, `@`, an adapter reference, `(`, nothing between them) backquoted as one function
+    name, `` `m@qa_model`( ``, which sqlglot parses; the origin maps error offsets back to `sql`."""
+    spans = []
+    i = 0
+    while i + 2 < len(tokens):
+        t = tokens[i]
+        j = i + 1
+        if t.kind == WORD and tokens[j].is_punct("@") and tokens[j].start == t.end:
+            while j + 1 < len(tokens) and tokens[j + 1].start == tokens[j].end and \
+                    (tokens[j + 1].kind in (WORD, NUMBER) or tokens[j + 1].is_punct("@.-")):
+                j += 1
+            if j > i + 1 and j + 1 < len(tokens) and tokens[j + 1].is_punct("(") and tokens[j].kind in (WORD, NUMBER):
+                spans.append((t.start, tokens[j].end))
+                i = j + 1
+                continue
+        i += 1
+    if not spans:
+        return sql, origin
+    out, added, last = [], [], 0
+    for start, end in spans:
+        out.append(sql[last:start])
+        pos = sum(len(p) for p in out)
+        added += [pos, pos + 1 + (end - start)]
+        out.append(f"`{sql[start:end]}`")
+        last = end
+    out.append(sql[last:])
+    return "".join(out), _Quoted(origin, added)
 
 
 def _tables(tree: exp.Query) -> frozenset[str]:
@@ -223,10 +279,21 @@ def _json_output(call: exp.Anonymous) -> exp.Expr:
     return exp.Anonymous(this="json_extract_string", expressions=[answer, exp.Literal.string("$.output")])
 
 
+def _through_adapter(call: exp.Anonymous) -> exp.Expr:
+    """`m@qa_model(x)` -> `m(llm_with_adapter(x, 'qa_model'))`."""
+    model, _, adapter = call.name.partition("@")
+    args = [a.transform(_rewrite) for a in call.expressions]
+    if len(args) == 1:
+        args = [exp.Anonymous(this=WITH_ADAPTER, expressions=[args[0], exp.Literal.string(adapter)])]
+    return exp.Anonymous(this=model, expressions=args)
+
+
 _REWRITES = {_LLM_PARAM: _json_object, **{name: _json_output for name in _LLM_OUTPUT}}
 
 
 def _rewrite(node: exp.Expr) -> exp.Expr:
     if isinstance(node, exp.Anonymous) and (rewrite := _REWRITES.get(node.name.lower())):
         return rewrite(node)
+    if isinstance(node, exp.Anonymous) and "@" in node.name:
+        return _through_adapter(node)
     return node
