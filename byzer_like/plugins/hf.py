@@ -427,6 +427,73 @@ class CausalLMPlugin:
                 **gen, **extra,
             )
 
+    def _generate_rows(self, model: Any, tokenizer: Any, ids: Any, mask: Any, rows: Sequence[_Prepared]) -> list[list[int]]:
+        """The new tokens of each row of a left-padded batch (`ids`, `mask`: rows x width), rows sharing
+        their sampling options (`rows[0].gen`, `.stop`, `.response_format`); each list ends at the row's
+        stop token (included) or its own budget, or runs past them (then `_answer_tokens` cuts it).
+
+        A static batch costs its longest answer for every row. Here the batch shrinks instead: a
+        `generate` call stops as soon as a quarter of its rows ended (a stop token or their own budget),
+        the ended rows are dropped from the batch and its KV cache (`Cache.batch_select_indices`), and the
+        rest go on from the cache where they were, so no row's tokens are computed again. Greedy answers
+        are those of one `generate` over the whole batch (bench/sorting.py compares them). A batch under a
+        JSON-schema grammar (whose processor keeps per-row state) or of one row runs in one call."""
+        from transformers import StoppingCriteriaList
+
+        first = rows[0]
+        budgets = [p.budget for p in rows]
+        width = int(ids.shape[1])
+        adapters = [p.adapter for p in rows]
+        if first.response_format is not None or len(rows) == 1:
+            out = self._generate(model, tokenizer, ids, mask, max(budgets), first.gen, first.stop,
+                                 first.response_format, adapters=adapters)
+            return [out[r, width:].tolist() for r in range(len(rows))]
+        import torch
+        from transformers.cache_utils import DynamicLayer
+
+        stop_ids = set(model.byzer_like.stop_ids)
+        got: list[list[int]] = [[] for _ in rows]
+        batch = list(range(len(rows)))  # the rows in the batch now, in its order
+        ended: set[int] = set()
+        gen, cache, steps, shrink = dict(first.gen), None, 0, True
+        min_new = int(gen.get("min_new_tokens") or 0)
+        while len(ended) < len(rows):
+            left = [0 if r in ended else budgets[r] - len(got[r]) for r in batch]
+            live = len(batch) - sum(r in ended for r in batch)
+            ends = _RowEnds(int(ids.shape[1]), left, stop_ids, prune_at=max(1, live // 4) if shrink else len(batch) + 1)
+            if min_new:  # every row still in the batch has generated `steps` tokens so far
+                gen["min_new_tokens"] = max(0, min_new - steps)
+            out = self._generate(model, tokenizer, ids, mask, max(left), gen, first.stop, None,
+                                 adapters=[adapters[r] for r in batch], past_key_values=cache, use_cache=True,
+                                 return_dict_in_generate=True, stopping_criteria=StoppingCriteriaList([ends]))
+            gen.pop("seed", None)  # seeded once, before the first call
+            new = out.sequences[:, ids.shape[1]:]
+            steps += int(new.shape[1])
+            for k, r in enumerate(batch):
+                if r in ended:
+                    continue
+                for t in new[k].tolist():
+                    got[r].append(t)
+                    if t in stop_ids or len(got[r]) >= budgets[r]:
+                        ended.add(r)
+                        break
+                else:
+                    if first.stop and _cut_at_stop(tokenizer.decode(got[r], skip_special_tokens=True), first.stop) is not None:
+                        ended.add(r)  # a stop string ended it (the text is cut after decoding)
+            if not ends.pruned:  # the call ran until every row ended: none is left
+                break
+            cache = out.past_key_values
+            shrink = all(isinstance(layer, DynamicLayer) for layer in getattr(cache, "layers", [None]))
+            if shrink:  # drop the ended rows from the batch and the cache
+                index = torch.tensor([k for k, r in enumerate(batch) if r not in ended])
+                cache.batch_select_indices(index)
+                batch = [batch[k] for k in index.tolist()]
+            else:  # a cache that cannot drop rows (static, linear attention): the whole batch goes on
+                index = torch.arange(len(batch))
+            ids = out.sequences[index]
+            mask = torch.cat([mask[index], torch.ones((len(index), int(new.shape[1])), dtype=mask.dtype)], dim=1)
+        return got
+
     # -- the contract ----------------------------------------------------------------------------
     def stream_chat(self, model: Any, tokenizer: Any, ins: str, his: list[dict[str, str]] | None = None,
                     max_length: int | None = None, top_p: float = 0.95, temperature: float = 0.1,
@@ -526,11 +593,10 @@ class CausalLMPlugin:
                     ids[row, width - len(p.ids):] = torch.tensor(p.ids)
                     mask[row, width - len(p.ids):] = 1
                 start = time.perf_counter()
-                out = self._generate(model, tokenizer, ids, mask, max(p.budget for _, p in chunk), chunk[0][1].gen,
-                                     chunk[0][1].stop, chunk[0][1].response_format, adapters=[p.adapter for _, p in chunk])
+                answers = self._generate_rows(model, tokenizer, ids, mask, [p for _, p in chunk])
                 seconds = time.perf_counter() - start
                 for row, (i, p) in enumerate(chunk):
-                    new, ended = _answer_tokens(out[row, width:].tolist(), p.budget, state.stop_ids)
+                    new, ended = _answer_tokens(answers[row], p.budget, state.stop_ids)
                     text = tokenizer.decode(new, skip_special_tokens=True)
                     cut = _cut_at_stop(text, p.stop)
                     if cut is not None:
@@ -756,6 +822,30 @@ def _context_length(config: Any) -> int:
         if isinstance(value, int) and value > 0:
             return value
     return 2048
+
+
+class _RowEnds:
+    """A `generate` stopping criterion (transformers' StoppingCriteria protocol: per-row booleans): a
+    row is done at a stop token or after `budgets[i]` new tokens; once `prune_at` rows are done, every
+    row is (the call ends so that `_generate_rows` can drop the ended rows). `pruned` says it ended so."""
+
+    def __init__(self, start: int, budgets: Sequence[int], stop_ids: set[int], prune_at: int):
+        import torch
+
+        self.start, self.prune_at, self.pruned = start, prune_at, False
+        self.budgets = torch.tensor(list(budgets))
+        self.stop_ids = torch.tensor(sorted(stop_ids))
+        self.done = torch.zeros(len(budgets), dtype=torch.bool)
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        last = input_ids[:, -1].cpu()
+        self.done |= torch.isin(last, self.stop_ids) | (self.budgets <= input_ids.shape[1] - self.start)
+        if int(self.done.sum()) >= self.prune_at and not bool(self.done.all()):
+            self.pruned = True
+            return torch.ones_like(self.done, device=input_ids.device)
+        return self.done.to(input_ids.device)
 
 
 def _answer_tokens(ids: list[int], budget: int, stop_ids: Sequence[int]) -> tuple[list[int], bool]:
