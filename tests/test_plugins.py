@@ -109,6 +109,39 @@ def test_batch_equals_one_by_one_greedy(loaded, family):
     assert max(b["metadata"]["batch_size"] for b in batch) == 8  # max_batch_size from sys_conf
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("extra", [{}, {"min_new_tokens": 6}, {"stop": ["a"]}], ids=["greedy", "min_new", "stop"])
+def test_a_batch_shrinks_as_its_rows_end_with_the_answers_of_one_generate(loaded, family, extra, monkeypatch):
+    from byzer_like.plugins.hf import CausalLMPlugin
+
+    plugin, model, tok = loaded[family]
+    reqs = [req("question " * (1 + i % 5) + str(i), max_new_tokens=2 + 3 * i, kwargs=dict(extra)) for i in range(8)]
+    sizes = []
+    generate = CausalLMPlugin._generate
+
+    def counted(self, model, tokenizer, input_ids, *args, **kwargs):
+        sizes.append(int(input_ids.shape[0]))
+        return generate(self, model, tokenizer, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(CausalLMPlugin, "_generate", counted)
+    shrunk = plugin.batch(model, tok, reqs)
+    shrunk_sizes, sizes[:] = list(sizes), []
+
+    def one_generate(self, model, tokenizer, ids, mask, rows):  # every row runs to the longest budget
+        out = self._generate(model, tokenizer, ids, mask, max(p.budget for p in rows), rows[0].gen, rows[0].stop,
+                             rows[0].response_format, adapters=[p.adapter for p in rows])
+        return [out[r, ids.shape[1]:].tolist() for r in range(len(rows))]
+
+    monkeypatch.setattr(CausalLMPlugin, "_generate_rows", one_generate)
+    whole = plugin.batch(model, tok, reqs)
+    assert [r["output"] for r in shrunk] == [r["output"] for r in whole]
+    for key in ("output_tokens", "finish_reason"):
+        assert [r["metadata"][key] for r in shrunk] == [r["metadata"][key] for r in whole], key
+    assert sizes == [8]
+    if not extra.get("stop"):  # budgets 2..23 end rows at different steps: the batch shrank
+        assert shrunk_sizes[0] == 8 and len(shrunk_sizes) > 2 and shrunk_sizes == sorted(shrunk_sizes, reverse=True)
+
+
 def test_max_length_counts_prompt_and_answer(loaded):
     plugin, model, tok = loaded["llama"]
     first = list(plugin.stream(model, tok, req("hi", max_new_tokens=None)))[-1][1]
