@@ -109,15 +109,20 @@ class ModelReplica:
         when none names an adapter; a NotSupportedError when one does and this plugin serves none."""
         if self.adapters is not None:
             return self.adapters.using(requests)
-        if any(r.get("adapter") for r in requests):
+        self._refuse_adapters(requests)
+        return nullcontext(list(requests))
+
+    def _refuse_adapters(self, requests: Sequence[dict]) -> None:
+        """NotSupportedError when a request names an adapter and this plugin serves none."""
+        if self.adapters is None and any(r.get("adapter") for r in requests):
             raise NotSupportedError(f"model type {self.spec['pretrained_model_type']!r} cannot serve LoRA adapters "
                                     "per request")
-        return nullcontext(list(requests))
 
     async def chat(self, request: dict) -> dict:
         """One request; concurrent single requests are batched together (an engine batches them itself)."""
         if self.engine is not None:
             return (await self.generate([request]))[0]
+        self._refuse_adapters([request])  # here, not in the batch it would share with other chats
         return await self._chats.submit(request)
 
     async def stream(self, request: dict) -> AsyncIterator[dict]:
