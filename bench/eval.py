@@ -13,7 +13,8 @@ What one run does, in one process:
    - **eval**: `run command as LLM.`` where action="eval" and udfName="bench_eval" and inputTable="qs" and
      metrics="..." and cache="false"` in a SQL session: the eval set read, every row answered through
      `Runtime.generate`, the metrics computed, the per-row table built, the evaluation recorded in the
-     catalog and its Markdown + PNG report written (all of what a user gets);
+     catalog and its Markdown report written (all of what a user gets; the PNG is drawn on a thread of its
+     own after the result returns, so its drawing competes for the CPU with whatever path runs next);
    - **plain**: what a user would write by hand: `ByzerLLM.generate` on the same built requests (the
      same batched path), then `eval.metrics`' per-row functions and means in a Python loop; nothing kept.
    The result cache is off on both paths, so every repeat asks the model for every row.
@@ -21,7 +22,7 @@ What one run does, in one process:
 
 `ratio` = eval rows/s / plain rows/s (what the eval layer costs over the hand-written loop: the acceptance
 asks for >= 0.9). `ratio_no_report` is the same with `report="false"` (the report's matplotlib figure is the
-largest fixed cost on a small set). Medians over the repeats; figures on a shared machine move by +-20%.
+largest fixed cost on a small set; the run waits for the last one before it ends). Medians over the repeats; figures on a shared machine move by +-20%.
 `--json OUT` writes every figure.
 """
 from __future__ import annotations
@@ -103,9 +104,13 @@ def run(args: Any, work: Path) -> int:
             outputs[name], s = timed(paths[name])
             secs[name].append(s)
             log(f"repeat {rep + 1}: {name} {args.rows / s:.1f} rows/s")
+    from byzer_like.eval.report import wait_for_reports
+
+    reports_done = wait_for_reports(120)  # the last PNG (drawn in the background) is written
     rate = {k: args.rows / statistics.median(v) for k, v in secs.items()}
     agree = outputs["eval"][0] == outputs["plain"][0] and outputs["eval"][1] == outputs["plain"][1]
     results = finish({
+        "reports_written": reports_done,
         "eval_rows_per_s": round(rate["eval"], 2), "eval_no_report_rows_per_s": round(rate["eval_no_report"], 2),
         "plain_rows_per_s": round(rate["plain"], 2), "ratio": round(rate["eval"] / rate["plain"], 3),
         "ratio_no_report": round(rate["eval_no_report"] / rate["plain"], 3),

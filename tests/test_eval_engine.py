@@ -97,6 +97,9 @@ def test_eval_of_a_deployment_gives_a_summary_row_and_a_per_row_table(s, rt):
     (rec,) = rt.catalog.evals("qa")
     assert rec["metrics"]["exact_match"] == 0.5 and rec["evalset"] == "capitals" and rec["rows"] == 30
     md = Path(summary["report_md"]).read_text()
+    from byzer_like.eval.report import wait_for_reports
+
+    assert wait_for_reports(60)  # the PNG is drawn on a thread of its own
     assert "exact_match | 0.5" in md and "Worst rows" in md and Path(summary["report_png"]).stat().st_size > 1000
 
 

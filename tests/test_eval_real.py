@@ -55,6 +55,9 @@ def test_lora_raises_exact_match_and_the_gate_promotes_only_the_tuned_version(ll
         prod = s.sql(f'run command as LLM.`` where action="eval" and modelTable="capitals_model@production" {EVAL};'
                      )[-1].table.to_pylist()[0]
         assert prod["exact_match"] == after["exact_match"] and prod["version"] == int(tuned.rsplit("@v", 1)[1])
+        from byzer_like.eval.report import wait_for_reports
+
+        assert wait_for_reports(60)  # the PNG is drawn on a thread of its own
         assert Path(after["report_md"]).is_file() and Path(after["report_png"]).is_file()
     finally:
         s.close()

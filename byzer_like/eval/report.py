@@ -4,31 +4,68 @@ The Markdown has the metrics, the best and worst rows of the first per-row metri
 name; the PNG shows each per-row metric's distribution and, when the model has evaluations of two or
 more versions on the same eval set, the first metric version over version (matplotlib, no display
 needed). `warm_up()` imports matplotlib in the background, for a caller that will write a report after
-waiting on a model.
+waiting on a model. With `background=True` the PNG is drawn on a thread of its own after the Markdown is
+written, so that the evaluation's result does not wait for it; `wait_for_reports()` waits for such
+drawings (the interpreter also waits for them before it exits: the threads are not daemons).
 """
 from __future__ import annotations
 
+import logging
 import math
+import threading
+import time
 from pathlib import Path
 from typing import Any, Sequence
+
+log = logging.getLogger(__name__)
+_drawing: list[threading.Thread] = []  # PNGs being drawn in the background
+_drawing_lock = threading.Lock()
 
 SHOWN_ROWS = 3  # best and worst rows in the Markdown
 
 
-def write_report(workspace: Any, summary: dict, rows: Any, metrics: Sequence[str], history: Sequence[dict]) -> dict:
+def write_report(workspace: Any, summary: dict, rows: Any, metrics: Sequence[str], history: Sequence[dict],
+                 *, background: bool = False) -> dict:
     """Write `report.md` and `report.png` for one evaluation; returns {"markdown": path, "png": path}.
 
     `rows`: the per-row pyarrow table; `metrics`: the metric names asked for; `history`: the model's stored
-    evaluations on the same eval set (newest first, as `Catalog.evals` gives them)."""
+    evaluations on the same eval set (newest first, as `Catalog.evals` gives them). With `background`, the
+    PNG is drawn on a thread of its own and may appear after this returns (`wait_for_reports`); a drawing
+    that fails is logged and leaves no PNG."""
     folder = Path(workspace.path("evals", summary.get("eval_id") or "latest"))
     folder.mkdir(parents=True, exist_ok=True)
     png = folder / "report.png"
     md = folder / "report.md"
     data = rows.to_pylist()
     per_row = [m for m in metrics if m in rows.column_names and _numeric(r.get(m) for r in data)]
-    _plot(png, data, per_row, history, metrics, summary)
     md.write_text(_markdown(summary, data, per_row, metrics, png.name), encoding="utf-8")
+    if not background:
+        _plot(png, data, per_row, history, metrics, summary)
+        return {"markdown": str(md), "png": str(png)}
+
+    def draw() -> None:
+        try:
+            _plot(png, data, per_row, history, metrics, summary)
+        except Exception:  # noqa: BLE001 - the evaluation itself is recorded; say why its picture is missing
+            log.exception("the PNG report %s could not be drawn", png)
+
+    thread = threading.Thread(target=draw, name="byzer-report-png", daemon=False)
+    with _drawing_lock:
+        _drawing[:] = [t for t in _drawing if t.is_alive()]
+        _drawing.append(thread)
+    thread.start()
     return {"markdown": str(md), "png": str(png)}
+
+
+def wait_for_reports(timeout_s: float = 60.0) -> bool:
+    """Wait until every PNG report drawn in the background is written, at most `timeout_s` seconds in all;
+    returns whether they all are."""
+    deadline = time.monotonic() + timeout_s
+    with _drawing_lock:
+        threads = list(_drawing)
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    return not any(t.is_alive() for t in threads)
 
 
 def _numeric(values: Any) -> bool:
@@ -144,4 +181,4 @@ def warm_up() -> None:
     threading.Thread(target=load, name="byzer-report-warm-up", daemon=True).start()
 
 
-__all__ = ["warm_up", "write_report"]
+__all__ = ["wait_for_reports", "warm_up", "write_report"]

@@ -148,7 +148,8 @@ def evaluate(rt: Any, table: Any, *, udf_name: str | None = None, model_table: s
 
         history = ([{"id": eval_id, "version": version, "metrics": recorded},
                     *rt.catalog.evals(label, fingerprint=es.fingerprint)] if record else [])
-        paths = write_report(rt.workspace, summary, table_out, names, history)
+        # the PNG on a thread of its own: the result does not wait for its drawing
+        paths = write_report(rt.workspace, summary, table_out, names, history, background=True)
         summary.update(report_md=paths["markdown"], report_png=paths["png"])
     if record:
         rt.catalog.record_eval({"id": eval_id, "model": label, "version": version, "udf_name": target,
