@@ -17,7 +17,8 @@ import os
 from typing import Any, Mapping, Sequence
 
 from ..catalog import Catalog
-from ..errors import AdapterBaseError, AdapterNotFoundError, ConfigError, ModelNotFoundError, NotSupportedError
+from ..errors import (AdapterBaseError, AdapterNotFoundError, AdapterRankError, ConfigError, ModelDirError,
+                      ModelNotFoundError, NotSupportedError)
 
 # the HTTP API's spelling of a deployment and one of its adapters: "m:qa_model"
 MODEL_ADAPTER_SEP = ":"
@@ -61,7 +62,8 @@ def resolve(catalog: Catalog, ref: str, *, udf_name: str, meta: Mapping[str, Any
     Raises NotSupportedError (the deployment cannot serve adapters per request: its plugin has no
     load_adapter, or it merged an adapter at load), AdapterNotFoundError (no such adapter, or a whole model:
     the message lists the adapters registered for the deployment's base), AdapterBaseError (trained on
-    another base: the message names the base it needs)."""
+    another base: the message names the base it needs), AdapterRankError (its LoRA rank is above the
+    engine's `max_lora_rank` in `meta`, vLLM's: the message names the option to raise)."""
     model_dir = str(meta.get("model_dir") or "")
     if not meta.get("adapters"):
         merged = (meta.get("infer_params") or {}).get("adapter_dir")
@@ -78,7 +80,22 @@ def resolve(catalog: Catalog, ref: str, *, udf_name: str, meta: Mapping[str, Any
                                    why=f"{m.ref} is a whole model (kind {m.kind!r}), not a LoRA adapter: deploy it on its own")
     if not same_dir(m.base_model, model_dir):
         raise AdapterBaseError(m.ref, udf_name, base_name(catalog, m.base_model or ""), base_name(catalog, model_dir))
+    if meta.get("max_lora_rank"):
+        check_rank(m.ref, m.path, int(meta["max_lora_rank"]))
     return {"ref": m.ref, "name": m.name, "version": m.version, "path": m.path, "base_model": m.base_model}
+
+
+def check_rank(ref: str, adapter_dir: str, max_rank: int) -> None:
+    """AdapterRankError when the adapter in `adapter_dir` has a LoRA rank above `max_rank` (an engine's
+    `vllm.max_lora_rank`); an adapter folder this process cannot read is left to the replica to check."""
+    from ..plugins.vllm import adapter_rank, adapter_rank_message
+
+    try:
+        rank = adapter_rank(adapter_dir)
+    except ModelDirError:
+        return
+    if rank > max_rank:
+        raise AdapterRankError(adapter_rank_message(ref, rank, max_rank), ref=ref, rank=rank, max_rank=max_rank)
 
 
 def with_adapters(catalog_of: Any, requests: Sequence[Mapping[str, Any]], *, udf_name: str,
@@ -101,4 +118,4 @@ def routing_id(request: Mapping[str, Any]) -> str | None:
     return a["ref"] if isinstance(a, dict) else None
 
 
-__all__ = ["adapters_for", "base_name", "resolve", "routing_id", "same_dir", "split_model", "with_adapters"]
+__all__ = ["adapters_for", "base_name", "check_rank", "resolve", "routing_id", "same_dir", "split_model", "with_adapters"]
