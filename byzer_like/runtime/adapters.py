@@ -48,6 +48,15 @@ def adapters_for(catalog: Catalog, model_dir: str) -> list[str]:
     return sorted(latest.values())
 
 
+def adapter_models(catalog: Catalog, model_dir: str) -> list[Any]:
+    """The registry's rows of the adapters trained on base `model_dir`: the latest version of each name, by name."""
+    latest: dict[str, Any] = {}
+    for m in catalog.models():  # ordered by name, version
+        if m.kind == "adapter" and same_dir(m.base_model, model_dir):
+            latest[m.name] = m
+    return [latest[k] for k in sorted(latest)]
+
+
 def base_name(catalog: Catalog, model_dir: str) -> str:
     """How to name a base model to a user: its registry reference and folder when it is registered, else its folder."""
     for m in reversed(catalog.models()):
@@ -69,6 +78,8 @@ def resolve(catalog: Catalog, ref: str, *, udf_name: str, meta: Mapping[str, Any
         merged = (meta.get("infer_params") or {}).get("adapter_dir")
         why = (f"it merged the adapter {merged!r} into its weights when it loaded; deploy the base model without "
                "adapter_dir to serve adapters over it") if merged else \
+            ("its vLLM engine was started without LoRA (off by default on CPU): redeploy it with "
+             '`vllm.enable_lora`="true"') if meta.get("engine") == "vllm" else \
             f"its model type {meta.get('pretrained_model_type')!r} does not load adapters per request"
         raise NotSupportedError(f"deployment {udf_name!r} cannot serve adapter {ref!r}: {why}")
     try:
@@ -118,4 +129,4 @@ def routing_id(request: Mapping[str, Any]) -> str | None:
     return a["ref"] if isinstance(a, dict) else None
 
 
-__all__ = ["adapters_for", "base_name", "check_rank", "resolve", "routing_id", "same_dir", "split_model", "with_adapters"]
+__all__ = ["adapter_models", "adapters_for", "base_name", "check_rank", "resolve", "routing_id", "same_dir", "split_model", "with_adapters"]
