@@ -213,7 +213,8 @@ def _post(srv, body):
 
 
 # -- adapters trained by sft (not random ones) on the tiny llama ---------------------------------------------
-# four small, different tasks; a high learning rate so that a few steps move the adapter away from the base
+# four small, different tasks; 40 steps each at a high learning rate, so that each adapter learns its own answers
+# (a random-init 128-wide model needs that much; a real one far less) and the four answer differently
 SFT_TASKS = {
     "sft_colors": [{"instruction": f"favorite color of {n}?", "output": c} for n, c in
                    zip(("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"),
@@ -227,8 +228,8 @@ SFT_TASKS = {
                  (("france", "paris"), ("italy", "rome"), ("spain", "madrid"), ("japan", "tokyo"),
                   ("peru", "lima"), ("egypt", "cairo"), ("chile", "santiago"), ("kenya", "nairobi"))],
 }
-SFT_OPTIONS = {"loraTargetModules": "all-linear", "loraR": "8", "loraAlpha": "16", "loraDropout": "0",
-               "learningRate": "1e-2", "epochs": "2", "batchSize": "4", "sft.int.max_seq_length": "32"}
+SFT_OPTIONS = {"loraTargetModules": "all-linear", "loraR": "16", "loraAlpha": "32", "loraDropout": "0",
+               "learningRate": "3e-3", "epochs": "20", "batchSize": "4", "sft.int.max_seq_length": "32"}
 ASK = [r["instruction"] for rows in SFT_TASKS.values() for r in rows[:2]] + PROMPTS[:2]
 
 

