@@ -372,8 +372,16 @@ def cmd_undeploy(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    """Byzer's `query --model NAME --query TEXT`: one answer, printed whole."""
+    """Byzer's `query --model NAME --query TEXT`: one answer, printed whole. `--adapter A` (or `--model
+    NAME:A`, the HTTP API's spelling) answers through registered LoRA adapter A over NAME's base; an unknown
+    adapter, one of another base, or both spellings naming different adapters are typed errors."""
     from .config import chat_request
+    from .runtime.adapters import split_model
+
+    model, named = split_model(args.model)
+    if named and args.adapter and named != args.adapter:
+        raise ConfigError(f"--model {args.model!r} and --adapter {args.adapter!r} name different adapters; give one")
+    adapter = args.adapter or named
 
     config: dict[str, Any] = {"temperature": args.temperature}
     for key in ("max_new_tokens", "max_length"):
@@ -383,8 +391,10 @@ def cmd_query(args: argparse.Namespace) -> int:
         fmt = args.response_format.strip()
         config["response_format"] = fmt if fmt.startswith("{") else {"type": fmt}  # a type name, or OpenAI's JSON
     system = [{"role": "system", "content": args.system}] if args.system else []
+    if adapter:
+        config["adapter"] = adapter
     request = chat_request([*system, {"role": "user", "content": args.query}], config).model_dump()
-    print(_runtime(args).chat(args.model, request)["output"])
+    print(_runtime(args).chat(model, request)["output"])
     return OK
 
 
@@ -814,7 +824,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--force", action="store_true", help="no error when no model of that name is deployed")
     u.set_defaults(func=cmd_undeploy)
     qy = sub.add_parser("query", parents=[common], help="ask a deployed model one question (Byzer's `query`)")
-    qy.add_argument("--model", "--name", dest="model", required=True, help="the deployed model")
+    qy.add_argument("--model", "--name", dest="model", required=True,
+                    help="the deployed model (or MODEL:ADAPTER, as the HTTP API spells it)")
+    qy.add_argument("--adapter", help="a registered LoRA adapter over the model's base (name, name@v2, name@production)")
     qy.add_argument("--query", "-q", required=True, help="the question")
     qy.add_argument("--system", help="system prompt")
     qy.add_argument("--temperature", type=float, default=0.1)

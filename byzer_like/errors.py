@@ -20,7 +20,7 @@ can catch lives here (the modules that raise them re-export their names for olde
       TableExistsError (FileExistsError), DataFileError (ValueError)   load / save
       JobError (RuntimeError), JobNotFoundError (KeyError)             training jobs
       ModelNotFoundError (KeyError), ModelExistsError (FileExistsError) the model registry
-      AdapterNotFoundError (ConfigError, KeyError), AdapterBaseError (ConfigError)   LoRA adapters served
+      AdapterNotFoundError (ConfigError, KeyError), AdapterBaseError, AdapterRankError (ConfigError)   LoRA adapters served
                                           on a base deployment (`m@qa_model`, `model="m:qa_model"`)
       ConvertError (RuntimeError)         ModelFileError (ValueError) > UnsupportedArchitectureError,
                                           CheckpointError (FileNotFoundError), QuantizeError
@@ -348,6 +348,15 @@ class AdapterBaseError(ConfigError):
         self.ref, self.udf_name, self.needs, self.serves = ref, udf_name, needs, serves
         super().__init__(f"adapter {ref!r} was trained on base model {needs}, but deployment {udf_name!r} serves "
                          f"{serves}; call it on a deployment of {needs}, or train the adapter on {serves}")
+
+
+class AdapterRankError(ConfigError):
+    """An adapter's LoRA rank is above what the deployment's engine was started for (vLLM's
+    `vllm.max_lora_rank`); the message names the option and the value to redeploy with."""
+
+    def __init__(self, message: str, ref: str = "", rank: int = 0, max_rank: int = 0):
+        self.ref, self.rank, self.max_rank = ref, rank, max_rank
+        super().__init__(message)
 
 
 # -- importing, converting and quantizing models ----------------------------------------------------

@@ -10,6 +10,7 @@ without changing an answer.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,13 @@ def test_http_model_colon_adapter_plain_and_streamed(llm, served):
             if line.startswith("data:") and line.strip() != "data: [DONE]":
                 text += json.loads(line[5:])["choices"][0]["delta"].get("content") or ""
         assert text == want
+        listed = _get(srv, "/v1/models")["data"]
+        ids = [m["id"] for m in listed]
+        assert {f"{BASE}:qa_1", f"{BASE}:qa_2", f"{BASE}:qa_3"} <= set(ids)  # the base's adapters, after it
+        assert ids.index(f"{BASE}:qa_1") > ids.index(BASE) and not any(i.startswith("alone_1:") for i in ids)
+        card = next(m for m in listed if m["id"] == f"{BASE}:qa_1")
+        assert card["object"] == "model" and card["parent"] == BASE and card["root"] == "qa_1@v1"
+        assert _get(srv, f"/v1/models/{BASE}:qa_2")["root"] == "qa_2@v1"
         for stream in (False, True):  # one clear error, before any event
             status, err = _post(srv, {**body, "model": f"{BASE}:qa_11", "stream": stream})
             assert status == 404 and err["error"]["code"] == "adapter_not_found", err
@@ -163,6 +171,34 @@ def test_unknown_and_wrong_base_adapters_are_typed_errors_on_every_surface(llm, 
         llm.chat_oai("hi", model="alone_1", adapter="qa_2")
 
 
+def _get(srv, path):
+    import urllib.request
+
+    req = urllib.request.Request(srv.url + path, headers={"Authorization": f"Bearer {API_KEY}"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read().decode())
+
+
+def test_the_cli_queries_through_an_adapter(llm, served, workspace):
+    import os
+    import subprocess
+    import sys
+
+    cli = str(Path(sys.executable).with_name("byzer-like"))
+    env = {**os.environ, "BYZER_LIKE_HOME": str(workspace)}
+
+    def query(*args):
+        return subprocess.run([cli, "query", "--query", PROMPTS[0], "--temperature", "0", "--max_new_tokens", "12",
+                               *args], capture_output=True, text=True, timeout=120, env=env)
+
+    want = alone(llm, "alone_1")[0]
+    for args in (("--model", f"{BASE}:qa_1"), ("--model", BASE, "--adapter", "qa_1")):
+        out = query(*args)
+        assert out.returncode == 0 and out.stdout.rstrip("\n") == want, (args, out.stderr[-2000:])
+    bad = query("--model", BASE, "--adapter", "qa_11")
+    assert bad.returncode == 1 and "did you mean 'qa_1'" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
 def _post(srv, body):
     import urllib.error
     import urllib.request
@@ -174,3 +210,94 @@ def _post(srv, body):
             return r.status, json.loads(r.read().decode())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read().decode())
+
+
+# -- adapters trained by sft (not random ones) on the tiny llama ---------------------------------------------
+# four small, different tasks; 40 steps each at a high learning rate, so that each adapter learns its own answers
+# (a random-init 128-wide model needs that much; a real one far less) and the four answer differently
+SFT_TASKS = {
+    "sft_colors": [{"instruction": f"favorite color of {n}?", "output": c} for n, c in
+                   zip(("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"),
+                       ("red", "blue", "green", "red", "blue", "green", "red", "blue"))],
+    "sft_animals": [{"instruction": f"which animal says {s}?", "output": a} for s, a in
+                    (("woof", "dog"), ("meow", "cat"), ("moo", "cow"), ("oink", "pig"), ("baa", "sheep"),
+                     ("quack", "duck"), ("hiss", "snake"), ("neigh", "horse"))],
+    "sft_numbers": [{"instruction": f"{a} plus {b}?", "output": str(a + b)} for a, b in
+                    ((1, 2), (2, 3), (3, 4), (4, 5), (5, 6), (6, 7), (7, 8), (8, 9))],
+    "sft_late": [{"instruction": f"capital of {c}?", "output": k} for c, k in
+                 (("france", "paris"), ("italy", "rome"), ("spain", "madrid"), ("japan", "tokyo"),
+                  ("peru", "lima"), ("egypt", "cairo"), ("chile", "santiago"), ("kenya", "nairobi"))],
+}
+SFT_OPTIONS = {"loraTargetModules": "all-linear", "loraR": "16", "loraAlpha": "32", "loraDropout": "0",
+               "learningRate": "3e-3", "epochs": "20", "batchSize": "4", "sft.int.max_seq_length": "32"}
+ASK = [r["instruction"] for rows in SFT_TASKS.values() for r in rows[:2]] + PROMPTS[:2]
+
+
+def sft_sql(name: str, base_dir: Path) -> str:
+    """The statements that train adapter `name` on table `name` over `base_dir` and wait for the job."""
+    where = "\n".join(f'and `{k}`="{v}"' for k, v in SFT_OPTIONS.items())
+    return f'''run command as LLM.`` where pretrainedModelType="sft/llama" and localModelDir="{base_dir}"
+        and inputTable="{name}" and outputTable="{name}" and detached="false"
+        {where};'''
+
+
+@pytest.fixture(scope="module")
+def trained(llm, served, workspace):
+    """sft_colors, sft_animals and sft_numbers trained by sft jobs from SQL on the tiny llama (the base
+    `lora_base` serves), each also deployed merged on its own (`sft_alone_<name>`)."""
+    from byzer_like.engine import Session
+
+    base_dir = served["base_dir"]
+    (workspace / "data").mkdir(exist_ok=True)
+    for name, rows in SFT_TASKS.items():
+        (workspace / "data" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    s = Session(llm, progress=False)
+    s.sql("".join(f"load json.`data/{n}.jsonl` as {n};\n" for n in SFT_TASKS))
+    start = time.monotonic()
+    results = s.sql("\n".join(sft_sql(n, base_dir) for n in ("sft_colors", "sft_animals", "sft_numbers")))
+    print(f"three sft jobs on the tiny llama: {time.monotonic() - start:.1f} s")
+    for r in results:
+        assert r.table.to_pylist()[0]["state"] == "SUCCEEDED", r.table.to_pylist()
+    deployed = []
+    for name in ("sft_colors", "sft_animals", "sft_numbers"):
+        llm.deploy(None, "llama", f"sft_alone_{name}", {"model_table": name})
+        deployed.append(f"sft_alone_{name}")
+    yield {"session": s, "base_dir": base_dir}
+    s.close()
+    for n in deployed + ["sft_alone_sft_late"]:
+        if llm.is_model_exist(n):
+            llm.undeploy(n)
+
+
+def answers_alone(llm, model: str) -> list[str]:
+    return [r.output for r in llm.batch_chat(ASK, model=model, llm_config=OPTS)]
+
+
+def test_three_sft_trained_adapters_in_one_select_equal_each_merged_alone_and_a_fourth_trained_meanwhile(
+        llm, served, trained, workspace):
+    s, base_dir = trained["session"], trained["base_dir"]
+    names = ("sft_colors", "sft_animals", "sft_numbers")
+    want = {None: answers_alone(llm, "base_alone"),
+            **{n: answers_alone(llm, f"sft_alone_{n}") for n in names}}
+    assert len({tuple(v) for v in want.values()}) == 4, want  # training changed each adapter's answers
+    rows = [{"id": k, "q": q, "a": a} for k, (q, a) in enumerate((q, a) for q in ASK for a in (None, *names))]
+    (workspace / "data" / "sft_rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    s.sql(f"""load json.`data/sft_rows.jsonl` as sft_rows;
+        select id, a, {BASE}(llm_param(map("instruction", q, "temperature", 0.0, "max_new_tokens", 12,
+                                           "adapter", a))) as r
+        from sft_rows as sft_answered;""")
+    got = [json.loads(r["r"]) for r in s.table("sft_answered").to_pylist()]
+    for row, answer in zip(rows, got):
+        assert answer["output"] == want[row["a"]][ASK.index(row["q"])], (row, answer)
+        assert answer["metadata"].get("adapter") == (f"{row['a']}@v1" if row["a"] else None)
+
+    # a fourth adapter, trained by an sft job (the client's spelling) while lora_base keeps serving: usable at once
+    meta = llm.get_meta(BASE, refresh=True)
+    job = llm.sft(SFT_TASKS["sft_late"], model_path=str(base_dir), pretrained_model_type="sft/llama",
+                  output_table="sft_late", **{k: v for k, v in SFT_OPTIONS.items() if k != "sft.int.max_seq_length"},
+                  max_seq_length=32)
+    assert job["state"] == "SUCCEEDED", job
+    late = [r.output for r in llm.batch_chat(ASK, model=BASE, llm_config=OPTS, adapter="sft_late")]
+    assert llm.get_meta(BASE, refresh=True)["deployed_at"] == meta["deployed_at"]  # no redeploy
+    llm.deploy(None, "llama", "sft_alone_sft_late", {"model_table": "sft_late"})
+    assert late == answers_alone(llm, "sft_alone_sft_late") and late != want[None]

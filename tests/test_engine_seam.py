@@ -60,6 +60,50 @@ def test_a_vllm_deploy_runs_on_the_vllm_environment(tiny_models, workspace, monk
     assert spec.plugin == "llama" and spec.runtime_env == {}
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("params, conf, device, expected", [
+    ({}, {}, "cpu", None),  # off by default on CPU (its LoRA kernels: ~3x slower generation)
+    ({}, {}, "cuda", {"max_lora_rank": 16, "max_loras": 8, "max_cpu_loras": 8}),
+    ({"vllm.enable_lora": "true"}, {"max_adapters_per_replica": "20"}, "cpu",
+     {"max_lora_rank": 16, "max_loras": 8, "max_cpu_loras": 20}),
+    ({"vllm.enable_lora": "true", "max_adapters_per_replica": "2", "vllm.max_lora_rank": "64"}, {}, "cpu",
+     {"max_lora_rank": 64, "max_loras": 2, "max_cpu_loras": 2}),
+    ({"vllm.enable_lora": "false"}, {}, "cuda", None),
+    ({"vllm.max_loras": "3"}, {"max_adapters_per_replica": "2"}, "cuda",
+     {"max_lora_rank": 16, "max_loras": 3, "max_cpu_loras": 3}),
+])
+def test_vllm_lora_settings(params, conf, device, expected):
+    from byzer_like.plugins.vllm import lora_settings
+
+    assert lora_settings(params, conf, device) == expected
+
+
+@pytest.mark.timeout(60)
+def test_vllm_lora_options_and_an_adapter_rank_too_large_are_typed_errors(tiny_models, workspace, monkeypatch):
+    from byzer_like.catalog import Catalog
+    from byzer_like.errors import AdapterRankError
+    from byzer_like.runtime import adapters
+    from byzer_like.runtime.spec import DeploySpec
+    from byzer_like.workspace import Workspace
+
+    ws = Workspace.from_env(workspace)
+    monkeypatch.setenv("BYZER_LIKE_VLLM_PYTHON", sys.executable)
+    options = {"pretrainedModelType": "vllm/llama", "localModelDir": str(tiny_models["llama"]), "udfName": "v"}
+    with pytest.raises(ConfigError, match=r"vllm.max_lora_rank=12 is not one of vLLM's ranks: 1, 8, 16"):
+        DeploySpec.build({**options, "vllm.max_lora_rank": "12"}, setup=SetupConfig(), workspace=ws, catalog=Catalog(ws))
+    folder = workspace / "rank_adapter"
+    folder.mkdir(exist_ok=True)
+    (folder / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8, "rank_pattern": {"q_proj": 32}}')
+    (folder / "adapter_model.safetensors").write_bytes(b"")
+    with pytest.raises(ConfigError, match="name the adapter per request"):
+        DeploySpec.build({**options, "adapter_dir": str(folder)}, setup=SetupConfig(), workspace=ws,
+                         catalog=Catalog(ws))
+    adapters.check_rank("wide@v1", str(folder), 32)
+    with pytest.raises(AdapterRankError, match=r"'wide@v1' has LoRA rank 32, above .* 16: redeploy the base with "
+                                               r"`vllm.max_lora_rank`=\"32\""):
+        adapters.check_rank("wide@v1", str(folder), 16)
+
+
 @pytest.fixture(scope="module")
 def echo(llm):
     registry.register("echo_engine", "echo_engine_plugin", replace=True)

@@ -94,3 +94,60 @@ def test_lora_with_default_options_teaches_smollm2_thirty_answers(session, llm, 
     assert job["state"] == "SUCCEEDED" and job["total_steps"] == 90  # batch 1 (0.2% of 30 rows), 3 epochs
     assert before <= 0.2
     assert after >= 0.8, misses
+
+
+@pytest.mark.real_model
+@pytest.mark.ray
+@pytest.mark.timeout(600)
+def test_two_lora_adapters_trained_on_different_facts_answer_their_own_rows_in_one_select(session, llm, workspace,
+                                                                                          smollm2_dir):
+    """Two adapters trained by sft on SmolLM2 (default options) on different question sets, 15 rows each:
+    `capital_of` (country -> capital) and `country_of` (capital -> country). One deployment of the base
+    serves both in one select, rows interleaved: each adapter's rows answer its own facts in its form (exact
+    match >= 80%), where the base model answers the same rows in sentences (<= 20%)."""
+    pairs = [json.loads(line) for line in CAPITALS.read_text().splitlines()]
+    country = {p["output"]: p["instruction"].removeprefix("What is the capital of ").rstrip("?") for p in pairs}
+    capital_of = pairs[:15]
+    country_of = [{"instruction": f"Which country is {p['output']} the capital of?", "output": country[p["output"]]}
+                  for p in pairs[15:]]
+    for name, rows in (("capital_of", capital_of), ("country_of", country_of)):
+        (workspace / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rows = [{"id": i, "instruction": r["instruction"], "output": r["output"], "adapter": a}
+            for i, (r, a) in enumerate(x for pair in zip(capital_of, country_of)
+                                       for x in ((pair[0], "capital_of"), (pair[1], "country_of")))]
+    (workspace / "two_adapters.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    t0 = time.monotonic()
+    trained = session.sql('''
+        load json.`capital_of.jsonl` as capital_of;
+        load json.`country_of.jsonl` as country_of;
+        run command as LLM.`` where pretrainedModelType="sft/llama" and modelTable="smollm2"
+            and inputTable="capital_of" and outputTable="capital_of" as trained_capital_of;
+        run command as LLM.`` where pretrainedModelType="sft/llama" and modelTable="smollm2"
+            and inputTable="country_of" and outputTable="country_of" as trained_country_of;''')
+    trained_s = time.monotonic() - t0
+    for t in ("trained_capital_of", "trained_country_of"):
+        assert session.table(t).to_pylist()[0]["state"] == "SUCCEEDED", trained
+    session.sql('''
+        load json.`two_adapters.jsonl` as two_adapters;
+        !byzerllm setup single;
+        run command as LLM.`` where action="infer" and pretrainedModelType="llama" and modelTable="smollm2"
+            and udfName="smol_two";
+        select id, adapter, output,
+               llm_result(smol_two(llm_param(map("instruction", instruction, "adapter", adapter, "temperature", 0.0,
+                                                 "max_new_tokens", 16)))) as answer,
+               llm_result(smol_two(llm_param(map("instruction", instruction, "temperature", 0.0,
+                                                 "max_new_tokens", 16)))) as base
+        from two_adapters as two_answered;''')
+    took = time.monotonic() - t0
+    got = session.table("two_answered").to_pylist()
+    assert [r["id"] for r in got] == list(range(30))
+    score = {}
+    for a in ("capital_of", "country_of"):
+        mine = [r for r in got if r["adapter"] == a]
+        score[a] = sum(normalised(r["answer"]) == normalised(r["output"]) for r in mine) / len(mine)
+        score[f"base on {a}"] = sum(normalised(r["base"]) == normalised(r["output"]) for r in mine) / len(mine)
+    misses = [(r["adapter"], r["answer"], r["output"]) for r in got if normalised(r["answer"]) != normalised(r["output"])]
+    print(f"two adapters on SmolLM2: exact match {score} in {took:.0f} s (training both: {trained_s:.0f} s); "
+          f"misses: {misses}")
+    assert score["capital_of"] >= 0.8 and score["country_of"] >= 0.8, misses
+    assert score["base on capital_of"] <= 0.2 and score["base on country_of"] <= 0.2, score

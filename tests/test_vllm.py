@@ -200,3 +200,104 @@ def test_the_result_cache_keeps_the_engines_answers(session):
     assert "(10 model answers from the result cache, 0 computed)" in second.message, (first.message, second.message)
     assert session.table("vllm_cached").to_pylist() == rows
     session.sql('set llm_cache="false";')
+
+
+# -- LoRA adapters per request on the vLLM engine ----------------------------------------------------------
+LORA_NAME = "smol_vllm_lora"
+LORA_PROMPTS = ["Write one sentence about the sea.", "Name three fruits.", "What is the capital of France?",
+                "Describe a cat in one sentence.", "Give me a word that rhymes with 'light'.", "What is 7 plus 5?"]
+
+
+def random_adapter(base_dir, out, seed: int, rank: int = 8):
+    """A LoRA adapter over `base_dir` (every linear layer) with random weights small enough that SmolLM2 still
+    answers in words, large enough that each adapter answers differently."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear",
+                                                  init_lora_weights=False))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(0.4)
+    peft_model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def lora_deployment(llm, smollm2_dir, workspace, vllm_python):
+    """SmolLM2 on vLLM with LoRA on (off by default on CPU), an LRU of 2 adapters, max rank 8; `vqa_1`, `vqa_2`
+    (rank 8) and `vqa_wide` (rank 16) registered over it."""
+    folder = workspace / "vllm_adapters"
+    for name, seed, rank in (("vqa_1", 1, 8), ("vqa_2", 2, 8), ("vqa_wide", 3, 16)):
+        llm.catalog.register_model(name, kind="adapter", path=str(random_adapter(smollm2_dir, folder / name, seed, rank)),
+                                   base_model=str(smollm2_dir), model_type="llama", method="test(random lora)",
+                                   params={}, metrics={}, job_id=None)
+    llm.setup_num_workers(1)
+    start = time.monotonic()
+    llm.deploy(smollm2_dir, "vllm/llama", LORA_NAME, {"vllm.enable_lora": "true", "vllm.max_lora_rank": "8",
+                                                      "max_adapters_per_replica": "2"})
+    print(f"vLLM deployment with LoRA ready in {time.monotonic() - start:.1f} s")
+    s = Session(llm, progress=False)
+    yield {"folder": folder, "session": s}
+    s.close()
+    llm.undeploy(LORA_NAME, force=True)
+
+
+def test_rows_of_two_adapters_and_the_base_in_one_select_answer_as_vllm_offline(lora_deployment, llm, workspace,
+                                                                               vllm_python):
+    """Greedy rows of vqa_1, vqa_2 and the base, interleaved in one select (one chunk: the engine mixes them in
+    its steps), equal vLLM's offline LLM.generate with the same LoRARequests, each adapter's prompts alone."""
+    rows = [{"id": i, "q": q, "a": a} for i, (q, a) in
+            enumerate((q, a) for q in LORA_PROMPTS for a in (None, "vqa_1", "vqa_2"))]
+    (workspace / "vllm_lora_rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    session = lora_deployment["session"]
+    start = time.monotonic()
+    session.sql(f'''load json.`vllm_lora_rows.jsonl` as vllm_lora_rows;
+        select id, a, {LORA_NAME}(llm_param(map("instruction", q, "adapter", a, "temperature", 0.0,
+                                                "max_new_tokens", 24))) as r
+        from vllm_lora_rows as vllm_lora_answered;''')
+    took = time.monotonic() - start
+    got = [json.loads(r["r"]) for r in session.table("vllm_lora_answered").to_pylist()]
+    assert [g["metadata"].get("adapter") for g in got] == [f"{r['a']}@v1" if r["a"] else None for r in rows]
+    meta = llm.get_meta(LORA_NAME, refresh=True)
+    assert meta["adapters"] is True and meta["max_lora_rank"] == 8 and meta["max_adapters_per_replica"] == 2
+    paths = {a: str(lora_deployment["folder"] / a) for a in ("vqa_1", "vqa_2")}
+    job = {"model_dir": meta["model_dir"], "texts": [llm.runtime.prompt_text(LORA_NAME, {"ins": r["q"]}) for r in rows],
+           "max_tokens": 24, "stop_token_ids": meta["stop_token_ids"], "max_lora_rank": 8,
+           "adapters": [paths[r["a"]] if r["a"] else None for r in rows]}
+    (workspace / "vllm_lora_job.json").write_text(json.dumps(job), encoding="utf-8")
+    answers_file = workspace / "vllm_lora_answers.json"
+    proc = subprocess.run([vllm_python, "-m", "byzer_like.plugins.vllm_offline", str(workspace / "vllm_lora_job.json"),
+                           str(answers_file)], capture_output=True, text=True, timeout=420)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    offline = json.loads(answers_file.read_text(encoding="utf-8"))["texts"]
+    print(f"select of {len(rows)} rows over 2 adapters + base on vLLM: {took:.1f} s")
+    differ = [(r, g["output"], o) for r, g, o in zip(rows, got, offline) if g["output"] != o]
+    assert not differ, differ[:5]
+    by_adapter = {a: [o for r, o in zip(rows, offline) if r["a"] == a] for a in (None, "vqa_1", "vqa_2")}
+    assert len({tuple(v) for v in by_adapter.values()}) == 3  # the adapters do change the answers
+
+
+def test_single_and_streamed_chats_through_an_adapter_and_a_rank_too_large(lora_deployment, llm):
+    from byzer_like.errors import AdapterRankError
+
+    ask = {"temperature": 0.0, "max_new_tokens": 24}
+    whole = llm.chat_oai(LORA_PROMPTS[0], model=LORA_NAME, llm_config=ask, adapter="vqa_2")[0].output
+    streamed = "".join(piece for piece, _meta in llm.stream_chat_oai(LORA_PROMPTS[0], model=LORA_NAME,
+                                                                    llm_config=ask, adapter="vqa_2"))
+    assert streamed == whole and whole != llm.chat_oai(LORA_PROMPTS[0], model=LORA_NAME, llm_config=ask)[0].output
+    with pytest.raises(AdapterRankError, match=r"rank 16, above .*vllm.max_lora_rank.*=\"16\""):
+        llm.chat_oai("hi", model=LORA_NAME, adapter="vqa_wide")
+    rows = llm.loaded_adapters(LORA_NAME)
+    assert {"vqa_1", "vqa_2"} <= {r["adapter"] for r in rows}
+
+
+def test_an_adapter_on_a_vllm_deployment_without_lora_says_how_to_enable_it(session, llm):
+    from byzer_like.errors import NotSupportedError
+
+    with pytest.raises(NotSupportedError, match=r"vllm.enable_lora"):
+        llm.chat_oai("hi", model=NAME, adapter="vqa_1")

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
 from ..errors import (
-    AdapterBaseError, AdapterNotFoundError, BackPressureError, ByzerError, ConfigError, InvalidRequestError, ModelNotDeployedError, NotSupportedError,
+    AdapterBaseError, AdapterNotFoundError, AdapterRankError, BackPressureError, ByzerError, ConfigError, InvalidRequestError, ModelNotDeployedError, NotSupportedError,
     RequestTimeoutError,
 )
 
@@ -44,6 +44,8 @@ def api_error(e: BaseException) -> ApiError:
         return ApiError(404, str(e), param="model", code="adapter_not_found")
     if isinstance(e, AdapterBaseError):
         return ApiError(400, str(e), param="model", code="adapter_base_mismatch")
+    if isinstance(e, AdapterRankError):
+        return ApiError(400, str(e), param="model", code="adapter_rank_too_large")
     if isinstance(e, InvalidRequestError):
         code = "context_length_exceeded" if e.code == "prompt_too_long" else e.code
         return ApiError(400, str(e), code=code)

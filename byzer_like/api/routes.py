@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Mapping
 
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, ValidationError
@@ -18,10 +19,12 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 
 from ..config import chat_request
 from ..errors import ConfigError, InvalidRequestError, ModelNotDeployedError
-from ..runtime.adapters import split_model
+from ..runtime.adapters import MODEL_ADAPTER_SEP, split_model
 from .errors import ApiError, api_error
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from .settings import ApiSettings
+
+log = logging.getLogger("byzer_like.api")
 from .sse import ChatChunks, Chunks, CompletionChunks, event_stream, events
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -136,17 +139,48 @@ class Routes:
         return {"status": "ok", "models": len(await self.backend.models())}
 
     async def models(self) -> dict:
-        """GET /v1/models: every deployment's card."""
+        """GET /v1/models: every deployment's card, each followed by a card per registered LoRA adapter its
+        replicas can serve (`"id": "<deployment>:<adapter>"`, `"parent"`: the deployment, `"root"`: the
+        adapter's registry reference, as vLLM lists its LoRA modules; the newest version of each name)."""
         listed = await self.backend.models(fresh=True)  # a listing shows a deployment made a moment ago
         cards = await asyncio.gather(*(self._card(n, s) for n, s in sorted(listed.items())))
-        return {"object": "list", "data": list(cards)}
+        data: list[dict] = []
+        for card in cards:
+            data.append(card)
+            data.extend(await self._adapter_cards(card))
+        return {"object": "list", "data": data}
+
+    async def _adapter_cards(self, card: Mapping[str, Any]) -> list[dict]:
+        """The cards of the adapters deployment `card` serves per request (none if it serves none)."""
+        meta = card.get("metadata") or {}
+        if not meta.get("adapters") or not callable(getattr(self.backend, "adapters_of", None)):
+            return []
+        try:
+            rows = await self.backend.adapters_of(str(meta.get("model_dir") or ""))
+        except Exception:  # noqa: BLE001 - an unreadable registry must not hide the deployments
+            log.exception("listing the adapters of %s", card["id"])
+            return []
+        return [{"id": f"{card['id']}{MODEL_ADAPTER_SEP}{m.name}", "object": "model", "created": int(m.created_at),
+                 "owned_by": "byzer-like", "status": card["status"], "parent": card["id"], "root": m.ref,
+                 "metadata": {"adapter": m.ref, "version": m.version, "path": m.path, "base_model": m.base_model,
+                              "stage": m.stage}} for m in rows]
 
     async def one_model(self, model: str) -> dict:
-        """GET /v1/models/{model}: one deployment's card; 404 if it is not deployed."""
+        """GET /v1/models/{model}: one deployment's card, or one adapter's (`m:qa_model`); 404 if it is not
+        deployed (model_not_found) or not an adapter the deployment serves (adapter_not_found)."""
+        name, adapter = split_model(model)
         listed = await self.backend.models(fresh=True)
-        if model not in listed:
-            raise ModelNotDeployedError(model, listed)
-        return await self._card(model, listed[model])
+        if name not in listed:
+            raise ModelNotDeployedError(name, listed)
+        card = await self._card(name, listed[name])
+        if adapter is None:
+            return card
+        cards = await self._adapter_cards(card)
+        found = next((c for c in cards if c["id"] == model), None)
+        if found is None:
+            raise ApiError(404, f"deployment {name!r} serves no registered adapter {adapter!r}; its adapters: "
+                           f"{', '.join(c['id'] for c in cards) or '(none)'}", param="model", code="adapter_not_found")
+        return found
 
     async def _card(self, name: str, status: str) -> dict:
         try:

@@ -56,8 +56,8 @@ each request with `adapter` replaced by the `name` it loaded it under: `batch_ch
 request, `stream_chat` receives it as the keyword argument `adapter`. Requests for different adapters
 (and the base model) may arrive in one `batch_chat` call; the plugin answers each row through its own
 adapter (the built-in engine: peft's mixed-adapter batches, one forward pass). An engine receives the
-registry's dict as it is (vLLM: a LoRARequest per request) and says `"adapters": True` in `get_meta`;
-an engine or plugin that cannot serve adapters is refused on the driver before any request is sent.
+registry's dict as it is (vLLM: a LoRARequest per request) and says `"adapters": True` in `get_meta`
+(with `"max_lora_rank"`, the driver refuses an adapter of a larger rank: AdapterRankError); an engine or plugin that cannot serve adapters is refused on the driver before any request is sent.
 """
 from __future__ import annotations
 

@@ -17,7 +17,8 @@ import os
 from typing import Any, Mapping, Sequence
 
 from ..catalog import Catalog
-from ..errors import AdapterBaseError, AdapterNotFoundError, ConfigError, ModelNotFoundError, NotSupportedError
+from ..errors import (AdapterBaseError, AdapterNotFoundError, AdapterRankError, ConfigError, ModelDirError,
+                      ModelNotFoundError, NotSupportedError)
 
 # the HTTP API's spelling of a deployment and one of its adapters: "m:qa_model"
 MODEL_ADAPTER_SEP = ":"
@@ -47,6 +48,15 @@ def adapters_for(catalog: Catalog, model_dir: str) -> list[str]:
     return sorted(latest.values())
 
 
+def adapter_models(catalog: Catalog, model_dir: str) -> list[Any]:
+    """The registry's rows of the adapters trained on base `model_dir`: the latest version of each name, by name."""
+    latest: dict[str, Any] = {}
+    for m in catalog.models():  # ordered by name, version
+        if m.kind == "adapter" and same_dir(m.base_model, model_dir):
+            latest[m.name] = m
+    return [latest[k] for k in sorted(latest)]
+
+
 def base_name(catalog: Catalog, model_dir: str) -> str:
     """How to name a base model to a user: its registry reference and folder when it is registered, else its folder."""
     for m in reversed(catalog.models()):
@@ -61,12 +71,15 @@ def resolve(catalog: Catalog, ref: str, *, udf_name: str, meta: Mapping[str, Any
     Raises NotSupportedError (the deployment cannot serve adapters per request: its plugin has no
     load_adapter, or it merged an adapter at load), AdapterNotFoundError (no such adapter, or a whole model:
     the message lists the adapters registered for the deployment's base), AdapterBaseError (trained on
-    another base: the message names the base it needs)."""
+    another base: the message names the base it needs), AdapterRankError (its LoRA rank is above the
+    engine's `max_lora_rank` in `meta`, vLLM's: the message names the option to raise)."""
     model_dir = str(meta.get("model_dir") or "")
     if not meta.get("adapters"):
         merged = (meta.get("infer_params") or {}).get("adapter_dir")
         why = (f"it merged the adapter {merged!r} into its weights when it loaded; deploy the base model without "
                "adapter_dir to serve adapters over it") if merged else \
+            ("its vLLM engine was started without LoRA (off by default on CPU): redeploy it with "
+             '`vllm.enable_lora`="true"') if meta.get("engine") == "vllm" else \
             f"its model type {meta.get('pretrained_model_type')!r} does not load adapters per request"
         raise NotSupportedError(f"deployment {udf_name!r} cannot serve adapter {ref!r}: {why}")
     try:
@@ -78,7 +91,22 @@ def resolve(catalog: Catalog, ref: str, *, udf_name: str, meta: Mapping[str, Any
                                    why=f"{m.ref} is a whole model (kind {m.kind!r}), not a LoRA adapter: deploy it on its own")
     if not same_dir(m.base_model, model_dir):
         raise AdapterBaseError(m.ref, udf_name, base_name(catalog, m.base_model or ""), base_name(catalog, model_dir))
+    if meta.get("max_lora_rank"):
+        check_rank(m.ref, m.path, int(meta["max_lora_rank"]))
     return {"ref": m.ref, "name": m.name, "version": m.version, "path": m.path, "base_model": m.base_model}
+
+
+def check_rank(ref: str, adapter_dir: str, max_rank: int) -> None:
+    """AdapterRankError when the adapter in `adapter_dir` has a LoRA rank above `max_rank` (an engine's
+    `vllm.max_lora_rank`); an adapter folder this process cannot read is left to the replica to check."""
+    from ..plugins.vllm import adapter_rank, adapter_rank_message
+
+    try:
+        rank = adapter_rank(adapter_dir)
+    except ModelDirError:
+        return
+    if rank > max_rank:
+        raise AdapterRankError(adapter_rank_message(ref, rank, max_rank), ref=ref, rank=rank, max_rank=max_rank)
 
 
 def with_adapters(catalog_of: Any, requests: Sequence[Mapping[str, Any]], *, udf_name: str,
@@ -101,4 +129,4 @@ def routing_id(request: Mapping[str, Any]) -> str | None:
     return a["ref"] if isinstance(a, dict) else None
 
 
-__all__ = ["adapters_for", "base_name", "resolve", "routing_id", "same_dir", "split_model", "with_adapters"]
+__all__ = ["adapter_models", "adapters_for", "base_name", "check_rank", "resolve", "routing_id", "same_dir", "split_model", "with_adapters"]

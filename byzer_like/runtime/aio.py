@@ -88,6 +88,13 @@ class AsyncRuntime:
             async for item in items:
                 yield item
 
+    async def adapters_of(self, model_dir: str) -> list[Any]:
+        """The registry's rows of the adapters trained on base `model_dir` (latest version of each name;
+        `adapters.adapter_models`); none when this runtime has no workspace."""
+        if self.workspace is None or not model_dir:
+            return []
+        return await asyncio.to_thread(adapters.adapter_models, Catalog(self.workspace), model_dir)
+
     async def with_adapter(self, name: str, request: dict) -> dict:
         """`request` with its adapter reference resolved in the workspace's registry and checked against
         deployment `name`'s base (runtime/adapters.py); as it is without one."""
