@@ -316,6 +316,7 @@ def rows() -> list[Row]:
                 f"{', '.join(r.get('metrics') or {})}, 1 replica x {r['cpus_per_worker']:g} CPU); without the report "
                 f"(`report=\"false\"`) {_num(r.get('ratio_no_report'), 2)}; per run eval {runs.get('eval')} s, plain "
                 f"{runs.get('plain')} s; predictions and metrics equal: {'yes' if r.get('answers_and_metrics_agree') else 'NO'}")
+
     def adapters_raw(r: dict) -> str:
         return (f"RSS {_num(r.get('shared_rss_mb'), 0)} MiB (1 replica, {r.get('adapters')} adapters loaded) vs "
                 f"{_num(r.get('separate_rss_mb'), 0)} MiB ({r.get('adapters')} replicas); rows/s "

@@ -60,14 +60,20 @@ def llm_with_adapter(params: str | None, adapter: str | None) -> str | None:
     `m@qa_model(llm_param(...))` is `m(llm_with_adapter(llm_param(...), 'qa_model'))`. NULL stays NULL."""
     if params is None:
         return None
-    try:
-        p = json.loads(params)
-    except ValueError:
-        raise ConfigError(f"a model function takes llm_param(map(...)); got {params[:80]!r}") from None
-    if not isinstance(p, dict):
-        raise ConfigError(f"a model function takes llm_param(map(...)); got {params[:80]!r}")
+    p = _params_object(params)
     p["adapter"] = adapter
     return json.dumps(p, ensure_ascii=False)
+
+
+def _params_object(raw: str) -> dict:
+    """A model function's argument (llm_param's JSON text) as a dict; ConfigError when it is not one."""
+    try:
+        p = json.loads(raw)
+    except ValueError:
+        raise ConfigError(f"a model function takes llm_param(map(...)); got {raw[:80]!r}") from None
+    if not isinstance(p, dict):
+        raise ConfigError(f"a model function takes llm_param(map(...)); got {raw[:80]!r}")
+    return p
 
 
 def _history(value: Any) -> list:
@@ -97,12 +103,7 @@ def build_requests(params: list[str | None]) -> tuple[list[dict | None], list[bo
             embedding.append(False)
             inputs.append(None)
             continue
-        try:
-            cfg = json.loads(raw)
-        except ValueError:
-            raise ConfigError(f"a model function takes llm_param(map(...)); got {raw[:80]!r}") from None
-        if not isinstance(cfg, dict):
-            raise ConfigError(f"a model function takes llm_param(map(...)); got {raw[:80]!r}")
+        cfg = _params_object(raw)
         text_key = "embedding_query" if "embedding_query" in cfg else "instruction"
         if text_key in cfg and cfg[text_key] is None:  # NULL in, NULL out (never the text "None")
             requests.append(None)
