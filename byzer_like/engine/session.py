@@ -341,7 +341,9 @@ class Session:
         """Byzer's ET TableRepartition: the rows regrouped into `partitionNum` partitions (rows with equal
         `partitionCols` values together, else dealt round-robin), the partitioning recorded on the output
         table. The partitions are what a later step splits across workers: sfft with keepPartitionNum="true"
-        is told the count."""
+        keeps each whole on one worker. A select that calls a model does not need them: its rows go to every
+        replica in concurrent chunks already (what Byzer users repartition for), sorted by prompt length
+        across the whole select, and the message says so."""
         opts = RepartitionOptions.parse(where, where="TableRepartition")
         if not s.input_table:
             raise _at(ConfigError, s, "command", "TableRepartition needs an input table: run <table> as "
@@ -362,7 +364,8 @@ class Session:
         by = f" by {', '.join(columns)} ({opts.partition_type})" if columns else " (round-robin)"
         return Result("run", out, s.output_table,
                       f"{s.output_table}: {out.num_rows} rows in {opts.partition_num} partitions{by}; "
-                      f"largest {max(sizes)} rows, {sizes.count(0)} empty")
+                      f"largest {max(sizes)} rows, {sizes.count(0)} empty (sfft keeps them whole with "
+                      f"keepPartitionNum=\"true\"; a model call spreads any table's rows over every replica)")
 
     def _deploy(self, s: Run, where: dict[str, str]) -> Result:
         """action="infer": deploy (the runtime checks every option, in either spelling)."""
