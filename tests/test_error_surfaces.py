@@ -96,6 +96,12 @@ class FakeAsyncBackend:
     async def call(self, name: str, method: str, *args: Any, timeout_s: float | None = None) -> Any:
         return _handle(name).call(method, *args)
 
+    async def chat(self, name: str, request: dict) -> dict:
+        return _handle(name).call("chat", request)
+
+    async def adapters_of(self, model_dir: str) -> list:
+        return []
+
     async def stream(self, name: str, request: dict):
         for item in _handle(name).stream(request):
             yield item
