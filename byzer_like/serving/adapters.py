@@ -86,7 +86,10 @@ class ReplicaAdapters:
                 del self._live[entry.adapter["ref"]]
             unload_now = entry.pins == 0
         if unload_now:
-            self._unload(entry)
+            try:  # Serve's LRU evicts on the replica's event loop: the unload waits for generations, so not there
+                asyncio.get_running_loop().run_in_executor(None, self._unload, entry)
+            except RuntimeError:  # no event loop here (Python collecting the entry later)
+                self._unload(entry)
 
     def _unload(self, entry: _Loaded) -> None:
         """Blocking (it waits for running generations): on a worker thread, never on the event loop."""
