@@ -152,17 +152,20 @@ def run(args: argparse.Namespace, work: Path) -> int:
         figures[name] = {"tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 2), **extra}
         log(f"{name}: {tokens:,} tokens in {seconds:.1f} s = {tokens / seconds:,.1f} tokens/s {extra or ''}")
 
+    def deploy(backend: str, udf: str) -> float:
+        """Deploy the model as `udf` on `backend` from SQL; the seconds it took."""
+        llm.setup("infer_backend", backend)
+        start = time.perf_counter()
+        session.sql(f'run command as LLM.`` where action="infer" and pretrainedModelType="llama" '
+                    f'and localModelDir="{model_dir}" and udfName="{udf}";')
+        return time.perf_counter() - start
+
     texts: list[str] | None = None
     stop_ids = [2]  # SmolLM2's <|im_end|>; the vLLM deployment's own list when it ran
     try:
-        if "hf" in paths or "plain" in paths or "offline" in paths or "vllm" in paths:
-            llm.setup_num_workers(1).setup_cpus_per_worker(2).setup("max_batch_size", args.batch_size)
+        llm.setup_num_workers(1).setup_cpus_per_worker(2).setup("max_batch_size", args.batch_size)
         if "hf" in paths:
-            llm.setup("infer_backend", "transformers")
-            start = time.perf_counter()
-            session.sql(f'run command as LLM.`` where action="infer" and pretrainedModelType="llama" '
-                        f'and localModelDir="{model_dir}" and udfName="{UDF_HF}";')
-            started = time.perf_counter() - start
+            started = deploy("transformers", UDF_HF)
             texts = [llm.runtime.prompt_text(UDF_HF, {"ins": q}) for q, _ in prompts]
             out, tokens, seconds, lengths = select(session, UDF_HF)
             record("hf", out, tokens, seconds, deploy_s=round(started, 1), prompt_tokens=[min(lengths), max(lengths)])
@@ -178,11 +181,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
             del loop
         python = vllm_python() or sys.executable if {"vllm", "offline"} & set(paths) else None
         if "vllm" in paths:
-            llm.setup("infer_backend", "vllm")
-            start = time.perf_counter()
-            session.sql(f'run command as LLM.`` where action="infer" and pretrainedModelType="llama" '
-                        f'and localModelDir="{model_dir}" and udfName="{UDF_VLLM}";')
-            started = time.perf_counter() - start
+            started = deploy("vllm", UDF_VLLM)
             meta = llm.get_meta(UDF_VLLM, refresh=True)
             texts = [llm.runtime.prompt_text(UDF_VLLM, {"ins": q}) for q, _ in prompts]
             stop_ids = meta["stop_token_ids"]

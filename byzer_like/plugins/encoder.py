@@ -25,7 +25,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from ..config import parse_bool
 from ..errors import ConfigError, ModelDirError, NotAChatModelError
-from .hf import ENCODER_MODEL_TYPES, _json_object, check_model_files, model_config
+from .hf import ENCODER_MODEL_TYPES, _json_object, check_model_files, model_config, model_facts
 
 POOLINGS = ("cls", "mean", "max", "mean_sqrt_len", "last")
 # sentence-transformers' Pooling config flags -> our names, in the order it concatenates them
@@ -212,13 +212,10 @@ class EncoderPlugin:
         return {
             "family": self.family,
             "kind": "embedding",
-            "model_type": getattr(model.config, "model_type", None),
+            **model_facts(model),
             "model_dir": state.model_dir,
             "context_length": state.max_seq_length,
             "max_seq_length": state.max_seq_length,
-            "vocab_size": getattr(model.config, "vocab_size", None),
-            "num_parameters": int(sum(p.numel() for p in model.parameters())),
-            "dtype": str(getattr(model, "dtype", "")).replace("torch.", ""),
             "device": state.device,
             "max_batch_size": state.max_batch_size,
             "pooling": "+".join(state.pooling),

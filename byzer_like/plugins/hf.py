@@ -668,12 +668,9 @@ class CausalLMPlugin:
         state: _State = model.byzer_like
         return {
             "family": self.family,
-            "model_type": getattr(model.config, "model_type", None),
+            **model_facts(model),
             "model_dir": state.model_dir,
             "context_length": state.context_length,
-            "vocab_size": getattr(model.config, "vocab_size", None),
-            "num_parameters": int(sum(p.numel() for p in model.parameters())),
-            "dtype": str(getattr(model, "dtype", "")).replace("torch.", ""),
             "device": state.device,
             "quantization": state.quantization,
             "max_batch_size": state.max_batch_size,
@@ -744,6 +741,17 @@ def model_config(model_dir: str | os.PathLike) -> dict:
             "build one with `byzer-like models make-tiny` or point at a downloaded model"
         )
     return _json_object(cfg_file)
+
+
+def model_facts(model: Any) -> dict:
+    """What every Hugging Face plugin's `get_meta` says of a loaded torch model: `model_type`, `vocab_size`
+    (from its config; None when absent), `num_parameters`, `dtype` (e.g. "float32")."""
+    return {
+        "model_type": getattr(model.config, "model_type", None),
+        "vocab_size": getattr(model.config, "vocab_size", None),
+        "num_parameters": int(sum(p.numel() for p in model.parameters())),
+        "dtype": str(getattr(model, "dtype", "")).replace("torch.", ""),
+    }
 
 
 def check_model_files(model_dir: str | os.PathLike, cfg: Mapping[str, Any], infer_params: Mapping[str, Any]) -> None:

@@ -41,11 +41,7 @@ def same_dir(a: str | None, b: str | None) -> bool:
 
 def adapters_for(catalog: Catalog, model_dir: str) -> list[str]:
     """The registered adapters trained on base `model_dir`: the latest version of each name (`name@vN`)."""
-    latest: dict[str, str] = {}
-    for m in catalog.models():  # ordered by name, version
-        if m.kind == "adapter" and same_dir(m.base_model, model_dir):
-            latest[m.name] = m.ref
-    return sorted(latest.values())
+    return [m.ref for m in adapter_models(catalog, model_dir)]
 
 
 def adapter_models(catalog: Catalog, model_dir: str) -> list[Any]:
