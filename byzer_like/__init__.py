@@ -7,8 +7,8 @@ pyarrow): `ByzerLLM` and the client's types (`LLMRequest`, `InferBackend`, `Temp
 """
 from . import cluster as _cluster  # noqa: F401  (sets Ray's loopback environment before ray is imported)
 from .errors import ByzerError
+from .version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["ByzerLLM", "ByzerError", "InferBackend", "LLMClassResponse", "LLMRequest", "LLMResponse", "Template",
            "Templates", "__version__", "load_ipython_extension"]
 _CLIENT_NAMES = ("ByzerLLM", "InferBackend", "LLMClassResponse", "LLMRequest", "LLMResponse", "Template", "Templates")

@@ -43,9 +43,10 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import __version__, cluster, logs
+from . import cluster, logs
 from .display import format_table, frame_text, local_time
 from .errors import ByzerError, ClusterError, ConfigError
+from .version import __version__
 from .workspace import Workspace
 
 QUICKSTART_PROMPT = "What is the capital of France, and what is it known for?"

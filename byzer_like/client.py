@@ -19,7 +19,6 @@ lie inside the workspace's allowed roots (`byzer_like.workspace`).
 """
 from __future__ import annotations
 
-import copy
 import enum
 import functools
 import json
@@ -30,9 +29,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from . import logs, prompt_functions, structured
 from .config import SetupConfig, chat_request
-from .errors import ConfigError, NotSupportedError
+from .errors import ConfigError, NotSupportedError, raise_row_error
 from .runtime import Runtime
-from .serving import manager
 
 
 @dataclass
@@ -618,7 +616,7 @@ class ByzerLLM:
         for i, (req, res) in enumerate(zip(reqs, results)):
             if "error" in res:
                 if on_error == "raise":
-                    manager.raise_row_error(res, i)
+                    raise_row_error(res, i)
                 out.append(None)
             else:
                 out.append(LLMResponse(output=res["output"], input=req["ins"], metadata=res.get("metadata", {})))

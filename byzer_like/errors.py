@@ -191,6 +191,14 @@ class InvalidRequestError(InferenceError, ValueError):
         super().__init__(message)
 
 
+def raise_row_error(result: dict, index: int | None = None) -> None:
+    """Raise the typed error of a per-request result `{"error", "error_code"}` (InvalidRequestError, naming
+    request `index` when given); a result without an error passes."""
+    if "error" in result:
+        where = f" (request {index})" if index is not None else ""
+        raise InvalidRequestError(f"{result['error']}{where}", code=result.get("error_code", "invalid_request"), index=index)
+
+
 class PromptTooLongError(InvalidRequestError):
     def __init__(self, message: str, index: int | None = None):
         super().__init__(message, code="prompt_too_long", index=index)

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from .. import cluster
 from ..catalog import Catalog
 from ..config import ConvertOptions, SetupConfig, check_udf_name
-from ..errors import ConfigError, DeployError, ModelNotDeployedError
+from ..errors import ConfigError, DeployError, ModelNotDeployedError, raise_row_error
 from ..jobs import Jobs
 from ..serving import manager
 from ..workspace import Workspace
@@ -190,7 +190,7 @@ class Runtime:
         req = self.with_adapters(name, [request])[0]
         res = manager.call(manager.routed(self.handle(name), adapters.routing_id(req)), "chat", req, udf_name=name,
                            timeout_s=self.setup_config.request_timeout_s)
-        manager.raise_row_error(res)
+        raise_row_error(res)
         return res
 
     def stream(self, name: str, request: Mapping[str, Any]) -> Iterator[dict]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import queue
 import threading
 import time
@@ -18,8 +17,7 @@ from typing import Any, AsyncIterator, Callable, Iterator, Sequence
 
 from ..config import SetupConfig
 from ..errors import (
-    BackPressureError, ByzerError, DeployError, DuplicateDeploymentError, InferenceError, InvalidRequestError,
-    ModelNotDeployedError, RequestTimeoutError,
+    BackPressureError, ByzerError, DeployError, DuplicateDeploymentError, InferenceError, ModelNotDeployedError, RequestTimeoutError,
 )
 
 DEPLOYMENT_NAME = "ByzerModel"
@@ -494,9 +492,3 @@ def run_batched(
     finally:
         pool.shutdown(cancel_futures=True)
 
-
-def raise_row_error(result: dict, index: int | None = None) -> None:
-    """Turn a per-request error result into its typed error."""
-    if "error" in result:
-        where = f" (request {index})" if index is not None else ""
-        raise InvalidRequestError(f"{result['error']}{where}", code=result.get("error_code", "invalid_request"), index=index)
