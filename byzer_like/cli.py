@@ -485,18 +485,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.stop or args.status:
         rt = _runtime(args, running=False)
-        srv = rt.api_status() if rt.cluster_running() else None  # no cluster: no HTTP API either
+        srv = server.serving(rt) if rt.cluster_running() else None  # no cluster: no HTTP API either
         if srv is None:
             print("no HTTP API is running")
             return NOTHING_TO_DO
         if args.stop:
-            rt.stop_api()
+            server.stop_serving(rt)
             print(f"HTTP API at {srv.url} stopped")
         else:
             print(f"HTTP API running at {srv.url}")
         return OK
     rt = _runtime(args)
-    srv = rt.serve_api(args.host, args.port, max_tokens_cap=args.max_tokens_cap, max_body_bytes=args.max_body_bytes,
+    srv = server.serve(rt, args.host, args.port, max_tokens_cap=args.max_tokens_cap, max_body_bytes=args.max_body_bytes,
                        replace=args.replace)
     key = "generated, printed above" if srv.key_generated else ("from BYZER_LIKE_API_KEY" if srv.api_key else "none (loopback)")
     print(f"HTTP API at {srv.url}  (OpenAI base_url {srv.base_url}; chat page {srv.url}/; API key: {key})", flush=True)

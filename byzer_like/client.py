@@ -661,11 +661,11 @@ class ByzerLLM:
         Returns an `api.server.ApiServer` (`url`, `base_url`, `api_key`, `stop()`). The key is
         `api_key`, else BYZER_LIKE_API_KEY; bound to anything but loopback without one, a key is
         generated and printed once. `block=True` waits until the server is stopped (or Ctrl-C)."""
-        srv = self.runtime.serve_api(host, port, api_key=api_key, max_tokens_cap=max_tokens_cap,
-                                     max_body_bytes=max_body_bytes, replace=replace)
-        if block:
-            from .api import server
+        from .api import server
 
+        srv = server.serve(self.runtime, host, port, api_key=api_key, max_tokens_cap=max_tokens_cap,
+                           max_body_bytes=max_body_bytes, replace=replace)
+        if block:
             try:
                 server.wait(srv)
             except KeyboardInterrupt:
@@ -674,7 +674,9 @@ class ByzerLLM:
 
     def stop_serving(self) -> bool:
         """Stop the HTTP API; False if none was running."""
-        return self.runtime.stop_api()
+        from .api import server
+
+        return server.stop_serving(self.runtime)
 
     # -- SQL -------------------------------------------------------------------------------------
     @property

@@ -98,6 +98,13 @@ def readme_blocks(text: str) -> list[Block]:
 BLOCKS = readme_blocks(README.read_text(encoding="utf-8"))
 
 
+def api_server():
+    """The HTTP API's module (imported when a reader first needs it: it imports Ray)."""
+    from byzer_like.api import server
+
+    return server
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -118,7 +125,7 @@ class Reader:
         self.env["PATH"] = f"{BIN}{os.pathsep}{self.env.get('PATH', '')}"
         self.runtime = Runtime(workspace=workspace)
         self.deployed_before = set(self.runtime.deployments())
-        self.api_before = self.runtime.api_status() is not None
+        self.api_before = api_server().serving(self.runtime) is not None
 
     def run(self, block: Block) -> None:
         """Run one block (after tidying up the previous section when this one starts another)."""
@@ -138,8 +145,8 @@ class Reader:
         """Remove what the blocks of a section left running: their deployments and the HTTP API."""
         for name in set(self.runtime.deployments()) - self.deployed_before:
             self.runtime.undeploy(name)
-        if not self.api_before and self.runtime.api_status() is not None:
-            self.runtime.stop_api()
+        if not self.api_before and api_server().serving(self.runtime) is not None:
+            api_server().stop_serving(self.runtime)
 
     @contextlib.contextmanager
     def _here(self):

@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 from ..cluster import is_loopback
 from ..errors import ConfigError
@@ -161,6 +162,32 @@ def start(*, host: str = "127.0.0.1", port: int = DEFAULT_PORT, api_key: str | N
                      node_ip=address["node_ip"], api_key=key, key_generated=generated)
 
 
+def serve(rt: Any, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, api_key: str | None = None,
+          max_tokens_cap: int = ApiSettings.max_tokens_cap, max_body_bytes: int = ApiSettings.max_body_bytes,
+          replace: bool = False) -> ApiServer:
+    """Start the OpenAI-compatible HTTP API and chat page for every deployment of runtime `rt`'s cluster, on
+    this node (`start`, with the runtime's request timeout and workspace). A generated key is printed once to
+    stderr. Raises ConfigError (a port out of range, an API already running without `replace`)."""
+    rt.connect()
+    srv = start(host=host, port=port, api_key=api_key, max_tokens_cap=max_tokens_cap, max_body_bytes=max_body_bytes,
+                request_timeout_s=rt.setup_config.request_timeout_s, replace=replace, workspace=str(rt.workspace.root))
+    if srv.key_generated:
+        print(f"byzer-like API key (shown once): {srv.api_key}", file=sys.stderr)
+    return srv
+
+
+def serving(rt: Any) -> ApiServer | None:
+    """The HTTP API running on runtime `rt`'s cluster, or None (connects to the cluster)."""
+    rt.connect()
+    return status()
+
+
+def stop_serving(rt: Any) -> bool:
+    """Stop the HTTP API on runtime `rt`'s cluster; False if none was running."""
+    rt.connect()
+    return stop()
+
+
 def status() -> ApiServer | None:
     """The running HTTP API (its key is not known here), or None."""
     from ray import serve
@@ -204,4 +231,5 @@ def wait(server: ApiServer, *, poll_s: float = 1.0) -> None:
         time.sleep(poll_s)
 
 
-__all__ = ["APP_NAME", "ApiServer", "DEFAULT_PORT", "ENV_KEY", "HttpIngress", "start", "status", "stop", "wait"]
+__all__ = ["APP_NAME", "ApiServer", "DEFAULT_PORT", "ENV_KEY", "HttpIngress", "serve", "serving", "start", "status", "stop",
+           "stop_serving", "wait"]

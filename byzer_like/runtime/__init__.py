@@ -526,36 +526,6 @@ class Runtime:
             row.update(name=r.name, version=r.version)
         return row
 
-    # -- the HTTP API -------------------------------------------------------------------------------
-    def serve_api(self, host: str = "127.0.0.1", port: int = 8000, *, api_key: str | None = None,
-                  max_tokens_cap: int = 4096, max_body_bytes: int = 1 << 20, replace: bool = False):
-        """Start the OpenAI-compatible HTTP API and chat page for every deployment, on this node.
-
-        Returns an `api.server.ApiServer`; a generated key is printed once to stderr."""
-        from ..api import server
-
-        self.connect()
-        srv = server.start(host=host, port=port, api_key=api_key, max_tokens_cap=max_tokens_cap,
-                           max_body_bytes=max_body_bytes, request_timeout_s=self.setup_config.request_timeout_s,
-                           replace=replace, workspace=str(self.workspace.root))
-        if srv.key_generated:
-            print(f"byzer-like API key (shown once): {srv.api_key}", file=sys.stderr)
-        return srv
-
-    def stop_api(self) -> bool:
-        """Stop the HTTP API; False if none was running."""
-        from ..api import server
-
-        self.connect()
-        return server.stop()
-
-    def api_status(self):
-        """The running HTTP API (`api.server.ApiServer`), or None."""
-        from ..api import server
-
-        self.connect()
-        return server.status()
-
 
 def _texts(data: Any, column: str | None) -> list[str]:
     """Calibration text: a list of strings as it is, or a table's text column (`column`, else `text`, else
