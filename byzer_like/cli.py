@@ -252,10 +252,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     `promote` a version when a condition holds (exit status 3 when it is refused)."""
     rt = _runtime(args, running=False)
     if args.eval_command == "list":
-        from .eval.compare import split_ref
-
-        name, version = split_ref(args.model, rt.catalog) if args.model and "@" in args.model else (args.model, None)
-        records = rt.catalog.evals(name, version)
+        records = rt.eval_list(args.model)
         metric_names = [m for m in dict.fromkeys(k for r in records for k in r["metrics"])
                         if isinstance(records[0]["metrics"].get(m), (int, float)) and m not in ("rows", "seconds")][:6]
         _print_table(("eval", "model", "eval set", "rows", *metric_names, "created"),
@@ -265,20 +262,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
                       for r in records])
         return OK
     if args.eval_command == "compare":
-        from .eval.compare import compare
-
-        rows = compare(rt.catalog, args.a, args.b, evalset=args.on)
+        rows = rt.eval_compare(args.a, args.b, evalset=args.on)
         _print_table(("metric", args.a, args.b, "delta", "95% interval", "significant"),
                      [(r["metric"], _metric_cell(r["a"]), _metric_cell(r["b"]), f"{r['delta']:+.4g}",
                        f"[{r['ci_low']:+.4g}, {r['ci_high']:+.4g}]", "yes" if r["significant"] else "no") for r in rows])
         return OK
     data = _data_file(rt, args.data, "--data") if args.data else None
     if args.eval_command == "promote":
-        from .eval.compare import promote
-        from .eval.run import evaluate
-
         tables = {args.on: data} if args.on and data is not None else None
-        row = promote(rt, args.model, args.condition, evalset=args.on, tables=tables, evaluate=evaluate)
+        row = rt.promote(args.model, args.condition, evalset=args.on, tables=tables)
         print(f"{row['model']}@v{row['version']}: {row['reason']}")
         return OK if row["promoted"] else NOTHING_TO_DO
     if data is None:

@@ -710,16 +710,11 @@ class ByzerLLM:
 
     def eval_list(self, model: str | None = None) -> list[dict]:
         """Stored evaluations (newest first), of one model (`m` or `m@v2`) when given."""
-        from .eval.compare import split_ref
-
-        name, version = split_ref(model, self.catalog) if model and "@" in model else (model, None)
-        return self.catalog.evals(name, version)
+        return self.runtime.eval_list(model)
 
     def eval_compare(self, a: str, b: str, *, evalset: str | None = None) -> list[dict]:
         """Metric deltas of `b` over `a` on one eval set, each with its paired bootstrap 95% interval."""
-        from .eval.compare import compare
-
-        return compare(self.catalog, a, b, evalset=evalset)
+        return self.runtime.eval_compare(a, b, evalset=evalset)
 
     def promote(self, ref: str, condition: str | None = None, *, evalset: str | None = None,
                 data: Any = None) -> dict:
@@ -727,11 +722,8 @@ class ByzerLLM:
         m@v2.exact_match + 0.02"`) on the stored results on `evalset` (evaluated first from `data` when a
         version has none). Returns {"promoted", "stage", "conditions", "reason", ...}; nothing changes when
         a condition fails (`reason` says which and by how much)."""
-        from .eval.compare import promote
-        from .eval.run import evaluate
-
         tables = {evalset: _as_table(data)} if evalset and data is not None else None
-        return promote(self.runtime, ref, condition, evalset=evalset, tables=tables, evaluate=evaluate)
+        return self.runtime.promote(ref, condition, evalset=evalset, tables=tables)
 
     def model_handle(self, model: str) -> "ModelHandle":
         """LazyLLM's habit: a handle on a model whose `.evalset(rows)` sets its eval set and `.eval()` fills

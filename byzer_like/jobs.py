@@ -105,7 +105,7 @@ class Jobs:
         sys_conf = self.setup.sys_conf()
         spec.check_function()(opts, table, base_dir, plugin, sys_conf)
         if eval_table is not None:
-            from .eval.run import plan
+            from .eval.measure import plan
 
             plan(eval_table, metrics=opts.eval_metric_names(), name=opts.eval_table)
         if partitions is not None and sum(partitions) != table.num_rows:

@@ -1,5 +1,5 @@
 """A runtime for the engine's statement tests: the members of `engine.protocol.EngineRuntime`, with
-no cluster behind them. Deployments are names in a dict; a model answers `echo:<instruction>`; training
+no cluster behind them (the evaluation verbs are the runtime's own, `runtime.evaluation.Evaluations`). Deployments are names in a dict; a model answers `echo:<instruction>`; training
 and merge record what they were given. The workspace, its catalog and the result cache are the real
 (SQLite) ones. Imports neither ray nor torch.
 """
@@ -14,6 +14,7 @@ from byzer_like.catalog import Catalog
 from byzer_like.config import DeployOptions, SetupConfig
 from byzer_like.errors import ModelNotDeployedError
 from byzer_like.result_cache import ResultCache
+from byzer_like.runtime.evaluation import Evaluations
 from byzer_like.workspace import Workspace
 
 
@@ -49,7 +50,7 @@ class FakeJobs:
         return f"line 1 of {job_id}\nline 2 of {job_id}"
 
 
-class FakeRuntime:
+class FakeRuntime(Evaluations):
     def __init__(self, root: str):
         self.workspace = Workspace.from_env(root)
         self.setup_config = SetupConfig()

@@ -221,9 +221,7 @@ def test_client_evaluate_model_handle_and_cli_list_compare_promote(rt, tmp_path,
     compare / promote` over the same catalog."""
     from byzer_like import ByzerLLM
     from byzer_like.cli import NOTHING_TO_DO, main
-    from byzer_like.eval.run import evaluate
 
-    rt.evaluate = lambda table, **kw: evaluate(rt, table, **kw)
     llm = ByzerLLM(runtime=rt)
     v1, v2 = _register(rt, "cli_cap", 10), _register(rt, "cli_cap", 30)
     summary, rows = llm.evaluate(v1, _qa(), metrics=["exact_match", "token_f1"], evalset="capitals")

@@ -437,15 +437,13 @@ class Session:
         """action="eval": a model (modelTable, or a deployed udfName) answers the eval set inputTable through
         the batched path; the result is the summary row, the per-row table goes to outputTable (default
         eval_rows); both are recorded in the catalog with a report (see byzer_like.eval)."""
-        from ..eval.run import evaluate
-
         opts = EvalOptions.parse(where, where='action="eval"')
         name = opts.input_table or (s.input_table if s.input_table not in (None, "command") else None)
         if not name:
             raise _at(ConfigError, s, None, 'action="eval" needs its eval set: inputTable="<table>" (a table of this '
                       "session with prompt and reference columns)")
         table = self._need_table(name, s)
-        result = evaluate(self.runtime, table, udf_name=opts.udf_name, model_table=opts.model_table,
+        result = self.runtime.evaluate(table, udf_name=opts.udf_name, model_table=opts.model_table,
                           metrics=opts.metrics, judge=opts.judge, judge_mode=opts.judge_mode,
                           judge_prompt=opts.judge_prompt, choices=opts.choices, reference_column=opts.reference_column,
                           prompt_column=opts.prompt_column, max_new_tokens=opts.max_new_tokens,
@@ -475,9 +473,6 @@ class Session:
     def _promote(self, args: tuple[str, ...], c: Command) -> Result:
         """`!byzerllm model promote m@v3 [if|where <conditions>] [on <eval set>];`: production stage for the
         version when every condition holds on stored (or, for a table of this session, fresh) results."""
-        from ..eval.compare import promote
-        from ..eval.run import evaluate
-
         ref, words = args[1], list(args[2:])
         evalset = None
         if len(words) >= 2 and words[-2].lower() == "on":
@@ -487,23 +482,15 @@ class Session:
         elif words:
             raise _at(ConfigError, c, words[0], f"unexpected `{words[0]}` after `promote {ref}`; write "
                       f"`!byzerllm model promote {ref} if <metric> >= <value> [on <eval set>]`")
-        row = promote(self.runtime, ref, " ".join(words) or None, evalset=evalset, tables=self.tables,
-                      evaluate=evaluate)
+        row = self.runtime.promote(ref, " ".join(words) or None, evalset=evalset, tables=self.tables)
         return Result("model", _row_table(row), message=f"{row['model']}@v{row['version']}: {row['reason']}")
 
     def _eval_list(self, args: tuple[str, ...], c: Command) -> Result:
         """`!byzerllm eval list [<model>|<model>@vN];`: stored evaluations, newest first."""
-        from ..eval.compare import split_ref
-
-        model = version = None
-        if len(args) > 1:
-            model, version = split_ref(args[1], self.runtime.catalog) if "@" in args[1] else (args[1], None)
-        return Result("eval", evals_table(self.runtime.catalog.evals(model, version)))
+        return Result("eval", evals_table(self.runtime.eval_list(args[1] if len(args) > 1 else None)))
 
     def _eval_compare(self, args: tuple[str, ...], c: Command) -> Result:
         """`!byzerllm eval compare <a> <b> [on <eval set>];`: metric deltas of b over a with bootstrap intervals."""
-        from ..eval.compare import compare
-
         if len(args) < 3:
             raise _at(ConfigError, c, None, "`!byzerllm eval compare` needs two models: eval compare m@v1 m@v2 [on <eval set>]")
         rest = list(args[3:])
@@ -512,7 +499,7 @@ class Session:
             evalset = rest[1]
         elif rest:
             raise _at(ConfigError, c, rest[0], "write `!byzerllm eval compare m@v1 m@v2 [on <eval set>]`")
-        rows = compare(self.runtime.catalog, args[1], args[2], evalset=evalset)
+        rows = self.runtime.eval_compare(args[1], args[2], evalset=evalset)
         table = pa.Table.from_pylist(rows) if rows else pa.table({"metric": pa.array([], pa.string())})
         shown = "; ".join(f"{r['metric']} {r['delta']:+.4g} [{r['ci_low']:+.4g}, {r['ci_high']:+.4g}]" for r in rows)
         return Result("eval", table, message=f"{args[2]} vs {args[1]}: {shown or 'no metric in common'}")

@@ -1,17 +1,16 @@
-"""Evaluation as a stage of the lifecycle: eval sets, metrics, LLM-as-judge, stored results, reports,
-comparison with bootstrap intervals, and promotion gated on results.
-
-    from byzer_like.eval import evaluate, compare, promote, metrics
-    result = evaluate(runtime, table, model_table="m@v2", metrics="exact_match,rouge_l")
+"""Evaluation's library: eval sets, metrics, LLM-as-judge prompts, measuring, stored results compared with
+bootstrap intervals, gated promotion, reports. It asks no model and knows nothing of plugins or deployments:
+the runtime's verbs (`byzer_like.runtime.evaluation`: `Runtime.evaluate`, `eval_compare`, `promote`) ask the
+models and hand the answers here.
 
 Modules: `metrics` (pure functions and the METRICS table), `evalset` (tables -> prompts and references),
-`judge` (LLM-as-judge prompts and parsing), `stats` (paired bootstrap), `run` (an evaluation through the
-runtime), `compare` (deltas across versions, gated promotion), `report` (Markdown and PNG). The package
-uses the runtime it is handed and never imports a face (client, CLI, notebook).
+`judge` (LLM-as-judge prompts and parsing), `measure` (the checks before an evaluation, and the summary and
+per-row table from a model's answers and scores), `stats` (paired bootstrap), `compare` (deltas across
+versions, gated promotion over a catalog), `report` (Markdown and PNG).
 """
 from __future__ import annotations
 
 from .compare import compare, parse_conditions, promote
-from .run import EvalResult, evaluate, plan
+from .measure import EvalResult, measure, plan
 
-__all__ = ["EvalResult", "compare", "evaluate", "parse_conditions", "plan", "promote"]
+__all__ = ["EvalResult", "compare", "measure", "parse_conditions", "plan", "promote"]

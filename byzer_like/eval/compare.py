@@ -156,17 +156,18 @@ def _missing(ref: str, evalset: str | None) -> str:
             f"modelTable=\"{ref}\" and inputTable=\"<eval set>\" and metrics=\"...\"")
 
 
-def promote(rt: Any, ref: str, condition: str | None = None, *, evalset: str | None = None,
+def promote(catalog: Any, ref: str, condition: str | None = None, *, evalset: str | None = None,
             tables: Mapping[str, Any] | None = None, stage: str = "production",
             evaluate: Callable[..., Any] | None = None) -> dict:
-    """Give registry version `ref` the stage `stage` (production by default) if every condition holds.
+    """Give registry version `ref` the stage `stage` (production by default) in `catalog` if every condition
+    holds.
 
     `tables`: the caller's tables by name (a SQL session's), so that a version with no stored result on
-    `evalset` is evaluated first with `evaluate(rt, table, model_table=..., metrics=..., evalset=...)`.
-    Returns {"model", "version", "promoted", "stage", "conditions": [{"condition", "value", "threshold",
-    "holds", "margin"}], "reason"}. Raises ModelNotFoundError (an unknown version), UnknownMetricError,
-    PromotionError (a condition that does not parse), EvalNotFoundError (no result and no table to make one)."""
-    catalog = rt.catalog
+    `evalset` is evaluated first with `evaluate(table, model_table=..., metrics=..., evalset=...)` (the
+    runtime's verb). Returns {"model", "version", "promoted", "stage", "conditions": [{"condition", "value",
+    "threshold", "holds", "margin"}], "reason"}. Raises ModelNotFoundError (an unknown version),
+    UnknownMetricError, PromotionError (a condition that does not parse), EvalNotFoundError (no result and no
+    table to make one)."""
     target = catalog.model(ref)  # ModelNotFoundError before anything else
     conditions = parse_conditions(condition) if condition else []
     for c in conditions:  # every version named must exist before any result is looked up
@@ -175,10 +176,10 @@ def promote(rt: Any, ref: str, condition: str | None = None, *, evalset: str | N
     fingerprint = None
     results: list[dict] = []
     for c in conditions:
-        value, fingerprint = _value(rt, target.ref, c.metric, evalset, fingerprint, tables, evaluate)
+        value, fingerprint = _value(catalog, target.ref, c.metric, evalset, fingerprint, tables, evaluate)
         threshold = c.offset
         if c.ref:
-            other, fingerprint = _value(rt, c.ref, c.ref_metric or c.metric, evalset, fingerprint, tables, evaluate)
+            other, fingerprint = _value(catalog, c.ref, c.ref_metric or c.metric, evalset, fingerprint, tables, evaluate)
             threshold = other + c.offset
         holds = OPS[c.op](value, threshold)
         margin = value - threshold if c.op in (">=", ">") else threshold - value if c.op in ("<=", "<") else -abs(value - threshold)
@@ -196,16 +197,15 @@ def promote(rt: Any, ref: str, condition: str | None = None, *, evalset: str | N
             "conditions": results, "reason": f"promoted to {stage}: {why}"}
 
 
-def _value(rt: Any, ref: str, metric: str, evalset: str | None, fingerprint: str | None,
+def _value(catalog: Any, ref: str, metric: str, evalset: str | None, fingerprint: str | None,
            tables: Mapping[str, Any] | None, evaluate: Callable[..., Any] | None) -> tuple[float, str]:
     """A version's stored value of `metric` on the eval set (evaluating it first when it has none and the
     table is at hand); and the eval set's fingerprint, which every later value must share."""
-    catalog = rt.catalog
     rec = stored(catalog, ref, evalset=None if fingerprint else evalset, fingerprint=fingerprint, metric=metric)
     if rec is None and evalset and tables is not None and evaluate is not None:
         table = next((t for k, t in tables.items() if k.lower() == evalset.lower()), None)
         if table is not None:
-            evaluate(rt, table, model_table=ref, metrics=[metric], evalset=evalset)
+            evaluate(table, model_table=ref, metrics=[metric], evalset=evalset)
             rec = stored(catalog, ref, evalset=evalset, fingerprint=fingerprint, metric=metric)
     if rec is None:
         has_any = stored(catalog, ref, evalset=None if fingerprint else evalset, fingerprint=fingerprint)

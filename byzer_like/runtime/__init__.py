@@ -31,10 +31,11 @@ from ..jobs import Jobs
 from ..serving import manager
 from ..workspace import Workspace
 from . import adapters
+from .evaluation import Evaluations
 from .spec import DeploySpec, ResolvedModel, SessionModels, as_str, resolve_model
 
 
-class Runtime:
+class Runtime(Evaluations):
     """One workspace (catalog, result cache, files) and one cluster address, with the lifecycle's verbs.
 
     `address`: a Ray address (`ray://host:10001`, `host:6379`) or None for the workspace's persistent
@@ -347,13 +348,6 @@ class Runtime:
             parts = pool.map(lambda c: manager.call(handle, "score", c, udf_name=name,
                                                     timeout_s=self.setup_config.request_timeout_s), chunks)
             return [s for part in parts for s in part]
-
-    def evaluate(self, table: Any, **options: Any):
-        """An evaluation of a deployment (`udf_name=`) or a registry version (`model_table=`) on an eval
-        set; see `byzer_like.eval.run.evaluate` for the options. Returns an `EvalResult` (summary, rows)."""
-        from ..eval.run import evaluate
-
-        return evaluate(self, table, **options)
 
     @property
     def result_cache(self):

@@ -47,9 +47,9 @@ class TrainingEval:
     def from_table(cls, table: Any, *, metrics: str | Sequence[str] | None, max_new_tokens: int = 32,
                    max_length: int = 512, name: str | None = None, default: Sequence[str] = ("exact_match",)
                    ) -> "TrainingEval":
-        """Check `table` (an eval set: the forms of `eval.evalset`) against `metrics` (`eval.run.plan`'s
+        """Check `table` (an eval set: the forms of `eval.evalset`) against `metrics` (`eval.measure.plan`'s
         checks: EvalSetError, UnknownMetricError, ConfigError) and keep what measuring needs."""
-        from ..eval.run import plan
+        from ..eval.measure import plan
 
         names = [m.name for m in M.parse_metrics(metrics, default=default)]
         _, es, labels = plan(table, metrics=names, name=name)
