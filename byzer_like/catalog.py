@@ -16,7 +16,7 @@ import time
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from .errors import ConfigError, JobNotFoundError, ModelExistsError, ModelNotFoundError  # noqa: F401 - re-exported
 from .workspace import Workspace
@@ -37,6 +37,7 @@ create table if not exists jobs (
     base_model text,
     output_table text,
     params text not null default '{}',
+    options text not null default '{}',
     sys_conf text not null default '{}',
     detached integer not null default 0,
     ray_job_id text,
@@ -98,7 +99,7 @@ EVAL_COLUMNS = ("id", "model", "version", "udf_name", "evalset", "fingerprint", 
                 "judge_prompt", "params", "row_data", "report", "created_at")
 STAGES = ("candidate", "production", "archived")
 
-_JSON_COLUMNS = ("params", "sys_conf", "metrics")
+_JSON_COLUMNS = ("params", "options", "sys_conf", "metrics")
 
 
 
@@ -142,6 +143,8 @@ class Catalog:
                 columns = {r[1] for r in db.execute("pragma table_info(models)")}
                 if "stage" not in columns:  # a catalog written before versions carried stages
                     db.execute("alter table models add column stage text not null default 'candidate'")
+                if "options" not in {r[1] for r in db.execute("pragma table_info(jobs)")}:  # before options were kept
+                    db.execute("alter table jobs add column options text not null default '{}'")
             _READY.add(self.path)
 
     @contextmanager
@@ -154,16 +157,24 @@ class Catalog:
 
     # -- jobs ------------------------------------------------------------------------------------
     def create_job(self, job_id: str, kind: str, *, model_type: str, base_model: str, output_table: str | None,
-                   params: dict, sys_conf: dict, detached: bool, run_dir: str) -> dict:
+                   params: dict, options: dict, sys_conf: dict, detached: bool, run_dir: str) -> dict:
+        """Record a new PENDING job: `params` the user's keys as given, `options` the task's options model as
+        checked at submit (JSON; the runner and `resume` read it back), `sys_conf` the setup it runs with."""
         now = time.time()
         with self._db() as db:
             db.execute(
-                "insert into jobs (id, kind, state, model_type, base_model, output_table, params, sys_conf, detached,"
-                " run_dir, created_at, updated_at) values (?, ?, 'PENDING', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (job_id, kind, model_type, base_model, output_table, json.dumps(params), json.dumps(sys_conf),
-                 int(detached), run_dir, now, now),
+                "insert into jobs (id, kind, state, model_type, base_model, output_table, params, options, sys_conf,"
+                " detached, run_dir, created_at, updated_at) values (?, ?, 'PENDING', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job_id, kind, model_type, base_model, output_table, json.dumps(params), json.dumps(options),
+                 json.dumps(sys_conf), int(detached), run_dir, now, now),
             )
         return self.job(job_id)
+
+    def end_job(self, job_id: str, state: str, error: str) -> None:
+        """Record a job that ended before finishing (STOPPED, FAILED) with its `error`: nothing is left to wait
+        for, so its metrics lose their ETA."""
+        metrics = {k: v for k, v in self.job(job_id)["metrics"].items() if k != "eta_s"}
+        self.update_job(job_id, state=state, error=error, finished_at=time.time(), metrics=metrics)
 
     def update_job(self, job_id: str, **fields: Any) -> None:
         if not fields:
@@ -361,6 +372,17 @@ def check_model_name(name: str) -> str:
     return name
 
 
+def main_metrics(metrics: Mapping[str, Any]) -> dict[str, float | None]:
+    """The metrics a table of jobs or models shows as columns: `loss` (the final loss, else the last one
+    logged) and `tokens_per_s`; None where a record has none."""
+    loss = metrics.get("final_loss", metrics.get("loss"))
+    return {"loss": _float(loss), "tokens_per_s": _float(metrics.get("tokens_per_s"))}
+
+
+def _float(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def _job_dict(row: sqlite3.Row) -> dict:
     d = dict(row)
     for k in _JSON_COLUMNS:
@@ -388,4 +410,4 @@ def _model(row: sqlite3.Row) -> RegisteredModel:
 
 
 __all__ = ["STAGES", "Catalog", "JobNotFoundError", "ModelExistsError", "ModelNotFoundError", "RegisteredModel",
-           "check_model_name"]
+           "check_model_name", "main_metrics"]

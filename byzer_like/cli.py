@@ -128,8 +128,7 @@ def cmd_types(args: argparse.Namespace) -> int:
 
 
 def cmd_registry(args: argparse.Namespace) -> int:
-    from .catalog import Catalog
-    from .jobs import main_metrics
+    from .catalog import Catalog, main_metrics
 
     models = Catalog(Workspace.from_env(args.workspace)).models()
     _print_table(("model", "kind", "method", "type", "loss", "tokens/s", "created", "path"),
@@ -141,8 +140,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
 def cmd_jobs(args: argparse.Namespace) -> int:
     import time
 
-    from .catalog import FINISHED
-    from .jobs import main_metrics
+    from .catalog import FINISHED, main_metrics
 
     jobs = _runtime(args, running=False).jobs
     if args.action == "list":
@@ -187,8 +185,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def _data_file(rt: Any, path: str, option: str):
     """A data file (json, jsonl, csv, parquet, txt) as a pyarrow table, read by a session's DuckDB
     (confined to the workspace's allowed roots)."""
-    from .engine import Session
-    from .engine.io import load_table
+    from .session import Session
+    from .session.io import load_table
 
     fmt = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}.get(
         Path(path).suffix.lower())
@@ -517,7 +515,7 @@ def _print_result(i: int, result: Any, max_rows: int) -> None:
 
 
 def _session(args: argparse.Namespace, variables: dict[str, str]):
-    from .engine import Session
+    from .session import Session
 
     return Session(_runtime(args, running=False, announce=True), variables=variables)
 
@@ -592,7 +590,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
     """Import the quick-start model (once), run sql/quickstart.sql on it, then stream one answer."""
-    from .engine import Session
+    from .session import Session
 
     ws = Workspace.from_env(args.workspace)
     llm = _runtime(args, running=False)

@@ -683,7 +683,7 @@ class ByzerLLM:
     def session(self):
         """This client's SQL session (tables and `set` variables persist between `sql()` calls)."""
         if self._session is None:
-            from .engine import Session
+            from .session import Session
 
             self._session = Session(self)
         return self._session

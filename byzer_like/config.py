@@ -226,10 +226,29 @@ class SetupConfig(_Options):
         return type(self).model_validate(merged)
 
     def sys_conf(self) -> dict[str, str]:
-        """The plugin contract's `sys_conf`: every setting as a string, Byzer style."""
+        """The plugin contract's `sys_conf`: every setting as a string, Byzer style (`num_gpus` too, Byzer's
+        name of `gpus_per_worker`)."""
         d = {k: str(v) for k, v in self.model_dump().items() if v is not None}  # unset: absent, never "None"
         d["num_gpus"] = d["gpus_per_worker"]
         return d
+
+    @classmethod
+    def from_sys_conf(cls, sys_conf: Mapping[str, Any]) -> "SetupConfig":
+        """The setup a `sys_conf` dict says (the plugin contract's form: `sys_conf()`, every value a string),
+        read once where the contract hands it over. Keys that are no setting (a plugin's own) are left out;
+        a setting it lacks keeps its default, and `was_set(name)` tells which it had. ConfigError for a value
+        that is not valid."""
+        known = {k: v for k, v in sys_conf.items() if k in cls.model_fields}
+        if "gpus_per_worker" not in known and "num_gpus" in sys_conf:
+            known["gpus_per_worker"] = sys_conf["num_gpus"]
+        try:
+            return cls.model_validate(known)
+        except ValidationError as e:
+            raise ConfigError(_explain(e, "sys_conf", cls)) from None
+
+    def was_set(self, name: str) -> bool:
+        """Whether setting `name` was set (by the user, or in the sys_conf it was read from)."""
+        return name in self.model_fields_set
 
 
 class DeployOptions(_Options):

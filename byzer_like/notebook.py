@@ -47,7 +47,7 @@ def session():
     statement first needs one)."""
     global _session
     if _session is None:
-        from .engine import Session
+        from .session import Session
         from .runtime import Runtime
 
         _session = Session(Runtime(announce=True))

@@ -24,8 +24,9 @@ class TrainingTask:
 
     `options`: import path of its pydantic options model (a `train.options.TrainOptions` subclass).
     `entry_point`: the plugin contract's function that runs it (`sft_train(data_refs, train_params, sys_conf)`).
-    `check`: import path of `check(options, table, base_dir, plugin, sys_conf)`, run before a job is
-    submitted; it raises ConfigError for data the run would fail on.
+    `check`: import path of `check(options, table, base_dir, plugin, setup)`, run before a job is
+    submitted (`setup`: the `config.SetupConfig` it will run with); it raises ConfigError for data the run
+    would fail on.
     `runner_holds_worker`: the job's runner trains in its own process and so reserves one worker's
     CPUs / GPUs; otherwise the runner only drives Ray Train workers and reserves nothing.
     `summary`: one line for help texts."""
@@ -47,6 +48,13 @@ class TrainingTask:
     def parse_options(self, train_params: Any) -> Any:
         """The user's `where` keys (Byzer spellings, typed keys, Python keywords) -> the options model."""
         return self.options_model().from_params(train_params)
+
+    def stored_options(self, stored: Any, train_params: Any) -> Any:
+        """The options model a job's record holds whole (`model_dump(mode="json")`, written at submit), read
+        back; a record written before options were kept holds only `train_params`, which are parsed."""
+        if stored:
+            return self.options_model().model_validate(stored)
+        return self.parse_options(train_params)
 
 
 TASKS: dict[str, TrainingTask] = {

@@ -245,7 +245,7 @@ def sft_sql(name: str, base_dir: Path) -> str:
 def trained(llm, served, workspace):
     """sft_colors, sft_animals and sft_numbers trained by sft jobs from SQL on the tiny llama (the base
     `lora_base` serves), each also deployed merged on its own (`sft_alone_<name>`)."""
-    from byzer_like.engine import Session
+    from byzer_like.session import Session
 
     base_dir = served["base_dir"]
     (workspace / "data").mkdir(exist_ok=True)

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent / "byzer_like"
 FACES = {"byzer_like.client", "byzer_like.cli", "byzer_like.notebook"}
 # layers that must not import the heavy libraries (they are imported by every face and by tests without Ray)
 NO_RAY_OR_TORCH = ("byzer_like.sql", "byzer_like.config", "byzer_like.tasks", "byzer_like.errors",
-                   "byzer_like.engine.protocol")
+                   "byzer_like.session.protocol")
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pytest
 
 from byzer_like.config import SetupConfig, as_text, chat_request
-from byzer_like.engine import Session
-from byzer_like.engine.functions import build_requests, llm_prompt
+from byzer_like.session import Session
+from byzer_like.session.functions import build_requests, llm_prompt
 from byzer_like.errors import (ConfigError, DataFileError, ExecutionError, ModelDirError, SqlSyntaxError,
                                UnknownOptionError, UnknownPluginError, UnsupportedModelTypeError)
 from byzer_like.plugins import registry

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from byzer_like.engine import Session
+from byzer_like.session import Session
 from byzer_like.errors import ByzerError
 
 SCRIPTS = Path(__file__).resolve().parent / "byzer_scripts"

@@ -125,7 +125,7 @@ def test_chat_on_an_encoder_is_a_typed_error(loaded):
 @pytest.fixture(scope="module")
 def emb_deployed(llm, encoders, workspace):
     """`custom/bge` deployed from SQL as `emb` (one replica); removed after the module."""
-    from byzer_like.engine import Session
+    from byzer_like.session import Session
 
     llm.undeploy("emb", force=True)
     (workspace / "emb_texts.jsonl").write_text("".join(json.dumps({"id": i, "t": t}) + "\n" for i, t in enumerate(TEXTS)),

@@ -117,7 +117,7 @@ def echo(llm):
 @pytest.mark.ray
 @pytest.mark.timeout(300)
 def test_the_replica_hands_the_engine_whole_chunks(echo, llm, workspace):
-    from byzer_like.engine import Session
+    from byzer_like.session import Session
 
     (workspace / "seam_rows.jsonl").write_text("".join(f'{{"id": {i}}}\n' for i in range(40)), encoding="utf-8")
     s = Session(llm, progress=False)

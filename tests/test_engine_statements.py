@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from byzer_like.engine import Session, UnknownFunctionError
-from byzer_like.engine.protocol import EngineRuntime
+from byzer_like.session import Session, UnknownFunctionError
+from byzer_like.session.protocol import SessionRuntime
 from byzer_like.errors import ConfigError, RowError, UnknownOptionError, UnknownTableError
 from fake_runtime import FakeRuntime
 
@@ -40,7 +40,7 @@ DEPLOY = 'run command as LLM.`` where action="infer" and pretrainedModelType="ll
 
 
 def test_the_fake_satisfies_the_engines_protocol(rt):
-    assert isinstance(rt, EngineRuntime)
+    assert isinstance(rt, SessionRuntime)
 
 
 def test_deploy_then_select_answers_every_row_in_order(s, rt):
@@ -252,7 +252,7 @@ def test_statements_run_without_ray_or_torch(tmp_path):
 import json, sys
 sys.path.insert(0, {str(HERE)!r})
 from fake_runtime import FakeRuntime
-from byzer_like.engine import Session
+from byzer_like.session import Session
 rt = FakeRuntime({str(tmp_path)!r})
 with open({str(tmp_path / 'q.jsonl')!r}, 'w') as f:
     f.write(json.dumps({{"q": "hi"}}) + "\\n")

@@ -112,7 +112,7 @@ def faces(tmp_path_factory):
     """A workspace, a client and a SQL session over it, with Ray's calls replaced by the fake deployments;
     the HTTP API (the real application) over FakeAsyncBackend on a loopback port."""
     from byzer_like import ByzerLLM, cluster
-    from byzer_like.engine import Session
+    from byzer_like.session import Session
     from byzer_like.runtime import Runtime
     from byzer_like.serving import manager
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from byzer_like.engine import Session
+from byzer_like.session import Session
 from byzer_like.errors import (ConfigError, EvalNotFoundError, EvalSetError, JudgeNotDeployedError, ModelNotFoundError,
                                PromotionError, UnknownMetricError)
 from fake_runtime import FakeRuntime

@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from byzer_like.engine import Session
+from byzer_like.session import Session
 from byzer_like.plugins import registry
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from byzer_like.engine import Session
+from byzer_like.session import Session
 
 CAPITALS = Path(__file__).resolve().parent / "fixtures" / "capitals_qa.jsonl"
 EVAL = 'and inputTable="capitals" and metrics="exact_match,token_f1" and maxNewTokens="16"'

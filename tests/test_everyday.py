@@ -226,7 +226,7 @@ def test_sql_results_show_times_and_integers_readably(ws):
     assert re.search(r" qa +1 ", jobs) and " 1.0 " not in jobs, jobs  # model_version 1 (not 1.0)
     assert "<NA>" not in jobs and "NaN" not in jobs and "NaT" not in jobs, jobs  # NULLs are blank
 
-    from byzer_like.engine import Session
+    from byzer_like.session import Session
     from byzer_like.runtime import Runtime
 
     s = Session(Runtime(workspace=ws), progress=False)

@@ -326,7 +326,7 @@ def test_llm_param_values(config):
 @given(st.one_of(st.text(max_size=60), JSON_VALUES.map(lambda v: json.dumps(v, allow_nan=True))))
 def test_model_function_arguments(raw):
     """A model function's argument as DuckDB hands it over: any string."""
-    from byzer_like.engine.functions import build_requests
+    from byzer_like.session.functions import build_requests
 
     try:
         requests, embedding, inputs = build_requests([raw, None])
@@ -347,7 +347,7 @@ SETUP_VALUES = st.one_of(
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
     from byzer_like import ByzerLLM
-    from byzer_like.engine import Session
+    from byzer_like.session import Session
 
     s = Session(ByzerLLM(workspace=tmp_path_factory.mktemp("fuzz_ws")), progress=False)
     yield s

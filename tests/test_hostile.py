@@ -32,7 +32,7 @@ import pytest
 
 from byzer_like import ByzerLLM
 from byzer_like.config import UDF_NAME, check_udf_name
-from byzer_like.engine import Session
+from byzer_like.session import Session
 from byzer_like.errors import ByzerError, ModelNotDeployedError, UnknownOptionError, WorkspacePathError
 from byzer_like.sql.errors import SqlError
 from byzer_like.sql.grammar import backquote, quote
@@ -502,7 +502,7 @@ def test_llm_param_values(guarded):
     """Hostile values of `llm_param(map(...))` keys: every value under every key is turned into the
     model's request by DuckDB (one select per key over a table of the values) and then parsed as the
     model function parses it; every 8th also goes through a select that calls a (fake) deployed model."""
-    from byzer_like.engine.functions import build_requests
+    from byzer_like.session.functions import build_requests
 
     a = guarded
     s = _session(a)

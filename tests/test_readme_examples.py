@@ -7,7 +7,7 @@ cluster (the workspace's persistent head). By language:
 
 - bash: `bash -e -o pipefail` in that folder, with `byzer-like` on the PATH and no BYZER_LIKE_HOME
   (so the default `./byzer_workspace` is the workspace) and stdin empty (an interactive prompt ends);
-- sql: one script, through a new `byzer_like.engine.Session` of the workspace (what `byzer-like run`
+- sql: one script, through a new `byzer_like.session.Session` of the workspace (what `byzer-like run`
   does), from that folder;
 - python: `exec` in that folder, every Python block in one namespace (one reader's interpreter);
 - ipython: `ipython -c` in that folder (the notebook magics), failing on a traceback or an `error:`;
@@ -176,7 +176,7 @@ class Reader:
         assert not bad, _failed(block, f"exit status {out.returncode}", shown)
 
     def sql(self, block: Block, text: str) -> None:
-        from byzer_like.engine import Session
+        from byzer_like.session import Session
         from byzer_like.errors import ByzerError, SqlError
         from byzer_like.runtime import Runtime
 

@@ -278,7 +278,7 @@ def test_second_driver_sees_and_calls_a_deployment(llm, tiny_models, workspace, 
 def test_reconnect_never_binds_another_model_and_replace_redeploys(llm, tiny_models, workspace):
     """The field report: `reconnect="true"` with `modelTable="qa_model@v1"` bound the running deployment of
     qa_model@v2, and v2 answered. Now it is an error naming what runs and what was asked; replace redeploys."""
-    from byzer_like.engine import Session
+    from byzer_like.session import Session
 
     cat = llm.catalog
     name = f"qa_model_{os.getpid()}"

@@ -56,7 +56,7 @@ def corpus(workspace) -> Path:
 def first_run(llm, workspace, tiny_models, corpus):
     """One ZeRO-2 run on 2 CPU workers, through SQL as a user runs it (shared by the loss/deploy test and
     the driver-resume test)."""
-    from byzer_like.engine import Session
+    from byzer_like.session import Session
 
     options = " ".join(f'and `{k}`="{v}"' for k, v in {
         "sfft.int.max_length": "64", "perDeviceBatchSize": "4", "learningRate": "3e-3", "loggingSteps": "2",
@@ -164,7 +164,7 @@ def test_eval_table_is_measured_per_eval_step_and_partitions_stay_whole(llm, wor
     i % 2, said in the log and the metrics), and an evalTable of held-out text whose perplexity (and eval
     loss) is measured every evalSteps, in the job's history and plotted beside the loss."""
     from byzer_like.catalog import Catalog
-    from byzer_like.engine import Session
+    from byzer_like.session import Session
 
     lines = english_lines(240)
     folder = workspace / "data" / "sfft_keep"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from byzer_like.engine import Session
+from byzer_like.session import Session
 
 CAPITALS = Path(__file__).resolve().parent / "fixtures" / "capitals_qa.jsonl"
 

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from byzer_like.catalog import Catalog, ModelExistsError
-from byzer_like.engine import Session, UnknownTableError
+from byzer_like.session import Session, UnknownTableError
 from byzer_like.errors import ConfigError, UnknownOptionError
 
 NAMES = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory", "oscar",
@@ -205,9 +205,9 @@ def test_bad_training_input_fails_before_anything_starts(llm, session, tiny_mode
     base = tiny_models["llama"]
     before = len(Catalog(workspace).jobs())
     session.sql(f"load json.`{qa_file}` as qa;")
-    session._put("empty", pa.table({"instruction": pa.array([], pa.string()), "output": pa.array([], pa.string())}))
-    session._put("wrong", pa.table({"question": ["q"], "answer": ["a"]}))
-    session._put("texts", pa.table({"text": ["some text"] * 4}))
+    session.put("empty", pa.table({"instruction": pa.array([], pa.string()), "output": pa.array([], pa.string())}))
+    session.put("wrong", pa.table({"question": ["q"], "answer": ["a"]}))
+    session.put("texts", pa.table({"text": ["some text"] * 4}))
     ok = f'and localModelDir="{base}"'
 
     with pytest.raises(UnknownTableError, match="unknown table 'nope'"):

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from byzer_like.engine import Session
+from byzer_like.session import Session
 from conftest import hang_up_mid_stream
 
 pytestmark = [pytest.mark.vllm, pytest.mark.ray, pytest.mark.timeout(600)]

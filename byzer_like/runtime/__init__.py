@@ -25,10 +25,12 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from .. import cluster
 from ..catalog import Catalog
-from ..config import ConvertOptions, SetupConfig, check_udf_name
+from .. import tasks
+from ..config import ConvertOptions, DeployOptions, SetupConfig, check_udf_name
 from ..errors import ConfigError, DeployError, ModelNotDeployedError, raise_row_error
-from ..jobs import Jobs
 from ..serving import manager
+from ..train.context import INTERNAL
+from ..train.jobs import Jobs
 from ..workspace import Workspace
 from . import adapters
 from .evaluation import Evaluations
@@ -368,9 +370,19 @@ class Runtime(Evaluations):
               progress: bool = False, eval_table: Any = None, partitions: Sequence[int] | None = None) -> dict:
         """Submit a training job of `task` (see `byzer_like.tasks`; None: from the model type or the
         setup mode) on `table`; returns its row (a detached job at once, otherwise when it ended).
-        `eval_table`: the evalTable, measured with evalMetrics at each evaluation step; `partitions`: the
-        table's partition sizes (TableRepartition), kept whole per sfft worker with keepPartitionNum."""
-        return self.jobs.submit(params, table, task=task, options=options, progress=progress, eval_table=eval_table,
+
+        `params`: the user's keys (either spelling, Byzer's typed keys); `options`: the task's options model
+        when the caller has parsed `params` already (SQL does, for the tables it names), else parsed here:
+        once, then stored whole in the job's record. `eval_table`: the evalTable, measured with evalMetrics at
+        each evaluation step; `partitions`: the table's partition sizes (TableRepartition), kept whole per
+        sfft worker with keepPartitionNum. Raises ConfigError / UnknownOptionError (the options),
+        NotSupportedError, ModelExistsError, JobError."""
+        params = {k: v for k, v in params.items() if not k.startswith(INTERNAL)}  # the runner's own keys
+        model_type = options.pretrained_model_type if options is not None else \
+            DeployOptions.given(params, "pretrained_model_type") or ""
+        spec = tasks.require_task(str(model_type), self.setup_config.mode, task)
+        opts = options if options is not None else spec.parse_options(params)
+        return self.jobs.submit(spec, opts, params, table, progress=progress, eval_table=eval_table,
                                 partitions=partitions)
 
     def merge(self, model_table: str, output_table: str, *, overwrite: bool = False) -> dict:

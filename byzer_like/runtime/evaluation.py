@@ -32,6 +32,15 @@ from ..eval.compare import compare, promote, split_ref
 from ..eval.measure import EvalResult, judge_prompts, measure, plan, score_items
 from ..plugins import registry
 
+# the metric names in the metric table's order (what tables of results show as columns)
+METRIC_NAMES: tuple[str, ...] = tuple(M.METRICS)
+
+
+def metric_value(name: str, prediction: str | None, reference: Any) -> float | None:
+    """One row's value of per-row metric `name` (`eval.metrics.row_value`: SQL's `llm_eval`);
+    UnknownMetricError for a name that is no metric or has no per-row value."""
+    return M.row_value(name, prediction, reference)
+
 
 class Evaluations:
     """The evaluation verbs of a runtime (a mix-in: see the module docstring for what it needs)."""
@@ -211,4 +220,4 @@ def _judge_replies(rt: Any, judge: str, template: str, es: Any, predictions: lis
     return replies
 
 
-__all__ = ["Evaluations", "evaluate"]
+__all__ = ["METRIC_NAMES", "Evaluations", "evaluate", "metric_value"]

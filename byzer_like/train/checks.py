@@ -1,12 +1,12 @@
 """Checks a training task runs before its job is submitted (named in `byzer_like.tasks.TASKS`).
 
-Each takes `(options, table, base_dir, plugin, sys_conf)`: the parsed options model, the input table
-(pyarrow), the base model's directory, the `plugins.registry.Plugin` and the setup's sys_conf, and
-raises ConfigError for data or settings the run would fail on, so a bad job never starts.
+Each takes `(options, table, base_dir, plugin, setup)`: the parsed options model, the input table
+(pyarrow), the base model's directory, the `plugins.registry.Plugin` and the `config.SetupConfig` the job
+runs with, and raises ConfigError for data or settings the run would fail on, so a bad job never starts.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import pyarrow as pa
 
@@ -16,7 +16,7 @@ from . import data as D
 SAMPLE_ROWS = 2000  # rows tokenized up front to find examples longer than max_seq_length
 
 
-def check_sft(opts: Any, table: pa.Table, base_dir: str, plugin: Any, sys_conf: Mapping[str, str]) -> None:
+def check_sft(opts: Any, table: pa.Table, base_dir: str, plugin: Any, setup: Any) -> None:
     """The table has a known sft form and its first SAMPLE_ROWS rows tokenize within max_seq_length."""
     from .sft import prepare_tokenizer, stop_token_ids
 
@@ -29,14 +29,13 @@ def check_sft(opts: Any, table: pa.Table, base_dir: str, plugin: Any, sys_conf: 
     D.encode_all(tok, convs, opts.max_seq_length, stops)
 
 
-def check_sfft(opts: Any, table: pa.Table, base_dir: str, plugin: Any, sys_conf: Mapping[str, str]) -> None:
+def check_sfft(opts: Any, table: pa.Table, base_dir: str, plugin: Any, setup: Any) -> None:
     """A text column, at least one row per worker, and a DeepSpeed config that fits the workers."""
     from .ds_config import validate_deepspeed_config
 
     D.text_column(table.schema, opts.text_column)
-    workers = int(sys_conf.get("num_workers", 1))
+    workers = setup.num_workers
     if table.num_rows < workers:
         raise ConfigError(f"the input table has {table.num_rows} row(s), fewer than the {workers} training "
                           "workers; add rows or use fewer workers")
-    gpus = float(sys_conf.get("gpus_per_worker", 0) or 0)
-    validate_deepspeed_config(opts.deepspeed_config, opts, num_workers=workers, on_gpu=gpus > 0)
+    validate_deepspeed_config(opts.deepspeed_config, opts, num_workers=workers, on_gpu=setup.gpus_per_worker > 0)

@@ -2,8 +2,9 @@
 
 The job runner calls `plugin.sft_train(data_refs, train_params, sys_conf)` as the contract says:
 `data_refs` is a list with the path of the input table (parquet, written once by the client),
-`train_params` the user's `where` keys plus `byzer.*` keys that say where this run lives (and, for a
-TableRepartition'ed table, `byzer.partitions`: its partition sizes).
+`train_params` the user's `where` keys plus `byzer.*` keys that say where this run lives (`byzer.options`:
+the task's options model as the job stored it at submit; for a TableRepartition'ed table,
+`byzer.partitions`: its partition sizes), `sys_conf` the setup. Each is read here once.
 """
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from ..config import parse_bool
+from ..config import SetupConfig, parse_bool
 from ..errors import ConfigError
-from .options import TrainOptions, options_for
+from ..tasks import get as get_task
+from .options import TrainOptions
 from .progress import Reporter
 
 INTERNAL = "byzer."
@@ -21,6 +23,9 @@ INTERNAL = "byzer."
 
 @dataclass
 class TrainContext:
+    """A training entry point's arguments, unpacked: the options model, where the data, base model, output
+    and run folder are, whether to resume, the workers' resources and the progress reporter."""
+
     options: TrainOptions
     data_path: str
     model_dir: str
@@ -37,6 +42,8 @@ class TrainContext:
     @classmethod
     def from_call(cls, kind: str, data_refs: Sequence[Any], train_params: Mapping[str, Any],
                   sys_conf: Mapping[str, Any]) -> "TrainContext":
+        """The arguments of `<kind>_train(data_refs, train_params, sys_conf)`; ConfigError when they are not
+        a job runner's (no `byzer.model_dir` / `output_dir` / `run_dir`, data_refs not one path)."""
         internal = {k[len(INTERNAL):]: v for k, v in train_params.items() if k.startswith(INTERNAL)}
         user = {k: v for k, v in train_params.items() if not k.startswith(INTERNAL)}
         refs = list(data_refs or [])
@@ -45,17 +52,19 @@ class TrainContext:
         for key in ("model_dir", "output_dir", "run_dir"):
             if not internal.get(key):
                 raise ConfigError(f"{kind}_train needs train_params['byzer.{key}']")
+        setup = SetupConfig.from_sys_conf(sys_conf)
+        stored = json.loads(internal["options"]) if internal.get("options") else None
         return cls(
-            options=options_for(kind, user),
+            options=get_task(kind).stored_options(stored, user),
             data_path=refs[0],
             model_dir=str(internal["model_dir"]),
             output_dir=str(internal["output_dir"]),
             run_dir=str(internal["run_dir"]),
             run_name=str(internal.get("job_id") or "run"),
             resume=parse_bool(internal.get("resume", False)),
-            num_workers=int(float(sys_conf.get("num_workers", 1) or 1)),
-            cpus=float(sys_conf.get("cpus_per_worker", 1) or 0),
-            gpus=float(sys_conf.get("gpus_per_worker", sys_conf.get("num_gpus", 0)) or 0),
+            num_workers=setup.num_workers,
+            cpus=setup.cpus_per_worker,
+            gpus=setup.gpus_per_worker,
             reporter=Reporter(internal.get("workspace"), internal.get("job_id")),
             partitions=_sizes(internal.get("partitions")),
         )

@@ -15,7 +15,7 @@ from pydantic.alias_generators import to_snake
 
 from ..config import _Options, split_typed_key, typed_value
 from ..errors import UnknownOptionError
-from ..tasks import TASKS, get as get_task
+from ..tasks import TASKS
 
 METHODS = ("lora", "qlora", "full")
 
@@ -194,9 +194,4 @@ class SfftOptions(TrainOptions):
         return self.learning_rate or 5e-5
 
 
-def options_for(kind: str, train_params: Mapping[str, Any]) -> TrainOptions:
-    """The options of training task `kind` (see `byzer_like.tasks.TASKS`), parsed from the user's keys."""
-    return get_task(kind).parse_options(train_params)
-
-
-__all__ = ["METHODS", "SfftOptions", "SftOptions", "TrainOptions", "normalise", "options_for"]
+__all__ = ["METHODS", "SfftOptions", "SftOptions", "TrainOptions", "normalise"]

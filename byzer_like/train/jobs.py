@@ -1,26 +1,21 @@
-"""Training jobs: submit, watch, stop and resume fine-tuning (sft) and continued pretraining (sfft).
+"""Training jobs: submit, watch, stop and resume a training task (`byzer_like.tasks`: sft, sfft, ...).
 
     jobs = Jobs(workspace, setup=SetupConfig())          # or runtime.jobs / ByzerLLM().jobs
-    row = jobs.submit({"pretrainedModelType": "sft/llama", "localModelDir": d, "outputTable": "m",
-                       "detached": "true"}, table)
+    row = jobs.submit(tasks.get("sft"), options, params, table)   # the runtime's `train` builds the options
     jobs.status(row["job_id"]); jobs.logs(row["job_id"]); jobs.stop(...); jobs.resume(...)
 
-The training methods (sft, sfft, ...) come from one table, `byzer_like.tasks.TASKS`: its options
-model, the plugin entry point that runs it, the checks made before submitting.
-
-Every check that can fail (plugin, options, base model, output name, the table's form, max_seq_length,
-the DeepSpeed config) runs before anything starts. The input table is written once, as parquet, into
-the job's folder in the workspace; the runner and the training workers read it from there (resume
-needs it after the client is gone). A detached job is a Ray Jobs job (it outlives the client); a
-blocking one runs the same runner as a Ray task while the client shows a progress bar. Either way
-the job's record lives in the catalog (parameters, state, step, metrics, artifact), and its log in
-the job's folder, after Ray has forgotten it.
-
-`python -m byzer_like.jobs run <job_id> --workspace <dir> [--resume]` is the runner.
+Every check that can fail (plugin, base model, output name, the table's form, max_seq_length, the DeepSpeed
+config) runs before anything starts. The task's options model, built once when the job is submitted, is
+stored whole in the job's record, with the user's keys as given and the setup it runs with; the runner and
+`resume` read it back. The input table is written once, as parquet, into the job's folder in the
+workspace; the runner and the training workers read it from there (resume needs it after the client is
+gone). A detached job is a Ray Jobs job (it outlives the client); a blocking one runs the same runner
+(`train.runner`) as a Ray task while the client shows a progress bar. Either way the job's record lives
+in the catalog (parameters, options, state, step, metrics, artifact), and its log in the job's folder,
+after Ray has forgotten it.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import secrets
@@ -32,30 +27,23 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from . import cluster, tasks
-from .catalog import FINISHED, Catalog
-from .config import SetupConfig
-from .display import local_timestamp
-from .errors import ByzerError, ClusterError, ConfigError, JobError, NotSupportedError
-from .plugins import registry
-from .train import options as train_options
-from .train.context import INTERNAL
-from .workspace import Workspace
+from .. import cluster
+from ..catalog import FINISHED, Catalog
+from ..config import SetupConfig
+from ..errors import ClusterError, ConfigError, JobError, NotSupportedError
+from ..plugins import registry
+from ..tasks import TrainingTask, split_model_type
+from ..workspace import Workspace
+from .runner import LOG_FILE, PARTITIONS_FILE, run_task
 
 if TYPE_CHECKING:  # pyarrow is imported where a table is made: `byzer-like jobs list` needs none
     import pyarrow as pa
 
-TASKS = tuple(tasks.TASKS)  # the task names, for older imports; the table is byzer_like.tasks.TASKS
-LOG_FILE = "log.txt"
-PARTITIONS_FILE = "partitions.json"  # the input table's partition sizes (TableRepartition), for keepPartitionNum
+    from .options import TrainOptions
+
 # a job's row, as SQL, the client and the CLI show it
 ROW_FIELDS = ("job_id", "kind", "state", "step", "total_steps", "output_table", "model_version", "artifact",
               "metrics", "error", "detached", "ray_job_id", "created_at", "finished_at")
-
-
-
-
-task_of = tasks.task_of  # (task or None, family) from `sft/llama` or the setup mode
 
 
 class Jobs:
@@ -74,65 +62,57 @@ class Jobs:
         self.catalog = Catalog(self.workspace)
 
     # -- submit ----------------------------------------------------------------------------------
-    def submit(self, train_params: Mapping[str, Any], table: pa.Table | None, *, task: str | None = None,
-               options: Any = None, progress: bool = False, eval_table: pa.Table | None = None,
+    def submit(self, task: TrainingTask, options: TrainOptions, params: Mapping[str, Any], table: pa.Table | None, *,
+               progress: bool = False, eval_table: pa.Table | None = None,
                partitions: Sequence[int] | None = None) -> dict:
         """Check everything, store the table, record the job, then run it (detached: return at once).
 
-        `task`: a name of `byzer_like.tasks.TASKS`, else the model type's prefix (`sft/llama`) or the
-        setup mode; `options`: the task's options model when the caller has parsed `train_params`
-        already. `eval_table`: the evalTable (measured with evalMetrics at each evaluation step), stored
-        beside the input as `eval.parquet`. `partitions`: the sizes of the table's partitions, in row
-        order (TableRepartition's), stored as `partitions.json` for sfft's keepPartitionNum. Returns the
-        job's row (see ROW_FIELDS). Raises ConfigError, UnknownOptionError, NotSupportedError (the plugin
-        cannot run the task), ModelExistsError, JobError."""
-        params = {k: v for k, v in train_params.items() if not k.startswith(INTERNAL)}
-        model_type = str(options.pretrained_model_type if options is not None
-                         else train_options.TrainOptions.given(params, "pretrained_model_type") or "")
-        spec = tasks.require_task(model_type, self.setup.mode, task)
-        task, family = spec.name, tasks.split_model_type(model_type)[1]
-        opts = options if options is not None else spec.parse_options(params)
+        `task`: the task table's row; `options`: its options model, parsed from `params` (the user's keys,
+        recorded as given and handed to the plugin's entry point) by the runtime. `eval_table`: the
+        evalTable (measured with evalMetrics at each evaluation step), stored beside the input as
+        `eval.parquet`. `partitions`: the sizes of the table's partitions, in row order (TableRepartition's),
+        stored as `partitions.json` for sfft's keepPartitionNum. Returns the job's row (see ROW_FIELDS).
+        Raises ConfigError, NotSupportedError (the plugin cannot run the task), ModelExistsError, JobError."""
+        family = split_model_type(options.pretrained_model_type)[1]
         plugin = registry.load(family)
-        if not plugin.has(spec.entry_point):
-            raise NotSupportedError(f"plugin {family!r} has no {spec.entry_point}: it cannot be trained with {task}")
-        base_dir = self._base_model(opts, plugin)
-        if opts.output_table:
-            self.catalog.check_new_name(opts.output_table, overwrite=opts.overwrite)
+        if not plugin.has(task.entry_point):
+            raise NotSupportedError(f"plugin {family!r} has no {task.entry_point}: it cannot be trained with {task.name}")
+        base_dir = self._base_model(options, plugin)
+        if options.output_table:
+            self.catalog.check_new_name(options.output_table, overwrite=options.overwrite)
         if table is None:
-            raise ConfigError(f"{task} needs inputTable=\"<table>\" (a table of this session)")
+            raise ConfigError(f"{task.name} needs inputTable=\"<table>\" (a table of this session)")
         if table.num_rows == 0:
             raise ConfigError("the training table is empty: nothing to train on")
-        sys_conf = self.setup.sys_conf()
-        spec.check_function()(opts, table, base_dir, plugin, sys_conf)
+        task.check_function()(options, table, base_dir, plugin, self.setup)
         if eval_table is not None:
-            from .eval.measure import plan
+            from ..eval.measure import plan
 
-            plan(eval_table, metrics=opts.eval_metric_names(), name=opts.eval_table)
+            plan(eval_table, metrics=options.eval_metric_names(), name=options.eval_table)
         if partitions is not None and sum(partitions) != table.num_rows:
             raise ConfigError(f"the partition sizes add up to {sum(partitions)} rows, the table has {table.num_rows}")
 
-        job_id = f"{task}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-        if opts.local_path_prefix:
-            run_dir = self.workspace.resolve(opts.local_path_prefix, what="localPathPrefix") / job_id
+        job_id = f"{task.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        run_dir = self._run_dir(options, job_id)
+        _write_inputs(run_dir, table, eval_table, partitions)
+        self.catalog.create_job(
+            job_id, task.name, model_type=family, base_model=base_dir, output_table=options.output_table,
+            params={k: _jsonable(v) for k, v in params.items()}, options=options.model_dump(mode="json"),
+            sys_conf=self.setup.sys_conf(), detached=options.detached, run_dir=str(run_dir),
+        )
+        self.catalog.update_job(job_id, metrics={"input_rows": table.num_rows})
+        return self._launch(job_id, detached=options.detached, resume=False, progress=progress)
+
+    def _run_dir(self, options: TrainOptions, job_id: str) -> Path:
+        """The job's folder (created): under localPathPrefix when given, else the workspace's jobs/."""
+        if options.local_path_prefix:
+            run_dir = self.workspace.resolve(options.local_path_prefix, what="localPathPrefix") / job_id
         else:
             run_dir = self.workspace.path("jobs", job_id)
         run_dir.mkdir(parents=True, exist_ok=False)
-        import pyarrow.parquet as pq
+        return run_dir
 
-        pq.write_table(table, run_dir / "input.parquet")
-        if eval_table is not None:
-            pq.write_table(eval_table, run_dir / "eval.parquet")
-        if partitions is not None:
-            (run_dir / PARTITIONS_FILE).write_text(json.dumps({"sizes": [int(n) for n in partitions]}))
-        self.catalog.create_job(
-            job_id, task, model_type=family, base_model=base_dir, output_table=opts.output_table,
-            params={k: _jsonable(v) for k, v in params.items()}, sys_conf=sys_conf, detached=opts.detached,
-            run_dir=str(run_dir),
-        )
-        self.catalog.update_job(job_id, metrics={"input_rows": table.num_rows})
-        return self._launch(job_id, detached=opts.detached, resume=False, progress=progress)
-
-    def _base_model(self, opts: train_options.TrainOptions, plugin: registry.Plugin) -> str:
+    def _base_model(self, opts: TrainOptions, plugin: registry.Plugin) -> str:
         if opts.model_table not in (None, "command"):
             m = self.catalog.model(opts.model_table)
             if m.kind != "model":
@@ -160,7 +140,7 @@ class Jobs:
             client, address = self._job_client()
             attempt = job["attempts"] + 1
             submission = f"{job_id}-a{attempt}"
-            entry = [sys.executable, "-m", "byzer_like.jobs", "run", job_id, "--workspace", str(self.workspace.root)]
+            entry = [sys.executable, "-m", "byzer_like.train.runner", "run", job_id, "--workspace", str(self.workspace.root)]
             if resume:
                 entry.append("--resume")
             env = {k: v for k, v in os.environ.items()
@@ -174,7 +154,7 @@ class Jobs:
         self._connect()
         import ray
 
-        remote = ray.remote(_run_task).options(num_cpus=cpus, num_gpus=gpus, max_retries=0,
+        remote = ray.remote(run_task).options(num_cpus=cpus, num_gpus=gpus, max_retries=0,
                                                runtime_env={"env_vars": {"BYZER_LIKE_HOME": str(self.workspace.root)}})
         ref = remote.remote(str(self.workspace.root), job_id, resume)
         bar = None
@@ -297,7 +277,7 @@ class Jobs:
     def _finish_if_running(self, job_id: str, state: str, error: str) -> None:
         job = self.catalog.job(job_id)  # re-read: the runner may have finished meanwhile
         if job["state"] not in FINISHED:
-            _ended(self.catalog, job_id, state, error)
+            self.catalog.end_job(job_id, state, error)
 
     # -- control ---------------------------------------------------------------------------------
     def stop(self, job_id: str, timeout_s: float = 60) -> dict:
@@ -347,45 +327,27 @@ class Jobs:
         return {k: row[k] for k in ROW_FIELDS}
 
 
-def rows_table(rows: list[dict]) -> pa.Table:
-    """Job rows (see ROW_FIELDS) as the table SQL shows: times as local timestamps, and the main
-    metrics (`loss`: the final loss, else the last one logged; `tokens_per_s`) as columns beside the
-    whole `metrics` JSON."""
-    import pyarrow as pa
-
-    schema = pa.schema([
-        ("job_id", pa.string()), ("kind", pa.string()), ("state", pa.string()), ("step", pa.int64()),
-        ("total_steps", pa.int64()), ("output_table", pa.string()), ("model_version", pa.int64()),
-        ("artifact", pa.string()), ("loss", pa.float64()), ("tokens_per_s", pa.float64()), ("metrics", pa.string()),
-        ("error", pa.string()), ("detached", pa.bool_()), ("ray_job_id", pa.string()),
-        ("created_at", pa.timestamp("s")), ("finished_at", pa.timestamp("s")),
-    ])
-    shown = []
-    for row in rows:
-        metrics = row.get("metrics") or {}
-        metrics = json.loads(metrics) if isinstance(metrics, str) else metrics
-        shown.append({**row, **main_metrics(metrics), "created_at": local_timestamp(row.get("created_at")),
-                      "finished_at": local_timestamp(row.get("finished_at"))})
-    return pa.Table.from_pylist(shown, schema=schema)
-
-
-def main_metrics(metrics: Mapping[str, Any]) -> dict[str, float | None]:
-    """The metrics a table shows as columns: `loss` (the final loss, else the last one logged) and `tokens_per_s`."""
-    loss = metrics.get("final_loss", metrics.get("loss"))
-    return {"loss": _float(loss), "tokens_per_s": _float(metrics.get("tokens_per_s"))}
-
-
-def _float(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
 # -- helpers ----------------------------------------------------------------------------------------
 def _runner_resources(job: dict) -> tuple[float, float]:
-    """sft trains inside the runner (it holds the worker's CPUs/GPUs); sfft's runner only drives Ray Train."""
-    sc = job["sys_conf"]
-    if not tasks.get(job["kind"]).runner_holds_worker:
+    """(CPUs, GPUs) the job's runner reserves: sft trains inside the runner (it holds one worker's CPUs and
+    GPUs, as the job's setup gives them); sfft's runner only drives Ray Train workers and reserves none."""
+    from ..tasks import get
+
+    if not get(job["kind"]).runner_holds_worker:
         return 0.0, 0.0
-    return float(sc.get("cpus_per_worker", 1) or 0), float(sc.get("gpus_per_worker", 0) or 0)
+    setup = SetupConfig.from_sys_conf(job["sys_conf"])
+    return setup.cpus_per_worker, setup.gpus_per_worker
+
+
+def _write_inputs(run_dir: Path, table: pa.Table, eval_table: pa.Table | None, partitions: Sequence[int] | None) -> None:
+    """The job's inputs in its folder: input.parquet, eval.parquet (the evalTable), partitions.json."""
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, run_dir / "input.parquet")
+    if eval_table is not None:
+        pq.write_table(eval_table, run_dir / "eval.parquet")
+    if partitions is not None:
+        (run_dir / PARTITIONS_FILE).write_text(json.dumps({"sizes": [int(n) for n in partitions]}))
 
 
 def _jsonable(v: Any) -> Any:
@@ -437,138 +399,4 @@ def _update_bar(bar: Any, job: dict) -> None:
     bar.set_postfix({k: m[k] for k in ("loss", "tokens_per_s", "eta_s") if m.get(k) is not None}, refresh=True)
 
 
-# -- the runner ---------------------------------------------------------------------------------------
-class _Tee:
-    def __init__(self, *streams: Any):
-        self.streams = streams
-
-    def write(self, s: str) -> int:
-        for st in self.streams:
-            try:
-                st.write(s)
-                st.flush()
-            except ValueError:  # a closed stream
-                pass
-        return len(s)
-
-    def flush(self) -> None:
-        for st in self.streams:
-            try:
-                st.flush()
-            except ValueError:
-                pass
-
-    def isatty(self) -> bool:
-        return False
-
-
-def _run_task(ws_root: str, job_id: str, resume: bool) -> dict:
-    return run_job(ws_root, job_id, resume=resume)
-
-
-def run_job(ws_root: str, job_id: str, *, resume: bool = False) -> dict:
-    """Run one job to its end and record everything in the catalog (the runner's whole life)."""
-    catalog = Catalog(ws_root)
-    job = catalog.job(job_id)
-    run_dir = Path(job["run_dir"])
-    log = open(run_dir / LOG_FILE, "a", buffering=1)
-    old = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = _Tee(old[0], log), _Tee(old[1], log)
-    try:
-        signal.signal(signal.SIGTERM, _stop_signal)
-    except ValueError:  # not the main thread (a Ray task): Ray cancels it by killing the worker
-        pass
-    catalog.update_job(job_id, state="RUNNING", started_at=time.time(), attempts=job["attempts"] + 1,
-                       error=None, finished_at=None, runner=f"{socket.gethostname()}:{os.getpid()}")
-    print(f"[byzer-like] job {job_id} ({job['kind']}/{job['model_type']}) attempt {job['attempts'] + 1}"
-          f"{' resuming' if resume else ''} on {socket.gethostname()} pid {os.getpid()}", flush=True)
-    try:
-        result = _train(catalog, job, resume)
-        catalog.update_job(job_id, **result, state="SUCCEEDED", finished_at=time.time())
-        print(f"[byzer-like] job {job_id} SUCCEEDED: {result.get('artifact')}", flush=True)
-        return catalog.job(job_id)
-    except (KeyboardInterrupt, SystemExit):
-        _ended(catalog, job_id, "STOPPED", "stopped by request")
-        print(f"[byzer-like] job {job_id} STOPPED", flush=True)
-        raise
-    except BaseException as e:
-        _ended(catalog, job_id, "FAILED", f"{type(e).__name__}: {e}".splitlines()[0][:2000])
-        print(f"[byzer-like] job {job_id} FAILED: {type(e).__name__}: {e}", flush=True)
-        raise
-    finally:
-        sys.stdout, sys.stderr = old
-        log.close()
-
-
-def _ended(catalog: Catalog, job_id: str, state: str, error: str) -> None:
-    """Record a job that ended before finishing (STOPPED, FAILED): nothing is left to wait for, so its
-    metrics lose their ETA."""
-    metrics = {k: v for k, v in catalog.job(job_id)["metrics"].items() if k != "eta_s"}
-    catalog.update_job(job_id, state=state, error=error, finished_at=time.time(), metrics=metrics)
-
-
-def _stop_signal(signum: int, frame: Any) -> None:
-    from .train.progress import STOP
-
-    STOP.request(signum)  # at once, or at the training loop's next safe point
-
-
-def _train(catalog: Catalog, job: dict, resume: bool) -> dict:
-    from .train.plot import loss_curve
-    from .train.progress import final_metrics
-
-    kind, run_dir = job["kind"], Path(job["run_dir"])
-    plugin = registry.load(job["model_type"])
-    output_dir = run_dir / "model"
-    params = {
-        **job["params"],
-        f"{INTERNAL}model_dir": job["base_model"], f"{INTERNAL}output_dir": str(output_dir),
-        f"{INTERNAL}run_dir": str(run_dir), f"{INTERNAL}workspace": str(catalog.workspace.root),
-        f"{INTERNAL}job_id": job["id"], f"{INTERNAL}resume": "true" if resume else "false",
-    }
-    if (run_dir / PARTITIONS_FILE).is_file():
-        params[f"{INTERNAL}partitions"] = json.dumps(json.loads((run_dir / PARTITIONS_FILE).read_text())["sizes"])
-    out = getattr(plugin.target, tasks.get(kind).entry_point)([str(run_dir / "input.parquet")], params, dict(job["sys_conf"]))
-    out = out if isinstance(out, dict) else {}
-    model_dir = str(out.get("model_dir") or output_dir)
-    model_kind = out.get("kind", "model")
-    metrics = final_metrics(catalog.job(job["id"])["metrics"], out.get("metrics") or {})
-    history = catalog.metric_history(job["id"])
-    png = loss_curve(history, Path(model_dir) / "loss.png", title=f"{job['id']} ({kind})")
-    if png:
-        metrics["loss_curve"] = png
-    result: dict[str, Any] = {"artifact": model_dir, "metrics": metrics}
-    if isinstance(metrics.get("steps"), int):  # finished: the final step is the last one
-        result["step"] = result["total_steps"] = metrics["steps"]
-    opts = train_options.options_for(kind, job["params"])
-    if job["output_table"]:
-        method = getattr(opts, "method", "pretrain")
-        m = catalog.register_model(
-            job["output_table"], kind=model_kind, path=model_dir, base_model=job["base_model"],
-            model_type=job["model_type"], method=method, params=job["params"], metrics=metrics, job_id=job["id"],
-            overwrite=opts.overwrite)
-        result["model_version"] = m.version
-        print(f"[byzer-like] registered {m.ref} ({model_kind}) -> {model_dir}", flush=True)
-    return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m byzer_like.jobs", description="run one training job (the runner)")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run")
-    r.add_argument("job_id")
-    r.add_argument("--workspace", required=True)
-    r.add_argument("--resume", action="store_true")
-    args = p.parse_args(argv)
-    try:
-        run_job(args.workspace, args.job_id, resume=args.resume)
-    except SystemExit as e:
-        return int(e.code or 1)
-    except ByzerError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+__all__ = ["Jobs", "ROW_FIELDS"]

@@ -1,8 +1,8 @@
-"""What the SQL engine needs from a runtime: the members `Session` uses, and nothing else.
+"""What the SQL session needs from a runtime: the members `Session` uses, and nothing else.
 
-`byzer_like.runtime.Runtime` satisfies it; the engine's statement tests use a fake that does too (no
+`byzer_like.runtime.Runtime` satisfies it; the session's statement tests use a fake that does too (no
 Ray). Shapes: a request is a `config.ChatRequest` dict; an answer is `{"output", "metadata"}` or
-`{"error", "error_code"}`; a job row has `jobs.ROW_FIELDS`.
+`{"error", "error_code"}`; a job row has `train.jobs.ROW_FIELDS`.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from ..workspace import Workspace
 
 
 @runtime_checkable
-class EngineRuntime(Protocol):
+class SessionRuntime(Protocol):
     workspace: Workspace
     setup_config: SetupConfig
 
@@ -53,10 +53,21 @@ class EngineRuntime(Protocol):
     def score(self, name: str, items: Sequence[Mapping[str, Any]]) -> list[dict]:
         """Token log-likelihoods (`{"logprob", "tokens"}` per item): perplexity in `action="eval"`."""
 
+    # evaluation (`runtime.evaluation.Evaluations`)
+    def evaluate(self, table: Any, **options: Any) -> Any:
+        """action="eval": an `EvalResult` (`summary`, `rows`, `summary_table()`)."""
+
+    def eval_list(self, model: str | None = None) -> list[dict]: ...
+
+    def eval_compare(self, a: str, b: str, *, evalset: str | None = None) -> list[dict]: ...
+
+    def promote(self, ref: str, condition: str | None = None, *, evalset: str | None = None,
+                tables: Mapping[str, Any] | None = None) -> dict: ...
+
     # training, registry, jobs, result cache
     def train(self, task: str | None, params: Mapping[str, Any], table: Any, *, options: Any = None,
-              progress: bool = False) -> dict:
-        """Submit a training job; its row."""
+              progress: bool = False, eval_table: Any = None, partitions: Sequence[int] | None = None) -> dict:
+        """Submit a training job (`options`: the task's options model, parsed from `params`); its row."""
 
     def merge(self, model_table: str, output_table: str, *, overwrite: bool = False) -> dict: ...
 
@@ -70,7 +81,7 @@ class EngineRuntime(Protocol):
 
     @property
     def jobs(self) -> Any:
-        """`list()`, `logs(id)`, `status(id)`, `stop(id)`, `resume(id)` (see `jobs.Jobs`)."""
+        """`list()`, `logs(id)`, `status(id)`, `stop(id)`, `resume(id)` (see `train.jobs.Jobs`)."""
 
     @property
     def catalog(self) -> Any:
@@ -81,4 +92,4 @@ class EngineRuntime(Protocol):
         """`count(model)`, `clear(model)` (see `result_cache.ResultCache`)."""
 
 
-__all__ = ["EngineRuntime"]
+__all__ = ["SessionRuntime"]
