@@ -8,7 +8,7 @@ HTTP API (OpenAI's `response_format`). Its shapes are OpenAI's:
     {"type": "json_object"}                            any JSON object
     {"type": "json_schema", "json_schema": {"name": "person", "schema": {...JSON Schema...}}}
 
-The replica constrains decoding to it (`plugins/grammar.py`, with xgrammar), so the answer always
+The replica constrains decoding to it (`backends/grammar.py`, with xgrammar), so the answer always
 parses. This module only checks and normalises the option; it imports neither ray nor torch.
 """
 from __future__ import annotations

@@ -73,7 +73,7 @@ def test_a_vllm_deploy_runs_on_the_vllm_environment(tiny_models, workspace, monk
      {"max_lora_rank": 16, "max_loras": 3, "max_cpu_loras": 3}),
 ])
 def test_vllm_lora_settings(params, conf, device, expected):
-    from byzer_like.plugins.vllm import lora_settings
+    from byzer_like.backends.vllm_setup import lora_settings
 
     assert lora_settings(params, conf, device) == expected
 

@@ -7,6 +7,7 @@ import pytest
 from byzer_like.errors import ModelDirError, PluginError, UnknownPluginError
 from byzer_like.plugins import registry
 from byzer_like.plugins.contract import ModelPlugin
+from byzer_like.tasks import split_model_type
 
 FAMILIES = ("llama", "qwen2", "gpt2")
 
@@ -50,7 +51,7 @@ def test_unknown_type_lists_known_ones():
      ("custom/auto", (None, "custom/auto")), (" gpt2 ", (None, "gpt2"))],
 )
 def test_split_model_type(value, expected):
-    assert registry.split_model_type(value) == expected
+    assert split_model_type(value) == expected
 
 
 def test_plugin_missing_stream_chat_is_named():
@@ -112,7 +113,7 @@ def test_batch_equals_one_by_one_greedy(loaded, family):
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("extra", [{}, {"min_new_tokens": 6}, {"stop": ["a"]}], ids=["greedy", "min_new", "stop"])
 def test_a_batch_shrinks_as_its_rows_end_with_the_answers_of_one_generate(loaded, family, extra, monkeypatch):
-    from byzer_like.plugins.hf import CausalLMPlugin
+    from byzer_like.backends.transformers import CausalLMPlugin
 
     plugin, model, tok = loaded[family]
     reqs = [req("question " * (1 + i % 5) + str(i), max_new_tokens=2 + 3 * i, kwargs=dict(extra)) for i in range(8)]

@@ -47,7 +47,7 @@ def questions() -> list[str]:
 @pytest.fixture(scope="module")
 def vllm_python():
     from byzer_like.errors import EngineEnvironmentError
-    from byzer_like.plugins.vllm import vllm_python as find
+    from byzer_like.backends.vllm_setup import vllm_python as find
 
     try:
         return find() or "python"
@@ -118,7 +118,7 @@ def test_a_select_of_100_rows_answers_as_vllm_offline(session, llm, workspace, v
     job = {"model_dir": meta["model_dir"], "texts": texts, "max_tokens": 32, "stop_token_ids": meta["stop_token_ids"]}
     (workspace / "vllm_offline_job.json").write_text(json.dumps(job), encoding="utf-8")
     answers_file = workspace / "vllm_offline_answers.json"
-    proc = subprocess.run([vllm_python, "-m", "byzer_like.plugins.vllm_offline", str(workspace / "vllm_offline_job.json"),
+    proc = subprocess.run([vllm_python, "-m", "byzer_like.backends.vllm_offline", str(workspace / "vllm_offline_job.json"),
                            str(answers_file)], capture_output=True, text=True, timeout=420)
     assert proc.returncode == 0, proc.stderr[-3000:]
     offline = json.loads(answers_file.read_text(encoding="utf-8"))
@@ -271,7 +271,7 @@ def test_rows_of_two_adapters_and_the_base_in_one_select_answer_as_vllm_offline(
            "adapters": [paths[r["a"]] if r["a"] else None for r in rows]}
     (workspace / "vllm_lora_job.json").write_text(json.dumps(job), encoding="utf-8")
     answers_file = workspace / "vllm_lora_answers.json"
-    proc = subprocess.run([vllm_python, "-m", "byzer_like.plugins.vllm_offline", str(workspace / "vllm_lora_job.json"),
+    proc = subprocess.run([vllm_python, "-m", "byzer_like.backends.vllm_offline", str(workspace / "vllm_lora_job.json"),
                            str(answers_file)], capture_output=True, text=True, timeout=420)
     assert proc.returncode == 0, proc.stderr[-3000:]
     offline = json.loads(answers_file.read_text(encoding="utf-8"))["texts"]

@@ -28,18 +28,21 @@ log-likelihoods of texts: perplexity in evaluation), `build_prompt` (the prompt 
 the attribute `needs_model_dir = False` for a plugin of a remote model that deploys without a model
 directory (`saas/openai`).
 
-The engine seam (optional; Ray Serve LLM's split between its server and its engine): a plugin whose
-model is a serving engine of its own (vLLM: continuous batching, paged KV cache) provides
+The serving seam (Ray Serve LLM's split between its server and its engine): a replica holds exactly one
+chat engine (`ChatEngine` below) and hands it every call. `plugins.engine.engine_for` makes it from the
+plugin: by default the plugin's functions run on worker threads (`ThreadEngine`: `batch_chat` for batches,
+`stream_chat` for streams, concurrent single chats batched together); a plugin whose model is a serving
+engine of its own (vLLM: continuous batching, paged KV cache) provides
 
-    engine(model, tokenizer) -> ChatEngine     # called once per replica, after init_model
+    engine(model, tokenizer) -> engine object   # called once per replica, after init_model
     runtime_env(infer_params, sys_conf) -> dict  # on the driver, before the replicas start
 
-A replica that gets an engine hands it every request as it arrives (a whole chunk of a SQL select at
-once: the engine schedules them) instead of calling `batch_chat` / `stream_chat` on worker threads,
-streams its items under the streaming rules above, aborts a request whose caller went away, and shows
-the engine's `load()` in its meta. Without `engine` the replica keeps its own path. `runtime_env` is
-Ray's runtime_env for the plugin's replicas, e.g. `{"py_executable": ".../.venv-vllm/bin/python"}` when
-the engine's libraries need a Python environment of their own.
+and that object (at least `generate`, `stream`, `abort`, `load`, `shutdown`; `check_health` if it has one)
+gets every request as it arrives (a whole chunk of a SQL select at once: it schedules them), streams its
+items under the streaming rules above and aborts a request whose caller went away; the plugin's functions
+still answer the rest (embeddings, scores, tokens, meta). `runtime_env` is Ray's runtime_env for the
+plugin's replicas, e.g. `{"py_executable": ".../.venv-vllm/bin/python"}` when the engine's libraries need
+a Python environment of their own.
 
 Many LoRA adapters over one base model (optional): a request may name a registered adapter trained on the
 deployment's base (`m@qa_model` in SQL, `model="m:qa_model"` over HTTP, `adapter=` in the client). The
@@ -50,10 +53,10 @@ base model. Then:
     load_adapter(model, adapter_dir, name)   # load the adapter over the loaded model under `name`
     unload_adapter(model, name)              # and remove it again (the replica's LRU evicted it)
 
-A replica without an engine keeps up to `max_adapters_per_replica` adapters loaded this way (least
-recently used ones are unloaded; ones in use by a running request only after it) and hands the plugin
-each request with `adapter` replaced by the `name` it loaded it under: `batch_chat` reads it from the
-request, `stream_chat` receives it as the keyword argument `adapter`. Requests for different adapters
+A replica whose engine runs the plugin's functions keeps up to `max_adapters_per_replica` adapters loaded
+this way (least recently used ones are unloaded; ones in use by a running request only after it) and hands
+the plugin each request with `adapter` replaced by the `name` it loaded it under: `batch_chat` reads it from
+the request, `stream_chat` receives it as the keyword argument `adapter`. Requests for different adapters
 (and the base model) may arrive in one `batch_chat` call; the plugin answers each row through its own
 adapter (the built-in engine: peft's mixed-adapter batches, one forward pass). An engine receives the
 registry's dict as it is (vLLM: a LoRARequest per request) and says `"adapters": True` in `get_meta`
@@ -160,34 +163,67 @@ class ServesAdapters(Protocol):
 
 @runtime_checkable
 class ChatEngine(Protocol):
-    """A serving engine a plugin provides (`plugin.engine(model, tokenizer)`): it owns its scheduling, so the
-    replica sends it requests as they arrive. Requests are `config.ChatRequest` dicts, as `batch_chat` and
-    `stream_chat` receive them (`request_arguments` unpacks one). Every method may be called from any
-    event loop and thread; the engine keeps its own loop if it needs one."""
+    """What a replica holds, one per replica: every call of the replica is one of these. Requests are
+    `config.ChatRequest` dicts, as `batch_chat` and `stream_chat` receive them (`request_arguments` unpacks
+    one); a request's `adapter` is the name it was loaded under ("loaded") or the registry's dict
+    ("per_request"). Every method may be called from any event loop and thread."""
+
+    adapters: str  # how it serves LoRA adapters: "loaded" | "per_request" | "none" (see above)
 
     async def generate(self, requests: Sequence[Mapping[str, Any]]) -> list[dict]:
         """Answer every request (all submitted at once; the engine batches them as it sees fit): one
         `{"output": text, "metadata": {...}}` or `{"error": message, "error_code": code}` per request, in
         order. Metadata as `stream_chat`'s: input_tokens, output_tokens, finish_reason, generation_s."""
 
+    async def chat(self, request: Mapping[str, Any]) -> dict:
+        """One request's answer, as `generate` gives it; concurrent chats may share a batch."""
+
     def stream(self, request: Mapping[str, Any], request_id: str) -> AsyncIterator[tuple[str, dict]]:
         """Yield `(text_so_far, metadata)` under the streaming rules above; the last item is the whole
-        answer with its metadata. Closing the iterator (the caller went away) aborts the request."""
+        answer with its metadata. Closing the iterator (the caller went away) stops the request."""
 
     async def abort(self, request_id: str) -> None:
         """Stop request `request_id` now (nothing happens if it ended)."""
 
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """One vector per text, in order (NotSupportedError for a model that makes none)."""
+
+    async def count_tokens(self, texts: Sequence[str]) -> int:
+        """Tokens of `texts` as the model sees them, without special tokens (0 without a tokenizer)."""
+
+    async def score(self, items: Sequence[Mapping[str, Any]]) -> list[dict]:
+        """Token log-likelihoods, `ScoreText.score_text`'s items and answers (NotSupportedError without it)."""
+
+    async def tokenize(self, text: str) -> list[str]:
+        """`text` as the model's tokens (strings)."""
+
+    async def prompt_text(self, request: Mapping[str, Any]) -> str:
+        """The prompt the model is given for `request` (its chat template applied)."""
+
+    def load_adapter(self, adapter_dir: str, name: str) -> None:
+        """"loaded" mode: load the adapter in `adapter_dir` under `name` (blocking; on a worker thread)."""
+
+    def unload_adapter(self, name: str) -> None:
+        """"loaded" mode: remove the adapter loaded as `name` (blocking; no running request uses it)."""
+
+    def meta(self) -> dict:
+        """Facts about the loaded model (`GetMeta.get_meta`'s)."""
+
     def load(self) -> dict:
         """What the engine is doing now, for routing and `meta`: at least `requests_running` and
         `requests_waiting`."""
+
+    def check_health(self) -> None:
+        """Raise when the engine cannot serve any more (a hung model call, a dead engine process)."""
 
     def shutdown(self) -> None:
         """Stop the engine and every process it started (the replica is going away)."""
 
 
 class EngineProvider(Protocol):
-    def engine(self, model: Any, tokenizer: Any) -> ChatEngine:
-        """The engine serving `model` (what `init_model` returned), or None to use the replica's own path."""
+    def engine(self, model: Any, tokenizer: Any) -> Any:
+        """The engine of its own serving `model` (what `init_model` returned): at least `generate`, `stream`,
+        `abort`, `load` and `shutdown` of `ChatEngine`; None to run the plugin's functions on threads."""
 
     def runtime_env(self, infer_params: Mapping[str, str], sys_conf: Mapping[str, str]) -> dict:
         """Ray's runtime_env for this plugin's replicas (called on the driver when it deploys); raise a

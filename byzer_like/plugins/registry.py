@@ -5,9 +5,10 @@ or `package.module`); the built-in ones are registered the same way in this proj
 pyproject.toml. `register()` adds one for the current process (its import path travels to the
 workers, which import it themselves). `pretrained_model_type` may carry Byzer's prefixes:
 `sft/llama` and `sfft/llama` pick the training entry points of `llama`; `custom/llama` is `llama` if that
-plugin exists, else `auto` (Byzer's custom plugins). Byzer-LLM's other names resolve through BUILTIN (causal
-LM families, sentence-embedding encoders, OpenAI-protocol saas/* types) or are refused with the kinds that
-work (UNSUPPORTED).
+plugin exists, else `auto` (Byzer's custom plugins). The built-in names come from the one table of model
+types (`plugins.model_types`: causal LM families on the transformers and vLLM back ends, sentence-embedding
+encoders, OpenAI-protocol saas/* types); Byzer-LLM's names that cannot run here are refused with the kinds
+that work (`model_types.UNSUPPORTED`).
 """
 from __future__ import annotations
 
@@ -19,50 +20,16 @@ from importlib.metadata import entry_points
 from typing import Any, Iterator, Mapping, Sequence
 
 from ..errors import InvalidRequestError, NotSupportedError, PluginError, UnknownPluginError, UnsupportedModelTypeError
-from ..tasks import TASKS, split_model_type  # noqa: F401 - split_model_type re-exported
 from .contract import REQUIRED, TRAINING, request_arguments
+from .model_types import HINTS, MODEL_TYPES, UNSUPPORTED, UNSUPPORTED_SAAS, of_backend
 
 ENTRY_POINT_GROUP = "byzer_like.models"
-TASK_PREFIXES = tuple(TASKS)
 _registered: dict[str, str] = {}
 
-# Byzer-LLM's names served by the built-in plugin packages (beside their entry points): its model folders
-# that are Hugging Face causal LM families (the `auto` plugin, checked against config.json's model_type:
-# byzer_like_models.auto.FAMILIES), and its saas/* types that speak the OpenAI protocol (one adapter over
-# byzer_like_models.saas_openai.PROVIDERS)
-BYZER_FAMILIES = ("llama2", "qwen", "chatglm2", "chatglm6b", "baichuan", "falcon", "zephyr", "dolly", "moss", "starcode")
-# Byzer-LLM's sentence-embedding model folders (bge-large-zh, bge-m3, m3e-base): BERT-family encoders served by
-# byzer_like_models.encoder (checked against config.json's model_type; `custom/bge` is `bge`), plus `encoder`
-# for any other one. They answer embeddings only, and stay on that plugin whatever infer_backend says.
-ENCODER_FAMILIES = ("bge", "bge_m3", "m3e")
-ENCODERS = ("encoder", *ENCODER_FAMILIES)
-SAAS_PROVIDERS = ("official_openai", "reasoning_openai", "qianwen", "deepseek", "moonshot", "kimi", "zhipu", "baichuan",
-                  "siliconflow", "together", "groq")
-# The families the vLLM engine serves: `vllm/<family>` (or `!byzerllm setup "infer_backend=vllm"` with
-# `pretrainedModelType="<family>"`) is that family's plugin with vLLM's async engine in its replicas
-# (byzer_like_models.vllm; byzer_like/plugins/vllm.py)
-VLLM_FAMILIES = ("llama", "qwen2", "gpt2", "auto", *BYZER_FAMILIES)
-BUILTIN: dict[str, str] = {
-    **{name: f"byzer_like_models.auto:families.{name}" for name in BYZER_FAMILIES},
-    "encoder": "byzer_like_models.encoder:plugin",
-    **{name: f"byzer_like_models.encoder:families.{name}" for name in ENCODER_FAMILIES},
-    **{f"vllm/{name}": f"byzer_like_models.vllm:families.{name}" for name in VLLM_FAMILIES},
-    "saas/azure_openai": "byzer_like_models.saas_openai:azure",
-    **{f"saas/{name}": f"byzer_like_models.saas_openai:providers.{name}" for name in SAAS_PROVIDERS},
-}
-# Byzer-LLM's model types that cannot run here, with what they are (the error names the kinds that can)
-UNSUPPORTED: dict[str, str] = {
-    **dict.fromkeys(("visualglm", "qwen_vl", "qwen_vl_chat", "llava"), "a multimodal (image + text) model"),
-    **dict.fromkeys(("whisper", "sensevoice", "qwen_voice"), "a speech recognition model"),
-    **dict.fromkeys(("bark", "chattts"), "a speech synthesis model"),
-    **dict.fromkeys(("stable_diffusion", "sd", "sdxl"), "an image generation model"),
-    **dict.fromkeys(("bge_rerank", "bge_reranker"), "a reranking (cross-encoder) model"),
-}
-_HINTS = {"a reranking (cross-encoder) model": '; for embeddings deploy a sentence encoder (pretrainedModelType='
-          '"custom/bge" or "m3e") and call it with llm_param(map("embedding_query", text))'}
-# Byzer-LLM's saas/* types whose services do not speak the OpenAI protocol
-UNSUPPORTED_SAAS = ("sparkdesk", "minimax", "claude", "gemini", "aws_bedrock", "pangu", "qianfan", "qianwen_vl",
-                    "volcengine", "azure", "filelogger")
+# the built-in types (plugins/model_types.py: the one table of names, back ends and plugin import paths)
+BUILTIN: dict[str, str] = {t.name: t.target for t in MODEL_TYPES.values()}
+ENCODERS = tuple(of_backend("encoder"))
+VLLM_FAMILIES = tuple(name.removeprefix("vllm/") for name in of_backend("vllm"))
 
 
 @lru_cache(maxsize=1)
@@ -98,11 +65,11 @@ def resolve(name: str) -> tuple[str, str]:
     if sep and head.lower() == "custom" and tail and "/" not in tail:
         if tail.lower() in UNSUPPORTED:
             kind = UNSUPPORTED[tail.lower()]
-            raise UnsupportedModelTypeError(name, kind, supported_kinds() + _HINTS.get(kind, ""))
+            raise UnsupportedModelTypeError(name, kind, supported_kinds() + HINTS.get(kind, ""))
         return resolve(tail) if (tail in known or tail.lower() in known) else ("auto", known["auto"])
     if name.lower() in UNSUPPORTED:
         kind = UNSUPPORTED[name.lower()]
-        raise UnsupportedModelTypeError(name, kind, supported_kinds() + _HINTS.get(kind, ""))
+        raise UnsupportedModelTypeError(name, kind, supported_kinds() + HINTS.get(kind, ""))
     if sep and head.lower() == "saas" and tail.lower() in UNSUPPORTED_SAAS:
         raise UnsupportedModelTypeError(name, "a hosted service that does not speak the OpenAI protocol",
                                         supported_kinds() + "; a service with an OpenAI-compatible endpoint works "
@@ -118,9 +85,9 @@ def with_backend(name: str, backend: str) -> str:
     if backend != "vllm" or name.lower().startswith(("vllm/", "saas/")):
         return name
     plugin, _ = resolve(name)
-    if plugin.startswith("saas/") or plugin in ENCODERS:  # encoders make vectors on their own plugin
+    if backend_of(plugin) in ("remote", "encoder"):  # encoders make vectors on their own back end
         return name
-    if plugin not in VLLM_FAMILIES:
+    if f"vllm/{plugin}" not in MODEL_TYPES:
         raise UnsupportedModelTypeError(
             name, f"the plugin {plugin!r}, which the vLLM engine does not serve",
             f"with infer_backend=vllm: {', '.join(VLLM_FAMILIES)} (or vllm/<family>); "
@@ -137,11 +104,11 @@ def register(name: str, import_path: str, *, replace: bool = False) -> None:
     _registered[name] = import_path
 
 
-
-
-def import_path_for(name: str) -> str:
-    """The import path of the plugin a model type names (see `resolve`)."""
-    return resolve(name)[1]
+def backend_of(name: str) -> str:
+    """The back end that serves plugin `name` (a resolved type): its row of the model-type table, or "plugin"
+    for one registered by a package of its own (its functions on worker threads, or its own engine)."""
+    t = MODEL_TYPES.get(name)
+    return t.backend if t is not None else "plugin"
 
 
 def import_target(import_path: str) -> Any:
@@ -215,9 +182,9 @@ class Plugin:
         if self.has("check_model_dir"):
             self.target.check_model_dir(model_dir, infer_params)
 
-    def engine(self, model: Any, tokenizer: Any) -> Any:
-        """The plugin's serving engine for a loaded model (contract.ChatEngine), or None: the replica
-        then runs `batch_chat` / `stream_chat` itself."""
+    def own_engine(self, model: Any, tokenizer: Any) -> Any:
+        """The serving engine the plugin brings for a loaded model (`engine(model, tokenizer)`, see
+        contract.ChatEngine), or None: its functions then run on worker threads (`plugins.engine`)."""
         if not self.has("engine"):
             return None
         engine = self.target.engine(model, tokenizer)
@@ -353,6 +320,6 @@ class Plugin:
 
 
 __all__ = [
-    "BUILTIN", "ENCODERS", "ENTRY_POINT_GROUP", "Plugin", "available", "check", "import_path_for", "load", "load_path",
-    "register", "resolve", "split_model_type", "supported_kinds", "with_backend", "VLLM_FAMILIES",
+    "BUILTIN", "ENCODERS", "ENTRY_POINT_GROUP", "Plugin", "available", "backend_of", "check", "load",
+    "load_path", "register", "resolve", "supported_kinds", "with_backend", "VLLM_FAMILIES",
 ]

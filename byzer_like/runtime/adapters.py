@@ -95,7 +95,7 @@ def resolve(catalog: Catalog, ref: str, *, udf_name: str, meta: Mapping[str, Any
 def check_rank(ref: str, adapter_dir: str, max_rank: int) -> None:
     """AdapterRankError when the adapter in `adapter_dir` has a LoRA rank above `max_rank` (an engine's
     `vllm.max_lora_rank`); an adapter folder this process cannot read is left to the replica to check."""
-    from ..plugins.vllm import adapter_rank, adapter_rank_message
+    from ..backends.vllm_setup import adapter_rank, adapter_rank_message
 
     try:
         rank = adapter_rank(adapter_dir)

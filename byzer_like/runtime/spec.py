@@ -150,7 +150,8 @@ class DeploySpec:
         return out
 
     def replica_spec(self) -> dict[str, Any]:
-        """What each replica receives (`serving.replica.ModelReplica(spec)`); plain values only."""
+        """What each replica receives (`serving.replica.ModelReplica(spec)`); plain values only (`setup`: the
+        typed setup's dump, which the replica reads back once; plugins get it as their sys_conf)."""
         return {
             "udf_name": self.udf_name,
             "pretrained_model_type": self.pretrained_model_type,
@@ -158,7 +159,7 @@ class DeploySpec:
             "import_path": self.import_path,
             "model_dir": self.model_dir,
             "infer_params": dict(self.infer_params),
-            "sys_conf": self.setup.sys_conf(),
+            "setup": self.setup.model_dump(mode="json"),
             "deployed_at": self.deployed_at,
             "runtime_env": dict(self.runtime_env),
         }

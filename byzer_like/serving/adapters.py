@@ -9,8 +9,11 @@ router which replica holds which adapter, so that single chats and streams (sent
 running request still uses it stays in the model until that request ends. A chunk of a SQL select may
 mix more adapters than the LRU holds: all of them are loaded for it, the extra ones unloaded after it.
 
-A replica whose plugin is a serving engine (vLLM) loads nothing here: the engine takes the adapter with
-each request (its LoRARequest) and keeps its own LRU; this only counts the requests per adapter.
+How an engine serves adapters is its `adapters` attribute (`plugins.contract.ChatEngine`): "loaded" (the
+replica loads them through the engine's `load_adapter` / `unload_adapter`, here), "per_request" (vLLM: the
+engine takes the adapter with each request, its LoRARequest, and keeps its own LRU; this only counts the
+requests per adapter) or "none" (a request that names an adapter is refused with NotSupportedError before
+it reaches the engine).
 """
 from __future__ import annotations
 
@@ -18,8 +21,10 @@ import asyncio
 import itertools
 import threading
 import time
-from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager, nullcontext
+from typing import Any, AsyncIterator, Callable, ContextManager, Sequence
+
+from ..errors import NotSupportedError
 
 
 class _Loaded:
@@ -42,15 +47,19 @@ class _Loaded:
 class ReplicaAdapters:
     """The adapters of one replica: `using(requests)` loads and pins what the requests name.
 
-    `load(adapter_dir, name)` / `unload(name)` are the plugin's (blocking; run on worker threads through
-    `run_in_thread`); None for an engine that takes adapters with its requests."""
+    `engine`: the replica's chat engine; its `adapters` mode says how it serves them, and in "loaded" mode
+    its blocking `load_adapter(adapter_dir, name)` / `unload_adapter(name)` run on worker threads, each
+    inside `tracked()` (the replica's in-flight bookkeeping). `model_type`: named when an adapter is refused."""
 
-    def __init__(self, capacity: int, *, load: Callable[[str, str], None] | None,
-                 unload: Callable[[str], None] | None, run_in_thread: Callable[..., Awaitable[Any]]):
+    def __init__(self, capacity: int, engine: Any, *, model_type: str,
+                 tracked: Callable[[], ContextManager[Any]] = nullcontext):
         from ray import serve
 
         self.capacity = capacity
-        self._load_fn, self._unload_fn, self._run = load, unload, run_in_thread
+        self.mode = getattr(engine, "adapters", "per_request")
+        self.serves = self.mode != "none"
+        self.model_type = model_type
+        self._engine, self._tracked = engine, tracked
         self._lock = threading.Lock()
         self._wanted: dict[str, dict] = {}  # the registry's dict of each ref asked for (the loader gets only the ref)
         self._live: dict[str, _Loaded] = {}  # loaded and not evicted, by ref
@@ -63,14 +72,15 @@ class ReplicaAdapters:
             return await self._load(ref)
 
         # Serve's LRU; made per replica so that its size is this deployment's (see serve.multiplexed)
-        self._slot = serve.multiplexed(max_num_models_per_replica=capacity)(load_adapter) if load else None
+        self._slot = serve.multiplexed(max_num_models_per_replica=capacity)(load_adapter) if self.mode == "loaded" else None
 
     # -- loading and unloading (Serve's LRU decides when) -----------------------------------------
     async def _load(self, ref: str) -> _Loaded:
         adapter = self._wanted[ref]
         name = f"adapter_{next(self._names)}"  # unique: an evicted copy may still be in use while it loads again
         start = time.perf_counter()
-        await self._run(self._load_fn, adapter["path"], name)
+        with self._tracked():
+            await asyncio.to_thread(self._engine.load_adapter, adapter["path"], name)
         entry = _Loaded(self, adapter, name, time.perf_counter() - start)
         with self._lock:
             self._live[ref] = entry
@@ -98,7 +108,7 @@ class ReplicaAdapters:
                 return
             entry.unloaded = True
             self.unloads += 1
-        self._unload_fn(entry.name)
+        self._engine.unload_adapter(entry.name)
 
     def _release(self, entry: _Loaded) -> None:
         with self._lock:
@@ -110,9 +120,12 @@ class ReplicaAdapters:
     # -- requests ---------------------------------------------------------------------------------
     @asynccontextmanager
     async def using(self, requests: Sequence[dict]) -> AsyncIterator[list[dict]]:
-        """The requests as the plugin takes them: each one's `adapter` (the registry's dict) loaded and
-        replaced by the name it was loaded under; the adapters stay loaded until the block ends. Requests
-        without an adapter pass as they are. For an engine, the requests are unchanged (it loads them)."""
+        """The requests as the engine takes them: in "loaded" mode each one's `adapter` (the registry's dict)
+        loaded and replaced by the name it was loaded under, the adapters staying loaded until the block
+        ends; in "per_request" mode unchanged (the engine loads them). Requests without an adapter pass as
+        they are. NotSupportedError when one names an adapter and the engine serves none."""
+        if not self.serves and any(r.get("adapter") for r in requests):
+            raise NotSupportedError(f"model type {self.model_type!r} cannot serve LoRA adapters per request")
         refs: dict[str, dict] = {}
         for r in requests:
             a = r.get("adapter")
@@ -121,7 +134,7 @@ class ReplicaAdapters:
         if not refs:
             yield list(requests)
             return
-        if self._slot is None:  # an engine: count only
+        if self._slot is None:  # the engine takes them with the requests: count only
             with self._lock:
                 for r in requests:
                     a = r.get("adapter")

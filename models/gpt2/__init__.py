@@ -1,5 +1,6 @@
 """GPT-2 family."""
-from byzer_like.plugins.hf import CausalLMPlugin
+from byzer_like.backends.transformers import CausalLMPlugin
+from byzer_like.plugins.model_types import FAMILIES
 
 # GPT-2 checkpoints were never chat-tuned: a plain dialogue.
 DIALOGUE_TEMPLATE = (
@@ -9,7 +10,7 @@ DIALOGUE_TEMPLATE = (
 
 plugin = CausalLMPlugin(
     "gpt2",
-    model_types=("gpt2",),
+    model_types=FAMILIES["gpt2"],
     lora_target_modules=("c_attn", "c_proj"),
     stop_tokens=("<|endoftext|>", "<|im_end|>"),
     fallback_chat_template=DIALOGUE_TEMPLATE,

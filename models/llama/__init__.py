@@ -1,5 +1,6 @@
 """Llama family (Llama 2/3, Mistral-style checkpoints saved as `llama`)."""
-from byzer_like.plugins.hf import CausalLMPlugin
+from byzer_like.backends.transformers import CausalLMPlugin
+from byzer_like.plugins.model_types import FAMILIES
 
 # Llama 2's [INST] format, for checkpoints whose tokenizer has no chat template.
 LLAMA2_TEMPLATE = (
@@ -12,7 +13,7 @@ LLAMA2_TEMPLATE = (
 
 plugin = CausalLMPlugin(
     "llama",
-    model_types=("llama", "mistral"),
+    model_types=FAMILIES["llama"],
     # every linear layer of the blocks (attention and MLP), as the QLoRA paper found necessary to match full
     # fine-tuning (Dettmers et al. 2023, section 4); attention alone learns little at the default rank
     lora_target_modules=("all-linear",),

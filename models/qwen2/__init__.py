@@ -1,5 +1,6 @@
 """Qwen2 family (Qwen1.5 / Qwen2 / Qwen2.5 checkpoints)."""
-from byzer_like.plugins.hf import CausalLMPlugin
+from byzer_like.backends.transformers import CausalLMPlugin
+from byzer_like.plugins.model_types import FAMILIES
 
 CHATML_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -8,7 +9,7 @@ CHATML_TEMPLATE = (
 
 plugin = CausalLMPlugin(
     "qwen2",
-    model_types=("qwen2",),
+    model_types=FAMILIES["qwen2"],
     # every linear layer of the blocks (attention and MLP), as the QLoRA paper found necessary to match full
     # fine-tuning (Dettmers et al. 2023, section 4); attention alone learns little at the default rank
     lora_target_modules=("all-linear",),

@@ -1,7 +1,7 @@
 """vLLM's offline `LLM.generate` on given prompts, run in the vLLM environment: the reference the tests and
 bench/engine.py compare the deployed engine with.
 
-    .venv-vllm/bin/python -m byzer_like.plugins.vllm_offline job.json answers.json
+    .venv-vllm/bin/python -m byzer_like.backends.vllm_offline job.json answers.json
 
 `job.json`: {"model_dir", "prompts": [[token ids], ...] or "texts": [prompt text, ...] (tokenized here without
 special tokens, as the deployment does after its chat template), "max_tokens": [n, ...] (or one n),
@@ -51,7 +51,7 @@ def run(job: dict) -> dict:
     start = time.perf_counter()
     if lora:
         # one generate per adapter, the base model's rows first: vLLM 0.32's CPU LoRA kernels apply the last
-        # adapter slot to rows without an adapter once a slot is filled (plugins/vllm.py works around that; a
+        # adapter slot to rows without an adapter once a slot is filled (backends/vllm.py works around that; a
         # reference must not depend on the workaround)
         outs = [None] * len(prompts)
         for a in [None] + dirs:

@@ -8,11 +8,9 @@ plugin (in the driver, to check it) stays cheap.
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty, Queue
@@ -21,8 +19,12 @@ from typing import Any, Iterator, Mapping, Sequence
 from .. import structured
 from ..config import parse_bool
 from ..errors import ConfigError, InvalidRequestError, ModelDirError, NotSupportedError, PromptTooLongError
+from ..plugins.contract import request_arguments
+from ..plugins.model_types import ENCODER_CONFIG_TYPES
 from . import grammar
-from .contract import request_arguments
+from .hf_batches import (BASE_ROW, SharedLock, adapter_rows, answer_tokens, cut_at_stop, generate_rows,
+                         hook_lora_layers)
+from .model_dir import check_model_files, context_length, model_config, model_facts, saved_quantization
 
 # Answer length when the caller gives neither max_length nor max_new_tokens.
 DEFAULT_MAX_NEW_TOKENS = 512
@@ -50,83 +52,10 @@ def answer_budget(prompt_tokens: int, max_length: Any, max_new_tokens: Any, cont
     return budget if max_length else min(budget, DEFAULT_MAX_NEW_TOKENS)
 
 
-# Weight files that are Python pickles (unpickling can run code): loaded only with allow_pickle_weights.
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-# Code a model directory ships for transformers to import (only with trust_remote_code).
-_REMOTE_CODE = re.compile(r"(?:modeling|configuration|tokenization|processing|image_processing)_\w+\.py")
-
 GENERIC_TEMPLATE = (
     "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}assistant:{% endif %}"
 )
-
-
-class _SharedLock:
-    """Many holders share it (generation on many threads), or one holds it alone (an adapter loading or
-    unloading changes the model's modules). One waiting to hold it alone goes first, so loads never starve."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._shared = 0
-        self._alone = False
-        self._waiting = 0
-
-    @contextmanager
-    def shared(self) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: not self._alone and not self._waiting)
-            self._shared += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._shared -= 1
-                self._cond.notify_all()
-
-    @contextmanager
-    def alone(self) -> Iterator[None]:
-        with self._cond:
-            self._waiting += 1
-            self._cond.wait_for(lambda: not self._alone and not self._shared)
-            self._waiting -= 1
-            self._alone = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._alone = False
-                self._cond.notify_all()
-
-
-# The adapter of each row of the batch this thread is generating (peft's names; "__base__": none). peft's
-# own `generate(adapter_names=...)` hooks every LoRA layer for the length of one call, which is not safe
-# when several threads generate at once; one hook per layer reading this thread's rows is.
-_ROWS = threading.local()
-BASE_ROW = "__base__"
-
-
-def _rows_hook(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    """A LoRA layer's forward pre-hook: the adapter of each row of this thread's batch (all base by default)."""
-    x = args[0] if args else kwargs["x"]
-    names = getattr(_ROWS, "names", None)
-    rows = int(x.shape[0])
-    if names is None:
-        names = [BASE_ROW] * rows
-    elif len(names) != rows:
-        raise RuntimeError(f"a batch of {rows} rows was given adapters for {len(names)}")
-    kwargs["adapter_names"] = names
-    return args, kwargs
-
-
-@contextmanager
-def _adapter_rows(names: Sequence[str] | None) -> Iterator[None]:
-    """Generate on this thread with `names[i]` the adapter of row i (None: every row on the base model)."""
-    before = getattr(_ROWS, "names", None)
-    _ROWS.names = list(names) if names is not None else None
-    try:
-        yield
-    finally:
-        _ROWS.names = before
 
 
 @dataclass
@@ -141,7 +70,7 @@ class _State:
     quantization: str | None
     merged_adapter: str | None = None  # the deployment's adapter_dir, merged into the weights at load
     peft: Any = None  # the PeftModel over the model once an adapter was loaded (load_adapter)
-    lock: _SharedLock = field(default_factory=_SharedLock)
+    lock: SharedLock = field(default_factory=SharedLock)
 
 
 @dataclass
@@ -151,7 +80,7 @@ class _Prepared:
     gen: dict[str, Any]
     stop: list[str]
     ignored: list[str] = field(default_factory=list)
-    response_format: dict | None = None  # decoding constrained to it (plugins/grammar.py)
+    response_format: dict | None = None  # decoding constrained to it (backends/grammar.py)
     adapter: str | None = None  # the name of the LoRA adapter it is answered through (load_adapter)
 
 
@@ -222,7 +151,7 @@ class CausalLMPlugin:
         if architectures and not any(_CAUSAL_LM.search(a) for a in architectures) \
                 and "AutoModelForCausalLM" not in auto_map:
             hint = ("deploy it as pretrainedModelType=\"custom/bge\" (a sentence-embedding model) and call it with "
-                    "embedding_query / emb" if model_type in ENCODER_MODEL_TYPES else
+                    "embedding_query / emb" if model_type in ENCODER_CONFIG_TYPES else
                     "it serves Hugging Face causal LMs (architectures ...ForCausalLM, ...LMHeadModel) and saas/* services")
             raise ModelDirError(
                 f"{model_dir!r} holds a {architectures[0]} ({model_type!r}), not a causal language model, which "
@@ -293,7 +222,7 @@ class CausalLMPlugin:
             tokenizer.chat_template = self.fallback_chat_template
         model.byzer_like = _State(
             model_dir=str(model_dir),
-            context_length=_context_length(model.config),
+            context_length=context_length(model.config),
             stop_ids=self._stop_ids(model, tokenizer),
             max_batch_size=int(float(sc.get("max_batch_size", 32))),
             device=device,
@@ -322,7 +251,7 @@ class CausalLMPlugin:
                 state.peft = PeftModel.from_pretrained(model, adapter_dir, adapter_name=name, is_trainable=False)
             else:
                 state.peft.load_adapter(adapter_dir, adapter_name=name, is_trainable=False)
-            _hook_lora_layers(model)
+            hook_lora_layers(model)
             model.eval()  # the new layers' dropout off
 
     def unload_adapter(self, model: Any, name: str) -> None:
@@ -420,7 +349,7 @@ class CausalLMPlugin:
         if seed is not None:
             torch.manual_seed(seed)
         rows = [a or BASE_ROW for a in adapters] if adapters is not None and any(adapters) else None
-        with state.lock.shared(), _adapter_rows(rows), torch.inference_mode():
+        with state.lock.shared(), adapter_rows(rows), torch.inference_mode():
             return model.generate(
                 input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
                 max_new_tokens=max_new_tokens, eos_token_id=state.stop_ids, pad_token_id=tokenizer.pad_token_id,
@@ -428,71 +357,9 @@ class CausalLMPlugin:
             )
 
     def _generate_rows(self, model: Any, tokenizer: Any, ids: Any, mask: Any, rows: Sequence[_Prepared]) -> list[list[int]]:
-        """The new tokens of each row of a left-padded batch (`ids`, `mask`: rows x width), rows sharing
-        their sampling options (`rows[0].gen`, `.stop`, `.response_format`); each list ends at the row's
-        stop token (included) or its own budget, or runs past them (then `_answer_tokens` cuts it).
-
-        A static batch costs its longest answer for every row. Here the batch shrinks instead: a
-        `generate` call stops as soon as a quarter of its rows ended (a stop token or their own budget),
-        the ended rows are dropped from the batch and its KV cache (`Cache.batch_select_indices`), and the
-        rest go on from the cache where they were, so no row's tokens are computed again. Greedy answers
-        are those of one `generate` over the whole batch (bench/sorting.py compares them). A batch under a
-        JSON-schema grammar (whose processor keeps per-row state) or of one row runs in one call."""
-        from transformers import StoppingCriteriaList
-
-        first = rows[0]
-        budgets = [p.budget for p in rows]
-        width = int(ids.shape[1])
-        adapters = [p.adapter for p in rows]
-        if first.response_format is not None or len(rows) == 1:
-            out = self._generate(model, tokenizer, ids, mask, max(budgets), first.gen, first.stop,
-                                 first.response_format, adapters=adapters)
-            return [out[r, width:].tolist() for r in range(len(rows))]
-        import torch
-        from transformers.cache_utils import DynamicLayer
-
-        stop_ids = set(model.byzer_like.stop_ids)
-        got: list[list[int]] = [[] for _ in rows]
-        batch = list(range(len(rows)))  # the rows in the batch now, in its order
-        ended: set[int] = set()
-        gen, cache, steps, shrink = dict(first.gen), None, 0, True
-        min_new = int(gen.get("min_new_tokens") or 0)
-        while len(ended) < len(rows):
-            left = [0 if r in ended else budgets[r] - len(got[r]) for r in batch]
-            live = len(batch) - sum(r in ended for r in batch)
-            ends = _RowEnds(int(ids.shape[1]), left, stop_ids, prune_at=max(1, live // 4) if shrink else len(batch) + 1)
-            if min_new:  # every row still in the batch has generated `steps` tokens so far
-                gen["min_new_tokens"] = max(0, min_new - steps)
-            out = self._generate(model, tokenizer, ids, mask, max(left), gen, first.stop, None,
-                                 adapters=[adapters[r] for r in batch], past_key_values=cache, use_cache=True,
-                                 return_dict_in_generate=True, stopping_criteria=StoppingCriteriaList([ends]))
-            gen.pop("seed", None)  # seeded once, before the first call
-            new = out.sequences[:, ids.shape[1]:]
-            steps += int(new.shape[1])
-            for k, r in enumerate(batch):
-                if r in ended:
-                    continue
-                for t in new[k].tolist():
-                    got[r].append(t)
-                    if t in stop_ids or len(got[r]) >= budgets[r]:
-                        ended.add(r)
-                        break
-                else:
-                    if first.stop and _cut_at_stop(tokenizer.decode(got[r], skip_special_tokens=True), first.stop) is not None:
-                        ended.add(r)  # a stop string ended it (the text is cut after decoding)
-            if not ends.pruned:  # the call ran until every row ended: none is left
-                break
-            cache = out.past_key_values
-            shrink = all(isinstance(layer, DynamicLayer) for layer in getattr(cache, "layers", [None]))
-            if shrink:  # drop the ended rows from the batch and the cache
-                index = torch.tensor([k for k, r in enumerate(batch) if r not in ended])
-                cache.batch_select_indices(index)
-                batch = [batch[k] for k in index.tolist()]
-            else:  # a cache that cannot drop rows (static, linear attention): the whole batch goes on
-                index = torch.arange(len(batch))
-            ids = out.sequences[index]
-            mask = torch.cat([mask[index], torch.ones((len(index), int(new.shape[1])), dtype=mask.dtype)], dim=1)
-        return got
+        """The new tokens of each row of a left-padded batch, the batch shrinking as its rows end
+        (`hf_batches.generate_rows` over this plugin's `_generate`)."""
+        return generate_rows(self._generate, model, tokenizer, ids, mask, rows)
 
     # -- the contract ----------------------------------------------------------------------------
     def stream_chat(self, model: Any, tokenizer: Any, ins: str, his: list[dict[str, str]] | None = None,
@@ -540,7 +407,7 @@ class CausalLMPlugin:
                 if item is None:
                     break
                 text = item
-                cut = _cut_at_stop(text, p.stop)
+                cut = cut_at_stop(text, p.stop)
                 if cut is not None:
                     text, finish = cut, "stop"
                     cancelled.set()
@@ -557,7 +424,7 @@ class CausalLMPlugin:
             thread.join()
         if failure:
             raise failure[0]
-        new, ended = _answer_tokens(streamer.ids, p.budget, model.byzer_like.stop_ids)
+        new, ended = answer_tokens(streamer.ids, p.budget, model.byzer_like.stop_ids)
         finish = "stop" if finish == "stop" or ended else "length"
         yield text, self._meta(len(p.ids), len(new), finish, first, time.perf_counter() - start, p.ignored)
 
@@ -596,9 +463,9 @@ class CausalLMPlugin:
                 answers = self._generate_rows(model, tokenizer, ids, mask, [p for _, p in chunk])
                 seconds = time.perf_counter() - start
                 for row, (i, p) in enumerate(chunk):
-                    new, ended = _answer_tokens(answers[row], p.budget, state.stop_ids)
+                    new, ended = answer_tokens(answers[row], p.budget, state.stop_ids)
                     text = tokenizer.decode(new, skip_special_tokens=True)
-                    cut = _cut_at_stop(text, p.stop)
+                    cut = cut_at_stop(text, p.stop)
                     if cut is not None:
                         text = cut
                     finish = "stop" if ended or cut is not None else "length"
@@ -679,7 +546,7 @@ class CausalLMPlugin:
             "embedding": True,
             "embedding_dimensions": getattr(model.config, "hidden_size", None) or getattr(model.config, "n_embd", None),
             "streaming": True,
-            "response_formats": ["json_object", "json_schema"],  # decoding constrained (plugins/grammar.py)
+            "response_formats": ["json_object", "json_schema"],  # decoding constrained (backends/grammar.py)
             "scoring": True,
             # LoRA adapters served per request over this model (load_adapter), unless one was merged at load
             "adapters": not state.merged_adapter,
@@ -723,149 +590,3 @@ class CausalLMPlugin:
         return meta
 
 
-# config.json model_type values of the sentence encoders the `encoder` plugin serves (byzer_like_models.encoder)
-ENCODER_MODEL_TYPES = ("bert", "xlm-roberta", "roberta", "distilbert", "ernie", "mpnet", "electra", "camembert",
-                       "modernbert", "nomic_bert", "new")
-
-
-def model_config(model_dir: str | os.PathLike) -> dict:
-    """A Hugging Face model directory's config.json as a dict; ModelDirError when the directory or its
-    config.json is missing or the file is not a JSON object."""
-    d = Path(model_dir)
-    if not d.is_dir():
-        raise ModelDirError(f"model directory {str(model_dir)!r} does not exist; give the folder that holds config.json")
-    cfg_file = d / "config.json"
-    if not cfg_file.is_file():
-        raise ModelDirError(
-            f"{str(model_dir)!r} is not a Hugging Face model directory (no config.json); "
-            "build one with `byzer-like models make-tiny` or point at a downloaded model"
-        )
-    return _json_object(cfg_file)
-
-
-def model_facts(model: Any) -> dict:
-    """What every Hugging Face plugin's `get_meta` says of a loaded torch model: `model_type`, `vocab_size`
-    (from its config; None when absent), `num_parameters`, `dtype` (e.g. "float32")."""
-    return {
-        "model_type": getattr(model.config, "model_type", None),
-        "vocab_size": getattr(model.config, "vocab_size", None),
-        "num_parameters": int(sum(p.numel() for p in model.parameters())),
-        "dtype": str(getattr(model, "dtype", "")).replace("torch.", ""),
-    }
-
-
-def check_model_files(model_dir: str | os.PathLike, cfg: Mapping[str, Any], infer_params: Mapping[str, Any]) -> None:
-    """The checks every Hugging Face plugin makes of a directory's files, before anything loads: no code
-    of its own runs without trust_remote_code, weights are safetensors (pickles only with
-    allow_pickle_weights), and there is a tokenizer. ModelDirError saying what to do otherwise."""
-    allow_pickle = parse_bool(infer_params.get("allow_pickle_weights", False))
-    trust = parse_bool(infer_params.get("trust_remote_code", False))
-    d = Path(model_dir)
-    names = os.listdir(d)
-    if not trust:  # transformers would import the directory's own modules (auto_map, modeling_*.py)
-        tokenizer_cfg = d / "tokenizer_config.json"
-        configs = [(d / "config.json", cfg)] + ([(tokenizer_cfg, _json_object(tokenizer_cfg))] if tokenizer_cfg.is_file() else [])
-        asks = [f"auto_map in {f.name}" for f, c in configs if c.get("auto_map")]
-        asks += sorted(n for n in names if _REMOTE_CODE.fullmatch(n))
-        if asks:
-            raise ModelDirError(
-                f"{str(model_dir)!r} asks to run its own Python code ({', '.join(asks[:3])}); deploy it with "
-                "trust_remote_code=true only if you trust its source"
-            )
-    if not any(n.endswith(".safetensors") for n in names):
-        pickled = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
-        if pickled and not allow_pickle:
-            raise ModelDirError(
-                f"{str(model_dir)!r} holds only pickle weights ({', '.join(sorted(pickled)[:3])}), which can run code "
-                "when loaded; convert them to safetensors or deploy with allow_pickle_weights=true"
-            )
-        if not pickled:
-            raise ModelDirError(f"{str(model_dir)!r} has no model weights (*.safetensors)")
-    if not any(n in names for n in ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt",
-                                    "sentencepiece.bpe.model", "tokenizer_config.json")):
-        raise ModelDirError(f"{str(model_dir)!r} has no tokenizer files")
-
-
-def _hook_lora_layers(model: Any) -> None:
-    """Give every LoRA layer of `model` that has none the hook that picks each row's adapter (`_rows_hook`)."""
-    from peft.tuners.lora import LoraLayer
-    from peft.utils.other import AuxiliaryTrainingWrapper
-
-    for module in model.modules():  # the modules peft's own generate(adapter_names=...) hooks
-        if isinstance(module, (LoraLayer, AuxiliaryTrainingWrapper)) and not getattr(module, "_byzer_like_rows", False):
-            module.register_forward_pre_hook(_rows_hook, with_kwargs=True)
-            module._byzer_like_rows = True
-
-
-def saved_quantization(model_dir: str | os.PathLike) -> str | None:
-    """How a model directory's weights are stored quantized, from the `quantization_config` of its
-    config.json (written by `save_pretrained` of a quantized model): `bitsandbytes-8bit`,
-    `bitsandbytes-nf4`, `bitsandbytes-fp4`, `torchao`, `gptq-4bit`, ...; None for full precision."""
-    cfg_file = Path(model_dir, "config.json")
-    if not cfg_file.is_file():
-        return None
-    q = _json_object(cfg_file).get("quantization_config")
-    if not isinstance(q, dict) or not q:
-        return None
-    kind = str(q.get("quant_method", "unknown"))
-    if kind == "bitsandbytes":
-        return "bitsandbytes-8bit" if q.get("load_in_8bit") else f"bitsandbytes-{q.get('bnb_4bit_quant_type', '4bit')}"
-    return f"{kind}-{q['bits']}bit" if q.get("bits") else kind
-
-
-def _json_object(file: Path) -> dict:
-    """A model directory's JSON file (config.json, tokenizer_config.json) as a dict, or a ModelDirError."""
-    try:
-        value = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ModelDirError(f"{file} is not valid JSON: {e}") from None
-    if not isinstance(value, dict):
-        raise ModelDirError(f"{file} must hold a JSON object, not {type(value).__name__}")
-    return value
-
-
-def _context_length(config: Any) -> int:
-    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return 2048
-
-
-class _RowEnds:
-    """A `generate` stopping criterion (transformers' StoppingCriteria protocol: per-row booleans): a
-    row is done at a stop token or after `budgets[i]` new tokens; once `prune_at` rows are done, every
-    row is (the call ends so that `_generate_rows` can drop the ended rows). `pruned` says it ended so."""
-
-    def __init__(self, start: int, budgets: Sequence[int], stop_ids: set[int], prune_at: int):
-        import torch
-
-        self.start, self.prune_at, self.pruned = start, prune_at, False
-        self.budgets = torch.tensor(list(budgets))
-        self.stop_ids = torch.tensor(sorted(stop_ids))
-        self.done = torch.zeros(len(budgets), dtype=torch.bool)
-
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        import torch
-
-        last = input_ids[:, -1].cpu()
-        self.done |= torch.isin(last, self.stop_ids) | (self.budgets <= input_ids.shape[1] - self.start)
-        if int(self.done.sum()) >= self.prune_at and not bool(self.done.all()):
-            self.pruned = True
-            return torch.ones_like(self.done, device=input_ids.device)
-        return self.done.to(input_ids.device)
-
-
-def _answer_tokens(ids: list[int], budget: int, stop_ids: Sequence[int]) -> tuple[list[int], bool]:
-    """The answer's tokens (up to, not including, the first stop token; at most `budget`) and whether
-    the answer ended by itself (a stop token, or padding after it in a batch) rather than at the budget."""
-    ids = ids[:budget]
-    for j, t in enumerate(ids):
-        if t in stop_ids:
-            return ids[:j], True
-    return ids, len(ids) < budget
-
-
-def _cut_at_stop(text: str, stops: Sequence[str]) -> str | None:
-    hits = [text.find(s) for s in stops if s and s in text]
-    return text[: min(hits)] if hits else None

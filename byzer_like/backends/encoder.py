@@ -1,4 +1,4 @@
-"""The shared implementation behind the sentence-embedding plugins (`models/encoder`: Byzer's bge, bge_m3, m3e).
+"""The encoder back end: the sentence-embedding plugins (`models/encoder`: Byzer's bge, bge_m3, m3e).
 
 A sentence encoder is a Hugging Face `AutoModel` (BERT, XLM-RoBERTa, ...) whose token states are pooled
 into one vector per text, as sentence-transformers pools them:
@@ -25,7 +25,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from ..config import parse_bool
 from ..errors import ConfigError, ModelDirError, NotAChatModelError
-from .hf import ENCODER_MODEL_TYPES, _json_object, check_model_files, model_config, model_facts
+from ..plugins.model_types import ENCODER_CONFIG_TYPES
+from .model_dir import check_model_files, json_object, model_config, model_facts
 
 POOLINGS = ("cls", "mean", "max", "mean_sqrt_len", "last")
 # sentence-transformers' Pooling config flags -> our names, in the order it concatenates them
@@ -69,7 +70,7 @@ def sentence_transformers_pooling(model_dir: str | Path) -> tuple[tuple[str, ...
     if pooling_dir is None or not (pooling_dir / "config.json").is_file():
         return None
     file = pooling_dir / "config.json"
-    cfg = _json_object(file)
+    cfg = json_object(file)
     if isinstance(cfg.get("pooling_mode"), str):  # the newer single-key spelling
         mode = _ST_NAMES.get(cfg["pooling_mode"])
         if mode is None:
@@ -88,7 +89,7 @@ class EncoderPlugin:
 
     needs_model_dir = True
 
-    def __init__(self, family: str, *, model_types: Sequence[str] = ENCODER_MODEL_TYPES, pooling: str = "mean"):
+    def __init__(self, family: str, *, model_types: Sequence[str] = ENCODER_CONFIG_TYPES, pooling: str = "mean"):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
         self.family = family
@@ -282,7 +283,7 @@ def _max_seq_length(model_dir: str, config: Any, tokenizer: Any) -> int:
     RoBERTa's two reserved ones), never more than the tokenizer's own limit."""
     st = Path(model_dir, "sentence_bert_config.json")
     if st.is_file():
-        value = _json_object(st).get("max_seq_length")
+        value = json_object(st).get("max_seq_length")
         if isinstance(value, int) and value > 0:
             return value
     positions = int(getattr(config, "max_position_embeddings", 512) or 512)
