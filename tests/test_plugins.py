@@ -113,7 +113,7 @@ def test_batch_equals_one_by_one_greedy(loaded, family):
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("extra", [{}, {"min_new_tokens": 6}, {"stop": ["a"]}], ids=["greedy", "min_new", "stop"])
 def test_a_batch_shrinks_as_its_rows_end_with_the_answers_of_one_generate(loaded, family, extra, monkeypatch):
-    from byzer_like.backends.transformers import CausalLMPlugin
+    from byzer_like.backends.hf import CausalLMPlugin
 
     plugin, model, tok = loaded[family]
     reqs = [req("question " * (1 + i % 5) + str(i), max_new_tokens=2 + 3 * i, kwargs=dict(extra)) for i in range(8)]

@@ -26,7 +26,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from ..config import parse_bool
 from ..errors import ConfigError, ModelDirError, NotAChatModelError
 from ..plugins.model_types import ENCODER_CONFIG_TYPES
-from .model_dir import check_model_files, json_object, model_config, model_facts
+from .hf_dirs import check_model_files, json_object, model_config, model_facts
 
 POOLINGS = ("cls", "mean", "max", "mean_sqrt_len", "last")
 # sentence-transformers' Pooling config flags -> our names, in the order it concatenates them

@@ -51,7 +51,7 @@ def run(job: dict) -> dict:
     start = time.perf_counter()
     if lora:
         # one generate per adapter, the base model's rows first: vLLM 0.32's CPU LoRA kernels apply the last
-        # adapter slot to rows without an adapter once a slot is filled (backends/vllm.py works around that; a
+        # adapter slot to rows without an adapter once a slot is filled (backends/vllm_engine.py works around that; a
         # reference must not depend on the workaround)
         outs = [None] * len(prompts)
         for a in [None] + dirs:

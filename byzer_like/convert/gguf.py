@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelFileError, UnsupportedArchitectureError
+from ..workspace import bare_name
 from .staging import dir_size, set_generation_ids, staged
 
 GGUF_MAGIC = b"GGUF"
@@ -52,18 +53,11 @@ def packaged_gguf(name: str) -> Path | None:
     return None
 
 
-def short_name(source: str | os.PathLike) -> bool:
-    """Whether `source` is a bare word (`smollm2`): no folder part, no `.gguf` suffix. A bare word is only
-    ever looked up as a packaged model, never as a path relative to the current folder."""
-    text = os.fspath(source)
-    return bool(text) and "/" not in text and os.sep not in text and not text.endswith(".gguf") and text not in (".", "..")
-
-
 def find_gguf(source: str | os.PathLike) -> Path:
     """`source` as a GGUF file: a `.gguf` file, a folder holding exactly one (give paths absolute or
     resolved), or a short name of `PACKAGED` (`smollm2`). Raises ModelFileError naming what was expected (a folder with none or
     several `.gguf` files lists them; an unknown short name lists the known ones)."""
-    if short_name(source):
+    if bare_name(source):
         found = packaged_gguf(str(source))
         if found is not None:
             return found
@@ -214,5 +208,5 @@ def _check_reload(model: Any, tokenizer: Any, directory: Path) -> None:
                            f"{(a - b).abs().max().item():.3g}); nothing was registered")
 
 
-__all__ = ["PACKAGED", "find_gguf", "short_name", "import_gguf", "inspect_gguf", "load_gguf", "packaged_gguf",
+__all__ = ["PACKAGED", "find_gguf", "import_gguf", "inspect_gguf", "load_gguf", "packaged_gguf",
            "supported_architectures"]

@@ -4,7 +4,7 @@
     quantize_model("models/smol", "models/smol-gptq", "gptq-int4", calibration=texts)
 
 The written directory's config.json carries the method's `quantization_config`, so transformers (and
-the built-in plugins, see `backends/transformers.py`) load it quantized with a plain `from_pretrained`; the
+the built-in plugins, see `backends/hf.py`) load it quantized with a plain `from_pretrained`; the
 method's library must be installed wherever it is deployed.
 
 | method | library | what is stored |

@@ -2,11 +2,11 @@
 it, where its plugin is, and the facts that plugin needs. The plugin registry resolves names through it;
 SQL's errors, `infer_backend`, the client, the CLI (`byzer-like models types`) and the docs read it.
 
-    back end      module                     serves
-    transformers  backends/transformers.py   Hugging Face causal LMs on the built-in engine
-    vllm          backends/vllm.py           the same families on vLLM's engine (`vllm/<family>`)
-    encoder       backends/encoder.py        sentence-embedding encoders (BERT family): vectors, no chat
-    remote        backends/remote.py         services that speak the OpenAI protocol (`saas/*`)
+    back end      module                    serves
+    transformers  backends/hf.py            Hugging Face causal LMs on the built-in engine
+    vllm          backends/vllm_engine.py   the same families on vLLM's engine (`vllm/<family>`)
+    encoder       backends/encoder.py       sentence-embedding encoders (BERT family): vectors, no chat
+    remote        backends/remote.py        services that speak the OpenAI protocol (`saas/*`)
 
 The plugin packages in `models/` (installed as `byzer_like_models`) build their plugin objects from this
 table; a third-party package adds a type through the `byzer_like.models` entry-point group instead. Byzer-LLM's

@@ -31,7 +31,7 @@ from ..errors import ConfigError, DeployError, ModelNotDeployedError, raise_row_
 from ..serving import manager
 from ..train.context import INTERNAL
 from ..train.jobs import Jobs
-from ..workspace import Workspace
+from ..workspace import Workspace, bare_name
 from . import adapters
 from .evaluation import Evaluations
 from .spec import DeploySpec, ResolvedModel, SessionModels, as_str, resolve_model
@@ -424,14 +424,14 @@ class Runtime(Evaluations):
             cat.check_new_name(opts.output_table, overwrite=opts.overwrite)
         family = opts.pretrained_model_type if (opts.pretrained_model_type or "").lower() not in ("", "gguf", "deepspeed") else None
         if source == "gguf":
-            from ..convert.gguf import find_gguf, import_gguf, short_name
+            from ..convert.gguf import find_gguf, import_gguf
 
             raw = opts.source_path or opts.model_name_or_path
             if not raw:
                 raise ConfigError('sourceFormat="gguf" needs sourcePath="<file.gguf>" (a file, a folder holding one, '
                                   'or a short name such as "smollm2")')
             # a bare word names a packaged model unless the workspace has a file or folder of that name
-            packaged = short_name(raw) and not self.workspace.path(raw).exists()
+            packaged = bare_name(raw) and not self.workspace.path(raw).exists()
             gguf_file = find_gguf(raw if packaged else self.workspace.resolve(raw, what="sourcePath"))
             out = self._output_dir(opts, "gguf")
             info = import_gguf(gguf_file, out)
@@ -510,6 +510,13 @@ class Runtime(Evaluations):
         row = self.convert(options)
         return {"name": row["name"], "version": row["version"], "path": row["path"],
                 "model_type": cat.model(row["name"]).model_type, "imported": True}
+
+    def missing_package(self, name: str = "smollm2") -> str | None:
+        """The pip distribution that ships packaged model `name` (`convert.gguf.PACKAGED`) when it is not
+        installed; None when it is."""
+        from ..convert import gguf
+
+        return None if gguf.packaged_gguf(name) is not None else gguf.PACKAGED.get(name, f"llm-{name}")
 
     def _output_dir(self, opts: ConvertOptions, what: str) -> Any:
         if opts.save_path:

@@ -19,7 +19,7 @@ chunk holds requests a replica can run in one `generate` call; the LoRA adapter 
 rows of different adapters share a forward pass), then by the size of their answer budget
 (`max_new_tokens`, in powers of two: 8-15, 16-31, ...), and within those shortest prompt first (measured
 in characters, no tokenizer needed). A static batch costs as much as its longest prompt (padding) and,
-in an engine that cannot drop the rows that ended (the built-in one does: backends/transformers.py), runs as many
+in an engine that cannot drop the rows that ended (the built-in one does: backends/hf.py), runs as many
 steps as its longest answer, so chunks of alike prompts and alike budgets waste little:
 on SmolLM2 with 64 mixed-length prompts and budgets of 8-128 tokens (bench/sorting.py's rows), a plain
 static loop ran at 22.9 tokens/s in row order, 31.9 sorted by prompt length and 46.3 in this order.

@@ -165,6 +165,12 @@ class DeploySpec:
         }
 
 
+def model_types() -> list[tuple[str, str, str]]:
+    """Every model type a deploy may name, sorted: (pretrainedModelType, back end, plugin import path); the
+    back ends are `plugins.model_types.BACKENDS`' ("plugin" for one a package registered)."""
+    return [(name, registry.backend_of(name), path) for name, path in sorted(registry.available().items())]
+
+
 def _user_keys(params: Mapping[str, Any]) -> dict[str, Any]:
     """The user's own keys, passed to the plugin as given (its `init_model` may read any of them);
     the ones that only name the deployment are left out."""
@@ -179,4 +185,4 @@ def as_str(value: Any) -> str:
     return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
 
 
-__all__ = ["DeploySpec", "ResolvedModel", "SessionModels", "as_str", "resolve_model"]
+__all__ = ["DeploySpec", "ResolvedModel", "SessionModels", "as_str", "model_types", "resolve_model"]

@@ -7,7 +7,7 @@ the way `auto` does, after checking that the directory's config.json holds a mod
 """
 from types import SimpleNamespace
 
-from byzer_like.backends.transformers import CausalLMPlugin
+from byzer_like.backends.hf import CausalLMPlugin
 from byzer_like.plugins.model_types import BYZER_FAMILIES
 
 STOP_TOKENS = ("</s>", "<|eot_id|>", "<|im_end|>", "<|endoftext|>")

@@ -1,5 +1,5 @@
 """GPT-2 family."""
-from byzer_like.backends.transformers import CausalLMPlugin
+from byzer_like.backends.hf import CausalLMPlugin
 from byzer_like.plugins.model_types import FAMILIES
 
 # GPT-2 checkpoints were never chat-tuned: a plain dialogue.

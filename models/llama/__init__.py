@@ -1,5 +1,5 @@
 """Llama family (Llama 2/3, Mistral-style checkpoints saved as `llama`)."""
-from byzer_like.backends.transformers import CausalLMPlugin
+from byzer_like.backends.hf import CausalLMPlugin
 from byzer_like.plugins.model_types import FAMILIES
 
 # Llama 2's [INST] format, for checkpoints whose tokenizer has no chat template.

@@ -1,5 +1,5 @@
 """Qwen2 family (Qwen1.5 / Qwen2 / Qwen2.5 checkpoints)."""
-from byzer_like.backends.transformers import CausalLMPlugin
+from byzer_like.backends.hf import CausalLMPlugin
 from byzer_like.plugins.model_types import FAMILIES
 
 CHATML_TEMPLATE = (

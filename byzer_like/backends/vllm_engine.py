@@ -46,7 +46,7 @@ from .. import structured
 from ..config import parse_bool
 from ..errors import ConfigError, InvalidRequestError, NotSupportedError
 from ..plugins.contract import request_arguments
-from .transformers import CausalLMPlugin, answer_budget
+from .hf import CausalLMPlugin, answer_budget
 from .vllm_setup import (ENGINE_KEYS, adapter_rank, adapter_rank_message, configure_environment, lora_settings,
                          null_adapter, vllm_python)
 

@@ -24,7 +24,7 @@ from ..plugins.model_types import ENCODER_CONFIG_TYPES
 from . import grammar
 from .hf_batches import (BASE_ROW, SharedLock, adapter_rows, answer_tokens, cut_at_stop, generate_rows,
                          hook_lora_layers)
-from .model_dir import check_model_files, context_length, model_config, model_facts, saved_quantization
+from .hf_dirs import check_model_files, context_length, model_config, model_facts, saved_quantization
 
 # Answer length when the caller gives neither max_length nor max_new_tokens.
 DEFAULT_MAX_NEW_TOKENS = 512
