@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from .errors import ConfigError, JobNotFoundError, ModelExistsError, ModelNotFoundError  # noqa: F401 - re-exported
+from .errors import ConfigError, JobNotFoundError, ModelExistsError, ModelNotFoundError
 from .workspace import Workspace
 
 CATALOG_FILE = ("catalog", "catalog.sqlite")

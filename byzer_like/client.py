@@ -264,14 +264,6 @@ class ByzerLLM:
     def setup_config(self) -> SetupConfig:
         return self.runtime.setup_config
 
-    @property
-    def _setup(self) -> SetupConfig:  # older spelling, kept for code that reset it
-        return self.runtime.setup_config
-
-    @_setup.setter
-    def _setup(self, value: SetupConfig) -> None:
-        self.runtime.setup_config = value
-
     def connect(self) -> dict[str, Any]:
         """Connect to Ray now (otherwise the first call that needs it connects)."""
         return self.runtime.connect()
@@ -407,8 +399,6 @@ class ByzerLLM:
         return self.train("sfft", data, model_path=model_path, pretrained_model_type=pretrained_model_type,
                           output_table=output_table, detached=detached, model_table=model_table, progress=progress,
                           **options)
-
-    pretrain = sfft  # the older name of the same task
 
     def train(self, task: str, data: Any, *, model_path: str | os.PathLike | None = None,
               pretrained_model_type: str | None = None, output_table: str | None = None, detached: bool = False,

@@ -2,7 +2,7 @@
 
 The hierarchy is flat on purpose: callers catch `ByzerError` for "a user-facing problem" and the
 CLI prints it as one line; anything else is a bug and keeps its traceback. Every error class a user
-can catch lives here (the modules that raise them re-export their names for older imports).
+can catch lives here.
 
     ByzerError
       ConfigError (ValueError)            UnknownOptionError

@@ -363,7 +363,7 @@ def test_setup_values(session, key, value, quoted):
 
     pair = f"{key}={value}"
     statement = f"!byzerllm setup {quote(pair) if quoted else pair};"
-    session.llm._setup = SetupConfig()
+    session.runtime.setup_config = SetupConfig()
     try:
         session.sql(statement)
     except SqlSyntaxError as e:

@@ -460,7 +460,7 @@ def test_setup_option_values(guarded):
     s = _session(a)
     for i, value in enumerate(a.values):
         key = SETUP_KEYS[i % len(SETUP_KEYS)]
-        s.llm._setup = type(s.llm.setup_config)()
+        s.runtime.setup_config = type(s.runtime.setup_config)()
         a.run(s, f"!byzerllm setup {quote(f'{key}={value}')};", "setup value")
         if i % 4 == 0:
             a.run(s, f"!byzerllm setup {key}={value};", "setup value (raw)")

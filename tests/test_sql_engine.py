@@ -7,8 +7,7 @@ import pytest
 
 from byzer_like import ByzerLLM
 from byzer_like.session import Session, UnknownFunctionError, UnknownTableError
-from byzer_like.session.functions import RowError
-from byzer_like.session.io import DataFileError, TableExistsError
+from byzer_like.errors import DataFileError, RowError, TableExistsError
 from byzer_like.errors import ConfigError, UnknownOptionError, WorkspacePathError
 from byzer_like.sql.errors import SqlError, SqlSyntaxError
 

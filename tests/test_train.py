@@ -11,7 +11,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from byzer_like.catalog import Catalog, ModelExistsError
+from byzer_like.catalog import Catalog
+from byzer_like.errors import ModelExistsError
 from byzer_like.session import Session, UnknownTableError
 from byzer_like.errors import ConfigError, UnknownOptionError
 
@@ -240,7 +241,7 @@ def test_bad_training_input_fails_before_anything_starts(llm, session, tiny_mode
 
 
 def test_job_commands_name_unknown_jobs(llm, session):
-    from byzer_like.catalog import JobNotFoundError
+    from byzer_like.errors import JobNotFoundError
 
     with pytest.raises(JobNotFoundError, match="no job 'nope'"):
         session.sql("!byzerllm job status nope;")

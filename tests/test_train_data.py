@@ -2,7 +2,8 @@
 import pyarrow as pa
 import pytest
 
-from byzer_like.catalog import Catalog, ModelExistsError, ModelNotFoundError
+from byzer_like.catalog import Catalog
+from byzer_like.errors import ModelExistsError, ModelNotFoundError
 from byzer_like.errors import ConfigError, UnknownOptionError
 from byzer_like.train import data as D
 from byzer_like.train.options import SfftOptions, SftOptions, normalise

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from ..config import parse_bool
+from ..config import SetupConfig, parse_bool
 from ..errors import ConfigError, ModelDirError, NotAChatModelError
 from ..plugins.model_types import ENCODER_CONFIG_TYPES
 from .hf_dirs import check_model_files, json_object, model_config, model_facts
@@ -135,15 +135,14 @@ class EncoderPlugin:
         from transformers import AutoModel, AutoTokenizer
 
         ip = dict(infer_params or {})
-        sc = dict(sys_conf or {})
+        setup = SetupConfig.from_sys_conf(sys_conf or {})  # the contract's sys_conf, read once
         self.check_model_dir(model_dir, ip)
         pooling, normalize, max_seq = _options(ip)
         trust = parse_bool(ip.get("trust_remote_code", False))
         allow_pickle = parse_bool(ip.get("allow_pickle_weights", False))
-        cpus = float(sc.get("cpus_per_worker", 0) or 0)
-        if cpus >= 1:
-            torch.set_num_threads(int(cpus))
-        gpus = float(sc.get("gpus_per_worker", sc.get("num_gpus", 0)) or 0)
+        if setup.was_set("cpus_per_worker") and setup.cpus_per_worker >= 1:
+            torch.set_num_threads(int(setup.cpus_per_worker))
+        gpus = setup.gpus_per_worker
         want = str(ip.get("device", "auto"))
         device = "cuda" if want == "cuda" or (want == "auto" and gpus > 0 and torch.cuda.is_available()) else "cpu"
         dtype_name = str(ip.get("dtype", "auto"))
@@ -164,7 +163,7 @@ class EncoderPlugin:
         model.byzer_like = _EncoderState(
             model_dir=str(model_dir), pooling=modes, pooling_source=source, normalize=normalize,
             max_seq_length=max_seq or _max_seq_length(model_dir, model.config, tokenizer),
-            max_batch_size=int(float(sc.get("max_batch_size", 32))), device=device)
+            max_batch_size=setup.max_batch_size, device=device)
         return model, tokenizer
 
     # -- vectors ---------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from queue import Empty, Queue
 from typing import Any, Iterator, Mapping, Sequence
 
 from .. import structured
-from ..config import parse_bool
+from ..config import SetupConfig, parse_bool
 from ..errors import ConfigError, InvalidRequestError, ModelDirError, NotSupportedError, PromptTooLongError
 from ..plugins.contract import request_arguments
 from ..plugins.model_types import ENCODER_CONFIG_TYPES
@@ -170,7 +170,7 @@ class CausalLMPlugin:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         ip = dict(infer_params or {})
-        sc = dict(sys_conf or {})
+        setup = SetupConfig.from_sys_conf(sys_conf or {})  # the contract's sys_conf, read once
         trust = parse_bool(ip.get("trust_remote_code", False))
         allow_pickle = parse_bool(ip.get("allow_pickle_weights", False))
         in4 = parse_bool(ip.get("load_in_4bit", False))
@@ -179,10 +179,9 @@ class CausalLMPlugin:
         want_device = str(ip.get("device", "auto"))
         self.check_model_dir(model_dir, ip)
 
-        cpus = float(sc.get("cpus_per_worker", 0) or 0)
-        if cpus >= 1:
-            torch.set_num_threads(int(cpus))
-        gpus = float(sc.get("gpus_per_worker", sc.get("num_gpus", 0)) or 0)
+        if setup.was_set("cpus_per_worker") and setup.cpus_per_worker >= 1:
+            torch.set_num_threads(int(setup.cpus_per_worker))
+        gpus = setup.gpus_per_worker
         if want_device == "cuda" or (want_device == "auto" and gpus > 0 and torch.cuda.is_available()):
             device = "cuda"
         else:
@@ -224,7 +223,7 @@ class CausalLMPlugin:
             model_dir=str(model_dir),
             context_length=context_length(model.config),
             stop_ids=self._stop_ids(model, tokenizer),
-            max_batch_size=int(float(sc.get("max_batch_size", 32))),
+            max_batch_size=setup.max_batch_size,
             device=device,
             quantization=quant,
             merged_adapter=ip.get("adapter_dir") or None,

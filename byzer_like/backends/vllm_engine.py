@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterator, Mapping, Sequence
 
 from .. import structured
-from ..config import parse_bool
+from ..config import SetupConfig, parse_bool
 from ..errors import ConfigError, InvalidRequestError, NotSupportedError
 from ..plugins.contract import request_arguments
 from .hf import CausalLMPlugin, answer_budget
@@ -139,7 +139,7 @@ class VLLMEngine:
     def __init__(self, plugin: VLLMPlugin, model_dir: str, infer_params: dict[str, str], sys_conf: dict[str, str]):
         self.plugin = plugin
         self.model_dir = model_dir
-        gpus = float(sys_conf.get("gpus_per_worker", sys_conf.get("num_gpus", 0)) or 0)
+        gpus = SetupConfig.from_sys_conf(sys_conf).gpus_per_worker  # the contract's sys_conf, read once
         self.device = "cuda" if gpus > 0 else "cpu"
         configure_environment(self.device, infer_params)
         self._stats = {"requests_running": 0, "requests_waiting": 0, "kv_cache_usage": 0.0}
@@ -156,7 +156,7 @@ class VLLMEngine:
         if self.lora is not None and self.device == "cpu":
             self.lora["max_loras"] += 1  # its slot
             self.lora["max_cpu_loras"] += 1
-        self.engine_args = self._engine_args(model_dir, infer_params, sys_conf, gpus)
+        self.engine_args = self._engine_args(model_dir, infer_params, gpus)
         self._llm = self._on_loop(self._start(self.engine_args)).result()
         self.start_s = time.perf_counter() - start
         cfg = self._llm.vllm_config
@@ -171,7 +171,7 @@ class VLLMEngine:
         self._closed = False
 
     # -- starting ------------------------------------------------------------------------------------
-    def _engine_args(self, model_dir: str, ip: Mapping[str, str], sc: Mapping[str, str], gpus: float) -> Any:
+    def _engine_args(self, model_dir: str, ip: Mapping[str, str], gpus: float) -> Any:
         from vllm import AsyncEngineArgs
 
         kw: dict[str, Any] = {

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from ..config import as_text, chat_request, parse_bool
-from ..errors import ConfigError, RowError  # noqa: F401 - RowError re-exported
+from ..errors import ConfigError
 
 _PLACEHOLDER = re.compile(r"\{(\d+)\}")
 

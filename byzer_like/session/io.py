@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from pydantic import AliasChoices, Field, field_validator
 
 from ..config import _Options
-from ..errors import (ConfigError, DataFileError, TableExistsError, WorkspacePathError,  # noqa: F401 - re-exported
+from ..errors import (ConfigError, DataFileError, TableExistsError, WorkspacePathError,
                       did_you_mean)
 
 LOAD_FORMATS = ("json", "jsonl", "csv", "parquet", "text", "model")
