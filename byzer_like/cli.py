@@ -302,7 +302,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     table = _data_file(rt, args.data, "--data")
     model_dir = str(_path_arg(rt.workspace, args.model_path, "--model-path"))
     params: dict[str, Any] = {**_kv(args.option, "--option"), "pretrained_model_type": f"{task.name}/{args.type}",
-                              "local_model_dir": model_dir, "detached": args.detach}
+                              "model_dir": model_dir, "detached": args.detach}
     if args.output_table:
         params["output_table"] = args.output_table
     row = rt.train(task.name, params, table, progress=not args.detach and sys.stderr.isatty())
@@ -340,7 +340,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     options = {**_kv(args.param, "--param"), "pretrained_model_type": args.type, "udf_name": args.name}
     model_dir = args.model_dir or args.model_path
     if model_dir:
-        options["local_model_dir"] = str(_path_arg(rt.workspace, model_dir, "model_dir"))
+        options["model_dir"] = str(_path_arg(rt.workspace, model_dir, "model_dir"))
     for key in ("reconnect", "replace"):
         if getattr(args, key):
             options[key] = True

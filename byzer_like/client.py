@@ -290,7 +290,7 @@ class ByzerLLM:
         options: dict[str, Any] = {**(infer_params or {}), "pretrained_model_type": pretrained_model_type,
                                    "udf_name": udf_name}
         if model_path is not None:
-            options["local_model_dir"] = self._local_path(model_path)
+            options["model_dir"] = self._local_path(model_path)
         for key, value in (("reconnect", reconnect), ("replace", replace)):
             if value is not None:
                 options[key] = value
@@ -415,7 +415,7 @@ class ByzerLLM:
             model_type = f"{task}/{model_type}"
         params: dict[str, Any] = {"pretrained_model_type": model_type, "detached": detached, **options}
         if model_path is not None:
-            params["local_model_dir"] = self._local_path(model_path)
+            params["model_dir"] = self._local_path(model_path)
         for key, value in (("output_table", output_table), ("model_table", model_table)):
             if value is not None:
                 params[key] = value

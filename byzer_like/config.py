@@ -75,6 +75,14 @@ class _Options(BaseModel):
                               allow_inf_nan=False)
     # how valid options are listed in errors: SQL `where` keys are camelCase, setup keys snake_case
     spelling: ClassVar[str] = "camel"
+    # fields whose SQL key is Byzer's own word rather than the field's name in camelCase
+    SQL_KEYS: ClassVar[dict[str, str]] = {"model_dir": "localModelDir"}
+
+    @classmethod
+    def sql_key(cls, name: str) -> str:
+        """How SQL (and error messages) spell field `name`: Byzer's key (`localModelDir` for `model_dir`), else
+        the name in camelCase."""
+        return cls.SQL_KEYS.get(name, to_camel(name))
 
     @classmethod
     def option_names(cls) -> set[str]:
@@ -85,7 +93,7 @@ class _Options(BaseModel):
     def spellings(cls, name: str) -> set[str]:
         """Every key that sets field `name`: snake_case, camelCase and its aliases."""
         f = cls.model_fields[name]
-        names = {name, to_camel(name)}
+        names = {name, to_camel(name), cls.sql_key(name)}
         if isinstance(f.validation_alias, AliasChoices):
             names.update(c for c in f.validation_alias.choices if isinstance(c, str))
         return names
@@ -106,7 +114,7 @@ class _Options(BaseModel):
         valid = cls.option_names()
         for key in data:
             if key not in valid:
-                shown = cls.model_fields if cls.spelling == "snake" else [to_camel(n) for n in cls.model_fields]
+                shown = cls.model_fields if cls.spelling == "snake" else [cls.sql_key(n) for n in cls.model_fields]
                 raise UnknownOptionError(where, key, shown, candidates=valid | set(cls.model_fields))
         try:
             return cls.model_validate(data)
@@ -118,10 +126,10 @@ def _explain(e: ValidationError, where: str, model: type[BaseModel] | None = Non
     """One line for the first problem: the option (both spellings), what is wrong, the value given."""
     err = e.errors()[0]
     loc = ".".join(str(x) for x in err["loc"]) or "?"
-    if model is not None:
+    if model is not None and issubclass(model, _Options):
         for name in model.model_fields:
-            if loc in (name, to_camel(name)) and name != to_camel(name):
-                loc = f"{to_camel(name)} / {name}"
+            if loc in model.spellings(name) and name != model.sql_key(name):
+                loc = f"{model.sql_key(name)} / {name}"
     if err["type"] == "missing":
         return f"{where} option {loc!r} is required"
     msg = err["msg"].removeprefix("Value error, ")
@@ -258,9 +266,10 @@ class DeployOptions(_Options):
 
     action: Literal["infer"] = "infer"
     pretrained_model_type: str = Field(description="model plugin: llama, qwen2, gpt2, auto, or a registered name")
-    local_model_dir: str | None = Field(
-        None, validation_alias=AliasChoices("local_model_dir", "localModelDir", "model_path", "modelPath"),
-        description="the Hugging Face-format model directory",
+    model_dir: str | None = Field(
+        None, validation_alias=AliasChoices("model_dir", "modelDir", "local_model_dir", "localModelDir", "model_path",
+                                            "modelPath"),
+        description="the Hugging Face-format model directory (Byzer's localModelDir; the client's model_path)",
     )
     udf_name: str = Field(description="the model's name in SQL and the API")
     reconnect: bool = Field(False, description="use a running deployment of that name, if it serves the model asked for")

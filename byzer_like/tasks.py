@@ -80,8 +80,9 @@ def get(name: str) -> TrainingTask:
 
 
 def split_model_type(pretrained_model_type: str) -> tuple[str | None, str]:
-    """`sft/llama` -> ("sft", "llama"); `llama` -> (None, "llama"); `custom/llama` -> (None, "custom/llama")
-    (the plugin registry resolves `custom/<x>`: the plugin x, else auto)."""
+    """Byzer's `pretrainedModelType` as (task prefix or None, model type): `sft/llama` -> ("sft", "llama");
+    `llama` -> (None, "llama"); `custom/llama` -> (None, "custom/llama") (the plugin registry resolves
+    `custom/<x>`: the plugin x, else auto)."""
     value = (pretrained_model_type or "").strip()
     head, sep, tail = value.partition("/")
     if sep and head in TASKS:
@@ -89,22 +90,22 @@ def split_model_type(pretrained_model_type: str) -> tuple[str | None, str]:
     return None, value
 
 
-def task_of(model_type: str, mode: str = "single") -> tuple[str | None, str]:
-    """(task name or None, model family) from `sft/llama`, or from the setup mode for a bare `llama`."""
-    task, family = split_model_type(model_type)
+def task_of(pretrained_model_type: str, mode: str = "single") -> tuple[str | None, str]:
+    """(task name or None, model type) from `sft/llama`, or from the setup mode for a bare `llama`."""
+    task, model_type = split_model_type(pretrained_model_type)
     if task is None and mode in TASKS:
         task = mode
-    return task, family
+    return task, model_type
 
 
-def require_task(model_type: str, mode: str = "single", task: str | None = None) -> TrainingTask:
-    """The task a training statement runs: `task` if given, else the model type's prefix (`sft/llama`)
-    or the setup mode. ConfigError naming the forms that would train when there is none."""
-    found, family = task_of(model_type, mode)
+def require_task(pretrained_model_type: str, mode: str = "single", task: str | None = None) -> TrainingTask:
+    """The task a training statement runs: `task` if given, else the prefix of `pretrained_model_type`
+    (`sft/llama`) or the setup mode. ConfigError naming the forms that would train when there is none."""
+    found, model_type = task_of(pretrained_model_type, mode)
     name = task or found
     if name is None:
-        forms = " or ".join(f"{t}/{family or '<family>'}" for t in TASKS)
-        raise ConfigError(f"pretrainedModelType={model_type!r} names no training task; use {forms} "
+        forms = " or ".join(f"{t}/{model_type or '<family>'}" for t in TASKS)
+        raise ConfigError(f"pretrainedModelType={pretrained_model_type!r} names no training task; use {forms} "
                           f"(or `!byzerllm setup {'|'.join(TASKS)}` before it)")
     return get(name)
 

@@ -75,7 +75,7 @@ class FakeRuntime(Evaluations):
         table = DeployOptions.given(opts, "model_table")
         model_dir = session_models(table) if (session_models and table) else None
         return SimpleNamespace(udf_name=DeployOptions.given(opts, "udf_name"), options=opts,
-                               model_dir=model_dir or DeployOptions.given(opts, "local_model_dir"))
+                               model_dir=model_dir or DeployOptions.given(opts, "model_dir"))
 
     def deploy(self, spec: Any) -> dict:
         self.deployed[spec.udf_name] = {"options": spec.options, "model_dir": spec.model_dir}

@@ -378,9 +378,9 @@ class Runtime(Evaluations):
         sfft worker with keepPartitionNum. Raises ConfigError / UnknownOptionError (the options),
         NotSupportedError, ModelExistsError, JobError."""
         params = {k: v for k, v in params.items() if not k.startswith(INTERNAL)}  # the runner's own keys
-        model_type = options.pretrained_model_type if options is not None else \
+        pretrained = options.pretrained_model_type if options is not None else \
             DeployOptions.given(params, "pretrained_model_type") or ""
-        spec = tasks.require_task(str(model_type), self.setup_config.mode, task)
+        spec = tasks.require_task(str(pretrained), self.setup_config.mode, task)
         opts = options if options is not None else spec.parse_options(params)
         return self.jobs.submit(spec, opts, params, table, progress=progress, eval_table=eval_table,
                                 partitions=partitions)

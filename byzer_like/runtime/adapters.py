@@ -20,16 +20,23 @@ from ..catalog import Catalog
 from ..errors import (AdapterBaseError, AdapterNotFoundError, AdapterRankError, ConfigError, ModelDirError,
                       ModelNotFoundError, NotSupportedError)
 
-# the HTTP API's spelling of a deployment and one of its adapters: "m:qa_model"
+# a deployment and one of its adapters, as one model name: SQL's `m@qa_model` (a function name) or the HTTP
+# API's `m:qa_model` (vLLM's and OpenAI-compatible servers' spelling, the one /v1/models lists); either is taken
+# wherever a model name is (HTTP, the CLI's --model); a version follows the adapter as everywhere (`qa_model@v2`)
 MODEL_ADAPTER_SEP = ":"
+SQL_ADAPTER_SEP = "@"
 
 
 def split_model(model: str) -> tuple[str, str | None]:
-    """`"m:qa_model"` -> `("m", "qa_model")`; `"m"` -> `("m", None)` (the HTTP API's `model` field)."""
-    name, sep, adapter = model.partition(MODEL_ADAPTER_SEP)
-    if sep and not adapter.strip():
-        raise ConfigError(f"model {model!r} names no adapter after {MODEL_ADAPTER_SEP!r}; write <model>:<adapter>")
-    return name, (adapter.strip() or None) if sep else None
+    """`"m:qa_model"` or `"m@qa_model"` -> `("m", "qa_model")`; `"m@qa_model@v2"` -> `("m", "qa_model@v2")`;
+    `"m"` -> `("m", None)`. A deployment's name holds neither separator (`config.check_udf_name`), so the
+    first one ends it. ConfigError for a separator with no adapter after it."""
+    sep = MODEL_ADAPTER_SEP if MODEL_ADAPTER_SEP in model else SQL_ADAPTER_SEP
+    name, found, adapter = model.partition(sep)
+    if found and not adapter.strip():
+        raise ConfigError(f"model {model!r} names no adapter after {sep!r}; write <model>:<adapter> or "
+                          "<model>@<adapter>")
+    return name, (adapter.strip() or None) if found else None
 
 
 def same_dir(a: str | None, b: str | None) -> bool:

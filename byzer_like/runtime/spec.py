@@ -105,17 +105,17 @@ class DeploySpec:
                                      candidates=set(e.candidates) | plugin.infer_param_names()) from None
         if opts.model_table not in (None, "command"):  # a loaded model table, or a registered model
             found = resolve_model(opts.model_table, catalog, session_models)
-            opts = opts.model_copy(update={"local_model_dir": found.model_dir, "adapter_dir": found.adapter_dir,
+            opts = opts.model_copy(update={"model_dir": found.model_dir, "adapter_dir": found.adapter_dir,
                                            "model_table": found.ref})  # `name` -> the version it is now
         # no directory: a remote model (saas/...) whose options say where it is, or a reconnect
-        model_dir = str(workspace.resolve(opts.local_model_dir, what="model_path")) if opts.local_model_dir else ""
+        model_dir = str(workspace.resolve(opts.model_dir, what="model_path")) if opts.model_dir else ""
         if opts.adapter_dir:
             opts = opts.model_copy(update={"adapter_dir": str(workspace.resolve(opts.adapter_dir, what="adapter_dir"))})
-        infer = {k: as_str(v) for k, v in opts.model_dump(exclude={"local_model_dir"}).items() if v is not None}
+        infer = {k: as_str(v) for k, v in opts.model_dump(exclude={"model_dir"}).items() if v is not None}
         user = {**_user_keys(params), **extra}
         infer.update({k: as_str(v) for k, v in user.items()})
         # compared by their resolved values below, or not part of what is served
-        skip = set().union(*(DeployOptions.spellings(n) for n in ("reconnect", "replace", "local_model_dir", "model_table")))
+        skip = set().union(*(DeployOptions.spellings(n) for n in ("reconnect", "replace", "model_dir", "model_table")))
         requested = {k: infer[k] for k in user if k not in skip}
         requested.update({k: infer[k] for k in ("model_table", "adapter_dir") if infer.get(k)})
         spec = cls(udf_name=opts.udf_name, pretrained_model_type=model_type, plugin=plugin.name,

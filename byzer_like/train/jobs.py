@@ -73,10 +73,10 @@ class Jobs:
         `eval.parquet`. `partitions`: the sizes of the table's partitions, in row order (TableRepartition's),
         stored as `partitions.json` for sfft's keepPartitionNum. Returns the job's row (see ROW_FIELDS).
         Raises ConfigError, NotSupportedError (the plugin cannot run the task), ModelExistsError, JobError."""
-        family = split_model_type(options.pretrained_model_type)[1]
-        plugin = registry.load(family)
+        model_type = split_model_type(options.pretrained_model_type)[1]
+        plugin = registry.load(model_type)
         if not plugin.has(task.entry_point):
-            raise NotSupportedError(f"plugin {family!r} has no {task.entry_point}: it cannot be trained with {task.name}")
+            raise NotSupportedError(f"plugin {model_type!r} has no {task.entry_point}: it cannot be trained with {task.name}")
         base_dir = self._base_model(options, plugin)
         if options.output_table:
             self.catalog.check_new_name(options.output_table, overwrite=options.overwrite)
@@ -96,7 +96,7 @@ class Jobs:
         run_dir = self._run_dir(options, job_id)
         _write_inputs(run_dir, table, eval_table, partitions)
         self.catalog.create_job(
-            job_id, task.name, model_type=family, base_model=base_dir, output_table=options.output_table,
+            job_id, task.name, model_type=model_type, base_model=base_dir, output_table=options.output_table,
             params={k: _jsonable(v) for k, v in params.items()}, options=options.model_dump(mode="json"),
             sys_conf=self.setup.sys_conf(), detached=options.detached, run_dir=str(run_dir),
         )
@@ -120,7 +120,7 @@ class Jobs:
                                   f'(run command as LLM.`` where action="merge" and modelTable="{m.ref}" and outputTable="...")')
             base = m.path
         else:
-            base = str(self.workspace.resolve(opts.local_model_dir, what="localModelDir"))
+            base = str(self.workspace.resolve(opts.model_dir, what="localModelDir"))
         plugin.check_model_dir(base, {})
         return base
 

@@ -43,9 +43,10 @@ class TrainOptions(_Options):
     kind: ClassVar[str] = ""
 
     pretrained_model_type: str = Field(description="sft/<family> or sfft/<family>")
-    local_model_dir: str | None = Field(
-        None, validation_alias=AliasChoices("local_model_dir", "localModelDir", "model_path", "modelPath"),
-        description="the base model directory")
+    model_dir: str | None = Field(
+        None, validation_alias=AliasChoices("model_dir", "modelDir", "local_model_dir", "localModelDir", "model_path",
+                                            "modelPath"),
+        description="the base model directory (Byzer's localModelDir)")
     model_table: str | None = Field(None, description='a registered model to start from (name or name@v2), or "command"')
     model: str | None = Field(None, description='Byzer\'s model="command" (accepted, means: use localModelDir)')
     input_table: str | None = Field(None, description="the training data table")
@@ -116,7 +117,7 @@ class TrainOptions(_Options):
 
     @model_validator(mode="after")
     def _base_given(self):
-        if not self.local_model_dir and self.model_table in (None, "command"):
+        if not self.model_dir and self.model_table in (None, "command"):
             raise ValueError("give the base model: localModelDir=\"<dir>\" or modelTable=\"<registered name>\"")
         return self
 
