@@ -16,15 +16,18 @@ The return annotation says what the call gives back: `str` (or none) the answer'
 model class an instance of it (decoding constrained to its JSON schema), `Generator[str, None, None]`
 (or `Iterator[str]`) the answer's text as it streams. `fn.prompt(...)` gives the rendered prompt only.
 
-This module renders; the client (`ByzerLLM.prompt`) calls the model. It imports neither ray nor torch.
+This module renders and shapes the answer; the client (`ByzerLLM.prompt`) hands it the calls that ask the
+model. It imports neither ray nor torch.
 """
 from __future__ import annotations
 
 import collections.abc
+import functools
 import inspect
 import re
 import textwrap
 import typing
+import warnings
 from typing import Any, Callable, Mapping
 
 from . import structured
@@ -99,3 +102,38 @@ def answer_kind(func: Callable) -> tuple[str, Any]:
         return "stream", None
     raise ConfigError(f"prompt function {func.__name__!r} returns {ret!r}; annotate it -> str, -> a pydantic "
                       "model class, or -> Generator[str, None, None] (streamed)")
+
+
+def prompt_function(func: Callable, render_with: str, *, chat: Callable[[list[dict], Any], list],
+                    stream: Callable[[list[dict]], Any], check_result: bool = False,
+                    return_origin_response: bool = False) -> Callable:
+    """`func` as a prompt function: its docstring rendered with the call's arguments (`render_with`: jinja2 or
+    simple) is the user message; `chat(messages, response_class)` answers it (a chat_oai list) or, for a
+    streaming annotation, `stream(messages)` (pairs of text and metadata). The return annotation picks what
+    the call gives (see the module docstring); `return_origin_response` gives chat's list (or the pairs)
+    instead; `check_result` warns when a class answer did not parse. `fn.prompt(...)` renders only.
+    ConfigError for a function without a docstring or with an annotation that is not supported."""
+    template = template_of(func)
+    kind, cls = answer_kind(func)
+
+    def text_of(*args: Any, **kwargs: Any) -> str:
+        return render(template, variables(func, args, kwargs), render_with)
+
+    @functools.wraps(func)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        messages = [{"role": "user", "content": text_of(*args, **kwargs)}]
+        if kind == "stream":
+            pairs = stream(messages)
+            return pairs if return_origin_response else (text for text, _meta in pairs)
+        answers = chat(messages, cls)
+        if return_origin_response:
+            return answers
+        if kind == "class":
+            if answers[0].value is None and check_result:
+                warnings.warn(f"{func.__name__} gave no {cls.__name__}: {answers[0].metadata.get('reason')}",
+                              stacklevel=2)
+            return answers[0].value
+        return answers[0].output
+
+    call.prompt = text_of  # type: ignore[attr-defined]
+    return call

@@ -19,120 +19,15 @@ lie inside the workspace's allowed roots (`byzer_like.workspace`).
 """
 from __future__ import annotations
 
-import enum
-import functools
 import json
 import os
-import warnings
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from . import logs, prompt_functions, structured
-from .config import SetupConfig, chat_request
-from .errors import ConfigError, NotSupportedError, raise_row_error
-from .runtime import Runtime
-
-
-@dataclass
-class LLMResponse:
-    """One answer: the text, what was asked, and metadata (token counts, timings, finish reason)."""
-
-    output: Any
-    input: Any
-    metadata: dict = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        return str(self.output)
-
-
-@dataclass
-class LLMClassResponse:
-    """An answer asked for with `response_class` (Byzer-LLM's type): `value` is the validated instance
-    (None when the answer did not parse; `metadata["reason"]` says why), `response` the plain answer."""
-
-    response: LLMResponse
-    value: Any
-    metadata: dict = field(default_factory=dict)
-
-    @property
-    def output(self) -> Any:
-        return self.response.output
-
-    @property
-    def input(self) -> Any:
-        return self.response.input
-
-
-@dataclass
-class LLMRequest:
-    """Byzer-LLM's request object, as `emb(model, LLMRequest(instruction=[...]))` and `chat` take it."""
-
-    instruction: str | list[str]
-    embedding: bool = False
-    max_length: int = 4096
-    top_p: float = 0.95
-    temperature: float = 0.1
-
-
-class InferBackend(str, enum.Enum):
-    """Byzer-LLM's inference back ends. `Transformers` (also spelled `transformers`) is the built-in
-    engine; `VLLM` deploys local models on vLLM's async engine (see byzer_like/backends/vllm_engine.py); the
-    others are named so Byzer code reads, and `setup_infer_backend` says they are not available."""
-
-    Transformers = "transformers"
-    transformers = "transformers"
-    VLLM = "ray/vllm"
-    vllm = "ray/vllm"
-    LLAMA_CPP = "llama_cpp"
-    llama_cpp = "llama_cpp"
-    DeepSpeed = "ray/deepspeed"
-    deepspeed = "ray/deepspeed"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-@dataclass
-class Template:
-    """How a model's prompts are written: `role_mapping` None uses the tokenizer's own chat template
-    (what "auto" means); otherwise a plain-text dialogue `User:... Assistant:` with these role names
-    (`user_role`, `assistant_role`, `system_msg`). `generation_config` are request options added to
-    every call (`generation.*` keys); `clean_func` tidies each answer."""
-
-    name: str
-    role_mapping: dict | None = None
-    generation_config: dict = field(default_factory=dict)
-    clean_func: Callable[[str], str] | None = None
-
-
-class Templates:
-    """Byzer-LLM's template names. A Hugging Face model's tokenizer carries its chat template, which the
-    built-in engine applies, so `qwen()`, `llama()` ... and `auto()` all use it; `default()` is
-    Byzer's plain `User:` / `Assistant:` dialogue, for base models without a chat template."""
-
-    @staticmethod
-    def auto() -> Template:
-        return Template("auto")
-
-    @staticmethod
-    def default() -> Template:
-        return Template("default", role_mapping={"user_role": "User:", "assistant_role": "Assistant:"})
-
-    @staticmethod
-    def qwen() -> Template:
-        return Template("qwen")
-
-    @staticmethod
-    def llama() -> Template:
-        return Template("llama")
-
-    @staticmethod
-    def yi() -> Template:
-        return Template("yi")
-
-    @staticmethod
-    def empty() -> Template:
-        return Template("empty")
+from .. import logs, prompt_functions, structured
+from ..config import SetupConfig, chat_request
+from ..errors import ConfigError, NotSupportedError, raise_row_error
+from ..runtime import Runtime
+from .types import InferBackend, LLMClassResponse, LLMRequest, LLMResponse, ModelHandle, Template, Templates
 
 
 class ByzerLLM:
@@ -407,7 +302,7 @@ class ByzerLLM:
 
         A relative `model_path` starts at the current directory; the other options are SQL's (their
         paths, such as `local_path_prefix`, start at the workspace)."""
-        from .tasks import get as get_task
+        from ..tasks import get as get_task
 
         get_task(task)
         model_type = pretrained_model_type or f"{task}/auto"
@@ -553,34 +448,10 @@ class ByzerLLM:
         model = model or opts.pop("model", None)
         config = {**(opts.pop("llm_config", None) or {}), **(llm_config or {})}
         delta_mode = bool(opts.pop("delta_mode", True))
-
-        def decorate(func: Callable) -> Callable:
-            template = prompt_functions.template_of(func)
-            kind, cls = prompt_functions.answer_kind(func)
-
-            def text_of(*args: Any, **kwargs: Any) -> str:
-                return prompt_functions.render(template, prompt_functions.variables(func, args, kwargs), render)
-
-            @functools.wraps(func)
-            def call(*args: Any, **kwargs: Any) -> Any:
-                messages = [{"role": "user", "content": text_of(*args, **kwargs)}]
-                if kind == "stream":
-                    pairs = self.stream_chat_oai(messages, model, config, delta_mode)
-                    return pairs if return_origin_response else (text for text, _meta in pairs)
-                answers = self.chat_oai(messages, model, config, response_class=cls)
-                if return_origin_response:
-                    return answers
-                if kind == "class":
-                    if answers[0].value is None and check_result:
-                        warnings.warn(f"{func.__name__} gave no {cls.__name__}: {answers[0].metadata.get('reason')}",
-                                      stacklevel=2)
-                    return answers[0].value
-                return answers[0].output
-
-            call.prompt = text_of  # type: ignore[attr-defined]
-            return call
-
-        return decorate
+        return lambda func: prompt_functions.prompt_function(
+            func, render, chat=lambda messages, cls: self.chat_oai(messages, model, config, response_class=cls),
+            stream=lambda messages: self.stream_chat_oai(messages, model, config, delta_mode),
+            check_result=check_result, return_origin_response=return_origin_response)
 
     def batch_chat(self, conversations: Sequence[Sequence[Mapping[str, Any]] | str], model: str | None = None,
                    llm_config: Mapping[str, Any] | None = None, *, on_error: str = "raise",
@@ -651,7 +522,7 @@ class ByzerLLM:
         Returns an `api.server.ApiServer` (`url`, `base_url`, `api_key`, `stop()`). The key is
         `api_key`, else BYZER_LIKE_API_KEY; bound to anything but loopback without one, a key is
         generated and printed once. `block=True` waits until the server is stopped (or Ctrl-C)."""
-        from .api import server
+        from ..api import server
 
         srv = server.serve(self.runtime, host, port, api_key=api_key, max_tokens_cap=max_tokens_cap,
                            max_body_bytes=max_body_bytes, replace=replace)
@@ -664,7 +535,7 @@ class ByzerLLM:
 
     def stop_serving(self) -> bool:
         """Stop the HTTP API; False if none was running."""
-        from .api import server
+        from ..api import server
 
         return server.stop_serving(self.runtime)
 
@@ -673,7 +544,7 @@ class ByzerLLM:
     def session(self):
         """This client's SQL session (tables and `set` variables persist between `sql()` calls)."""
         if self._session is None:
-            from .session import Session
+            from ..session import Session
 
             self._session = Session(self)
         return self._session
@@ -715,34 +586,10 @@ class ByzerLLM:
         tables = {evalset: _as_table(data)} if evalset and data is not None else None
         return self.runtime.promote(ref, condition, evalset=evalset, tables=tables)
 
-    def model_handle(self, model: str) -> "ModelHandle":
+    def model_handle(self, model: str) -> ModelHandle:
         """LazyLLM's habit: a handle on a model whose `.evalset(rows)` sets its eval set and `.eval()` fills
         `.eval_result`: `m = llm.model_handle("m@v2"); m.evalset(rows); m.eval(); m.eval_result.summary`."""
         return ModelHandle(self, model)
-
-
-class ModelHandle:
-    """A model (a deployment's name or a registry version) with an eval set, LazyLLM style."""
-
-    def __init__(self, llm: ByzerLLM, model: str):
-        self.llm = llm
-        self.model = model
-        self._rows: Any = None
-        self._options: dict[str, Any] = {}
-        self.eval_result: Any = None
-
-    def evalset(self, rows: Any, **options: Any) -> "ModelHandle":
-        """Set the eval set (rows or a table) and evaluation options (metrics=..., judge=...); returns self."""
-        self._rows = rows
-        self._options = dict(options)
-        return self
-
-    def eval(self, **options: Any) -> Any:
-        """Evaluate on the eval set; the `EvalResult` is kept in `eval_result` and returned."""
-        if self._rows is None:
-            raise ConfigError("this model has no eval set yet: call .evalset(rows) first")
-        self.eval_result = self.llm.evaluate(self.model, self._rows, **{**self._options, **options})
-        return self.eval_result
 
 
 def _as_table(data: Any):
