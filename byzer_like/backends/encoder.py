@@ -26,7 +26,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from ..config import SetupConfig, parse_bool
 from ..errors import ConfigError, ModelDirError, NotAChatModelError
 from ..plugins.model_types import ENCODER_CONFIG_TYPES
-from .hf_dirs import check_model_files, json_object, model_config, model_facts
+from .hf_dirs import check_model_files, json_object, model_config, model_facts, worker_device
 
 POOLINGS = ("cls", "mean", "max", "mean_sqrt_len", "last")
 # sentence-transformers' Pooling config flags -> our names, in the order it concatenates them
@@ -140,11 +140,7 @@ class EncoderPlugin:
         pooling, normalize, max_seq = _options(ip)
         trust = parse_bool(ip.get("trust_remote_code", False))
         allow_pickle = parse_bool(ip.get("allow_pickle_weights", False))
-        if setup.was_set("cpus_per_worker") and setup.cpus_per_worker >= 1:
-            torch.set_num_threads(int(setup.cpus_per_worker))
-        gpus = setup.gpus_per_worker
-        want = str(ip.get("device", "auto"))
-        device = "cuda" if want == "cuda" or (want == "auto" and gpus > 0 and torch.cuda.is_available()) else "cpu"
+        device = worker_device(setup, str(ip.get("device", "auto")))
         dtype_name = str(ip.get("dtype", "auto"))
         dtype = getattr(torch, dtype_name) if dtype_name != "auto" else (torch.float32 if device == "cpu" else "auto")
         model = AutoModel.from_pretrained(model_dir, trust_remote_code=trust, dtype=dtype,

@@ -24,7 +24,7 @@ from ..plugins.model_types import ENCODER_CONFIG_TYPES
 from . import grammar
 from .hf_batches import (BASE_ROW, SharedLock, adapter_rows, answer_tokens, cut_at_stop, generate_rows,
                          hook_lora_layers)
-from .hf_dirs import check_model_files, context_length, model_config, model_facts, saved_quantization
+from .hf_dirs import check_model_files, context_length, model_config, model_facts, saved_quantization, worker_device
 
 # Answer length when the caller gives neither max_length nor max_new_tokens.
 DEFAULT_MAX_NEW_TOKENS = 512
@@ -166,7 +166,6 @@ class CausalLMPlugin:
 
     def init_model(self, model_dir: str, infer_params: Mapping[str, str] | None = None,
                    sys_conf: Mapping[str, str] | None = None) -> tuple[Any, Any]:
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         ip = dict(infer_params or {})
@@ -179,31 +178,9 @@ class CausalLMPlugin:
         want_device = str(ip.get("device", "auto"))
         self.check_model_dir(model_dir, ip)
 
-        if setup.was_set("cpus_per_worker") and setup.cpus_per_worker >= 1:
-            torch.set_num_threads(int(setup.cpus_per_worker))
-        gpus = setup.gpus_per_worker
-        if want_device == "cuda" or (want_device == "auto" and gpus > 0 and torch.cuda.is_available()):
-            device = "cuda"
-        else:
-            device = "cpu"
-        kwargs: dict[str, Any] = {"trust_remote_code": trust, "use_safetensors": None if allow_pickle else True}
-        if dtype_name != "auto":
-            kwargs["dtype"] = getattr(torch, dtype_name)
-        else:
-            kwargs["dtype"] = torch.float32 if device == "cpu" else "auto"
-        quant = saved_quantization(model_dir)
-        if quant is not None:  # a quantized export: its config.json says how; transformers loads it so
-            kwargs["device_map"] = {"": device if device == "cpu" else 0}
-        elif in4 or in8:
-            from transformers import BitsAndBytesConfig
-
-            quant = "4bit" if in4 else "8bit"
-            kwargs["quantization_config"] = (
-                BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                   bnb_4bit_compute_dtype=torch.float32 if device == "cpu" else torch.bfloat16)
-                if in4 else BitsAndBytesConfig(load_in_8bit=True)
-            )
-            kwargs["device_map"] = {"": device if device == "cpu" else 0}
+        device = worker_device(setup, want_device)
+        kwargs, quant = self._load_options(model_dir, device, dtype_name, in4=in4, in8=in8)
+        kwargs.update(trust_remote_code=trust, use_safetensors=None if allow_pickle else True)
         model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
         if ip.get("adapter_dir"):  # a LoRA adapter trained on this base: merged for plain-speed inference
             from peft import PeftModel
@@ -229,6 +206,30 @@ class CausalLMPlugin:
             merged_adapter=ip.get("adapter_dir") or None,
         )
         return model, tokenizer
+
+    @staticmethod
+    def _load_options(model_dir: str, device: str, dtype_name: str, *, in4: bool, in8: bool) -> tuple[dict, str | None]:
+        """`from_pretrained`'s dtype, device map and quantization for `model_dir` on `device`, and how the
+        weights are quantized (None: full precision): a quantized export as its config.json says, else
+        bitsandbytes 4-bit nf4 / 8-bit when asked."""
+        import torch
+
+        kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype_name) if dtype_name != "auto" else
+                                  (torch.float32 if device == "cpu" else "auto")}
+        quant = saved_quantization(model_dir)
+        if quant is not None:  # a quantized export: its config.json says how; transformers loads it so
+            kwargs["device_map"] = {"": device if device == "cpu" else 0}
+        elif in4 or in8:
+            from transformers import BitsAndBytesConfig
+
+            quant = "4bit" if in4 else "8bit"
+            kwargs["quantization_config"] = (
+                BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                   bnb_4bit_compute_dtype=torch.float32 if device == "cpu" else torch.bfloat16)
+                if in4 else BitsAndBytesConfig(load_in_8bit=True)
+            )
+            kwargs["device_map"] = {"": device if device == "cpu" else 0}
+        return kwargs, quant
 
     # -- LoRA adapters over the loaded model (many per deployment, chosen per request) ------------
     def load_adapter(self, model: Any, adapter_dir: str, name: str) -> None:

@@ -111,5 +111,18 @@ def context_length(config: Any) -> int:
     return 2048
 
 
+def worker_device(setup: Any, want: str = "auto") -> str:
+    """The device a replica loads its model on: "cuda" when asked (`want`), or for "auto" when the worker holds
+    GPUs (`setup.gpus_per_worker`) and torch sees CUDA; else "cpu". Sets torch's threads to the worker's CPUs
+    when the setup gave them (`setup`: the `config.SetupConfig` read from the contract's sys_conf)."""
+    import torch
+
+    if setup.was_set("cpus_per_worker") and setup.cpus_per_worker >= 1:
+        torch.set_num_threads(int(setup.cpus_per_worker))
+    if want == "cuda" or (want == "auto" and setup.gpus_per_worker > 0 and torch.cuda.is_available()):
+        return "cuda"
+    return "cpu"
+
+
 __all__ = ["PICKLE_SUFFIXES", "check_model_files", "context_length", "json_object", "model_config", "model_facts",
-           "saved_quantization"]
+           "saved_quantization", "worker_device"]

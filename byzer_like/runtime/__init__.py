@@ -274,19 +274,10 @@ class Runtime(Evaluations):
 
         meta = self.meta(name)
         reqs = self.with_adapters(name, requests)
-        keys: list[str] = []
-        found: dict[str, dict] = {}
-        store = None
-        if cache:
-            from ..result_cache import ResultCache, model_identity
-
-            store = self.result_cache
-            identity = model_identity(meta)
-            numbers = list(rows) if rows is not None else range(len(reqs))
-            keys = [ResultCache.key(identity, n, r) for n, r in zip(numbers, reqs)]
-            found = store.get_many(keys)
-            if on_cached:
-                on_cached(len(found))
+        store = self.result_cache if cache else None
+        keys, found = self._cache_lookup(meta, reqs, rows) if cache else ([], {})
+        if on_cached and cache:
+            on_cached(len(found))
         todo = [i for i in range(len(reqs)) if not cache or keys[i] not in found]
         plan = plan_requests([reqs[i] for i in todo], dedupe=dedupe, sort=sort, known=known)
         if on_shared and plan.saved:
@@ -307,17 +298,8 @@ class Runtime(Evaluations):
             if counted:
                 counted(sum(len(g) for g in groups))
 
-        workers = int(meta.get("num_workers") or 1)
-        sent = [reqs[todo[g[0]]] for g in plan.groups]
-        # chunks of the replicas' batch size, but at least two per replica, so that Serve's router
-        # (which picks between two random replicas) spreads the work even for small batches
-        chunk = max(1, min(int(meta.get("max_batch_size") or self.setup_config.max_batch_size),
-                           -(-len(sent) // (2 * workers))))
         try:
-            answers = manager.run_batched(
-                self.handle(name), sent, udf_name=name, chunk_size=chunk, in_flight=2 * workers,
-                timeout_s=self.setup_config.request_timeout_s, on_answers=returned,
-            ) if sent else []
+            answers = self._send(name, meta, [reqs[todo[g[0]]] for g in plan.groups], returned)
         finally:
             if bar:
                 bar.close()
@@ -330,6 +312,30 @@ class Runtime(Evaluations):
         for i, answer in zip(todo, computed):
             out[i] = answer
         return out  # type: ignore[return-value]
+
+    def _cache_lookup(self, meta: Mapping[str, Any], reqs: Sequence[Mapping[str, Any]],
+                      rows: Sequence[int] | None) -> tuple[list[str], dict[str, dict]]:
+        """Each request's result-cache key (the deployment's model, the row number, the request) and the
+        answers the cache holds for them."""
+        from ..result_cache import ResultCache, model_identity
+
+        identity = model_identity(meta)
+        numbers = list(rows) if rows is not None else range(len(reqs))
+        keys = [ResultCache.key(identity, n, r) for n, r in zip(numbers, reqs)]
+        return keys, self.result_cache.get_many(keys)
+
+    def _send(self, name: str, meta: Mapping[str, Any], sent: list[Mapping[str, Any]],
+              on_answers: Callable[[int, list[dict]], Any]) -> list[dict]:
+        """`sent` to deployment `name` in chunks of its replicas' batch size, but at least two per replica, so
+        that Serve's router (which picks between two random replicas) spreads the work even for small batches;
+        two chunks per replica in flight. Answers in order; `on_answers(start, answers)` hears each chunk."""
+        if not sent:
+            return []
+        workers = int(meta.get("num_workers") or 1)
+        chunk = max(1, min(int(meta.get("max_batch_size") or self.setup_config.max_batch_size),
+                           -(-len(sent) // (2 * workers))))
+        return manager.run_batched(self.handle(name), sent, udf_name=name, chunk_size=chunk, in_flight=2 * workers,
+                                   timeout_s=self.setup_config.request_timeout_s, on_answers=on_answers)
 
     def score(self, name: str, items: Sequence[Mapping[str, Any]]) -> list[dict]:
         """Token log-likelihoods of texts on deployment `name` (the plugin's optional `score_text`, see

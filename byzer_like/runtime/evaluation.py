@@ -90,17 +90,8 @@ def evaluate(rt: Any, table: Any, *, udf_name: str | None = None, model_table: s
     started = time.monotonic()
     ms, es, labels = plan(table, metrics=metrics, choices=choices, reference_column=reference_column,
                           prompt_column=prompt_column, name=evalset)
+    template = _judge_template(rt, ms, judge, judge_mode, judge_prompt)
     names = [m.name for m in ms]
-    template = None
-    if "judge" in names or judge:
-        if not judge:
-            raise ConfigError('metric judge needs the deployed model that grades: judge="<udfName>"')
-        if "judge" not in names:  # a judge named without the metric: it grades too
-            names.append("judge")
-            ms.append(M.metric("judge"))
-        template = J.prompt_template(judge_mode, judge_prompt)
-        if not rt.deployment_exists(judge):
-            raise JudgeNotDeployedError(judge, rt.deployments())
     if bool(udf_name) == bool(model_table):
         raise ConfigError('evaluate needs the model: modelTable="<name or name@v2>" (a registry version) or '
                           'udfName="<deployed model>", one of them')
@@ -119,10 +110,9 @@ def evaluate(rt: Any, table: Any, *, udf_name: str | None = None, model_table: s
         if deployed_here and not keep_deployed:
             rt.undeploy(target)
     seconds = time.monotonic() - started
-    eval_id = f"eval-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    head = {"eval_id": eval_id, "model": label, "version": version,
-            "model_ref": f"{label}@v{version}" if version is not None else label, "udf_name": target,
-            "evalset": es.name, "fingerprint": es.fingerprint, "rows": es.rows}
+    head = {"eval_id": f"eval-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}", "model": label,
+            "version": version, "model_ref": f"{label}@v{version}" if version is not None else label,
+            "udf_name": target, "evalset": es.name, "fingerprint": es.fingerprint, "rows": es.rows}
     summary = {**head, **summary, "seconds": round(seconds, 3), "rows_per_s": round(es.rows / seconds, 3) if seconds else None}
     if judge:
         summary["judge_model"] = judge
@@ -130,24 +120,48 @@ def evaluate(rt: Any, table: Any, *, udf_name: str | None = None, model_table: s
     params = {"metrics": names, "choices": labels, "max_new_tokens": max_new_tokens, "temperature": temperature,
               "judge_mode": judge_mode if judge else None, "reference_column": reference_column,
               "prompt_column": prompt_column}
+    _keep(rt, head, summary, table_out, {"judge": judge, "judge_prompt": template if judge else None,
+                                         "params": params, "row_data": row_data}, report=report, record=record)
+    return EvalResult(summary, table_out)
+
+
+def _judge_template(rt: Any, ms: list[M.Metric], judge: str | None, judge_mode: str,
+                    judge_prompt: str | None) -> str | None:
+    """The judge's prompt template when the evaluation has a judge (a judge named without the `judge` metric
+    adds it to `ms`); None without one. ConfigError for the metric without a judge, JudgeNotDeployedError
+    for a judge that is not deployed."""
+    if "judge" not in [m.name for m in ms] and not judge:
+        return None
+    if not judge:
+        raise ConfigError('metric judge needs the deployed model that grades: judge="<udfName>"')
+    if "judge" not in [m.name for m in ms]:  # a judge named without the metric: it grades too
+        ms.append(M.metric("judge"))
+    template = J.prompt_template(judge_mode, judge_prompt)
+    if not rt.deployment_exists(judge):
+        raise JudgeNotDeployedError(judge, rt.deployments())
+    return template
+
+
+def _keep(rt: Any, head: dict, summary: dict, rows: Any, extra: dict, *, report: bool, record: bool) -> None:
+    """Write the evaluation's report (its paths go into `summary`) and record it in the catalog with `extra`
+    (judge, judge_prompt, params, row_data); without either the summary loses its eval_id."""
     recorded = {k: v for k, v in summary.items() if k not in head}
     paths = None
     if report:  # written first, so that the evaluation is recorded with its report in one write
         from ..eval.report import write_report
 
-        history = ([{"id": eval_id, "version": version, "metrics": recorded},
-                    *rt.catalog.evals(label, fingerprint=es.fingerprint)] if record else [])
+        history = ([{"id": head["eval_id"], "version": head["version"], "metrics": recorded},
+                    *rt.catalog.evals(head["model"], fingerprint=head["fingerprint"])] if record else [])
         # the PNG on a thread of its own: the result does not wait for its drawing
-        paths = write_report(rt.workspace, summary, table_out, names, history, background=True)
+        paths = write_report(rt.workspace, summary, rows, extra["params"]["metrics"], history, background=True)
         summary.update(report_md=paths["markdown"], report_png=paths["png"])
     if record:
-        rt.catalog.record_eval({"id": eval_id, "model": label, "version": version, "udf_name": target,
-                                "evalset": es.name, "fingerprint": es.fingerprint, "rows": es.rows,
-                                "metrics": recorded, "judge": judge, "judge_prompt": template if judge else None,
-                                "params": params, "row_data": row_data, "report": paths})
+        rt.catalog.record_eval({"id": head["eval_id"], "model": head["model"], "version": head["version"],
+                                "udf_name": head["udf_name"], "evalset": head["evalset"],
+                                "fingerprint": head["fingerprint"], "rows": head["rows"], "metrics": recorded,
+                                **extra, "report": paths})
     elif not report:
         summary.pop("eval_id")
-    return EvalResult(summary, table_out)
 
 
 def _target(rt: Any, udf_name: str | None, model_table: str | None,
