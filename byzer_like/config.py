@@ -506,34 +506,40 @@ def chat_request(conversations: list[Mapping[str, Any]] | str, llm_config: Mappi
         raise ConfigError("the last message's content is null; give the text to answer")
     req: dict[str, Any] = {"ins": as_text(last["content"]), "his": msgs[:-1], "kwargs": {}}
     for key, value in cfg.items():
-        if value is None:
-            continue  # a NULL option (SQL map value) is an option not given
-        name, _tag = split_typed_key(key)
-        value = typed_value(key, value)
-        if name.startswith("generation.") or name.startswith("gen."):
-            req["kwargs"][name.split(".", 1)[1]] = value
-        elif name in ("temperature", "top_p"):
-            req[name] = _number(key, value, float)
-        elif name == "max_length":
-            req["max_length"] = _number(key, value, int)
-        elif name in ("max_new_tokens", "max_tokens"):
-            req["max_new_tokens"] = _number(key, value, int)
-        elif name in _KWARG_KEYS:
-            req["kwargs"][name] = value
-        elif name == "response_format":  # a dict, or a JSON string in SQL; decoding is constrained to it
-            fmt = structured.normalize(value)
-            if fmt is not None:
-                req["kwargs"]["response_format"] = fmt
-        elif name == "embedding":
-            continue  # routed by the caller
-        elif name == "adapter":  # SQL's `m@qa_model(...)` and llm_param's "adapter"; the client's adapter=
-            req["adapter"] = as_text(value).strip() or None
-        else:
-            raise UnknownOptionError("request", key, REQUEST_KEYS | {"generation.*"})
+        if value is not None:  # a NULL option (SQL map value) is an option not given
+            _put_option(req, key, value)
     try:
         return ChatRequest.model_validate(req)
     except ValidationError as e:
         raise ConfigError(_explain(e, "request")) from None
+
+
+def _put_option(req: dict[str, Any], key: str, value: Any) -> None:
+    """One option of a request (`llm_config` / `llm_param` key) into the request dict being built: typed keys
+    converted, `generation.*` / `gen.*` and Byzer's prompt keys into `kwargs`, `response_format` checked.
+    UnknownOptionError listing the request keys for any other key."""
+    name, _tag = split_typed_key(key)
+    value = typed_value(key, value)
+    if name.startswith("generation.") or name.startswith("gen."):
+        req["kwargs"][name.split(".", 1)[1]] = value
+    elif name in ("temperature", "top_p"):
+        req[name] = _number(key, value, float)
+    elif name == "max_length":
+        req["max_length"] = _number(key, value, int)
+    elif name in ("max_new_tokens", "max_tokens"):
+        req["max_new_tokens"] = _number(key, value, int)
+    elif name in _KWARG_KEYS:
+        req["kwargs"][name] = value
+    elif name == "response_format":  # a dict, or a JSON string in SQL; decoding is constrained to it
+        fmt = structured.normalize(value)
+        if fmt is not None:
+            req["kwargs"]["response_format"] = fmt
+    elif name == "embedding":
+        return  # routed by the caller
+    elif name == "adapter":  # SQL's `m@qa_model(...)` and llm_param's "adapter"; the client's adapter=
+        req["adapter"] = as_text(value).strip() or None
+    else:
+        raise UnknownOptionError("request", key, REQUEST_KEYS | {"generation.*"})
 
 
 def as_text(value: Any) -> str:

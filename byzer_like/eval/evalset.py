@@ -92,50 +92,12 @@ def from_table(table: Any, *, name: str | None = None, reference_column: str | N
         return cols[col.lower()]
 
     ref_col = need(reference_column, "referenceColumn") if reference_column else None
-    if prompt_column:
-        form, p_col = "prompts", need(prompt_column, "promptColumn")
-    elif "messages" in cols:
-        form, p_col = "chat", cols["messages"]
-    elif "instruction" in cols:
-        form, p_col = "alpaca", cols["instruction"]
-    else:
-        p_col = next((cols[c] for c in PROMPT_COLUMNS if c in cols), None)
-        form = "prompts"
-        if p_col is None:
-            if "text" in cols and len([c for c in columns if c.lower() != "id"]) >= 1:
-                form, p_col = "text", cols["text"]
-            else:
-                raise EvalSetError(f"{what} has no prompt column (columns: {', '.join(columns)}); use the {FORMS_HELP}, "
-                                   "or name it with promptColumn=\"<column>\"")
+    form, p_col = _form(cols, columns, need(prompt_column, "promptColumn") if prompt_column else None, what)
     if ref_col is None and form != "chat":
         ref_col = next((cols[c] for c in REFERENCE_COLUMNS if c in cols and cols[c] != p_col), None)
-
     prompts, questions, references = [], [], []
     for i, r in enumerate(rows, 1):
-        lr = {k.lower(): v for k, v in r.items()}
-        ref = r.get(ref_col) if ref_col else None
-        if form == "chat":
-            msgs = _messages(r[p_col], i)
-            if msgs[-1]["role"] == "assistant":
-                ref = msgs[-1]["content"] if ref_col is None else ref
-                msgs = msgs[:-1]
-            if not msgs or msgs[-1]["role"] != "user":
-                raise EvalSetError(f"eval row {i}: the messages must end with the user's turn (or with the reference "
-                                   "answer after it)")
-        elif form == "text":
-            msgs = [{"role": "user", "content": as_text(r[p_col]) if r[p_col] is not None else ""}]
-        else:
-            if r[p_col] is None:
-                raise EvalSetError(f"eval row {i}: {p_col} is NULL; every eval row needs its prompt "
-                                   f"(filter such rows out first: `select * from t where {p_col} is not null as t2`)")
-            msgs = [{"role": "system", "content": as_text(lr["system"])}] if lr.get("system") else []
-            for h in _history(lr.get("history"), i):
-                msgs += h
-            text = as_text(r[p_col])
-            extra = lr.get("input") if form == "alpaca" else None
-            if extra is not None and as_text(extra).strip():
-                text = f"{text}\n{as_text(extra)}"  # as training joins them (train.data.conversations)
-            msgs.append({"role": "user", "content": text})
+        msgs, ref = _row_prompt(r, i, form, p_col, r.get(ref_col) if ref_col else None, ref_col is None)
         prompts.append(msgs)
         questions.append(msgs[-1]["content"])
         references.append(None if ref is None else as_text(ref))
@@ -148,6 +110,55 @@ def from_table(table: Any, *, name: str | None = None, reference_column: str | N
     skip = {p_col, ref_col}
     extra = {c: [r.get(c) for r in rows] for c in columns if c not in skip and _scalar_column(rows, c)}
     return EvalSet(prompts, questions, references, keys, fingerprint, form, name, extra)
+
+
+def _form(cols: dict[str, str], columns: list[str], prompt_column: str | None, what: str) -> tuple[str, str]:
+    """The eval table's form and its prompt column: the named one ("prompts"), `messages` ("chat"),
+    `instruction` ("alpaca"), a prompt/question column ("prompts"), else a lone `text` ("text").
+    EvalSetError listing the forms when there is no prompt column."""
+    if prompt_column:
+        return "prompts", prompt_column
+    if "messages" in cols:
+        return "chat", cols["messages"]
+    if "instruction" in cols:
+        return "alpaca", cols["instruction"]
+    p_col = next((cols[c] for c in PROMPT_COLUMNS if c in cols), None)
+    if p_col is not None:
+        return "prompts", p_col
+    if "text" in cols and len([c for c in columns if c.lower() != "id"]) >= 1:
+        return "text", cols["text"]
+    raise EvalSetError(f"{what} has no prompt column (columns: {', '.join(columns)}); use the {FORMS_HELP}, "
+                       "or name it with promptColumn=\"<column>\"")
+
+
+def _row_prompt(r: dict, i: int, form: str, p_col: str, ref: Any, ref_from_chat: bool) -> tuple[list[dict], Any]:
+    """Row `i`'s prompt as chat messages (a system message and history as the row gives them) and its reference
+    (`ref`, or for a chat row without a reference column its last assistant turn when `ref_from_chat`).
+    EvalSetError for a NULL prompt or chat messages that do not end with the user's turn."""
+    if form == "chat":
+        msgs = _messages(r[p_col], i)
+        if msgs[-1]["role"] == "assistant":
+            ref = msgs[-1]["content"] if ref_from_chat else ref
+            msgs = msgs[:-1]
+        if not msgs or msgs[-1]["role"] != "user":
+            raise EvalSetError(f"eval row {i}: the messages must end with the user's turn (or with the reference "
+                               "answer after it)")
+        return msgs, ref
+    if form == "text":
+        return [{"role": "user", "content": as_text(r[p_col]) if r[p_col] is not None else ""}], ref
+    if r[p_col] is None:
+        raise EvalSetError(f"eval row {i}: {p_col} is NULL; every eval row needs its prompt "
+                           f"(filter such rows out first: `select * from t where {p_col} is not null as t2`)")
+    lr = {k.lower(): v for k, v in r.items()}
+    msgs = [{"role": "system", "content": as_text(lr["system"])}] if lr.get("system") else []
+    for h in _history(lr.get("history"), i):
+        msgs += h
+    text = as_text(r[p_col])
+    extra = lr.get("input") if form == "alpaca" else None
+    if extra is not None and as_text(extra).strip():
+        text = f"{text}\n{as_text(extra)}"  # as training joins them (train.data.conversations)
+    msgs.append({"role": "user", "content": text})
+    return msgs, ref
 
 
 def _scalar_column(rows: list[dict], column: str) -> bool:
