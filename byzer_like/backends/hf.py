@@ -365,34 +365,10 @@ class CausalLMPlugin:
     def stream_chat(self, model: Any, tokenizer: Any, ins: str, his: list[dict[str, str]] | None = None,
                     max_length: int | None = None, top_p: float = 0.95, temperature: float = 0.1,
                     **kwargs: Any) -> Iterator[tuple[str, dict]]:
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
-
         p = self._prepare(model, tokenizer, ins, his or [], max_length, top_p, temperature, kwargs)
-        cancelled = threading.Event()
-
-        class _Cancel(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kw):  # noqa: ANN001
-                return torch.full((input_ids.shape[0],), cancelled.is_set(), dtype=torch.bool, device=input_ids.device)
-
-        streamer = _TokenStreamer(tokenizer)
-        failure: list[BaseException] = []
-        input_ids = torch.tensor([p.ids])
-
-        def work() -> None:
-            try:
-                self._generate(model, tokenizer, input_ids, torch.ones_like(input_ids), p.budget, p.gen,
-                               response_format=p.response_format, adapters=[p.adapter], streamer=streamer,
-                               stopping_criteria=StoppingCriteriaList([_Cancel()]))
-            except BaseException as e:  # noqa: BLE001 - handed to the consuming thread
-                failure.append(e)
-            finally:
-                streamer.end()
-
         start = time.perf_counter()
         first: float | None = None
-        thread = threading.Thread(target=work, name="byzer-like-generate", daemon=True)
-        thread.start()
+        streamer, thread, cancelled, failure = self._generate_in_thread(model, tokenizer, p)
         text, shown, finish = "", "", "length"
         # text that could be the start of a stop string is held back until it is decided
         hold = max((len(s) for s in p.stop), default=1) - 1
@@ -427,6 +403,37 @@ class CausalLMPlugin:
         new, ended = answer_tokens(streamer.ids, p.budget, model.byzer_like.stop_ids)
         finish = "stop" if finish == "stop" or ended else "length"
         yield text, self._meta(len(p.ids), len(new), finish, first, time.perf_counter() - start, p.ignored)
+
+    def _generate_in_thread(self, model: Any, tokenizer: Any, p: _Prepared) -> tuple[_TokenStreamer, threading.Thread,
+                                                                                     threading.Event, list[BaseException]]:
+        """Start one prepared request's `generate` on a thread of its own: (the streamer its text arrives on, the
+        thread, the event that stops it after its next token, the list its error lands in)."""
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        cancelled = threading.Event()
+
+        class _Cancel(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kw):  # noqa: ANN001
+                return torch.full((input_ids.shape[0],), cancelled.is_set(), dtype=torch.bool, device=input_ids.device)
+
+        streamer = _TokenStreamer(tokenizer)
+        failure: list[BaseException] = []
+        input_ids = torch.tensor([p.ids])
+
+        def work() -> None:
+            try:
+                self._generate(model, tokenizer, input_ids, torch.ones_like(input_ids), p.budget, p.gen,
+                               response_format=p.response_format, adapters=[p.adapter], streamer=streamer,
+                               stopping_criteria=StoppingCriteriaList([_Cancel()]))
+            except BaseException as e:  # noqa: BLE001 - handed to the consuming thread
+                failure.append(e)
+            finally:
+                streamer.end()
+
+        thread = threading.Thread(target=work, name="byzer-like-generate", daemon=True)
+        thread.start()
+        return streamer, thread, cancelled, failure
 
     def batch_chat(self, model: Any, tokenizer: Any, requests: Sequence[Mapping[str, Any]]) -> list[tuple[str | None, dict]]:
         """Answer many requests with batched `generate` calls.

@@ -110,7 +110,7 @@ def generate_rows(generate: Callable[..., Any], model: Any, tokenizer: Any, ids:
     adapters = [p.adapter for p in rows]
     if first.response_format is not None or len(rows) == 1:
         out = generate(model, tokenizer, ids, mask, max(budgets), first.gen, first.stop,
-                             first.response_format, adapters=adapters)
+                       first.response_format, adapters=adapters)
         return [out[r, width:].tolist() for r in range(len(rows))]
     import torch
     from transformers.cache_utils import DynamicLayer
@@ -128,22 +128,13 @@ def generate_rows(generate: Callable[..., Any], model: Any, tokenizer: Any, ids:
         if min_new:  # every row still in the batch has generated `steps` tokens so far
             gen["min_new_tokens"] = max(0, min_new - steps)
         out = generate(model, tokenizer, ids, mask, max(left), gen, first.stop, None,
-                             adapters=[adapters[r] for r in batch], past_key_values=cache, use_cache=True,
-                             return_dict_in_generate=True, stopping_criteria=StoppingCriteriaList([ends]))
+                       adapters=[adapters[r] for r in batch], past_key_values=cache, use_cache=True,
+                       return_dict_in_generate=True, stopping_criteria=StoppingCriteriaList([ends]))
         gen.pop("seed", None)  # seeded once, before the first call
         new = out.sequences[:, ids.shape[1]:]
         steps += int(new.shape[1])
-        for k, r in enumerate(batch):
-            if r in ended:
-                continue
-            for t in new[k].tolist():
-                got[r].append(t)
-                if t in stop_ids or len(got[r]) >= budgets[r]:
-                    ended.add(r)
-                    break
-            else:
-                if first.stop and cut_at_stop(tokenizer.decode(got[r], skip_special_tokens=True), first.stop) is not None:
-                    ended.add(r)  # a stop string ended it (the text is cut after decoding)
+        _take(new, batch, got, ended, budgets, stop_ids, lambda r: bool(first.stop) and cut_at_stop(
+            tokenizer.decode(got[r], skip_special_tokens=True), first.stop) is not None)
         if not ends.pruned:  # the call ran until every row ended: none is left
             break
         cache = out.past_key_values
@@ -157,6 +148,24 @@ def generate_rows(generate: Callable[..., Any], model: Any, tokenizer: Any, ids:
         ids = out.sequences[index]
         mask = torch.cat([mask[index], torch.ones((len(index), int(new.shape[1])), dtype=mask.dtype)], dim=1)
     return got
+
+
+def _take(new: Any, batch: list[int], got: list[list[int]], ended: set[int], budgets: Sequence[int], stop_ids: set[int],
+          stopped: Callable[[int], bool]) -> None:
+    """Add one `generate` call's new tokens (`new`: batch rows x tokens, rows in `batch` order) to each row's
+    answer in `got`, up to its stop token or its budget; a row that reached either, or whose text `stopped`
+    (a stop string), goes into `ended`."""
+    for k, r in enumerate(batch):
+        if r in ended:
+            continue
+        for t in new[k].tolist():
+            got[r].append(t)
+            if t in stop_ids or len(got[r]) >= budgets[r]:
+                ended.add(r)
+                break
+        else:
+            if stopped(r):
+                ended.add(r)  # a stop string ended it (the text is cut after decoding)
 
 
 
