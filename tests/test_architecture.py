@@ -228,3 +228,12 @@ def test_the_checker_fails_on_a_made_up_graph():
     assert not any("-> errors" in p for p in got), got  # a downward import is fine
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_the_architecture_page_shows_the_same_table():
+    """docs/ARCHITECTURE.md's layer table lists the rows of LAYERS, in order, package for package."""
+    import re
+
+    page = (ROOT.parent / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    rows = [tuple(re.findall(r"`([\w.]+)`", m.group(2))) for m in re.finditer(r"^\| (\d+) \| ([^|]+) \|", page, re.M)]
+    assert rows == list(LAYERS)
