@@ -157,15 +157,16 @@ class Catalog:
 
     # -- jobs ------------------------------------------------------------------------------------
     def create_job(self, job_id: str, kind: str, *, model_type: str, base_model: str, output_table: str | None,
-                   params: dict, options: dict, sys_conf: dict, detached: bool, run_dir: str) -> dict:
-        """Record a new PENDING job: `params` the user's keys as given, `options` the task's options model as
-        checked at submit (JSON; the runner and `resume` read it back), `sys_conf` the setup it runs with."""
+                   params: dict, sys_conf: dict, detached: bool, run_dir: str, options: dict | None = None) -> dict:
+        """Record a new PENDING job: `params` the user's keys as given, `sys_conf` the setup it runs with,
+        `options` the task's options model as checked at submit (JSON; the runner and `resume` read it back;
+        none: the runner parses `params`)."""
         now = time.time()
         with self._db() as db:
             db.execute(
                 "insert into jobs (id, kind, state, model_type, base_model, output_table, params, options, sys_conf,"
                 " detached, run_dir, created_at, updated_at) values (?, ?, 'PENDING', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (job_id, kind, model_type, base_model, output_table, json.dumps(params), json.dumps(options),
+                (job_id, kind, model_type, base_model, output_table, json.dumps(params), json.dumps(options or {}),
                  json.dumps(sys_conf), int(detached), run_dir, now, now),
             )
         return self.job(job_id)

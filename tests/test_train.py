@@ -170,7 +170,7 @@ def test_detached_job_outlives_its_client_and_stops_and_resumes_from_its_checkpo
     # resume (a blocking run this time, shortened so that the test ends soon after): from the last
     # checkpoint's step, not from 0
     epochs = (checkpoints[-1] + 20) // 5  # 40 rows in batches of 8: 5 steps an epoch
-    Catalog(workspace).update_job(job_id, params={**running["params"], "epochs": epochs})
+    Catalog(workspace).update_job(job_id, options={**running["options"], "num_train_epochs": epochs})
     done = jobs.resume(job_id, detached=False)
     assert done["state"] == "SUCCEEDED" and done["step"] == epochs * 5
     metrics = json.loads(done["metrics"])
