@@ -1,16 +1,18 @@
 """Running a benchmark's paths and reporting what they did, shared by the benchmarks in bench/.
 
-    t = time_paths({"serve": serve, "plain": plain}, args.repeats, alternated, cpu={...}, rows=len(rows))
-    results.update(medians_of(t.rates(len(rows))), runs_of(t.rates(len(rows))))
+    t = time_paths({"serve": serve, "plain": plain}, args.repeats, alternated, cpu={"replica": read}, rows=len(rows))
+    rps = t.rates(len(rows))                      # rows/s of each run, per path
+    results.update(medians_of(rps), **runs_of(rps))  # serve_rows_per_s, ..., serve_rows_per_s_runs, ...
     return publish(finish(results, ...), report, args.json)
 
-- `time_paths` warms each path up, then times it `repeats` times in the order a policy gives
-  (`same_order`, `alternated`, `rotated`, `balanced_order`), reading CPU counters around every run;
-  its `Timings` keep each run's wall seconds, CPU seconds and answers.
+- `time_paths` runs each path `warmup` times, then times it `repeats` times in the order a policy
+  gives (`same_order`, `alternated`, `rotated`, `balanced_order`), reading CPU counters around every
+  run; its `Timings` keep each run's wall seconds, CPU seconds and answers.
 - `medians_of`, `runs_of`, `ratio_runs` and `matches` turn runs into the JSON's figures (rows/s and
   the like, rounded as every benchmark rounds them; answers compared row by row).
 - `finish` wraps a benchmark's figures in the setting and machine every one reports, `publish` prints
-  the report and writes `--json`, `print_header` and `path_row` are the report's shared lines.
+  the report and writes `--json` (`_common.Setup.publish` does both for a benchmark on a Setup);
+  `print_header` and `path_header` / `path_row` are the report's shared lines.
 
 Like bench/_common.py, nothing here imports torch, Ray or byzer_like at module level.
 """
