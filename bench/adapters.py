@@ -30,18 +30,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
-from _common import add_run_args, loadavg, log, machine_info, make_rows, run_in_env, spread, timed, write_json
+from _common import (Setup, add_run_args, client, connect, loadavg, log, machine_info, make_rows, parser,
+                     quiet_transformers, run_in_env, spread, tiny_model)
+from _report import alternated, medians_of, publish, runs_of, time_paths
 
 BASE = "bench_lora"
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--model", choices=("smollm2", "tiny", "small"), default="smollm2")
     ap.add_argument("--adapters", type=int, default=3)
     ap.add_argument("--rows", type=int, default=48)
@@ -78,16 +79,10 @@ def rss_mb(pid: int) -> float | None:
 
 
 def run(args: argparse.Namespace, work: Path) -> int:
-    import ray
-    import transformers
-
-    from byzer_like import ByzerLLM
-    from byzer_like.engine import Session
-
-    transformers.utils.logging.disable_progress_bar()
+    quiet_transformers()
     load_start = loadavg()
     n, K = args.adapters, args.max_new_tokens
-    llm = ByzerLLM()
+    llm = client()
     if args.model == "smollm2":
         from byzer_like.convert.gguf import packaged_gguf
 
@@ -96,64 +91,52 @@ def run(args: argparse.Namespace, work: Path) -> int:
             args.model = "small"
     if args.model == "smollm2":
         base_dir = llm.runtime.packaged_model("smollm2")["path"]
-        family = "llama"
     else:
-        from byzer_like.tiny import make_tiny
-
-        base_dir = str(work / "models" / f"bench-llama-{args.model}")
-        make_tiny("llama", base_dir, size=args.model, seed=0)
-        family = "llama"
+        base_dir = str(tiny_model(work, args.model)[0])
     refs = [f"bench_qa_{i}" for i in range(1, n + 1)]
     for i, ref in enumerate(refs, 1):
         out = work / "adapters" / ref
         make_adapter(base_dir, out, seed=i)
-        llm.catalog.register_model(ref, kind="adapter", path=str(out), base_model=base_dir, model_type=family,
+        llm.catalog.register_model(ref, kind="adapter", path=str(out), base_model=base_dir, model_type="llama",
                                    method="bench(random lora)", params={}, metrics={}, job_id=None)
     log(f"{n} adapters over {args.model} ({base_dir})")
 
-    llm.connect()
-    log(f"ray: {ray.cluster_resources().get('CPU', 0):g} logical CPUs")
-    llm.setup_num_workers(1).setup_cpus_per_worker(args.cpus_per_worker)
+    b = Setup(connect(llm), Path(base_dir), args.model, None, load_start)
     alone = {ref: f"bench_alone_{i}" for i, ref in enumerate(refs, 1)}
     deployed = []
     results: dict[str, Any] = {}
     try:
-        llm.deploy(base_dir, family, BASE, {"max_adapters_per_replica": n})
+        b.deploy(BASE, args.cpus_per_worker, options={"max_adapters_per_replica": n})
         deployed.append(BASE)
         for ref, name in alone.items():
-            llm.deploy(base_dir, family, name, {"adapter_dir": str(work / "adapters" / ref)})
+            b.deploy(name, args.cpus_per_worker, options={"adapter_dir": str(work / "adapters" / ref)})
             deployed.append(name)
         qs = make_rows(args.rows)
         rows = [{"id": i, "q": q, "a": refs[i % n]} for i, q in enumerate(qs)]
         (work / "lora_rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        session = Session(llm, progress=False)
-        session.sql('set llm_dedupe = "false"; load json.`lora_rows.jsonl` as lora_rows;')
+        session = b.session('set llm_dedupe = "false"; load json.`lora_rows.jsonl` as lora_rows;')
         opts = f'"temperature", 0, "max_new_tokens", {K}'
 
+        def answered(table: Any) -> dict[int, str]:
+            ids, answers = table.column("id").to_pylist(), table.column("r").to_pylist()
+            return {i: json.loads(r)["output"] for i, r in zip(ids, answers)}
+
         def shared() -> dict[int, str]:
-            out = session.sql(f'select id, {BASE}(llm_param(map("instruction", q, "adapter", a, {opts}))) as r '
-                              f"from lora_rows as shared_answers;")[-1].table
-            return {i: json.loads(r)["output"] for i, r in zip(out.column("id").to_pylist(), out.column("r").to_pylist())}
+            return answered(session.sql(f'select id, {BASE}(llm_param(map("instruction", q, "adapter", a, {opts}))) as r '
+                                        f"from lora_rows as shared_answers;")[-1].table)
 
         def separate() -> dict[int, str]:
             answers: dict[int, str] = {}
             for ref, name in alone.items():
-                out = session.sql(f'select id, {name}(llm_param(map("instruction", q, {opts}))) as r '
-                                  f"from lora_rows where a = '{ref}' as alone_answers;")[-1].table
-                answers.update({i: json.loads(r)["output"] for i, r in
-                                zip(out.column("id").to_pylist(), out.column("r").to_pylist())})
+                answers.update(answered(session.sql(f'select id, {name}(llm_param(map("instruction", q, {opts}))) as r '
+                                                    f"from lora_rows where a = '{ref}' as alone_answers;")[-1].table))
             return answers
 
         shared()  # warm up: loads every adapter into the base replica
         separate()
-        secs: dict[str, list[float]] = {"shared": [], "separate": []}
-        answers: dict[str, dict[int, str]] = {}
-        for rep in range(args.repeats):
-            for name in (("shared", "separate") if rep % 2 == 0 else ("separate", "shared")):
-                answers[name], t = timed(shared if name == "shared" else separate)
-                secs[name].append(t)
-            log(f"repeat {rep + 1}: " + ", ".join(f"{k} {len(rows) / v[-1]:,.2f} rows/s" for k, v in secs.items()))
-        rps = {k: [len(rows) / t for t in v] for k, v in secs.items()}
+        t = time_paths({"shared": shared, "separate": separate}, args.repeats, alternated, rows=len(rows))
+        rps = t.rates(len(rows))
+        answers = t.answers
         pids = {name: llm.get_meta(name, refresh=True)["replica_pid"] for name in deployed}
         rss = {name: rss_mb(pid) for name, pid in pids.items()}
         held = llm.loaded_adapters(BASE)
@@ -161,10 +144,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
         results.update(
             model=args.model, base_dir=base_dir, adapters=n, rows=len(rows), max_new_tokens=K,
             cpus_per_worker=args.cpus_per_worker, repeats=args.repeats,
-            shared_rows_per_s=round(statistics.median(rps["shared"]), 3),
-            separate_rows_per_s=round(statistics.median(rps["separate"]), 3),
-            shared_rows_per_s_runs=[round(x, 3) for x in rps["shared"]],
-            separate_rows_per_s_runs=[round(x, 3) for x in rps["separate"]],
+            **medians_of(rps, nd=3), **runs_of(rps, nd=3),
             rss_mb=rss, shared_rss_mb=rss[BASE], separate_rss_mb=round(separate_rss, 1),
             adapters_held=sorted(r["ref"] for r in held if r["ref"]),
             answers_match=sum(answers["shared"][i] == answers["separate"][i] for i in answers["shared"]),
@@ -172,13 +152,9 @@ def run(args: argparse.Namespace, work: Path) -> int:
         results["throughput_ratio"] = round(results["shared_rows_per_s"] / results["separate_rows_per_s"], 3)
         results["memory_ratio"] = round(separate_rss / rss[BASE], 3) if rss[BASE] else None
     finally:
-        for name in deployed:
-            if llm.is_model_exist(name):
-                llm.undeploy(name)
+        b.undeploy(*deployed)
     results["machine"] = machine_info(load_start)
-    report(results)
-    write_json(args.json, results)
-    return 0
+    return publish(results, report, args.json)
 
 
 def report(r: dict) -> None:

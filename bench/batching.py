@@ -60,27 +60,25 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-from _common import (PlainLoop, add_run_args, finish, loadavg, log, make_rows, print_header, probe_threads,
-                     proc_cpu_s, run_in_env, self_cpu_s, spread, timed, write_json)
+from _common import (PlainLoop, Setup, add_model_args, add_run_args, greedy_chats, log, parser, proc_cpu_s,
+                     run_in_env, self_cpu_s)
+from _report import (balanced_order, cpu_cell, matches, medians_of, path_header, path_row, path_rule, print_header,
+                     ratio_runs, runs_of, time_paths)
 
 UDF_BIG = "bench_b32"
 UDF_ONE = "bench_b1"
 CHAT_ROUNDS = 3
 
 
-def balanced_order(names: list[str], rep: int) -> list[str]:
-    """Rotations of `names`, then of its reverse (as bench/sql_inference.py orders its paths)."""
-    k = len(names)
-    base = names if (rep // k) % 2 == 0 else names[::-1]
-    return base[rep % k:] + base[: rep % k]
+def batch_sizes(counts: Counter) -> dict[str, int]:
+    """How many answers came from forward passes of each batch size, by size (the JSON's keys are strings)."""
+    return {str(k): v for k, v in sorted(counts.items())}
 
 
 # -- main ------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=256)
-    ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--size", choices=("tiny", "small"), default="tiny")
+    ap = parser(__doc__)
+    add_model_args(ap, rows=256)
     ap.add_argument("--cpus-per-worker", type=float, default=2.0, help="CPUs of each of the two replicas (default 2)")
     ap.add_argument("--batch-size", type=int, default=32, help="max_batch_size of the batched deployment (default 32)")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs of each path (order changed every repeat)")
@@ -96,46 +94,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, work: Path) -> int:
     import ray
-    import torch
-    import transformers
 
-    from byzer_like import ByzerLLM
-    from byzer_like.tiny import make_tiny
-
-    transformers.utils.logging.disable_progress_bar()
-
-    load_start = loadavg()
     K = args.max_new_tokens
     B = args.batch_size
     C = args.cpus_per_worker
-    cfg = {"temperature": 0, "max_new_tokens": K}
-    rows = make_rows(args.rows)
-    convs = [[{"role": "user", "content": r}] for r in rows]
-
-    model_dir = work / "models" / f"bench-llama-{args.size}"
-    built = make_tiny("llama", model_dir, size=args.size, seed=0)
-    log(f"built {built['params']:,}-parameter llama ({args.size}) in {built['seconds']} s")
-
-    llm = ByzerLLM()
-    conn = llm.connect()
+    rows, convs, cfg = greedy_chats(args.rows, K)
+    b = Setup.tiny(work, args.size)
+    llm = b.llm
     cluster_cpus = ray.cluster_resources().get("CPU", 0)
-    log(f"ray: {conn['mode']} cluster, {cluster_cpus:g} logical CPUs")
     if cluster_cpus < 2 * C:
         raise SystemExit(f"two replicas of {C:g} CPUs do not fit the cluster's {cluster_cpus:g} logical CPUs; "
                          f"lower --cpus-per-worker")
 
     llm.setup_num_workers(1).setup_cpus_per_worker(C)  # the probe runs init_model with the replicas' sys_conf
-    threads = probe_threads(str(model_dir), llm.sys_conf, C)
-    n_threads = int(threads["torch_threads_pool_thread"])
-    torch.set_num_threads(n_threads)
-    log(f"replica threads: {threads}; plain loop uses torch.set_num_threads({n_threads})")
-
-    def deploy(udf: str, max_batch_size: int) -> dict:
-        llm.setup_num_workers(1).setup_cpus_per_worker(C).setup("max_batch_size", max_batch_size)
-        _, secs = timed(lambda: llm.deploy(str(model_dir), "llama", udf, {}))
-        meta = llm.get_meta(udf)
-        log(f"deployed {udf}: 1 replica x {C:g} CPU, max_batch_size {meta.get('max_batch_size')} in {secs:.1f} s")
-        return meta
+    threads, n_threads = b.match_threads(C)
 
     deployed: list[str] = []
     results: dict[str, Any] = {}
@@ -143,7 +115,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
         metas = {}
         for udf, mbs in ((UDF_BIG, B), (UDF_ONE, 1)):
             deployed.append(udf)
-            metas[udf] = deploy(udf, mbs)
+            metas[udf] = b.deploy(udf, C, max_batch_size=mbs)
         pids = {udf: int(m["replica_pid"]) for udf, m in metas.items()}
         for udf, want in ((UDF_BIG, B), (UDF_ONE, 1)):
             got = int(metas[udf].get("max_batch_size") or 0)
@@ -162,10 +134,9 @@ def run(args: argparse.Namespace, work: Path) -> int:
         paths: dict[str, Callable[[], list[str]]] = {"serve_b32": serve_path(UDF_BIG), "serve_b1": serve_path(UDF_ONE)}
         plains: dict[str, PlainLoop] = {}
         if not args.no_plain:
-            plains = {"plain_b32": PlainLoop(str(model_dir), B), "plain_b1": PlainLoop(str(model_dir), 1)}
+            plains = {"plain_b32": PlainLoop(str(b.model_dir), B), "plain_b1": PlainLoop(str(b.model_dir), 1)}
             for name, loop in plains.items():
                 paths[name] = (lambda loop=loop: loop.run(rows, K))
-        pid_of = {"serve_b32": pids[UDF_BIG], "serve_b1": pids[UDF_ONE]}
 
         # warm-up: one batch of the big size each (the batch-1 paths run it as B one-row passes)
         for udf in (UDF_BIG, UDF_ONE):
@@ -173,31 +144,11 @@ def run(args: argparse.Namespace, work: Path) -> int:
         for loop in plains.values():
             loop.run(rows[:B], K)
 
-        names = list(paths)
-        secs: dict[str, list[float]] = {k: [] for k in names}
-        cpu_s: dict[str, list[float]] = {k: [] for k in names}
-        answers: dict[str, list[str]] = {}
-        orders = []
-        for rep in range(args.repeats):
-            order = balanced_order(names, rep)
-            orders.append(order)
-            for name in order:
-                pid = pid_of.get(name)
-                read = (lambda pid=pid: proc_cpu_s(pid)) if pid is not None else self_cpu_s
-                c0 = read()
-                answers[name], t = timed(paths[name])
-                c1 = read()
-                secs[name].append(t)
-                if c0 is not None and c1 is not None:
-                    cpu_s[name].append(c1 - c0)
-            log(f"repeat {rep + 1} ({' > '.join(order)}): "
-                + ", ".join(f"{k} {len(rows) / secs[k][-1]:,.1f} rows/s" for k in names))
-        rps = {k: [len(rows) / t for t in v] for k, v in secs.items()}
+        cpu = {UDF_BIG: lambda: proc_cpu_s(pids[UDF_BIG]), UDF_ONE: lambda: proc_cpu_s(pids[UDF_ONE]), "driver": self_cpu_s}
+        t = time_paths(paths, args.repeats, balanced_order, cpu=cpu, rows=len(rows))
+        rps = t.rates(len(rows))
         med = {k: statistics.median(v) for k, v in rps.items()}
-
-        def match(a: str, b: str) -> tuple[int, list[int]]:
-            bad = [i for i, (x, y) in enumerate(zip(answers[a], answers[b])) if x != y]
-            return len(rows) - len(bad), bad[:20]
+        answers = t.answers
 
         # ---- single chats sent at once: what the chat batcher makes of them ----------------------------------
         chat_sizes: dict[str, Counter] = {UDF_BIG: Counter(), UDF_ONE: Counter()}
@@ -215,78 +166,62 @@ def run(args: argparse.Namespace, work: Path) -> int:
 
         results.update(
             batch_size=B,
-            serve_b32_rows_per_s=round(med["serve_b32"], 2),
-            serve_b1_rows_per_s=round(med["serve_b1"], 2),
+            **medians_of({k: rps[k] for k in ("serve_b32", "serve_b1")}),
             ratio=round(med["serve_b32"] / med["serve_b1"], 3),
-            ratio_runs=[round(a / b, 3) for a, b in zip(rps["serve_b32"], rps["serve_b1"])],
-            serve_b32_rows_per_s_runs=[round(x, 2) for x in rps["serve_b32"]],
-            serve_b1_rows_per_s_runs=[round(x, 2) for x in rps["serve_b1"]],
-            serve_b32_replica_cpu_s_runs=[round(x, 2) for x in cpu_s["serve_b32"]],
-            serve_b1_replica_cpu_s_runs=[round(x, 2) for x in cpu_s["serve_b1"]],
-            forward_batch_sizes_b32={str(k): v for k, v in sorted(sizes[UDF_BIG].items())},
-            forward_batch_sizes_b1={str(k): v for k, v in sorted(sizes[UDF_ONE].items())},
+            ratio_runs=ratio_runs(rps["serve_b32"], rps["serve_b1"]),
+            **runs_of({k: rps[k] for k in ("serve_b32", "serve_b1")}),
+            **runs_of({"serve_b32": t.cpu[UDF_BIG]["serve_b32"], "serve_b1": t.cpu[UDF_ONE]["serve_b1"]}, "replica_cpu_s"),
+            forward_batch_sizes_b32=batch_sizes(sizes[UDF_BIG]),
+            forward_batch_sizes_b1=batch_sizes(sizes[UDF_ONE]),
             one_row_forward_passes=set(sizes[UDF_ONE]) == {1},
             chat_concurrent=n_chat,
-            chat_batch_sizes_b32={str(k): v for k, v in sorted(chat_sizes[UDF_BIG].items())},
-            chat_batch_sizes_b1={str(k): v for k, v in sorted(chat_sizes[UDF_ONE].items())},
+            chat_batch_sizes_b32=batch_sizes(chat_sizes[UDF_BIG]),
+            chat_batch_sizes_b1=batch_sizes(chat_sizes[UDF_ONE]),
             chat_one_row_b1=(set(chat_sizes[UDF_ONE]) <= {1}) if n_chat else None,
             chat_answers_mismatch_b32=chat_mismatch[UDF_BIG],
             chat_answers_mismatch_b1=chat_mismatch[UDF_ONE],
-            orders=orders,
+            orders=t.orders,
             threads=threads,
             deployments={udf: {"max_batch_size": m.get("max_batch_size"), "replica_pid": m.get("replica_pid")}
                          for udf, m in metas.items()},
         )
-        results["answers_match"], results["answers_mismatched_rows"] = match("serve_b32", "serve_b1")
+        results["answers_match"], results["answers_mismatched_rows"] = matches(answers["serve_b32"], answers["serve_b1"])
         results["plain_b32_rows_per_s"] = results["plain_b1_rows_per_s"] = results["ratio_plain"] = None
         if plains:
             results.update(
-                plain_b32_rows_per_s=round(med["plain_b32"], 2),
-                plain_b1_rows_per_s=round(med["plain_b1"], 2),
+                **medians_of({k: rps[k] for k in ("plain_b32", "plain_b1")}),
                 ratio_plain=round(med["plain_b32"] / med["plain_b1"], 3),
-                plain_b32_rows_per_s_runs=[round(x, 2) for x in rps["plain_b32"]],
-                plain_b1_rows_per_s_runs=[round(x, 2) for x in rps["plain_b1"]],
-                plain_b32_cpu_s_runs=[round(x, 2) for x in cpu_s["plain_b32"]],
-                plain_b1_cpu_s_runs=[round(x, 2) for x in cpu_s["plain_b1"]],
+                **runs_of({k: rps[k] for k in ("plain_b32", "plain_b1")}),
+                **runs_of(t.cpu_of("driver", "plain_b32", "plain_b1"), "cpu_s"),
                 ratio_serve_plain_b32=round(med["serve_b32"] / med["plain_b32"], 3),
                 ratio_serve_plain_b1=round(med["serve_b1"] / med["plain_b1"], 3),
             )
-            for key, (a, b) in {"plain_b1_b32": ("plain_b1", "plain_b32"), "serve_plain_b32": ("serve_b32", "plain_b32"),
+            for key, (x, y) in {"plain_b1_b32": ("plain_b1", "plain_b32"), "serve_plain_b32": ("serve_b32", "plain_b32"),
                                 "serve_plain_b1": ("serve_b1", "plain_b1")}.items():
-                results[f"answers_match_{key}"], results[f"answers_mismatched_rows_{key}"] = match(a, b)
+                results[f"answers_match_{key}"], results[f"answers_mismatched_rows_{key}"] = matches(answers[x], answers[y])
     finally:
-        for udf in deployed:
-            try:
-                if llm.is_model_exist(udf):
-                    llm.undeploy(udf)
-            except Exception as e:  # noqa: BLE001 - shutting down anyway
-                log(f"undeploy {udf} failed: {e}")
+        b.undeploy(*deployed)
 
-    results = finish(results, rows=len(rows), max_new_tokens=K, size=args.size, params=built["params"], replicas=1,
-                     cpus_per_worker=C, max_batch_size=B, torch_threads=n_threads, repeats=args.repeats,
-                     load_start=load_start)
-    report(results)
-    write_json(args.json, results)
-    return 0
+    return b.publish(results, report, args.json,
+                     rows=len(rows), max_new_tokens=K, replicas=1, cpus_per_worker=C, max_batch_size=B,
+                     torch_threads=n_threads, repeats=args.repeats)
 
 
 def report(r: dict) -> None:
-    print_header(r)
-    print(f"order of the paths per repeat: {' | '.join(' > '.join(o) for o in r['orders'])}")
+    print_header(r, orders=True)
     print()
     w = 46
     B = r["batch_size"]
-    print(f"{'path':<{w}} {'rows/s':>10} {'runs (min..max)':>20} {'cpu-s/run':>10}")
-    print("-" * (w + 44))
-    cpu = lambda xs: f"{statistics.median(xs):.2f}" if xs else "n/a"  # noqa: E731
+    cells = (("cpu-s/run", 10),)
+    print(path_header(w, *cells))
+    print(path_rule(w, *cells))
     rows = [("serve_b32", f"Serve batch_chat, max_batch_size {B}", "serve_b32_replica_cpu_s_runs"),
             ("serve_b1", "Serve batch_chat, max_batch_size 1", "serve_b1_replica_cpu_s_runs")]
     if r.get("plain_b32_rows_per_s") is not None:
         rows += [("plain_b32", f"plain transformers loop, batch {B}", "plain_b32_cpu_s_runs"),
                  ("plain_b1", "plain transformers loop, batch 1", "plain_b1_cpu_s_runs")]
     for key, label, cpu_key in rows:
-        print(f"{label:<{w}} {r[f'{key}_rows_per_s']:>10,.1f} {spread(r[f'{key}_rows_per_s_runs']):>20} "
-              f"{cpu(r[cpu_key]):>10}")
+        print(path_row(label, w, r[f"{key}_rows_per_s"], r[f"{key}_rows_per_s_runs"], cpu_cell(r[cpu_key], 10)))
     print()
     print(f"ratio batch {B} / batch 1 through Serve: {r['ratio']:.3f}   per run: {r['ratio_runs']}")
     if r.get("ratio_plain") is not None:

@@ -32,8 +32,6 @@ at the start and end); compare within one run.
 """
 from __future__ import annotations
 
-import argparse
-import datetime as dt
 import os
 import shutil
 import statistics
@@ -44,7 +42,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from _common import cpu_model, loadavg, log, write_json
+from _common import cpu_model, loadavg, log, parser
+from _report import utc_now, write_json
 
 CLI = str(Path(sys.executable).with_name("byzer-like"))
 GOAL_S = 2.0
@@ -81,7 +80,7 @@ def time_once(argv: list[str]) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--runs", type=int, default=7, help="timed runs of each command (default 7)")
     ap.add_argument("--no-deployment", action="store_true", help="skip `list` with a model deployed")
     ap.add_argument("--json", metavar="OUT", help="write the figures as JSON to OUT")
@@ -125,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         "list_meets_goal": med["list"] < GOAL_S,
         "machine": {"cores": os.cpu_count(), "cpu_model": cpu_model(), "loadavg_start": load_start,
                     "loadavg_end": loadavg(), "python": sys.version.split()[0], "ray": metadata.version("ray")},
-        "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "timestamp": utc_now(),
     }
     write_json(args.json, results)
     m = results["machine"]

@@ -32,18 +32,18 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
-from _common import add_run_args, finish, loadavg, log, make_rows, print_header, run_in_env, spread, timed, write_json
+from _common import Setup, add_run_args, log, make_rows, parser, run_in_env, timed
+from _report import Own, alternated, medians_of, path_header, path_row, print_header, ratio_runs, runs_of, time_paths
 
 UDF = "bench_dedupe"
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--rows", type=int, default=512)
     ap.add_argument("--duplicates", type=float, default=0.4, help="fraction of rows that repeat an earlier row")
     ap.add_argument("--max-new-tokens", type=int, default=32)
@@ -68,96 +68,62 @@ def questions(rows: int, duplicates: float, seed: int) -> list[str]:
 
 
 def run(args: argparse.Namespace, work: Path) -> int:
-    import ray
-    import transformers
-
-    from byzer_like import ByzerLLM
-    from byzer_like.engine import Session
-    from byzer_like.tiny import make_tiny
-
-    transformers.utils.logging.disable_progress_bar()
-    load_start = loadavg()
     K = args.max_new_tokens
     qs = questions(args.rows, args.duplicates, args.seed)
     n_distinct = len(set(qs))
     (work / "questions.jsonl").write_text("".join(json.dumps({"id": i, "q": q}) + "\n" for i, q in enumerate(qs)))
-    model_dir = work / "models" / f"bench-llama-{args.size}"
-    built = make_tiny("llama", model_dir, size=args.size, seed=0)
-    log(f"built {built['params']:,}-parameter llama ({args.size}); {len(qs)} rows, {n_distinct} distinct questions")
-
-    llm = ByzerLLM()
-    llm.connect()
-    log(f"ray: {ray.cluster_resources().get('CPU', 0):g} logical CPUs")
-    llm.setup_num_workers(1).setup_cpus_per_worker(args.cpus_per_worker).setup("max_batch_size", args.max_batch_size)
-    llm.deploy(str(model_dir), "llama", UDF, {})
-    session = Session(llm, progress=False)
-    session.sql("load json.`questions.jsonl` as questions;")
+    b = Setup.tiny(work, args.size)
+    log(f"{len(qs)} rows, {n_distinct} distinct questions")
+    llm = b.llm
+    b.deploy(UDF, args.cpus_per_worker, max_batch_size=args.max_batch_size)
+    session = b.session("load json.`questions.jsonl` as questions;")
     stmt = (f'select id, {UDF}(llm_param(map("instruction", q, "temperature", 0, "max_new_tokens", {K}))) as r '
             f"from questions order by id as answered;")
 
     def generated() -> int:
         return int(llm.get_meta(UDF, refresh=True)["requests_generated"])
 
-    def path(dedupe: bool) -> tuple[list[str], float, int, str]:
+    def path(dedupe: bool) -> Own:
+        """The select with llm_dedupe on or off, timed alone: (answers, requests that reached the model, its message)."""
         session.sql(f'set llm_dedupe = "{str(dedupe).lower()}";')
         before = generated()
         results, secs = timed(lambda: session.sql(stmt))
         table = results[-1].table
         answers = [json.loads(r)["output"] for r in table.column("r").to_pylist()]
-        return answers, secs, generated() - before, results[-1].message
+        return Own((answers, generated() - before, results[-1].message), secs)
 
     results: dict[str, Any] = {}
     try:
         session.sql(f"select {UDF}(llm_param(map('instruction', 'warm up', 'temperature', 0, "
                     f"'max_new_tokens', {K}))) as r as warm;")
-        secs: dict[str, list[float]] = {"dedupe": [], "all_rows": []}
-        sent: dict[str, int] = {}
-        answers: dict[str, list[str]] = {}
-        message = ""
-        for rep in range(args.repeats):
-            order = ("dedupe", "all_rows") if rep % 2 == 0 else ("all_rows", "dedupe")
-            for name in order:
-                out, t, n, msg = path(name == "dedupe")
-                secs[name].append(t)
-                sent[name] = n
-                answers[name] = out
-                if name == "dedupe":
-                    message = msg
-            log(f"repeat {rep + 1}: " + ", ".join(f"{k} {len(qs) / v[-1]:,.1f} rows/s" for k, v in secs.items()))
-        rps = {k: [len(qs) / t for t in v] for k, v in secs.items()}
-        match = sum(a == b for a, b in zip(answers["dedupe"], answers["all_rows"]))
+        t = time_paths({"dedupe": lambda: path(True), "all_rows": lambda: path(False)}, args.repeats, alternated,
+                       rows=len(qs))
+        rps = t.rates(len(qs))
+        (answers, sent, message), (all_answers, all_sent, _) = t.answers["dedupe"], t.answers["all_rows"]
         results.update(
             duplicates=args.duplicates, distinct_questions=n_distinct,
-            dedupe_rows_per_s=round(statistics.median(rps["dedupe"]), 2),
-            all_rows_rows_per_s=round(statistics.median(rps["all_rows"]), 2),
-            dedupe_rows_per_s_runs=[round(x, 2) for x in rps["dedupe"]],
-            all_rows_rows_per_s_runs=[round(x, 2) for x in rps["all_rows"]],
-            ratio_runs=[round(a / b, 3) for a, b in zip(rps["dedupe"], rps["all_rows"])],
-            requests_to_model_dedupe=sent["dedupe"], requests_to_model_all_rows=sent["all_rows"],
-            select_message=message, answers_match=match,
+            **medians_of(rps), **runs_of(rps),
+            ratio_runs=ratio_runs(rps["dedupe"], rps["all_rows"]),
+            requests_to_model_dedupe=sent, requests_to_model_all_rows=all_sent,
+            select_message=message, answers_match=sum(a == b for a, b in zip(answers, all_answers)),
         )
         results["ratio"] = round(results["dedupe_rows_per_s"] / results["all_rows_rows_per_s"], 3)
     finally:
-        if llm.is_model_exist(UDF):
-            llm.undeploy(UDF)
+        b.undeploy(UDF)
 
-    results = finish(results, rows=len(qs), max_new_tokens=K, size=args.size, params=built["params"], replicas=1,
-                     cpus_per_worker=args.cpus_per_worker, max_batch_size=args.max_batch_size, torch_threads=int(args.cpus_per_worker),
-                     repeats=args.repeats, load_start=load_start)
-    report(results)
-    write_json(args.json, results)
-    return 0
+    return b.publish(results, report, args.json,
+                     rows=len(qs), max_new_tokens=K, replicas=1, cpus_per_worker=args.cpus_per_worker,
+                     max_batch_size=args.max_batch_size, torch_threads=int(args.cpus_per_worker), repeats=args.repeats)
 
 
 def report(r: dict) -> None:
     print_header(r)
     print()
     print(f"{r['rows']} rows, {r['distinct_questions']} distinct questions ({r['duplicates']:.0%} duplicate rows)")
-    print(f"{'path':<34} {'rows/s':>10} {'runs (min..max)':>20} {'requests to model':>18}")
-    print(f"{'select, llm_dedupe=true':<34} {r['dedupe_rows_per_s']:>10,.1f} {spread(r['dedupe_rows_per_s_runs']):>20} "
-          f"{r['requests_to_model_dedupe']:>18}")
-    print(f"{'select, llm_dedupe=false':<34} {r['all_rows_rows_per_s']:>10,.1f} {spread(r['all_rows_rows_per_s_runs']):>20} "
-          f"{r['requests_to_model_all_rows']:>18}")
+    print(path_header(34, ("requests to model", 18)))
+    for key, on in (("dedupe", "true"), ("all_rows", "false")):
+        print(path_row(f"select, llm_dedupe={on}", 34, r[f"{key}_rows_per_s"], r[f"{key}_rows_per_s_runs"],
+                       f"{r[f'requests_to_model_{key}']:>18}"))
     print()
     print(f"ratio dedupe / all rows: {r['ratio']:.3f}   per run: {r['ratio_runs']}   (goal >= 1.5)")
     print(f"select message: {r['select_message']}")

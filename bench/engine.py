@@ -41,7 +41,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import PlainLoop, add_run_args, loadavg, log, machine_info, run_in_env, write_json
+from _common import (PlainLoop, add_run_args, chat_text, connect, cut_at_stop, loadavg, log, machine_info, parser,
+                     run_in_env, runtime, sql_session)
+from _report import publish
 
 PASSAGE = ("The old harbour town has a fish market that opens at dawn, a lighthouse painted red and white, "
            "three bakeries that compete for the best rye bread, a small museum about shipwrecks, and a ferry "
@@ -84,18 +86,14 @@ class StaticLoop(PlainLoop):
                 out = self.model.generate(**enc, max_new_tokens=max(chunk), do_sample=False,
                                           eos_token_id=sorted(self.stop_ids), pad_token_id=self.tok.pad_token_id)
             for row, budget in zip(out[:, enc["input_ids"].shape[1]:].tolist(), chunk):
-                row = row[:budget]
-                for j, t in enumerate(row):
-                    if t in self.stop_ids:
-                        row = row[:j]
-                        break
+                row = cut_at_stop(row[:budget], self.stop_ids)
                 tokens += len(row)
                 answers.append(self.tok.decode(row, skip_special_tokens=True))
         return answers, tokens
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--prompts", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=32, help="static batch size (plain loop; hf's max_batch_size)")
     ap.add_argument("--only", default="plain,hf,vllm,offline", help="paths to run, comma-separated")
@@ -122,8 +120,6 @@ def select(session: Any, udf: str) -> tuple[list[str], int, float, list[int]]:
 
 
 def run(args: argparse.Namespace, work: Path) -> int:
-    from byzer_like import ByzerLLM
-    from byzer_like.engine import Session
     from byzer_like.plugins.vllm import vllm_python
 
     load_start = loadavg()
@@ -133,17 +129,13 @@ def run(args: argparse.Namespace, work: Path) -> int:
     if args.model_dir:
         shutil.copytree(args.model_dir, model_dir)
     else:
-        from byzer_like.runtime import Runtime
-
-        model_dir = Path(Runtime(workspace=work).packaged_model("smollm2")["path"])
+        model_dir = Path(runtime(work).packaged_model("smollm2")["path"])
     (work / "prompts.jsonl").write_text("".join(json.dumps({"id": i, "q": q, "n": n}) + "\n"
                                                 for i, (q, n) in enumerate(prompts)), encoding="utf-8")
     budgets = [n for _, n in prompts]
 
-    llm = ByzerLLM()
-    llm.connect()
-    session = Session(llm, progress=False)
-    session.sql("load json.`prompts.jsonl` as prompts;")
+    llm = connect()
+    session = sql_session(llm, "load json.`prompts.jsonl` as prompts;")
     figures: dict[str, Any] = {}
     answers: dict[str, list[str]] = {}
 
@@ -173,8 +165,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
         if "plain" in paths:
             loop = StaticLoop(str(model_dir), args.batch_size)
             if texts is None:
-                texts = [loop.tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
-                                                      add_generation_prompt=True) for q, _ in prompts]
+                texts = [chat_text(loop.tok, q) for q, _ in prompts]
             start = time.perf_counter()
             out, tokens = loop.run(texts, budgets)
             record("plain", out, tokens, time.perf_counter() - start)
@@ -224,9 +215,11 @@ def run(args: argparse.Namespace, work: Path) -> int:
                           "hf_vllm": equal("hf", "vllm")},
         "machine": machine_info(load_start),
     }
-    print(json.dumps({k: result[k] for k in ("paths", "ratios", "answers_equal")}, indent=2))
-    write_json(args.json, result)
-    return 0
+    return publish(result, report, args.json)
+
+
+def report(r: dict) -> None:
+    print(json.dumps({k: r[k] for k in ("paths", "ratios", "answers_equal")}, indent=2))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ largest fixed cost on a small set; the run waits for the last one before it ends
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -35,17 +34,16 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (add_run_args, finish, loadavg, log, make_rows, print_header, run_in_env, timed,  # noqa: E402
-                     write_json)
+from _common import (Setup, add_model_args, add_run_args, chat_requests, conversations, make_rows, parser,  # noqa: E402
+                     run_in_env)
+from _report import print_header, rotated, time_paths  # noqa: E402
 
 UDF = "bench_eval"
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rows", type=int, default=256)
-    ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--size", choices=("tiny", "small"), default="tiny")
+    ap = parser(__doc__, raw=False)
+    add_model_args(ap, rows=256)
     ap.add_argument("--repeats", type=int, default=5)  # a full garbage collection can land in any one run
     ap.add_argument("--metrics", default="exact_match,token_f1,rouge_l")
     ap.add_argument("--cpus-per-worker", type=float, default=2.0)
@@ -58,25 +56,17 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: Any, work: Path) -> int:
     import torch
 
-    from byzer_like import ByzerLLM
-    from byzer_like.config import chat_request
-    from byzer_like.engine import Session
     from byzer_like.eval import metrics as M
-    from byzer_like.tiny import make_tiny
+    from byzer_like.eval.report import wait_for_reports
 
-    load_start = loadavg()
     questions = make_rows(args.rows)
     answers = [q.split(": ", 1)[1].split()[-1] for q in questions]  # a one-word reference per row
     (work / "qs.jsonl").write_text("".join(json.dumps({"question": q, "answer": a}) + "\n"
                                            for q, a in zip(questions, answers)))
-    model_dir = work / "models" / f"bench-llama-{args.size}"
-    built = make_tiny("llama", model_dir, size=args.size, seed=0)
-    llm = ByzerLLM()
-    llm.connect()
-    llm.setup_num_workers(1).setup_cpus_per_worker(args.cpus_per_worker).setup("max_batch_size", args.max_batch_size)
-    llm.deploy(str(model_dir), "llama", UDF, {})
-    session = Session(llm, progress=False)
-    session.sql("load json.`qs.jsonl` as qs;")
+    b = Setup.tiny(work, args.size)
+    llm = b.llm
+    b.deploy(UDF, args.cpus_per_worker, max_batch_size=args.max_batch_size)
+    session = b.session("load json.`qs.jsonl` as qs;")
     metrics = [M.metric(n) for n in args.metrics.split(",")]
     where = (f'action="eval" and udfName="{UDF}" and inputTable="qs" and metrics="{args.metrics}" and cache="false" '
              f'and maxNewTokens="{args.max_new_tokens}" and outputTable="per_row"')
@@ -87,44 +77,35 @@ def run(args: Any, work: Path) -> int:
         return session.table("per_row").column("prediction").to_pylist(), {m.name: summary[m.name] for m in metrics}
 
     def plain_path() -> tuple[list, dict]:
-        reqs = [chat_request([{"role": "user", "content": q}], {"temperature": 0.0, "max_new_tokens": args.max_new_tokens}
-                             ).model_dump() for q in questions]
+        reqs = chat_requests(conversations(questions), {"temperature": 0.0, "max_new_tokens": args.max_new_tokens})
         preds = [a.get("output", "").strip() for a in llm.runtime.generate(UDF, reqs)]
         return preds, {m.name: round(M.mean([m.row(p, r) for p, r in zip(preds, answers)]), 6) for m in metrics}
 
     paths = {"eval": lambda: eval_path(True), "eval_no_report": lambda: eval_path(False), "plain": plain_path}
-    for fn in paths.values():  # warm-up
-        fn()
-    secs: dict[str, list[float]] = {k: [] for k in paths}
-    outputs: dict[str, tuple] = {}
-    names = list(paths)
-    for rep in range(args.repeats):
-        order = names[rep % len(names):] + names[:rep % len(names)]
-        for name in order:
-            outputs[name], s = timed(paths[name])
-            secs[name].append(s)
-            log(f"repeat {rep + 1}: {name} {args.rows / s:.1f} rows/s")
-    from byzer_like.eval.report import wait_for_reports
-
+    t = time_paths(paths, args.repeats, rotated, warmup=1, rows=args.rows)
     reports_done = wait_for_reports(120)  # the last PNG (drawn in the background) is written
-    rate = {k: args.rows / statistics.median(v) for k, v in secs.items()}
+    rate = {k: args.rows / statistics.median(v) for k, v in t.secs.items()}
+    outputs = t.answers
     agree = outputs["eval"][0] == outputs["plain"][0] and outputs["eval"][1] == outputs["plain"][1]
-    results = finish({
+    b.publish({
         "reports_written": reports_done,
         "eval_rows_per_s": round(rate["eval"], 2), "eval_no_report_rows_per_s": round(rate["eval_no_report"], 2),
         "plain_rows_per_s": round(rate["plain"], 2), "ratio": round(rate["eval"] / rate["plain"], 3),
         "ratio_no_report": round(rate["eval_no_report"] / rate["plain"], 3),
-        "per_run_s": secs, "metrics": outputs["eval"][1], "answers_and_metrics_agree": agree,
-    }, rows=args.rows, max_new_tokens=args.max_new_tokens, size=args.size, params=built["params"], replicas=1,
+        "per_run_s": t.secs, "metrics": outputs["eval"][1], "answers_and_metrics_agree": agree,
+    }, report, args.json, rows=args.rows, max_new_tokens=args.max_new_tokens, replicas=1,
         cpus_per_worker=args.cpus_per_worker, max_batch_size=args.max_batch_size, torch_threads=torch.get_num_threads(),
-        repeats=args.repeats, load_start=load_start)
-    print_header(results)
-    print(f"action=\"eval\": {results['eval_rows_per_s']} rows/s (without the report: "
-          f"{results['eval_no_report_rows_per_s']}); plain generate + metric loop: {results['plain_rows_per_s']} rows/s")
-    print(f"ratio {results['ratio']} (without the report {results['ratio_no_report']}); predictions and metrics agree: {agree}")
-    write_json(args.json, results)
+        repeats=args.repeats)
     session.close()
     return 0 if agree else 1
+
+
+def report(r: dict) -> None:
+    print_header(r)
+    print(f"action=\"eval\": {r['eval_rows_per_s']} rows/s (without the report: "
+          f"{r['eval_no_report_rows_per_s']}); plain generate + metric loop: {r['plain_rows_per_s']} rows/s")
+    print(f"ratio {r['ratio']} (without the report {r['ratio_no_report']}); predictions and metrics agree: "
+          f"{r['answers_and_metrics_agree']}")
 
 
 if __name__ == "__main__":

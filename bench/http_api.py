@@ -66,8 +66,9 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from _common import (add_run_args, finish, loadavg, log, make_rows, median_ms, probe_threads, proc_cpu_s,
-                     run_in_env, self_cpu_s, spread, write_json)
+from _common import (Setup, add_run_args, chat_requests, log, make_rows, median_ms, parser, proc_cpu_s, run_in_env,
+                     self_cpu_s, spread)
+from _report import Timings, print_machine, rotated, time_paths
 
 UDF = "bench_chat"
 API_KEY = "bench-http-key"
@@ -75,6 +76,26 @@ WARMUP, STREAM_WARMUP = 3, 2
 
 
 # -- the keep-alive HTTP client ------------------------------------------------------------------------
+class StreamClock:
+    """Times one streamed answer from when it is made: when its first piece with text came, and its pieces."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.first: float | None = None
+        self.pieces: list[str] = []
+
+    def piece(self, text: str | None) -> None:
+        if text:
+            if self.first is None:
+                self.first = time.perf_counter() - self.start
+            self.pieces.append(text)
+
+    def done(self) -> tuple[str, float | None, float, int]:
+        """(the text, seconds to its first piece, seconds until now, the number of pieces)."""
+        total = time.perf_counter() - self.start
+        return "".join(self.pieces), self.first, total, len(self.pieces)
+
+
 class KeepAlive:
     """One `http.client` connection kept open (HTTP/1.1 keep-alive) with TCP_NODELAY, so that no
     request waits on Nagle's algorithm (http.client sends the headers and the body in two writes).
@@ -120,9 +141,8 @@ class KeepAlive:
 
     def stream(self, path: str, body: dict) -> tuple[str, float | None, float, int]:
         """(text, seconds to the first content, seconds to [DONE], content pieces) of an SSE answer."""
-        start = time.perf_counter()
+        clock = StreamClock()
         resp = self._response("POST", path, body)
-        first, pieces, text = None, 0, []
         while True:
             line = resp.readline()
             if not line:
@@ -136,15 +156,10 @@ class KeepAlive:
             if "error" in event:
                 raise RuntimeError(f"error event: {event['error']}")
             for choice in event.get("choices") or []:
-                piece = (choice.get("delta") or {}).get("content")
-                if piece:
-                    if first is None:
-                        first = time.perf_counter() - start
-                    pieces += 1
-                    text.append(piece)
-        total = time.perf_counter() - start
+                clock.piece((choice.get("delta") or {}).get("content"))
+        out = clock.done()
         resp.read()  # the closing chunk, so that the connection carries the next request
-        return "".join(text), first, total, pieces
+        return out
 
     def close(self) -> None:
         if self.conn is not None:
@@ -157,57 +172,9 @@ def p90_ms(xs: list[float]) -> float:
     return round(s[min(len(s) - 1, int(round(0.9 * (len(s) - 1))))] * 1000, 3)
 
 
-def rotated(names: list[str], i: int) -> list[str]:
-    k = i % len(names)
-    return names[k:] + names[:k]
-
-
-class CpuMeter:
-    """CPU seconds of a few processes, summed over the calls of each path."""
-
-    def __init__(self, pids: dict[str, int | None]):
-        self.pids = pids
-        self.sums: dict[str, dict[str, float]] = {}
-        self.calls: dict[str, int] = {}
-
-    def read(self) -> dict[str, float | None]:
-        return {name: (self_cpu_s() if pid is None else proc_cpu_s(pid)) for name, pid in self.pids.items()}
-
-    def add(self, path: str, before: dict, after: dict) -> None:
-        sums = self.sums.setdefault(path, {})
-        for name in self.pids:
-            if before[name] is not None and after[name] is not None:
-                sums[name] = sums.get(name, 0.0) + after[name] - before[name]
-        self.calls[path] = self.calls.get(path, 0) + 1
-
-    def per_call_ms(self) -> dict[str, dict[str, float]]:
-        return {path: {name: round(1000 * s / self.calls[path], 2) for name, s in sums.items()}
-                for path, sums in self.sums.items()}
-
-
-def interleave(paths: dict[str, Callable[[], Any]], calls: int, warmup: int, cpu: CpuMeter | None = None,
-               label: str = "") -> tuple[dict[str, list[Any]], dict[str, Any]]:
-    """Warm up each path, then `calls` rounds with every path once per round (order rotated each round).
-    Returns each path's per-call results (what `fn` returned, with its wall seconds) and last answer."""
-    names = list(paths)
-    for _ in range(warmup):
-        for name in names:
-            paths[name]()
-    runs: dict[str, list[Any]] = {k: [] for k in names}
-    last: dict[str, Any] = {}
-    for i in range(calls):
-        for name in rotated(names, i):
-            before = cpu.read() if cpu else None
-            start = time.perf_counter()
-            out = paths[name]()
-            secs = time.perf_counter() - start
-            if cpu:
-                cpu.add(name, before, cpu.read())
-            runs[name].append((secs, out))
-            last[name] = out
-        if (i + 1) % 10 == 0 or i + 1 == calls:
-            log(f"{label}round {i + 1}/{calls}")
-    return runs, last
+def cpu_ms_per_call(t: Timings) -> dict[str, dict[str, float]]:
+    """Per path, each process's CPU milliseconds per call (its CPU seconds over the calls / their number)."""
+    return {p: {r: round(1000 * sum(t.cpu[r][p]) / len(t.secs[p]), 2) for r in t.cpu if t.cpu[r][p]} for p in t.names}
 
 
 def summary(xs: list[float]) -> dict[str, Any]:
@@ -217,7 +184,7 @@ def summary(xs: list[float]) -> dict[str, Any]:
 
 # -- main ------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--calls", type=int, default=30, help="timed one-token calls of each path (default 30)")
     ap.add_argument("--stream-calls", type=int, default=30, help="timed streamed answers of each path (default 30)")
     ap.add_argument("--stream-tokens", type=int, default=32, help="new tokens of the streamed answer (default 32)")
@@ -231,20 +198,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, work: Path) -> int:
-    import ray
-    import torch
-    import transformers
     from ray import serve
 
-    from byzer_like import ByzerLLM
     from byzer_like.api import server as api_server
     from byzer_like.api.schemas import ChatCompletionRequest
-    from byzer_like.config import chat_request
-    from byzer_like.plugins import registry
-    from byzer_like.tiny import make_tiny
 
-    transformers.utils.logging.disable_progress_bar()
-    load_start = loadavg()
     K = args.stream_tokens
     question = make_rows(2)[1]
     messages = [{"role": "user", "content": question}]
@@ -252,52 +210,37 @@ def run(args: argparse.Namespace, work: Path) -> int:
     cfgK = {"temperature": 0, "max_new_tokens": K, "generation.min_new_tokens": K}
     body1 = {"model": UDF, "messages": messages, "temperature": 0, "max_tokens": 1}
     bodyK = {"model": UDF, "messages": messages, "temperature": 0, "max_tokens": K, "min_tokens": K, "stream": True}
-    req1 = chat_request(messages, cfg1).model_dump()
-    reqK = chat_request(messages, cfgK).model_dump()
+    req1, reqK = chat_requests([messages, messages], [cfg1, cfgK])
     # the HTTP bodies must become the very requests the other paths send
     for body, req in ((body1, req1), (bodyK, reqK)):
-        via_http = chat_request(messages, ChatCompletionRequest.model_validate(body).options()).model_dump()
+        via_http = chat_requests([messages], ChatCompletionRequest.model_validate(body).options())[0]
         assert via_http == req, (via_http, req)
 
-    model_dir = work / "models" / f"bench-llama-{args.size}"
-    built = make_tiny("llama", model_dir, size=args.size, seed=0)
-    log(f"built {built['params']:,}-parameter llama ({args.size}) in {built['seconds']} s")
-
-    llm = ByzerLLM()
-    conn = llm.connect()
-    log(f"ray: {conn['mode']} cluster, {ray.cluster_resources().get('CPU', 0):g} logical CPUs")
-
+    b = Setup.tiny(work, args.size)
+    llm = b.llm
     C = args.cpus_per_worker
     results: dict[str, Any] = {}
     srv = None
     client = None
     try:
-        llm.setup_num_workers(1).setup_cpus_per_worker(C)
-        t0 = time.perf_counter()
-        llm.deploy(str(model_dir), "llama", UDF, {})
-        meta = llm.get_meta(UDF)
-        log(f"deployed 1 replica x {C:g} CPU in {time.perf_counter() - t0:.1f} s")
+        meta = b.deploy(UDF, C)
         replica_pid = int(meta["replica_pid"])
-        threads = probe_threads(str(model_dir), llm.sys_conf, C)
-        n_threads = int(threads["torch_threads_pool_thread"])
-        log(f"replica threads: {threads}")
+        threads, n_threads = b.match_threads(C)
 
         t0 = time.perf_counter()
         srv = llm.serve(port=0, api_key=API_KEY)
         ingress = serve.get_app_handle(api_server.APP_NAME).address.remote().result(timeout_s=60)
         log(f"HTTP API at {srv.url} (ingress pid {ingress['pid']}) in {time.perf_counter() - t0:.1f} s")
 
-        plugin = registry.load("llama")
-        d_model, d_tok = plugin.init_model(str(model_dir), {}, llm.sys_conf)
-        torch.set_num_threads(n_threads)  # init_model sets cpus_per_worker threads; match the replica's
-
+        plugin, d_model, d_tok = b.in_process(n_threads)  # as many torch threads as the replica
         client = KeepAlive(srv.url, API_KEY)
         oai = None
         if not args.no_openai:
             import openai
 
             oai = openai.OpenAI(base_url=srv.base_url, api_key=API_KEY, max_retries=0, timeout=120)
-        cpu = CpuMeter({"replica": replica_pid, "ingress": int(ingress["pid"]), "driver": None})
+        ingress_pid = int(ingress["pid"])
+        cpu = {"replica": lambda: proc_cpu_s(replica_pid), "ingress": lambda: proc_cpu_s(ingress_pid), "driver": self_cpu_s}
 
         # ---- 1. one-token latency ----------------------------------------------------------------
         def direct1() -> str:
@@ -321,9 +264,8 @@ def run(args: argparse.Namespace, work: Path) -> int:
             paths1["openai"] = openai1
         paths1["health"] = health
         log(f"one-token latency: {args.calls} calls x {len(paths1)} paths")
-        runs1, last1 = interleave(paths1, args.calls, WARMUP, cpu, "one-token ")
-        lat = {k: [s for s, _ in v] for k, v in runs1.items()}
-        cpu1 = cpu.per_call_ms()
+        one = time_paths(paths1, args.calls, rotated, warmup=WARMUP, cpu=cpu, label="one-token ", log_every=10)
+        lat = one.secs
 
         # ---- 2./3. streamed time to first token, and the whole stream ---------------------------------
         def direct_s() -> tuple[str, float | None, float, int]:
@@ -338,49 +280,41 @@ def run(args: argparse.Namespace, work: Path) -> int:
             return text, first, time.perf_counter() - start, pieces
 
         def handle_s() -> tuple[str, float | None, float, int]:
-            start, first, pieces, text = time.perf_counter(), None, 0, []
+            clock = StreamClock()
             for piece, _meta in llm.stream_chat_oai(messages, model=UDF, llm_config=cfgK):
-                if piece:
-                    if first is None:
-                        first = time.perf_counter() - start
-                    pieces += 1
-                    text.append(piece)
-            return "".join(text), first, time.perf_counter() - start, pieces
+                clock.piece(piece)
+            return clock.done()
 
         def http_s() -> tuple[str, float | None, float, int]:
             return client.stream("/v1/chat/completions", bodyK)
 
         def openai_s() -> tuple[str, float | None, float, int]:
-            start, first, pieces, text = time.perf_counter(), None, 0, []
+            clock = StreamClock()
             stream = oai.chat.completions.create(model=UDF, messages=messages, temperature=0, max_tokens=K,
                                                  stream=True, extra_body={"min_tokens": K})
             with stream:
                 for chunk in stream:
-                    piece = chunk.choices[0].delta.content if chunk.choices else None
-                    if piece:
-                        if first is None:
-                            first = time.perf_counter() - start
-                        pieces += 1
-                        text.append(piece)
-            return "".join(text), first, time.perf_counter() - start, pieces
+                    clock.piece(chunk.choices[0].delta.content if chunk.choices else None)
+            return clock.done()
 
         paths_s: dict[str, Callable[[], Any]] = {"direct": direct_s, "handle": handle_s, "http": http_s}
         if oai is not None:
             paths_s["openai"] = openai_s
-        cpu_s = CpuMeter(cpu.pids)
         log(f"streamed {K}-token answers: {args.stream_calls} calls x {len(paths_s)} paths")
-        runs_s, last_s = interleave(paths_s, args.stream_calls, STREAM_WARMUP, cpu_s, "stream ")
-        if any(out[1] is None for v in runs_s.values() for _, out in v):
+        streams = time_paths(paths_s, args.stream_calls, rotated, warmup=STREAM_WARMUP, cpu=cpu, label="stream ",
+                             log_every=10)
+        runs_s = streams.outputs
+        if any(out[1] is None for v in runs_s.values() for out in v):
             raise RuntimeError("a streamed answer had no text: no time to first token")
-        ttft = {k: [out[1] for _, out in v] for k, v in runs_s.items()}
-        total = {k: [out[2] for _, out in v] for k, v in runs_s.items()}
-        pieces = {k: statistics.median([out[3] for _, out in v]) for k, v in runs_s.items()}
+        ttft = {k: [out[1] for out in v] for k, v in runs_s.items()}
+        total = {k: [out[2] for out in v] for k, v in runs_s.items()}
+        pieces = {k: statistics.median([out[3] for out in v]) for k, v in runs_s.items()}
         final_meta: dict = {}
         for _text, final_meta in plugin.stream(d_model, d_tok, reqK):
             pass
 
-        answers1 = {k: v for k, v in last1.items() if k != "health"}
-        answersK = {k: v[0] for k, v in last_s.items()}
+        answers1 = {k: v for k, v in one.answers.items() if k != "health"}
+        answersK = {k: v[0] for k, v in streams.answers.items()}
         med = {k: median_ms(v) for k, v in lat.items()}
         med_t = {k: median_ms(v) for k, v in ttft.items()}
         med_T = {k: median_ms(v) for k, v in total.items()}
@@ -409,7 +343,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
             ratio_handle_direct=ratio(med["handle"], med["direct"]),
             ratio_http_direct=ratio(med["http"], med["direct"]),
             ratio_openai_handle=ratio(med["openai"], med["handle"]) if "openai" in med else None,
-            cpu_ms_per_call=cpu1,
+            cpu_ms_per_call=cpu_ms_per_call(one),
             ttft_ms={k: summary(v) for k, v in ttft.items()},
             ttft_overhead_ms_http_handle=diff(med_t["http"], med_t["handle"]),
             ttft_overhead_ms_handle_direct=diff(med_t["handle"], med_t["direct"]),
@@ -419,7 +353,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
             stream_overhead_ms_handle_direct=diff(med_T["handle"], med_T["direct"]),
             stream_ms_per_piece_http_handle=(round((med_T["http"] - med_T["handle"]) / pieces["http"], 3)
                                              if pieces["http"] else None),
-            stream_cpu_ms_per_call=cpu_s.per_call_ms(),
+            stream_cpu_ms_per_call=cpu_ms_per_call(streams),
             connects=client.connects,
             answers_one_token=answers1,
             answers_match=len(set(answers1.values())) == 1 and len(set(answersK.values())) == 1,
@@ -435,18 +369,11 @@ def run(args: argparse.Namespace, work: Path) -> int:
                 srv.stop()
         except Exception as e:  # noqa: BLE001 - shutting down anyway
             log(f"stopping the HTTP API failed: {e}")
-        try:
-            if llm.is_model_exist(UDF):
-                llm.undeploy(UDF)
-        except Exception as e:  # noqa: BLE001
-            log(f"undeploy failed: {e}")
+        b.undeploy(UDF)
 
-    results = finish(results, rows=1, max_new_tokens=K, size=args.size, params=built["params"], replicas=1,
-                     cpus_per_worker=C, max_batch_size=int(meta.get("max_batch_size") or 0),
-                     torch_threads=n_threads, repeats=args.calls, load_start=load_start)
-    report(results)
-    write_json(args.json, results)
-    return 0
+    return b.publish(results, report, args.json,
+                     rows=1, max_new_tokens=K, replicas=1, cpus_per_worker=C,
+                     max_batch_size=int(meta.get("max_batch_size") or 0), torch_threads=n_threads, repeats=args.calls)
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -459,26 +386,30 @@ LABELS = {
 }
 
 
+def print_ms_table(w: int, figure: str, summaries: dict[str, dict], more: str, rule: int,
+                   cells: Callable[[str], str]) -> None:
+    """A table of the paths' `summary` of one figure (median, p90, min..max in ms), then `more` columns
+    (their heads as one string, each path's `cells(path)`), under a rule `w + rule` long."""
+    print(f"{'path':<{w}} {figure:>10} {'p90':>8} {'min..max':>14}   {more}")
+    print("-" * (w + rule))
+    for k, s in summaries.items():
+        print(f"{LABELS[k]:<{w}} {s['median']:>10.2f} {s['p90']:>8.2f} {spread(s['runs']):>14}   {cells(k)}")
+
+
 def report(r: dict) -> None:
-    m = r["machine"]
     print()
     print(f"llama {r['model']['size']} ({r['params']:,} params), 1 replica x {r['cpus_per_worker']:g} CPU, "
           f"{r['torch_threads']} torch threads, greedy; HTTP API at {r['api_url']}")
-    print(f"OMP_WAIT_POLICY={r['omp_wait_policy'] or '(unset)'}; load average (1/5/15 min) at start {m['loadavg_start']}, "
-          f"at end {m['loadavg_end']}")
-    print(f"{m['cores']} cores ({m['cpu_model']}), python {m['python']}, torch {m['torch']}, ray {m['ray']}, "
-          f"transformers {m['transformers']}")
+    print_machine(r)
 
     w = 31
     print()
     print(f"one-token request (max_tokens=1), {r['calls']} calls per path, interleaved; "
           f"CPU ms per call from /proc (10 ms ticks, averaged)")
-    print(f"{'path':<{w}} {'median ms':>10} {'p90':>8} {'min..max':>14}   {'cpu replica':>11} {'ingress':>8} {'this':>6}")
-    print("-" * (w + 66))
-    for k, s in r["latency_ms"].items():
-        c = r["cpu_ms_per_call"].get(k, {})
-        print(f"{LABELS[k]:<{w}} {s['median']:>10.2f} {s['p90']:>8.2f} {spread(s['runs']):>14}   "
-              f"{c.get('replica', 0):>11.1f} {c.get('ingress', 0):>8.1f} {c.get('driver', 0):>6.1f}")
+    cpu = r["cpu_ms_per_call"]
+    print_ms_table(w, "median ms", r["latency_ms"], f"{'cpu replica':>11} {'ingress':>8} {'this':>6}", 66,
+                   lambda k: " ".join(f"{cpu.get(k, {}).get(p, 0):>{n}.1f}" for p, n in (("replica", 11), ("ingress", 8),
+                                                                                         ("driver", 6))))
     lm = {k: s["median"] for k, s in r["latency_ms"].items()}
     print()
     print(f"  HTTP - handle:      {r['overhead_ms_http_handle']:7.2f} ms   (ratio {r['ratio_http_handle']:.2f})")
@@ -492,12 +423,9 @@ def report(r: dict) -> None:
     print()
     print(f"streamed answer of {r['stream_tokens']} tokens (generated: {r['stream_output_tokens']}), "
           f"{r['stream_calls']} calls per path, interleaved")
-    print(f"{'path':<{w}} {'TTFT ms':>10} {'p90':>8} {'min..max':>14}   {'total ms':>9} {'min..max':>16} {'pieces':>7}")
-    print("-" * (w + 72))
-    for k, s in r["ttft_ms"].items():
-        t = r["stream_total_ms"][k]
-        print(f"{LABELS[k]:<{w}} {s['median']:>10.2f} {s['p90']:>8.2f} {spread(s['runs']):>14}   "
-              f"{t['median']:>9.2f} {spread(t['runs']):>16} {r['stream_pieces'][k]:>7g}")
+    total = r["stream_total_ms"]
+    print_ms_table(w, "TTFT ms", r["ttft_ms"], f"{'total ms':>9} {'min..max':>16} {'pieces':>7}", 72,
+                   lambda k: f"{total[k]['median']:>9.2f} {spread(total[k]['runs']):>16} {r['stream_pieces'][k]:>7g}")
     print()
     print(f"  TTFT  HTTP - handle: {r['ttft_overhead_ms_http_handle']:7.2f} ms;  handle - direct: "
           f"{r['ttft_overhead_ms_handle_direct']:7.2f} ms")

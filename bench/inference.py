@@ -51,72 +51,36 @@ overhead_ms_direct, answers_match, machine, timestamp, and the per-run and diagn
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from _common import (PlainLoop, add_run_args, finish, loadavg, log, make_rows, median_ms, print_header,
-                     probe_threads, proc_cpu_s, run_in_env, self_cpu_s, spread, timed, write_json)
+from _common import (Setup, add_model_args, add_replica_args, add_run_args, chat_requests, greedy_chats,
+                     median_ms, parser, proc_cpu_s, run_in_env, self_cpu_s, timed)
+from _report import (cpu_cell, matches, medians_of, path_header, path_row, path_rule, print_header, ratio_runs, runs_of,
+                     time_paths)
 
 UDF = "bench_chat"
 
 
 # -- main ------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=256)
-    ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--size", choices=("tiny", "small"), default="tiny")
-    ap.add_argument("--replicas", type=int, choices=(1, 2), default=1, help="2: also measure two replicas")
-    ap.add_argument("--cpus-per-worker", type=float, default=2.0, help="CPUs of the one replica (default 2)")
-    ap.add_argument("--cpus-per-worker-2", type=float, default=None,
-                    help="CPUs of each of two replicas (default: cpus-per-worker / 2)")
-    ap.add_argument("--max-batch-size", type=int, default=32)
+    ap = parser(__doc__)
+    add_model_args(ap, rows=256)
+    add_replica_args(ap)
     ap.add_argument("--repeats", type=int, default=3, help="timed runs of each path (alternating)")
     ap.add_argument("--overhead-calls", type=int, default=30)
     add_run_args(ap)
-    args = ap.parse_args(argv)
-    return run_in_env(args, run)
+    return run_in_env(ap.parse_args(argv), run)
 
 
 def run(args: argparse.Namespace, work: Path) -> int:
-    import ray
-    import torch
-    import transformers
-
-    from byzer_like import ByzerLLM
-    from byzer_like.config import chat_request
-    from byzer_like.plugins import registry
     from byzer_like.serving import manager
-    from byzer_like.tiny import make_tiny
 
-    transformers.utils.logging.disable_progress_bar()
-
-    load_start = loadavg()
     K = args.max_new_tokens
-    cfg = {"temperature": 0, "max_new_tokens": K}
-    rows = make_rows(args.rows)
-    convs = [[{"role": "user", "content": r}] for r in rows]
-
-    model_dir = work / "models" / f"bench-llama-{args.size}"
-    built = make_tiny("llama", model_dir, size=args.size, seed=0)
-    log(f"built {built['params']:,}-parameter llama ({args.size}) in {built['seconds']} s")
-
-    llm = ByzerLLM()
-    conn = llm.connect()
-    log(f"ray: {conn['mode']} cluster, {ray.cluster_resources().get('CPU', 0):g} logical CPUs")
-
-    def deploy(replicas: int, cpus: float) -> dict:
-        llm.setup_num_workers(replicas).setup_cpus_per_worker(cpus).setup("max_batch_size", args.max_batch_size)
-        _, secs = timed(lambda: llm.deploy(str(model_dir), "llama", UDF, {}))
-        meta = llm.get_meta(UDF)
-        log(f"deployed {replicas} replica(s) x {cpus:g} CPU in {secs:.1f} s")
-        return meta
-
-    def undeploy() -> None:
-        if llm.is_model_exist(UDF):
-            llm.undeploy(UDF)
+    rows, convs, cfg = greedy_chats(args.rows, K)
+    b = Setup.tiny(work, args.size)
+    llm = b.llm
 
     def serve_answers() -> list[str]:
         return [r.output for r in llm.batch_chat(convs, model=UDF, llm_config=cfg)]
@@ -125,25 +89,18 @@ def run(args: argparse.Namespace, work: Path) -> int:
     try:
         # ---- one replica ---------------------------------------------------------------------------
         C = args.cpus_per_worker
-        meta = deploy(1, C)
-        batch_size = int(meta.get("max_batch_size") or args.max_batch_size)
-        pid = int(meta["replica_pid"])
-        threads = probe_threads(str(model_dir), llm.sys_conf, C)
-        n_threads = int(threads["torch_threads_pool_thread"])
-        torch.set_num_threads(n_threads)
-        log(f"replica threads: {threads}; plain loop uses torch.set_num_threads({n_threads})")
-
-        plain = PlainLoop(str(model_dir), batch_size)
+        meta, threads, n_threads, plain = b.deploy_with_plain(UDF, C, args.max_batch_size)
+        batch_size, pid = plain.batch_size, int(meta["replica_pid"])
         # warm-up: one batch each
         llm.batch_chat(convs[:batch_size], model=UDF, llm_config=cfg)
         plain.run(rows[:batch_size], K)
 
-        # Three paths per repeat, alternating so that load from elsewhere hits all alike:
+        # Three paths per repeat, in the same order every time (load from elsewhere hits all alike):
         #   serve     ByzerLLM.batch_chat (chunks of max_batch_size, 2 chunks in flight per replica)
         #   serve_seq the same chunks through the same handle one at a time (diagnostic: no overlap)
         #   plain     the plain loop (one batch after the other)
         handle = manager.get_handle(UDF)
-        reqs = [chat_request(c, cfg).model_dump() for c in convs]
+        reqs = chat_requests(convs, cfg)
 
         def serve_seq_answers() -> list[str]:
             res = manager.run_batched(handle, reqs, udf_name=UDF, chunk_size=batch_size, in_flight=1, timeout_s=600)
@@ -152,31 +109,18 @@ def run(args: argparse.Namespace, work: Path) -> int:
         paths: dict[str, Callable[[], list[str]]] = {
             "serve": serve_answers, "serve_seq": serve_seq_answers, "plain": lambda: plain.run(rows, K),
         }
-        secs: dict[str, list[float]] = {k: [] for k in paths}
-        cpu_s: dict[str, list[float]] = {k: [] for k in paths}
-        answers: dict[str, list[str]] = {}
-        for rep in range(args.repeats):
-            for name, fn in paths.items():
-                c0 = self_cpu_s() if name == "plain" else proc_cpu_s(pid)
-                answers[name], t = timed(fn)
-                c1 = self_cpu_s() if name == "plain" else proc_cpu_s(pid)
-                secs[name].append(t)
-                if c0 is not None and c1 is not None:
-                    cpu_s[name].append(c1 - c0)
-            log(f"repeat {rep + 1}: " + ", ".join(f"{k} {len(rows) / v[-1]:,.1f} rows/s" for k, v in secs.items()))
-        rps = {k: [len(rows) / t for t in v] for k, v in secs.items()}
-        serve_out, plain_out = answers["serve"], answers["plain"]
-        matches = sum(a == b for a, b in zip(serve_out, plain_out))
-        mismatched = [i for i, (a, b) in enumerate(zip(serve_out, plain_out)) if a != b]
+        one = time_paths(paths, args.repeats, cpu={"replica": lambda: proc_cpu_s(pid), "driver": self_cpu_s},
+                         rows=len(rows))
+        rps = one.rates(len(rows))
+        serve_out, plain_out = one.answers["serve"], one.answers["plain"]
 
         # ---- per-request overhead (one token) ------------------------------------------------------------
-        req = chat_request([{"role": "user", "content": rows[1]}], {**cfg, "max_new_tokens": 1}).model_dump()
-        plugin = registry.load("llama")
-        d_model, d_tok = plugin.init_model(str(model_dir), {}, llm.sys_conf)
-        torch.set_num_threads(n_threads)
+        one_token = {**cfg, "max_new_tokens": 1}
+        req = chat_requests([[{"role": "user", "content": rows[1]}]], one_token)[0]
+        plugin, d_model, d_tok = b.in_process(n_threads)
 
         def via_chat() -> Any:
-            return llm.chat_oai([{"role": "user", "content": rows[1]}], model=UDF, llm_config={**cfg, "max_new_tokens": 1})
+            return llm.chat_oai([{"role": "user", "content": rows[1]}], model=UDF, llm_config=one_token)
 
         def via_generate() -> Any:
             return manager.call(handle, "generate", [req], udf_name=UDF, timeout_s=60)
@@ -194,17 +138,13 @@ def run(args: argparse.Namespace, work: Path) -> int:
         assert via_chat()[0].output == direct()[0]["output"]
 
         results.update(
-            serve_rows_per_s=round(statistics.median(rps["serve"]), 2),
-            plain_rows_per_s=round(statistics.median(rps["plain"]), 2),
-            serve_seq_rows_per_s=round(statistics.median(rps["serve_seq"]), 2),
-            serve_rows_per_s_runs=[round(x, 2) for x in rps["serve"]],
-            plain_rows_per_s_runs=[round(x, 2) for x in rps["plain"]],
-            serve_seq_rows_per_s_runs=[round(x, 2) for x in rps["serve_seq"]],
-            serve_replica_cpu_s_runs=[round(x, 2) for x in cpu_s["serve"]],
-            serve_seq_replica_cpu_s_runs=[round(x, 2) for x in cpu_s["serve_seq"]],
-            plain_cpu_s_runs=[round(x, 2) for x in cpu_s["plain"]],
-            answers_match=matches,
-            answers_mismatched_rows=mismatched[:20],
+            medians_of({k: rps[k] for k in ("serve", "plain", "serve_seq")}),
+            **runs_of({k: rps[k] for k in ("serve", "plain", "serve_seq")}),
+            **runs_of(one.cpu_of("replica", "serve", "serve_seq"), "replica_cpu_s"),
+            **runs_of(one.cpu_of("driver", "plain"), "cpu_s"),
+        )
+        results["answers_match"], results["answers_mismatched_rows"] = matches(serve_out, plain_out)
+        results.update(
             overhead_ms_serve=median_ms(lat["chat"]),
             overhead_ms_serve_generate=median_ms(lat["generate"]),
             overhead_ms_direct=median_ms(lat["direct"]),
@@ -212,9 +152,9 @@ def run(args: argparse.Namespace, work: Path) -> int:
             threads=threads,
         )
         results["ratio"] = round(results["serve_rows_per_s"] / results["plain_rows_per_s"], 3)
-        results["ratio_runs"] = [round(a / b, 3) for a, b in zip(rps["serve"], rps["plain"])]
+        results["ratio_runs"] = ratio_runs(rps["serve"], rps["plain"])
         results["ratio_seq"] = round(results["serve_seq_rows_per_s"] / results["plain_rows_per_s"], 3)
-        results["answers_match_seq"] = sum(a == b for a, b in zip(answers["serve_seq"], plain_out))
+        results["answers_match_seq"] = matches(one.answers["serve_seq"], plain_out)[0]
         del d_model, d_tok
 
         # ---- two replicas --------------------------------------------------------------------------------
@@ -223,49 +163,38 @@ def run(args: argparse.Namespace, work: Path) -> int:
         C2 = args.cpus_per_worker_2 if args.cpus_per_worker_2 is not None else max(C / 2, 1.0)
         results["cpus_per_worker_2"] = C2 if args.replicas == 2 else None
         if args.replicas == 2:
-            undeploy()
-            deploy(2, C2)
+            b.undeploy(UDF)
+            b.deploy(UDF, C2, replicas=2, max_batch_size=args.max_batch_size)
             llm.batch_chat(convs[: 2 * batch_size], model=UDF, llm_config=cfg)  # warm-up: one batch per replica
-            two_t = []
-            for rep in range(args.repeats):
-                out2, t = timed(serve_answers)
-                two_t.append(t)
-                log(f"repeat {rep + 1}: 2 replicas {len(rows) / t:,.1f} rows/s")
-            two_rps = [len(rows) / t for t in two_t]
-            results["serve_2_rows_per_s"] = round(statistics.median(two_rps), 2)
-            results["serve_2_rows_per_s_runs"] = [round(x, 2) for x in two_rps]
+            two = time_paths({"serve": serve_answers}, args.repeats, rows=len(rows), label="2 replicas: ")
+            two_rps = {"serve_2": two.rates(len(rows))["serve"]}
+            results.update(medians_of(two_rps), **runs_of(two_rps))
             results["ratio_2_vs_1"] = round(results["serve_2_rows_per_s"] / results["serve_rows_per_s"], 3)
-            results["answers_match_2"] = sum(a == b for a, b in zip(out2, plain_out))
+            results["answers_match_2"] = matches(two.answers["serve"], plain_out)[0]
     finally:
-        try:
-            undeploy()
-        except Exception as e:  # noqa: BLE001 - shutting down anyway
-            log(f"undeploy failed: {e}")
+        b.undeploy(UDF)
 
-    results = finish(results, rows=len(rows), max_new_tokens=K, size=args.size, params=built["params"],
-                     replicas=args.replicas, cpus_per_worker=C, max_batch_size=batch_size, torch_threads=n_threads,
-                     repeats=args.repeats, load_start=load_start)
-    report(results)
-    write_json(args.json, results)
-    return 0
+    return b.publish(results, report, args.json,
+                     rows=len(rows), max_new_tokens=K, replicas=args.replicas, cpus_per_worker=C,
+                     max_batch_size=batch_size, torch_threads=n_threads, repeats=args.repeats)
 
 
 def report(r: dict) -> None:
     print_header(r)
     print()
     w = 42
-    print(f"{'path':<{w}} {'rows/s':>10} {'runs (min..max)':>20} {'cpu-s/run':>10}")
-    print("-" * (w + 44))
-    cpu = lambda xs: f"{statistics.median(xs):.2f}" if xs else "n/a"  # noqa: E731
-    print(f"{'Serve batch_chat, 1 replica x %g CPU' % r['cpus_per_worker']:<{w}} {r['serve_rows_per_s']:>10,.1f} "
-          f"{spread(r['serve_rows_per_s_runs']):>20} {cpu(r['serve_replica_cpu_s_runs']):>10}")
-    print(f"{'  diagnostic: same chunks, 1 in flight':<{w}} {r['serve_seq_rows_per_s']:>10,.1f} "
-          f"{spread(r['serve_seq_rows_per_s_runs']):>20} {cpu(r['serve_seq_replica_cpu_s_runs']):>10}")
-    print(f"{'plain transformers loop, in-process':<{w}} {r['plain_rows_per_s']:>10,.1f} "
-          f"{spread(r['plain_rows_per_s_runs']):>20} {cpu(r['plain_cpu_s_runs']):>10}")
+    cells = (("cpu-s/run", 10),)
+    print(path_header(w, *cells))
+    print(path_rule(w, *cells))
+    print(path_row("Serve batch_chat, 1 replica x %g CPU" % r["cpus_per_worker"], w, r["serve_rows_per_s"],
+                   r["serve_rows_per_s_runs"], cpu_cell(r["serve_replica_cpu_s_runs"], 10)))
+    print(path_row("  diagnostic: same chunks, 1 in flight", w, r["serve_seq_rows_per_s"], r["serve_seq_rows_per_s_runs"],
+                   cpu_cell(r["serve_seq_replica_cpu_s_runs"], 10)))
+    print(path_row("plain transformers loop, in-process", w, r["plain_rows_per_s"], r["plain_rows_per_s_runs"],
+                   cpu_cell(r["plain_cpu_s_runs"], 10)))
     if r.get("serve_2_rows_per_s") is not None:
-        print(f"{'Serve batch_chat, 2 replicas x %g CPU' % r['cpus_per_worker_2']:<{w}} {r['serve_2_rows_per_s']:>10,.1f} "
-              f"{spread(r['serve_2_rows_per_s_runs']):>20} {'':>10}")
+        print(path_row("Serve batch_chat, 2 replicas x %g CPU" % r["cpus_per_worker_2"], w, r["serve_2_rows_per_s"],
+                       r["serve_2_rows_per_s_runs"], " " * 10))
     print()
     print(f"ratio Serve / plain (1 replica): {r['ratio']:.3f}   per run: {r['ratio_runs']}   (goal >= 0.9)")
     print(f"ratio Serve 1-in-flight / plain: {r['ratio_seq']:.3f}   (Serve's cost with no overlap of chunks)")

@@ -33,7 +33,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import add_run_args, loadavg, log, machine_info, run_in_env, write_json
+from _common import (add_run_args, chat_text, cut_at_stop, llama_plugin, loadavg, log, machine_info, parser, run_in_env,
+                     runtime)
+from _report import publish
 
 DEFAULT_METHODS = "bnb-int8,bnb-nf4,torchao-int8,gptq-int8,gptq-int4"
 TOPICS = ["the capital of {}", "a short poem about {}", "three facts about {}", "how to cook {}", "the history of {}",
@@ -48,7 +50,7 @@ def prompts(n: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated (default {DEFAULT_METHODS})")
     ap.add_argument("--prompts", type=int, default=50)
     ap.add_argument("--max-new-tokens", type=int, default=16)
@@ -68,18 +70,14 @@ def generate(model: Any, tok: Any, rows: list[str], max_new: int, batch: int) ->
     answers: list[list[int]] = []
     tokens, seconds = 0, 0.0
     for k in range(0, len(rows), batch):
-        texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-                 for p in rows[k:k + batch]]
+        texts = [chat_text(tok, p) for p in rows[k:k + batch]]
         enc = tok(texts, padding=True, return_tensors="pt", add_special_tokens=False)
         t0 = time.perf_counter()
         with torch.inference_mode():
             out = model.generate(**enc, max_new_tokens=max_new, do_sample=False, pad_token_id=tok.pad_token_id)
         seconds += time.perf_counter() - t0
         for row in out[:, enc["input_ids"].shape[1]:].tolist():
-            for j, t in enumerate(row):
-                if t in stop:
-                    row = row[: j + 1]
-                    break
+            row = cut_at_stop(row, stop, keep=True)
             answers.append(row)
             tokens += len(row)
     return answers, tokens, seconds
@@ -98,9 +96,7 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 def measure(model_dir: str, rows: list[str], args: argparse.Namespace) -> dict:
     import torch
 
-    from byzer_like.plugins import registry
-
-    plugin = registry.load("llama").target
+    plugin = llama_plugin().target
     t0 = time.perf_counter()
     model, tok = plugin.init_model(model_dir, {}, {"cpus_per_worker": str(torch.get_num_threads())})
     load_s = time.perf_counter() - t0
@@ -116,10 +112,9 @@ def run(args: argparse.Namespace, work: Path) -> int:
     load_start = loadavg()
     from byzer_like.catalog import Catalog
     from byzer_like.convert.staging import weights_size
-    from byzer_like.runtime import Runtime
     from byzer_like.tiny import prose_lines
 
-    rt = Runtime(workspace=work)
+    rt = runtime(work)
     if args.model_dir:
         base_dir = str(Path(args.model_dir).resolve())
         Catalog(rt.workspace).register_model("base", kind="model", path=base_dir, base_model=None, model_type=None,
@@ -177,9 +172,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
                  "tokens_per_s": round(fp32_tps, 2), "runs_agree": fp32["answers"] == fp32_again["answers"]},
         "methods": quantized, "machine": machine_info(load_start),
     }
-    report(results)
-    write_json(args.json, results)
-    return 0
+    return publish(results, report, args.json)
 
 
 def report(r: dict) -> None:

@@ -37,6 +37,7 @@ import platform
 import re
 import shlex
 import signal
+import string
 import subprocess
 import sys
 import tempfile
@@ -249,123 +250,128 @@ def _matches(n: Any, total: Any) -> str:
     return f"{n}/{total}" if n is not None else "n/a"
 
 
+class Figures(string.Formatter):
+    """Fills a row's template from one benchmark's JSON `r`. A field names a figure: `key`, or `key.sub`
+    for one inside an object (None where missing); its format says how to show it:
+
+        (none)      as `str` writes it (None where missing)
+        s, g        the figure must be there: as `str` writes it, as `:g` does (`2.0` is `2`)
+        n<d>[unit]  a number with d places and thousands commas, then `unit` (`n1 ms`); n/a where missing
+        /rows       a count out of the rows, `n/rows` (the JSON must have `rows`); n/a where missing
+        /rows?      the same, out of 0 where the JSON has no `rows`
+        yes, equal  `yes` or `NO`, `equal` or `NOT equal`, by the figure's truth
+        keys        an object's names, comma-separated
+        runs2       a list of figures each rounded to 2 places
+    """
+
+    def __init__(self, r: dict):
+        super().__init__()
+        self.r = r
+
+    def get_field(self, field_name: str, args: Sequence[Any], kwargs: Any) -> tuple[str, str]:
+        return field_name, field_name  # the figure is looked up by `format_field`, which knows its format
+
+    def format_field(self, key: str, spec: str) -> str:
+        r = self.r
+        if spec == "s":
+            return str(r[key])
+        if spec == "g":
+            return format(r[key], "g")
+        value = _get(r, *key.split("."))
+        if spec.startswith("n") and spec[1:2].isdigit():
+            return _num(value, int(spec[1]), spec[2:])
+        shown: dict[str, Callable[[], str]] = {
+            "": lambda: str(value),
+            "/rows": lambda: _matches(value, r["rows"]),
+            "/rows?": lambda: _matches(value, r.get("rows", 0)),
+            "yes": lambda: "yes" if value else "NO",
+            "equal": lambda: "equal" if value else "NOT equal",
+            "keys": lambda: ", ".join(value or {}),
+            "runs2": lambda: str(None if value is None else [round(x, 2) for x in value]),
+        }
+        if spec not in shown:
+            raise ValueError(f"{{{key}:{spec}}}: no such figure format (see Figures)")
+        return shown[spec]()
+
+
+def fill(parts: Sequence[str | tuple[str, str]], r: dict) -> str:
+    """The parts of a template filled from `r` (`Figures`) and joined; a part (key, template) only where
+    the figure `key` is not None."""
+    return "".join(Figures(r).format(p if isinstance(p, str) else p[1]) for p in parts
+                   if isinstance(p, str) or r.get(p[0]) is not None)
+
+
 @dataclass
 class Row:
+    """One row of the headline table: what it shows, the benchmark whose JSON it reads, and the
+    templates (`fill`) of its result and raw-figure cells."""
+
     figure: str
     bench: str
-    result: Callable[[dict], str]
-    raw: Callable[[dict], str]
+    result: str
+    raw: tuple[str | tuple[str, str], ...]
+
+    def cells(self, r: dict) -> tuple[str, str]:
+        return fill((self.result,), r), fill(self.raw, r)
 
 
-def rows() -> list[Row]:
-    def sql_raw(r: dict) -> str:
-        return (f"SQL {_num(r.get('sql_rows_per_s'))} vs plain {_num(r.get('plain_rows_per_s'))} rows/s "
-                f"({r['rows']} rows); SQL / `batch_chat` {_num(r.get('ratio_sql_batch_chat'), 3)}; per run "
-                f"{r.get('ratio_sql_plain_runs')}; answers SQL == plain {_matches(r.get('answers_match_sql_plain'), r['rows'])}")
+ROWS = [
+    Row("SQL `select m(llm_param(...))` vs a plain `transformers` loop", "sql_inference", "**{ratio_sql_plain:n2}**",
+        ("SQL {sql_rows_per_s:n1} vs plain {plain_rows_per_s:n1} rows/s ({rows:s} rows); SQL / `batch_chat` "
+         "{ratio_sql_batch_chat:n3}; per run {ratio_sql_plain_runs}; answers SQL == plain "
+         "{answers_match_sql_plain:/rows}",)),
+    Row("`batch_chat` through Serve (1 replica) vs the plain loop", "inference", "**{ratio:n2}**",
+        ("Serve {serve_rows_per_s:n1} vs plain {plain_rows_per_s:n1} rows/s ({rows:s} rows, 1 replica x "
+         "{cpus_per_worker:g} CPU); one chunk in flight: {ratio_seq:n3}; per run {ratio_runs}; answers "
+         "{answers_match:/rows}",)),
+    Row("Serve overhead per request (one token, `chat_oai` - in-process call)", "inference", "**{overhead_ms_diff:n1 ms}**",
+        ("one-token `chat_oai` {overhead_ms_serve:n2} ms vs in-process plugin call {overhead_ms_direct:n2} ms "
+         "(medians); replica `generate` without the chat batcher {overhead_ms_serve_generate:n2} ms",)),
+    Row("HTTP API overhead over the Serve handle (one token, keep-alive `http.client`)", "http_api",
+        "**{overhead_ms_http_handle:n1 ms}**",
+        ("one token: HTTP {latency_ms.http.median:n2} vs handle {latency_ms.handle.median:n2} vs direct "
+         "{latency_ms.direct.median:n2} ms (medians of {calls}); handle - direct {overhead_ms_handle_direct:n2} ms",
+         ("overhead_ms_openai_http", "; the `openai` client adds {overhead_ms_openai_http:n2} ms"))),
+    Row("streamed time to first token over HTTP", "http_api", "**{ttft_ms.http.median:n1 ms}**",
+        ("{stream_tokens}-token answer: HTTP {ttft_ms.http.median:n2} vs handle {ttft_ms.handle.median:n2} vs direct "
+         "{ttft_ms.direct.median:n2} ms (medians of {stream_calls}); HTTP - handle {ttft_overhead_ms_http_handle:n2} ms",)),
+    Row("LoRA fine-tuning as a job vs a plain `Trainer` + peft script (training tokens/s)", "train",
+        "**{ratio_job_plain_train:n2}**",
+        ("training {job_train_tokens_per_s:n0} vs {plain_train_tokens_per_s:n0} tokens/s; end to end (job start "
+         "included) {ratio_job_plain_end_to_end:n3}; llama {model.size}, {rows} rows, {epochs} epoch(s), {cpus} CPUs, "
+         "median of {repeats}",)),
+    Row("2 replicas vs 1 replica, same total CPUs (`batch_chat` rows/s)", "inference", "**{ratio_2_vs_1:n2}**",
+        ("2 x {cpus_per_worker_2:n0} CPU {serve_2_rows_per_s:n1} vs 1 x {cpus_per_worker:g} CPU {serve_rows_per_s:n1} "
+         "rows/s; answers {answers_match_2:/rows}",)),
+    Row("batch-32 vs batch-1 throughput through Serve (`max_batch_size`)", "batching", "**{ratio:n2}**",
+        ("{serve_b32_rows_per_s:n1} vs {serve_b1_rows_per_s:n1} rows/s ({rows:s} rows, `max_batch_size` {batch_size} vs 1)",
+         ("ratio_plain", "; plain loop: {plain_b32_rows_per_s:n1} vs {plain_b1_rows_per_s:n1} rows/s, {ratio_plain:n2}x"),
+         "; batch-1 forward passes all 1-row: {one_row_forward_passes:yes}; answers equal {answers_match:/rows}")),
+    Row("`action=\"eval\"` vs a plain loop of `generate` + metric functions (rows/s)", "eval", "**{ratio:n2}**",
+        ("eval {eval_rows_per_s:n1} vs plain {plain_rows_per_s:n1} rows/s ({rows:s} rows, {metrics:keys}, 1 replica x "
+         "{cpus_per_worker:g} CPU); without the report (`report=\"false\"`) {ratio_no_report:n2}; per run eval "
+         "{per_run_s.eval:runs2} s, plain {per_run_s.plain:runs2} s; predictions and metrics equal: "
+         "{answers_and_metrics_agree:yes}",)),
+    Row("N LoRA adapters on one base vs N deployments (resident memory, N deployments / one base)", "adapters",
+        "**{memory_ratio:n2}**",
+        ("RSS {shared_rss_mb:n0} MiB (1 replica, {adapters} adapters loaded) vs {separate_rss_mb:n0} MiB ({adapters} "
+         "replicas); rows/s {shared_rows_per_s:n2} (one select) vs {separate_rows_per_s:n2} ({adapters} selects), "
+         "{throughput_ratio:n2}x; {model}, {rows} rows; answers equal {answers_match:/rows?}",)),
+]
+# the last row: each benchmark's answers against its baseline's, where it ran
+ANSWERS = [
+    ("inference", "Serve {answers_match:/rows}"),
+    ("sql_inference", "SQL {answers_match_sql_plain:/rows}"),
+    ("batching", "batch-1 vs batch-32 {answers_match:/rows}"),
+    ("eval", "eval / plain {answers_and_metrics_agree:equal}"),
+    ("adapters", "one base + adapters vs merged deployments {answers_match:/rows}"),
+    ("http_api", "HTTP / handle / direct {answers_match:equal}"),
+]
 
-    def serve_raw(r: dict) -> str:
-        return (f"Serve {_num(r.get('serve_rows_per_s'))} vs plain {_num(r.get('plain_rows_per_s'))} rows/s "
-                f"({r['rows']} rows, 1 replica x {r['cpus_per_worker']:g} CPU); one chunk in flight: "
-                f"{_num(r.get('ratio_seq'), 3)}; per run {r.get('ratio_runs')}; answers "
-                f"{_matches(r.get('answers_match'), r['rows'])}")
 
-    def overhead_raw(r: dict) -> str:
-        return (f"one-token `chat_oai` {_num(r.get('overhead_ms_serve'), 2)} ms vs in-process plugin call "
-                f"{_num(r.get('overhead_ms_direct'), 2)} ms (medians); "
-                f"replica `generate` without the chat batcher {_num(r.get('overhead_ms_serve_generate'), 2)} ms")
-
-    def http_raw(r: dict) -> str:
-        lat = r.get("latency_ms") or {}
-        s = (f"one token: HTTP {_num(_get(lat, 'http', 'median'), 2)} vs handle {_num(_get(lat, 'handle', 'median'), 2)} "
-             f"vs direct {_num(_get(lat, 'direct', 'median'), 2)} ms (medians of {r.get('calls')}); handle - direct "
-             f"{_num(r.get('overhead_ms_handle_direct'), 2)} ms")
-        if r.get("overhead_ms_openai_http") is not None:
-            s += f"; the `openai` client adds {_num(r['overhead_ms_openai_http'], 2)} ms"
-        return s
-
-    def ttft_raw(r: dict) -> str:
-        t = r.get("ttft_ms") or {}
-        return (f"{r.get('stream_tokens')}-token answer: HTTP {_num(_get(t, 'http', 'median'), 2)} vs handle "
-                f"{_num(_get(t, 'handle', 'median'), 2)} vs direct {_num(_get(t, 'direct', 'median'), 2)} ms "
-                f"(medians of {r.get('stream_calls')}); HTTP - handle {_num(r.get('ttft_overhead_ms_http_handle'), 2)} ms")
-
-    def train_raw(r: dict) -> str:
-        return (f"training {_num(r.get('job_train_tokens_per_s'), 0)} vs {_num(r.get('plain_train_tokens_per_s'), 0)} "
-                f"tokens/s; end to end (job start included) {_num(r.get('ratio_job_plain_end_to_end'), 3)}; llama "
-                f"{_get(r, 'model', 'size')}, {r.get('rows')} rows, {r.get('epochs')} epoch(s), {r.get('cpus')} CPUs, "
-                f"median of {r.get('repeats')}")
-
-    def two_raw(r: dict) -> str:
-        return (f"2 x {_num(r.get('cpus_per_worker_2'), 0)} CPU {_num(r.get('serve_2_rows_per_s'))} vs 1 x "
-                f"{r['cpus_per_worker']:g} CPU {_num(r.get('serve_rows_per_s'))} rows/s; answers "
-                f"{_matches(r.get('answers_match_2'), r['rows'])}")
-
-    def batching_raw(r: dict) -> str:
-        s = (f"{_num(r.get('serve_b32_rows_per_s'))} vs {_num(r.get('serve_b1_rows_per_s'))} rows/s ({r['rows']} rows, "
-             f"`max_batch_size` {r.get('batch_size')} vs 1)")
-        if r.get("ratio_plain") is not None:
-            s += (f"; plain loop: {_num(r.get('plain_b32_rows_per_s'))} vs {_num(r.get('plain_b1_rows_per_s'))} rows/s, "
-                  f"{_num(r.get('ratio_plain'), 2)}x")
-        s += (f"; batch-1 forward passes all 1-row: {'yes' if r.get('one_row_forward_passes') else 'NO'}; "
-              f"answers equal {_matches(r.get('answers_match'), r['rows'])}")
-        return s
-
-    def eval_raw(r: dict) -> str:
-        runs = {k: [round(x, 2) for x in v] for k, v in (r.get("per_run_s") or {}).items()}
-        return (f"eval {_num(r.get('eval_rows_per_s'))} vs plain {_num(r.get('plain_rows_per_s'))} rows/s ({r['rows']} rows, "
-                f"{', '.join(r.get('metrics') or {})}, 1 replica x {r['cpus_per_worker']:g} CPU); without the report "
-                f"(`report=\"false\"`) {_num(r.get('ratio_no_report'), 2)}; per run eval {runs.get('eval')} s, plain "
-                f"{runs.get('plain')} s; predictions and metrics equal: {'yes' if r.get('answers_and_metrics_agree') else 'NO'}")
-
-    def adapters_raw(r: dict) -> str:
-        return (f"RSS {_num(r.get('shared_rss_mb'), 0)} MiB (1 replica, {r.get('adapters')} adapters loaded) vs "
-                f"{_num(r.get('separate_rss_mb'), 0)} MiB ({r.get('adapters')} replicas); rows/s "
-                f"{_num(r.get('shared_rows_per_s'), 2)} (one select) vs {_num(r.get('separate_rows_per_s'), 2)} "
-                f"({r.get('adapters')} selects), {_num(r.get('throughput_ratio'), 2)}x; {r.get('model')}, "
-                f"{r.get('rows')} rows; answers equal {_matches(r.get('answers_match'), r.get('rows', 0))}")
-
-    def answers_result(rs: dict) -> str:
-        bits = []
-        if rs.get("inference"):
-            r = rs["inference"]
-            bits.append(f"Serve {_matches(r.get('answers_match'), r['rows'])}")
-        if rs.get("sql_inference"):
-            r = rs["sql_inference"]
-            bits.append(f"SQL {_matches(r.get('answers_match_sql_plain'), r['rows'])}")
-        if rs.get("batching"):
-            r = rs["batching"]
-            bits.append(f"batch-1 vs batch-32 {_matches(r.get('answers_match'), r['rows'])}")
-        if rs.get("eval"):
-            bits.append(f"eval / plain {'equal' if rs['eval'].get('answers_and_metrics_agree') else 'NOT equal'}")
-        if rs.get("adapters"):
-            r = rs["adapters"]
-            bits.append(f"one base + adapters vs merged deployments {_matches(r.get('answers_match'), r['rows'])}")
-        if rs.get("http_api"):
-            bits.append(f"HTTP / handle / direct {'equal' if rs['http_api'].get('answers_match') else 'NOT equal'}")
-        return "; ".join(bits) or "n/a"
-
-    return [
-        Row("SQL `select m(llm_param(...))` vs a plain `transformers` loop", "sql_inference",
-            lambda r: f"**{_num(r.get('ratio_sql_plain'), 2)}**", sql_raw),
-        Row("`batch_chat` through Serve (1 replica) vs the plain loop", "inference",
-            lambda r: f"**{_num(r.get('ratio'), 2)}**", serve_raw),
-        Row("Serve overhead per request (one token, `chat_oai` - in-process call)", "inference",
-            lambda r: f"**{_num(r.get('overhead_ms_diff'), 1, ' ms')}**", overhead_raw),
-        Row("HTTP API overhead over the Serve handle (one token, keep-alive `http.client`)", "http_api",
-            lambda r: f"**{_num(r.get('overhead_ms_http_handle'), 1, ' ms')}**", http_raw),
-        Row("streamed time to first token over HTTP", "http_api",
-            lambda r: f"**{_num(_get(r, 'ttft_ms', 'http', 'median'), 1, ' ms')}**", ttft_raw),
-        Row("LoRA fine-tuning as a job vs a plain `Trainer` + peft script (training tokens/s)", "train",
-            lambda r: f"**{_num(r.get('ratio_job_plain_train'), 2)}**", train_raw),
-        Row("2 replicas vs 1 replica, same total CPUs (`batch_chat` rows/s)", "inference",
-            lambda r: f"**{_num(r.get('ratio_2_vs_1'), 2)}**", two_raw),
-        Row("batch-32 vs batch-1 throughput through Serve (`max_batch_size`)", "batching",
-            lambda r: f"**{_num(r.get('ratio'), 2)}**", batching_raw),
-        Row("`action=\"eval\"` vs a plain loop of `generate` + metric functions (rows/s)", "eval",
-            lambda r: f"**{_num(r.get('ratio'), 2)}**", eval_raw),
-        Row("N LoRA adapters on one base vs N deployments (resident memory, N deployments / one base)", "adapters",
-            lambda r: f"**{_num(r.get('memory_ratio'), 2)}**", adapters_raw),
-    ], answers_result
+def answers_result(results: dict[str, dict]) -> str:
+    """The answers-equal cell: `ANSWERS` of every benchmark that ran, joined."""
+    return "; ".join(Figures(results[b]).format(t) for b, t in ANSWERS if results.get(b)) or "n/a"
 
 
 def _key_line(lines: list[str]) -> str:
@@ -388,7 +394,6 @@ def render_md(outcomes: list[Outcome], mach: dict, load_before: str, load_after:
               total_s: float, quick: bool, json_name: str) -> str:
     by = {o.bench.name: o for o in outcomes}
     results = {n: o.results for n, o in by.items() if o.ok}
-    table_rows, answers_result = rows()
     L: list[str] = []
     L.append("# Benchmark results")
     L.append("")
@@ -416,7 +421,7 @@ def render_md(outcomes: list[Outcome], mach: dict, load_before: str, load_after:
     L.append("")
     L.append("| figure | result | raw figures | produced by |")
     L.append("| --- | --- | --- | --- |")
-    for row in table_rows:
+    for row in ROWS:
         o = by.get(row.bench)
         src = f"`{o.command}`" if o else f"bench/{BY_NAME[row.bench].script}"
         if o is None or o.status == "not run":
@@ -427,7 +432,7 @@ def render_md(outcomes: list[Outcome], mach: dict, load_before: str, load_after:
             raw = f"{o.error}: `{_cell(_short(last, 300))}` (the last lines of its stderr are under Failures)"
         else:
             try:
-                result, raw = row.result(o.results), row.raw(o.results)
+                result, raw = row.cells(o.results)
             except Exception as e:  # noqa: BLE001 - a missing key must not lose the whole report
                 result, raw = "n/a", f"could not read the figure from the JSON: {type(e).__name__}: {e}"
         L.append(f"| {_cell(row.figure)} | {_cell(result)} | {_cell(raw)} | {_cell(src)} |")

@@ -40,7 +40,10 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from _common import PlainLoop, add_run_args, finish, loadavg, log, print_header, run_in_env, spread, timed, write_json
+from _common import (PlainLoop, Setup, add_run_args, chat_requests, chat_text, connect, cut_at_stop, loadavg, log,
+                     parser,
+                     quiet_transformers, run_in_env, spread, timed)
+from _report import alternated, print_header, rounded, time_paths
 
 UDF = "smol"
 PASSAGE = (
@@ -67,7 +70,7 @@ def make_prompts(n: int, min_words: int, max_words: int, min_new: int, max_new: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--min-words", type=int, default=5)
     ap.add_argument("--max-words", type=int, default=150)
@@ -88,8 +91,7 @@ class StaticLoop(PlainLoop):
     with its largest budget."""
 
     def prompt_ids(self, text: str) -> list[int]:
-        chat = self.tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
-        return self.tok(chat, add_special_tokens=False)["input_ids"]
+        return self.tok(chat_text(self.tok, text), add_special_tokens=False)["input_ids"]
 
     def run(self, rows: list[tuple[str, int]], *, sort: bool) -> tuple[list[str], int]:
         """Answers in row order and the generated tokens (after cutting)."""
@@ -111,39 +113,26 @@ class StaticLoop(PlainLoop):
                                           max_new_tokens=max(rows[i][1] for i in chunk),
                                           pad_token_id=self.tok.pad_token_id)
             for r, i in enumerate(chunk):
-                new = out[r, width:].tolist()[:rows[i][1]]
-                for j, t in enumerate(new):
-                    if t in self.stop_ids:
-                        new = new[:j]
-                        break
+                new = cut_at_stop(out[r, width:].tolist()[:rows[i][1]], self.stop_ids)
                 tokens += len(new)
                 answers[i] = self.tok.decode(new, skip_special_tokens=True)
         return answers, tokens
 
 
 def run(args: argparse.Namespace, work: Path) -> int:
-    import ray
     import torch
-    import transformers
 
-    from byzer_like import ByzerLLM
-    from byzer_like.config import chat_request
-    from byzer_like.engine import Session
-
-    transformers.utils.logging.disable_progress_bar()
+    quiet_transformers()
     load_start = loadavg()
     rows = make_prompts(args.prompts, args.min_words, args.max_words, args.min_new, args.max_new, args.seed)
     (work / "prompts.jsonl").write_text("".join(json.dumps({"id": i, "q": q, "n": n}) + "\n"
                                                 for i, (q, n) in enumerate(rows)))
-    llm = ByzerLLM()
-    llm.connect()
-    log(f"ray: {ray.cluster_resources().get('CPU', 0):g} logical CPUs")
+    llm = connect()
     smol, secs = timed(lambda: llm.runtime.packaged_model("smollm2"))
     log(f"SmolLM2 imported in {secs:.1f} s: {smol['path']}")
-    llm.setup_num_workers(1).setup_cpus_per_worker(args.cpus_per_worker).setup("max_batch_size", args.batch_size)
-    llm.deploy(smol["path"], "llama", UDF, {})
-    session = Session(llm, progress=False)
-    session.sql("load json.`prompts.jsonl` as prompts;")
+    b = Setup(llm, Path(smol["path"]), "SmolLM2-135M-Instruct", 134_515_008, load_start)
+    b.deploy(UDF, args.cpus_per_worker, max_batch_size=args.batch_size)
+    session = b.session("load json.`prompts.jsonl` as prompts;")
     stmt = (f'select id, {UDF}(llm_param(map("instruction", q, "temperature", 0, "max_new_tokens", n))) as r '
             f"from prompts order by id as answered;")
     threads = max(1, int(args.cpus_per_worker))
@@ -152,7 +141,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
     lengths = [len(plain.prompt_ids(q)) for q, _ in rows]
     log(f"{len(rows)} prompts of {min(lengths)}..{max(lengths)} tokens (mean {statistics.mean(lengths):.0f}), "
         f"budgets {args.min_new}..{args.max_new}")
-    reqs = [chat_request(q, {"temperature": 0, "max_new_tokens": n}).model_dump() for q, n in rows]
+    reqs = chat_requests([q for q, _ in rows], [{"temperature": 0, "max_new_tokens": n} for _, n in rows])
 
     def sql_path() -> tuple[list[str], int]:
         table = session.sql(stmt)[-1].table
@@ -174,25 +163,18 @@ def run(args: argparse.Namespace, work: Path) -> int:
         warm = rows[:4]
         plain.run(warm, sort=False)
         llm.runtime.generate(UDF, reqs[:4])
-        secs_: dict[str, list[float]] = {k: [] for k in paths}
-        tokens: dict[str, int] = {}
-        answers: dict[str, list[str]] = {}
-        names = list(paths)
-        for rep in range(args.repeats):
-            order = names if rep % 2 == 0 else names[::-1]
-            for name in order:
-                (answers[name], tokens[name]), t = timed(paths[name])
-                secs_[name].append(t)
-                log(f"repeat {rep + 1}: {name} {tokens[name] / t:,.1f} tokens/s ({t:.1f} s, {tokens[name]} tokens)")
-        tps = {k: [tokens[k] / t for t in v] for k, v in secs_.items()}
+        t = time_paths(paths, args.repeats, alternated)
+        answers = {k: v[0] for k, v in t.answers.items()}
+        tokens = {k: v[1] for k, v in t.answers.items()}
+        tps = {k: [tokens[k] / s for s in v] for k, v in t.secs.items()}
         med = {k: statistics.median(v) for k, v in tps.items()}
         base = answers["plain"]
         results.update(
             prompts=len(rows), prompt_tokens_min=min(lengths), prompt_tokens_max=max(lengths),
             prompt_tokens_mean=round(statistics.mean(lengths), 1), budgets=[args.min_new, args.max_new],
             tokens_per_s={k: round(v, 2) for k, v in med.items()},
-            tokens_per_s_runs={k: [round(x, 2) for x in v] for k, v in tps.items()},
-            seconds_runs={k: [round(x, 2) for x in v] for k, v in secs_.items()},
+            tokens_per_s_runs={k: rounded(v) for k, v in tps.items()},
+            seconds_runs={k: rounded(v) for k, v in t.secs.items()},
             generated_tokens=tokens,
             answers_equal_to_plain={k: sum(a == b for a, b in zip(v, base)) for k, v in answers.items()},
             ratio=round(med["sql"] / med["plain"], 3),
@@ -200,16 +182,11 @@ def run(args: argparse.Namespace, work: Path) -> int:
             ratio_sql_sorted_vs_unsorted=round(med["sql"] / med["sql_unsorted"], 3) if "sql_unsorted" in med else None,
         )
     finally:
-        if llm.is_model_exist(UDF):
-            llm.undeploy(UDF)
+        b.undeploy(UDF)
 
-    results = finish(results, rows=len(rows), max_new_tokens=args.max_new, size="SmolLM2-135M-Instruct",
-                     params=134_515_008, replicas=1, cpus_per_worker=args.cpus_per_worker,
-                     max_batch_size=args.batch_size, torch_threads=threads, repeats=args.repeats, load_start=load_start)
-    results["model"] = {"family": "llama", "size": "SmolLM2-135M-Instruct", "params": 134_515_008}
-    report(results)
-    write_json(args.json, results)
-    return 0
+    return b.publish(results, report, args.json,
+                     rows=len(rows), max_new_tokens=args.max_new, replicas=1, cpus_per_worker=args.cpus_per_worker,
+                     max_batch_size=args.batch_size, torch_threads=threads, repeats=args.repeats)
 
 
 def report(r: dict) -> None:

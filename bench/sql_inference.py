@@ -62,46 +62,31 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from _common import (PlainLoop, add_run_args, finish, loadavg, log, make_rows, median_ms, print_header,
-                     probe_threads, proc_cpu_s, run_in_env, self_cpu_s, spread, timed, write_json)
+from _common import (Setup, add_model_args, add_replica_args, add_run_args, chat_requests, greedy_chats,
+                     log, median_ms, parser, proc_cpu_s, run_in_env, self_cpu_s, timed)
+from _report import (Own, Timings, balanced_order, cpu_cell, matches, medians_of, path_header, path_row, path_rule,
+                     print_header, ratio_runs, rounded, runs_of, time_paths)
 
 UDF = "bench_chat"
 
 
 # -- main ------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=512)
-    ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--size", choices=("tiny", "small"), default="tiny")
-    ap.add_argument("--replicas", type=int, choices=(1, 2), default=1, help="2: also measure two replicas")
-    ap.add_argument("--cpus-per-worker", type=float, default=2.0, help="CPUs of the one replica (default 2)")
-    ap.add_argument("--cpus-per-worker-2", type=float, default=None,
-                    help="CPUs of each of two replicas (default: cpus-per-worker / 2)")
-    ap.add_argument("--max-batch-size", type=int, default=32)
+    ap = parser(__doc__)
+    add_model_args(ap, rows=512)
+    add_replica_args(ap)
     ap.add_argument("--repeats", type=int, default=3,
                     help="timed runs of each path (order changed every repeat; 6 balances it fully)")
     add_run_args(ap)
-    args = ap.parse_args(argv)
-    return run_in_env(args, run)
+    return run_in_env(ap.parse_args(argv), run)
 
 
 def write_jsonl(path: Path, rows: list[str]) -> None:
     path.write_text("".join(json.dumps({"id": i, "q": q}) + "\n" for i, q in enumerate(rows)), encoding="utf-8")
-
-
-def balanced_order(names: list[str], rep: int) -> list[str]:
-    """The order of the paths in repeat `rep`: the rotations of `names`, then those of its reverse, so
-    that over 2 * len(names) repeats every path runs in every position and after every other path
-    equally often (a path that always follows the same one would inherit its after-effects)."""
-    k = len(names)
-    base = names if (rep // k) % 2 == 0 else names[::-1]
-    return base[rep % k:] + base[: rep % k]
 
 
 class GenerateRecorder:
@@ -124,24 +109,16 @@ class GenerateRecorder:
         return calls
 
 
+def in_generate_s(calls: list[tuple[int, float]]) -> float:
+    """Seconds spent inside `ByzerLLM.generate` over a run's calls ((rows, seconds) each)."""
+    return sum(s for _, s in calls)
+
+
 def run(args: argparse.Namespace, work: Path) -> int:
-    import ray
-    import torch
-    import transformers
-
-    from byzer_like import ByzerLLM
-    from byzer_like.config import chat_request
-    from byzer_like.engine import Session
     from byzer_like.engine import functions as fx
-    from byzer_like.tiny import make_tiny
 
-    transformers.utils.logging.disable_progress_bar()
-
-    load_start = loadavg()
     K = args.max_new_tokens
-    cfg = {"temperature": 0.0, "max_new_tokens": K}
-    rows = make_rows(args.rows)
-    convs = [[{"role": "user", "content": r}] for r in rows]
+    rows, convs, cfg = greedy_chats(args.rows, K, 0.0)
     write_jsonl(work / "rows.jsonl", rows)
     for n in (1, 2):  # warm-up rows: one batch per replica
         write_jsonl(work / f"warm{n}.jsonl", rows[: n * args.max_batch_size])
@@ -151,26 +128,10 @@ def run(args: argparse.Namespace, work: Path) -> int:
     warm_stmt = f"load json.`warm{{n}}.jsonl` as warm; select id, {UDF}({param_sql}) as r from warm as warm_answered;"
     no_model_stmt = f"select id, {param_sql} as p from questions as params;"
 
-    model_dir = work / "models" / f"bench-llama-{args.size}"
-    built = make_tiny("llama", model_dir, size=args.size, seed=0)
-    log(f"built {built['params']:,}-parameter llama ({args.size}) in {built['seconds']} s")
-
-    llm = ByzerLLM()
-    conn = llm.connect()
-    log(f"ray: {conn['mode']} cluster, {ray.cluster_resources().get('CPU', 0):g} logical CPUs")
-    session = Session(llm, progress=False)
+    b = Setup.tiny(work, args.size)
+    llm = b.llm
+    session = b.session()
     recorder = GenerateRecorder(llm)
-
-    def deploy(replicas: int, cpus: float) -> dict:
-        llm.setup_num_workers(replicas).setup_cpus_per_worker(cpus).setup("max_batch_size", args.max_batch_size)
-        _, secs = timed(lambda: llm.deploy(str(model_dir), "llama", UDF, {}))
-        meta = llm.get_meta(UDF)
-        log(f"deployed {replicas} replica(s) x {cpus:g} CPU in {secs:.1f} s")
-        return meta
-
-    def undeploy() -> None:
-        if llm.is_model_exist(UDF):
-            llm.undeploy(UDF)
 
     def sql_outputs(table: Any) -> list[str | None]:
         out: list[str | None] = [None] * len(rows)
@@ -178,67 +139,35 @@ def run(args: argparse.Namespace, work: Path) -> int:
             out[int(i)] = None if r is None else json.loads(r)["output"]
         return out
 
-    # Every path returns its answers; the SQL path also leaves its load time and UDF calls in `extra`.
+    # The SQL path leaves its load time and UDF calls here, for `calls_after` to take.
     extra: dict[str, Any] = {}
 
-    def sql_path() -> list[str | None]:
-        _, extra["load_s"] = timed(lambda: session.sql(load_stmt))
+    def sql_path() -> Own:
+        _, load_s = timed(lambda: session.sql(load_stmt))
         recorder.take()
-        res, extra["select_s"] = timed(lambda: session.sql(select_stmt))
-        extra["calls"] = recorder.take()
-        return sql_outputs(res[-1].table)
+        res, select_s = timed(lambda: session.sql(select_stmt))
+        extra["sql"] = (load_s, recorder.take())
+        return Own(sql_outputs(res[-1].table), select_s)  # the select alone; the load is kept apart
 
     def batch_chat_path() -> list[str | None]:
         return [r.output for r in llm.batch_chat(convs, model=UDF, llm_config=cfg)]
 
-    def timed_paths(paths: dict[str, Callable[[], list]], pid: int, label: str) -> dict[str, Any]:
-        """Time each path `repeats` times, rotating the order; per path: seconds, replica / driver CPU."""
-        names = list(paths)
-        got: dict[str, Any] = {k: {"secs": [], "replica_cpu": [], "driver_cpu": [], "load_s": [], "select_s": [],
-                                   "in_generate_s": [], "udf_calls": [], "answers": None} for k in names}
-        orders = []
-        for rep in range(args.repeats):
-            order = balanced_order(names, rep)
-            orders.append(order)
-            for name in order:
-                r0, d0 = proc_cpu_s(pid), self_cpu_s()
-                recorder.take()
-                answers, t = timed(paths[name])
-                r1, d1 = proc_cpu_s(pid), self_cpu_s()
-                g = got[name]
-                if name == "sql":
-                    t = extra["select_s"]  # the select alone; the load is kept apart
-                    g["load_s"].append(extra["load_s"])
-                    g["in_generate_s"].append(sum(s for _, s in extra["calls"]))
-                    g["udf_calls"].append([n for n, _ in extra["calls"]])
-                elif name == "batch_chat":
-                    g["in_generate_s"].append(sum(s for _, s in recorder.take()))
-                g["secs"].append(t)
-                g["answers"] = answers
-                if r0 is not None and r1 is not None and name != "plain":
-                    g["replica_cpu"].append(r1 - r0)
-                g["driver_cpu"].append(d1 - d0)
-            log(f"{label} repeat {rep + 1} ({' > '.join(order)}): "
-                + ", ".join(f"{k} {len(rows) / got[k]['secs'][-1]:,.1f} rows/s" for k in names))
-        for g in got.values():
-            g["rps"] = [len(rows) / t for t in g["secs"]]
-            g["median"] = statistics.median(g["rps"])
-        got["orders"] = orders
-        return got
+    def calls_after(name: str) -> tuple[float | None, list[tuple[int, float]]]:
+        """(load seconds of the SQL path, else None; the run's ByzerLLM.generate calls as (rows, seconds))."""
+        return extra.pop("sql") if name == "sql" else (None, recorder.take())
+
+    def timed_paths(paths: dict[str, Callable[[], Any]], pid: int, label: str) -> Timings:
+        """Time each path `repeats` times in balanced orders; CPU seconds of the replica and of this process."""
+        cpu = {"replica": lambda: proc_cpu_s(pid), "driver": self_cpu_s}
+        return time_paths(paths, args.repeats, balanced_order, cpu=cpu, before=lambda name: recorder.take(),
+                          after=calls_after, rows=len(rows), label=f"{label} ")
 
     results: dict[str, Any] = {}
     try:
         # ---- one replica ---------------------------------------------------------------------------
         C = args.cpus_per_worker
-        meta = deploy(1, C)
-        batch_size = int(meta.get("max_batch_size") or args.max_batch_size)
-        pid = int(meta["replica_pid"])
-        threads = probe_threads(str(model_dir), llm.sys_conf, C)
-        n_threads = int(threads["torch_threads_pool_thread"])
-        torch.set_num_threads(n_threads)
-        log(f"replica threads: {threads}; plain loop uses torch.set_num_threads({n_threads})")
-
-        plain = PlainLoop(str(model_dir), batch_size)
+        meta, threads, n_threads, plain = b.deploy_with_plain(UDF, C, args.max_batch_size)
+        batch_size, pid = plain.batch_size, int(meta["replica_pid"])
         # warm-up: one batch each (the SQL one also registers the model function and loads DuckDB's json reader)
         session.sql(warm_stmt.format(n=1))
         llm.batch_chat(convs[:batch_size], model=UDF, llm_config=cfg)
@@ -246,11 +175,8 @@ def run(args: argparse.Namespace, work: Path) -> int:
 
         one = timed_paths({"sql": sql_path, "batch_chat": batch_chat_path, "plain": lambda: plain.run(rows, K)}, pid,
                           "1 replica")
-        sql_out, bc_out, plain_out = one["sql"]["answers"], one["batch_chat"]["answers"], one["plain"]["answers"]
-
-        def match(a: list, b: list) -> tuple[int, list[int]]:
-            bad = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
-            return len(rows) - len(bad), bad[:20]
+        sql_out, bc_out, plain_out = (one.answers[k] for k in ("sql", "batch_chat", "plain"))
+        rps = one.rates(len(rows))
 
         # ---- where the select's time goes, without the model (in-process, medians of 5) ------------------
         params = [p for p in session.sql(no_model_stmt)[-1].table.column("p").to_pylist()]
@@ -260,107 +186,97 @@ def run(args: argparse.Namespace, work: Path) -> int:
             "select_without_model": lambda: session.sql(no_model_stmt),
             "build_requests": lambda: fx.build_requests(params),
             "result_json": lambda: [fx.result_json(q, r) for q, r in zip(reqs, fake)],
-            "chat_request_batch_chat": lambda: [chat_request(c, cfg).model_dump() for c in convs],
+            "chat_request_batch_chat": lambda: chat_requests(convs, cfg),
         }
         micro_ms = {k: median_ms([timed(fn)[1] for _ in range(5)]) for k, fn in micro.items()}
 
-        sql_sel = one["sql"]["secs"]
-        sql_gen = one["sql"]["in_generate_s"]
+        sql_sel = one.secs["sql"]
+        sql_load = [load for load, _ in one.notes["sql"]]
+        sql_gen = [in_generate_s(calls) for _, calls in one.notes["sql"]]
+        bc_secs = one.secs["batch_chat"]
+        bc_gen = [in_generate_s(calls) for _, calls in one.notes["batch_chat"]]
+        udf_calls = [n for n, _ in one.notes["sql"][-1][1]]
         results.update(
-            sql_rows_per_s=round(one["sql"]["median"], 2),
-            batch_chat_rows_per_s=round(one["batch_chat"]["median"], 2),
-            plain_rows_per_s=round(one["plain"]["median"], 2),
-            sql_rows_per_s_runs=[round(x, 2) for x in one["sql"]["rps"]],
-            batch_chat_rows_per_s_runs=[round(x, 2) for x in one["batch_chat"]["rps"]],
-            plain_rows_per_s_runs=[round(x, 2) for x in one["plain"]["rps"]],
-            ratio_sql_plain_runs=[round(a / b, 3) for a, b in zip(one["sql"]["rps"], one["plain"]["rps"])],
-            ratio_sql_batch_chat_runs=[round(a / b, 3) for a, b in zip(one["sql"]["rps"], one["batch_chat"]["rps"])],
-            sql_replica_cpu_s_runs=[round(x, 2) for x in one["sql"]["replica_cpu"]],
-            batch_chat_replica_cpu_s_runs=[round(x, 2) for x in one["batch_chat"]["replica_cpu"]],
-            sql_driver_cpu_s_runs=[round(x, 2) for x in one["sql"]["driver_cpu"]],
-            batch_chat_driver_cpu_s_runs=[round(x, 2) for x in one["batch_chat"]["driver_cpu"]],
-            plain_cpu_s_runs=[round(x, 2) for x in one["plain"]["driver_cpu"]],
-            sql_load_ms=median_ms(one["sql"]["load_s"]),
+            medians_of({k: rps[k] for k in ("sql", "batch_chat", "plain")}),
+            **runs_of({k: rps[k] for k in ("sql", "batch_chat", "plain")}),
+            ratio_sql_plain_runs=ratio_runs(rps["sql"], rps["plain"]),
+            ratio_sql_batch_chat_runs=ratio_runs(rps["sql"], rps["batch_chat"]),
+            **runs_of(one.cpu_of("replica", "sql", "batch_chat"), "replica_cpu_s"),
+            **runs_of(one.cpu_of("driver", "sql", "batch_chat"), "driver_cpu_s"),
+            **runs_of(one.cpu_of("driver", "plain"), "cpu_s"),
+            sql_load_ms=median_ms(sql_load),
             sql_select_ms=median_ms(sql_sel),
             sql_in_generate_ms=median_ms(sql_gen),
             sql_outside_generate_ms=median_ms([a - b for a, b in zip(sql_sel, sql_gen)]),
-            batch_chat_ms=median_ms(one["batch_chat"]["secs"]),
-            batch_chat_in_generate_ms=median_ms(one["batch_chat"]["in_generate_s"]),
-            batch_chat_outside_generate_ms=median_ms([a - b for a, b in zip(one["batch_chat"]["secs"],
-                                                                             one["batch_chat"]["in_generate_s"])]),
-            sql_load_ms_runs=[round(x * 1000, 2) for x in one["sql"]["load_s"]],
-            sql_in_generate_ms_runs=[round(x * 1000, 2) for x in sql_gen],
-            sql_outside_generate_ms_runs=[round((a - b) * 1000, 2) for a, b in zip(sql_sel, sql_gen)],
-            batch_chat_in_generate_ms_runs=[round(x * 1000, 2) for x in one["batch_chat"]["in_generate_s"]],
-            sql_udf_rows_per_call=one["sql"]["udf_calls"][-1],
-            sql_udf_calls=len(one["sql"]["udf_calls"][-1]),
+            batch_chat_ms=median_ms(bc_secs),
+            batch_chat_in_generate_ms=median_ms(bc_gen),
+            batch_chat_outside_generate_ms=median_ms([a - b for a, b in zip(bc_secs, bc_gen)]),
+            sql_load_ms_runs=rounded([x * 1000 for x in sql_load]),
+            sql_in_generate_ms_runs=rounded([x * 1000 for x in sql_gen]),
+            sql_outside_generate_ms_runs=rounded([(a - b) * 1000 for a, b in zip(sql_sel, sql_gen)]),
+            batch_chat_in_generate_ms_runs=rounded([x * 1000 for x in bc_gen]),
+            sql_udf_rows_per_call=udf_calls,
+            sql_udf_calls=len(udf_calls),
             micro_ms=micro_ms,
-            orders=one["orders"],
+            orders=one.orders,
             threads=threads,
         )
         results["ratio_sql_plain"] = round(results["sql_rows_per_s"] / results["plain_rows_per_s"], 3)
         results["ratio_sql_batch_chat"] = round(results["sql_rows_per_s"] / results["batch_chat_rows_per_s"], 3)
         results["ratio_batch_chat_plain"] = round(results["batch_chat_rows_per_s"] / results["plain_rows_per_s"], 3)
-        for key, (a, b) in {"sql_batch_chat": (sql_out, bc_out), "sql_plain": (sql_out, plain_out),
+        for key, (x, y) in {"sql_batch_chat": (sql_out, bc_out), "sql_plain": (sql_out, plain_out),
                             "batch_chat_plain": (bc_out, plain_out)}.items():
-            results[f"answers_match_{key}"], results[f"answers_mismatched_rows_{key}"] = match(a, b)
+            results[f"answers_match_{key}"], results[f"answers_mismatched_rows_{key}"] = matches(x, y)
 
         # ---- two replicas --------------------------------------------------------------------------------
         results["sql_2_rows_per_s"] = results["batch_chat_2_rows_per_s"] = results["ratio_sql_2_vs_1"] = None
         C2 = args.cpus_per_worker_2 if args.cpus_per_worker_2 is not None else max(C / 2, 1.0)
         results["cpus_per_worker_2"] = C2 if args.replicas == 2 else None
         if args.replicas == 2:
-            undeploy()
-            meta2 = deploy(2, C2)
+            b.undeploy(UDF)
+            meta2 = b.deploy(UDF, C2, replicas=2, max_batch_size=args.max_batch_size)
             session.sql(warm_stmt.format(n=2))  # warm-up: one batch per replica
             llm.batch_chat(convs[: 2 * batch_size], model=UDF, llm_config=cfg)
             two = timed_paths({"sql": sql_path, "batch_chat": batch_chat_path}, int(meta2["replica_pid"]), "2 replicas")
+            two_rps = {f"{k}_2": v for k, v in two.rates(len(rows)).items()}
             results.update(
-                sql_2_rows_per_s=round(two["sql"]["median"], 2),
-                batch_chat_2_rows_per_s=round(two["batch_chat"]["median"], 2),
-                sql_2_rows_per_s_runs=[round(x, 2) for x in two["sql"]["rps"]],
-                batch_chat_2_rows_per_s_runs=[round(x, 2) for x in two["batch_chat"]["rps"]],
-                sql_2_udf_rows_per_call=two["sql"]["udf_calls"][-1],
-                answers_match_2_sql_plain=match(two["sql"]["answers"], plain_out)[0],
-                answers_match_2_batch_chat_plain=match(two["batch_chat"]["answers"], plain_out)[0],
+                medians_of(two_rps),
+                **runs_of(two_rps),
+                sql_2_udf_rows_per_call=[n for n, _ in two.notes["sql"][-1][1]],
+                answers_match_2_sql_plain=matches(two.answers["sql"], plain_out)[0],
+                answers_match_2_batch_chat_plain=matches(two.answers["batch_chat"], plain_out)[0],
             )
             results["ratio_sql_2_vs_1"] = round(results["sql_2_rows_per_s"] / results["sql_rows_per_s"], 3)
             results["ratio_sql_batch_chat_2"] = round(results["sql_2_rows_per_s"] / results["batch_chat_2_rows_per_s"], 3)
     finally:
         try:
             session.close()
-            undeploy()
         except Exception as e:  # noqa: BLE001 - shutting down anyway
-            log(f"clean-up failed: {e}")
+            log(f"closing the SQL session failed: {e}")
+        b.undeploy(UDF)
 
-    results = finish(results, rows=len(rows), max_new_tokens=K, size=args.size, params=built["params"],
-                     replicas=args.replicas, cpus_per_worker=C, max_batch_size=batch_size, torch_threads=n_threads,
-                     repeats=args.repeats, load_start=load_start)
-    report(results)
-    write_json(args.json, results)
-    return 0
+    return b.publish(results, report, args.json,
+                     rows=len(rows), max_new_tokens=K, replicas=args.replicas, cpus_per_worker=C,
+                     max_batch_size=batch_size, torch_threads=n_threads, repeats=args.repeats)
 
 
 def report(r: dict) -> None:
-    print_header(r)
-    print(f"order of the paths per repeat: {' | '.join(' > '.join(o) for o in r['orders'])}")
+    print_header(r, orders=True)
     print()
     w = 42
-    print(f"{'path':<{w}} {'rows/s':>10} {'runs (min..max)':>20} {'cpu-s/run':>10} {'driver cpu-s':>13}")
-    print("-" * (w + 58))
-    cpu = lambda xs: f"{statistics.median(xs):.2f}" if xs else "n/a"  # noqa: E731
-    print(f"{'SQL select, 1 replica x %g CPU' % r['cpus_per_worker']:<{w}} {r['sql_rows_per_s']:>10,.1f} "
-          f"{spread(r['sql_rows_per_s_runs']):>20} {cpu(r['sql_replica_cpu_s_runs']):>10} {cpu(r['sql_driver_cpu_s_runs']):>13}")
-    print(f"{'batch_chat, 1 replica x %g CPU' % r['cpus_per_worker']:<{w}} {r['batch_chat_rows_per_s']:>10,.1f} "
-          f"{spread(r['batch_chat_rows_per_s_runs']):>20} {cpu(r['batch_chat_replica_cpu_s_runs']):>10} "
-          f"{cpu(r['batch_chat_driver_cpu_s_runs']):>13}")
-    print(f"{'plain transformers loop, in-process':<{w}} {r['plain_rows_per_s']:>10,.1f} "
-          f"{spread(r['plain_rows_per_s_runs']):>20} {cpu(r['plain_cpu_s_runs']):>10} {'(same)':>13}")
+    cells = (("cpu-s/run", 10), ("driver cpu-s", 13))
+    print(path_header(w, *cells))
+    print(path_rule(w, *cells))
+    for key, label in (("sql", "SQL select"), ("batch_chat", "batch_chat")):
+        print(path_row(f"{label}, 1 replica x %g CPU" % r["cpus_per_worker"], w, r[f"{key}_rows_per_s"],
+                       r[f"{key}_rows_per_s_runs"], cpu_cell(r[f"{key}_replica_cpu_s_runs"], 10),
+                       cpu_cell(r[f"{key}_driver_cpu_s_runs"], 13)))
+    print(path_row("plain transformers loop, in-process", w, r["plain_rows_per_s"], r["plain_rows_per_s_runs"],
+                   cpu_cell(r["plain_cpu_s_runs"], 10), "(same)".rjust(13)))
     if r.get("sql_2_rows_per_s") is not None:
-        print(f"{'SQL select, 2 replicas x %g CPU' % r['cpus_per_worker_2']:<{w}} {r['sql_2_rows_per_s']:>10,.1f} "
-              f"{spread(r['sql_2_rows_per_s_runs']):>20}")
-        print(f"{'batch_chat, 2 replicas x %g CPU' % r['cpus_per_worker_2']:<{w}} {r['batch_chat_2_rows_per_s']:>10,.1f} "
-              f"{spread(r['batch_chat_2_rows_per_s_runs']):>20}")
+        for key, label in (("sql", "SQL select"), ("batch_chat", "batch_chat")):
+            print(path_row(f"{label}, 2 replicas x %g CPU" % r["cpus_per_worker_2"], w, r[f"{key}_2_rows_per_s"],
+                           r[f"{key}_2_rows_per_s_runs"]))
     print()
     print(f"ratio SQL / plain (1 replica):      {r['ratio_sql_plain']:.3f}   per run: {r['ratio_sql_plain_runs']}   (goal >= 0.9)")
     print(f"ratio SQL / batch_chat:             {r['ratio_sql_batch_chat']:.3f}   per run: {r['ratio_sql_batch_chat_runs']}")

@@ -35,6 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
+from _report import utc_now, write_json  # noqa: E402
 
 LORA = {"lora_r": 8, "lora_alpha": 16.0, "lora_dropout": 0.05}
 
@@ -100,7 +101,7 @@ def job_run(llm, model_dir: str, rows: list[dict], args: argparse.Namespace, nam
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = C.parser(__doc__, raw=False)
     p.add_argument("--rows", type=int, default=400)
     p.add_argument("--epochs", type=float, default=2)
     p.add_argument("--size", choices=("tiny", "small"), default="small")
@@ -114,13 +115,10 @@ def main() -> int:
     work = C.prepare_env(args.omp_wait_policy)
     load_start = C.loadavg()
     try:
-        from byzer_like import ByzerLLM
-        from byzer_like.tiny import make_tiny
-
-        model_dir = str(work / "models" / "bench-llama")
-        info = make_tiny("llama", model_dir, size=args.size, seed=0)
+        model_path, info = C.tiny_model(work, args.size, name="bench-llama")
+        model_dir = str(model_path)
         rows = make_rows(args.rows)
-        llm = ByzerLLM()
+        llm = C.client()
         llm.setup_cpus_per_worker(args.cpus)
         C.log("warm-up: one short job (Ray task start, imports)")
         llm.sft(rows[:16], model_path=model_dir, pretrained_model_type="sft/llama", output_table="warmup",
@@ -148,13 +146,11 @@ def main() -> int:
         results["ratio_job_plain_train"] = round(results["job_train_tokens_per_s"] / results["plain_train_tokens_per_s"], 3)
         results["ratio_job_plain_end_to_end"] = round(
             results["job_end_to_end_tokens_per_s"] / results["plain_end_to_end_tokens_per_s"], 3)
-        import datetime as dt
-
         out = {"rows": args.rows, "epochs": args.epochs, "max_seq_length": args.max_seq_length,
                "model": {"family": "llama", "size": args.size, "params": info["params"]}, "cpus": args.cpus,
                "repeats": args.repeats, "omp_wait_policy": args.omp_wait_policy, **results,
                "machine": C.machine_info(load_start),
-               "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+               "timestamp": utc_now()}
         m = out["machine"]
         print()
         print(f"llama {args.size} ({info['params']:,} params), LoRA r={LORA['lora_r']} on q/k/v/o, {args.rows} rows, "
@@ -169,7 +165,7 @@ def main() -> int:
               f"{results['plain_end_to_end_tokens_per_s']:>24,.0f}")
         print(f"job / plain (training): {results['ratio_job_plain_train']:.3f}   "
               f"end to end: {results['ratio_job_plain_end_to_end']:.3f}   (goal: training >= 0.95)")
-        C.write_json(args.json, out)
+        write_json(args.json, out)
     finally:
         C.shutdown(work)
     return 0
