@@ -228,8 +228,8 @@ def runtime(work: Path) -> Any:
 
 
 def sql_session(llm: Any, *statements: str) -> Any:
-    """A `byzer_like.engine.Session` on `llm` (no progress bars), after running `statements` in it."""
-    from byzer_like.engine import Session
+    """A `byzer_like.session.Session` on `llm` (no progress bars), after running `statements` in it."""
+    from byzer_like.session import Session
 
     session = Session(llm, progress=False)
     for stmt in statements:

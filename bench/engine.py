@@ -18,7 +18,7 @@ One run, in this order (each path alone on the machine; the deployments run one 
    runtime sends the rows in chunks of the engine's max_num_seqs, so the engine schedules all of them.
 4. `offline`: vLLM's offline `LLM.generate` on the same prompt texts (the deployment's own chat template,
    fetched with `Runtime.prompt_text`) and budgets, in a subprocess on the vLLM environment
-   (byzer_like.plugins.vllm_offline), at the niceness Ray gives its workers (15: the replica's engine runs at
+   (byzer_like.backends.vllm_offline), at the niceness Ray gives its workers (15: the replica's engine runs at
    it, and on a machine others load a niceness-0 process gets a larger share); its engine start is not timed.
 
 Prompts: 256 chat questions, 10-200 prompt tokens (a few words to a long passage before the question),
@@ -120,7 +120,7 @@ def select(session: Any, udf: str) -> tuple[list[str], int, float, list[int]]:
 
 
 def run(args: argparse.Namespace, work: Path) -> int:
-    from byzer_like.plugins.vllm import vllm_python
+    from byzer_like.backends.vllm_setup import vllm_python
 
     load_start = loadavg()
     paths = [p.strip() for p in args.only.split(",") if p.strip()]
@@ -189,7 +189,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
                                        "stop_token_ids": stop_ids}), encoding="utf-8")
             # at the niceness Ray gives the replica's worker (and so its engine), so that both vLLM paths get the
             # same share of a machine others load
-            proc = subprocess.run([python, "-m", "byzer_like.plugins.vllm_offline", str(job), str(work / "offline.json")],
+            proc = subprocess.run([python, "-m", "byzer_like.backends.vllm_offline", str(job), str(work / "offline.json")],
                                   capture_output=True, text=True, preexec_fn=lambda: os.nice(args.offline_niceness))
             if proc.returncode:
                 raise SystemExit(f"vLLM offline failed: {proc.stderr[-3000:]}")

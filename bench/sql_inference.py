@@ -12,7 +12,7 @@ What one run does, in one process, on the same rows and the same model:
    and deploys the model on one replica with `cpus_per_worker` CPUs (default 2), as
    bench/inference.py does. The replica's torch thread count is probed the same way, and the plain
    loop is given the same count.
-2. SQL path: a `byzer_like.engine.Session` on that client runs
+2. SQL path: a `byzer_like.session.Session` on that client runs
 
        load json.`rows.jsonl` as questions;
        select id, bench_chat(llm_param(map("instruction", q, "temperature", 0.0, "max_new_tokens", K)))
@@ -115,7 +115,7 @@ def in_generate_s(calls: list[tuple[int, float]]) -> float:
 
 
 def run(args: argparse.Namespace, work: Path) -> int:
-    from byzer_like.engine import functions as fx
+    from byzer_like.session import functions as fx
 
     K = args.max_new_tokens
     rows, convs, cfg = greedy_chats(args.rows, K, 0.0)
