@@ -25,7 +25,7 @@ The noise, where it comes from, and how it is kept out by default:
   after connecting, SIGTERM gets back the handler the process had before (crashes still dump).
 - nanobind's `leaked ... instances / types / functions` at exit: DuckDB's binding reports the objects
   of a connection with Python functions that is still open when the interpreter ends; the engine's
-  `Session` closes its connection at exit (`engine/session.py`), so there is nothing to report.
+  `Session` closes its connection at exit (`session/session.py`), so there is nothing to report.
 
 Warnings from this project and every library's other warnings still show.
 """

@@ -25,7 +25,7 @@ DEFAULT_DIRNAME = "byzer_workspace"
 # Longest file name and path the usual file systems take (Linux: NAME_MAX, PATH_MAX).
 NAME_MAX = 255
 PATH_MAX = 4096
-STAGING_SUFFIX = 40  # what a save adds to its target's name for its staging folder (engine/io.py)
+STAGING_SUFFIX = 40  # what a save adds to its target's name for its staging folder (session/io.py)
 # `what` of the paths that are written as a whole (see Workspace.resolve's `replaces`)
 WHOLE_WRITES = ("save path",)
 # where a relative path starts (`Workspace.resolve`'s `relative_to`), as an error message names it

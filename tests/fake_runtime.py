@@ -1,4 +1,4 @@
-"""A runtime for the engine's statement tests: the members of `session.protocol.SessionRuntime`, with
+"""A runtime for the SQL session's statement tests: the members of `session.protocol.SessionRuntime`, with
 no cluster behind them (the evaluation verbs are the runtime's own, `runtime.evaluation.Evaluations`). Deployments are names in a dict; a model answers `echo:<instruction>`; training
 and merge record what they were given. The workspace, its catalog and the result cache are the real
 (SQLite) ones. Imports neither ray nor torch.

@@ -1,5 +1,5 @@
 """Hostile input: over a thousand generated values used as load / save paths, table names, model
-(udf) names and option values, through the SQL engine and the Python client, without Ray.
+(udf) names and option values, through the SQL session and the Python client, without Ray.
 
 Each use either works inside the workspace or is refused with a typed `ByzerError` whose message
 says what to do. Around every test: a canary folder outside the workspace (files holding MARKER, in
@@ -665,7 +665,7 @@ def test_remote_code_is_never_imported_without_the_opt_in(tiny_models, tmp_path)
     assert not canary.exists()
 
 
-# -- holes found in engine/io.py (now closed) -----------------------------------------------------------
+# -- holes found in session/io.py (now closed) -----------------------------------------------------------
 def test_symlinked_file_inside_a_loaded_folder_is_not_read(arena, tmp_path):
     ws = tmp_path / "ws"
     (ws / "data").mkdir(parents=True)

@@ -10,7 +10,7 @@
 
 Names follow Byzer-LLM's client (`setup_num_workers`, `deploy`, `chat_oai`, `stream_chat_oai`, `emb`,
 `is_model_exist`, `undeploy`) so existing code ports unchanged. The client is a face: every verb is the
-runtime's (`byzer_like.runtime.Runtime`, `llm.runtime`), which the SQL engine, the CLI, the notebook and
+runtime's (`byzer_like.runtime.Runtime`, `llm.runtime`), which the SQL session, the CLI, the notebook and
 the HTTP API use too.
 
 Paths given to the client (`model_path`) are read like any Python program reads them: a relative one

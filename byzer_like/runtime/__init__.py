@@ -10,7 +10,7 @@
     rt.convert({"sourceFormat": "gguf", "sourcePath": "smollm2", "outputTable": "smol"})   # GGUF / DeepSpeed -> HF
     rt.quantize("smol", "smol_nf4", "bnb-nf4")
 
-Every face uses it: `ByzerLLM` (Byzer's names over these verbs), the SQL engine, the CLI, the notebook
+Every face uses it: `ByzerLLM` (Byzer's names over these verbs), the SQL session, the CLI, the notebook
 and the HTTP API. It imports no face. Nothing connects to Ray before a verb needs the cluster, and every
 check that can fail (names, options, paths, plugins) runs before that.
 """

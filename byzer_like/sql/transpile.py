@@ -4,7 +4,7 @@ Byzer's LLM helper functions become DuckDB built-ins:
 - `llm_param(map(k1, v1, ...))` -> `json_object(k1, v1, ...)`, a JSON string whose values keep their types;
 - `llm_result(x)`, `llm_response_predict(x)` -> `json_extract_string(x, '$.output')`.
 Every other function sqlglot does not know (a model such as `tiny_chat(...)`, `llm_prompt`,
-`llm_stack`) stays a plain call of the same name, for the engine to register as a Python UDF;
+`llm_stack`) stays a plain call of the same name, for the session to register as a Python UDF;
 Spark's `array(...)` becomes a DuckDB list `[...]`.
 
 A model call through one of its LoRA adapters, `m@qa_model(llm_param(...))` (also `m@qa_model@v2(...)`),
@@ -31,7 +31,7 @@ from .source import Origin, RawStatement
 from .tokens import BACKQUOTED, COMMENT, NUMBER, WORD, Token, tokenize
 
 _LLM_PARAM = "llm_param"
-WITH_ADAPTER = "llm_with_adapter"  # the engine's helper that adds "adapter" to a request's JSON
+WITH_ADAPTER = "llm_with_adapter"  # the session's helper that adds "adapter" to a request's JSON
 _LLM_OUTPUT = ("llm_result", "llm_response_predict")
 _COMMAS = ",，"  # a full-width comma (pasted with Chinese text) counts as a comma
 _CLASS = re.compile(r"<class '(?:\w+\.)*(\w+)'>")
@@ -72,7 +72,7 @@ def to_duckdb(select_sql: str) -> Transpiled:
 
 def _column_sources(tree: exp.Query) -> tuple[tuple[str, tuple[str, ...]], ...]:
     """Each column reference with the tables it may be read from (see Transpiled.columns), scope by scope;
-    empty when sqlglot cannot resolve the scopes (the engine's ambiguity check is then DuckDB's alone)."""
+    empty when sqlglot cannot resolve the scopes (the session's ambiguity check is then DuckDB's alone)."""
     from sqlglot.optimizer.scope import traverse_scope
 
     out = []

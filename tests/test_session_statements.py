@@ -1,6 +1,6 @@
-"""The engine's statements, parse -> run, against a fake runtime (tests/fake_runtime.py): no Ray, no
+"""The SQL session's statements, parse -> run, against a fake runtime (tests/fake_runtime.py): no Ray, no
 model, each test well under a second. The same statements run against the real runtime in
-test_sql_engine.py, test_train.py and test_sql_surfaces.py.
+test_sql_session.py, test_train.py and test_sql_surfaces.py.
 """
 from __future__ import annotations
 
