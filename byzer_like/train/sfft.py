@@ -72,14 +72,7 @@ def sfft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str,
     bad option, DeepSpeed config, table or eval table, and RuntimeError when training fails.
     """
     t_start = time.monotonic()
-    if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 1:
-        raise ConfigError(f"num_workers must be an integer >= 1, got {num_workers!r}")
-    if not (cpus_per_worker > 0):
-        raise ConfigError(f"cpus_per_worker must be > 0, got {cpus_per_worker!r}")
-    if not (gpus_per_worker >= 0):
-        raise ConfigError(f"gpus_per_worker must be >= 0, got {gpus_per_worker!r}")
-    if not run_name or "/" in run_name or run_name in (".", ".."):
-        raise ConfigError(f"run_name must be a plain name (no '/'), got {run_name!r}")
+    _check_scaling(num_workers, cpus_per_worker, gpus_per_worker, run_name)
     on_gpu = gpus_per_worker > 0
     model_dir, data_path = os.path.abspath(model_dir), os.path.abspath(data_path)
     output_dir, run_dir = os.path.abspath(output_dir), os.path.abspath(run_dir)
@@ -92,56 +85,13 @@ def sfft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str,
     placement = _placement(options, partition_sizes, table["num_rows"], num_workers)
     evaluator = _training_eval(Path(run_dir) / "eval.parquet", options)
     ds_config = validate_deepspeed_config(options.deepspeed_config, options, num_workers=num_workers, on_gpu=on_gpu)
-    micro, accum = ds_config["train_micro_batch_size_per_gpu"], ds_config["gradient_accumulation_steps"]
-    est_tokens_per_worker = (table["text_bytes"] / BYTES_PER_TOKEN + table["num_rows"]) / num_workers
-    steps_per_epoch_est = max(1, math.ceil(est_tokens_per_worker / options.max_length / micro / accum))
-    if options.max_steps > 0:
-        total_steps = options.max_steps
-    else:
-        total_steps = max(1, math.ceil(options.num_train_epochs * steps_per_epoch_est))
-
+    total_steps = _total_steps(table, ds_config, options, num_workers)
     storage = os.path.join(run_dir, "ray_train")
-    previous = latest_checkpoint_state(os.path.join(storage, run_name))
-    if previous and previous.get("world_size") not in (None, num_workers):
-        raise ConfigError(f"sfft run {run_name!r} in {run_dir} was trained by {previous['world_size']} workers and its "
-                          f"ZeRO checkpoint is split that way; resume it with num_workers={previous['world_size']}, "
-                          "or give a new run name to start over")
-    if previous and (previous.get("max_length"), previous.get("micro_batch")) != (options.max_length, micro):
-        print(f"[byzer-like] note: sfft run {run_name!r} continues with max_length={options.max_length} and micro batch "
-              f"{micro} (it was {previous.get('max_length')} and {previous.get('micro_batch')}): the batches skipped "
-              "in the current epoch are counted in the new size", file=sys.stderr, flush=True)
+    previous = _previous_run(os.path.join(storage, run_name), run_name, run_dir, options, num_workers,
+                             micro=ds_config["train_micro_batch_size_per_gpu"])
 
-    import ray
-    import ray.train
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    if not ray.is_initialized():
-        from ..cluster import connect
-
-        connect()
-    os.makedirs(storage, exist_ok=True)
-    if previous:
-        print(f"[byzer-like] sfft run {run_name!r}: a checkpoint at step {previous['step']} exists "
-              f"(epoch {previous['epoch']}, batch {previous['batch_in_epoch']}); training resumes from it", flush=True)
-    else:
-        print(f"[byzer-like] sfft run {run_name!r}: no checkpoint yet; training starts from step 0", flush=True)
-
-    datasets: dict[str, Any] = {}
-    data_config = None
-    if placement is None:
-        datasets["train"] = _read_parquet(data_path, table["text_column"])
-        with warnings.catch_warnings():  # Ray's own defaults pass a deprecated option (exclude_resources)
-            warnings.simplefilter("ignore")
-            ingest = DataConfig.default_ingest_options()
-        ingest.preserve_order = True  # the same rows reach the same worker in the same order after a restart
-        data_config = DataConfig(execution_options=ingest, enable_shard_locality=False)
-
-    resources = {"CPU": float(cpus_per_worker)}
-    if on_gpu:
-        resources["GPU"] = float(gpus_per_worker)
-    env_vars = {k: os.environ[k] for k in ("TORCH_EXTENSIONS_DIR", "RAY_TRAIN_V2_ENABLED") if os.environ.get(k)}
-    env_vars.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _start_ray(storage, run_name, previous)
+    datasets, data_config = _ray_datasets(placement, data_path, table["text_column"])
     train_config = {
         "model_dir": model_dir,
         "output_dir": output_dir,
@@ -156,7 +106,106 @@ def sfft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str,
         "placement": placement,  # per worker: [(partition, first row, rows)], or None: Ray Data's split
         "evaluator": evaluator,
     }
-    trainer = TorchTrainer(
+    result = _fit(_trainer(train_config, run_name=run_name, storage=storage, options=options, num_workers=num_workers,
+                           on_gpu=on_gpu, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
+                           datasets=datasets, data_config=data_config))
+    out = _run_metrics(result, placement, partition_sizes)
+    print(f"[byzer-like] sfft run {run_name!r}: trained from step {out['resumed_from_step']} to {out['steps']} "
+          f"in {time.monotonic() - t_start:.1f} s (loss {out['first_loss']} -> {out['final_loss']}); "
+          f"model written to {output_dir}", flush=True)
+    return {"model_dir": output_dir, "metrics": out}
+
+
+def _check_scaling(num_workers: int, cpus_per_worker: float, gpus_per_worker: float, run_name: str) -> None:
+    """ConfigError unless num_workers is an integer >= 1, cpus_per_worker > 0, gpus_per_worker >= 0 and
+    run_name a plain name (it names a folder under `<run_dir>/ray_train/`)."""
+    if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 1:
+        raise ConfigError(f"num_workers must be an integer >= 1, got {num_workers!r}")
+    if not (cpus_per_worker > 0):
+        raise ConfigError(f"cpus_per_worker must be > 0, got {cpus_per_worker!r}")
+    if not (gpus_per_worker >= 0):
+        raise ConfigError(f"gpus_per_worker must be >= 0, got {gpus_per_worker!r}")
+    if not run_name or "/" in run_name or run_name in (".", ".."):
+        raise ConfigError(f"run_name must be a plain name (no '/'), got {run_name!r}")
+
+
+def _total_steps(table: dict, ds_config: dict, options: SfftOptions, num_workers: int) -> int:
+    """Optimizer steps of the run: max_steps when > 0, else num_train_epochs x an estimate of the steps per
+    epoch from `inspect_table`'s text size (BYTES_PER_TOKEN bytes a token, one EOS a row, per worker,
+    in max_length-token blocks of micro batch x accumulation), at least 1."""
+    micro, accum = ds_config["train_micro_batch_size_per_gpu"], ds_config["gradient_accumulation_steps"]
+    est_tokens_per_worker = (table["text_bytes"] / BYTES_PER_TOKEN + table["num_rows"]) / num_workers
+    steps_per_epoch_est = max(1, math.ceil(est_tokens_per_worker / options.max_length / micro / accum))
+    if options.max_steps > 0:
+        return options.max_steps
+    return max(1, math.ceil(options.num_train_epochs * steps_per_epoch_est))
+
+
+def _previous_run(run_path: str, run_name: str, run_dir: str, options: SfftOptions, num_workers: int, *,
+                  micro: int) -> dict | None:
+    """The state of the run's latest checkpoint (`latest_checkpoint_state`), None for a new run. ConfigError
+    when another number of workers wrote it (its ZeRO checkpoint is split that way); a note on stderr when
+    max_length or the micro batch (`micro`, rows of max_length tokens) changed since."""
+    previous = latest_checkpoint_state(run_path)
+    if previous and previous.get("world_size") not in (None, num_workers):
+        raise ConfigError(f"sfft run {run_name!r} in {run_dir} was trained by {previous['world_size']} workers and its "
+                          f"ZeRO checkpoint is split that way; resume it with num_workers={previous['world_size']}, "
+                          "or give a new run name to start over")
+    if previous and (previous.get("max_length"), previous.get("micro_batch")) != (options.max_length, micro):
+        print(f"[byzer-like] note: sfft run {run_name!r} continues with max_length={options.max_length} and micro batch "
+              f"{micro} (it was {previous.get('max_length')} and {previous.get('micro_batch')}): the batches skipped "
+              "in the current epoch are counted in the new size", file=sys.stderr, flush=True)
+    return previous
+
+
+def _start_ray(storage: str, run_name: str, previous: dict | None) -> None:
+    """Connect to Ray (unless this process is connected), make the run's `storage` folder and say whether the
+    run starts at step 0 or resumes from `previous`, its latest checkpoint's state."""
+    import ray
+
+    if not ray.is_initialized():
+        from ..cluster import connect
+
+        connect()
+    os.makedirs(storage, exist_ok=True)
+    if previous:
+        print(f"[byzer-like] sfft run {run_name!r}: a checkpoint at step {previous['step']} exists "
+              f"(epoch {previous['epoch']}, batch {previous['batch_in_epoch']}); training resumes from it", flush=True)
+    else:
+        print(f"[byzer-like] sfft run {run_name!r}: no checkpoint yet; training starts from step 0", flush=True)
+
+
+def _ray_datasets(placement: list | None, data_path: str, column: str) -> tuple[dict[str, Any], Any]:
+    """The trainer's datasets and DataConfig: ({}, None) with keepPartitionNum's `placement` (the workers read
+    their partitions themselves); else the table's `column` as the Ray Dataset "train", handed out in a fixed
+    order."""
+    if placement is not None:
+        return {}, None
+    from ray.train import DataConfig
+
+    datasets = {"train": _read_parquet(data_path, column)}
+    with warnings.catch_warnings():  # Ray's own defaults pass a deprecated option (exclude_resources)
+        warnings.simplefilter("ignore")
+        ingest = DataConfig.default_ingest_options()
+    ingest.preserve_order = True  # the same rows reach the same worker in the same order after a restart
+    return datasets, DataConfig(execution_options=ingest, enable_shard_locality=False)
+
+
+def _trainer(train_config: dict, *, run_name: str, storage: str, options: SfftOptions, num_workers: int,
+             on_gpu: bool, cpus_per_worker: float, gpus_per_worker: float, datasets: dict[str, Any],
+             data_config: Any) -> Any:
+    """The run's TorchTrainer: `num_workers` workers, each running `_train_loop_per_worker(train_config)` on
+    `cpus_per_worker` CPUs (and `gpus_per_worker` GPUs when `on_gpu`), restarted up to maxFailures times,
+    keeping saveTotalLimit checkpoints in `storage`/`run_name`."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    resources = {"CPU": float(cpus_per_worker)}
+    if on_gpu:
+        resources["GPU"] = float(gpus_per_worker)
+    env_vars = {k: os.environ[k] for k in ("TORCH_EXTENSIONS_DIR", "RAY_TRAIN_V2_ENABLED") if os.environ.get(k)}
+    env_vars.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return TorchTrainer(
         _train_loop_per_worker,
         train_loop_config=train_config,
         torch_config=_torch_config(on_gpu, options.setup_nccl_socket_ifname_by_ip),
@@ -171,18 +220,31 @@ def sfft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str,
         datasets=datasets or None,
         dataset_config=data_config,
     )
-    # fit() installs a SIGINT handler holding the run's controller actor, which keeps the controller (and
-    # the dataset's SplitCoordinator) alive until the process ends: the old handler is put back afterwards.
+
+
+def _fit(trainer: Any) -> Any:
+    """Run `trainer` to its end; returns Ray Train's Result. RuntimeError (`_failure_message`) when it fails.
+
+    fit() installs a SIGINT handler holding the run's controller actor, which keeps the controller (and
+    the dataset's SplitCoordinator) alive until the process ends: the old handler is put back afterwards."""
+    import ray.train
+
     main_thread = threading.current_thread() is threading.main_thread()
     previous_sigint = signal.getsignal(signal.SIGINT) if main_thread else None
     try:
-        result = trainer.fit()
+        return trainer.fit()
     except ray.train.TrainingFailedError as e:
         raise RuntimeError(_failure_message(e)) from None
     finally:
         if main_thread and previous_sigint is not None:
             signal.signal(signal.SIGINT, previous_sigint)
         del trainer
+
+
+def _run_metrics(result: Any, placement: list | None, partition_sizes: Sequence[int] | None) -> dict:
+    """The metrics `sfft_train` returns, from rank 0's return value (`_WorkerRun.run`; Ray's last reported
+    metrics when there is none), with keepPartitionNum's partitions and rows per worker. ConfigError for the
+    workers' data error (too little text for one micro batch)."""
     metrics = result.return_value if isinstance(result.return_value, dict) else dict(result.metrics or {})
     if metrics.get("error"):
         raise ConfigError(metrics["error"])
@@ -195,10 +257,7 @@ def sfft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str,
         out["keep_partition_num"] = {"partitions": len(partition_sizes or ()),
                                      "partitions_per_worker": [[p for p, _, _ in w] for w in placement],
                                      "rows_per_worker": [sum(n for _, _, n in w) for w in placement]}
-    print(f"[byzer-like] sfft run {run_name!r}: trained from step {out['resumed_from_step']} to {out['steps']} "
-          f"in {time.monotonic() - t_start:.1f} s (loss {out['first_loss']} -> {out['final_loss']}); "
-          f"model written to {output_dir}", flush=True)
-    return {"model_dir": output_dir, "metrics": out}
+    return out
 
 
 # -- driver-side checks ------------------------------------------------------------------------------
