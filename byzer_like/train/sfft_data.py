@@ -5,8 +5,8 @@ On the driver, `inspect_table` reads only parquet metadata (schema, row count, t
 `_placement` assigns TableRepartition's partitions to workers (`assign_partitions`: partition i to worker
 i % num_workers); without keepPartitionNum `_read_parquet` hands the table to Ray Data, which splits it.
 On a worker, `_ShardPass` turns its rows (a Ray Data shard, or its whole partitions read from the parquet
-file by `_PartitionShard`) into int64 blocks of max_length tokens, the first micro batch prefetched in a
-background thread (`_Prefetched`). The underscored names are this package's own (`sfft`, `sfft_worker`).
+file by `_PartitionShard`) into packed int64 micro batches [micro, max_length], the first one prefetched in
+a background thread (`_Prefetched`). The underscored names are this package's own (`sfft`, `sfft_worker`).
 
 pyarrow, torch and ray are imported inside the functions.
 """
@@ -24,7 +24,10 @@ READ_CPUS = 0.25  # per Ray Data read task, so reads still run when the workers 
 
 
 def inspect_table(data_path: str, text_column: str | None = None) -> dict:
-    """Schema, row count and the text column's size from parquet metadata only (no data is read)."""
+    """Schema, row count and the text column's size from parquet metadata only (no data is read).
+
+    Returns {text_column, num_rows, text_bytes (the column's uncompressed size), columns}. ConfigError when
+    the table is missing, not readable parquet, empty, or has no text column (`data.text_column`)."""
     import pyarrow as pa
     import pyarrow.dataset as pads
 
