@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
     from tokenizers import Tokenizer
-    from transformers import PreTrainedConfig, PreTrainedModel
+    from transformers import PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
 
 FAMILIES = ("llama", "qwen2", "gpt2")
 # modules whose docstrings give `prose_lines` its English text
@@ -140,6 +140,39 @@ def make_tiny(
     (FileExistsError otherwise).
     """
     started = time.monotonic()
+    out = _check_arguments(family, size, pretrain_seconds, out_dir, overwrite)
+    spec = SIZES[size]
+    docs, corpus_info = _load_corpus(corpus)
+    raw_tok = _train_tokenizer(docs, spec.vocab)
+    tokenizer = _fast_tokenizer(raw_tok, spec)
+    model = _random_model(family, spec, raw_tok, seed)
+
+    training: dict[str, Any] = {}
+    if pretrain_seconds > 0:
+        training = _pretrain(model, raw_tok, docs, pretrain_seconds, seed=seed, progress=progress)
+        model.eval()
+
+    _save(out, model, tokenizer)
+    _write_marker(out, family=family, size=size, seed=seed, spec=spec, corpus_info=corpus_info, training=training)
+    summary: dict[str, Any] = {
+        "family": family,
+        "size": size,
+        "seed": seed,
+        "params": sum(p.numel() for p in model.parameters()),
+        "vocab_size": raw_tok.get_vocab_size(),
+        "out_dir": str(out),
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    if training:
+        summary.update({k: training[k] for k in ("steps", "loss_start", "loss_end")})
+    return summary
+
+
+def _check_arguments(family: str, size: str, pretrain_seconds: float, out_dir: str | os.PathLike[str],
+                     overwrite: bool) -> Path:
+    """`out_dir` as a Path, once make_tiny's arguments are known good. ValueError for an unknown family or size
+    or a pretrain_seconds that is not a finite number >= 0; FileExistsError when out_dir is a file, or a
+    non-empty folder that holds no model built here (no MARKER) or that `overwrite` (off) protects."""
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; valid families: {', '.join(FAMILIES)}")
     if size not in SIZES:
@@ -157,14 +190,14 @@ def make_tiny(
             f"{out} is not empty and does not hold a model built by byzer_like.tiny (no {MARKER}); "
             "choose an empty or new directory"
         )
-    spec = SIZES[size]
-    docs, corpus_info = _load_corpus(corpus)
+    return out
 
-    import torch
-    from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerFast
 
-    raw_tok = _train_tokenizer(docs, spec.vocab)
-    eot, im_end = raw_tok.token_to_id(EOT), raw_tok.token_to_id(IM_END)
+def _fast_tokenizer(raw_tok: Tokenizer, spec: Size) -> PreTrainedTokenizerFast:
+    """`raw_tok` as a transformers tokenizer: <|endoftext|> is BOS, EOS, UNK and padding, the ChatML markers
+    are special tokens, the chat template is ChatML (CHAT_TEMPLATE)."""
+    from transformers import PreTrainedTokenizerFast
+
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=raw_tok,
         bos_token=EOT,
@@ -176,19 +209,27 @@ def make_tiny(
         clean_up_tokenization_spaces=False,
     )
     tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
 
+
+def _random_model(family: str, spec: Size, raw_tok: Tokenizer, seed: int) -> PreTrainedModel:
+    """A randomly initialised causal LM of `family` and `spec` for `raw_tok`'s vocabulary, seeded by `seed`
+    without disturbing the caller's RNG; generate() stops at <|im_end|> or <|endoftext|>."""
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    eot, im_end = raw_tok.token_to_id(EOT), raw_tok.token_to_id(IM_END)
     config = _model_config(family, spec, vocab_size=raw_tok.get_vocab_size(), special_id=eot)
     with torch.random.fork_rng(devices=[]):  # seed the init without disturbing the caller's RNG
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config)
     # Chat answers end at <|im_end|>, plain text at <|endoftext|>: generate() stops at either.
     model.generation_config = GenerationConfig(eos_token_id=[im_end, eot], pad_token_id=eot, bos_token_id=eot)
+    return model
 
-    training: dict[str, Any] = {}
-    if pretrain_seconds > 0:
-        training = _pretrain(model, raw_tok, docs, pretrain_seconds, seed=seed, progress=progress)
-        model.eval()
 
+def _save(out: Path, model: Any, tokenizer: Any) -> None:
+    """`model` and `tokenizer` with save_pretrained into `out` (made when missing), without a progress bar."""
     out.mkdir(parents=True, exist_ok=True)
     # transformers 5 always writes safetensors (its `safe_serialization` flag is gone), never .bin.
     from transformers.utils import logging as hf_logging
@@ -199,6 +240,12 @@ def make_tiny(
         tokenizer.save_pretrained(out)
     finally:
         hf_logging.enable_progress_bar()
+
+
+def _write_marker(out: Path, *, family: str, size: str, seed: int, spec: Size, corpus_info: dict[str, Any],
+                  training: dict[str, Any]) -> None:
+    """MARKER (byzer_like_tiny.json) in `out`: how the model was built (family, size, seed, pretraining time,
+    steps and validation losses, the corpus, the architecture), so a rebuild can be checked against it."""
     record = {
         "family": family,
         "size": size,
@@ -210,19 +257,6 @@ def make_tiny(
         **{k: training[k] for k in ("loss_start", "loss_end") if k in training},
     }
     (out / MARKER).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-
-    summary: dict[str, Any] = {
-        "family": family,
-        "size": size,
-        "seed": seed,
-        "params": sum(p.numel() for p in model.parameters()),
-        "vocab_size": raw_tok.get_vocab_size(),
-        "out_dir": str(out),
-        "seconds": round(time.monotonic() - started, 3),
-    }
-    if training:
-        summary.update({k: training[k] for k in ("steps", "loss_start", "loss_end")})
-    return summary
 
 
 def _load_corpus(corpus: str | None) -> tuple[list[str], dict[str, Any]]:
@@ -329,52 +363,21 @@ def _pretrain(
     is not counted). Returns steps, seconds, loss_start and loss_end (validation losses)."""
     import torch
 
-    eot = tok.token_to_id(EOT)
-    stream: list[int] = []
-    for enc in tok.encode_batch(docs):
-        stream += enc.ids + [eot]
-    # Hold out the tail: up to VAL_BLOCKS blocks, never more than a tenth of the text.
-    n_val = min(VAL_BLOCKS, len(stream) // (10 * SEQ_LEN)) * SEQ_LEN
-    if n_val == 0:
-        raise ValueError(f"corpus too small to pretrain on: {len(stream)} tokens, need at least {10 * SEQ_LEN}")
-    train = torch.tensor(stream[: len(stream) - n_val])
-    val = torch.tensor(stream[len(stream) - n_val :]).view(-1, SEQ_LEN)
-    chat, chat_labels, chat_starts = _chat_stream(tok, tok.decode(train.tolist(), skip_special_tokens=True))
-
-    gen = torch.Generator().manual_seed(seed)
-    offsets = torch.arange(SEQ_LEN)
-
-    def batch() -> tuple[torch.Tensor, torch.Tensor]:
-        """(input_ids, labels): random windows of text, about CHAT_FRACTION of them conversations."""
-        ids = train[torch.randint(0, len(train) - SEQ_LEN, (BATCH, 1), generator=gen) + offsets]
-        labels = ids.clone()
-        is_chat = torch.rand(BATCH, generator=gen) < CHAT_FRACTION
-        if chat_starts.numel() and is_chat.any():
-            window = chat_starts[torch.randint(0, len(chat_starts), (int(is_chat.sum()), 1), generator=gen)] + offsets
-            ids[is_chat], labels[is_chat] = chat[window], chat_labels[window]
-        return ids, labels
-
+    train, val = _token_blocks(tok, docs)
+    get_batch = _batch_sampler(tok, train, seed)
     loss_start = _val_loss(model, val)
     optimizer = torch.optim.AdamW(model.parameters(), lr=PEAK_LR, betas=(0.9, 0.95), weight_decay=0.1)
     model.train()
     steps, seen, window_loss, window_steps = 0, 0, 0.0, 0
     t0 = last_report = time.monotonic()
     while (elapsed := time.monotonic() - t0) < seconds:
-        # Linear warmup by steps, then cosine decay by elapsed share of the time budget.
-        decay = MIN_LR_FRACTION + (1 - MIN_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * elapsed / seconds))
-        lr = PEAK_LR * min(1.0, (steps + 1) / WARMUP_STEPS) * decay
+        lr = _get_lr(steps, elapsed, seconds)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        ids, labels = batch()
-        # An explicit all-ones mask: the <|endoftext|> separators are not padding (GPT-2 warns otherwise).
-        loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        ids, labels = get_batch()
+        window_loss += _train_step(model, optimizer, ids, labels)
         steps += 1
         seen += ids.numel()
-        window_loss += loss.item()
         window_steps += 1
         now = time.monotonic()
         if progress and now - last_report >= PROGRESS_EVERY_S:
@@ -394,6 +397,68 @@ def _pretrain(
             flush=True,
         )
     return {"steps": steps, "seconds": round(trained_for, 1), "loss_start": loss_start, "loss_end": loss_end}
+
+
+def _token_blocks(tok: Tokenizer, docs: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The corpus as one token stream (each document followed by <|endoftext|>): (train, val), the training
+    ids (int64 [n]) and the held-out tail as int64 [blocks, SEQ_LEN], up to VAL_BLOCKS blocks and never more
+    than a tenth of the text. ValueError when the corpus is under 10 x SEQ_LEN tokens."""
+    import torch
+
+    eot = tok.token_to_id(EOT)
+    stream: list[int] = []
+    for enc in tok.encode_batch(docs):
+        stream += enc.ids + [eot]
+    # Hold out the tail: up to VAL_BLOCKS blocks, never more than a tenth of the text.
+    n_val = min(VAL_BLOCKS, len(stream) // (10 * SEQ_LEN)) * SEQ_LEN
+    if n_val == 0:
+        raise ValueError(f"corpus too small to pretrain on: {len(stream)} tokens, need at least {10 * SEQ_LEN}")
+    train = torch.tensor(stream[: len(stream) - n_val])
+    val = torch.tensor(stream[len(stream) - n_val :]).view(-1, SEQ_LEN)
+    return train, val
+
+
+def _batch_sampler(tok: Tokenizer, train: torch.Tensor, seed: int):
+    """`get_batch()` -> (input_ids, labels), each int64 [BATCH, SEQ_LEN]: random windows of `train`, about
+    CHAT_FRACTION of them ChatML conversations made of its lines (`_chat_stream`), drawn from a generator
+    seeded by `seed`."""
+    import torch
+
+    chat, chat_labels, chat_starts = _chat_stream(tok, tok.decode(train.tolist(), skip_special_tokens=True))
+    gen = torch.Generator().manual_seed(seed)
+    offsets = torch.arange(SEQ_LEN)
+
+    def get_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, labels): random windows of text, about CHAT_FRACTION of them conversations."""
+        ids = train[torch.randint(0, len(train) - SEQ_LEN, (BATCH, 1), generator=gen) + offsets]
+        labels = ids.clone()
+        is_chat = torch.rand(BATCH, generator=gen) < CHAT_FRACTION
+        if chat_starts.numel() and is_chat.any():
+            window = chat_starts[torch.randint(0, len(chat_starts), (int(is_chat.sum()), 1), generator=gen)] + offsets
+            ids[is_chat], labels[is_chat] = chat[window], chat_labels[window]
+        return ids, labels
+
+    return get_batch
+
+
+def _get_lr(step: int, elapsed: float, seconds: float) -> float:
+    """The learning rate of 0-based step `step`, `elapsed` s into a budget of `seconds`: PEAK_LR times a linear
+    warmup over WARMUP_STEPS steps times a cosine decay by the elapsed share of the time (to MIN_LR_FRACTION)."""
+    decay = MIN_LR_FRACTION + (1 - MIN_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * elapsed / seconds))
+    return PEAK_LR * min(1.0, (step + 1) / WARMUP_STEPS) * decay
+
+
+def _train_step(model: PreTrainedModel, optimizer: Any, ids: torch.Tensor, labels: torch.Tensor) -> float:
+    """One optimizer step on (ids, labels) with the gradient norm clipped to 1; returns the batch's loss."""
+    import torch
+
+    # An explicit all-ones mask: the <|endoftext|> separators are not padding (GPT-2 warns otherwise).
+    loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return loss.item()
 
 
 def _chat_stream(tok: Tokenizer, text: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -437,6 +502,7 @@ def _val_loss(model: PreTrainedModel, val: torch.Tensor) -> float:
 # -- sentence encoders (Byzer's bge / m3e embedding models) ----------------------------------------
 ENCODER_TYPES = ("bert", "xlm-roberta")
 ENCODER_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4
+ENCODER_MAX_POSITIONS = 128
 
 
 def make_tiny_encoder(
@@ -459,8 +525,26 @@ def make_tiny_encoder(
     if pooling not in (None, "cls", "mean"):
         raise ValueError(f"unknown pooling {pooling!r}; valid: cls, mean (or None for no sentence-transformers files)")
     import torch
+    from transformers import AutoModel
+
+    tok, tokenizer = _wordpiece_tokenizer()
+    config = _encoder_config(model_type, vocab_size=tok.get_vocab_size(), hidden=hidden, layers=layers)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModel.from_config(config)
+    out = Path(out_dir)
+    _save(out, model, tokenizer)
+    if pooling is not None:
+        _write_sentence_transformers(out, pooling, hidden)
+    return {"model_type": model_type, "pooling": pooling, "hidden_size": hidden,
+            "params": sum(p.numel() for p in model.parameters()), "vocab_size": tok.get_vocab_size(), "out_dir": str(out)}
+
+
+def _wordpiece_tokenizer() -> tuple[Tokenizer, PreTrainedTokenizerFast]:
+    """A lower-casing WordPiece tokenizer (1024 tokens, ENCODER_SPECIALS first) trained on `prose_lines`, with
+    BERT's `[CLS] A [SEP] B [SEP]` template: (the tokenizers object, it as a transformers tokenizer)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import AutoModel, BertConfig, PreTrainedTokenizerFast, XLMRobertaConfig
+    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
@@ -471,39 +555,36 @@ def make_tiny_encoder(
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
                                                        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
-    max_positions = 128
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                        sep_token="[SEP]", mask_token="[MASK]", model_max_length=max_positions)
-    common = dict(vocab_size=tok.get_vocab_size(), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+                                        sep_token="[SEP]", mask_token="[MASK]", model_max_length=ENCODER_MAX_POSITIONS)
+    return tok, tokenizer
+
+
+def _encoder_config(model_type: str, *, vocab_size: int, hidden: int, layers: int) -> PreTrainedConfig:
+    """A BertConfig or XLMRobertaConfig: `layers` layers of width `hidden` (4 heads, MLP 2 x hidden), no
+    dropout, ENCODER_MAX_POSITIONS positions (XLM-RoBERTa counts 2 more, for its padding offset)."""
+    from transformers import BertConfig, XLMRobertaConfig
+
+    common = dict(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
                   intermediate_size=hidden * 2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
                   pad_token_id=0)
-    config = (BertConfig(max_position_embeddings=max_positions, **common) if model_type == "bert"
-              else XLMRobertaConfig(max_position_embeddings=max_positions + 2, **common))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = AutoModel.from_config(config)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    from transformers.utils import logging as hf_logging
+    return (BertConfig(max_position_embeddings=ENCODER_MAX_POSITIONS, **common) if model_type == "bert"
+            else XLMRobertaConfig(max_position_embeddings=ENCODER_MAX_POSITIONS + 2, **common))
 
-    hf_logging.disable_progress_bar()
-    try:
-        model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
-    finally:
-        hf_logging.enable_progress_bar()
-    if pooling is not None:
-        (out / "modules.json").write_text(json.dumps([
-            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-        ], indent=2))
-        (out / "1_Pooling").mkdir(exist_ok=True)
-        (out / "1_Pooling" / "config.json").write_text(json.dumps({
-            "word_embedding_dimension": hidden, "pooling_mode_cls_token": pooling == "cls",
-            "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": False,
-            "pooling_mode_mean_sqrt_len_tokens": False}, indent=2))
-        (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_positions,
-                                                                    "do_lower_case": False}))
-    return {"model_type": model_type, "pooling": pooling, "hidden_size": hidden,
-            "params": sum(p.numel() for p in model.parameters()), "vocab_size": tok.get_vocab_size(), "out_dir": str(out)}
+
+def _write_sentence_transformers(out: Path, pooling: str, hidden: int) -> None:
+    """sentence-transformers' files in `out`, as bge and m3e checkpoints ship them: modules.json (transformer,
+    pooling, normalize), 1_Pooling/config.json (`pooling` "cls" or "mean" over `hidden` dimensions) and
+    sentence_bert_config.json."""
+    (out / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ], indent=2))
+    (out / "1_Pooling").mkdir(exist_ok=True)
+    (out / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": hidden, "pooling_mode_cls_token": pooling == "cls",
+        "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False}, indent=2))
+    (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": ENCODER_MAX_POSITIONS,
+                                                                "do_lower_case": False}))

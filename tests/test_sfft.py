@@ -206,7 +206,7 @@ def test_eval_table_is_measured_per_eval_step_and_partitions_stay_whole(llm, wor
 
 
 def test_whole_partitions_go_to_worker_i_mod_n_and_are_read_in_order(tmp_path, tiny_models):
-    from byzer_like.train.sfft import _PartitionShard, _placement, assign_partitions
+    from byzer_like.train.sfft_data import _PartitionShard, _placement, assign_partitions
 
     assert assign_partitions([3, 0, 2, 4, 1], 2) == [[(0, 0, 3), (2, 3, 2), (4, 9, 1)], [(3, 5, 4)]]
     assert assign_partitions([2, 2], 3) == [[(0, 0, 2)], [(1, 2, 2)], []]
@@ -341,7 +341,7 @@ def test_bad_tables_are_refused_before_workers_start(tmp_path, tiny_models):
         _call(tmp_path, tiny_models, tmp_path / "missing.parquet")
     assert not (tmp_path / "run").exists()
     # the only string column is taken when there is no `text`
-    from byzer_like.train.sfft import inspect_table
+    from byzer_like.train.sfft_data import inspect_table
 
     doc = write_table(tmp_path / "doc.parquet", n=[1, 2], doc=["a b c", "d e"])
     assert inspect_table(str(doc))["text_column"] == "doc" and inspect_table(str(doc))["num_rows"] == 2

@@ -106,10 +106,26 @@ def validate_deepspeed_config(user: dict | None, opts: SfftOptions, *, num_worke
     _check_keys(user, TOP_LEVEL_KEYS, "deepspeedConfig")
     cfg: dict[str, Any] = copy.deepcopy(_BASE)
     cfg.update(copy.deepcopy(user))
-    notes: list[str] = []
+    cfg["zero_optimization"] = _zero_section(cfg.get("zero_optimization", {}), opts)
+    _batch_sizes(cfg, opts, num_workers)
+    notes = _precision(cfg, on_gpu)
+    _optimizer_section(cfg, opts)
+    _scheduler_section(cfg)
+    for key in ("steps_per_print",):
+        if not _is_int(cfg.get(key)) or cfg[key] < 1:
+            raise ConfigError(f"deepspeedConfig.{key} must be an integer >= 1, got {_show(cfg.get(key))}")
+    _no_auto_left(cfg, "deepspeedConfig", allowed=_SCHEDULE_AUTO_PATHS)
+    for note in notes:
+        print(f"[byzer-like] note: {note}", file=sys.stderr, flush=True)
+    return cfg
 
-    # -- ZeRO ------------------------------------------------------------------------------------
-    zero = cfg.get("zero_optimization", {})
+
+def _zero_section(zero: Any, opts: SfftOptions) -> dict:
+    """The checked `zero_optimization` section (a new dict): "auto" values left to DeepSpeed's defaults, the
+    stage from zeroStage unless the section gives one, 5e8-style floats of the integer keys made ints.
+
+    ConfigError for a section that is not an object, an unknown key, a stage outside 0-3, a non-boolean flag,
+    a negative or fractional size, or an offload section DeepSpeed would refuse (`_check_offload`)."""
     if zero is None:
         zero = {}
     if not isinstance(zero, dict):
@@ -130,6 +146,14 @@ def validate_deepspeed_config(user: dict | None, opts: SfftOptions, *, num_worke
         if not _is_int(value) or value < 0:
             raise ConfigError(
                 f"deepspeedConfig.zero_optimization.{key} must be a non-negative integer, got {_show(value)}")
+    _check_offload(zero, stage)
+    return zero
+
+
+def _check_offload(zero: dict, stage: int) -> None:
+    """ConfigError for an offload_optimizer / offload_param section that is not an object, names a device
+    other than none / cpu / nvme, offloads at a ZeRO stage that cannot (optimizer: 1-3, parameters: 3) or
+    names nvme without an nvme_path."""
     for section, min_stage, what in (("offload_optimizer", 1, "1, 2 or 3"), ("offload_param", 3, "3")):
         off = zero.get(section)
         if off is None:
@@ -145,9 +169,13 @@ def validate_deepspeed_config(user: dict | None, opts: SfftOptions, *, num_worke
                               f"{stage}; raise zero_optimization.stage (or zeroStage) or remove {section}")
         if device == "nvme" and not off.get("nvme_path"):
             raise ConfigError(f"deepspeedConfig.zero_optimization.{section}.device is nvme: give nvme_path too")
-    cfg["zero_optimization"] = zero
 
-    # -- batch sizes -------------------------------------------------------------------------------
+
+def _batch_sizes(cfg: dict, opts: SfftOptions, num_workers: int) -> None:
+    """Fill in cfg's micro batch (rows per worker), gradient accumulation steps and train_batch_size (rows per
+    optimizer step, all workers), in place: a concrete value wins, one missing is derived from
+    train_batch_size when that is given, else taken from perDeviceBatchSize / gradientAccumulationSteps.
+    ConfigError for a non-positive size or a train_batch_size that is not micro x accumulation x workers."""
     micro = _batch_value(cfg, "train_micro_batch_size_per_gpu")
     accum = _batch_value(cfg, "gradient_accumulation_steps")
     total = _batch_value(cfg, "train_batch_size")
@@ -169,7 +197,14 @@ def validate_deepspeed_config(user: dict | None, opts: SfftOptions, *, num_worke
     cfg["gradient_accumulation_steps"] = accum
     cfg["train_batch_size"] = micro * accum * num_workers
 
-    # -- precision ---------------------------------------------------------------------------------
+
+def _precision(cfg: dict, on_gpu: bool) -> list[str]:
+    """Settle cfg's fp16 / bf16 (and amp) sections in place; returns the notes to print.
+
+    bfloat16 (DeepSpeed's old name) is merged into bf16. On GPU, "auto" means bf16 unless fp16 is enabled;
+    on CPU both are switched off (and amp), with a note when the user enabled one. ConfigError for a section
+    that is not an object, an `enabled` other than true / false / "auto", or fp16 and bf16 both enabled."""
+    notes: list[str] = []
     for key in ("fp16", "bf16", "bfloat16"):
         section = cfg.get(key)
         if section is None:
@@ -201,51 +236,56 @@ def validate_deepspeed_config(user: dict | None, opts: SfftOptions, *, num_worke
     if "amp" in cfg and isinstance(cfg["amp"], dict) and cfg["amp"].get("enabled") and not on_gpu:
         notes.append("amp is not available on CPU (deepspeedConfig.amp ignored)")
         cfg["amp"] = {"enabled": False}
+    return notes
 
-    # -- optimizer / scheduler -------------------------------------------------------------------------
+
+def _optimizer_section(cfg: dict, opts: SfftOptions) -> None:
+    """Check cfg's gradient_clipping ("auto": 1.0) and optimizer section in place: "auto" params take the run's
+    learning rate and weight decay (betas 0.9, 0.999; eps 1e-8), lr defaults to the run's. Without an optimizer
+    section and with ZeRO-Offload of the optimizer, our torch AdamW is allowed (zero_force_ds_cpu_optimizer).
+    ConfigError for a negative clip, a section without a "type" DeepSpeed builds, or a negative lr / weight_decay
+    / eps."""
     clip = cfg.get("gradient_clipping")
     if clip == AUTO:
         cfg["gradient_clipping"] = clip = 1.0
     if not _is_number(clip) or clip < 0:
         raise ConfigError(f"deepspeedConfig.gradient_clipping must be a number >= 0, got {_show(clip)}")
     optimizer = cfg.get("optimizer")
-    if optimizer is not None:
-        if not isinstance(optimizer, dict) or not isinstance(optimizer.get("type"), str):
-            raise ConfigError('deepspeedConfig.optimizer must be an object with a "type" (e.g. "AdamW") and '
-                              f"\"params\", got {_show(optimizer)}")
-        if optimizer["type"].lower() not in DS_OPTIMIZERS:
-            raise ConfigError(f"deepspeedConfig.optimizer.type {optimizer['type']!r} is not one DeepSpeed builds; "
-                              f"use one of {', '.join(DS_OPTIMIZERS)} (or leave optimizer out: AdamW is used)")
-        params = optimizer.setdefault("params", {})
-        if not isinstance(params, dict):
-            raise ConfigError(f"deepspeedConfig.optimizer.params must be an object, got {_show(params)}")
-        for key, value in (("lr", opts.lr()), ("weight_decay", opts.weight_decay), ("betas", [0.9, 0.999]),
-                           ("eps", 1e-8)):
-            if params.get(key) == AUTO:
-                params[key] = value
-        params.setdefault("lr", opts.lr())
-        for key in ("lr", "weight_decay", "eps"):
-            if key in params and (not _is_number(params[key]) or params[key] < 0):
-                raise ConfigError(f"deepspeedConfig.optimizer.params.{key} must be a number >= 0, got {_show(params[key])}")
-    else:
-        offload = (zero.get("offload_optimizer") or {}).get("device", "none") != "none"
+    if optimizer is None:
+        offload = (cfg["zero_optimization"].get("offload_optimizer") or {}).get("device", "none") != "none"
         if offload:  # ZeRO-Offload with our torch AdamW: allowed, DeepSpeed just warns it is slower
             cfg.setdefault("zero_force_ds_cpu_optimizer", False)
-    scheduler = cfg.get("scheduler")
-    if scheduler is not None:
-        if not isinstance(scheduler, dict) or scheduler.get("type") not in DS_SCHEDULERS:
-            raise ConfigError(f"deepspeedConfig.scheduler.type must be one of {', '.join(DS_SCHEDULERS)}, "
-                              f"got {_show(scheduler.get('type') if isinstance(scheduler, dict) else scheduler)}")
-        if not isinstance(scheduler.setdefault("params", {}), dict):
-            raise ConfigError(f"deepspeedConfig.scheduler.params must be an object, got {_show(scheduler['params'])}")
+        return
+    if not isinstance(optimizer, dict) or not isinstance(optimizer.get("type"), str):
+        raise ConfigError('deepspeedConfig.optimizer must be an object with a "type" (e.g. "AdamW") and '
+                          f"\"params\", got {_show(optimizer)}")
+    if optimizer["type"].lower() not in DS_OPTIMIZERS:
+        raise ConfigError(f"deepspeedConfig.optimizer.type {optimizer['type']!r} is not one DeepSpeed builds; "
+                          f"use one of {', '.join(DS_OPTIMIZERS)} (or leave optimizer out: AdamW is used)")
+    params = optimizer.setdefault("params", {})
+    if not isinstance(params, dict):
+        raise ConfigError(f"deepspeedConfig.optimizer.params must be an object, got {_show(params)}")
+    for key, value in (("lr", opts.lr()), ("weight_decay", opts.weight_decay), ("betas", [0.9, 0.999]),
+                       ("eps", 1e-8)):
+        if params.get(key) == AUTO:
+            params[key] = value
+    params.setdefault("lr", opts.lr())
+    for key in ("lr", "weight_decay", "eps"):
+        if key in params and (not _is_number(params[key]) or params[key] < 0):
+            raise ConfigError(f"deepspeedConfig.optimizer.params.{key} must be a number >= 0, got {_show(params[key])}")
 
-    for key in ("steps_per_print",):
-        if not _is_int(cfg.get(key)) or cfg[key] < 1:
-            raise ConfigError(f"deepspeedConfig.{key} must be an integer >= 1, got {_show(cfg.get(key))}")
-    _no_auto_left(cfg, "deepspeedConfig", allowed=_SCHEDULE_AUTO_PATHS)
-    for note in notes:
-        print(f"[byzer-like] note: {note}", file=sys.stderr, flush=True)
-    return cfg
+
+def _scheduler_section(cfg: dict) -> None:
+    """ConfigError unless cfg's scheduler section, when there is one, names a scheduler DeepSpeed builds and
+    its params (added when missing) are an object."""
+    scheduler = cfg.get("scheduler")
+    if scheduler is None:
+        return
+    if not isinstance(scheduler, dict) or scheduler.get("type") not in DS_SCHEDULERS:
+        raise ConfigError(f"deepspeedConfig.scheduler.type must be one of {', '.join(DS_SCHEDULERS)}, "
+                          f"got {_show(scheduler.get('type') if isinstance(scheduler, dict) else scheduler)}")
+    if not isinstance(scheduler.setdefault("params", {}), dict):
+        raise ConfigError(f"deepspeedConfig.scheduler.params must be an object, got {_show(scheduler['params'])}")
 
 
 # "auto" values that depend on the number of steps, filled in by the workers (fill_schedule).

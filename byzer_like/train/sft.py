@@ -76,7 +76,7 @@ def sft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str, 
     """Fine-tune `model_dir` on the table in `data_path` (parquet); write the adapter (lora, qlora) or
     the whole model (full) to `output_dir`. Returns `{"model_dir", "kind", "metrics"}`."""
     import torch
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+    from transformers import DataCollatorForSeq2Seq, Trainer
 
     if cpus >= 1:
         torch.set_num_threads(int(cpus))
@@ -86,10 +86,41 @@ def sft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str, 
     tok = prepare_tokenizer(model_dir, fallback_template)
     stop_ids = stop_token_ids(model_dir, tok, stop_tokens)
     convs = load_conversations(data_path)
+    eval_path = Path(run_dir) / "eval.parquet"
+    train_rows, eval_rows, held_convs, dropped = _examples(tok, convs, opts, stop_ids, eval_path)
+
+    model = _load_model(model_dir, opts, target_modules, on_gpu)
+    evaluator = _evaluator(eval_path, held_convs, opts, tok, stop_ids)
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    args = _training_args(opts, ckpt_dir, len(train_rows), bool(eval_rows), on_gpu)
+    progress = _progress_callback(reporter, evaluator)
+    trainer = Trainer(
+        model=model, args=args, train_dataset=_dataset(train_rows), eval_dataset=_dataset(eval_rows) or None,
+        data_collator=DataCollatorForSeq2Seq(tok, label_pad_token_id=D.IGNORE, padding=True),
+        callbacks=[progress],
+    )
+    out, runtime, resumed_from = _train(trainer, ckpt_dir, resume)
+
+    _save(model, tok, output_dir)
+    # the final model's metrics on evalTable, in the job's metrics
+    final_evals = (progress.evals or evaluator(model)) if evaluator is not None else {}
+    metrics = _metrics(trainer.state, out.training_loss, runtime, train_rows=len(train_rows), eval_rows=len(eval_rows),
+                       dropped=dropped, resumed_from=resumed_from, final_evals=final_evals,
+                       start_tokens=progress.start_tokens)
+    return {"model_dir": str(output_dir), "kind": "model" if opts.method == "full" else "adapter", "metrics": metrics}
+
+
+def _examples(tok: Any, convs: list, opts: SftOptions, stop_ids: list[int],
+              eval_path: Path) -> tuple[list, list, list, int]:
+    """Encode the conversations: (train rows, evalSplit rows, held-out conversations, dropped rows).
+
+    Rows are (input ids, labels) pairs (packed into max_seq_length-token blocks with packing), split by
+    evalSplit and seed. The held-out conversations are the evalSplit's rows as conversations, for evalMetrics
+    when no evalTable is stored at `eval_path` (none with packing, which holds out blocks, not rows). Dropped:
+    rows with no answer token within max_seq_length (said on stdout)."""
     examples, dropped = D.encode_all(tok, convs, opts.max_seq_length, stop_ids)
     if dropped:
         print(f"[byzer-like] {dropped} rows have no answer token within max_seq_length={opts.max_seq_length}: skipped")
-    eval_path = Path(run_dir) / "eval.parquet"
     held_convs: list = []
     if opts.eval_split > 0 and opts.eval_metrics and not eval_path.is_file():  # evalMetrics on the held-out rows
         if opts.packing:
@@ -101,15 +132,25 @@ def sft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str, 
     if opts.packing:
         examples = D.pack(examples, opts.max_seq_length)
     train_rows, eval_rows = D.split(examples, opts.eval_split, opts.seed)
-    to_ds = lambda rows: [{"input_ids": i, "labels": lab, "attention_mask": [1] * len(i)} for i, lab in rows]  # noqa: E731
+    return train_rows, eval_rows, held_convs, dropped
 
-    model = _load_model(model_dir, opts, target_modules, on_gpu)
-    evaluator = _evaluator(eval_path, held_convs, opts, tok, stop_ids)
-    ckpt_dir = Path(run_dir) / "checkpoints"
-    args = TrainingArguments(
+
+def _dataset(rows: list) -> list[dict]:
+    """(input ids, labels) rows as the Trainer's examples, with an all-ones attention mask."""
+    return [{"input_ids": i, "labels": lab, "attention_mask": [1] * len(i)} for i, lab in rows]
+
+
+def _training_args(opts: SftOptions, ckpt_dir: Path, train_rows: int, has_eval: bool, on_gpu: bool):
+    """The Trainer's TrainingArguments: checkpoints in `ckpt_dir` every checkpoint_steps, an evaluation each
+    epoch when there are evalSplit rows (`has_eval`), the batch size for `train_rows` rows, bf16 on a GPU that
+    has it (not for qlora)."""
+    import torch
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
         output_dir=str(ckpt_dir),
-        per_device_train_batch_size=opts.batch_size(len(train_rows)),
-        per_device_eval_batch_size=opts.batch_size(len(train_rows)),
+        per_device_train_batch_size=opts.batch_size(train_rows),
+        per_device_eval_batch_size=opts.batch_size(train_rows),
         gradient_accumulation_steps=opts.gradient_accumulation_steps,
         learning_rate=opts.lr(),
         num_train_epochs=opts.num_train_epochs,
@@ -121,7 +162,7 @@ def sft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str, 
         save_strategy="steps",
         save_steps=opts.checkpoint_steps,
         save_total_limit=opts.save_total_limit,
-        eval_strategy="epoch" if eval_rows else "no",
+        eval_strategy="epoch" if has_eval else "no",
         seed=opts.seed,
         data_seed=opts.seed,
         use_cpu=not on_gpu,
@@ -132,6 +173,14 @@ def sft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str, 
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,
     )
+
+
+def _progress_callback(reporter: Reporter, evaluator: Any) -> Any:
+    """A TrainerCallback reporting to `reporter`: the start (step, total steps), every logged step (tokens since
+    the last report, loss, eval_loss, LR, epoch) and, with an `evaluator`, its metrics at each epoch's end (kept
+    in `.evals`). A stop signal (STOP) ends the run at a step's end. `.start_tokens`: the tokens seen when this
+    session began (a resumed run starts above 0)."""
+    from transformers import TrainerCallback
 
     class _Progress(TrainerCallback):
         tokens = 0  # tokens seen at the last report
@@ -160,46 +209,58 @@ def sft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str, 
                               epoch=round(state.epoch or 0, 3))
                 self.tokens = seen
 
-    trainer = Trainer(
-        model=model, args=args, train_dataset=to_ds(train_rows), eval_dataset=to_ds(eval_rows) or None,
-        data_collator=DataCollatorForSeq2Seq(tok, label_pad_token_id=D.IGNORE, padding=True),
-        callbacks=[progress := _Progress()],
-    )
+    return _Progress()
+
+
+def _train(trainer: Any, ckpt_dir: Path, resume: bool) -> tuple[Any, float, int]:
+    """Run `trainer`, from the last complete checkpoint in `ckpt_dir` when `resume` (`last_checkpoint`).
+    Returns (the Trainer's TrainOutput, the seconds it took, the step resumed from: 0 for a new run).
+
+    A stop signal ends the run at the next step's end, not inside a checkpoint save."""
     start_ckpt = last_checkpoint(ckpt_dir) if resume else None
     resumed_from = int(start_ckpt.rsplit("-", 1)[1]) if start_ckpt else 0
     t0 = time.monotonic()
-    STOP.defers = True  # a stop signal ends the run at the next step end, not inside a checkpoint save
+    STOP.defers = True
     try:
         out = trainer.train(resume_from_checkpoint=start_ckpt)
     finally:
         STOP.defers = False
-    runtime = time.monotonic() - t0
+    return out, time.monotonic() - t0, resumed_from
 
+
+def _save(model: Any, tok: Any, output_dir: str) -> None:
+    """The adapter (or whole model) as safetensors in `output_dir`, with the tokenizer padding on the left."""
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir, safe_serialization=True)
     tok.padding_side = "left"
     tok.save_pretrained(output_dir)
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+
+def _metrics(state: Any, train_loss: float, runtime: float, *, train_rows: int, eval_rows: int, dropped: int,
+             resumed_from: int, final_evals: dict, start_tokens: int) -> dict:
+    """The run's metrics from the Trainer's `state`: steps, epoch, train_loss (the Trainer's mean), the first and
+    last logged losses, rows, tokens seen, runtime (s), the step resumed from, `final_evals` (evalMetrics on the
+    final model), the last eval_loss and the tokens per second of this session (above `start_tokens`)."""
+    losses = [h["loss"] for h in state.log_history if "loss" in h]
     metrics = {
-        "steps": trainer.state.global_step,
-        "epoch": round(trainer.state.epoch or 0, 3),
-        "train_loss": round(out.training_loss, 6),
+        "steps": state.global_step,
+        "epoch": round(state.epoch or 0, 3),
+        "train_loss": round(train_loss, 6),
         "first_loss": losses[0] if losses else None,
         "final_loss": losses[-1] if losses else None,
-        "train_rows": len(train_rows),
-        "eval_rows": len(eval_rows),
+        "train_rows": train_rows,
+        "eval_rows": eval_rows,
         "dropped_rows": dropped,
-        "tokens": int(trainer.state.num_input_tokens_seen),
+        "tokens": int(state.num_input_tokens_seen),
         "train_runtime_s": round(runtime, 3),
         "resumed_from_step": resumed_from,
     }
-    if evaluator is not None:  # the final model's metrics on evalTable, in the job's metrics
-        metrics.update(progress.evals or evaluator(model))
-    evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
+    metrics.update(final_evals)
+    evals = [h["eval_loss"] for h in state.log_history if "eval_loss" in h]
     if evals:
         metrics["eval_loss"] = evals[-1]
-    metrics["tokens_per_s"] = round((metrics["tokens"] - progress.start_tokens) / runtime, 2) if runtime > 0 else None
-    return {"model_dir": str(output_dir), "kind": "model" if opts.method == "full" else "adapter", "metrics": metrics}
+    metrics["tokens_per_s"] = round((metrics["tokens"] - start_tokens) / runtime, 2) if runtime > 0 else None
+    return metrics
 
 
 def _evaluator(eval_path: Path, held_convs: list, opts: SftOptions, tok: Any, stop_ids: list[int]):
