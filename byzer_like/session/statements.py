@@ -111,7 +111,7 @@ def train(session: Any, s: Run, where: dict[str, str]) -> Result:
         extra["eval_table"] = session.need_table(opts.eval_table, s)
     parts = session.partitioning.get(name.lower())
     keep = getattr(opts, "keep_partition_num", False) and parts is not None
-    if keep and task.name == "sfft":  # each worker takes whole partitions (train/sfft.py)
+    if keep and task.name == "sfft":  # each worker takes whole partitions (train/sfft_data.py)
         extra["partitions"] = parts.sizes
     row = rt.train(task.name, where, table, options=opts, progress=session.progress, **extra)
     message = f"job {row['job_id']}: {row['state']}"
