@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import signal
-import statistics
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+from _report import loadavg, log, timed
 
 WORDS = ("the quick brown fox jumps over the lazy dog while seven wizards quietly judge "
          "boxing matches in a dim hall").split()
@@ -42,73 +41,6 @@ def greedy_chats(n: int, max_new_tokens: int, temperature: float = 0) -> tuple[l
     them with: `{"temperature": temperature, "max_new_tokens": max_new_tokens}`."""
     rows = make_rows(n)
     return rows, conversations(rows), {"temperature": temperature, "max_new_tokens": max_new_tokens}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "unknown"
-
-
-def proc_cpu_s(pid: int) -> float | None:
-    """user + system CPU seconds of a process (Linux /proc), or None."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def self_cpu_s() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
-
-
-def median_ms(xs: list[float]) -> float:
-    return round(statistics.median(xs) * 1000, 3)
-
-
-def spread(xs: list[float]) -> str:
-    return f"{min(xs):,.1f}..{max(xs):,.1f}" if len(xs) > 1 else ""
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def machine_info(loadavg_start: str) -> dict[str, Any]:
-    """The `machine` entry of a benchmark's JSON (call after torch, Ray and transformers are imported)."""
-    import ray
-    import torch
-    import transformers
-
-    return {
-        "cores": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "loadavg_start": loadavg_start,
-        "loadavg_end": loadavg(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "ray": ray.__version__,
-        "transformers": transformers.__version__,
-    }
 
 
 # -- options ----------------------------------------------------------------------------------------

@@ -10,6 +10,8 @@
   run; its `Timings` keep each run's wall seconds, CPU seconds and answers.
 - `medians_of`, `runs_of`, `ratio_runs` and `matches` turn runs into the JSON's figures (rows/s and
   the like, rounded as every benchmark rounds them; answers compared row by row).
+- `timed`, `log`, `machine_info` (and the /proc readers beside them) time a call, print a progress line and
+  describe the machine.
 - `finish` wraps a benchmark's figures in the setting and machine every one reports, `publish` prints
   the report and writes `--json` (`_common.Setup.publish` does both for a benchmark on a Setup);
   `print_header` and `path_header` / `path_row` are the report's shared lines.
@@ -18,12 +20,84 @@ Like bench/_common.py, nothing here imports torch, Ray or byzer_like at module l
 """
 from __future__ import annotations
 
+import os
+import platform
 import statistics
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from _common import log, machine_info, spread, timed
+
+# -- timing and the machine -------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def proc_cpu_s(pid: int) -> float | None:
+    """user + system CPU seconds of a process (Linux /proc), or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def self_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def median_ms(xs: list[float]) -> float:
+    return round(statistics.median(xs) * 1000, 3)
+
+
+def spread(xs: list[float]) -> str:
+    return f"{min(xs):,.1f}..{max(xs):,.1f}" if len(xs) > 1 else ""
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def machine_info(loadavg_start: str) -> dict[str, Any]:
+    """The `machine` entry of a benchmark's JSON (call after torch, Ray and transformers are imported)."""
+    import ray
+    import torch
+    import transformers
+
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "loadavg_start": loadavg_start,
+        "loadavg_end": loadavg(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "ray": ray.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
 
 
 # -- the order of the paths in each repeat -------------------------------------------------------------
@@ -102,7 +176,7 @@ def time_paths(paths: dict[str, Callable[[], Any]], repeats: int, order: Order =
                before: Callable[[str], Any] | None = None, after: Callable[[str], Any] | None = None,
                rows: int | None = None, label: str = "", log_every: int = 1) -> Timings:
     """Run every path `warmup` times (in the order given), then `repeats` rounds of every path once, in
-    the order `order(names, round)` gives. Each run is timed alone (`_common.timed`; a path returning
+    the order `order(names, round)` gives. Each run is timed alone (`timed`; a path returning
     `Own` gives its own seconds); the `cpu` readers (name: a function giving CPU seconds, or None) are
     read just before and after it, `before(path)` runs after the first reading and `after(path)` after
     the second (its result kept in `notes`). Logs each `log_every`-th round: rows/s with `rows`, else seconds."""

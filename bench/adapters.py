@@ -34,9 +34,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from _common import (Setup, add_run_args, client, connect, loadavg, log, machine_info, make_rows, parser,
-                     quiet_transformers, run_in_env, spread, tiny_model)
-from _report import alternated, medians_of, publish, runs_of, time_paths
+from _common import Setup, add_run_args, client, connect, make_rows, parser, quiet_transformers, run_in_env, tiny_model
+from _report import alternated, loadavg, log, machine_info, medians_of, publish, runs_of, spread, time_paths
 
 BASE = "bench_lora"
 

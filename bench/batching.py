@@ -60,10 +60,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-from _common import (PlainLoop, Setup, add_model_args, add_run_args, greedy_chats, log, parser, proc_cpu_s,
-                     run_in_env, self_cpu_s)
-from _report import (balanced_order, cpu_cell, matches, medians_of, path_header, path_row, path_rule, print_header,
-                     ratio_runs, runs_of, time_paths)
+from _common import PlainLoop, Setup, add_model_args, add_run_args, greedy_chats, parser, run_in_env
+from _report import (balanced_order, cpu_cell, log, matches, medians_of, path_header, path_row, path_rule,
+                     print_header, proc_cpu_s, ratio_runs, runs_of, self_cpu_s, time_paths)
 
 UDF_BIG = "bench_b32"
 UDF_ONE = "bench_b1"

@@ -42,8 +42,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from _common import cpu_model, loadavg, log, parser
-from _report import utc_now, write_json
+from _common import parser
+from _report import cpu_model, loadavg, log, utc_now, write_json
 
 CLI = str(Path(sys.executable).with_name("byzer-like"))
 GOAL_S = 2.0

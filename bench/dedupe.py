@@ -36,8 +36,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from _common import Setup, add_run_args, log, make_rows, parser, run_in_env, timed
-from _report import Own, alternated, medians_of, path_header, path_row, print_header, ratio_runs, runs_of, time_paths
+from _common import Setup, add_run_args, make_rows, parser, run_in_env
+from _report import (Own, alternated, log, medians_of, path_header, path_row, print_header, ratio_runs, runs_of,
+                     time_paths, timed)
 
 UDF = "bench_dedupe"
 

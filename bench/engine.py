@@ -41,9 +41,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import (PlainLoop, add_run_args, chat_text, connect, cut_at_stop, loadavg, log, machine_info, parser,
-                     run_in_env, runtime, sql_session)
-from _report import publish
+from _common import PlainLoop, add_run_args, chat_text, connect, cut_at_stop, parser, run_in_env, runtime, sql_session
+from _report import loadavg, log, machine_info, publish
 
 PASSAGE = ("The old harbour town has a fish market that opens at dawn, a lighthouse painted red and white, "
            "three bakeries that compete for the best rye bread, a small museum about shipwrecks, and a ferry "

@@ -66,9 +66,8 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from _common import (Setup, add_run_args, chat_requests, log, make_rows, median_ms, parser, proc_cpu_s, run_in_env,
-                     self_cpu_s, spread)
-from _report import Timings, print_machine, rotated, time_paths
+from _common import Setup, add_run_args, chat_requests, make_rows, parser, run_in_env
+from _report import Timings, log, median_ms, print_machine, proc_cpu_s, rotated, self_cpu_s, spread, time_paths
 
 UDF = "bench_chat"
 API_KEY = "bench-http-key"

@@ -55,10 +55,10 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from _common import (Setup, add_model_args, add_replica_args, add_run_args, chat_requests, greedy_chats,
-                     median_ms, parser, proc_cpu_s, run_in_env, self_cpu_s, timed)
-from _report import (cpu_cell, matches, medians_of, path_header, path_row, path_rule, print_header, ratio_runs, runs_of,
-                     time_paths)
+from _common import (Setup, add_model_args, add_replica_args, add_run_args, chat_requests, greedy_chats, parser,
+                     run_in_env)
+from _report import (cpu_cell, matches, median_ms, medians_of, path_header, path_row, path_rule, print_header,
+                     proc_cpu_s, ratio_runs, runs_of, self_cpu_s, time_paths, timed)
 
 UDF = "bench_chat"
 

@@ -33,9 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import (add_run_args, chat_text, cut_at_stop, llama_plugin, loadavg, log, machine_info, parser, run_in_env,
-                     runtime)
-from _report import publish
+from _common import add_run_args, chat_text, cut_at_stop, llama_plugin, parser, run_in_env, runtime
+from _report import loadavg, log, machine_info, publish
 
 DEFAULT_METHODS = "bnb-int8,bnb-nf4,torchao-int8,gptq-int8,gptq-int4"
 TOPICS = ["the capital of {}", "a short poem about {}", "three facts about {}", "how to cook {}", "the history of {}",

@@ -40,10 +40,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from _common import (PlainLoop, Setup, add_run_args, chat_requests, chat_text, connect, cut_at_stop, loadavg, log,
-                     parser,
-                     quiet_transformers, run_in_env, spread, timed)
-from _report import alternated, print_header, rounded, time_paths
+from _common import (PlainLoop, Setup, add_run_args, chat_requests, chat_text, connect, cut_at_stop, parser,
+                     quiet_transformers, run_in_env)
+from _report import alternated, loadavg, log, print_header, rounded, spread, time_paths, timed
 
 UDF = "smol"
 PASSAGE = (
