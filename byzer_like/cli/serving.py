@@ -9,25 +9,43 @@ import json
 import sys
 from typing import Any
 
+from ..api.settings import ApiSettings
+from ..config import ChatRequest, DeployOptions, SetupConfig, chat_request
 from ..errors import ConfigError
-from .common import NOTHING_TO_DO, OK, Parents, kv, path_arg, print_table, prompt_loop, runtime, stream_answer
+from .common import (
+    NOTHING_TO_DO, OK, WORKER_FIELDS, ModelFlags, Parents, add_model_flags, given, kv, path_arg, print_table,
+    prompt_loop, runtime, stream_answer, unflagged,
+)
+
+# the option models each command fills, and which of their fields it takes as flags (with Byzer's spellings)
+DEPLOY_NAMES = ModelFlags(DeployOptions, ("pretrained_model_type", "udf_name"), flags={
+    "pretrained_model_type": ("--type", "--pretrained_model_type", "--pretrained-model-type"),
+    "udf_name": ("--name", "--model", "--udf_name", "--udf-name")})
+DEPLOY_WORKERS = ModelFlags(SetupConfig, WORKER_FIELDS, flags={
+    "num_workers": ("--num-workers", "--num_workers"), "cpus_per_worker": ("--cpus-per-worker", "--cpus_per_worker"),
+    "gpus_per_worker": ("--gpus-per-worker", "--gpus_per_worker", "--gpu_gpus_per_worker")})
+DEPLOY_LOAD = ModelFlags(DeployOptions, ("reconnect", "replace", "model_table", "max_adapters_per_replica", "dtype",
+                                         "device", "load_in_4bit", "load_in_8bit", "trust_remote_code",
+                                         "allow_pickle_weights"), switches=("reconnect", "replace"))
+# a chat request's sampling options; `chat` has its own defaults for two of them
+REQUEST = ("temperature", "max_new_tokens", "max_length", "top_p")
+QUERY = ModelFlags(ChatRequest, REQUEST, flags={"max_new_tokens": ("--max-new-tokens", "--max_new_tokens"),
+                                                "max_length": ("--max-length", "--max_length")})
+CHAT = ModelFlags(ChatRequest, REQUEST, defaults={"temperature": 0.7, "max_new_tokens": 256})
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     if args.model_dir and args.model_path and args.model_dir != args.model_path:
         raise ConfigError(f"two model directories given ({args.model_dir!r} and --model_path {args.model_path!r}); give one")
     rt = runtime(args)
-    given = {k: getattr(args, k) for k in ("num_workers", "cpus_per_worker", "gpus_per_worker")}
-    rt.setup({k: v for k, v in given.items() if v is not None})
+    rt.setup(given(args, DEPLOY_WORKERS))
     for key, value in kv(args.set, "--set").items():
         rt.setup({key: value})
-    options = {**kv(args.param, "--param"), "pretrained_model_type": args.type, "udf_name": args.name}
+    flags = given(args, DEPLOY_NAMES, DEPLOY_LOAD)
+    options = {**unflagged(kv(args.param, "--param"), DeployOptions, flags), **flags}
     model_dir = args.model_dir or args.model_path
     if model_dir:
         options["model_dir"] = str(path_arg(rt.workspace, model_dir, "model_dir"))
-    for key in ("reconnect", "replace"):
-        if getattr(args, key):
-            options[key] = True
     out = rt.deploy(rt.deploy_spec(options))
     print(f"{out['udf_name']}: {out['status']}" + (f" on {out['num_workers']} worker(s)" if "num_workers" in out else ""))
     return 0
@@ -50,7 +68,6 @@ def cmd_query(args: argparse.Namespace) -> int:
     """Byzer's `query --model NAME --query TEXT`: one answer, printed whole. `--adapter A` (or `--model
     NAME:A`, the HTTP API's spelling) answers through registered LoRA adapter A over NAME's base; an unknown
     adapter, one of another base, or both spellings naming different adapters are typed errors."""
-    from ..config import chat_request
     from ..runtime.adapters import split_model
 
     model, named = split_model(args.model)
@@ -58,10 +75,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         raise ConfigError(f"--model {args.model!r} and --adapter {args.adapter!r} name different adapters; give one")
     adapter = args.adapter or named
 
-    config: dict[str, Any] = {"temperature": args.temperature}
-    for key in ("max_new_tokens", "max_length"):
-        if getattr(args, key):
-            config[key] = getattr(args, key)
+    config = _request_config(args, QUERY)
     if args.response_format:
         fmt = args.response_format.strip()
         config["response_format"] = fmt if fmt.startswith("{") else {"type": fmt}  # a type name, or OpenAI's JSON
@@ -71,6 +85,12 @@ def cmd_query(args: argparse.Namespace) -> int:
     request = chat_request([*system, {"role": "user", "content": args.query}], config).model_dump()
     print(runtime(args).chat(model, request)["output"])
     return OK
+
+
+def _request_config(args: argparse.Namespace, spec: ModelFlags) -> dict[str, Any]:
+    """The request options the flags gave (`chat_request` checks them); 0 tokens means none given, as these
+    flags have always read it."""
+    return {k: v for k, v in given(args, spec).items() if v or k not in ("max_new_tokens", "max_length")}
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -84,14 +104,8 @@ def cmd_meta(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from ..config import chat_request
-
     llm = runtime(args)
-    config: dict[str, Any] = {"temperature": args.temperature}
-    if args.max_new_tokens:
-        config["max_new_tokens"] = args.max_new_tokens
-    if args.max_length:
-        config["max_length"] = args.max_length
+    config = _request_config(args, CHAT)
     system: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
     if args.message is not None:
         messages = [*system, {"role": "user", "content": args.message}]
@@ -161,20 +175,13 @@ def add_deploy(sub: Any, parents: Parents) -> None:
     d.add_argument("model_dir", nargs="?", help="the model's directory, from the current directory (e.g. "
                    "byzer_workspace/models/m; inside the workspace's allowed roots); none for a saas/* model")
     d.add_argument("--model_path", "--model-path", dest="model_path", help="the model's directory (Byzer's spelling)")
-    d.add_argument("--type", "--pretrained_model_type", "--pretrained-model-type", dest="type", required=True,
-                   help="pretrained_model_type: llama, qwen2, gpt2, auto, ...")
-    d.add_argument("--name", "--model", "--udf_name", "--udf-name", dest="name", required=True,
-                   help="udf_name: the model's name in SQL, the client and the API")
-    d.add_argument("--num-workers", "--num_workers", type=int)
-    d.add_argument("--cpus-per-worker", "--cpus_per_worker", type=float)
-    d.add_argument("--gpus-per-worker", "--gpus_per_worker", "--gpu_gpus_per_worker", type=float)
+    add_model_flags(d, DEPLOY_NAMES)
+    add_model_flags(d, DEPLOY_WORKERS)
     d.add_argument("--set", action="append", metavar="KEY=VALUE", help="a setup option (repeatable)")
     d.add_argument("--param", action="append", metavar="KEY=VALUE", help="an infer param for init_model (repeatable)")
     d.add_argument("--infer_params", "--infer-params", dest="param", action="extend", nargs="+", metavar="KEY=VALUE",
                    help="infer params, several after one flag (Byzer's spelling of --param)")
-    d.add_argument("--reconnect", action="store_true",
-                   help="use a running deployment of that name if it serves this model (an error says what differs)")
-    d.add_argument("--replace", action="store_true", help="undeploy a running deployment of that name first, then deploy")
+    add_model_flags(d, DEPLOY_LOAD)
     d.set_defaults(func=cmd_deploy)
 
 
@@ -193,9 +200,7 @@ def add_query(sub: Any, parents: Parents) -> None:
     qy.add_argument("--adapter", help="a registered LoRA adapter over the model's base (name, name@v2, name@production)")
     qy.add_argument("--query", "-q", required=True, help="the question")
     qy.add_argument("--system", help="system prompt")
-    qy.add_argument("--temperature", type=float, default=0.1)
-    qy.add_argument("--max-new-tokens", "--max_new_tokens", type=int)
-    qy.add_argument("--max-length", "--max_length", type=int)
+    add_model_flags(qy, QUERY)
     qy.add_argument("--response-format", "--response_format", dest="response_format",
                     help='constrain the answer: json_object, or OpenAI\'s response_format as JSON')
     qy.set_defaults(func=cmd_query)
@@ -217,8 +222,9 @@ def add_serve(sub: Any, parents: Parents) -> None:
                         help="the OpenAI-compatible HTTP API and chat page for every deployment (foreground)")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need an API key)")
     sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--max-tokens-cap", type=int, default=4096, help="largest max_tokens a request may ask for")
-    sv.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body")
+    sv.add_argument("--max-tokens-cap", type=int, default=ApiSettings.max_tokens_cap,
+                    help="largest max_tokens a request may ask for")
+    sv.add_argument("--max-body-bytes", type=int, default=ApiSettings.max_body_bytes, help="largest request body")
     sv.add_argument("--detach", action="store_true", help="leave it running on the cluster and return")
     sv.add_argument("--replace", action="store_true", help="stop a running HTTP API first")
     sv.add_argument("--stop", action="store_true", help="stop the running HTTP API (exit status 3 if none runs)")
@@ -231,8 +237,6 @@ def add_chat(sub: Any, parents: Parents) -> None:
     ch.add_argument("name")
     ch.add_argument("message", nargs="?", help="one message; without it, an interactive session")
     ch.add_argument("--system", help="system prompt")
-    ch.add_argument("--temperature", type=float, default=0.7)
-    ch.add_argument("--max-new-tokens", type=int, default=256)
-    ch.add_argument("--max-length", type=int)
+    add_model_flags(ch, CHAT)
     ch.add_argument("--no-stream", action="store_true")
     ch.set_defaults(func=cmd_chat)

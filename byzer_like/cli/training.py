@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -10,7 +11,48 @@ from typing import Any
 
 from ..display import local_time
 from ..errors import ConfigError
-from .common import JOB_EXIT, NOTHING_TO_DO, OK, Parents, data_file, job_line, kv, path_arg, print_table, runtime
+from ..config import SetupConfig
+from .common import (
+    JOB_EXIT, NOTHING_TO_DO, OK, WORKER_FIELDS, ModelFlags, Parents, add_model_flags, data_file, given, job_line, kv, path_arg,
+    print_table, runtime, unflagged,
+)
+
+# the fields of the tasks' options models that `train` takes as flags (each task's model checks them); other
+# keys, and Byzer's typed ones (`sft.int.max_seq_length=64`), go in `--option key=value`
+TRAIN_FIELDS = (
+    "output_table", "detached", "overwrite", "method", "max_seq_length", "max_length", "text_column", "packing",
+    "learning_rate", "num_train_epochs", "max_steps", "per_device_batch_size", "gradient_accumulation_steps",
+    "warmup_ratio", "weight_decay", "lora_r", "lora_alpha", "lora_dropout", "zero_stage", "max_failures",
+    "checkpoint_steps", "save_total_limit", "logging_steps", "seed", "eval_split", "eval_metrics",
+)
+# how `train` has always spelled these: `--detach` (on when given, off otherwise)
+TRAIN_SPELLING = {"flags": {"detached": ("--detach",)}, "defaults": {"detached": False}, "switches": ("detached",)}
+# the workers a job runs on (`deploy` also takes Byzer's spellings)
+WORKERS = ModelFlags(SetupConfig, WORKER_FIELDS)
+
+
+@functools.cache
+def train_flags() -> tuple[ModelFlags, ...]:
+    """TRAIN_FIELDS, each from the first task's options model that has it; a field not every task has says
+    which do, and a shared one whose default differs says the others' default."""
+    from ..tasks import TASKS
+
+    models = {name: task.options_model() for name, task in TASKS.items()}
+    specs, taken = [], set()
+    for name, model in models.items():
+        fields = tuple(f for f in TRAIN_FIELDS if f in model.model_fields and f not in taken)
+        taken.update(fields)
+        specs.append(ModelFlags(model, fields, notes={f: _task_note(f, name, models) for f in fields}, **TRAIN_SPELLING))
+    return tuple(specs)
+
+
+def _task_note(field: str, first: str, models: dict[str, Any]) -> str:
+    having = [t for t, m in models.items() if field in m.model_fields]
+    if len(having) < len(models):
+        return f"{', '.join(having)} only"
+    default = models[first].model_fields[field].default
+    return "; ".join(f"{t} default: {m.model_fields[field].default}" for t, m in models.items()
+                     if m.model_fields[field].default != default)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -19,15 +61,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     task = get_task(args.task)
     rt = runtime(args, running=False)
-    given = {k: getattr(args, k) for k in ("num_workers", "cpus_per_worker", "gpus_per_worker")}
-    rt.setup({k: v for k, v in given.items() if v is not None})
+    rt.setup(given(args, WORKERS))
     table = data_file(rt, args.data, "--data")
     model_dir = str(path_arg(rt.workspace, args.model_path, "--model-path"))
-    params: dict[str, Any] = {**kv(args.option, "--option"), "pretrained_model_type": f"{task.name}/{args.type}",
-                              "model_dir": model_dir, "detached": args.detach}
-    if args.output_table:
-        params["output_table"] = args.output_table
-    row = rt.train(task.name, params, table, progress=not args.detach and sys.stderr.isatty())
+    flags = given(args, *train_flags())
+    options = unflagged(kv(args.option, "--option"), task.options_model(), flags, prefix=f"{task.name}.")
+    params: dict[str, Any] = {**options, **flags,
+                              "pretrained_model_type": f"{task.name}/{args.type}", "model_dir": model_dir}
+    row = rt.train(task.name, params, table, progress=not flags["detached"] and sys.stderr.isatty())
     print(job_line(row))
     return JOB_EXIT[row["state"]]
 
@@ -99,13 +140,11 @@ def add_train(sub: Any, parents: Parents) -> None:
     tr.add_argument("--data", required=True, help="the training table: a .jsonl, .json, .csv, .parquet or .txt file")
     tr.add_argument("--model-path", required=True, help="the base model's directory (from the current directory)")
     tr.add_argument("--type", default="auto", help="the model family (plugin), default auto")
-    tr.add_argument("--output-table", help="register the result under this name (name@v1, v2, ...)")
     tr.add_argument("--option", action="append", metavar="KEY=VALUE",
                     help="a training option as in SQL (method=lora, max_seq_length=256, ...; repeatable)")
-    tr.add_argument("--num-workers", type=int)
-    tr.add_argument("--cpus-per-worker", type=float)
-    tr.add_argument("--gpus-per-worker", type=float)
-    tr.add_argument("--detach", action="store_true", help="submit as a detached job and return at once")
+    add_model_flags(tr, WORKERS)
+    for spec in train_flags():
+        add_model_flags(tr, spec)
     tr.set_defaults(func=cmd_train)
 
 
