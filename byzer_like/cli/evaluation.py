@@ -6,10 +6,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..config import EvalOptions
 from ..display import local_time
 from ..errors import ConfigError
-from ..config import EvalOptions
-from .common import NOTHING_TO_DO, OK, ModelFlags, Parents, add_model_flags, data_file, given, print_row, print_table, runtime
+from .common import (
+    NOTHING_TO_DO, OK, ModelFlags, Parents, add_model_flags, data_file, given, print_row, print_table, runtime,
+)
 
 # the fields of the evaluation's options that `eval run` takes as flags (the model is its positional)
 EVAL = ModelFlags(EvalOptions, ("metrics", "judge", "judge_mode", "choices", "reference_column", "max_new_tokens",

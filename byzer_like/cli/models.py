@@ -6,21 +6,24 @@ import argparse
 import json
 from typing import Any
 
+from ..config import ConvertOptions, QuantizeOptions
 from ..display import local_time
 from ..errors import ConfigError
 from ..workspace import Workspace
-from ..config import ConvertOptions, QuantizeOptions
-from .common import ModelFlags, Parents, add_model_flags, data_file, given, path_arg, print_row, print_table, runtime
+from .common import (
+    ModelFlags, Parents, add_model_flags, data_file, given, path_arg, print_row, print_table, runtime,
+)
 
 # the option model each command fills, and which of its fields it takes as flags
 OUTPUT = {"output_table": ("--output-table", "--name")}
 IMPORT = ModelFlags(ConvertOptions, ("output_table", "save_path", "overwrite"), flags=OUTPUT,
                     required=("output_table",), switches=("overwrite",))
-CONVERT = ModelFlags(ConvertOptions, ("checkpoint_dir", "model_name_or_path", "tag", "output_table", "save_path", "overwrite"),
+CONVERT = ModelFlags(ConvertOptions, ("checkpoint_dir", "model_name_or_path", "tag", "output_table", "save_path",
+                                      "overwrite"),
                      flags={**OUTPUT, "model_name_or_path": ("--model-path",)},
                      required=("checkpoint_dir", "model_name_or_path", "output_table"), switches=("overwrite",))
-QUANTIZE = ModelFlags(QuantizeOptions, ("method", "output_table", "calibration_column", "calibration_rows", "group_size",
-                                        "overwrite"), flags=OUTPUT, switches=("overwrite",))
+QUANTIZE = ModelFlags(QuantizeOptions, ("method", "output_table", "calibration_column", "calibration_rows",
+                                        "group_size", "overwrite"), flags=OUTPUT, switches=("overwrite",))
 # path flags, read from the current directory, and how errors name them
 PATHS = {"checkpoint_dir": "checkpoint_dir", "model_name_or_path": "--model-path", "save_path": "--save-path"}
 

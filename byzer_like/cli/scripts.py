@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..config import SetupConfig
 from ..display import frame_text
 from ..errors import ByzerError, ConfigError
 from ..workspace import Workspace
-from ..config import SetupConfig
 from .common import OK, ModelFlags, Parents, add_model_flags, given, kv, prompt_loop, runtime, stream_answer
 
 QUICKSTART_PROMPT = "What is the capital of France, and what is it known for?"

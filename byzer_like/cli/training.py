@@ -9,12 +9,14 @@ import sys
 import time
 from typing import Any
 
+from ..config import SetupConfig
 from ..display import local_time
 from ..errors import ConfigError
-from ..config import SetupConfig
+from ..tasks import TASKS
+from ..tasks import get as get_task
 from .common import (
-    JOB_EXIT, NOTHING_TO_DO, OK, WORKER_FIELDS, ModelFlags, Parents, add_model_flags, data_file, given, job_line, kv, path_arg,
-    print_table, runtime, unflagged,
+    JOB_EXIT, NOTHING_TO_DO, OK, WORKER_FIELDS, ModelFlags, Parents, add_model_flags, data_file, given, job_line, kv,
+    path_arg, print_table, runtime, unflagged,
 )
 
 # the fields of the tasks' options models that `train` takes as flags (each task's model checks them); other
@@ -35,18 +37,18 @@ WORKERS = ModelFlags(SetupConfig, WORKER_FIELDS)
 def train_flags() -> tuple[ModelFlags, ...]:
     """TRAIN_FIELDS, each from the first task's options model that has it; a field not every task has says
     which do, and a shared one whose default differs says the others' default."""
-    from ..tasks import TASKS
-
     models = {name: task.options_model() for name, task in TASKS.items()}
     specs, taken = [], set()
     for name, model in models.items():
         fields = tuple(f for f in TRAIN_FIELDS if f in model.model_fields and f not in taken)
         taken.update(fields)
-        specs.append(ModelFlags(model, fields, notes={f: _task_note(f, name, models) for f in fields}, **TRAIN_SPELLING))
+        notes = {f: _task_note(f, name, models) for f in fields}
+        specs.append(ModelFlags(model, fields, notes=notes, **TRAIN_SPELLING))
     return tuple(specs)
 
 
 def _task_note(field: str, first: str, models: dict[str, Any]) -> str:
+    """`sfft only`, or `sfft default: 8` where another task's default differs from the `first` one's."""
     having = [t for t, m in models.items() if field in m.model_fields]
     if len(having) < len(models):
         return f"{', '.join(having)} only"
@@ -57,8 +59,6 @@ def _task_note(field: str, first: str, models: dict[str, Any]) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Submit a training job of a task from `byzer_like.tasks` on a data file (json, jsonl, csv, parquet)."""
-    from ..tasks import get as get_task
-
     task = get_task(args.task)
     rt = runtime(args, running=False)
     rt.setup(given(args, WORKERS))
@@ -132,8 +132,6 @@ def _stop_job(jobs: Any, job_id: str) -> int:
 
 
 def add_train(sub: Any, parents: Parents) -> None:
-    from ..tasks import TASKS
-
     tr = sub.add_parser("train", parents=[parents.common],
                         help="submit a training job (" + ", ".join(TASKS) + ") on a data file")
     tr.add_argument("task", choices=list(TASKS), help="; ".join(f"{t.name}: {t.summary}" for t in TASKS.values()))
