@@ -279,12 +279,16 @@ class DeployOptions(_Options):
     max_adapters_per_replica: int | None = Field(
         None, ge=1, le=1024, description="LoRA adapters each replica keeps loaded (default: the setup's)")
     # init_model options understood by the built-in Hugging Face plugins
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    load_in_4bit: bool = False
-    load_in_8bit: bool = False
-    trust_remote_code: bool = False
-    allow_pickle_weights: bool = False
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="the weights' dtype when loaded (auto: float32 on CPU, the checkpoint's on a GPU)")
+    load_in_4bit: bool = Field(False, description="load the weights 4-bit quantized (bitsandbytes nf4)")
+    load_in_8bit: bool = Field(False, description="load the weights 8-bit quantized (bitsandbytes)")
+    trust_remote_code: bool = Field(False, description="run the Python code the model directory ships (only for "
+                                    "a source you trust)")
+    allow_pickle_weights: bool = Field(False, description="also load weights stored as Python pickles (.bin, .pt; "
+                                       "unpickling can run code), not only safetensors")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where a replica runs the model (auto: a "
+                                                   "GPU when the worker reserves one)")
 
     @field_validator("udf_name")
     @classmethod
@@ -456,8 +460,9 @@ class ChatRequest(BaseModel):
     his: list[Message] = Field(default_factory=list)
     max_length: int | None = Field(None, ge=1, description="prompt + answer tokens (Byzer semantics)")
     max_new_tokens: int | None = Field(None, ge=1, description="answer tokens (OpenAI max_tokens)")
-    top_p: float = Field(0.95, gt=0, le=1)
-    temperature: float = Field(0.1, ge=0, le=2)
+    top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling: draw from the likeliest tokens that "
+                         "make up this much probability")
+    temperature: float = Field(0.1, ge=0, le=2, description="sampling temperature (0: greedy)")
     kwargs: dict[str, Any] = Field(default_factory=dict)
     # a registered LoRA adapter over the deployment's base: its reference as asked (`qa_model`, `qa_model@v2`),
     # which the runtime resolves to the registry's `{"ref", "name", "version", "path", "base_model"}` before

@@ -251,3 +251,36 @@ def test_path_arguments_start_at_the_current_directory(ray_cluster, workspace, t
     assert f"from the workspace it would be {workspace / 'models' / 'cwd-gpt2'}" in refused.stderr
     sql = run("run", "newcomer_ws/models/missing.sql", **here)  # the script: from here too, not from the workspace
     assert sql.returncode == 1 and "cannot read newcomer_ws/models/missing.sql" in sql.stderr, sql.stderr
+
+
+def test_flags_come_from_the_option_models_and_only_given_ones_reach_them():
+    """Each command's table of option-model fields becomes flags with the field's description as help; a flag
+    left out is absent (the model applies its own default); a flag wins over a key=value naming the same field."""
+    from byzer_like.cli import build_parser, evaluation, models, scripts, serving, training
+    from byzer_like.cli.common import ModelFlags, given, unflagged
+    from byzer_like.config import DeployOptions
+    from byzer_like.tasks import TASKS
+
+    specs = [v for m in (evaluation, models, scripts, serving, training) for v in vars(m).values()
+             if isinstance(v, ModelFlags)] + list(training.train_flags())
+    for spec in specs:
+        for name in spec.fields:
+            assert spec.model.model_fields[name].description, f"{spec.model.__name__}.{name} needs a description"
+    covered = {f for spec in training.train_flags() for f in spec.fields}
+    assert set(training.TRAIN_FIELDS) == covered  # each field is in some task's options model
+
+    parser = build_parser()
+    args = parser.parse_args(["deploy", "m", "--type", "llama", "--name", "x", "--dtype", "float32", "--load-in-4bit"])
+    assert given(args, serving.DEPLOY_NAMES, serving.DEPLOY_LOAD) == {
+        "pretrained_model_type": "llama", "udf_name": "x", "dtype": "float32", "load_in_4bit": True}
+    assert given(args, serving.DEPLOY_WORKERS) == {}
+    chat = parser.parse_args(["chat", "m", "hi", "--top-p", "0.5"])
+    assert given(chat, serving.CHAT) == {"temperature": 0.7, "max_new_tokens": 256, "top_p": 0.5}
+    train = parser.parse_args(["train", "sft", "--data", "d.jsonl", "--model-path", "m", "--max-seq-length", "256"])
+    assert given(train, *training.train_flags()) == {"detached": False, "max_seq_length": 256}
+    options = {"sft.int.max_seq_length": "64", "maxSeqLength": "32", "epochs": "2", "lora_r": "4"}
+    assert unflagged(options, TASKS["sft"].options_model(), {"max_seq_length": 256}, prefix="sft.") == \
+        {"epochs": "2", "lora_r": "4"}
+    assert unflagged({"dtype": "float16", "udfName": "y"}, DeployOptions, {"udf_name": "x"}) == {"dtype": "float16"}
+    with pytest.raises(SystemExit):  # a Literal's values are the flag's choices
+        parser.parse_args(["deploy", "m", "--type", "llama", "--name", "x", "--dtype", "float64"])

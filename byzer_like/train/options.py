@@ -56,22 +56,27 @@ class TrainOptions(_Options):
     local_path_prefix: str | None = Field(None, description="where the job's files go (inside the workspace)")
     keep_partition_num: bool = Field(False, description="sfft: each training worker takes whole partitions of a "
                                      "TableRepartition'ed table, in order (partition i -> worker i % num_workers)")
-    learning_rate: float | None = Field(None, gt=0, lt=1)
+    learning_rate: float | None = Field(None, gt=0, lt=1, description="the peak learning rate (default: sft 2e-4 "
+                                        "with lora / qlora, 2e-5 full; sfft 5e-5)")
     num_train_epochs: float = Field(
-        3.0, gt=0, validation_alias=AliasChoices("num_train_epochs", "numTrainEpochs", "epochs"))
+        3.0, gt=0, validation_alias=AliasChoices("num_train_epochs", "numTrainEpochs", "epochs"),
+        description="passes over the training rows (Byzer's epochs)")
     max_steps: int = Field(-1, ge=-1, description="stop after this many optimizer steps (-1: run the epochs)")
     per_device_batch_size: int = Field(
         8, ge=1, le=4096,
-        validation_alias=AliasChoices("per_device_batch_size", "perDeviceBatchSize", "batch_size", "batchSize"))
-    gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
+        validation_alias=AliasChoices("per_device_batch_size", "perDeviceBatchSize", "batch_size", "batchSize"),
+        description="rows per step on each worker")
+    gradient_accumulation_steps: int = Field(1, ge=1, le=1024, description="steps whose gradients add up to one "
+                                             "optimizer step")
     checkpoint_steps: int = Field(
         100, ge=1, validation_alias=AliasChoices("checkpoint_steps", "checkpointSteps", "save_steps", "saveSteps"),
         description="save a resumable checkpoint every N optimizer steps")
     save_total_limit: int = Field(2, ge=1, description="checkpoints kept")
-    logging_steps: int = Field(5, ge=1)
-    warmup_ratio: float = Field(0.0, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    seed: int = 42
+    logging_steps: int = Field(5, ge=1, description="log the loss every N optimizer steps")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="fraction of the steps over which the learning rate "
+                                "rises to its peak")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW's weight decay")
+    seed: int = Field(42, description="the random seed: data order, held-out split, new weights")
     eval_table: str | None = Field(None, description="a table of the session measured with evalMetrics on the model "
                                    "being trained at each evaluation step and at the end (sft: after every epoch; "
                                    "sfft: every evalSteps optimizer steps)")
@@ -127,7 +132,8 @@ class SftOptions(TrainOptions):
 
     kind: ClassVar[str] = "sft"
 
-    method: Literal["lora", "qlora", "full"] = "lora"
+    method: Literal["lora", "qlora", "full"] = Field("lora", description="lora: a LoRA adapter over the frozen "
+                                                     "base; qlora: the same over a 4-bit base; full: every weight")
     max_seq_length: int = Field(512, ge=8, le=1_048_576, description="prompt + answer tokens per example")
     packing: bool = Field(False, description="pack several short examples into one sequence")
     eval_split: float = Field(0.0, ge=0, lt=0.5, description="fraction of rows held out for eval loss (and for "
@@ -136,9 +142,9 @@ class SftOptions(TrainOptions):
         None, ge=1, le=4096,
         validation_alias=AliasChoices("per_device_batch_size", "perDeviceBatchSize", "batch_size", "batchSize"),
         description="rows per step; default: about 0.2% of the training rows, from 1 to 8")
-    lora_r: int = Field(8, ge=1, le=4096)
-    lora_alpha: float = Field(16.0, gt=0)
-    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_r: int = Field(8, ge=1, le=4096, description="LoRA: the rank of the adapter's matrices")
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA: the adapter's scale (alpha / r)")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA: dropout on the adapter's input")
     lora_target_modules: list[str] | None = Field(None, description="default: the plugin's")
     @field_validator("lora_target_modules", mode="before")
     @classmethod
@@ -169,7 +175,8 @@ class SfftOptions(TrainOptions):
     max_length: int = Field(512, ge=8, le=1_048_576, description="tokens per packed sequence")
     text_column: str | None = Field(None, description="default: `text`, or the table's only string column")
     deepspeed_config: dict | None = Field(None, description="a DeepSpeed config (JSON); its zero stage wins")
-    zero_stage: int = Field(2, ge=0, le=3)
+    zero_stage: int = Field(2, ge=0, le=3, description="DeepSpeed ZeRO stage: 0 none, 1 optimizer states, 2 and "
+                            "gradients, 3 and weights, partitioned across the workers")
     setup_nccl_socket_ifname_by_ip: bool = Field(False, description="set NCCL_SOCKET_IFNAME from each node's IP")
     max_failures: int = Field(3, ge=0, description="worker failures survived (restarts from the last checkpoint)")
     eval_steps: int | None = Field(None, ge=1, description="evaluate evalTable every N optimizer steps (and at the "

@@ -1,0 +1,259 @@
+"""What every command group of the CLI shares: the exit statuses, the one-line error habit, the parents that
+give each command --workspace / --address / --verbose, flags made from an option model's fields
+(`ModelFlags`, `add_model_flags`, `given`), table printing, the runtime of a command, path arguments,
+key=value lists and data files. Imports nothing heavy (pydantic models at most): the runtime and the
+session are imported inside the functions that use them."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+from pydantic import BaseModel
+from pydantic.alias_generators import to_snake
+from pydantic_core import PydanticUndefined
+
+from ..config import chat_request, split_typed_key
+from ..display import format_table
+from ..errors import ByzerError, ClusterError, ConfigError
+from ..workspace import Workspace
+
+# exit statuses (see the epilog)
+OK, FAILED, USAGE, NOTHING_TO_DO, STOPPED, INTERRUPTED = 0, 1, 2, 3, 4, 130
+# a job's state -> the exit status of a command that ran or waited for it
+JOB_EXIT = {"SUCCEEDED": OK, "PENDING": OK, "RUNNING": OK, "FAILED": FAILED, "STOPPED": STOPPED}
+# how the CLI spells the options an error suggests (errors name them the Python / SQL way; see ByzerError.spelled)
+FLAGS = {"reconnect": "--reconnect", "replace": "--replace", "stop_serving": "`byzer-like serve --stop`",
+         "output_table": "--output-table", "overwrite": "--option overwrite=true"}
+
+
+def error_line(e: ByzerError) -> str:
+    """A user-facing error as the CLI prints it: `error: <message>`, options spelled as CLI flags."""
+    return f"error: {e.spelled(FLAGS)}"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with the CLI's error habit: a wrong command line is one line on stderr saying what is wrong
+    and where the help is (exit status 2), not argparse's usage block followed by the error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        """Print `error: <message> (see `<prog> --help`)` and exit with status 2."""
+        self.exit(USAGE, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+@dataclass(frozen=True)
+class Parents:
+    """The parent parsers a command is built on: `flags` gives it --verbose, `common` also --workspace and
+    --address (each also accepted before the command)."""
+
+    flags: argparse.ArgumentParser
+    common: argparse.ArgumentParser
+
+
+VERBOSE_HELP = "also show the libraries' log lines (Ray, Serve, DeepSpeed); same as BYZER_LIKE_LOG=debug"
+WORKSPACE_HELP = "workspace folder (default: $BYZER_LIKE_HOME or ./byzer_workspace)"
+ADDRESS_HELP = "Ray cluster address (default: $RAY_ADDRESS or the workspace's cluster)"
+ADDRESS_FLAGS = ("--address", "--ray_address", "--ray-address")  # Byzer's: --ray_address
+
+
+def parents() -> Parents:
+    """--verbose, --workspace and --address after the command too (`byzer-like list -v`); SUPPRESS: unless
+    given there, the value given before the command (or its default) stays."""
+    flags = argparse.ArgumentParser(add_help=False)
+    flags.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
+    common = argparse.ArgumentParser(add_help=False, parents=[flags])
+    common.add_argument("--workspace", default=argparse.SUPPRESS, help=WORKSPACE_HELP)
+    common.add_argument(*ADDRESS_FLAGS, default=argparse.SUPPRESS, help=ADDRESS_HELP)
+    return Parents(flags, common)
+
+
+@dataclass(frozen=True)
+class ModelFlags:
+    """The fields of one option model that a command takes as flags: the command's declarative table.
+
+    Each field becomes `--kebab-case` of its name (or the spellings `flags` gives it, the first one shown),
+    with `dest` the field's name, `type` and `choices` from its annotation and help from its description and
+    default. A flag not given is absent from the parsed arguments, so that only what the user gave reaches
+    the model, which applies its own defaults and checks; `defaults` are the command's own defaults, which
+    always reach it. `required`: fields the command needs although the model does not. `switches`: booleans
+    that are one flag, on when given (as the CLI has always had them); other booleans are `--x / --no-x`.
+    `notes`: text added to a field's help."""
+
+    model: type[BaseModel]
+    fields: tuple[str, ...]
+    flags: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    required: tuple[str, ...] = ()
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    switches: tuple[str, ...] = ()
+    notes: Mapping[str, str] = field(default_factory=dict)
+
+
+# the setup values that say which workers a deployment or a job runs on (flags of `deploy` and `train`)
+WORKER_FIELDS = ("num_workers", "cpus_per_worker", "gpus_per_worker")
+
+
+def add_model_flags(parser: argparse.ArgumentParser, spec: ModelFlags) -> None:
+    """Add a flag to `parser` for each field of `spec` (see ModelFlags)."""
+    for name in spec.fields:
+        info = spec.model.model_fields[name]
+        flags = spec.flags.get(name) or ("--" + name.replace("_", "-"),)
+        kind, choices = flag_type(info.annotation, f"{spec.model.__name__}.{name}")
+        default = spec.defaults.get(name, info.default)
+        kwargs: dict[str, Any] = {"dest": name, "default": spec.defaults.get(name, argparse.SUPPRESS),
+                                  "required": name in spec.required or info.is_required()}
+        if kind is bool and name in spec.switches:
+            kwargs["action"], default = "store_true", None  # off unless given: no default to show
+        elif kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs.update(type=kind, choices=choices)
+            if choices is None:  # argparse's own metavar is the dest's; the flag's reads better (--type TYPE)
+                kwargs["metavar"] = flags[0].lstrip("-").replace("-", "_").upper()
+        parser.add_argument(*flags, help=_help(info.description, default, spec.notes.get(name)), **kwargs)
+
+
+def given(args: argparse.Namespace, *specs: ModelFlags) -> dict[str, Any]:
+    """The fields of `specs` the command line gave (or the command defaults), by field name."""
+    return {name: getattr(args, name) for spec in specs for name in spec.fields if hasattr(args, name)}
+
+
+def unflagged(values: Mapping[str, str], model: type[BaseModel], flags: Mapping[str, Any], *,
+              prefix: str = "") -> dict[str, str]:
+    """`values` (`--param` / `--option` key=value pairs) less the keys that set a field a flag gave: the flag
+    wins, whichever way the key spells the field (`maxSeqLength`, an alias such as `epochs`, Byzer's typed
+    `sft.int.max_seq_length`, with `prefix` the task's `sft.`)."""
+    def flagged(key: str) -> bool:
+        name = split_typed_key(key)[0].removeprefix(prefix)
+        return any(f in model.model_fields and (name in model.spellings(f) or to_snake(name) == f) for f in flags)
+
+    return {k: v for k, v in values.items() if not flagged(k)}
+
+
+def flag_type(annotation: Any, where: str) -> tuple[type, tuple | None]:
+    """A field's annotation as argparse's (type, choices): int, float, str, bool, or a Literal of one of them
+    (its values are the choices), each also `| None`. TypeError for any other: such a field takes no flag."""
+    options = [annotation]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if len(options) == 1 and typing.get_origin(options[0]) is Literal:
+        values = typing.get_args(options[0])
+        return type(values[0]), values
+    if len(options) == 1 and options[0] in (int, float, str, bool):
+        return options[0], None
+    raise TypeError(f"{where}: a flag takes int, float, str, bool or a Literal of them, not {annotation!r}")
+
+
+def _help(description: str | None, default: Any, note: str | None) -> str:
+    """A flag's help: the field's description, then its default (unless the description says it, or there
+    is none) and the command's note; `%` escaped for argparse."""
+    extra = [note] if note else []
+    if "default" not in (description or "") and default is not None and default is not PydanticUndefined:
+        shown = ("on" if default else "off") if isinstance(default, bool) else (
+            f"{default:g}" if isinstance(default, float) else str(default))
+        extra.insert(0, f"default: {shown}")
+    text = (description or "") + (f" ({'; '.join(extra)})" if extra else "")
+    return text.strip().replace("%", "%%")
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    print(format_table(header, rows, aligned=sys.stdout.isatty()))
+
+
+def print_row(row: dict) -> None:
+    """A registered model (or a result row): `name@vN: path`, then its other facts as JSON."""
+    shown = f"{row['name']}@v{row['version']}" if row.get("name") else "(not registered)"
+    print(f"{shown}: {row['path']}")
+    print(json.dumps({k: v for k, v in row.items() if k not in ("name", "version", "path")}, indent=2, default=str))
+
+
+def job_line(row: dict) -> str:
+    return f"{row['job_id']}: {row['state']}" + (f" ({row['error']})" if row.get("error") else "")
+
+
+def kv(items: Sequence[str] | None, what: str) -> dict[str, str]:
+    """`--set k=v` / `--param k=v` / `--option k=v` values as a dict; ConfigError naming `what` otherwise."""
+    out: dict[str, str] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{what} {item!r} is not key=value")
+        out[key.strip()] = value
+    return out
+
+
+def runtime(args: argparse.Namespace, *, running: bool = True, announce: bool = False):
+    """The runtime of the command's workspace and address. `running`: the command's effect must
+    outlive it, so it needs a cluster that is already running (not a one-off embedded one).
+    `announce`: a script runs (`run`, `sql`): say which deployments were left running before it."""
+    from ..runtime import Runtime
+
+    rt = Runtime(args.address, workspace=Workspace.from_env(args.workspace), announce=announce)
+    if running and not rt.cluster_running():
+        raise ClusterError(
+            f"no cluster is running for workspace {rt.workspace.root}: start one with `byzer-like cluster start` "
+            "(or pass --address / set RAY_ADDRESS); a deployment in a one-off embedded cluster would end with this command"
+        )
+    return rt
+
+
+def path_arg(ws: Workspace, value: str, what: str) -> Path:
+    """A path argument, read as the shell reads it (relative to the current directory), inside the
+    workspace's allowed roots; handed down absolute, since the runtime reads relative paths as SQL does."""
+    return ws.resolve(value, what=what, relative_to="cwd")
+
+
+def data_file(rt: Any, path: str, option: str):
+    """A data file (json, jsonl, csv, parquet, txt) as a pyarrow table, read by a session's DuckDB
+    (confined to the workspace's allowed roots)."""
+    from ..session import Session
+    from ..session.io import load_table
+
+    fmt = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}.get(
+        Path(path).suffix.lower())
+    if fmt is None:
+        raise ConfigError(f"{option} {path!r}: use a .json, .jsonl, .csv, .parquet or .txt file")
+    data = path_arg(rt.workspace, path, option)
+    session = Session(rt, progress=False)
+    try:
+        return load_table(session.con, fmt, data, {})
+    finally:
+        session.close()
+
+
+def prompt_loop(prompt: Callable[[], str], handle: Callable[[str], bool], reset: Callable[[], None]) -> int:
+    """An interactive prompt that behaves as psql's and IPython's: Ctrl-C clears what is being typed
+    (`reset`) or interrupts what runs, and the session goes on; an error is printed and the session
+    goes on; Ctrl-D (end of input) ends it with status 0. `handle(line)` returns False to end it."""
+    while True:
+        try:
+            line = input(prompt())
+        except EOFError:
+            print()
+            return OK
+        except KeyboardInterrupt:  # while typing
+            print(flush=True)
+            reset()
+            continue
+        try:
+            if not handle(line):
+                return OK
+        except KeyboardInterrupt:  # while it ran
+            print("interrupted", file=sys.stderr, flush=True)
+            reset()
+        except ByzerError as e:
+            print(error_line(e), file=sys.stderr, flush=True)
+            reset()
+
+
+def stream_answer(rt: Any, name: str, messages: list[dict], config: dict) -> str:
+    """Print a deployed model's answer as it streams in; returns the whole answer."""
+    text = ""
+    for delta, text, _meta in rt.stream_deltas(name, chat_request(messages, config).model_dump()):
+        print(delta, end="", flush=True)
+    print()
+    return text
