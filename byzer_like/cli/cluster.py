@@ -32,7 +32,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: Any, parents: Parents) -> None:
-    c = sub.add_parser("cluster", parents=[parents.common], help="the workspace's persistent local Ray head")
+    c = sub.add_parser("cluster", parents=[parents.common])
     c.add_argument("action", choices=("start", "stop", "status"))
     c.add_argument("--num-cpus", type=int, help="CPUs the head offers (default: max(cores, 4))")
     c.add_argument("--num-gpus", type=int)

@@ -9,9 +9,8 @@ from typing import Any
 from ..config import EvalOptions
 from ..display import local_time
 from ..errors import ConfigError
-from .common import (
-    NOTHING_TO_DO, OK, ModelFlags, Parents, add_model_flags, data_file, given, print_row, print_table, runtime,
-)
+from .common import NOTHING_TO_DO, OK, Parents, data_file, print_row, print_table, runtime
+from .flags import ModelFlags, add_model_flags, given
 
 # the fields of the evaluation's options that `eval run` takes as flags (the model is its positional)
 EVAL = ModelFlags(EvalOptions, ("metrics", "judge", "judge_mode", "choices", "reference_column", "max_new_tokens",
@@ -65,7 +64,7 @@ def _metric_cell(v: Any) -> str:
 def add_commands(sub: Any, parents: Parents) -> None:
     """`eval` and its actions."""
     common = parents.common
-    ev = sub.add_parser("eval", help="evaluate models on eval sets; list, compare, promote on the results")
+    ev = sub.add_parser("eval")
     esub = ev.add_subparsers(dest="eval_command", required=True, metavar="ACTION")
     er = esub.add_parser("run", parents=[common], help="answer an eval set with a model and measure it (recorded)")
     er.add_argument("model", help="a deployed model's name, or a registry version (m, m@v2, m@production)")

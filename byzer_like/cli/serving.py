@@ -12,10 +12,8 @@ from typing import Any
 from ..api.settings import ApiSettings
 from ..config import ChatRequest, DeployOptions, SetupConfig, chat_request
 from ..errors import ConfigError
-from .common import (
-    NOTHING_TO_DO, OK, WORKER_FIELDS, ModelFlags, Parents, add_model_flags, given, kv, path_arg, print_table,
-    prompt_loop, runtime, stream_answer, unflagged,
-)
+from .common import NOTHING_TO_DO, OK, Parents, kv, path_arg, print_table, prompt_loop, runtime, stream_answer
+from .flags import WORKER_FIELDS, ModelFlags, add_model_flags, given, unflagged
 
 # the option models each command fills, and which of their fields it takes as flags (with Byzer's spellings)
 DEPLOY_NAMES = ModelFlags(DeployOptions, ("pretrained_model_type", "udf_name"), flags={
@@ -171,7 +169,7 @@ def _serving_status(args: argparse.Namespace, server: Any) -> int:
 
 
 def add_deploy(sub: Any, parents: Parents) -> None:
-    d = sub.add_parser("deploy", parents=[parents.common], help="deploy a model directory as a named model")
+    d = sub.add_parser("deploy", parents=[parents.common])
     d.add_argument("model_dir", nargs="?", help="the model's directory, from the current directory (e.g. "
                    "byzer_workspace/models/m; inside the workspace's allowed roots); none for a saas/* model")
     d.add_argument("--model_path", "--model-path", dest="model_path", help="the model's directory (Byzer's spelling)")
@@ -186,7 +184,7 @@ def add_deploy(sub: Any, parents: Parents) -> None:
 
 
 def add_undeploy(sub: Any, parents: Parents) -> None:
-    u = sub.add_parser("undeploy", parents=[parents.common], help="remove a deployed model")
+    u = sub.add_parser("undeploy", parents=[parents.common])
     u.add_argument("name", nargs="?")
     u.add_argument("--model", "--name", "--udf_name", "--udf-name", dest="model", help="the model (Byzer's spelling)")
     u.add_argument("--force", action="store_true", help="no error when no model of that name is deployed")
@@ -194,7 +192,7 @@ def add_undeploy(sub: Any, parents: Parents) -> None:
 
 
 def add_query(sub: Any, parents: Parents) -> None:
-    qy = sub.add_parser("query", parents=[parents.common], help="ask a deployed model one question (Byzer's `query`)")
+    qy = sub.add_parser("query", parents=[parents.common])
     qy.add_argument("--model", "--name", dest="model", required=True,
                     help="the deployed model (or MODEL:ADAPTER, as the HTTP API spells it)")
     qy.add_argument("--adapter", help="a registered LoRA adapter over the model's base (name, name@v2, name@production)")
@@ -207,19 +205,18 @@ def add_query(sub: Any, parents: Parents) -> None:
 
 
 def add_list(sub: Any, parents: Parents) -> None:
-    ls = sub.add_parser("list", parents=[parents.common], help="deployed models")
+    ls = sub.add_parser("list", parents=[parents.common])
     ls.set_defaults(func=cmd_list)
 
 
 def add_meta(sub: Any, parents: Parents) -> None:
-    me = sub.add_parser("meta", parents=[parents.common], help="a deployed model's metadata")
+    me = sub.add_parser("meta", parents=[parents.common])
     me.add_argument("name")
     me.set_defaults(func=cmd_meta)
 
 
 def add_serve(sub: Any, parents: Parents) -> None:
-    sv = sub.add_parser("serve", parents=[parents.common],
-                        help="the OpenAI-compatible HTTP API and chat page for every deployment (foreground)")
+    sv = sub.add_parser("serve", parents=[parents.common])
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need an API key)")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--max-tokens-cap", type=int, default=ApiSettings.max_tokens_cap,
@@ -233,7 +230,7 @@ def add_serve(sub: Any, parents: Parents) -> None:
 
 
 def add_chat(sub: Any, parents: Parents) -> None:
-    ch = sub.add_parser("chat", parents=[parents.common], help="chat with a deployed model (streams to the terminal)")
+    ch = sub.add_parser("chat", parents=[parents.common])
     ch.add_argument("name")
     ch.add_argument("message", nargs="?", help="one message; without it, an interactive session")
     ch.add_argument("--system", help="system prompt")

@@ -14,10 +14,8 @@ from ..display import local_time
 from ..errors import ConfigError
 from ..tasks import TASKS
 from ..tasks import get as get_task
-from .common import (
-    JOB_EXIT, NOTHING_TO_DO, OK, WORKER_FIELDS, ModelFlags, Parents, add_model_flags, data_file, given, job_line, kv,
-    path_arg, print_table, runtime, unflagged,
-)
+from .common import JOB_EXIT, NOTHING_TO_DO, OK, Parents, data_file, job_line, kv, path_arg, print_table, runtime
+from .flags import WORKER_FIELDS, ModelFlags, add_model_flags, given, unflagged
 
 # the fields of the tasks' options models that `train` takes as flags (each task's model checks them); other
 # keys, and Byzer's typed ones (`sft.int.max_seq_length=64`), go in `--option key=value`
@@ -132,8 +130,7 @@ def _stop_job(jobs: Any, job_id: str) -> int:
 
 
 def add_train(sub: Any, parents: Parents) -> None:
-    tr = sub.add_parser("train", parents=[parents.common],
-                        help="submit a training job (" + ", ".join(TASKS) + ") on a data file")
+    tr = sub.add_parser("train", parents=[parents.common])
     tr.add_argument("task", choices=list(TASKS), help="; ".join(f"{t.name}: {t.summary}" for t in TASKS.values()))
     tr.add_argument("--data", required=True, help="the training table: a .jsonl, .json, .csv, .parquet or .txt file")
     tr.add_argument("--model-path", required=True, help="the base model's directory (from the current directory)")
@@ -147,7 +144,7 @@ def add_train(sub: Any, parents: Parents) -> None:
 
 
 def add_jobs(sub: Any, parents: Parents) -> None:
-    j = sub.add_parser("jobs", parents=[parents.common], help="training jobs: list, status, logs, stop, resume")
+    j = sub.add_parser("jobs", parents=[parents.common])
     j.add_argument("action", choices=("list", "status", "logs", "stop", "resume"))
     j.add_argument("job_id", nargs="?", help="the job (default: the most recent one)")
     j.add_argument("--follow", "-f", action="store_true", help="logs: keep printing until the job ends")
