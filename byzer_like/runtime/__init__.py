@@ -23,9 +23,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from .. import cluster
+from .. import cluster, tasks
 from ..catalog import Catalog
-from .. import tasks
 from ..config import ConvertOptions, DeployOptions, SetupConfig, check_udf_name
 from ..errors import ConfigError, DeployError, ModelNotDeployedError, raise_row_error
 from ..serving import manager
