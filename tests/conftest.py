@@ -138,3 +138,14 @@ def api_server(llm, api_model):
     srv = llm.serve(port=0, api_key=API_KEY, replace=True)
     yield srv
     srv.stop()
+
+
+@pytest.fixture
+def s(rt):
+    """A SQL session on the test module's `rt` fixture (a runtime, usually tests/fake_runtime.py's), without
+    progress bars; closed after the test."""
+    from byzer_like.session import Session
+
+    session = Session(rt, progress=False)
+    yield session
+    session.close()

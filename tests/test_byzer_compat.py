@@ -13,7 +13,6 @@ import pyarrow as pa
 import pytest
 
 from byzer_like.config import SetupConfig, as_text, chat_request
-from byzer_like.session import Session
 from byzer_like.session.functions import build_requests, llm_prompt
 from byzer_like.errors import (ConfigError, DataFileError, ExecutionError, ModelDirError, SqlSyntaxError,
                                UnknownOptionError, UnknownPluginError, UnsupportedModelTypeError)
@@ -31,13 +30,6 @@ def rt(tmp_path) -> FakeRuntime:
 
     shutil.copytree(DATA, tmp_path / "data")
     return FakeRuntime(str(tmp_path))
-
-
-@pytest.fixture
-def s(rt) -> Session:
-    session = Session(rt, progress=False)
-    yield session
-    session.close()
 
 
 # -- setup keys -------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from byzer_like.session import Session
 from byzer_like.errors import (ConfigError, EvalNotFoundError, EvalSetError, JudgeNotDeployedError, ModelNotFoundError,
                                PromotionError, UnknownMetricError)
 from fake_runtime import FakeRuntime
@@ -48,13 +47,6 @@ def rt(tmp_path) -> EvalRuntime:
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "qa.jsonl").write_text(CAPITALS.read_text())
     return EvalRuntime(str(tmp_path))
-
-
-@pytest.fixture
-def s(rt) -> Session:
-    session = Session(rt, progress=False)
-    yield session
-    session.close()
 
 
 def _qa() -> list[dict]:

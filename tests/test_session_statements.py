@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from byzer_like.session import Session, UnknownFunctionError
+from byzer_like.session import UnknownFunctionError
 from byzer_like.session.protocol import SessionRuntime
 from byzer_like.errors import ConfigError, RowError, UnknownOptionError, UnknownTableError
 from fake_runtime import FakeRuntime
@@ -27,13 +27,6 @@ def rt(tmp_path) -> FakeRuntime:
         for i in range(5):
             f.write(json.dumps({"id": i, "q": f"question {i}"}) + "\n")
     return FakeRuntime(str(tmp_path))
-
-
-@pytest.fixture
-def s(rt) -> Session:
-    session = Session(rt, progress=False)
-    yield session
-    session.close()
 
 
 DEPLOY = 'run command as LLM.`` where action="infer" and pretrainedModelType="llama" and localModelDir="m" and udfName="echo"'
