@@ -25,6 +25,7 @@ from . import grammar
 from .hf_batches import (BASE_ROW, SharedLock, adapter_rows, answer_tokens, cut_at_stop, generate_rows,
                          hook_lora_layers)
 from .hf_dirs import check_model_files, context_length, model_config, model_facts, saved_quantization, worker_device
+from .sampling import row_generators, seeded
 
 # Answer length when the caller gives neither max_length nor max_new_tokens.
 DEFAULT_MAX_NEW_TOKENS = 512
@@ -337,17 +338,14 @@ class CausalLMPlugin:
         import torch
 
         state: _State = model.byzer_like
-        gen = dict(gen)
-        if response_format is not None:  # every row of the batch constrained to the same grammar
-            from transformers import LogitsProcessorList
-
-            gen["logits_processor"] = LogitsProcessorList([grammar.logits_processor(
-                model, tokenizer, response_format, state.stop_ids, rows=int(input_ids.shape[0]))])
+        rows_in = int(input_ids.shape[0])
+        processors = [] if response_format is None else [  # every row of the batch under the same grammar
+            grammar.logits_processor(model, tokenizer, response_format, state.stop_ids, rows=rows_in)]
+        generators = extra.pop("generators", None)  # each row's own (backends/sampling.py), else one per seed
+        generators = row_generators([gen.get("seed")] * rows_in, gen) if generators is None else generators
+        gen = seeded(gen, generators, processors)  # with the processors as `logits_processor`
         if stop:  # end a row as soon as it produced a stop string (the text is cut after decoding)
             gen.update(stop_strings=list(stop), tokenizer=tokenizer)
-        seed = gen.pop("seed", None)
-        if seed is not None:
-            torch.manual_seed(seed)
         rows = [a or BASE_ROW for a in adapters] if adapters is not None and any(adapters) else None
         with state.lock.shared(), adapter_rows(rows), torch.inference_mode():
             return model.generate(
@@ -454,7 +452,8 @@ class CausalLMPlugin:
             except InvalidRequestError as e:
                 results[i] = (None, {"error": str(e), "error_code": e.code})
                 continue
-            groups.setdefault(json.dumps([p.gen, p.stop, p.response_format], sort_keys=True), []).append((i, p))
+            same = {k: v for k, v in p.gen.items() if k != "seed"}  # seeded rows share batches: a generator each
+            groups.setdefault(json.dumps([same, p.stop, p.response_format], sort_keys=True), []).append((i, p))
         pad = tokenizer.pad_token_id
         for members in groups.values():
             members.sort(key=lambda m: len(m[1].ids))

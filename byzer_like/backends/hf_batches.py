@@ -8,6 +8,8 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
+from .sampling import row_generators
+
 
 class SharedLock:
     """Many holders share it (generation on many threads), or one holds it alone (an adapter loading or
@@ -91,7 +93,8 @@ def hook_lora_layers(model: Any) -> None:
 def generate_rows(generate: Callable[..., Any], model: Any, tokenizer: Any, ids: Any, mask: Any,
               rows: Sequence[Any]) -> list[list[int]]:
     """The new tokens of each row of a left-padded batch (`ids`, `mask`: rows x width), rows sharing
-    their sampling options (`rows[0].gen`, `.stop`, `.response_format`; each row's `.budget` and `.adapter`);
+    their sampling options (`rows[0].gen`, `.stop`, `.response_format`; each row's `.budget`, `.adapter` and
+    `.gen["seed"]`: a sampled batch with seeds draws each row from its own generator, backends/sampling.py);
     each list ends at the row's stop token (included) or its own budget, or runs past them (then
     `answer_tokens` cuts it). `generate(model, tokenizer, ids, mask, max_new_tokens, gen, stop,
     response_format, adapters=..., **generate_kwargs)` is one batched `model.generate`.
@@ -108,9 +111,11 @@ def generate_rows(generate: Callable[..., Any], model: Any, tokenizer: Any, ids:
     budgets = [p.budget for p in rows]
     width = int(ids.shape[1])
     adapters = [p.adapter for p in rows]
+    generators = row_generators([p.gen.get("seed") for p in rows], first.gen)  # each row's own draws
+    each = {} if generators is None else {"generators": generators}
     if first.response_format is not None or len(rows) == 1:
         out = generate(model, tokenizer, ids, mask, max(budgets), first.gen, first.stop,
-                       first.response_format, adapters=adapters)
+                       first.response_format, adapters=adapters, **each)
         return [out[r, width:].tolist() for r in range(len(rows))]
     import torch
     from transformers.cache_utils import DynamicLayer
@@ -129,8 +134,8 @@ def generate_rows(generate: Callable[..., Any], model: Any, tokenizer: Any, ids:
             gen["min_new_tokens"] = max(0, min_new - steps)
         out = generate(model, tokenizer, ids, mask, max(left), gen, first.stop, None,
                        adapters=[adapters[r] for r in batch], past_key_values=cache, use_cache=True,
-                       return_dict_in_generate=True, stopping_criteria=StoppingCriteriaList([ends]))
-        gen.pop("seed", None)  # seeded once, before the first call
+                       return_dict_in_generate=True, stopping_criteria=StoppingCriteriaList([ends]),
+                       **({} if generators is None else {"generators": [generators[r] for r in batch]}))
         new = out.sequences[:, ids.shape[1]:]
         steps += int(new.shape[1])
         _take(new, batch, got, ended, budgets, stop_ids, lambda r: bool(first.stop) and cut_at_stop(
