@@ -18,20 +18,23 @@ openai package's Azure client with Byzer's keys (saas.api_base, saas.api_version
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, Iterator, Mapping, Sequence
 from urllib.parse import urlparse
 
 from ..errors import (
     BackPressureError, ConfigError, DeployError, InferenceError, InvalidRequestError, PromptTooLongError,
-    RequestTimeoutError,
+    RequestTimeoutError, did_you_mean,
 )
 from ..plugins.contract import request_arguments
 from ..plugins.model_types import AZURE, PROVIDERS, Provider
+
+log = logging.getLogger(__name__)
 
 PARAMS = {
     "saas.base_url": "the endpoint's base URL, e.g. http://127.0.0.1:8000/v1 (required)",
@@ -42,7 +45,14 @@ PARAMS = {
     "saas.timeout": "seconds per request (default 120)",
     "saas.max_retries": "retries with back-off on 429, 5xx and connection errors (default 4)",
     "saas.concurrency": "requests in flight per worker for batches (default 8)",
+    "saas.omit_fields": "optional request fields never to send, comma-separated, for providers that refuse "
+                        "them: stream_options, seed, top_p (default none; a field the provider refuses with a "
+                        "400 is dropped and the request sent again once, and then left out for the deployment)",
 }
+# The request fields an answer can do without (what is lost without each): a provider that refuses one with a
+# 400 gets the request again without it, and the deployment stops sending it (`SaasConfig.omitted`).
+OPTIONAL_FIELDS = {"stream_options": "token counts of streamed answers", "seed": "seeded sampling",
+                   "top_p": "nucleus sampling"}
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,8 @@ class SaasConfig:
     concurrency: int
 
     provider: str = "openai"
+    # the optional fields this deployment does not send (saas.omit_fields, then each one a provider refused)
+    omitted: set = field(default_factory=set, compare=False)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], provider: Provider = PROVIDERS["openai"]) -> "SaasConfig":
@@ -87,7 +99,47 @@ class SaasConfig:
                    api_key=str(params.get("saas.api_key") or "") or os.environ.get(provider.key_env) or None,
                    embedding_model=str(params.get("saas.embedding_model") or "") or None,
                    timeout=number("saas.timeout", 120, float, 1), max_retries=number("saas.max_retries", 4, int, 0),
-                   concurrency=number("saas.concurrency", 8, int, 1), provider=provider.name)
+                   concurrency=number("saas.concurrency", 8, int, 1), provider=provider.name,
+                   omitted=_omit_fields(params.get("saas.omit_fields")))
+
+
+def _omit_fields(value: Any) -> set:
+    """`saas.omit_fields` ("stream_options, seed") as a set; ConfigError naming the fields that can be omitted."""
+    names = {n.strip() for n in str(value or "").split(",") if n.strip()}
+    for n in sorted(names - set(OPTIONAL_FIELDS)):
+        raise ConfigError(f"saas.omit_fields: {n!r} is no optional request field; {did_you_mean(n, OPTIONAL_FIELDS)}"
+                          f"the optional fields: {', '.join(OPTIONAL_FIELDS)}")
+    return names
+
+
+def _refused_field(e: Exception, params: Mapping[str, Any]) -> str | None:
+    """The optional field in `params` that a provider's 400 refuses (the error's `param`, else the field's name
+    in its message: "Unrecognized request argument supplied: stream_options"), or None."""
+    import openai
+
+    if not isinstance(e, openai.BadRequestError):
+        return None
+    body = e.body if isinstance(e.body, Mapping) else {}
+    message = f"{getattr(e, 'message', '')} {body.get('message') or ''}"
+    sent = [f for f in OPTIONAL_FIELDS if f in params]
+    return next((f for f in sent if body.get("param") == f), None) or next((f for f in sent if f in message), None)
+
+
+def create(model: Any, cfg: SaasConfig, params: Mapping[str, Any]) -> Any:
+    """`chat.completions.create` without the fields the deployment omits; when the provider refuses an optional
+    field (a 400 naming it), once more without it, and the deployment leaves it out from then on (logged)."""
+    params = {k: v for k, v in params.items() if k not in cfg.omitted}
+    try:
+        return model.chat.completions.create(**params)
+    except Exception as e:  # noqa: BLE001 - the caller translates what is not a refused field
+        refused = _refused_field(e, params)
+        if refused is None:
+            raise
+    cfg.omitted.add(refused)
+    log.warning("saas/%s: %s refused the optional field %r; this deployment no longer sends it (without it: no %s). "
+                "saas.omit_fields=\"%s\" leaves it out from the start", cfg.provider, cfg.base_url, refused,
+                OPTIONAL_FIELDS[refused], ",".join(sorted(cfg.omitted)))
+    return model.chat.completions.create(**{k: v for k, v in params.items() if k != refused})
 
 
 def _error(e: Exception, cfg: SaasConfig) -> Exception:
@@ -180,7 +232,7 @@ class OpenAICompatiblePlugin:
         params = self._params(cfg, ins, his or [], top_p, temperature, kwargs)
         start = time.perf_counter()
         try:
-            stream = model.chat.completions.create(**params, stream=True, stream_options={"include_usage": True})
+            stream = create(model, cfg, {**params, "stream": True, "stream_options": {"include_usage": True}})
         except Exception as e:  # noqa: BLE001 - translated
             raise _error(e, cfg) from None
         try:
@@ -210,7 +262,7 @@ class OpenAICompatiblePlugin:
             params = self._params(cfg, ins, his, options.pop("top_p"), options.pop("temperature"), options)
             start = time.perf_counter()
             try:
-                out = model.chat.completions.create(**params)
+                out = create(model, cfg, params)
             except Exception as e:  # noqa: BLE001 - translated
                 err = _error(e, cfg)
                 if isinstance(err, InvalidRequestError):
