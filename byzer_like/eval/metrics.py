@@ -18,22 +18,25 @@ from __future__ import annotations
 import math
 import re
 import string
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from ..errors import UnknownMetricError
+from .text import RougeTokenizer, segments, spaced
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCT = set(string.punctuation)
 
 
 def normalise(text: str | None) -> str:
-    """SQuAD v1.1's `normalize_answer`: lower case, punctuation removed, the articles a / an / the
-    removed, whitespace collapsed. None -> ""."""
+    """SQuAD v1.1's `normalize_answer`: lower case, punctuation removed (ASCII and every Unicode punctuation
+    character, as MLQA's evaluation script does: "巴黎。" is "巴黎"), the articles a / an / the removed,
+    whitespace collapsed. None -> ""."""
     if text is None:
         return ""
     s = str(text).lower()
-    s = "".join(ch for ch in s if ch not in _PUNCT)
+    s = "".join(ch for ch in s if ch not in _PUNCT and not unicodedata.category(ch).startswith("P"))
     s = _ARTICLES.sub(" ", s)
     return " ".join(s.split())
 
@@ -67,13 +70,14 @@ def exact_match_strict(prediction: str | None, reference: Any) -> float:
 def token_f1(prediction: str | None, reference: Any) -> float:
     """SQuAD v1.1 `f1_score`: the harmonic mean of token precision and recall between the normalised
     prediction and reference (tokens counted with multiplicity); the best over several references.
-    Two empty texts score 1.0, one empty text 0.0."""
+    Tokens are whitespace words with each CJK / Thai character its own (`eval.text.segments`, MLQA's mixed
+    segmentation). Two empty texts score 1.0, one empty text 0.0."""
     if prediction is None:
         return 0.0
     best = 0.0
-    pred_tokens = normalise(prediction).split()
+    pred_tokens = segments(normalise(prediction))
     for r in _refs(reference):
-        ref_tokens = normalise(r).split()
+        ref_tokens = segments(normalise(r))
         if not pred_tokens or not ref_tokens:
             best = max(best, float(pred_tokens == ref_tokens))
             continue
@@ -140,27 +144,30 @@ _ROUGE = None
 
 def rouge_l(prediction: str | None, reference: Any) -> float:
     """ROUGE-L F-measure (longest common subsequence of tokens) from `rouge-score`
-    (`RougeScorer(["rougeL"], use_stemmer=True).score(target=reference, prediction=prediction)`),
-    in [0, 1]; the best over several references."""
+    (`RougeScorer(["rougeL"], tokenizer=...).score(target=reference, prediction=prediction)`), in [0, 1];
+    the best over several references. Tokens: `eval.text.tokens` (rouge-score's stemmed English words, each
+    CJK / Thai character, other scripts' Unicode words), not rouge-score's default, which drops them."""
     global _ROUGE
     if prediction is None:
         return 0.0
     if _ROUGE is None:
         from rouge_score import rouge_scorer
 
-        _ROUGE = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+        _ROUGE = rouge_scorer.RougeScorer(["rougeL"], tokenizer=RougeTokenizer())
     return max((_ROUGE.score(r, prediction)["rougeL"].fmeasure for r in _refs(reference)), default=0.0)
 
 
 def bleu(prediction: str | None, reference: Any) -> float:
     """Sentence BLEU of one row from `sacrebleu.sentence_bleu` (0-100; exponential smoothing and
-    effective n-gram order, sacrebleu's defaults for one sentence). The summary over rows is corpus BLEU
-    (`corpus_bleu`), not the mean of these."""
+    effective n-gram order, sacrebleu's defaults for one sentence), the texts given with each CJK / Thai
+    character spaced out (`eval.text.spaced`; for Han this is sacrebleu's `zh` tokeniser). Several
+    references count as sacrebleu counts them. The summary over rows is corpus BLEU (`corpus_bleu`), not the
+    mean of these."""
     import sacrebleu
 
     if prediction is None:
         return 0.0
-    return float(sacrebleu.sentence_bleu(prediction, _refs(reference)).score)
+    return float(sacrebleu.sentence_bleu(spaced(prediction), [spaced(r) for r in _refs(reference)]).score)
 
 
 def chrf(prediction: str | None, reference: Any) -> float:
@@ -174,22 +181,27 @@ def chrf(prediction: str | None, reference: Any) -> float:
 
 
 def corpus_bleu(predictions: Sequence[str | None], references: Sequence[Any]) -> float:
-    """sacrebleu's corpus BLEU (0-100) over the rows, one reference each (13a tokenisation)."""
+    """sacrebleu's corpus BLEU (0-100) over the rows (13a tokenisation after `eval.text.spaced`); rows with
+    several references give sacrebleu several reference streams."""
     import sacrebleu
 
-    return float(sacrebleu.corpus_bleu([p or "" for p in predictions], [[_first(r) for r in references]]).score)
+    return float(sacrebleu.corpus_bleu([spaced(p) for p in predictions],
+                                       _streams(references, spaced)).score)
 
 
 def corpus_chrf(predictions: Sequence[str | None], references: Sequence[Any]) -> float:
-    """sacrebleu's corpus chrF (0-100) over the rows, one reference each."""
+    """sacrebleu's corpus chrF (0-100) over the rows (characters: every script as it is), with all their
+    references."""
     import sacrebleu
 
-    return float(sacrebleu.corpus_chrf([p or "" for p in predictions], [[_first(r) for r in references]]).score)
+    return float(sacrebleu.corpus_chrf([p or "" for p in predictions], _streams(references, str)).score)
 
 
-def _first(reference: Any) -> str:
-    refs = _refs(reference)
-    return refs[0] if refs else ""
+def _streams(references: Sequence[Any], form: Callable[[str], str]) -> list[list[str]]:
+    """sacrebleu's reference streams: stream k holds each row's k-th reference (its first where it has fewer,
+    which changes neither clipped n-gram counts nor the closest reference length)."""
+    rows = [_refs(r) or [""] for r in references]
+    return [[form(refs[k] if k < len(refs) else refs[0]) for refs in rows] for k in range(max(map(len, rows), default=1))]
 
 
 def perplexity(logprob_sums: Sequence[float], token_counts: Sequence[int]) -> float:
