@@ -36,7 +36,7 @@ class EvalSet:
 
     prompts: list[list[dict[str, str]]]
     questions: list[str]
-    references: list[str | None]
+    references: list[str | list[str] | None]  # a list: several references, the best counts (reference_value)
     keys: list[str]
     fingerprint: str
     form: str
@@ -100,7 +100,7 @@ def from_table(table: Any, *, name: str | None = None, reference_column: str | N
         msgs, ref = _row_prompt(r, i, form, p_col, r.get(ref_col) if ref_col else None, ref_col is None)
         prompts.append(msgs)
         questions.append(msgs[-1]["content"])
-        references.append(None if ref is None else as_text(ref))
+        references.append(reference_value(ref))
     if need_reference and (ref_col is None and form != "chat" or not any(x is not None for x in references)):
         raise EvalSetError(f"{what} has no reference column for the reference metrics (columns: {', '.join(columns)}); "
                            f"add one named {' / '.join(REFERENCE_COLUMNS)}, name it with referenceColumn=\"<column>\", "
@@ -110,6 +110,23 @@ def from_table(table: Any, *, name: str | None = None, reference_column: str | N
     skip = {p_col, ref_col}
     extra = {c: [r.get(c) for r in rows] for c in columns if c not in skip and _scalar_column(rows, c)}
     return EvalSet(prompts, questions, references, keys, fingerprint, form, name, extra)
+
+
+def reference_value(value: Any) -> str | list[str] | None:
+    """A reference cell as the metrics take it: a list (an array column; SQuAD's `answers` struct, whose `text`
+    list is taken) is several references, the best of which counts for every metric; None and an empty list
+    are no reference; anything else is one reference as text (`config.as_text`)."""
+    if isinstance(value, dict) and isinstance(value.get("text"), (list, tuple)):
+        value = value["text"]
+    if isinstance(value, (list, tuple)):
+        refs = [as_text(v) for v in value if v is not None]
+        return refs or None
+    return None if value is None else as_text(value)
+
+
+def shown_reference(value: str | list[str] | None) -> str | None:
+    """A reference as one text (a table's cell, a judge's prompt): several references joined by " | "."""
+    return " | ".join(value) if isinstance(value, list) else value
 
 
 def _form(cols: dict[str, str], columns: list[str], prompt_column: str | None, what: str) -> tuple[str, str]:
@@ -195,4 +212,4 @@ def _rows(table: Any) -> list[dict]:
     raise EvalSetError(f"an eval set is a table (pyarrow, pandas) or a list of rows, not {type(table).__name__}")
 
 
-__all__ = ["EvalSet", "FORMS_HELP", "REFERENCE_COLUMNS", "from_table"]
+__all__ = ["EvalSet", "FORMS_HELP", "REFERENCE_COLUMNS", "from_table", "reference_value", "shown_reference"]

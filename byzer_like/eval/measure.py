@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 from ..errors import ConfigError, EvalSetError
 from . import judge as J
 from . import metrics as M
-from .evalset import EvalSet, from_table
+from .evalset import EvalSet, from_table, shown_reference
 
 
 @dataclass
@@ -75,13 +75,13 @@ def score_items(es: EvalSet) -> list[dict]:
     row's text; else the reference as the answer after the row's prompt."""
     if es.form == "text":
         return [{"text": prompt[-1]["content"]} for prompt in es.prompts]
-    return [{"text": ref or "", "ins": prompt[-1]["content"], "his": prompt[:-1]}
+    return [{"text": (ref[0] if isinstance(ref, list) else ref) or "", "ins": prompt[-1]["content"], "his": prompt[:-1]}
             for prompt, ref in zip(es.prompts, es.references)]
 
 
 def judge_prompts(template: str, es: EvalSet, predictions: Sequence[str | None]) -> list[str]:
     """The judge's prompt for each row (`judge.build_prompt`)."""
-    return [J.build_prompt(template, q, p, r) for q, p, r in zip(es.questions, predictions, es.references)]
+    return [J.build_prompt(template, q, p, shown_reference(r)) for q, p, r in zip(es.questions, predictions, es.references)]
 
 
 def measure(es: EvalSet, ms: Sequence[M.Metric], labels: list[str] | None, predictions: list[str | None],
@@ -108,7 +108,7 @@ def measure(es: EvalSet, ms: Sequence[M.Metric], labels: list[str] | None, predi
             if "label" not in columns:
                 columns["label"] = [M.label_of(p, labels or []) for p in predictions]
             if m.name == "accuracy":
-                columns["accuracy"] = [float(lab is not None and M.normalise(lab) == M.normalise(r))
+                columns["accuracy"] = [float(lab is not None and M.is_label(lab, r))
                                        for lab, r in zip(columns["label"], es.references)]
     if "perplexity" in names and scores is not None:
         summary.update(_perplexity(scores, columns))
@@ -120,7 +120,7 @@ def measure(es: EvalSet, ms: Sequence[M.Metric], labels: list[str] | None, predi
     summary["failed_rows"] = sum(e is not None for e in errors)
     data: dict[str, list] = {"row": list(range(1, es.rows + 1))}
     data.update({k: v for k, v in es.extra.items() if k not in ("row", "prediction", "reference", *columns)})
-    data.update({"question": es.questions, "prediction": predictions, "reference": es.references})
+    data.update({"question": es.questions, "prediction": predictions, "reference": [shown_reference(r) for r in es.references]})
     data.update(columns)
     data["error"] = errors
     table = pa.table({k: _column(v) for k, v in data.items()})

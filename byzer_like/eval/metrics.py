@@ -111,12 +111,16 @@ def label_of(prediction: str | None, choices: Sequence[str]) -> str | None:
     return min(found)[2] if found else None
 
 
+def is_label(label: str, reference: Any) -> bool:
+    """Whether `label` is the reference label (any of several), compared normalised."""
+    return any(normalise(label) == normalise(r) for r in _refs(reference))
+
+
 def accuracy(predictions: Sequence[str | None], references: Sequence[Any], choices: Sequence[str]) -> float:
     """The share of rows whose answer's label (`label_of`) is the reference label (compared normalised)."""
     if not predictions:
         return float("nan")
-    hits = [label_of(p, choices) is not None and normalise(label_of(p, choices)) == normalise(r)
-            for p, r in zip(predictions, references)]
+    hits = [label_of(p, choices) is not None and is_label(label_of(p, choices), r) for p, r in zip(predictions, references)]
     return sum(hits) / len(hits)
 
 
@@ -127,7 +131,7 @@ def macro_f1(predictions: Sequence[str | None], references: Sequence[Any], choic
     reference's label)."""
     if not predictions:
         return float("nan")
-    gold = [normalise(r) for r in references]
+    gold = [normalise((_refs(r) or [""])[0]) for r in references]  # several references: the first is the label
     pred = [normalise(label_of(p, choices)) if label_of(p, choices) is not None else None for p in predictions]
     labels = sorted({g for g in gold} | {p for p in pred if p is not None})
     scores = []
@@ -324,5 +328,5 @@ def summarise(m: Metric, values: Sequence[float | None], predictions: Sequence[A
 
 
 __all__ = ["ALIASES", "METRICS", "Metric", "accuracy", "bleu", "chrf", "corpus_bleu", "corpus_chrf", "exact_match",
-           "exact_match_strict", "label_of", "macro_f1", "mean", "mean_token_logprob", "metric", "normalise",
+           "exact_match_strict", "is_label", "label_of", "macro_f1", "mean", "mean_token_logprob", "metric", "normalise",
            "parse_metrics", "perplexity", "rouge_l", "row_value", "summarise", "token_f1"]

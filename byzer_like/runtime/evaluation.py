@@ -29,6 +29,7 @@ from ..errors import ConfigError, JudgeNotDeployedError, ModelNotDeployedError
 from ..eval import judge as J
 from ..eval import metrics as M
 from ..eval.compare import compare, promote, split_ref
+from ..eval.evalset import reference_value
 from ..eval.measure import EvalResult, judge_prompts, measure, plan, score_items
 from ..plugins import registry
 
@@ -37,9 +38,10 @@ METRIC_NAMES: tuple[str, ...] = tuple(M.METRICS)
 
 
 def metric_value(name: str, prediction: str | None, reference: Any) -> float | None:
-    """One row's value of per-row metric `name` (`eval.metrics.row_value`: SQL's `llm_eval`);
-    UnknownMetricError for a name that is no metric or has no per-row value."""
-    return M.row_value(name, prediction, reference)
+    """One row's value of per-row metric `name` (`eval.metrics.row_value`: SQL's `llm_eval`); a list
+    `reference` (or SQuAD's `{"text": [...]}`) is several references, the best counting
+    (`eval.evalset.reference_value`). UnknownMetricError for a name that is no metric or has no per-row value."""
+    return M.row_value(name, prediction, reference_value(reference))
 
 
 class Evaluations:

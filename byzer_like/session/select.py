@@ -8,6 +8,7 @@ llm_on_error`). Spark's rule on ambiguous columns holds; a DuckDB error is posit
 """
 from __future__ import annotations
 
+import json
 import re
 import threading
 from concurrent import futures
@@ -127,9 +128,10 @@ class ModelCalls:
 
     def llm_eval(self, predictions: pa.Array, references: pa.Array, metric_names: pa.Array) -> pa.Array:
         """`llm_eval(prediction, reference, 'rouge_l')`: one row's value of a per-row metric (NULL when an
-        argument is NULL)."""
+        argument is NULL). `references` arrive as JSON (the `llm_eval` macro's `to_json`): a text, or a list of
+        texts (`array('Paris', 'paris, France')`), of which the best counts."""
         try:
-            return pa.array([None if r is None or m is None else metric_value(m, p, r)
+            return pa.array([None if r is None or m is None else metric_value(m, p, json.loads(r))
                              for p, r, m in zip(predictions.to_pylist(), references.to_pylist(),
                                                 metric_names.to_pylist())], type=pa.float64())
         except BaseException as e:  # noqa: BLE001 - DuckDB would flatten it to text; kept and re-raised

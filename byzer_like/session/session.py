@@ -76,9 +76,13 @@ class Session:
         for name, (fn, args) in helpers.items():
             self.con.create_function(name, fx.arrow_function2(fn), args, sqltypes.VARCHAR, type="arrow",
                                      null_handling="special")
-        self.con.create_function("llm_eval", self.models.llm_eval, [sqltypes.VARCHAR, sqltypes.VARCHAR, sqltypes.VARCHAR],
-                                 sqltypes.DOUBLE, type="arrow", null_handling="special")
-        self.models.registered.update((*helpers, "llm_eval"))
+        # llm_eval's reference is a text or a list of them (array(...), a list column): a macro hands either to
+        # the Python function as JSON, as DuckDB functions have no overloads by argument type
+        self.con.create_function("llm_eval_json", self.models.llm_eval, [sqltypes.VARCHAR, sqltypes.VARCHAR,
+                                 sqltypes.VARCHAR], sqltypes.DOUBLE, type="arrow", null_handling="special")
+        self.con.execute("CREATE MACRO llm_eval(prediction, reference, metric) AS "
+                         "llm_eval_json(prediction, to_json(reference)::VARCHAR, metric)")
+        self.models.registered.update((*helpers, "llm_eval", "llm_eval_json"))
 
     def close(self) -> None:
         """Close the session's DuckDB connection (its tables stay readable as Arrow tables)."""
