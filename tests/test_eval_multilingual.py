@@ -56,3 +56,17 @@ def test_corpus_bleu_and_chrf_use_every_reference():
     many = M.corpus_bleu(preds, [["the capital is Paris", "Paris"], "the capital of Germany is Berlin"])
     assert many > one and many == pytest.approx(100.0)
     assert M.corpus_chrf(preds, [["x", "Paris"], ["Berlin"]]) > M.corpus_chrf(preds, ["x", "Berlin"])
+
+
+def test_evaluation_during_training_scores_chinese_and_several_references():
+    """train.evaluation's summary (what evalMetrics logs at each evaluation) over the model's answers."""
+    from byzer_like.train.evaluation import TrainingEval
+
+    rows = [{"instruction": "中国的首都是哪里？", "output": "北京是中国的首都。"},
+            {"instruction": "日本の首都は？", "output": ["東京です。", "東京"]}]
+    ev = TrainingEval.from_table(rows, metrics="exact_match,token_f1,rouge_l,bleu")
+    same = ev._summary(["北京是中国的首都。", "東京"], [(0.0, 0)] * 2)
+    assert same == {"eval_exact_match": 1.0, "eval_token_f1": 1.0, "eval_rouge_l": 1.0,
+                    "eval_bleu": pytest.approx(100.0)}
+    partly = ev._summary(["北京是首都", "大阪"], [(0.0, 0)] * 2)
+    assert 0 < partly["eval_rouge_l"] < 1 and partly["eval_exact_match"] == 0.0
