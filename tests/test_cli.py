@@ -35,6 +35,10 @@ def test_help_everywhere(args, tmp_path):
         (["models", "convert", "--checkpoint-dir", "nowhere", "--model-path", "m", "--name", "x"], "does not exist"),
         (["models", "quantize", "nosuch", "--method", "int3", "--name", "x"], "valid methods: bnb-int8"),
         (["models", "quantize", "nosuch", "--method", "nf4", "--name", "x"], "no registered model 'nosuch'"),
+        # a new workspace: the error says how to get a model into the registry
+        (["models", "quantize", "smollm2", "--method", "nf4", "--name", "x"],
+         "registered models: (none yet). Import one with `byzer-like models import smollm2`"),
+        (["models", "import", "some.gguf"], "needs --output-table NAME"),
     ],
 )
 def test_errors_are_one_line(tmp_path, args, text):
