@@ -135,6 +135,12 @@ def test_job_commands_exit_with_the_jobs_state(ws):
     stopped = run("jobs", "status", "sft-stopped", ws=ws)
     assert stopped.returncode == 4 and json.loads(stopped.stdout)["state"] == "STOPPED"
     assert re.fullmatch(TIME, json.loads(stopped.stdout)["finished_at"])  # a local time, not an epoch float
+    # the CLI's JSON names fields as the client's rows do (job_id, not the catalog's id)
+    from byzer_like.runtime import Runtime
+
+    row = next(r for r in Runtime(workspace=ws).jobs.list() if r["job_id"] == "sft-stopped")
+    shown = json.loads(stopped.stdout)
+    assert shown["job_id"] == "sft-stopped" and "id" not in shown and set(row) - {"metrics"} <= set(shown)
     again = run("jobs", "stop", "sft-done", ws=ws)
     assert again.returncode == 3 and "already ended" in again.stdout
     assert run("jobs", "resume", "sft-done", ws=ws).returncode == 1  # only STOPPED / FAILED jobs resume
