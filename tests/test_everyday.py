@@ -216,8 +216,11 @@ def test_lists_have_headers_local_times_and_integers(ws):
 
     models = run("models", "list", ws=ws)  # piped: tab-separated, same header
     rows = [line.split("\t") for line in models.stdout.splitlines()]
-    assert rows[0] == ["model", "kind", "method", "type", "loss", "tokens/s", "created", "path"]
-    assert rows[1][:6] == ["qa@v1", "adapter", "lora", "llama", "0.1235", "812.5"] and re.fullmatch(TIME, rows[1][6])
+    assert rows[0] == ["model", "kind", "stage", "method", "type", "loss", "tokens/s", "created", "path"]
+    assert rows[1][:7] == ["qa@v1", "adapter", "candidate", "lora", "llama", "0.1235", "812.5"]
+    assert re.fullmatch(TIME, rows[1][7])
+    Catalog(ws).set_stage("qa@v1", "production")  # which version `qa@production` deploys
+    assert run("models", "list", ws=ws).stdout.splitlines()[1].split("\t")[:3] == ["qa@v1", "adapter", "production"]
 
 
 def test_sql_results_show_times_and_integers_readably(ws):

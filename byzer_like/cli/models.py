@@ -49,12 +49,14 @@ def cmd_types(args: argparse.Namespace) -> int:
 
 
 def cmd_registry(args: argparse.Namespace) -> int:
+    """Every version of every registry model: its reference, kind, stage (candidate, production, archived;
+    `name@production` deploys the one at production), how it was made, its main metrics, time and folder."""
     from ..catalog import Catalog, main_metrics
 
     models = Catalog(Workspace.from_env(args.workspace)).models()
-    print_table(("model", "kind", "method", "type", "loss", "tokens/s", "created", "path"),
-                [(m.ref, m.kind, m.method, m.model_type, *main_metrics(m.metrics).values(), local_time(m.created_at),
-                  m.path) for m in models])
+    print_table(("model", "kind", "stage", "method", "type", "loss", "tokens/s", "created", "path"),
+                [(m.ref, m.kind, m.stage, m.method, m.model_type, *main_metrics(m.metrics).values(),
+                  local_time(m.created_at), m.path) for m in models])
     return 0
 
 
@@ -122,7 +124,7 @@ def add_commands(sub: Any, parents: Parents) -> None:
     mt.set_defaults(func=cmd_make_tiny)
     ty = msub.add_parser("types", parents=[parents.flags], help="known pretrained_model_type names (plugins)")
     ty.set_defaults(func=cmd_types)
-    ml = msub.add_parser("list", parents=[common], help="the model registry: trained and merged models, all versions")
+    ml = msub.add_parser("list", parents=[common], help="the model registry: trained, merged and imported models, all versions, with their stage")
     ml.set_defaults(func=cmd_registry)
     mi = msub.add_parser("import", parents=[common],
                          help="a GGUF file as a registered safetensors Hugging Face model (name@v1); "
