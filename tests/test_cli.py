@@ -173,6 +173,11 @@ def test_readme_quick_start_is_two_commands_and_ci_runs_the_second():
     block = readme.split("## Quick start", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
     commands = [line.split("#")[0].strip() for line in block.strip().splitlines()]
     assert commands == ["python3 dev.py quickstart", "python3 dev.py test"]
+    # ... and it ends with where to go next: the activated venv, the getting-started guide
+    section = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    nexts = section.split("### Next steps", 1)[1]
+    assert "source .venv/bin/activate" in nexts and ".venv/bin/byzer-like" in nexts
+    assert "(docs/getting-started.md)" in nexts and (root / "docs" / "getting-started.md").is_file()
     assert "python3 dev.py test" in (root / ".ci" / "run").read_text()
 
 
