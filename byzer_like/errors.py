@@ -318,12 +318,18 @@ class JobNotFoundError(ByzerError, KeyError):
         return str(self.args[0])
 
 
+# how to register the packaged SmolLM2 from SQL (what `byzer-like models import smollm2` does)
+IMPORT_SQL = ('run command as LLM.`` where action="convert" and sourceFormat="gguf" and sourcePath="smollm2" '
+              'and outputTable="smollm2"')
+
+
 class ModelNotFoundError(ByzerError, KeyError):
     """No registered model (or version) of that reference; the message lists the registered ones."""
 
     def __init__(self, ref: str, known: list[str]):
-        shown = ", ".join(known) or "(none yet: train one with outputTable=\"name\")"
-        super().__init__(f"no registered model {ref!r}; registered models: {shown}")
+        shown = ", ".join(known) or "(none yet)"
+        super().__init__(f"no registered model {ref!r}; registered models: {shown}. Import one with "
+                         f"`byzer-like models import smollm2` (SQL: {IMPORT_SQL}), or train one with outputTable=\"name\"")
 
     def __str__(self) -> str:
         return str(self.args[0])

@@ -89,6 +89,12 @@ class FakeRuntime(Evaluations):
     def deployment_exists(self, name: str) -> bool:
         return name in self.deployed
 
+    def meta(self, name: str, *, refresh: bool = False) -> dict:
+        if name not in self.deployed:
+            raise ModelNotDeployedError(name, self.deployed)
+        return {"engine": "threads", "num_workers": 1, "model_dir": self.deployed[name]["model_dir"],
+                "engine_load": {"requests_running": 0, "requests_waiting": 0}, "requests_served": 0}
+
     def deployments(self, *, start: bool = True) -> dict[str, str]:
         self.listed_with_start.append(start)
         return {n: "RUNNING" for n in self.deployed}

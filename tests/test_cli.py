@@ -35,6 +35,10 @@ def test_help_everywhere(args, tmp_path):
         (["models", "convert", "--checkpoint-dir", "nowhere", "--model-path", "m", "--name", "x"], "does not exist"),
         (["models", "quantize", "nosuch", "--method", "int3", "--name", "x"], "valid methods: bnb-int8"),
         (["models", "quantize", "nosuch", "--method", "nf4", "--name", "x"], "no registered model 'nosuch'"),
+        # a new workspace: the error says how to get a model into the registry
+        (["models", "quantize", "smollm2", "--method", "nf4", "--name", "x"],
+         "registered models: (none yet). Import one with `byzer-like models import smollm2`"),
+        (["models", "import", "some.gguf"], "needs --output-table NAME"),
     ],
 )
 def test_errors_are_one_line(tmp_path, args, text):
@@ -169,6 +173,11 @@ def test_readme_quick_start_is_two_commands_and_ci_runs_the_second():
     block = readme.split("## Quick start", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
     commands = [line.split("#")[0].strip() for line in block.strip().splitlines()]
     assert commands == ["python3 dev.py quickstart", "python3 dev.py test"]
+    # ... and it ends with where to go next: the activated venv, the getting-started guide
+    section = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    nexts = section.split("### Next steps", 1)[1]
+    assert "source .venv/bin/activate" in nexts and ".venv/bin/byzer-like" in nexts
+    assert "(docs/getting-started.md)" in nexts and (root / "docs" / "getting-started.md").is_file()
     assert "python3 dev.py test" in (root / ".ci" / "run").read_text()
 
 

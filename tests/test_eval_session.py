@@ -123,6 +123,17 @@ def test_versions_compare_and_promotion_gated_on_results(s, rt):
     assert row["promoted"] is False and "short by" in refused.message and rt.catalog.model("cap@v1").stage == "candidate"
     ok = s.sql("!byzerllm model promote cap@v2 if exact_match >= cap@v1.exact_match + 0.5 on capitals;")[-1]
     assert ok.table.to_pylist()[0]["promoted"] is True and rt.catalog.model("cap@production").version == 2
+    # the messages show both values compared (and the threshold as the sum it is), never the threshold as the
+    # other's score; a refusal for the version in production says it stays there
+    assert ("exact_match >= cap@v2.exact_match + 0.02: cap@v1 has 0.2, cap@v2 has 0.9333 (+ 0.02: 0.9533), "
+            "short by 0.7533") in refused.message
+    assert "cap@v2 has 0.9333, cap@v1 has 0.2 (+ 0.5: 0.7)" in ok.message
+    kept = s.sql("!byzerllm model promote cap@v2 if exact_match >= cap@v1.exact_match + 0.9 on capitals;")[-1]
+    assert kept.message.endswith("short by 0.1667; cap@v2 stays in production"), kept.message
+    again = s.sql("!byzerllm model promote cap@v1 if exact_match > 0.5 on capitals;")[-1]
+    assert again.message == ("cap@v1: not promoted: exact_match > 0.5: cap@v1 has 0.2, short by 0.3; "
+                             "cap@v2 stays in production"), again.message
+    assert rt.catalog.model("cap@production").version == 2
     # the production stage deploys: modelTable="cap@production"
     assert s.sql("!byzerllm model list;")[-1].table.to_pylist()[1]["stage"] == "production"
     s.sql('run command as LLM.`` where action="eval" and modelTable="cap@production" and inputTable="capitals";')

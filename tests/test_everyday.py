@@ -135,6 +135,12 @@ def test_job_commands_exit_with_the_jobs_state(ws):
     stopped = run("jobs", "status", "sft-stopped", ws=ws)
     assert stopped.returncode == 4 and json.loads(stopped.stdout)["state"] == "STOPPED"
     assert re.fullmatch(TIME, json.loads(stopped.stdout)["finished_at"])  # a local time, not an epoch float
+    # the CLI's JSON names fields as the client's rows do (job_id, not the catalog's id)
+    from byzer_like.runtime import Runtime
+
+    row = next(r for r in Runtime(workspace=ws).jobs.list() if r["job_id"] == "sft-stopped")
+    shown = json.loads(stopped.stdout)
+    assert shown["job_id"] == "sft-stopped" and "id" not in shown and set(row) - {"metrics"} <= set(shown)
     again = run("jobs", "stop", "sft-done", ws=ws)
     assert again.returncode == 3 and "already ended" in again.stdout
     assert run("jobs", "resume", "sft-done", ws=ws).returncode == 1  # only STOPPED / FAILED jobs resume
@@ -210,8 +216,11 @@ def test_lists_have_headers_local_times_and_integers(ws):
 
     models = run("models", "list", ws=ws)  # piped: tab-separated, same header
     rows = [line.split("\t") for line in models.stdout.splitlines()]
-    assert rows[0] == ["model", "kind", "method", "type", "loss", "tokens/s", "created", "path"]
-    assert rows[1][:6] == ["qa@v1", "adapter", "lora", "llama", "0.1235", "812.5"] and re.fullmatch(TIME, rows[1][6])
+    assert rows[0] == ["model", "kind", "stage", "method", "type", "loss", "tokens/s", "created", "path"]
+    assert rows[1][:7] == ["qa@v1", "adapter", "candidate", "lora", "llama", "0.1235", "812.5"]
+    assert re.fullmatch(TIME, rows[1][7])
+    Catalog(ws).set_stage("qa@v1", "production")  # which version `qa@production` deploys
+    assert run("models", "list", ws=ws).stdout.splitlines()[1].split("\t")[:3] == ["qa@v1", "adapter", "production"]
 
 
 def test_sql_results_show_times_and_integers_readably(ws):

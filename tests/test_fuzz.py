@@ -4,7 +4,7 @@ Whatever text comes in, the result is statements or one of byzer-like's own type
 `ByzerError`; a syntax error carries a line, a column and the script's line under the caret):
 never an IndexError, a RecursionError or an exception from sqlglot's internals. Inputs are arbitrary
 text, soups of the dialect's tokens, and real scripts (the seeds in tests/sql_fixtures, the example
-scripts in sql/, the README's examples) with characters and tokens inserted, deleted and replaced,
+scripts in sql/, the README's and docs pages' examples) with characters and tokens inserted, deleted and replaced,
 statements spliced, quotes and backquotes left open, huge identifiers, unicode and NUL bytes.
 Examples are bounded per test (`max_examples`), so the file runs in seconds.
 """
@@ -35,8 +35,8 @@ FUZZ = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCh
 def _seed_scripts() -> list[str]:
     scripts = [p.read_text(encoding="utf-8") for p in sorted((ROOT / "tests" / "sql_fixtures").glob("*.sql"))]
     scripts += [p.read_text(encoding="utf-8") for p in sorted((ROOT / "sql").glob("*.sql"))]
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    scripts += re.findall(r"```sql\n(.*?)```", readme, flags=re.DOTALL)
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        scripts += re.findall(r"```sql\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.DOTALL)
     return scripts
 
 

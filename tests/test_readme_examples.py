@@ -1,6 +1,8 @@
-"""Every fenced block of README.md runs here, so that the README cannot drift from what the code does.
+"""Every fenced block of README.md and of the docs pages runs here, so that the docs cannot drift from what
+the code does.
 
-The blocks run in the README's order, the way one reader runs them from the repository's folder after
+The pages run in order: README.md, then the pages docs/README.md's index links to, in its order (but for
+those with tests of their own, OWN_TESTS). The blocks run in each page's order, the way one reader runs them from the repository's folder after
 the quick start: in a folder holding `byzer_workspace/` (this test session's workspace, where the quick
 start's model and data are built first) and `sql/` (the repository's scripts), on the session's Ray
 cluster (the workspace's persistent head). By language:
@@ -14,8 +16,8 @@ cluster (the workspace's persistent head). By language:
 - toml: parsed; the entry-point groups it names must be the ones byzer-like reads;
 - text, or no language: a listing; every repository path it names must exist.
 
-Blocks under one `## ` heading continue each other (a model deployed in one is used by the next);
-when a new `## ` section starts, the deployments and the HTTP API the earlier one left are removed.
+Blocks under one `## ` heading of README.md, or on one docs page, continue each other (a model deployed in
+one is used by the next); when a new section starts, the deployments and the HTTP API the earlier one left are removed.
 The one change the test makes to a block: port 8000 becomes a free port, since other programs on
 this machine may hold 8000.
 
@@ -27,7 +29,7 @@ A block may carry a marker, an HTML comment on the line before its fence:
 - `<!-- readme-test: sql-error -->`: the error `byzer-like run FILE` prints: the test writes a script
   whose line N is the line shown, runs it and finds the block in what it printed.
 
-A failing block fails its own test, named `README.md:<line of its fence>-<language>`.
+A failing block fails its own test, named `<page>:<line of its fence>-<language>` (`docs/sql.md:12-sql`).
 """
 from __future__ import annotations
 
@@ -49,6 +51,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+DOCS_INDEX = ROOT / "docs" / "README.md"
+# pages of the index whose blocks are checked by a test of their own, not run here
+OWN_TESTS = {"docs/cluster.md": "tests/test_docker_kit.py checks its commands and files",
+             "docs/ARCHITECTURE.md": "tests/test_architecture.py checks its layer table"}
 BIN = Path(sys.executable).parent
 FENCE = re.compile(r"^(`{3,})\s*([\w+-]*)\s*$")
 MARKER = re.compile(r'^<!--\s*readme-test:\s*([\w-]+)(?:\s+reason="([^"]*)")?\s*-->\s*$')
@@ -70,16 +76,18 @@ class Block:
     section: str
     marker: str | None = None
     reason: str | None = None
+    page: str = "README.md"
 
 
-def readme_blocks(text: str) -> list[Block]:
-    """Every fenced block of a Markdown text, in order. An unclosed fence is an error."""
+def readme_blocks(text: str, page: str = "README.md") -> list[Block]:
+    """Every fenced block of a Markdown text, in order. An unclosed fence is an error. `page` is the text's
+    path from the repository's root; README.md's sections are its `## ` headings, any other page is one."""
     lines = text.splitlines()
     blocks: list[Block] = []
-    section = ""
+    section = "" if page == "README.md" else page
     i = 0
     while i < len(lines):
-        if lines[i].startswith("## "):
+        if lines[i].startswith("## ") and page == "README.md":
             section = lines[i][3:].strip()
         m = FENCE.match(lines[i])
         if not m:
@@ -87,15 +95,23 @@ def readme_blocks(text: str) -> list[Block]:
             continue
         fence, lang = m.groups()
         end = next((k for k in range(i + 1, len(lines)) if lines[k].strip() == fence), None)
-        assert end is not None, f"README.md line {i + 1}: the fence is never closed"
+        assert end is not None, f"{page} line {i + 1}: the fence is never closed"
         marker = MARKER.match(lines[i - 1]) if i else None
         blocks.append(Block(i + 1, lang.lower(), "\n".join(lines[i + 1:end]) + "\n", section,
-                            marker[1] if marker else None, marker[2] if marker else None))
+                            marker[1] if marker else None, marker[2] if marker else None, page))
         i = end + 1
     return blocks
 
 
-BLOCKS = readme_blocks(README.read_text(encoding="utf-8"))
+def doc_pages() -> list[str]:
+    """README.md, then every page docs/README.md links to (once each, in its order, OWN_TESTS left out)."""
+    linked = re.findall(r"\]\(([\w.-]+\.md)\)", DOCS_INDEX.read_text(encoding="utf-8"))
+    pages = [f"docs/{name}" for name in dict.fromkeys(linked) if name != "README.md"]
+    return ["README.md"] + [p for p in pages if p not in OWN_TESTS and (ROOT / p).is_file()]
+
+
+PAGES = doc_pages()
+BLOCKS = [b for page in PAGES for b in readme_blocks((ROOT / page).read_text(encoding="utf-8"), page)]
 
 
 def api_server():
@@ -191,12 +207,12 @@ class Reader:
                 session.close()
         if error is not None:
             line = block.line + error.line if isinstance(error, SqlError) else block.line
-            pytest.fail(f"README.md line {line} (the sql block at line {block.line}): {type(error).__name__}: {error}",
+            pytest.fail(f"{block.page} line {line} (the sql block at line {block.line}): {type(error).__name__}: {error}",
                         pytrace=False)
 
     def python(self, block: Block, text: str) -> None:
         # the README's own line numbers in a traceback
-        code = compile("\n" * block.line + text, str(README), "exec")
+        code = compile("\n" * block.line + text, str(ROOT / block.page), "exec")
         error = None
         with self._here(), contextlib.redirect_stdout(io.StringIO()) as printed:
             try:
@@ -204,8 +220,8 @@ class Reader:
             except Exception as e:  # noqa: BLE001 - any failure of the block fails it, with where
                 error = e
         if error is not None:
-            lines = [f.lineno for f in traceback.extract_tb(error.__traceback__) if f.filename == str(README)]
-            where = f"README.md line {lines[-1]}" if lines else f"the python block at README.md line {block.line}"
+            lines = [f.lineno for f in traceback.extract_tb(error.__traceback__) if f.filename == str(ROOT / block.page)]
+            where = f"{block.page} line {lines[-1]}" if lines else f"the python block at {block.page} line {block.line}"
             pytest.fail(f"{where}: {type(error).__name__}: {error}\n{printed.getvalue()[-2000:]}", pytrace=False)
 
     def sql_error(self, block: Block, text: str) -> None:
@@ -220,7 +236,7 @@ class Reader:
 
 
 def _failed(block: Block, what: str, output: str) -> str:
-    return f"the {block.lang or 'text'} block at README.md line {block.line}: {what}\n{output[-3000:]}"
+    return f"the {block.lang or 'text'} block at {block.page} line {block.line}: {what}\n{output[-3000:]}"
 
 
 def check_synopsis(block: Block) -> None:
@@ -235,7 +251,7 @@ def check_synopsis(block: Block) -> None:
         words = raw.split("#", 1)[0].split()
         if not words:
             continue
-        where = f"README.md line {n}"
+        where = f"{block.page} line {n}"
         assert words[0] == "byzer-like", f"{where}: a synopsis line starts with byzer-like: {raw}"
         parser, rest = build_parser(), words[1:]
         while subcommands(parser):
@@ -264,13 +280,13 @@ def check_toml(block: Block, text: str) -> None:
 
     data = tomllib.loads(text)
     for group in data.get("project", {}).get("entry-points", {}):
-        assert group == ENTRY_POINT_GROUP, f"README.md line {block.line}: byzer-like reads {ENTRY_POINT_GROUP!r}, not {group!r}"
+        assert group == ENTRY_POINT_GROUP, f"{block.page} line {block.line}: byzer-like reads {ENTRY_POINT_GROUP!r}, not {group!r}"
 
 
 def check_listing(block: Block, text: str) -> None:
     """A listing of the repository: every path it names exists."""
     missing = [p for p in REPO_PATH.findall(text) if not (ROOT / p.rstrip(".")).exists()]
-    assert not missing, f"the listing at README.md line {block.line} names paths that do not exist: {missing}"
+    assert not missing, f"the listing at {block.page} line {block.line} names paths that do not exist: {missing}"
 
 
 @pytest.fixture(scope="module")
@@ -288,22 +304,55 @@ def reader(ray_cluster, workspace, smollm2_dir, tmp_path_factory):
 
 
 def _param(block: Block):
-    marks = [pytest.mark.skip(reason=f"README.md line {block.line}: {block.reason}")] if block.marker == "skip" else []
-    return pytest.param(block, id=f"README.md:{block.line}-{block.lang or 'text'}", marks=marks)
+    marks = [pytest.mark.skip(reason=f"{block.page} line {block.line}: {block.reason}")] if block.marker == "skip" else []
+    return pytest.param(block, id=f"{block.page}:{block.line}-{block.lang or 'text'}", marks=marks)
 
 
 def test_every_block_is_understood():
     """Fences have a language this test runs, and markers are known and sit right before a fence."""
     assert BLOCKS, "no fenced blocks found in README.md"
     for b in BLOCKS:
-        assert b.lang in LANGUAGES, f"README.md line {b.line}: no runner for a {b.lang!r} block; known: {sorted(LANGUAGES)}"
-        assert b.marker in MARKER_KINDS | {None}, f"README.md line {b.line - 1}: unknown marker {b.marker!r}"
-        assert b.marker != "skip" or b.reason, f"README.md line {b.line - 1}: a skip needs reason=\"...\""
-    lines = README.read_text(encoding="utf-8").splitlines()
-    for n, line in enumerate(lines):
-        if "readme-test:" in line:
-            assert MARKER.match(line) and n + 1 < len(lines) and FENCE.match(lines[n + 1]), \
-                f"README.md line {n + 1}: a marker must be `<!-- readme-test: KIND [reason=\"...\"] -->` right before a fence"
+        assert b.lang in LANGUAGES, f"{b.page} line {b.line}: no runner for a {b.lang!r} block; known: {sorted(LANGUAGES)}"
+        assert b.marker in MARKER_KINDS | {None}, f"{b.page} line {b.line - 1}: unknown marker {b.marker!r}"
+        assert b.marker != "skip" or b.reason, f"{b.page} line {b.line - 1}: a skip needs reason=\"...\""
+    for page in PAGES:
+        lines = (ROOT / page).read_text(encoding="utf-8").splitlines()
+        for n, line in enumerate(lines):
+            if "readme-test:" in line:
+                assert MARKER.match(line) and n + 1 < len(lines) and FENCE.match(lines[n + 1]), \
+                    f"{page} line {n + 1}: a marker must be `<!-- readme-test: KIND [reason=\"...\"] -->` right before a fence"
+
+
+def test_every_relative_link_resolves():
+    """A link from README.md or a docs page to a file of the repository (`docs/sql.md`, `../bench/RESULTS.md`)
+    names a file that exists; a link to a heading (`#training`, `cli.md#jobs`) names a heading of that page.
+    Pages the index names that are not written yet are allowed only from the index and the front page."""
+    pages = [README, *sorted((ROOT / "docs").glob("*.md"))]
+    problems = []
+    for page in pages:
+        text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            file = (page.parent / path).resolve() if path else page
+            if not file.exists():
+                if file.parent == ROOT / "docs" and page in (README, DOCS_INDEX) and file.name in PLANNED:
+                    continue
+                problems.append(f"{page.relative_to(ROOT)}: {target} does not exist")
+            elif anchor and file.suffix == ".md" and anchor not in _anchors(file):
+                problems.append(f"{page.relative_to(ROOT)}: {target}: no heading #{anchor} there")
+    assert not problems, "\n".join(problems)
+
+
+# pages other work is writing (linked from the index before they land)
+PLANNED = {"workspaces.md", "byzer_keys.md"}
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's heading anchors of a Markdown page: lower case, punctuation dropped, spaces as dashes."""
+    headings = re.findall(r"^#+ (.*)$", re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
 
 
 def test_the_test_finds_every_fence():

@@ -188,7 +188,10 @@ def test_unknown_action_lists_the_actions(s, rt):
 
 def test_byzerllm_commands_reach_their_handlers(s, rt):
     s.sql(f"{DEPLOY};")
-    assert s.sql("!byzerllm model deployed;")[0].table.to_pylist() == [{"udf_name": "echo"}]
+    deployed = s.sql("!byzerllm model deployed;")[0].table.to_pylist()
+    assert [r["udf_name"] for r in deployed] == ["echo"]
+    assert {k: deployed[0][k] for k in ("engine", "num_workers", "requests_running", "requests_waiting")} == {
+        "engine": "threads", "num_workers": 1, "requests_running": 0, "requests_waiting": 0}
     assert s.sql("!byzerllm model exists echo;")[0].table.to_pylist()[0]["exists"] is True
     assert s.sql("!byzerllm model remove echo;")[0].message == "echo: undeployed"
     assert rt.deployed == {}

@@ -54,6 +54,33 @@ def test_the_packaged_model_is_imported_once(workspace, smollm2_dir):
     assert again == {"name": "smollm2", "version": 1, "path": str(smollm2_dir), "model_type": "llama", "imported": False}
 
 
+def test_models_import_smollm2_reads_back_the_quick_starts_model(workspace, smollm2_dir, capsys):
+    """`byzer-like models import smollm2` in the workspace the quick start set up: the same models/smollm2,
+    registered as smollm2@v1, said to be imported already (nothing written again)."""
+    from byzer_like import cli
+
+    stamp = Path(smollm2_dir, "model.safetensors").stat().st_mtime
+    assert cli.main(["models", "import", "smollm2", "--workspace", str(workspace)]) == 0
+    assert capsys.readouterr().out.strip() == f"smollm2@v1: {smollm2_dir} (already imported)"
+    assert Path(smollm2_dir, "model.safetensors").stat().st_mtime == stamp
+
+
+@pytest.mark.real_model
+@pytest.mark.timeout(300)
+def test_models_import_smollm2_in_a_new_workspace_makes_the_quick_starts_model(smollm2_dir, tmp_path, capsys):
+    """In a new workspace, `models import smollm2` (no --output-table) writes what the quick start writes:
+    <workspace>/models/smollm2, registered as smollm2@v1, with the same files as the quick start's."""
+    from byzer_like import cli
+    from byzer_like.catalog import Catalog
+
+    ws = tmp_path / "fresh"
+    assert cli.main(["models", "import", "smollm2", "--workspace", str(ws)]) == 0
+    assert capsys.readouterr().out.strip() == f"smollm2@v1: {ws / 'models' / 'smollm2'}"
+    m = Catalog(ws).model("smollm2")
+    assert (m.ref, m.path, m.method) == ("smollm2@v1", str(ws / "models" / "smollm2"), "import(gguf)")
+    assert sorted(p.name for p in Path(m.path).iterdir()) == sorted(p.name for p in Path(smollm2_dir).iterdir())
+
+
 def exact_match(session, udf: str) -> tuple[float, list[tuple[str, str]]]:
     """Greedy answers of deployment `udf` to the capitals table `qa`: (normalised exact match, misses)."""
     session.sql(f'''select instruction, output,

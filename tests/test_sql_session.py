@@ -239,7 +239,10 @@ def test_model_errors_and_commands(models_session, llm):
     assert len(vec) == llm.get_meta("sql_cmds")["embedding_dimensions"]
     # model commands
     assert s.sql("!byzerllm model exists sql_cmds;")[0].table.to_pylist() == [{"udf_name": "sql_cmds", "exists": True}]
-    assert "sql_cmds" in s.sql("!byzerllm model deployed;")[0].table.column("udf_name").to_pylist()
+    deployed = s.sql("!byzerllm model deployed;")[0].table.to_pylist()
+    row = next(r for r in deployed if r["udf_name"] == "sql_cmds")  # with its engine and load, as the docs say
+    assert row["engine"] == "threads" and row["num_workers"] >= 1 and row["requests_waiting"] == 0
+    assert row["requests_running"] == 0 and json.loads(row["engine_load"])["requests_running"] == 0
     s.sql("!byzerllm model remove sql_cmds;")
     assert s.sql("!byzerllm model exists sql_cmds;")[0].table.to_pylist()[0]["exists"] is False
 

