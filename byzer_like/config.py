@@ -19,7 +19,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from . import structured
-from .errors import ConfigError, UnknownOptionError
+from .errors import ConfigError, UnknownOptionError, one_edit_apart
 from .tasks import SETUP_MODES
 
 TYPE_TAGS = ("int", "float", "bool", "str", "list", "dict")
@@ -148,6 +148,15 @@ BACKEND_ALIASES = {"ray/vllm": "vllm"}
 LATER_BACKENDS = ("llama_cpp", "deepspeed", "ray/deepspeed")
 
 
+class _ActionOptions(_Options):
+    """Base of the options of `run command as LLM.`` where action="..."`: Byzer's `localPathPrefix`, which its
+    statements take on every action, is accepted on each (a path inside the workspace's allowed roots)."""
+
+    local_path_prefix: str | None = Field(
+        None, description="Byzer: the worker's scratch folder for the model's files (accepted, checked to be inside "
+        "the workspace; no effect: models are read in place from localModelDir or the registry)")
+
+
 class SetupConfig(_Options):
     """What `!byzerllm setup` / `ByzerLLM.setup(...)` set: resources and serving limits (sys_conf)."""
 
@@ -192,6 +201,9 @@ class SetupConfig(_Options):
     standalone: bool | None = Field(None, description="Byzer: one-node training without Ray (no effect: training "
                                     "always runs as a Ray job here)")
 
+    custom: dict[str, str] = Field(default_factory=dict, description="keys no setting names (Byzer's OWNER, a "
+                                   "plugin's own): passed to plugins in sys_conf as given, as Byzer does")
+
     # setup fields that are accepted for Byzer scripts and change nothing: what the statement's message says
     NO_EFFECT: ClassVar[dict[str, str]] = {
         "master_max_concurrency": "Ray Serve routes requests here; the per-caller queue limit is max_queued_requests",
@@ -229,16 +241,24 @@ class SetupConfig(_Options):
         return value
 
     def with_values(self, values: Mapping[str, Any]) -> "SetupConfig":
+        """This setup with `values` set. A key no setting names goes to `custom` (and so to every plugin's
+        sys_conf), unless it is one edit away from a setting's spelling: then UnknownOptionError with the
+        did-you-mean and the valid keys. ConfigError for a bad value."""
+        known = type(self).option_names()
+        custom = {k: str(v) for k, v in values.items()
+                  if k not in known and k != "custom" and not any(one_edit_apart(k, c) for c in known)}
         merged = self.model_dump()
-        merged.update(dict(type(self).parse(values, where="setup").model_dump(exclude_unset=True)))
+        given = {k: v for k, v in values.items() if k not in custom}
+        merged.update(dict(type(self).parse(given, where="setup").model_dump(exclude_unset=True)))
+        merged["custom"] = {**self.custom, **custom}
         return type(self).model_validate(merged)
 
     def sys_conf(self) -> dict[str, str]:
         """The plugin contract's `sys_conf`: every setting as a string, Byzer style (`num_gpus` too, Byzer's
         name of `gpus_per_worker`)."""
-        d = {k: str(v) for k, v in self.model_dump().items() if v is not None}  # unset: absent, never "None"
+        d = {k: str(v) for k, v in self.model_dump(exclude={"custom"}).items() if v is not None}  # unset: absent
         d["num_gpus"] = d["gpus_per_worker"]
-        return d
+        return {**self.custom, **d}
 
     @classmethod
     def from_sys_conf(cls, sys_conf: Mapping[str, Any]) -> "SetupConfig":
@@ -259,7 +279,7 @@ class SetupConfig(_Options):
         return name in self.model_fields_set
 
 
-class DeployOptions(_Options):
+class DeployOptions(_ActionOptions):
     """The `where` keys of `run command as LLM ... action="infer"` and `ByzerLLM.deploy(...)` keywords
     that byzer-like itself reads. Whatever the user gave is also passed to the plugin's
     `init_model` as `infer_params` (strings, Byzer style)."""
@@ -296,7 +316,7 @@ class DeployOptions(_Options):
         return check_udf_name(value)
 
 
-class MergeOptions(_Options):
+class MergeOptions(_ActionOptions):
     """The `where` keys of `run command as LLM.`` where action="merge"` (`ByzerLLM.merge`)."""
 
     action: Literal["merge"] = "merge"
@@ -310,7 +330,7 @@ class MergeOptions(_Options):
 SOURCE_FORMATS = ("gguf", "deepspeed")
 
 
-class ConvertOptions(_Options):
+class ConvertOptions(_ActionOptions):
     """The `where` keys of `run command as LLM.`` where action="convert"` (`ByzerLLM.convert`, `byzer-like
     models import|convert`): a GGUF file or a DeepSpeed ZeRO checkpoint made into a Hugging Face model
     directory, registered as `outputTable` and/or written to `savePath`.
@@ -354,7 +374,7 @@ class ConvertOptions(_Options):
                           'pretrainedModelType="deepspeed" with checkpointDir, modelNameOrPath (and tag)')
 
 
-class QuantizeOptions(_Options):
+class QuantizeOptions(_ActionOptions):
     """The `where` keys of `run command as LLM.`` where action="quantize"` (`ByzerLLM.quantize`,
     `byzer-like models quantize`): a registered whole model written weight-quantized and registered."""
 
@@ -372,7 +392,7 @@ class QuantizeOptions(_Options):
     overwrite: bool = Field(False, description="register a new version when outputTable already exists")
 
 
-class EvalOptions(_Options):
+class EvalOptions(_ActionOptions):
     """The `where` keys of `run command as LLM.`` where action="eval"` (`ByzerLLM.evaluate`, `byzer-like eval
     run`): a model answers an eval set through the batched path and is measured (see `byzer_like.eval`)."""
 

@@ -45,6 +45,20 @@ def _folded(name: str) -> str:
     return name.replace("_", "").replace("-", "").lower()
 
 
+def one_edit_apart(a: str, b: str) -> bool:
+    """Whether `a` becomes `b` by one insertion, deletion, substitution or swap of two neighbours, compared
+    without case, `_` and `-` (`num_wrkers` / `num_workers`, `numGpu` / `num_gpus`); equal names are not."""
+    a, b = _folded(a), _folded(b)
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) > len(b):
+        a, b = b, a
+    i = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
+    if len(a) < len(b):
+        return a[i:] == b[i + 1:]
+    return a[i + 1:] == b[i + 1:] or (a[i + 1:i + 2] == b[i:i + 1] and a[i:i + 1] == b[i + 1:i + 2] and a[i + 2:] == b[i + 2:])
+
+
 def closest(word: str, candidates: Iterable[str], cutoff: float = 0.75) -> str | None:
     """The candidate `word` was most likely meant to be (None when none is close), compared across
     camelCase / snake_case; of equally close spellings, the one in `word`'s own style (camelCase when

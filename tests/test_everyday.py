@@ -264,9 +264,8 @@ def test_misspelt_options_get_did_you_mean_before_the_list():
         with pytest.raises(UnknownOptionError) as e:
             call()
         assert text in str(e.value), str(e.value)
-    with pytest.raises(UnknownOptionError) as e:
-        SetupConfig().with_values({"colour": 1})
-    assert "did you mean" not in str(e.value) and "valid options: " in str(e.value)
+    # a key near no setting is a custom one (Byzer's OWNER): it reaches the plugins' sys_conf as given
+    assert SetupConfig().with_values({"colour": 1}).sys_conf()["colour"] == "1"
 
 
 def test_misspelt_load_option_and_format_from_the_command_line(ws):

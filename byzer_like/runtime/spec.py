@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 from ..catalog import Catalog
 from ..config import DeployOptions, SetupConfig
-from ..errors import ConfigError, UnknownOptionError
+from ..errors import ConfigError, UnknownOptionError, one_edit_apart
 from ..plugins import registry
 from ..tasks import split_model_type
 from ..workspace import Workspace
@@ -23,6 +23,8 @@ from ..workspace import Workspace
 # `modelTable` may name a table of the caller's SQL session (`load model.`<dir>` as m`): the caller
 # passes a function that gives its model directory, or None when it has no table of that name
 SessionModels = Callable[[str], "str | None"]
+# import paths of the plugins byzer-like ships: they read only the keys they declare
+BUILT_IN = ("byzer_like.", "byzer_like_models.")
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,8 @@ class DeploySpec:
     replace: bool = False
     requested: dict[str, str] = field(default_factory=dict)
     deployed_at: float = field(default_factory=time.time)
+    # `where` keys no option names, passed to a built-in plugin, which reads none of them (said to the user)
+    ignored: tuple[str, ...] = ()
     # Ray's runtime_env for the replicas, as the plugin asks (vLLM's own Python environment); {} for none
     runtime_env: dict[str, Any] = field(default_factory=dict)
 
@@ -97,7 +101,11 @@ class DeploySpec:
         # !byzerllm setup "infer_backend=vllm": a local family is served by its vllm/<family> plugin
         name = model_type = registry.with_backend(name, setup.infer_backend)
         plugin = registry.load(name)
-        extra = {k: params.pop(k) for k in list(params) if k in plugin.infer_param_names()}
+        known = DeployOptions.option_names() | plugin.infer_param_names()
+        # a key no option names reaches the plugin's infer_params as Byzer passes it, unless it is a typo
+        own = [k for k in params if k not in known and not any(one_edit_apart(k, c) for c in known)]
+        extra = {k: params.pop(k) for k in list(params) if k in plugin.infer_param_names() or k in own}
+        ignored = tuple(own) if plugin.import_path.startswith(BUILT_IN) else ()
         try:
             opts = DeployOptions.parse(params, where="deploy")
         except UnknownOptionError as e:
@@ -109,18 +117,21 @@ class DeploySpec:
                                            "model_table": found.ref})  # `name` -> the version it is now
         # no directory: a remote model (saas/...) whose options say where it is, or a reconnect
         model_dir = str(workspace.resolve(opts.model_dir, what="model_path")) if opts.model_dir else ""
+        if opts.local_path_prefix:  # Byzer's scratch folder: the same path rules as every path, no effect here
+            workspace.resolve(opts.local_path_prefix, what="localPathPrefix")
         if opts.adapter_dir:
             opts = opts.model_copy(update={"adapter_dir": str(workspace.resolve(opts.adapter_dir, what="adapter_dir"))})
         infer = {k: as_str(v) for k, v in opts.model_dump(exclude={"model_dir"}).items() if v is not None}
         user = {**_user_keys(params), **extra}
         infer.update({k: as_str(v) for k, v in user.items()})
         # compared by their resolved values below, or not part of what is served
-        skip = set().union(*(DeployOptions.spellings(n) for n in ("reconnect", "replace", "model_dir", "model_table")))
+        skip = set().union(*(DeployOptions.spellings(n) for n in ("reconnect", "replace", "model_dir", "model_table",
+                                                                        "local_path_prefix")))
         requested = {k: infer[k] for k in user if k not in skip}
         requested.update({k: infer[k] for k in ("model_table", "adapter_dir") if infer.get(k)})
         spec = cls(udf_name=opts.udf_name, pretrained_model_type=model_type, plugin=plugin.name,
                    import_path=plugin.import_path, model_dir=model_dir, infer_params=infer, setup=setup,
-                   reconnect=opts.reconnect, replace=opts.replace, requested=requested)
+                   reconnect=opts.reconnect, replace=opts.replace, requested=requested, ignored=ignored)
         if not spec.reconnect:  # reconnecting to a running deployment needs no model; otherwise check it now
             spec.check_model()
             spec = _replace(spec, runtime_env=plugin.runtime_env(infer, setup.sys_conf()))
