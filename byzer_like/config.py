@@ -19,7 +19,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from . import structured
-from .errors import ConfigError, UnknownOptionError, one_edit_apart
+from .errors import ConfigError, UnknownOptionError, own_keys
 from .tasks import SETUP_MODES
 
 TYPE_TAGS = ("int", "float", "bool", "str", "list", "dict")
@@ -245,8 +245,7 @@ class SetupConfig(_Options):
         sys_conf), unless it is one edit away from a setting's spelling: then UnknownOptionError with the
         did-you-mean and the valid keys. ConfigError for a bad value."""
         known = type(self).option_names()
-        custom = {k: str(v) for k, v in values.items()
-                  if k not in known and k != "custom" and not any(one_edit_apart(k, c) for c in known)}
+        custom = {k: str(values[k]) for k in own_keys(values, known) if k != "custom"}
         merged = self.model_dump()
         given = {k: v for k, v in values.items() if k not in custom}
         merged.update(dict(type(self).parse(given, where="setup").model_dump(exclude_unset=True)))

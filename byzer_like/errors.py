@@ -59,6 +59,13 @@ def one_edit_apart(a: str, b: str) -> bool:
     return a[i + 1:] == b[i + 1:] or (a[i + 1:i + 2] == b[i:i + 1] and a[i:i + 1] == b[i + 1:i + 2] and a[i + 2:] == b[i + 2:])
 
 
+def own_keys(keys: Iterable[str], known: Iterable[str]) -> list[str]:
+    """The `keys` that name none of `known` and are no typo of one (`one_edit_apart`): keys of the user's own
+    (Byzer's `OWNER`, a plugin's undeclared `where` key), passed on as given; a typo stays an error."""
+    known = set(known)
+    return [k for k in keys if k not in known and not any(one_edit_apart(k, c) for c in known)]
+
+
 def closest(word: str, candidates: Iterable[str], cutoff: float = 0.75) -> str | None:
     """The candidate `word` was most likely meant to be (None when none is close), compared across
     camelCase / snake_case; of equally close spellings, the one in `word`'s own style (camelCase when

@@ -74,7 +74,7 @@ class FakeRuntime(Evaluations):
         opts = dict(options)
         table = DeployOptions.given(opts, "model_table")
         model_dir = session_models(table) if (session_models and table) else None
-        return SimpleNamespace(udf_name=DeployOptions.given(opts, "udf_name"), options=opts,
+        return SimpleNamespace(udf_name=DeployOptions.given(opts, "udf_name"), options=opts, ignored=(),
                                model_dir=model_dir or DeployOptions.given(opts, "model_dir"))
 
     def deploy(self, spec: Any) -> dict:

@@ -106,7 +106,9 @@ class SaasConfig:
 def _omit_fields(value: Any) -> set:
     """`saas.omit_fields` ("stream_options, seed") as a set; ConfigError naming the fields that can be omitted."""
     names = {n.strip() for n in str(value or "").split(",") if n.strip()}
-    for n in sorted(names - set(OPTIONAL_FIELDS)):
+    unknown = sorted(names - set(OPTIONAL_FIELDS))
+    if unknown:
+        n = unknown[0]
         raise ConfigError(f"saas.omit_fields: {n!r} is no optional request field; {did_you_mean(n, OPTIONAL_FIELDS)}"
                           f"the optional fields: {', '.join(OPTIONAL_FIELDS)}")
     return names

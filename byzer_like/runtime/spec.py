@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 from ..catalog import Catalog
 from ..config import DeployOptions, SetupConfig
-from ..errors import ConfigError, UnknownOptionError, one_edit_apart
+from ..errors import ConfigError, UnknownOptionError, own_keys
 from ..plugins import registry
 from ..tasks import split_model_type
 from ..workspace import Workspace
@@ -103,7 +103,7 @@ class DeploySpec:
         plugin = registry.load(name)
         known = DeployOptions.option_names() | plugin.infer_param_names()
         # a key no option names reaches the plugin's infer_params as Byzer passes it, unless it is a typo
-        own = [k for k in params if k not in known and not any(one_edit_apart(k, c) for c in known)]
+        own = own_keys(params, known)
         extra = {k: params.pop(k) for k in list(params) if k in plugin.infer_param_names() or k in own}
         ignored = tuple(own) if plugin.import_path.startswith(BUILT_IN) else ()
         try:

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from ..config import SetupConfig
-from ..errors import ConfigError
+from ..errors import ByzerError, ConfigError
 from ..sql import Command
 from .position import error_at
 from .render import adapters_table, deployments_table, evals_table, jobs_table, registry_table, row_table
@@ -109,8 +109,6 @@ def deployment_list(session: Any, args: tuple[str, ...], c: Command) -> Result:
 def _fresh_meta(rt: Any, name: str) -> dict:
     """A deployment's meta with its counters asked again; {} when its replicas do not answer (it is starting
     or failing: the list still shows its name)."""
-    from ..errors import ByzerError
-
     try:
         return rt.meta(name, refresh=True)
     except ByzerError:

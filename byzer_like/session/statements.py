@@ -94,7 +94,7 @@ def deploy(session: Any, s: Run, where: dict[str, str]) -> Result:
     spec = session.runtime.deploy_spec(where, session_models=session.model_dir_of)
     info = session.runtime.deploy(spec)
     note = (f" (ignored by the built-in plugin {spec.plugin!r}, which reads none of them: {', '.join(spec.ignored)})"
-            if getattr(spec, "ignored", ()) else "")
+            if spec.ignored else "")
     return Result("run", pa.table({k: [v] for k, v in info.items()}), None, f"{spec.udf_name}: {info['status']}{note}")
 
 
