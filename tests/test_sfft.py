@@ -312,6 +312,12 @@ def _call(tmp_path, tiny_models, data, **opts):
     ({"fp16": True}, "deepspeedConfig.fp16 must be an object"),
     ({"optimizer": {"type": "SGDX"}}, "optimizer.type 'SGDX' is not one DeepSpeed builds"),
     ({"gradient_clipping": "big"}, "gradient_clipping must be a number >= 0"),
+    # a monitor that cannot run here: refused on the driver, naming the section and how to turn it off
+    ({"wandb": {"enabled": True, "project": "p"}}, 'deepspeedConfig.wandb turns on DeepSpeed\'s wandb monitor, which '
+     'needs the wandb package and a network connection to Weights & Biases; wandb is not installed here. Set "wandb": '
+     '{"enabled": false}'),
+    ({"comet": {"enabled": True}}, 'comet_ml is not installed here. Set "comet": {"enabled": false}'),
+    ({"tensorboard": True}, 'deepspeedConfig.tensorboard must be an object such as {"enabled": true}, got True'),
 ])
 def test_bad_deepspeed_config_is_refused_before_workers_start(tmp_path, tiny_models, corpus, ds_config, message):
     t0 = time.monotonic()
@@ -386,3 +392,18 @@ def test_worker_errors_become_one_line():
     err = WorkerGroupError("rank 1 failed", {1: ValueError("the tokenizer has no EOS token\nsecond line")})
     assert _failure_message(err) == ("continued pretraining failed on worker rank 1: "
                                      "ValueError: the tokenizer has no EOS token second line")
+
+
+def test_file_monitors_write_into_the_jobs_folder(tmp_path):
+    """DeepSpeed's tensorboard and csv monitors default to the worker's current directory: they are placed in
+    <run_dir>/tensorboard/<run name>/ unless the section names its own output_path; wandb is left alone."""
+    from byzer_like.train.ds_config import enabled_monitors, place_monitors
+
+    cfg = {"tensorboard": {"enabled": True}, "csv_monitor": {"enabled": True, "output_path": str(tmp_path / "mine")},
+           "wandb": {"enabled": False}}
+    placed = place_monitors(cfg, str(tmp_path / "run"), "job1")
+    assert placed["tensorboard"] == {"enabled": True, "output_path": str(tmp_path / "run" / "tensorboard"),
+                                     "job_name": "job1"}
+    assert placed["csv_monitor"]["output_path"] == str(tmp_path / "mine") and placed["wandb"] == {"enabled": False}
+    assert cfg["tensorboard"] == {"enabled": True}  # the user's config is not changed
+    assert enabled_monitors(placed) == ["tensorboard", "csv_monitor"]

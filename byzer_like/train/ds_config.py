@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+import os
 import sys
 from typing import Any, Iterable
 
@@ -115,6 +116,7 @@ def validate_deepspeed_config(user: dict | None, opts: SfftOptions, *, num_worke
         if not _is_int(cfg.get(key)) or cfg[key] < 1:
             raise ConfigError(f"deepspeedConfig.{key} must be an integer >= 1, got {_show(cfg.get(key))}")
     _no_auto_left(cfg, "deepspeedConfig", allowed=_SCHEDULE_AUTO_PATHS)
+    check_monitors(cfg)
     for note in notes:
         print(f"[byzer-like] note: {note}", file=sys.stderr, flush=True)
     return cfg
@@ -288,6 +290,56 @@ def _scheduler_section(cfg: dict) -> None:
         raise ConfigError(f"deepspeedConfig.scheduler.params must be an object, got {_show(scheduler['params'])}")
 
 
+# DeepSpeed's monitors (deepspeed.monitor, 0.19.8): section -> (the module it imports, what it needs here).
+# tensorboard and csv_monitor write files (placed in the job's folder by `place_monitors`); wandb and comet
+# send to a service, which needs their package and the network.
+MONITORS = {
+    "tensorboard": ("tensorboard", "the tensorboard package (a training dependency: pip install tensorboard)"),
+    "csv_monitor": (None, ""),
+    "wandb": ("wandb", "the wandb package and a network connection to Weights & Biases"),
+    "comet": ("comet_ml", "the comet_ml package and a network connection to Comet"),
+}
+MONITOR_DIR = "tensorboard"  # under the job's folder: <run_dir>/tensorboard/<run name>/events.out.tfevents.*
+
+
+def enabled_monitors(cfg: dict) -> list[str]:
+    """The monitor sections of a DeepSpeed config that are enabled (`{"enabled": true}`), in MONITORS order."""
+    return [name for name in MONITORS if isinstance(cfg.get(name), dict) and cfg[name].get("enabled") is True]
+
+
+def check_monitors(cfg: dict) -> None:
+    """ConfigError for a monitor section that is not an object with a boolean `enabled`, or an enabled
+    monitor whose package is not installed in this environment (found with importlib, nothing imported).
+    Runs on the driver, so a monitor that cannot run is refused before any worker starts."""
+    import importlib.util
+
+    for name, (module, needs) in MONITORS.items():
+        section = cfg.get(name)
+        if section is None:
+            continue
+        if not isinstance(section, dict) or not isinstance(section.get("enabled", False), bool):
+            raise ConfigError(f'deepspeedConfig.{name} must be an object such as {{"enabled": true}}, got {_show(section)}')
+        if section.get("enabled") and module and importlib.util.find_spec(module) is None:
+            raise ConfigError(
+                f"deepspeedConfig.{name} turns on DeepSpeed's {name} monitor, which needs {needs}; {module} is not "
+                f'installed here. Set "{name}": {{"enabled": false}} (or remove the section); the loss is also in '
+                "`byzer-like jobs status` and, with \"tensorboard\": {\"enabled\": true}, in TensorBoard")
+
+
+def place_monitors(cfg: dict, run_dir: str, run_name: str) -> dict:
+    """A copy of cfg whose file-writing monitors (tensorboard, csv_monitor) write into
+    `<run_dir>/tensorboard/<run_name>/` (DeepSpeed's default is the worker's current directory), unless the
+    section names its own output_path."""
+    cfg = copy.deepcopy(cfg)
+    for name in ("tensorboard", "csv_monitor"):
+        section = cfg.get(name)
+        if isinstance(section, dict) and section.get("enabled") is True:
+            if not section.get("output_path"):
+                section["output_path"] = os.path.join(run_dir, MONITOR_DIR)
+            section.setdefault("job_name", run_name)
+    return cfg
+
+
 # "auto" values that depend on the number of steps, filled in by the workers (fill_schedule).
 _SCHEDULE_AUTO_PATHS = frozenset({
     ("scheduler", "params", "total_num_steps"), ("scheduler", "params", "warmup_num_steps"),
@@ -363,4 +415,4 @@ def _show(v: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-__all__ = ["fill_schedule", "uses_client_optimizer", "validate_deepspeed_config"]
+__all__ = ["MONITOR_DIR", "MONITORS", "check_monitors", "enabled_monitors", "fill_schedule", "place_monitors", "uses_client_optimizer", "validate_deepspeed_config"]

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ConfigError
-from .ds_config import validate_deepspeed_config
+from .ds_config import place_monitors, validate_deepspeed_config
 from .options import SfftOptions
 from .progress import Reporter
 from .sfft_data import _placement, _read_parquet, inspect_table
@@ -85,6 +85,7 @@ def sfft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str,
     placement = _placement(options, partition_sizes, table["num_rows"], num_workers)
     evaluator = _training_eval(Path(run_dir) / "eval.parquet", options)
     ds_config = validate_deepspeed_config(options.deepspeed_config, options, num_workers=num_workers, on_gpu=on_gpu)
+    ds_config = place_monitors(ds_config, run_dir, run_name)
     total_steps = _total_steps(table, ds_config, options, num_workers)
     storage = os.path.join(run_dir, "ray_train")
     previous = _previous_run(os.path.join(storage, run_name), run_name, run_dir, options, num_workers,
