@@ -146,6 +146,46 @@ def test_job_commands_exit_with_the_jobs_state(ws):
     assert run("jobs", "resume", "sft-done", ws=ws).returncode == 1  # only STOPPED / FAILED jobs resume
 
 
+def test_jobs_tensorboard_serves_the_jobs_event_files_on_localhost(ws):
+    """`jobs status` names the folder of a job's TensorBoard event files, and `jobs tensorboard` serves it on
+    127.0.0.1; a job without event files gets a one-line error saying how to get them."""
+    import socket
+    import urllib.request
+
+    catalog = Catalog(ws)
+    _job(catalog, "sft-plain", "SUCCEEDED", finished_at=time.time())
+    none = run("jobs", "tensorboard", "sft-plain", ws=ws)
+    assert none.returncode != 0 and "has written no TensorBoard event files" in none.stderr
+    assert "Traceback" not in none.stderr and json.loads(run("jobs", "status", "sft-plain", ws=ws).stdout)[
+        "tensorboard_dir"] is None
+    _job(catalog, "sft-tb", "SUCCEEDED", finished_at=time.time())
+    folder = ws / "jobs" / "sft-tb" / "tensorboard"
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(folder)) as w:
+        w.add_scalar("train/loss", 1.5, 1)
+    assert json.loads(run("jobs", "status", "sft-tb", ws=ws).stdout)["tensorboard_dir"] == str(folder)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([CLI, "jobs", "tensorboard", "sft-tb", "--port", str(port)], text=True,
+                            env={**os.environ, "BYZER_LIKE_HOME": str(ws)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        while True:  # TensorBoard's start-up (it imports tensorflow's stubs): bounded, then the page
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/data/runs", timeout=5).read().decode()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "TensorBoard did not start in 90 s"
+                time.sleep(1)
+        assert json.loads(page) == ["."]  # the job's one run of event files
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 # -- 6. the SQL prompt ------------------------------------------------------------------------------
 def test_ctrl_c_at_the_sql_prompt_clears_the_input_and_keeps_the_session(ws):
     ws.mkdir(parents=True)

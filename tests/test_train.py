@@ -79,6 +79,9 @@ def test_lora_through_sql_learns_the_answers_registers_merges_and_deploys(llm, s
         assert metrics["final_loss"] < metrics["first_loss"] and metrics["tokens_per_s"] > 0
         assert Path(metrics["loss_curve"]).stat().st_size > 1000  # the PNG beside the model
         assert Path(job["artifact"], "adapter_model.safetensors").exists()
+        # the Trainer's TensorBoard event files, in the job's folder, named by the job's record
+        board = llm.jobs.record(job["job_id"])["tensorboard_dir"]
+        assert board and any(Path(board).rglob("events.out.tfevents*")), board
         rows = session.table("answers").to_pylist()
         assert _exact(rows) >= 0.8, rows
         assert _exact(rows, "base") <= 0.1

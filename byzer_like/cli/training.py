@@ -89,6 +89,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         return JOB_EXIT[record["state"]]
     if args.action == "stop":
         return _stop_job(jobs, job_id)
+    if args.action == "tensorboard":
+        return _tensorboard(jobs, job_id, args.port)
     row = jobs.resume(job_id, detached=not args.wait, progress=args.wait and sys.stderr.isatty())
     print(job_line(row))
     return JOB_EXIT[row["state"]]
@@ -115,6 +117,23 @@ def _print_logs(jobs: Any, job_id: str, follow: bool) -> int:
         if not follow or jobs.status(job_id)["state"] in ("SUCCEEDED", "FAILED", "STOPPED"):
             return 0
         time.sleep(1)
+
+
+def _tensorboard(jobs: Any, job_id: str, port: int) -> int:
+    """TensorBoard on 127.0.0.1:`port` over the job's event files, in the foreground until Ctrl-C (its exit
+    status). ConfigError when the job wrote none or the tensorboard package is missing."""
+    import importlib.util
+    import subprocess
+
+    folder = jobs.record(job_id)["tensorboard_dir"]
+    if folder is None:
+        raise ConfigError(f"job {job_id} has written no TensorBoard event files (sft jobs write them as they log; "
+                          'an sfft job when its deepspeedConfig has "tensorboard": {"enabled": true})')
+    if importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("TensorBoard is not installed in this environment: pip install tensorboard")
+    print(f"TensorBoard for job {job_id} ({folder}): http://127.0.0.1:{port}/ (Ctrl-C stops it)", flush=True)
+    return subprocess.call([sys.executable, "-m", "tensorboard.main", "--logdir", folder, "--host", "127.0.0.1",
+                            "--port", str(port)])
 
 
 def _stop_job(jobs: Any, job_id: str) -> int:
@@ -145,9 +164,10 @@ def add_train(sub: Any, parents: Parents) -> None:
 
 def add_jobs(sub: Any, parents: Parents) -> None:
     j = sub.add_parser("jobs", parents=[parents.common])
-    j.add_argument("action", choices=("list", "status", "logs", "stop", "resume"))
+    j.add_argument("action", choices=("list", "status", "logs", "stop", "resume", "tensorboard"))
     j.add_argument("job_id", nargs="?", help="the job (default: the most recent one)")
     j.add_argument("--follow", "-f", action="store_true", help="logs: keep printing until the job ends")
     j.add_argument("--limit", type=int, help="list: at most this many jobs")
     j.add_argument("--wait", action="store_true", help="resume: run in the foreground with a progress bar")
+    j.add_argument("--port", type=int, default=6006, help="tensorboard: the port on 127.0.0.1 (default 6006)")
     j.set_defaults(func=cmd_jobs)

@@ -21,6 +21,7 @@ from typing import Any, Iterable
 
 from ..errors import ConfigError
 from .options import SfftOptions
+from .progress import TENSORBOARD_DIR
 
 AUTO = "auto"
 
@@ -299,7 +300,6 @@ MONITORS = {
     "wandb": ("wandb", "the wandb package and a network connection to Weights & Biases"),
     "comet": ("comet_ml", "the comet_ml package and a network connection to Comet"),
 }
-MONITOR_DIR = "tensorboard"  # under the job's folder: <run_dir>/tensorboard/<run name>/events.out.tfevents.*
 
 
 def enabled_monitors(cfg: dict) -> list[str]:
@@ -335,7 +335,7 @@ def place_monitors(cfg: dict, run_dir: str, run_name: str) -> dict:
         section = cfg.get(name)
         if isinstance(section, dict) and section.get("enabled") is True:
             if not section.get("output_path"):
-                section["output_path"] = os.path.join(run_dir, MONITOR_DIR)
+                section["output_path"] = os.path.join(run_dir, TENSORBOARD_DIR)
             section.setdefault("job_name", run_name)
     return cfg
 
@@ -415,4 +415,4 @@ def _show(v: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-__all__ = ["MONITOR_DIR", "MONITORS", "check_monitors", "enabled_monitors", "fill_schedule", "place_monitors", "uses_client_optimizer", "validate_deepspeed_config"]
+__all__ = ["MONITORS", "check_monitors", "enabled_monitors", "fill_schedule", "place_monitors", "uses_client_optimizer", "validate_deepspeed_config"]

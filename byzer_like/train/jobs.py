@@ -34,6 +34,7 @@ from ..errors import ClusterError, ConfigError, JobError, NotSupportedError
 from ..plugins import registry
 from ..tasks import TrainingTask, split_model_type
 from ..workspace import Workspace
+from .progress import TENSORBOARD_DIR
 from .runner import LOG_FILE, PARTITIONS_FILE, run_task
 
 if TYPE_CHECKING:  # pyarrow is imported where a table is made: `byzer-like jobs list` needs none
@@ -219,11 +220,19 @@ class Jobs:
 
     def record(self, job_id: str) -> dict:
         """Everything the catalog holds about a job (parameters, sys_conf, metric history), its id named
-        `job_id` as in `list()` / `status()` rows (the CLI's `jobs status` prints this)."""
+        `job_id` as in `list()` / `status()` rows (the CLI's `jobs status` prints this), and `tensorboard_dir`:
+        the folder of its TensorBoard event files (None until the job writes some)."""
         job = self._reconcile(self.catalog.job(job_id))
         job = {"job_id": job.pop("id"), **job}
         job["history"] = self.catalog.metric_history(job_id)
+        job["tensorboard_dir"] = self.tensorboard_dir(job)
         return job
+
+    @staticmethod
+    def tensorboard_dir(job: Mapping[str, Any]) -> str | None:
+        """The folder under a job's run_dir that holds its TensorBoard event files, or None when it has none."""
+        folder = Path(job["run_dir"]) / TENSORBOARD_DIR
+        return str(folder) if any(folder.rglob("events.out.tfevents*")) else None
 
     def logs(self, job_id: str, tail: int | None = None) -> str:
         job = self.catalog.job(job_id)

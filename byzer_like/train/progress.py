@@ -10,6 +10,10 @@ import sys
 import time
 from typing import Any, Mapping
 
+# under a job's folder: TensorBoard's event files (the sft Trainer's, sfft's DeepSpeed monitor's), which
+# `jobs status` names and `byzer-like jobs tensorboard` serves
+TENSORBOARD_DIR = "tensorboard"
+
 
 class StopRequest:
     """A stop asked for by a signal, honoured at a safe point of the training loop.

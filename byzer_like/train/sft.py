@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from ..errors import ConfigError
 from . import data as D
 from .options import SftOptions
-from .progress import STOP, Reporter
+from .progress import STOP, TENSORBOARD_DIR, Reporter
 
 
 def load_conversations(data_path: str) -> list[list[dict[str, str]]]:
@@ -97,7 +97,7 @@ def sft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str, 
     trainer = Trainer(
         model=model, args=args, train_dataset=_dataset(train_rows), eval_dataset=_dataset(eval_rows) or None,
         data_collator=DataCollatorForSeq2Seq(tok, label_pad_token_id=D.IGNORE, padding=True),
-        callbacks=[progress],
+        callbacks=[progress, *_tensorboard(Path(run_dir) / TENSORBOARD_DIR)],
     )
     out, runtime, resumed_from = _train(trainer, ckpt_dir, resume)
 
@@ -140,6 +140,19 @@ def _dataset(rows: list) -> list[dict]:
     return [{"input_ids": i, "labels": lab, "attention_mask": [1] * len(i)} for i, lab in rows]
 
 
+def _tensorboard(folder: Path) -> list:
+    """transformers' TensorBoardCallback writing the logged metrics into `folder` (the job's TENSORBOARD_DIR),
+    or none where the tensorboard package is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        return []
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return [TensorBoardCallback(SummaryWriter(log_dir=str(folder)))]
+
+
 def _training_args(opts: SftOptions, ckpt_dir: Path, train_rows: int, has_eval: bool, on_gpu: bool):
     """The Trainer's TrainingArguments: checkpoints in `ckpt_dir` every checkpoint_steps, an evaluation each
     epoch when there are evalSplit rows (`has_eval`), the batch size for `train_rows` rows, bf16 on a GPU that
@@ -167,7 +180,7 @@ def _training_args(opts: SftOptions, ckpt_dir: Path, train_rows: int, has_eval: 
         data_seed=opts.seed,
         use_cpu=not on_gpu,
         bf16=on_gpu and torch.cuda.is_bf16_supported() and opts.method != "qlora",
-        report_to=[],
+        report_to=[],  # TensorBoard's callback is given with its folder (`_tensorboard`)
         disable_tqdm=True,
         dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding",
