@@ -8,6 +8,7 @@ the way `auto` does, after checking that the directory's config.json holds a mod
 from types import SimpleNamespace
 
 from byzer_like.backends.hf import CausalLMPlugin
+from byzer_like.backends.recipe import python_recipe
 from byzer_like.plugins.model_types import BYZER_FAMILIES
 
 STOP_TOKENS = ("</s>", "<|eot_id|>", "<|im_end|>", "<|endoftext|>")
@@ -23,3 +24,5 @@ families = SimpleNamespace(**{
     name: CausalLMPlugin(name, model_types=types, lora_target_modules=("all-linear",), stop_tokens=STOP_TOKENS)
     for name, types in BYZER_FAMILIES.items()
 })
+# Byzer-LLM's Python recipe: `from byzer_like_models.auto import init_model`, then `model.stream_chat(...)`
+init_model, stream_chat = python_recipe(plugin)

@@ -1,5 +1,6 @@
 """GPT-2 family."""
 from byzer_like.backends.hf import CausalLMPlugin
+from byzer_like.backends.recipe import python_recipe
 from byzer_like.plugins.model_types import FAMILIES
 
 # GPT-2 checkpoints were never chat-tuned: a plain dialogue.
@@ -15,3 +16,5 @@ plugin = CausalLMPlugin(
     stop_tokens=("<|endoftext|>", "<|im_end|>"),
     fallback_chat_template=DIALOGUE_TEMPLATE,
 )
+# Byzer-LLM's Python recipe: `from byzer_like_models.gpt2 import init_model`, then `model.stream_chat(...)`
+init_model, stream_chat = python_recipe(plugin)

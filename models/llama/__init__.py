@@ -1,5 +1,6 @@
 """Llama family (Llama 2/3, Mistral-style checkpoints saved as `llama`)."""
 from byzer_like.backends.hf import CausalLMPlugin
+from byzer_like.backends.recipe import python_recipe
 from byzer_like.plugins.model_types import FAMILIES
 
 # Llama 2's [INST] format, for checkpoints whose tokenizer has no chat template.
@@ -20,3 +21,5 @@ plugin = CausalLMPlugin(
     stop_tokens=("</s>", "<|eot_id|>", "<|end_of_text|>", "<|im_end|>"),
     fallback_chat_template=LLAMA2_TEMPLATE,
 )
+# Byzer-LLM's Python recipe: `from byzer_like_models.llama import init_model`, then `model.stream_chat(...)`
+init_model, stream_chat = python_recipe(plugin)

@@ -1,5 +1,6 @@
 """Qwen2 family (Qwen1.5 / Qwen2 / Qwen2.5 checkpoints)."""
 from byzer_like.backends.hf import CausalLMPlugin
+from byzer_like.backends.recipe import python_recipe
 from byzer_like.plugins.model_types import FAMILIES
 
 CHATML_TEMPLATE = (
@@ -16,3 +17,5 @@ plugin = CausalLMPlugin(
     stop_tokens=("<|im_end|>", "<|endoftext|>"),
     fallback_chat_template=CHATML_TEMPLATE,
 )
+# Byzer-LLM's Python recipe: `from byzer_like_models.qwen2 import init_model`, then `model.stream_chat(...)`
+init_model, stream_chat = python_recipe(plugin)
