@@ -1,9 +1,9 @@
 """How tables are shown to people: the CLI's lists, the SQL results printed by `byzer-like run` / `sql`,
 and the DataFrames a notebook cell shows.
 
-One small formatter for every list: a header row, then aligned columns on a terminal (or columns
-separated by tabs when the output goes to a pipe or a file, for `cut` and `awk`); "(none)" under the
-header when there is nothing to list. Times are local, `YYYY-MM-DD HH:MM:SS`; whole numbers show
+One small formatter for every list: a header row, then aligned columns on a terminal (text left-aligned,
+cut with "..." to the terminal's width), or columns separated by tabs when the output goes to a pipe or a
+file, for `cut` and `awk`; "(none)" under the header when there is nothing to list. Times are local, `YYYY-MM-DD HH:MM:SS`; whole numbers show
 as integers (`2`, never `2.0`). This module imports neither ray nor torch.
 """
 from __future__ import annotations
@@ -45,15 +45,68 @@ def cell(value: Any) -> str:
     return str(value)
 
 
-def format_table(header: Sequence[str], rows: Iterable[Sequence[Any]], *, aligned: bool = True) -> str:
+MIN_WIDTH = 12  # a column cut to fit the terminal keeps at least this many characters
+ELLIPSIS = "..."
+
+
+def terminal_width(stream: Any = None) -> int | None:
+    """The width in characters of the terminal `stream` (default stdout) writes to: `COLUMNS` when set,
+    else the terminal's own size; None for a pipe or file, or a terminal that does not say (nothing is cut)."""
+    import os
+    import sys
+
+    if os.environ.get("COLUMNS", "").isdigit() and int(os.environ["COLUMNS"]) > 0:
+        return int(os.environ["COLUMNS"])
+    stream = stream or sys.stdout
+    try:
+        columns = os.get_terminal_size(stream.fileno()).columns if stream.isatty() else 0
+    except (AttributeError, ValueError, OSError):
+        columns = 0
+    return columns or None
+
+
+def cut(text: str, width: int) -> str:
+    """`text` in at most `width` characters, its end replaced by "..." when it is longer."""
+    return text if len(text) <= width else text[:max(width - len(ELLIPSIS), 0)] + ELLIPSIS
+
+
+def fit_widths(widths: list[int], total: int | None, gap: int = 2) -> list[int]:
+    """Column widths narrowed, widest first and never below MIN_WIDTH (or the column's own width), until a
+    line of them with `gap` spaces between fits in `total` characters; unchanged when `total` is None."""
+    widths = list(widths)
+    if total is None:
+        return widths
+    while sum(widths) + gap * (len(widths) - 1) > total:
+        widest = max(range(len(widths)), key=lambda i: widths[i])
+        over = sum(widths) + gap * (len(widths) - 1) - total
+        if widths[widest] <= MIN_WIDTH:
+            break
+        widths[widest] = max(MIN_WIDTH, widths[widest] - over)
+    return widths
+
+
+def align(lines: list[list[str]], *, right: Sequence[bool] = (), width: int | None = None) -> list[str]:
+    """Rows of cells as aligned text lines: text columns left-aligned, the columns marked in `right`
+    (numbers) right-aligned, two spaces between; cells cut with "..." so that lines fit in `width`."""
+    if not lines:
+        return []
+    n = len(lines[0])
+    widths = fit_widths([max(len(line[i]) for line in lines) for i in range(n)], width)
+    flags = list(right) + [False] * (n - len(right))
+    return ["  ".join(cut(v, w).rjust(w) if r else cut(v, w).ljust(w) for v, w, r in zip(line, widths, flags)).rstrip()
+            for line in lines]
+
+
+def format_table(header: Sequence[str], rows: Iterable[Sequence[Any]], *, aligned: bool = True,
+                 width: int | None = None) -> str:
     """A header row and one row per item. `aligned`: columns padded to their widest cell (for a
-    terminal), with "(none)" under the header when there are no rows; otherwise tab-separated cells
-    (for a pipe) and only the header when there are no rows. Values go through `cell`."""
+    terminal), left-aligned, cut with "..." to fit `width` characters (a terminal's, `terminal_width`;
+    None: never cut), with "(none)" under the header when there are no rows; otherwise tab-separated
+    cells (for a pipe) and only the header when there are no rows. Values go through `cell`."""
     lines = [list(header)] + [[cell(v).replace("\t", " ").replace("\n", " ") for v in row] for row in rows]
     if not aligned:
         return "\n".join("\t".join(line) for line in lines)
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    text = ["  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in lines]
+    text = align(lines, width=width)
     if len(lines) == 1:
         text.append(NONE)
     return "\n".join(text)
@@ -75,13 +128,23 @@ def readable_frame(table: "pa.Table"):
     return frame
 
 
-def frame_text(table: "pa.Table") -> str:
-    """`table` as printed text (the CLI's SQL results): `readable_frame`'s columns, NULLs blank."""
+def frame_text(table: "pa.Table", *, width: int | None = None, max_colwidth: int = 80) -> str:
+    """`table` as printed text (the CLI's SQL results): `readable_frame`'s values through `cell`, NULLs
+    blank, line breaks shown as `\\n`; text columns left-aligned, numbers right-aligned; each cell at most
+    `max_colwidth` characters, and the columns cut further to fit `width` (a terminal's; None: not)."""
+    import pandas as pd
+
     frame = readable_frame(table)
-    for name in frame.columns:
-        if str(frame[name].dtype) in ("Int64", "UInt64"):  # pandas prints their NULLs as <NA>, na_rep or not
-            frame[name] = frame[name].astype(object).where(frame[name].notna(), "").astype(str)
-    return frame.to_string(index=False, na_rep="")
+    right = [pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c]) for c in frame.columns]
+
+    def shown(v: Any) -> str:
+        if v is None or (not isinstance(v, (list, dict)) and not hasattr(v, "__len__") and pd.isna(v)):
+            return ""
+        return cut(cell(v).replace("\n", "\\n").replace("\t", " "), max_colwidth)
+
+    lines = [[str(c) for c in frame.columns]] + [[shown(v) for v in row] for row in frame.itertuples(index=False)]
+    return "\n".join(align(lines, right=right, width=width))
 
 
-__all__ = ["NONE", "cell", "format_table", "frame_text", "local_time", "local_timestamp", "readable_frame"]
+__all__ = ["NONE", "align", "cell", "cut", "fit_widths", "format_table", "frame_text", "local_time", "local_timestamp",
+           "readable_frame", "terminal_width"]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..display import format_table
+from ..display import format_table, terminal_width
 from ..errors import ByzerError, ClusterError, ConfigError
 from ..workspace import Workspace
 
@@ -66,7 +66,8 @@ def parents() -> Parents:
 
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    print(format_table(header, rows, aligned=sys.stdout.isatty()))
+    """A list on stdout: aligned and cut to the terminal's width there, tab-separated into a pipe."""
+    print(format_table(header, rows, aligned=sys.stdout.isatty(), width=terminal_width()))
 
 
 def print_row(row: dict) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import SetupConfig
-from ..display import frame_text
+from ..display import frame_text, terminal_width
 from ..errors import ByzerError, ConfigError
 from ..workspace import Workspace
 from .common import OK, Parents, kv, prompt_loop, runtime, stream_answer
@@ -24,10 +24,7 @@ SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 def _print_result(i: int, result: Any, max_rows: int) -> None:
     print(f"-- [{i}] {result.kind}" + (f": {result.message}" if result.message else ""))
     if result.table is not None and result.table.num_columns:
-        import pandas as pd
-
-        with pd.option_context("display.max_colwidth", 80, "display.width", 200):
-            print(frame_text(result.table.slice(0, max_rows)))
+        print(frame_text(result.table.slice(0, max_rows), width=terminal_width()))
         if result.table.num_rows > max_rows:
             print(f"... {result.table.num_rows - max_rows} more rows")
     print(flush=True)
