@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import os
+import sys
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 if TYPE_CHECKING:  # a CLI command that prints no table does not pay for pyarrow
@@ -52,9 +54,6 @@ ELLIPSIS = "..."
 def terminal_width(stream: Any = None) -> int | None:
     """The width in characters of the terminal `stream` (default stdout) writes to: `COLUMNS` when set,
     else the terminal's own size; None for a pipe or file, or a terminal that does not say (nothing is cut)."""
-    import os
-    import sys
-
     if os.environ.get("COLUMNS", "").isdigit() and int(os.environ["COLUMNS"]) > 0:
         return int(os.environ["COLUMNS"])
     stream = stream or sys.stdout

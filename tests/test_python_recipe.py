@@ -1,30 +1,16 @@
 """Byzer's "use a plugin as a Python package" recipe (issue 23, item 5b), as the seed writes it, on a tiny
-real model: the built-in package's module-level `init_model`, then `model.stream_chat(tokenizer, query, [], ...)`.
-The packages are loaded from this tree's models/ (the installed `byzer_like_models` may be another checkout's)."""
+real model: `from byzer_like_models.<family> import init_model`, then `model.stream_chat(tokenizer, query, [], ...)`."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
+import importlib
 
 import pytest
-
-MODELS = Path(__file__).resolve().parent.parent / "models"
-
-
-def _package(family: str):
-    name = f"byzer_like_models_tree.{family}"
-    spec = importlib.util.spec_from_file_location(name, MODELS / family / "__init__.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
 def test_the_seeds_python_recipe_runs_as_written(family, tiny_models):
-    pkg = _package(family)
+    pkg = importlib.import_module(f"byzer_like_models.{family}")  # the seed: from byzer_like_models.llama import init_model
     init_model = pkg.init_model
     model, tokenizer = init_model(str(tiny_models[family]), {"quantization": "false"})
     query = "You are a helpful assistant.\n<|Human|>: hello<eoh>\n<|MOSS|>:"
