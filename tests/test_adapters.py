@@ -273,6 +273,7 @@ def answers_alone(llm, model: str) -> list[str]:
     return [r.output for r in llm.batch_chat(ASK, model=model, llm_config=OPTS)]
 
 
+@pytest.mark.heavy  # four sft jobs: the select over adapters is covered in the default run by the random ones
 def test_three_sft_trained_adapters_in_one_select_equal_each_merged_alone_and_a_fourth_trained_meanwhile(
         llm, served, trained, workspace):
     s, base_dir = trained["session"], trained["base_dir"]

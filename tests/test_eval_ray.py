@@ -83,6 +83,7 @@ def test_judges_and_perplexity_through_a_deployment(llm, session, tiny_models, w
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.heavy  # an sfft job; perplexity itself is measured in the default run (test_judges_and_perplexity...)
 @pytest.mark.timeout(600)
 def test_perplexity_of_held_out_text_falls_after_sfft_on_its_domain(llm, session, tiny_models, workspace):
     from byzer_like.tiny import prose_lines

@@ -126,6 +126,7 @@ def test_zero2_two_workers_loss_goes_down_and_export_deploys(first_run, workspac
 
 
 @pytest.mark.ray
+@pytest.mark.heavy  # a second sfft run after killing its driver; a stopped job resuming from its checkpoint is in the default run (test_train)
 @pytest.mark.timeout(420)
 def test_driver_failure_resumes_the_run_by_name(first_run, tiny_models, corpus, capsys):
     """A second sfft_train call with the same run_dir + run_name continues from the last checkpoint."""
