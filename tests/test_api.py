@@ -249,6 +249,7 @@ def test_a_second_server_on_a_busy_port_fails_clearly(api_server, llm):
 
 
 # -- saas/openai: a deployment that forwards to an OpenAI-compatible endpoint -------------------------
+@pytest.mark.heavy  # a second deployment chained over HTTP; the remote back end's requests are in test_remote_fields
 def test_saas_openai_forwards_to_this_projects_server(api_server, api_model, llm):
     from byzer_like.errors import ConfigError, DeployError
 

@@ -64,6 +64,7 @@ def _says(out: str, line: str) -> bool:
     return any(row.startswith(line) for row in out.splitlines())
 
 
+@pytest.mark.heavy  # two CLI training jobs; job states and exit codes are in the default run (test_everyday)
 @pytest.mark.timeout(600)
 def test_a_finished_job_reports_its_final_step_and_a_stopped_one_exits_non_zero(ray_cluster, workspace, tiny_models,
                                                                                 qa_data):
