@@ -107,3 +107,18 @@ def test_registry_versions_and_refs(tmp_path):
         cat.model("m@v3")
     with pytest.raises(ConfigError, match="not a valid model name"):
         cat.register_model("../escape", path="/p", **kw)
+
+
+def test_the_job_log_tee_has_the_console_descriptor(tmp_path):
+    """A detached sfft job calls ray.init inside the runner, whose stdout is the tee into the job's log: it
+    must answer fileno() and encoding as the console does (else the job fails before it trains)."""
+    import sys
+
+    from byzer_like.train.runner import _Tee
+
+    with open(tmp_path / "log.txt", "w") as log:
+        tee = _Tee(sys.__stderr__, log)
+        assert tee.fileno() == sys.__stderr__.fileno()
+        assert tee.encoding
+        tee.write("line\n")
+    assert (tmp_path / "log.txt").read_text() == "line\n"

@@ -56,6 +56,14 @@ class _Tee:
     def isatty(self) -> bool:
         return False
 
+    def fileno(self) -> int:
+        """The console's descriptor: what code that writes below Python (faulthandler, ray.init) asks for."""
+        return self.streams[0].fileno()
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self.streams[0], "encoding", None) or "utf-8"
+
 
 def run_task(ws_root: str, job_id: str, resume: bool) -> dict:
     """`run_job` as a Ray task runs it (a blocking job): the job's record when it ended."""
