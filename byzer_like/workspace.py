@@ -14,6 +14,7 @@ the current directory, as in any shell or Python program. Both stay inside the a
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,27 @@ STAGING_SUFFIX = 40  # what a save adds to its target's name for its staging fol
 WHOLE_WRITES = ("save path",)
 # where a relative path starts (`Workspace.resolve`'s `relative_to`), as an error message names it
 RELATIVE_TO = {"workspace": "the workspace", "cwd": "the current directory"}
+
+
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def _strip_file_scheme(raw: str, what: str) -> str:
+    """`file:///data/x` (Spark's and Byzer's spelling of a local path; `file://localhost/data/x` too) as the
+    path `/data/x`; any other URL scheme (hdfs://, s3://, ...) is refused: byzer-like reads local paths only.
+    Raises WorkspacePathError."""
+    m = _URL.match(raw)
+    if m is None:
+        return raw
+    if m.group(1).lower() != "file":
+        raise WorkspacePathError(f"{what} {_shown(raw)} is a {m.group(1)}:// URL; byzer-like reads and writes local "
+                                 "paths only (file:///... or a plain path): copy the data under an allowed root")
+    rest = raw[m.end():]
+    if rest.startswith("localhost/"):
+        rest = rest[len("localhost"):]
+    if not rest.startswith("/"):
+        raise WorkspacePathError(f"{what} {_shown(raw)} names a host; a file:// URL here is file:///<absolute path>")
+    return rest
 
 
 @dataclass(frozen=True)
@@ -103,6 +125,7 @@ class Workspace:
             raise WorkspacePathError(f"{what} {_shown(raw)} is not a valid path (it holds {problem}); "
                                      f"give a file or folder, relative to {RELATIVE_TO[relative_to]} "
                                      "or under an allowed root")
+        raw = _strip_file_scheme(raw, what)
         if replaces is None:
             replaces = what in WHOLE_WRITES
         # a save writes `.<name>.tmp-<32 hex digits>` beside its target first: its name must leave room for that

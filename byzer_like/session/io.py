@@ -101,6 +101,8 @@ def _files(path: Path, fmt: str) -> list[str]:
     """The files to read: `path`, or the files of the format in the folder `path`. A file in the
     folder that is a link to somewhere outside it is refused (the folder was checked, not its
     links), and so is a name with glob characters, which DuckDB's readers would expand."""
+    if not path.exists() and GLOB_CHARS & set(str(path)):
+        return _glob_files(path, fmt)
     if path.is_dir():
         root = path.resolve()
         found = sorted({p for pattern in _GLOBS[fmt] for p in path.rglob(pattern)})
@@ -119,6 +121,27 @@ def _files(path: Path, fmt: str) -> list[str]:
         if GLOB_CHARS & set(f):
             raise DataFileError(f"{f} has a glob character ({' '.join(sorted(GLOB_CHARS & set(f)))}) in its name; "
                                 "rename it (load reads files by their exact names)")
+    return files
+
+
+def _glob_files(path: Path, fmt: str) -> list[str]:
+    """The files a Spark-style glob path names (`/data/raw/*`, `/data/part-*.json`): Python's glob from the
+    path's first folder without glob characters; a matched folder gives its files of the format. A match
+    that is a link out of that folder is refused; no match is a DataFileError naming the pattern."""
+    parts = path.parts
+    fixed = next(i for i, part in enumerate(parts) if GLOB_CHARS & set(part))
+    base = Path(*parts[:fixed])
+    pattern = str(Path(*parts[fixed:]))
+    matches = sorted(base.glob(pattern)) if base.is_dir() else []
+    if not matches:
+        raise DataFileError(f"no file matches {path} (a glob pattern from {base})")
+    root = base.resolve()
+    files: list[str] = []
+    for match in matches:
+        if not match.resolve().is_relative_to(root):
+            raise WorkspacePathError(f"{match} is a link to {match.resolve()}, outside {base}; "
+                                     "load reads only the files inside the folder its pattern starts from")
+        files.extend(_files(match, fmt) if match.is_dir() else [str(match)])
     return files
 
 
