@@ -246,7 +246,7 @@ class SetupConfig(_Options):
         did-you-mean and the valid keys. ConfigError for a bad value."""
         known = type(self).option_names()
         custom = {k: str(values[k]) for k in own_keys(values, known) if k != "custom"}
-        merged = self.model_dump()
+        merged = self.model_dump(exclude_unset=True)  # what was set stays told apart from defaults
         given = {k: v for k, v in values.items() if k not in custom}
         merged.update(dict(type(self).parse(given, where="setup").model_dump(exclude_unset=True)))
         merged["custom"] = {**self.custom, **custom}

@@ -101,6 +101,7 @@ class DeploySpec:
         # !byzerllm setup "infer_backend=vllm": a local family is served by its vllm/<family> plugin
         name = model_type = registry.with_backend(name, setup.infer_backend)
         plugin = registry.load(name)
+        setup = remote_resources(setup, plugin.name)
         known = DeployOptions.option_names() | plugin.infer_param_names()
         # a key no option names reaches the plugin's infer_params as Byzer passes it, unless it is a typo
         own = own_keys(params, known)
@@ -174,6 +175,18 @@ class DeploySpec:
             "deployed_at": self.deployed_at,
             "runtime_env": dict(self.runtime_env),
         }
+
+
+REMOTE_CPUS_PER_WORKER = 0.1  # a replica of a saas/* model waits on the network: a tenth of a CPU is plenty
+
+
+def remote_resources(setup: SetupConfig, plugin_name: str) -> SetupConfig:
+    """`setup` for a deployment of plugin `plugin_name`: a remote (`saas/*`) model's replicas reserve
+    REMOTE_CPUS_PER_WORKER CPUs each unless `cpus_per_worker` (Byzer's num_cpus) was set, so that Byzer's
+    `!byzerllm setup "maxConcurrency=10"` deploys ten of them on a small cluster as it does in Byzer-LLM."""
+    if registry.backend_of(plugin_name) != "remote" or "cpus_per_worker" in setup.model_fields_set:
+        return setup
+    return setup.model_copy(update={"cpus_per_worker": REMOTE_CPUS_PER_WORKER})
 
 
 def model_types() -> list[tuple[str, str, str]]:
