@@ -16,6 +16,7 @@ from byzer_like.config import SetupConfig, as_text, chat_request
 from byzer_like.session.functions import build_requests, llm_prompt
 from byzer_like.errors import (ConfigError, DataFileError, ExecutionError, ModelDirError, SqlSyntaxError,
                                UnknownOptionError, UnknownPluginError, UnsupportedModelTypeError)
+from byzer_like.errors import WorkspacePathError
 from byzer_like.plugins import registry
 from byzer_like.train.data import conversations
 from fake_runtime import FakeRuntime
@@ -169,6 +170,30 @@ def test_spark_reader_options(s):
     rows = s.table("d").to_pylist()
     assert [Path(r["file"]).name for r in rows] == ["duckdb.txt", "ray.txt"]
     assert rows[1]["value"] == "Ray schedules tasks and actors.\nIt scales Python.\n"
+
+
+def test_spark_glob_paths_and_file_urls(s, rt):
+    """Byzer's README loads `text.`file:///home/byzerllm/data/raw_data/*``: a file:// URL and a glob."""
+    root = Path(rt.workspace.root)
+    s.sql(f'load text.`file://{root}/data/docs/*` where wholetext="true" as d;')
+    assert [Path(r["file"]).name for r in s.table("d").to_pylist()] == ["duckdb.txt", "ray.txt"]
+    s.sql("load text.`data/docs/r*.txt` as r;")
+    assert s.table("r").column("value").to_pylist()[0] == "Ray schedules tasks and actors."
+    with pytest.raises(DataFileError, match="no file matches"):
+        s.sql("load text.`data/docs/*.md` as m;")
+    with pytest.raises(WorkspacePathError, match="hdfs:// URL"):
+        s.sql("load text.`hdfs://namenode/data/raw_data` as h;")
+
+
+def test_remote_replicas_reserve_a_tenth_of_a_cpu():
+    """Byzer's README deploys saas models with maxConcurrency=10: ten replicas must not need ten CPUs."""
+    from byzer_like.runtime.spec import REMOTE_CPUS_PER_WORKER, remote_resources
+
+    setup = SetupConfig().with_values({"maxConcurrency": "10"})
+    assert remote_resources(setup, "saas/zhipu").cpus_per_worker == REMOTE_CPUS_PER_WORKER
+    assert remote_resources(setup, "llama").cpus_per_worker == 1.0
+    chosen = setup.with_values({"num_cpus": "2"})
+    assert remote_resources(chosen, "saas/zhipu").cpus_per_worker == 2.0  # what the user set stays
 
 
 def test_encoding_and_mode(s, rt):

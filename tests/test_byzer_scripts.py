@@ -7,6 +7,12 @@ Each script says in its comment header what it must give:
     -- expect-error: UnknownOptionError    the script stops with that typed error (a class name in its MRO)
     -- expect-rows: answers=2, nulls=1     tables of the session and their row counts once it ran
     -- needs: ray                          it deploys or trains: run on the test session's Ray cluster
+    -- expect-jobs: SUCCEEDED              the jobs it submits (detached) end in that state (waited for)
+    -- marks: heavy                        run with -m heavy only (a long training job, a network timeout)
+
+Scripts named NN_readme_* are Byzer-LLM's README SQL blocks as its README writes them, with only paths
+changed; where a block asks for GPUs this CPU cluster lacks, the block as written must end in a one-line typed
+error naming them, and a copy with num_gpus=0 must run.
 
 Scripts without `needs: ray` run on a runtime that never starts a cluster (their errors come before one).
 """
@@ -32,7 +38,7 @@ def header(script: Path) -> dict[str, str]:
     """The `-- key: value` lines at the top of a script."""
     out: dict[str, str] = {}
     for line in script.read_text(encoding="utf-8").splitlines():
-        m = re.match(r"--\s*(expect|expect-error|expect-rows|needs):\s*(.+)", line.strip())
+        m = re.match(r"--\s*(expect|expect-error|expect-rows|expect-jobs|needs|marks):\s*(.+)", line.strip())
         if m:
             out[m.group(1)] = m.group(2).strip()
         elif line.strip() and not line.startswith("--"):
@@ -40,8 +46,14 @@ def header(script: Path) -> dict[str, str]:
     return out
 
 
+def param(script: Path):
+    """The script as a test parameter, with the marks its header names."""
+    marks = [getattr(pytest.mark, m.strip()) for m in header(script).get("marks", "").split(",") if m.strip()]
+    return pytest.param(script, marks=marks, id=script.stem)
+
+
 def test_every_script_says_what_it_expects():
-    assert len(ALL) >= 15
+    assert len(ALL) >= 30
     for script in ALL:
         h = header(script)
         assert ("expect" in h) != ("expect-error" in h), f"{script.name}: one of expect / expect-error"
@@ -107,15 +119,22 @@ def _run(script: Path, runtime, variables: dict[str, str]) -> Session:
         assert h["expect-error"] in names, f"{script.name}: {type(e.value).__name__}: {e.value}"
         assert "\n" not in getattr(e.value, "message", str(e.value)), "a user's error is one line"
         return session
-    session.sql(text)
+    results = session.sql(text)
     for pair in filter(None, (p.strip() for p in h.get("expect-rows", "").split(","))):
         table, _, rows = pair.partition("=")
         assert session.table(table).num_rows == int(rows), f"{script.name}: {table}"
+    if "expect-jobs" in h:
+        jobs = [job for r in results if r.table is not None and "job_id" in r.table.column_names
+                for job in r.table.column("job_id").to_pylist()]
+        assert jobs, f"{script.name}: expected jobs, none was submitted"
+        for job in jobs:
+            row = session.runtime.jobs.wait(job, timeout_s=900)
+            assert row["state"] == h["expect-jobs"], f"{script.name}: {job}: {row['state']} {row.get('error')}"
     return session
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("script", [s for s in ALL if header(s).get("needs") != "ray"], ids=lambda p: p.stem)
+@pytest.mark.parametrize("script", [param(s) for s in ALL if header(s).get("needs") != "ray"])
 def test_script_without_a_cluster(script, variables, workspace):
     from byzer_like.runtime import Runtime
 
@@ -125,7 +144,7 @@ def test_script_without_a_cluster(script, variables, workspace):
 
 @pytest.mark.ray
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("script", [s for s in ALL if header(s).get("needs") == "ray"], ids=lambda p: p.stem)
+@pytest.mark.parametrize("script", [param(s) for s in ALL if header(s).get("needs") == "ray"])
 def test_script_on_the_cluster(script, variables, llm):
     before = set(llm.list_models())
     setup = llm.runtime.setup_config
