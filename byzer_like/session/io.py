@@ -186,6 +186,22 @@ def load_table(con: duckdb.DuckDBPyConnection, fmt: str, path: Path, options: Ma
         raise DataFileError(f"cannot read {path} as {fmt}: {first.rstrip('. ')}{_mode_hint(fmt, opts, first)}") from None
 
 
+def text_dir_table(workspace: Any, user_path: str, *, what: str = "localDataDir",
+                   relative_to: str = "workspace") -> pa.Table:
+    """A folder of raw text files as `load text.`<folder>`` reads it (every *.txt / *.text file under it, one
+    row per line in a `value` column): sfft's localDataDir. `workspace`: the `workspace.Workspace` whose
+    allowed roots the path must lie in (`relative_to` as its `resolve` takes it). WorkspacePathError outside
+    them; DataFileError when the path is no folder, holds no text files or only empty ones."""
+    path = workspace.resolve(user_path, what=what, relative_to=relative_to)
+    if not path.is_dir():
+        state = "does not exist" if not path.exists() else "is a file, not a folder"
+        raise DataFileError(f"{what} {path} {state}; give a folder of text files ({', '.join(_GLOBS['text'])})")
+    table = _text_table(_files(path, "text"), LoadOptions())
+    if not any(v.strip() for v in table.column("value").to_pylist()):
+        raise DataFileError(f"{what} {path}: its text files hold no text; continued pretraining needs some")
+    return table
+
+
 def _mode_hint(fmt: str, opts: LoadOptions, error: str = "") -> str:
     if "utf-8" in error.lower() or "unicode" in error.lower():
         return '; name the files\' encoding with encoding="<name>" (e.g. gbk, latin-1)'
