@@ -80,7 +80,7 @@ def test_the_committed_key_table_is_what_the_option_models_generate():
 
     page = Path(__file__).resolve().parent.parent / keys.PAGE
     assert page.read_text(encoding="utf-8") == keys.markdown(), (
-        "docs/byzer_keys.md is stale: run `python -m byzer_like.session.keys --write` and commit it")
+        "docs/byzer_keys.md is stale: run `python3 dev.py docs-keys` and commit it")
 
 
 def test_every_field_of_every_model_has_a_row_that_says_what_it_does():
