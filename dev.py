@@ -5,6 +5,7 @@
     python3 dev.py test         # install into .venv, then run the test suite (-m faults / -m real_model: the rest)
     python3 dev.py setup --vllm # also build .venv-vllm, the vLLM engine's own environment (~5 minutes, once)
     python3 dev.py test -m vllm # the vLLM engine's tests (builds .venv-vllm first when it is missing)
+    python3 dev.py docs-keys    # regenerate docs/byzer_keys.md from the option models (a test checks it)
 
 Needs only Python 3.11 and pip. The install is skipped when nothing it depends on changed.
 `test` also installs Debian's Chromium for the chat page's browser test when it is missing
@@ -126,7 +127,7 @@ def ensure_chromium() -> None:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("quickstart", "test", "setup"):
+    if not argv or argv[0] not in ("quickstart", "test", "setup", "docs-keys"):
         print(__doc__)
         return 2
     cmd, rest = argv[0], argv[1:]
@@ -143,6 +144,9 @@ def main(argv: list[str]) -> int:
         return 0
     if cmd == "quickstart":
         return subprocess.call([str(VENV / "bin" / "byzer-like"), "quickstart", *rest], cwd=ROOT, env=env)
+    if cmd == "docs-keys":
+        return subprocess.call([str(PY), "-m", "byzer_like.session.keys", "--write", "--root", str(ROOT), *rest],
+                               cwd=ROOT, env=env)
     ensure_chromium()
     return subprocess.call([str(PY), "-m", "pytest", *rest], cwd=ROOT, env=env)
 

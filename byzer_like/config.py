@@ -77,6 +77,8 @@ class _Options(BaseModel):
     spelling: ClassVar[str] = "camel"
     # fields whose SQL key is Byzer's own word rather than the field's name in camelCase
     SQL_KEYS: ClassVar[dict[str, str]] = {"model_dir": "localModelDir"}
+    # fields that are no user's key (set by the code, not listed in errors or the key table)
+    HIDDEN: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
     def sql_key(cls, name: str) -> str:
@@ -86,8 +88,8 @@ class _Options(BaseModel):
 
     @classmethod
     def option_names(cls) -> set[str]:
-        """Every key the model accepts: each field's spellings."""
-        return set().union(*(cls.spellings(name) for name in cls.model_fields))
+        """Every key the model accepts: each field's spellings (HIDDEN fields are no key)."""
+        return set().union(*(cls.spellings(name) for name in cls.model_fields if name not in cls.HIDDEN))
 
     @classmethod
     def spellings(cls, name: str) -> set[str]:
@@ -114,8 +116,9 @@ class _Options(BaseModel):
         valid = cls.option_names()
         for key in data:
             if key not in valid:
-                shown = cls.model_fields if cls.spelling == "snake" else [cls.sql_key(n) for n in cls.model_fields]
-                raise UnknownOptionError(where, key, shown, candidates=valid | set(cls.model_fields))
+                names = [n for n in cls.model_fields if n not in cls.HIDDEN]
+                shown = names if cls.spelling == "snake" else [cls.sql_key(n) for n in names]
+                raise UnknownOptionError(where, key, shown, candidates=valid | set(names))
         try:
             return cls.model_validate(data)
         except ValidationError as e:
@@ -185,8 +188,10 @@ class SetupConfig(_Options):
         8, ge=1, le=1024, description="LoRA adapters a replica keeps loaded over its base model (least recently "
         "used ones are unloaded; a request for another one loads it)")
     request_timeout_s: float = Field(600.0, gt=0, description="a model call that takes longer fails with a timeout")
-    health_check_period_s: float = Field(10.0, gt=0)
-    health_check_timeout_s: float = Field(30.0, gt=0)
+    health_check_period_s: float = Field(10.0, gt=0, description="seconds between Ray Serve's health checks of "
+                                         "each replica")
+    health_check_timeout_s: float = Field(30.0, gt=0, description="a replica whose health check takes longer is "
+                                          "restarted by Ray Serve")
     infer_backend: str = Field("transformers", validation_alias=AliasChoices("infer_backend", "inferBackend"),
                                description="the serving engine of the next deploy: transformers (the built-in Hugging "
                                "Face engine) or vllm (vLLM's async engine in the replicas: pretrainedModelType x deploys as "
@@ -203,6 +208,7 @@ class SetupConfig(_Options):
 
     custom: dict[str, str] = Field(default_factory=dict, description="keys no setting names (Byzer's OWNER, a "
                                    "plugin's own): passed to plugins in sys_conf as given, as Byzer does")
+    HIDDEN: ClassVar[frozenset[str]] = frozenset({"custom"})  # filled from the keys no setting names
 
     # setup fields that are accepted for Byzer scripts and change nothing: what the statement's message says
     NO_EFFECT: ClassVar[dict[str, str]] = {
@@ -245,7 +251,7 @@ class SetupConfig(_Options):
         sys_conf), unless it is one edit away from a setting's spelling: then UnknownOptionError with the
         did-you-mean and the valid keys. ConfigError for a bad value."""
         known = type(self).option_names()
-        custom = {k: str(values[k]) for k in own_keys(values, known) if k != "custom"}
+        custom = {k: str(values[k]) for k in own_keys(values, known)}
         merged = self.model_dump(exclude_unset=True)  # what was set stays told apart from defaults
         given = {k: v for k, v in values.items() if k not in custom}
         merged.update(dict(type(self).parse(given, where="setup").model_dump(exclude_unset=True)))
@@ -265,7 +271,7 @@ class SetupConfig(_Options):
         read once where the contract hands it over. Keys that are no setting (a plugin's own) are left out;
         a setting it lacks keeps its default, and `was_set(name)` tells which it had. ConfigError for a value
         that is not valid."""
-        known = {k: v for k, v in sys_conf.items() if k in cls.model_fields}
+        known = {k: v for k, v in sys_conf.items() if k in cls.model_fields and k not in cls.HIDDEN}
         if "gpus_per_worker" not in known and "num_gpus" in sys_conf:
             known["gpus_per_worker"] = sys_conf["num_gpus"]
         try:

@@ -132,7 +132,8 @@ class FakeRuntime(Evaluations):
 
     def train(self, task: str | None, params: Mapping[str, Any], table: Any, *, options: Any = None,
               progress: bool = False, eval_table: Any = None, partitions: Any = None) -> dict:
-        self.trained.append({"task": task, "params": dict(params), "rows": table.num_rows, "options": options,
+        self.trained.append({"task": task, "params": dict(params), "rows": table.num_rows, "table": table,
+                             "options": options,
                              "eval_rows": None if eval_table is None else eval_table.num_rows,
                              "partitions": None if partitions is None else list(partitions)})
         job_id = f"{task}-job-{len(self.trained)}"

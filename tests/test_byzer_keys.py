@@ -2,11 +2,13 @@
 real deploy spec (registry, workspace, a tiny real model) and, for the statements, the SQL session."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from byzer_like.catalog import Catalog
 from byzer_like.config import ConvertOptions, DeployOptions, EvalOptions, MergeOptions, QuantizeOptions, SetupConfig
-from byzer_like.errors import UnknownOptionError, WorkspacePathError, one_edit_apart
+from byzer_like.errors import UnknownOptionError, WorkspacePathError, one_edit_apart, own_keys
 from byzer_like.plugins import registry
 from byzer_like.runtime.spec import DeploySpec
 from byzer_like.workspace import Workspace
@@ -70,3 +72,66 @@ def test_a_plugins_own_keys_reach_its_infer_params_undeclared(deploy_env):
                              "quantization": "false", "myPluginKnob": "7"}, **env)
     assert spec.infer_params["quantization"] == "false" and spec.infer_params["myPluginKnob"] == "7"
     assert spec.ignored == ()  # a plugin of the user's own may read any key
+
+
+# -- the key table (docs/byzer_keys.md), generated from the option models -------------------------------------
+def test_the_committed_key_table_is_what_the_option_models_generate():
+    from byzer_like.session import keys
+
+    page = Path(__file__).resolve().parent.parent / keys.PAGE
+    assert page.read_text(encoding="utf-8") == keys.markdown(), (
+        "docs/byzer_keys.md is stale: run `python3 dev.py docs-keys` and commit it")
+
+
+def test_every_field_of_every_model_has_a_row_that_says_what_it_does():
+    from byzer_like.session import keys
+
+    for _title, _how, entry in keys.SECTIONS:
+        model = keys.model_of(entry)
+        rows = keys.rows(model)
+        shown = {r["key"] for r in rows}
+        fields = [n for n in model.model_fields if n not in model.HIDDEN and n != "action"]
+        assert len(rows) == len(fields) and all(r["what"] for r in rows), model.__name__
+        for r in rows:  # the key shown and every "also" name set the field
+            assert r["key"] in model.option_names() and all(a in model.option_names() for a in r["also"])
+        assert len(shown) == len(rows)
+
+
+# the keys the Byzer-LLM guide (shared seed) writes, by the statement they belong to
+SEED_KEYS = [
+    ("!byzerllm setup", "num_gpus"), ('action="infer"', "pretrainedModelType"), ('action="infer"', "localModelDir"),
+    ('action="infer"', "reconnect"), ('action="infer"', "udfName"), ('action="infer"', "modelTable"),
+    ("sft", "localPathPrefix"), ("sft", "pretrainedModelType"), ("sft", "localModelDir"), ("sft", "model"),
+    ("sft", "inputTable"), ("sft", "outputTable"), ("sft", "detached"), ("sft", "max_seq_length"),
+    ("sfft", "localPathPrefix"), ("sfft", "localDataDir"), ("sfft", "detached"), ("sfft", "keepPartitionNum"),
+    ("sfft", "deepspeedConfig"), ("sfft", "inputTable"), ("sfft", "outputTable"), ("sfft", "model"),
+    ("sfft", "max_length"), ("sfft", "setup_nccl_socket_ifname_by_ip"),
+]
+
+
+@pytest.mark.parametrize("section, key", SEED_KEYS)
+def test_every_key_of_byzers_guide_is_a_key_of_its_statement(section, key):
+    from byzer_like.session import keys
+
+    model = keys.model_of(next(e for t, _, e in keys.SECTIONS if t == section))
+    assert key in model.option_names()
+
+
+def test_byzers_keys_with_no_effect_are_accepted_and_handed_on():
+    from byzer_like.session import keys
+
+    for key, where, _why in keys.BYZER_ONLY:
+        given = key.replace("<name>", "gpu_a100")
+        if where == "!byzerllm setup":
+            assert SetupConfig().with_values({given: "x"}).sys_conf()[given] == "x"
+        else:  # a deploy key no option names reaches the plugin's infer_params (runtime/spec.py)
+            assert own_keys({given: "x"}, DeployOptions.option_names()) == [given], key
+        assert f"`{key}`" in keys.markdown()
+
+
+def test_setups_valid_options_hide_its_internal_custom_field():
+    with pytest.raises(UnknownOptionError) as e:
+        SetupConfig().with_values({"num_wrkers": "2"})
+    assert "custom" not in e.value.valid and "num_workers" in e.value.valid
+    assert "custom" not in SetupConfig.option_names()
+    assert SetupConfig().with_values({"custom": "mine"}).sys_conf()["custom"] == "mine"  # a user's own key

@@ -301,7 +301,8 @@ class ByzerLLM:
         """Run training task `task` (a name of `byzer_like.tasks.TASKS`: sft, sfft, ...) on `data`.
 
         A relative `model_path` starts at the current directory; the other options are SQL's (their
-        paths, such as `local_path_prefix`, start at the workspace)."""
+        paths, such as `local_path_prefix`, start at the workspace). sfft takes `local_data_dir` (a folder
+        of text files, read as SQL's `load text.` reads them) in place of `data` (None)."""
         from ..tasks import get as get_task
 
         get_task(task)
@@ -314,7 +315,15 @@ class ByzerLLM:
         for key, value in (("output_table", output_table), ("model_table", model_table)):
             if value is not None:
                 params[key] = value
-        return self.runtime.train(task, params, _as_table(data), progress=progress)
+        table = _as_table(data)
+        data_dir = options.get("local_data_dir", options.get("localDataDir"))
+        if data_dir is not None:  # sfft: a folder of raw text files, read as SQL's `load text.` reads it
+            if table is not None:
+                raise ConfigError("give the training data or local_data_dir, not both")
+            from ..session.io import text_dir_table
+
+            table = text_dir_table(self.runtime.workspace, str(data_dir))
+        return self.runtime.train(task, params, table, progress=progress)
 
     def merge(self, model_table: str, output_table: str, *, overwrite: bool = False) -> dict:
         """Merge a registered LoRA adapter into its base model and register the result."""

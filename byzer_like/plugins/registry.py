@@ -112,6 +112,11 @@ def backend_of(name: str) -> str:
 
 
 def import_target(import_path: str) -> Any:
+    """The object `package.module[:attr]` names (a plugin). Byzer plugins' `from pyjava.api.mlsql import
+    RayContext` works where pyjava is not installed (`plugins.pyjava`). PluginError when it cannot be imported."""
+    from .pyjava import install_fallback
+
+    install_fallback()
     module_name, _, attr = import_path.partition(":")
     try:
         obj = importlib.import_module(module_name)

@@ -2,8 +2,11 @@
 
 Tables are pyarrow Tables. DuckDB reads json / csv / parquet (a file, a folder of files, or a
 glob); `text` is one row per line in a `value` column; `model` describes a model directory as a
-one-row table. Saving writes a folder, Spark style (`part-00000.<ext>` files and `_SUCCESS`), into a
-temporary sibling first and renames it into place, so a failed save leaves nothing half-written.
+one-row table; `delta` is a Delta Lake table (a folder with a `_delta_log/`), read and written with the
+`deltalake` package (delta-rs), its versions readable with `versionAsOf` / `timestampAsOf`. Saving writes a
+folder, Spark style (`part-00000.<ext>` files and `_SUCCESS`), into a temporary sibling first and renames it
+into place, so a failed save leaves nothing half-written; a delta save is one Delta transaction (a new
+version of the table, committed whole or not at all).
 """
 from __future__ import annotations
 
@@ -25,16 +28,15 @@ from ..config import _Options
 from ..errors import (ConfigError, DataFileError, TableExistsError, WorkspacePathError,
                       did_you_mean)
 
-LOAD_FORMATS = ("json", "jsonl", "csv", "parquet", "text", "model")
-SAVE_FORMATS = ("json", "jsonl", "csv", "parquet", "text")
+LOAD_FORMATS = ("json", "jsonl", "csv", "parquet", "text", "model", "delta")
+SAVE_FORMATS = ("json", "jsonl", "csv", "parquet", "text", "delta")
 SAVE_MODES = ("overwrite", "append", "errorIfExists", "ignore")
 _EXT = {"json": "json", "jsonl": "json", "csv": "csv", "parquet": "parquet", "text": "txt"}
 _GLOBS = {"json": ("*.json", "*.jsonl"), "jsonl": ("*.json", "*.jsonl"), "csv": ("*.csv",), "parquet": ("*.parquet",),
           "text": ("*.txt", "*.text")}
-
-
-
-
+DELTA_LOG = "_delta_log"  # the folder that makes a folder a Delta table
+# save modes as deltalake's write_deltalake spells them
+_DELTA_MODES = {"overwrite": "overwrite", "append": "append", "errorIfExists": "error", "ignore": "ignore"}
 
 
 class LoadOptions(_Options):
@@ -59,6 +61,10 @@ class LoadOptions(_Options):
                              "DROPMALFORMED (rows that cannot be parsed are skipped), FAILFAST (strict); without it, "
                              "a row that cannot be parsed is an error, never dropped silently")
     line_sep: str | None = Field(None, description="text: the line separator (default: any of \\n, \\r\\n)")
+    version_as_of: int | None = Field(None, ge=0, description="delta: read this version of the table (Delta's time "
+                                      "travel; 0 is the first write)")
+    timestamp_as_of: str | None = Field(None, min_length=1, description="delta: read the table as it was at this time "
+                                        "(ISO 8601, e.g. 2026-12-01T10:00:00Z; a date alone is midnight UTC)")
 
     @field_validator("mode")
     @classmethod
@@ -84,6 +90,7 @@ _READS: dict[str, tuple[str, ...]] = {
     "header": ("csv",), "delimiter": ("csv",), "infer_schema": ("csv",), "multi_line": ("json", "jsonl", "csv"),
     "encoding": ("json", "jsonl", "csv", "text"), "wholetext": ("text",), "sampling_ratio": ("json", "jsonl", "csv"),
     "mode": ("json", "jsonl", "csv"), "line_sep": ("text", "json", "jsonl", "csv"),
+    "version_as_of": ("delta",), "timestamp_as_of": ("delta",),
 }
 
 
@@ -92,6 +99,12 @@ class SaveOptions(_Options):
 
     header: bool = Field(True, description="csv: write a header line")
     delimiter: str = Field(",", min_length=1, max_length=1, description="csv: the field separator")
+    partition_by_col: str | None = Field(
+        None, validation_alias=AliasChoices("partition_by_col", "partitionByCol", "partition_by", "partitionBy"),
+        description="delta: comma-separated columns the table's files are partitioned by (Byzer's partitionByCol; "
+        "a new table, or an overwrite)")
+    merge_schema: bool = Field(False, description="delta, append: add the table's new columns to the Delta table's "
+                               "schema (Delta's mergeSchema; without it a column the table lacks is an error)")
 
 
 GLOB_CHARS = set("*?[]{}")
@@ -163,6 +176,11 @@ def load_table(con: duckdb.DuckDBPyConnection, fmt: str, path: Path, options: Ma
                          f"{', '.join(f for f in _READS[field] if f != 'jsonl')})")
     if fmt == "model":
         return _model_table(path)
+    if fmt == "delta":
+        return _delta_table(path, opts)
+    if opts.version_as_of is not None or opts.timestamp_as_of is not None:
+        raise ConfigError(f"versionAsOf / timestampAsOf read a version of a delta table; {fmt} files have no "
+                          f"versions (load delta.`<path>` reads a Delta table)")
     files = _files(path, fmt)
     if fmt == "text":
         return _text_table(files, opts)
@@ -189,6 +207,22 @@ def load_table(con: duckdb.DuckDBPyConnection, fmt: str, path: Path, options: Ma
     except duckdb.Error as e:
         first = str(e).splitlines()[0]
         raise DataFileError(f"cannot read {path} as {fmt}: {first.rstrip('. ')}{_mode_hint(fmt, opts, first)}") from None
+
+
+def text_dir_table(workspace: Any, user_path: str, *, what: str = "localDataDir",
+                   relative_to: str = "workspace") -> pa.Table:
+    """A folder of raw text files as `load text.`<folder>`` reads it (every *.txt / *.text file under it, one
+    row per line in a `value` column): sfft's localDataDir. `workspace`: the `workspace.Workspace` whose
+    allowed roots the path must lie in (`relative_to` as its `resolve` takes it). WorkspacePathError outside
+    them; DataFileError when the path is no folder, holds no text files or only empty ones."""
+    path = workspace.resolve(user_path, what=what, relative_to=relative_to)
+    if not path.is_dir():
+        state = "does not exist" if not path.exists() else "is a file, not a folder"
+        raise DataFileError(f"{what} {path} {state}; give a folder of text files ({', '.join(_GLOBS['text'])})")
+    table = _text_table(_files(path, "text"), LoadOptions())
+    if not any(v.strip() for v in table.column("value").to_pylist()):
+        raise DataFileError(f"{what} {path}: its text files hold no text; continued pretraining needs some")
+    return table
 
 
 def _mode_hint(fmt: str, opts: LoadOptions, error: str = "") -> str:
@@ -298,8 +332,89 @@ def _model_table(path: Path) -> pa.Table:
     })
 
 
+def _delta_table(path: Path, opts: LoadOptions) -> pa.Table:
+    """`load delta.`path``: the Delta table's current version, or the one versionAsOf / timestampAsOf name.
+    DataFileError for a path that is no Delta table or a version it does not have."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import DeltaError, TableNotFoundError
+
+    if opts.version_as_of is not None and opts.timestamp_as_of is not None:
+        raise ConfigError("give versionAsOf or timestampAsOf, not both")
+    if not (path / DELTA_LOG).is_dir():
+        what = "does not exist" if not path.exists() else f"is not a Delta table (no {DELTA_LOG}/ folder in it)"
+        raise DataFileError(f"{path} {what}; load delta reads a folder written by save ... as delta (or by any "
+                            "Delta Lake writer)")
+    try:
+        dt = DeltaTable(str(path))
+        newest = dt.version()
+        if opts.version_as_of is not None:
+            if opts.version_as_of > newest:
+                raise DataFileError(f"{path} has versions 0 to {newest}; versionAsOf={opts.version_as_of} is not one")
+            dt.load_as_version(opts.version_as_of)
+        elif opts.timestamp_as_of is not None:
+            dt.load_as_version(_timestamp(opts.timestamp_as_of))
+        return dt.to_pyarrow_table()
+    except (DeltaError, TableNotFoundError, OSError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataFileError(f"cannot read {path} as delta: {first}") from None
+
+
+def _timestamp(text: str) -> Any:
+    """timestampAsOf's ISO 8601 text as an aware datetime (UTC when it names no zone)."""
+    from datetime import datetime, timezone
+
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"timestampAsOf {text!r} is not an ISO 8601 time; write e.g. 2026-12-01T10:00:00Z") from None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+def _save_delta(table: pa.Table, path: Path, mode: str, opts: SaveOptions, renamed: list) -> dict[str, Any]:
+    """`save ... as delta.`path``: one Delta transaction. overwrite replaces the rows and the schema (a new
+    version; the older ones stay readable with versionAsOf), append adds rows (mergeSchema: new columns too),
+    errorIfExists / ignore as for every format. TableExistsError for a folder that is not a Delta table,
+    ConfigError for rows that do not fit the table's schema."""
+    from deltalake import DeltaTable, write_deltalake
+    from deltalake.exceptions import DeltaError, SchemaMismatchError
+
+    exists = path.exists()
+    is_delta = (path / DELTA_LOG).is_dir()
+    if exists and not is_delta and (not path.is_dir() or any(path.iterdir())):
+        raise TableExistsError(f"{path} exists and is not a Delta table (no {DELTA_LOG}/ folder); remove it or "
+                               "choose another path")
+    if is_delta and mode == "errorIfExists":
+        raise TableExistsError(f"{path} already exists; use save overwrite, append or ignore")
+    if is_delta and mode == "ignore":
+        return {"path": str(path), "rows": 0, "mode": mode, "written": False}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise TableExistsError(f"cannot save to {path}: a file is in the way in its parent folders; "
+                               "remove it or choose another path") from None
+    parts = [c.strip() for c in (opts.partition_by_col or "").split(",") if c.strip()]
+    missing = [c for c in parts if c not in table.column_names]
+    if missing:
+        raise ConfigError(f"partitionByCol names {', '.join(missing)}, not a column of the table; its columns: "
+                          f"{', '.join(table.column_names)}")
+    schema_mode = "overwrite" if mode == "overwrite" else "merge" if opts.merge_schema and mode == "append" else None
+    try:
+        write_deltalake(str(path), table, mode=_DELTA_MODES[mode], partition_by=parts or None, schema_mode=schema_mode)
+    except SchemaMismatchError as e:
+        raise ConfigError(f"the rows do not fit the schema of the Delta table {path}: {e}; append with "
+                          'where mergeSchema="true" to add new columns, or save overwrite to replace the table') from None
+    except DeltaError as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataFileError(f"cannot write {path} as delta: {first}") from None
+    version = DeltaTable(str(path)).version()
+    return {"path": str(path), "rows": table.num_rows, "mode": mode, "written": True, "version": version,
+            **_renamed(renamed)}
+
+
 def save_table(table: pa.Table, fmt: str, path: Path, mode: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """Write `table` under the folder `path`; return what was written."""
+    """Write `table` under the folder `path` (already resolved inside the allowed roots) in `mode` (one of
+    SAVE_MODES); return what was written: {"path", "rows", "mode", "written"} (delta: and "version", the Delta
+    table's version this save made). Raises ConfigError (format, mode, options), TableExistsError."""
     if fmt not in SAVE_FORMATS:
         raise ConfigError(f"unknown save format {fmt!r}; {did_you_mean(fmt, SAVE_FORMATS)}"
                           f"valid formats: {', '.join(SAVE_FORMATS)}")
@@ -312,6 +427,8 @@ def save_table(table: pa.Table, fmt: str, path: Path, mode: str, options: Mappin
         table = table.rename_columns(names)
     if fmt == "text" and not (table.num_columns == 1 and pa.types.is_string(table.schema.types[0])):
         raise ConfigError("save as text needs a table with exactly one string column")
+    if fmt == "delta":
+        return _save_delta(table, path, mode, opts, renamed)
     exists = path.exists()
     if exists and mode == "errorIfExists":
         raise TableExistsError(f"{path} already exists; use save overwrite, append or ignore")

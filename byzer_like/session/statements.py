@@ -19,7 +19,7 @@ from ..config import ConvertOptions, DeployOptions, EvalOptions, MergeOptions, Q
 from ..errors import ConfigError
 from ..sql import Command, Load, Run, Save, Select, Set
 from .commands import command
-from .io import load_table, save_table
+from .io import load_table, save_table, text_dir_table
 from .position import error_at
 from .render import jobs_table, row_table
 from .result import Partitioning, Result
@@ -105,13 +105,21 @@ def train(session: Any, s: Run, where: dict[str, str]) -> Result:
     task = tasks.require_task(DeployOptions.given(where, "pretrained_model_type") or "", rt.setup_config.mode)
     opts = task.parse_options(where)
     name = opts.input_table or s.input_table
-    if not name or name == "command":
-        raise error_at(ConfigError, s, None, 'training needs inputTable="<table>" (a table loaded in this session)')
-    table = session.need_table(name, s)
+    data_dir = getattr(opts, "local_data_dir", None)  # sfft: a folder of raw text files instead of a table
+    if data_dir and name not in (None, "command"):
+        raise error_at(ConfigError, s, None, f"give inputTable or localDataDir, not both (inputTable={name!r}, "
+                       f"localDataDir={data_dir!r})")
+    if data_dir:
+        name, table = data_dir, text_dir_table(session.workspace, data_dir)
+    elif not name or name == "command":
+        raise error_at(ConfigError, s, None, 'training needs inputTable="<table>" (a table loaded in this session)'
+                       + ('; sfft also takes localDataDir="<folder of text files>"' if task.name == "sfft" else ""))
+    else:
+        table = session.need_table(name, s)
     extra: dict[str, Any] = {}
     if getattr(opts, "eval_table", None):  # measured at each evaluation step
         extra["eval_table"] = session.need_table(opts.eval_table, s)
-    parts = session.partitioning.get(name.lower())
+    parts = None if data_dir else session.partitioning.get(name.lower())
     keep = getattr(opts, "keep_partition_num", False) and parts is not None
     if keep and task.name == "sfft":  # each worker takes whole partitions (train/sfft_data.py)
         extra["partitions"] = parts.sizes

@@ -10,7 +10,7 @@ from .errors import SqlSyntaxError
 from .source import Origin, Position
 from .tokens import BACKQUOTED, COMMENT, NUMBER, STRING, WORD, Token, tokenize
 
-FILE_FORMATS = ("csv", "json", "jsonl", "parquet", "text")
+FILE_FORMATS = ("csv", "json", "jsonl", "parquet", "text", "delta")
 _NOT_VALUES = ("and", "as")  # words that end an option list, never a bare value
 _PLAIN_KEY = re.compile(r"[^\W\d]\w*(?:\.\w+)*")
 

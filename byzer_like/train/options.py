@@ -173,6 +173,9 @@ class SfftOptions(TrainOptions):
     kind: ClassVar[str] = "sfft"
 
     max_length: int = Field(512, ge=8, le=1_048_576, description="tokens per packed sequence")
+    local_data_dir: str | None = Field(None, description="a folder of raw text files (*.txt, *.text, read as `load "
+                                       "text.` reads them: one row per line, column `value`) trained on instead of "
+                                       "inputTable (Byzer's localDataDir; inside the workspace or an allowed root)")
     text_column: str | None = Field(None, description="default: `text`, or the table's only string column")
     deepspeed_config: dict | None = Field(None, description="a DeepSpeed config (JSON); its zero stage wins")
     zero_stage: int = Field(2, ge=0, le=3, description="DeepSpeed ZeRO stage: 0 none, 1 optimizer states, 2 and "

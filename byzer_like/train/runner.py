@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from ..catalog import Catalog
-from ..errors import ByzerError
+from ..errors import ByzerError, PluginError
 from ..plugins import registry
 from ..tasks import get as get_task
 from .context import INTERNAL
 
 LOG_FILE = "log.txt"
+OUTPUT_FILE = "output.parquet"  # the rows a plugin's entry point returned that are no model files
 PARTITIONS_FILE = "partitions.json"  # the input table's partition sizes (TableRepartition), for keepPartitionNum
 
 
@@ -129,9 +130,13 @@ def _train(catalog: Catalog, job: dict, resume: bool) -> dict:
     if (run_dir / PARTITIONS_FILE).is_file():
         params[f"{INTERNAL}partitions"] = json.dumps(json.loads((run_dir / PARTITIONS_FILE).read_text())["sizes"])
     out = getattr(plugin.target, task.entry_point)([str(run_dir / "input.parquet")], params, dict(job["sys_conf"]))
-    out = out if isinstance(out, dict) else {}
+    out = _entry_result(out, task.entry_point, output_dir, run_dir)
     model_dir = str(out.get("model_dir") or output_dir)
     model_kind = out.get("kind", "model")
+    if job["output_table"] and not Path(model_dir).is_dir():
+        raise PluginError(f"{task.entry_point} left no model at {model_dir} to register as {job['output_table']!r}: "
+                          "return the model's files (pyjava's streaming_tar.build_rows_from_file), write them to "
+                          f"train_params['{INTERNAL}output_dir'], or return {{'model_dir': <folder>}}")
     metrics = final_metrics(catalog.job(job["id"])["metrics"], out.get("metrics") or {})
     history = catalog.metric_history(job["id"])
     png = loss_curve(history, Path(model_dir) / "loss.png", title=f"{job['id']} ({kind})")
@@ -149,6 +154,36 @@ def _train(catalog: Catalog, job: dict, resume: bool) -> dict:
         result["model_version"] = m.version
         print(f"[byzer-like] registered {m.ref} ({model_kind}) -> {model_dir}", flush=True)
     return result
+
+
+def _entry_result(out: Any, entry_point: str, output_dir: Path, run_dir: Path) -> dict:
+    """What the plugin's entry point returned, as the runner reads it: a dict (`model_dir`, `kind`, `metrics`),
+    or Byzer's generator of rows, consumed here. Rows of the model's files (pyjava's streaming_tar rows:
+    `start`, `offset`, `value` bytes) are unpacked into `output_dir`; any other rows are the job's output table,
+    written to `run_dir/output.parquet` (its row count in the metrics as `output_rows`)."""
+    if out is None or isinstance(out, dict):
+        return out or {}
+    if isinstance(out, (str, bytes)) or not hasattr(out, "__iter__"):
+        raise PluginError(f"{entry_point} returned {type(out).__name__}; return a dict (model_dir, metrics) or "
+                          "a generator of rows (Byzer's)")
+    from ..plugins.pyjava import is_tar_row, save_rows_to_file
+
+    rows = [r._asdict() if hasattr(r, "_asdict") else r for r in out]  # a generator's body runs here
+    if rows and all(is_tar_row(r) for r in rows):
+        files = save_rows_to_file(rows, output_dir)
+        print(f"[byzer-like] {entry_point} returned the model as {len(rows)} row(s): {len(files)} file(s) -> "
+              f"{output_dir}", flush=True)
+        return {"model_dir": str(output_dir)}
+    if not all(isinstance(r, dict) for r in rows):
+        bad = next(r for r in rows if not isinstance(r, dict))
+        raise PluginError(f"{entry_point} yielded {type(bad).__name__}; each row must be a dict of column -> value")
+    if rows:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), run_dir / OUTPUT_FILE)
+        print(f"[byzer-like] {entry_point} returned {len(rows)} row(s) -> {run_dir / OUTPUT_FILE}", flush=True)
+    return {"metrics": {"output_rows": len(rows)}}
 
 
 def main(argv: list[str] | None = None) -> int:
