@@ -11,8 +11,7 @@ from typing import Any
 from ..config import SetupConfig
 from ..display import frame_text, terminal_width
 from ..errors import ByzerError, ConfigError
-from ..workspace import Workspace
-from .common import OK, Parents, kv, prompt_loop, runtime, stream_answer
+from .common import OK, Parents, kv, prompt_loop, runtime, stream_answer, workspace
 from .flags import ModelFlags, add_model_flags, given
 
 QUICKSTART_PROMPT = "What is the capital of France, and what is it known for?"
@@ -59,7 +58,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
     from ..sql import split_statements
     from ..sql.errors import SqlSyntaxError
 
-    history = Workspace.from_env(args.workspace).dir() / ".sql_history"
+    history = workspace(args).dir() / ".sql_history"
     readline = _readline(history)
     session = _session(args, kv(args.set, "--set"))
     print("byzer-like SQL: end statements with ';', Ctrl-C clears the input, Ctrl-D quits", file=sys.stderr, flush=True)
@@ -113,8 +112,8 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     """Import the quick-start model (once), run sql/quickstart.sql on it, then stream one answer."""
     from ..session import Session
 
-    ws = Workspace.from_env(args.workspace)
     llm = runtime(args, running=False)
+    ws = llm.workspace
     model_dir = _quickstart_model(llm, args)
     data_dir = ws.path("quickstart", "data")  # the sample data's own folder: never a file of the user's
     for note in ws.copy_own(SQL_DIR / "data", data_dir):
