@@ -116,15 +116,30 @@ def _list_jobs(rt: Any, limit: int | None) -> int:
 
 
 def _print_logs(jobs: Any, job_id: str, follow: bool) -> int:
-    """The job's log; with `follow`, more of it each second until the job ends."""
-    shown = 0
+    """The job's log without the libraries' noise (`logs.readable_log`; --verbose: all of it), then on
+    stderr how many lines were hidden; with `follow`, more of it each second until the job ends (whole
+    lines only, so a line being written is shown once it is done)."""
+    from .. import logs
+
+    shown, hidden = 0, {}
     while True:
         text = jobs.logs(job_id)
-        print(text[shown:], end="", flush=True)
-        shown = len(text)
-        if not follow or jobs.status(job_id)["state"] in ("SUCCEEDED", "FAILED", "STOPPED"):
-            return 0
+        ended = not follow or jobs.status(job_id)["state"] in ("SUCCEEDED", "FAILED", "STOPPED")
+        upto = len(text) if ended else text.rfind("\n", shown) + 1 or shown
+        part = text[shown:upto]
+        if not logs.is_verbose():
+            part, dropped = logs.readable_log(part)
+            for kind, n in dropped.items():
+                hidden[kind] = hidden.get(kind, 0) + n
+        print(part, end="", flush=True)
+        shown = upto
+        if ended:
+            break
         time.sleep(1)
+    if hidden:
+        print(f"({sum(hidden.values())} lines of library output hidden: {', '.join(sorted(hidden))}; "
+              "--verbose shows the whole log)", file=sys.stderr, flush=True)
+    return 0
 
 
 def _tensorboard(jobs: Any, job_id: str, port: int) -> int:
