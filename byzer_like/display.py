@@ -198,5 +198,43 @@ def frame_text(table: "pa.Table", *, width: int | None = None, max_colwidth: int
     return "\n".join(align(lines, right=right, width=width))
 
 
-__all__ = ["NONE", "SHOW", "align", "answer_text", "answers_shown", "cell", "cut", "fit_widths", "format_table", "frame_text", "local_time", "local_timestamp",
+class ProgressLine:
+    """One line on stderr that a long step (a GGUF import, a quantization) rewrites as it goes, instead
+    of a bar per library stage: `title: what it does now` on a terminal (rewritten at most every
+    `interval_s` seconds, cut to the terminal's width), then `done(...)` ends it with a newline. Into a
+    pipe or a file, only the `done` line is written: one line whichever the output."""
+
+    def __init__(self, title: str, stream: Any = None, *, interval_s: float = 0.2):
+        self.title = title
+        self.stream = stream if stream is not None else sys.stderr
+        self.interval_s = interval_s
+        self._live = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._shown = 0  # characters on the line now
+        self._last = 0.0
+
+    def show(self, text: str, *, force: bool = False) -> None:
+        """Say what the step does now (`converting tensors 41/272`); on a terminal only."""
+        import time
+
+        now = time.monotonic()
+        if not self._live or (not force and now - self._last < self.interval_s):
+            return
+        self._last = now
+        self._write(f"{self.title}: {text}", end="")
+
+    def done(self, text: str) -> None:
+        """End the line with `title: text` (`done in 24.3 s`) and a newline, on a terminal or not."""
+        self._write(f"{self.title}: {text}", end="\n")
+
+    def _write(self, line: str, end: str) -> None:
+        width = terminal_width(self.stream) if self._live else None
+        if width:
+            line = cut(line, width - 1)
+        pad = " " * max(self._shown - len(line), 0)
+        self.stream.write(("\r" if self._live else "") + line + pad + end)
+        self.stream.flush()
+        self._shown = 0 if end else len(line)
+
+
+__all__ = ["NONE", "SHOW", "ProgressLine", "align", "answer_text", "answers_shown", "cell", "cut", "fit_widths", "format_table", "frame_text", "local_time", "local_timestamp",
            "readable_frame", "terminal_width"]

@@ -102,3 +102,41 @@ def test_run_shows_answers_unless_asked_for_json(tmp_path, capsys, monkeypatch):
     with pytest.raises(ConfigError, match="llm_show must be one of text, json"):
         session.sql('set llm_show="yaml";')
     session.close()
+
+
+class _Terminal:
+    """A stream that says it is a terminal (and records what is written)."""
+
+    def __init__(self):
+        self.text = ""
+
+    def isatty(self):
+        return True
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+
+class _Pipe(_Terminal):
+    def isatty(self):
+        return False
+
+
+def test_a_long_step_is_one_line_rewritten_on_a_terminal_and_one_line_into_a_pipe(monkeypatch):
+    from byzer_like.display import ProgressLine
+
+    monkeypatch.setenv("COLUMNS", "40")
+    term, pipe = _Terminal(), _Pipe()
+    for stream in (term, pipe):
+        line = ProgressLine("importing smol.gguf", stream, interval_s=0)
+        line.show("converting tensors 1/272")
+        line.show("loading weights 272/272")
+        line.done("done in 2.5 s")
+    states = term.text.split("\r")[1:]
+    assert term.text.count("\n") == 1 and term.text.endswith("\n") and len(states) == 3
+    assert states[0] == "importing smol.gguf: converting tens..."  # cut to the terminal's width less one
+    assert states[2].rstrip() == "importing smol.gguf: done in 2.5 s" and len(states[2]) == len(states[1]) + 1
+    assert pipe.text == "importing smol.gguf: done in 2.5 s\n"  # only the last state

@@ -23,7 +23,8 @@ OK, FAILED, USAGE, NOTHING_TO_DO, STOPPED, INTERRUPTED = 0, 1, 2, 3, 4, 130
 JOB_EXIT = {"SUCCEEDED": OK, "PENDING": OK, "RUNNING": OK, "FAILED": FAILED, "STOPPED": STOPPED}
 # how the CLI spells the options an error suggests (errors name them the Python / SQL way; see ByzerError.spelled)
 FLAGS = {"reconnect": "--reconnect", "replace": "--replace", "stop_serving": "`byzer-like serve --stop`",
-         "output_table": "--output-table", "overwrite": "--option overwrite=true"}
+         "output_table": "--output-table", "overwrite": "--option overwrite=true",
+         "calibration": "--calibration FILE, a data file of text", "group_size": "--group-size"}
 
 
 def error_line(e: ByzerError) -> str:

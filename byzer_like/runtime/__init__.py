@@ -473,9 +473,10 @@ class Runtime(Evaluations):
         {"name", "version", "kind", "path", "method", "bits", "weights_bytes", "source_weights_bytes",
         "size_ratio", ...}. Raises ConfigError (unknown method, listing the valid ones; an adapter: merge it
         first), ModelNotFoundError, ModelExistsError, ModelDirError, QuantizeError."""
-        from ..convert.quantize import METHODS, method_of, quantize_model
+        from ..convert.quantize import METHODS, method_of, quantize_model, require_library
 
         name = method_of(method)
+        require_library(name)  # before anything else: a missing library is the first thing to fix
         found = self.resolve_model(model_table, session_models)
         if found.adapter_dir:
             raise ConfigError(f"{found.ref} is a LoRA adapter (registry kind 'adapter'), not a whole model: merge it into "
