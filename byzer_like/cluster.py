@@ -372,8 +372,17 @@ def reachable(address: str | None, ws: Workspace) -> bool:
 
 
 def status(ws: Workspace) -> dict[str, Any]:
-    """The workspace's persistent head: whether it runs, and its addresses."""
+    """The workspace's persistent head: whether it runs, its addresses, `num_cpus` (the CPUs Ray schedules
+    with: what `start_head` gave `ray start`), `machine_cores` (this machine's, `os.cpu_count()`) and, when
+    the two differ, a `cpus_note` saying why."""
     info = head_info(ws)
     if info is None:
         return {"running": False, "workspace": str(ws.root)}
-    return {"running": info.alive(), "workspace": str(ws.root), **asdict(info)}
+    cores = os.cpu_count() or 1
+    out = {"running": info.alive(), **asdict(info), "workspace": str(ws.root), "machine_cores": cores}
+    if info.num_cpus != cores:
+        out["cpus_note"] = (
+            f"Ray schedules {info.num_cpus} CPUs on this machine's {cores} cores: "
+            + ("at least 4 unless `cluster start --num-cpus N` says otherwise, so that the quick start's replicas "
+               "and a job fit; they share the cores" if info.num_cpus > cores else "as `cluster start --num-cpus` asked"))
+    return out

@@ -237,3 +237,16 @@ def test_a_process_joined_to_one_workspaces_head_keeps_the_others_apart(tmp_path
             cluster._check_joined(b)
     finally:
         gcs.close()
+
+
+def test_cluster_status_says_the_cpus_ray_schedules_and_the_machines_cores(tmp_path, monkeypatch):
+    from byzer_like import cluster
+
+    ws = Workspace.from_env(tmp_path / "ws")
+    _record_head(ws, os.getpid(), 9)  # recorded, not running (nothing listens on port 9)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    st = cluster.status(ws)
+    assert st["running"] is False and st["num_cpus"] == 4 and st["machine_cores"] == 2
+    assert st["cpus_note"].startswith("Ray schedules 4 CPUs on this machine's 2 cores: at least 4 unless")
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    assert "cpus_note" not in cluster.status(ws)
