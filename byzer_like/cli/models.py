@@ -101,9 +101,9 @@ def _paths(rt: Any, options: dict[str, Any]) -> dict[str, Any]:
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     """A weight-quantized copy of a registered model, registered under --output-table."""
-    from ..convert.quantize import method_of, require_library
+    from ..runtime import quantize_method
 
-    require_library(method_of(args.method))  # before the calibration file is read or the model looked up
+    quantize_method(args.method)  # its library first: before the calibration file is read or the model looked up
     rt = runtime(args, running=False)
     table = data_file(rt, args.calibration, "--calibration") if args.calibration else None
     options = given(args, QUANTIZE)

@@ -36,6 +36,17 @@ from .evaluation import Evaluations
 from .spec import DeploySpec, ResolvedModel, SessionModels, as_str, resolve_model
 
 
+def quantize_method(method: str) -> str:
+    """The canonical name of a quantization method (`nf4` -> `bnb-nf4`), after checking that its library is
+    installed: what a face checks before it reads anything for `Runtime.quantize`. ConfigError (unknown
+    method, listing the valid ones), QuantizeError (the library is missing, saying how to install it)."""
+    from ..convert.quantize import method_of, require_library
+
+    name = method_of(method)
+    require_library(name)
+    return name
+
+
 class Runtime(Evaluations):
     """One workspace (catalog, result cache, files) and one cluster address, with the lifecycle's verbs.
 
