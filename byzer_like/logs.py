@@ -154,7 +154,8 @@ OWN_STEP = "[byzer-like] step "
 def readable_log(text: str) -> tuple[str, dict[str, int]]:
     """A job's log as `jobs logs` shows it: without the lines of LOG_NOISE, the source line Python prints
     under a dropped warning, the trainer's step dicts when the job logged its steps itself, a blank line
-    beside a dropped one, and a line repeated straight after itself (lines split at carriage returns too: each state of a bar is one).
+    beside a dropped one, and a line repeated straight after itself (lines are split at carriage returns
+    too: each state of a bar is one).
     Returns (text, how many lines were dropped per kind), the text ending in a newline when `text` does."""
     lines = _lines(text)
     kinds: list[str | None] = []
