@@ -9,7 +9,8 @@
     from questions as answers;
 
 A cell runs as one script and shows the last statement's table as a pandas DataFrame (the earlier
-statements print one line each). `%byzer <statement>` runs one statement. Tables and `set`
+statements print one line each); a column of model-call results shows the answers' text (`set
+llm_show="json";` shows their JSON; the session's tables keep the JSON either way). `%byzer <statement>` runs one statement. Tables and `set`
 variables live in one session per kernel: `byzer_like.notebook.session()`.
 
 A statement that fails raises `CellError`, so that a notebook run (nbclient, papermill, `jupyter
@@ -72,7 +73,7 @@ class ByzerMagics(Magics):
         if last.table is None:
             print(f"{last.kind}: {last.message}" if last.message else last.kind)
             return None
-        return readable_frame(last.table)
+        return readable_frame(last.table, raw=session().variables.get("llm_show") == "json")
 
 
 def load_ipython_extension(ipython: Any) -> None:
