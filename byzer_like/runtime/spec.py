@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 from ..catalog import Catalog
 from ..config import DeployOptions, SetupConfig
-from ..errors import ConfigError, UnknownOptionError, own_keys
+from ..errors import ConfigError, own_keys
 from ..plugins import registry
 from ..tasks import split_model_type
 from ..workspace import Workspace
@@ -106,11 +106,7 @@ class DeploySpec:
         own = own_keys(params, known)
         extra = {k: params.pop(k) for k in list(params) if k in plugin.infer_param_names() or k in own}
         ignored = tuple(own) if plugin.import_path.startswith(BUILT_IN) else ()
-        try:
-            opts = DeployOptions.parse(params, where="deploy")
-        except UnknownOptionError as e:
-            raise UnknownOptionError("deploy", e.key, set(e.valid) | plugin.infer_param_names(),
-                                     candidates=set(e.candidates) | plugin.infer_param_names()) from None
+        opts = DeployOptions.parse(params, where="deploy", also_valid={k: k for k in plugin.infer_param_names()})
         if opts.model_table not in (None, "command"):  # a loaded model table, or a registered model
             found = resolve_model(opts.model_table, catalog, session_models)
             opts = opts.model_copy(update={"model_dir": found.model_dir, "adapter_dir": found.adapter_dir,
