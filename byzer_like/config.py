@@ -633,6 +633,14 @@ def _put_option(req: dict[str, Any], key: str, value: Any) -> None:
     elif name == "adapter":  # SQL's `m@qa_model(...)` and llm_param's "adapter"; the client's adapter=
         req["adapter"] = as_text(value).strip() or None
     else:
+        check_request_key(key)
+
+
+def check_request_key(key: str) -> None:
+    """UnknownOptionError (listing the request keys, with a did-you-mean) unless `key` is a key of a chat request
+    (`llm_param(map(...))` in SQL, `llm_config` in Python): REQUEST_KEYS, `generation.*` / `gen.*`, typed or not."""
+    name, _tag = split_typed_key(key)
+    if name not in REQUEST_KEYS and not name.startswith(("generation.", "gen.")):
         raise UnknownOptionError("request", key, REQUEST_KEYS | {"generation.*"})
 
 

@@ -134,8 +134,9 @@ class ByzerError(Exception):
         that already has a place keeps it."""
         if self.line is not None:
             return self
+        self.message = str(self)  # the message without its place, as a SqlError's `message`
         self.line, self.column, self.snippet = line, column, snippet
-        text = f"line {line}, column {column}: {self}"
+        text = f"line {line}, column {column}: {self.message}"
         if snippet:
             text += f"\n  {snippet}\n  {_caret_indent(snippet, column)}^"
         self.args = (text,)
