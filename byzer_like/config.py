@@ -19,7 +19,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from . import structured
-from .errors import ConfigError, UnknownOptionError, own_keys
+from .errors import ConfigError, UnknownOptionError, closest, own_keys, unknown_key
 from .tasks import SETUP_MODES
 
 TYPE_TAGS = ("int", "float", "bool", "str", "list", "dict")
@@ -109,25 +109,98 @@ class _Options(BaseModel):
         return None
 
     @classmethod
-    def parse(cls, values: Mapping[str, Any], *, where: str, **extra: Any):
-        """Validate user-given options; errors name the key and list the valid ones."""
+    def listed(cls) -> dict[str, str]:
+        """How the list of valid options shows each field: its key (SQL's camelCase, or snake_case for
+        snake-spelled sets) and, in brackets, its aliases that are other words than the key
+        (`numTrainEpochs (or epochs)`; `modelDir` is the same word as `localModelDir`'s field and not shown)."""
+        out = {}
+        for name in cls.model_fields:
+            if name in cls.HIDDEN:
+                continue
+            key = name if cls.spelling == "snake" else cls.sql_key(name)
+            out[name] = key + (f" (or {', '.join(a)})" if (a := cls._other_words(name, key)) else "")
+        return out
+
+    @classmethod
+    def _other_words(cls, name: str, key: str) -> list[str]:
+        """Field `name`'s aliases that are other words than its name and its key, one spelling each (the set's)."""
+        from .errors import _folded
+
+        same = {_folded(name), _folded(key), _folded(cls.sql_key(name))}
+        words: dict[str, str] = {}
+        for alias in sorted(cls.spellings(name)):
+            if _folded(alias) in same:
+                continue
+            snake = "_" in alias or alias == alias.lower()
+            if _folded(alias) not in words or snake == (cls.spelling == "snake"):
+                words[_folded(alias)] = alias
+        return sorted(words.values())
+
+    @classmethod
+    def suggestions(cls) -> dict[str, str]:
+        """Every accepted spelling -> the listed name it stands for (an alias shown in brackets stands for
+        itself): what "did you mean" may name."""
+        from .errors import _folded
+
+        out = {}
+        for name in cls.model_fields:
+            if name in cls.HIDDEN:
+                continue
+            key = name if cls.spelling == "snake" else cls.sql_key(name)
+            shown = {_folded(a): a for a in cls._other_words(name, key)}
+            for spelling in cls.spellings(name) | {name}:
+                out[spelling] = shown.get(_folded(spelling), key)
+        return out
+
+    @classmethod
+    def parse(cls, values: Mapping[str, Any], *, where: str, also_valid: Mapping[str, str] | None = None,
+              given: Mapping[str, str] | None = None, **extra: Any):
+        """Validate user-given options; every problem of the options is said in one error: unknown keys
+        (UnknownOptionError, `keys` all of them, a "did you mean" each that names a listed option in the
+        user's spelling), then bad or missing values (ConfigError naming the key, what is wrong, the value).
+
+        `also_valid`: further keys the caller takes itself (a plugin's infer params), listed too (key -> how
+        the list shows it); `given`: how the user wrote a key that arrives renamed (normalised -> as written)."""
         data = dict(values)
         data.update(extra)
+        given = dict(given or {})
         valid = cls.option_names()
-        for key in data:
-            if key not in valid:
-                names = [n for n in cls.model_fields if n not in cls.HIDDEN]
-                shown = names if cls.spelling == "snake" else [cls.sql_key(n) for n in names]
-                raise UnknownOptionError(where, key, shown, candidates=valid | set(names))
+        listed = {**cls.listed(), **(also_valid or {})}
+        candidates = {**cls.suggestions(), **{k: k for k in (also_valid or {})}}
+        unknown = [key for key in data if key not in valid]
+        meant = set()  # the fields the unknown keys were most likely meant for: their "missing" is not said again
+        for key in unknown:
+            found = closest(key.rpartition(".")[2], candidates)
+            meant.update(n for n in cls.model_fields if found in cls.spellings(n))
+        problems = []
         try:
-            return cls.model_validate(data)
+            cls.model_validate({k: v for k, v in data.items() if k not in unknown})
         except ValidationError as e:
-            raise ConfigError(_explain(e, where, cls)) from None
+            problems = [_explain_one(err, where, cls) for err in e.errors()
+                        if not (err["type"] == "missing" and _field_of(cls, err) in meant)]
+        if unknown:
+            shown = [given.get(k, k) for k in unknown]
+            raise UnknownOptionError(where, shown[0], listed.values(), candidates=candidates, keys=shown,
+                                     also=[unknown_key(k, candidates) for k in shown[1:]] + problems)
+        if problems:
+            raise ConfigError("; ".join(problems))
+        return cls.model_validate(data)
+
+
+def _field_of(model: type[BaseModel], err: Any) -> str | None:
+    """The field a pydantic error is about (its first location, in any spelling)."""
+    loc = str(err["loc"][0]) if err["loc"] else ""
+    return next((n for n in model.model_fields if loc in model.spellings(n)), None) \
+        if issubclass(model, _Options) else loc
 
 
 def _explain(e: ValidationError, where: str, model: type[BaseModel] | None = None) -> str:
-    """One line for the first problem: the option (both spellings), what is wrong, the value given."""
-    err = e.errors()[0]
+    """One line for each problem, `; `-separated: the option (both spellings), what is wrong, the value given."""
+    return "; ".join(_explain_one(err, where, model) for err in e.errors())
+
+
+def _explain_one(err: Any, where: str, model: type[BaseModel] | None = None) -> str:
+    """One pydantic error as a line: the option (both spellings), what is wrong, the value given."""
     loc = ".".join(str(x) for x in err["loc"]) or "?"
     if model is not None and issubclass(model, _Options):
         for name in model.model_fields:
@@ -569,6 +642,14 @@ def _put_option(req: dict[str, Any], key: str, value: Any) -> None:
     elif name == "adapter":  # SQL's `m@qa_model(...)` and llm_param's "adapter"; the client's adapter=
         req["adapter"] = as_text(value).strip() or None
     else:
+        check_request_key(key)
+
+
+def check_request_key(key: str) -> None:
+    """UnknownOptionError (listing the request keys, with a did-you-mean) unless `key` is a key of a chat request
+    (`llm_param(map(...))` in SQL, `llm_config` in Python): REQUEST_KEYS, `generation.*` / `gen.*`, typed or not."""
+    name, _tag = split_typed_key(key)
+    if name not in REQUEST_KEYS and not name.startswith(("generation.", "gen.")):
         raise UnknownOptionError("request", key, REQUEST_KEYS | {"generation.*"})
 
 

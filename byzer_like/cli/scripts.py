@@ -24,9 +24,10 @@ RAW_HELP = 'show model-call results as their JSON, not the answers\' text (as `s
 
 
 def _print_result(i: int, result: Any, max_rows: int, raw: bool = False) -> None:
-    """One statement's result: `-- [i] kind: message`, then its first `max_rows` rows (model-call results
-    as the answers' text unless `raw`)."""
-    print(f"-- [{i}] {result.kind}" + (f": {result.message}" if result.message else ""))
+    """One statement's result as `run` and `sql` print it: `-- [i] kind: message (seconds[, rows/s])`, then its
+    table (at most `max_rows` rows; model-call results as the answers' text unless `raw`)."""
+    timing = result.timing() if hasattr(result, "timing") else ""
+    print(f"-- [{i}] {result.kind}" + (f": {result.message}" if result.message else "") + (f" ({timing})" if timing else ""))
     if result.table is not None and result.table.num_columns:
         print(frame_text(result.table.slice(0, max_rows), width=terminal_width(), raw=raw))
         if result.table.num_rows > max_rows:
@@ -52,9 +53,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OSError as e:
         raise ConfigError(f"cannot read {args.script}: {e.strerror}") from None
     session = _session(args, kv(args.set, "--set"))
-    try:
-        for i, result in enumerate(session.sql(script), 1):
-            _print_result(i, result, args.max_rows, _raw(args, session))
+    try:  # each result is printed as its statement finishes; an error after them
+        session.sql(script, on_result=lambda i, result: _print_result(i, result, args.max_rows, _raw(args, session)))
     except ByzerError as e:
         raise ByzerError(f"{args.script}: {e}").suggesting(**e.options) from None
     finally:
@@ -89,9 +89,13 @@ def cmd_sql(args: argparse.Namespace) -> int:
         except SqlSyntaxError:
             return True
         typed.clear()
-        for result in session.sql(text):
+
+        def show(i: int, result: Any) -> None:
+            nonlocal shown
             shown += 1
             _print_result(shown, result, args.max_rows, _raw(args, session))
+
+        session.sql(text, on_result=show)
         return True
 
     try:
@@ -134,8 +138,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     session = Session(llm, variables={"model_dir": str(model_dir), "data_dir": str(data_dir)})
     name = "quickstart_chat"
     try:
-        for i, result in enumerate(session.sql((SQL_DIR / "quickstart.sql").read_text()), 1):
-            _print_result(i, result, max_rows=8)
+        session.sql((SQL_DIR / "quickstart.sql").read_text(), on_result=lambda i, r: _print_result(i, r, max_rows=8))
         print(f"{name!r} runs on {llm.meta(name)['num_workers']} replicas; streaming an answer:")
         print(f"> {args.prompt}")
         stream_answer(llm, name, [{"role": "user", "content": args.prompt}],

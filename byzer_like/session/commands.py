@@ -35,10 +35,7 @@ def command(session: Any, c: Command) -> Result:
 # -- setup -------------------------------------------------------------------------------------------
 def setup(session: Any, args: tuple[str, ...], c: Command) -> Result:
     """`!byzerllm setup single|sft|...;` (the mode) or `!byzerllm setup "key=value";`: the runtime's setup."""
-    if len(args) == 1 and "=" not in args[0]:
-        pairs = [("mode", args[0])]
-    else:
-        pairs = [(k.strip(), v.strip()) for k, _, v in (a.partition("=") for a in args)]
+    pairs = setup_pairs(args)
     notes = []
     for key, value in pairs:
         session.runtime.setup({key: value})
@@ -49,6 +46,13 @@ def setup(session: Any, args: tuple[str, ...], c: Command) -> Result:
             notes.append(f"{key} sets {field} here")
     message = ", ".join(f"{k}={v}" for k, v in pairs)
     return Result("setup", message=message + "".join(f" (note: {n})" for n in notes))
+
+
+def setup_pairs(args: tuple[str, ...]) -> list[tuple[str, str]]:
+    """The (key, value) pairs `!byzerllm setup` sets: `single` -> [("mode", "single")], `"a=1" "b=2"` -> both."""
+    if len(args) == 1 and "=" not in args[0]:
+        return [("mode", args[0])]
+    return [(k.strip(), v.strip()) for k, _, v in (a.partition("=") for a in args)]
 
 
 # -- jobs --------------------------------------------------------------------------------------------

@@ -158,10 +158,11 @@ def _glob_files(path: Path, fmt: str) -> list[str]:
     return files
 
 
-def load_table(con: duckdb.DuckDBPyConnection, fmt: str, path: Path, options: Mapping[str, Any],
-               notes: list[str] | None = None) -> pa.Table:
-    """Read `path` (already resolved inside the allowed roots) as a table, with DuckDB's readers on `con`.
-    `notes` (if given) receives a line for each option accepted that has no effect on this format."""
+
+def load_options(fmt: str, options: Mapping[str, Any], notes: list[str] | None = None) -> LoadOptions:
+    """The `where` options of `load <fmt>` checked (every problem in one error, "did you mean" for a typo;
+    keys read case-insensitively, as Spark reads them); `notes` (if given) receives a line for each option
+    accepted that has no effect on this format. ConfigError for an unknown format."""
     if fmt not in LOAD_FORMATS:
         raise ConfigError(f"unknown load format {fmt!r}; {did_you_mean(fmt, LOAD_FORMATS)}"
                           f"valid formats: {', '.join(LOAD_FORMATS)}")
@@ -174,6 +175,14 @@ def load_table(con: duckdb.DuckDBPyConnection, fmt: str, path: Path, options: Ma
         if field and fmt not in _READS[field] and notes is not None:
             notes.append(f"{key} has no effect on {fmt} (Spark's {fmt} reader ignores it too; it is read by "
                          f"{', '.join(f for f in _READS[field] if f != 'jsonl')})")
+    return opts
+
+
+def load_table(con: duckdb.DuckDBPyConnection, fmt: str, path: Path, options: Mapping[str, Any],
+               notes: list[str] | None = None) -> pa.Table:
+    """Read `path` (already resolved inside the allowed roots) as a table, with DuckDB's readers on `con`.
+    `notes` (if given) receives a line for each option accepted that has no effect on this format."""
+    opts = load_options(fmt, options, notes)
     if fmt == "model":
         return _model_table(path)
     if fmt == "delta":

@@ -14,7 +14,6 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic.alias_generators import to_snake
 
 from ..config import _Options, split_typed_key, typed_value
-from ..errors import UnknownOptionError
 from ..tasks import TASKS
 
 METHODS = ("lora", "qlora", "full")
@@ -107,11 +106,7 @@ class TrainOptions(_Options):
     def from_params(cls, train_params: Mapping[str, Any]) -> "TrainOptions":
         given: dict[str, str] = {}
         values = normalise(train_params, given)
-        try:
-            return cls.parse(values, where=cls.kind or "training")
-        except UnknownOptionError as e:
-            raise UnknownOptionError(cls.kind or "training", given.get(e.key, e.key), e.valid,
-                                     candidates=e.candidates) from None
+        return cls.parse(values, where=cls.kind or "training", given=given)
 
     @field_validator("model")
     @classmethod
