@@ -89,7 +89,7 @@ def test_run_shows_answers_unless_asked_for_json(tmp_path, capsys, monkeypatch):
     from byzer_like.session import Session
 
     session = Session(FakeRuntime(str(tmp_path)), progress=False)
-    session.sql('run command as LLM.`` where action="infer" and pretrainedModelType="llama" and localModelDir="/m" '
+    session.sql('run command as LLM.`` where action="infer" and pretrainedModelType="llama" and localModelDir="m" '
                 'and udfName="m";')
     select = 'select m(llm_param(map("instruction", "hello"))) as answer;'
     shown = []

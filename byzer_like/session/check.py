@@ -35,7 +35,7 @@ from ..runtime.evaluation import M
 from ..runtime.spec import DeploySpec
 from ..sql import Command, Load, Run, Save, Select, Set, Statement, to_duckdb
 from .commands import setup_pairs
-from .io import SaveOptions, load_options
+from .io import GLOB_CHARS, SaveOptions, glob_files, load_options
 from .position import place
 from .statements import ON_ERROR, RUN_ACTIONS, RUN_ETS
 
@@ -93,6 +93,12 @@ def _load(session: Any, s: Load, plan: _Plan) -> None:
     load_options(s.format, s.options)
     path = _path(session, s, s.path, "load path")
     if not path.exists() and not plan.written(path):
+        if GLOB_CHARS & set(str(path)):  # a Spark-style glob: some file must match it
+            try:
+                glob_files(path, s.format)
+            except ByzerError as e:
+                raise _at(e, s, s.path) from None
+            return
         raise _at(DataFileError(f"{path} does not exist (and no statement before this one saves it)"), s, s.path)
 
 

@@ -115,7 +115,7 @@ def _files(path: Path, fmt: str) -> list[str]:
     folder that is a link to somewhere outside it is refused (the folder was checked, not its
     links), and so is a name with glob characters, which DuckDB's readers would expand."""
     if not path.exists() and GLOB_CHARS & set(str(path)):
-        return _glob_files(path, fmt)
+        return glob_files(path, fmt)
     if path.is_dir():
         root = path.resolve()
         found = sorted({p for pattern in _GLOBS[fmt] for p in path.rglob(pattern)})
@@ -137,7 +137,7 @@ def _files(path: Path, fmt: str) -> list[str]:
     return files
 
 
-def _glob_files(path: Path, fmt: str) -> list[str]:
+def glob_files(path: Path, fmt: str) -> list[str]:
     """The files a Spark-style glob path names (`/data/raw/*`, `/data/part-*.json`): Python's glob from the
     path's first folder without glob characters; a matched folder gives its files of the format. A match
     that is a link out of that folder is refused; no match is a DataFileError naming the pattern."""
@@ -145,15 +145,20 @@ def _glob_files(path: Path, fmt: str) -> list[str]:
     fixed = next(i for i, part in enumerate(parts) if GLOB_CHARS & set(part))
     base = Path(*parts[:fixed])
     pattern = str(Path(*parts[fixed:]))
-    matches = sorted(base.glob(pattern)) if base.is_dir() else []
+    try:
+        matches = sorted(base.glob(pattern)) if base.is_dir() else []
+    except ValueError as e:  # pathlib's "Invalid pattern: '**' can only be an entire path component"
+        raise DataFileError(f"{path} is not a glob pattern load can read ({e}); give a path such as "
+                            "data/raw/* or data/part-*.json") from None
     if not matches:
         raise DataFileError(f"no file matches {path} (a glob pattern from {base})")
     root = base.resolve()
     files: list[str] = []
     for match in matches:
         if not match.resolve().is_relative_to(root):
-            raise WorkspacePathError(f"{match} is a link to {match.resolve()}, outside {base}; "
-                                     "load reads only the files inside the folder its pattern starts from")
+            raise WorkspacePathError(f"{match} is a link to {match.resolve()}, outside {base}; load reads only the "
+                                     "files inside the folder its pattern starts from: give a pattern that matches "
+                                     "no link out of it")
         files.extend(_files(match, fmt) if match.is_dir() else [str(match)])
     return files
 
