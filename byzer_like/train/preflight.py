@@ -146,16 +146,23 @@ def check_resources(task: Any, setup: SetupConfig, env: Environment) -> None:
         return
     largest = max(env.nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
     per_node = f"largest node: {largest.get('CPU', 0):g} CPUs, {largest.get('GPU', 0):g} GPUs"
+    where = f"on {len(env.nodes)} node(s) ({per_node})"
     if task.runner_holds_worker:
-        lower = "lower cpus_per_worker / num_gpus (sft trains on one node), or add a larger node"
+        raise ClusterTooSmallError(
+            f"{task.name} trains in one process, on one node: it needs {setup.cpus_per_worker:g} CPU(s) and "
+            f"{setup.gpus_per_worker:g} GPU(s) there; the cluster has {have['CPU']:g} CPUs and {have['GPU']:g} GPUs "
+            f"{where}, so Ray would queue the job forever; lower cpus_per_worker / num_gpus to fit one node, or add "
+            "a larger node", need=need, have=have)
+    if setup.gpus_per_worker > 0 and task.num_gpus_is_total:
+        lower = f"lower num_gpus (for {task.name} the total number of cards) or cpus_per_worker, or add nodes"
     elif setup.gpus_per_worker > 0:
-        lower = "lower num_gpus (for sfft the total number of cards) or cpus_per_worker, or add nodes"
+        lower = "lower num_workers / cpus_per_worker / num_gpus, or add nodes"
     else:
         lower = "lower num_workers / cpus_per_worker, or add nodes"
     raise ClusterTooSmallError(
         f"{task.name} needs {workers} worker(s) of {setup.cpus_per_worker:g} CPU / {setup.gpus_per_worker:g} GPU each "
         f"({workers * setup.cpus_per_worker:g} CPUs, {workers * setup.gpus_per_worker:g} GPUs in all); the cluster "
-        f"has {have['CPU']:g} CPUs and {have['GPU']:g} GPUs on {len(env.nodes)} node(s) ({per_node}), room for "
+        f"has {have['CPU']:g} CPUs and {have['GPU']:g} GPUs {where}, room for "
         f"{fits}, so Ray would queue the job forever; {lower}",
         need={k: v * workers for k, v in need.items()}, have=have)
 
