@@ -250,10 +250,12 @@ class Jobs:
 
     def record(self, job_id: str) -> dict:
         """Everything the catalog holds about a job (parameters, sys_conf, metric history), its id named
-        `job_id` as in `list()` / `status()` rows (the CLI's `jobs status` prints this), and `tensorboard_dir`:
+        `job_id` as in `list()` / `status()` rows (the CLI's `jobs status` prints this), its `method` as the rows
+        say it (`lora (qlora needs a CUDA GPU; none here)`), and `tensorboard_dir`:
         the folder of its TensorBoard event files (None until the job writes some)."""
         job = self._reconcile(self.catalog.job(job_id))
         job = {"job_id": job.pop("id"), **job}
+        job["method"] = _method_text(job.get("metrics") or {})  # as the row says it
         job["history"] = self.catalog.metric_history(job_id)
         job["tensorboard_dir"] = self.tensorboard_dir(job)
         return job
