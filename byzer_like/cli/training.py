@@ -99,11 +99,11 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def _list_jobs(jobs: Any, limit: int | None) -> int:
     from ..catalog import main_metrics
 
-    print_table(("job", "state", "step", "model", "loss", "tokens/s", "created", "finished", "error"), [
+    print_table(("job", "state", "step", "model", "loss", "tokens/s", "created", "finished", "method", "error"), [
         (r["job_id"], r["state"], f"{r['step']}/{r['total_steps'] or '?'}",
          f"{r['output_table']}@v{r['model_version']}" if r["model_version"] else r["output_table"],
          *main_metrics(json.loads(r["metrics"])).values(), local_time(r["created_at"]),
-         local_time(r["finished_at"]), r["error"]) for r in jobs.list(limit=limit)])
+         local_time(r["finished_at"]), r["method"], r["error"]) for r in jobs.list(limit=limit)])
     return OK
 
 
