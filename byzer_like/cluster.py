@@ -342,7 +342,7 @@ def node_resources() -> list[dict[str, float]]:
 
 def node_resources_at(dashboard_url: str, timeout_s: float = 10.0) -> list[dict[str, float]] | None:
     """The total resources of each live node of the cluster whose dashboard (Jobs API) is at `dashboard_url`,
-    read through Ray's state API without joining the cluster; None when it cannot be read."""
+    read through Ray's state API without joining the cluster; None when it cannot be read or lists no node."""
     try:
         from ray.util.state import list_nodes
 
@@ -351,7 +351,8 @@ def node_resources_at(dashboard_url: str, timeout_s: float = 10.0) -> list[dict[
         nodes = list_nodes(address=dashboard_url, timeout=int(timeout_s), raise_on_missing_output=False)
     except Exception:  # noqa: BLE001 - an older dashboard, auth, a network hiccup: the check is skipped
         return None
-    return [dict(getattr(n, "resources_total", None) or {}) for n in nodes if str(getattr(n, "state", "")) == "ALIVE"]
+    alive = [dict(getattr(n, "resources_total", None) or {}) for n in nodes if str(getattr(n, "state", "")) == "ALIVE"]
+    return alive or None  # a head that has just started may list no node yet
 
 
 def status(ws: Workspace) -> dict[str, Any]:

@@ -132,7 +132,7 @@ class Jobs:
                 nodes = cluster.node_resources()
             except Exception:  # noqa: BLE001 - a Ray client that cannot list nodes: the check is skipped
                 nodes = None
-        return Environment(nodes=nodes)
+        return Environment(nodes=nodes or None)  # no node listed yet: unknown, not a cluster of nothing
 
     def _run_dir(self, options: TrainOptions, job_id: str) -> Path:
         """The job's folder (created): under localPathPrefix when given, else the workspace's jobs/."""

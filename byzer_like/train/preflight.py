@@ -76,7 +76,7 @@ class Environment:
 
     def total(self, resource: str) -> float | None:
         """The cluster's total of `resource` ("CPU", "GPU"), None when the nodes are unknown."""
-        return None if self.nodes is None else float(sum(n.get(resource, 0) for n in self.nodes))
+        return float(sum(n.get(resource, 0) for n in self.nodes)) if self.nodes else None
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ def check_resources(task: Any, setup: SetupConfig, env: Environment) -> None:
     fit on `env`'s nodes when nothing else runs, each worker on one node; DeviceNotAvailableError when the job
     asks for GPUs and the cluster has none. Nothing when the nodes are unknown. Workers that only wait for
     resources in use now are not refused: Ray starts them when those are free."""
-    if env.nodes is None:
+    if not env.nodes:  # unknown (or none listed yet)
         return
     workers = workers_of(task, setup)
     need = {"CPU": setup.cpus_per_worker, "GPU": setup.gpus_per_worker}
