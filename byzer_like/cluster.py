@@ -371,6 +371,38 @@ def reachable(address: str | None, ws: Workspace) -> bool:
     return bool(info and info.alive())
 
 
+def room(nodes: Any, need: dict[str, float]) -> int:
+    """How many workers each needing `need` (Ray resources: {"CPU": 1, "GPU": 1}) fit on `nodes` (each
+    node's total resources, as `ray.nodes()` gives them under "Resources") when nothing else runs, each worker
+    on one node. A need of 0 for a resource does not limit; needing nothing fits without bound (a large number)."""
+    asked = {k: v for k, v in need.items() if v > 0}
+    if not asked:
+        return 1 << 30
+    return sum(min(int(res.get(k, 0) / v + 1e-9) for k, v in asked.items()) for res in nodes)
+
+
+def node_resources() -> list[dict[str, float]]:
+    """The total resources of each live node of the cluster this process is connected to (`ray.nodes()`)."""
+    import ray
+
+    return [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
+
+
+def node_resources_at(dashboard_url: str, timeout_s: float = 10.0) -> list[dict[str, float]] | None:
+    """The total resources of each live node of the cluster whose dashboard (Jobs API) is at `dashboard_url`,
+    read through Ray's state API without joining the cluster; None when it cannot be read or lists no node."""
+    try:
+        from ray.util.state import list_nodes
+
+        if is_loopback(dashboard_url):
+            as_local()
+        nodes = list_nodes(address=dashboard_url, timeout=int(timeout_s), raise_on_missing_output=False)
+    except Exception:  # noqa: BLE001 - an older dashboard, auth, a network hiccup: the check is skipped
+        return None
+    alive = [dict(getattr(n, "resources_total", None) or {}) for n in nodes if str(getattr(n, "state", "")) == "ALIVE"]
+    return alive or None  # a head that has just started may list no node yet
+
+
 def status(ws: Workspace) -> dict[str, Any]:
     """The workspace's persistent head: whether it runs, its addresses, `num_cpus` (the CPUs Ray schedules
     with: what `start_head` gave `ray start`), `machine_cores` (this machine's, `os.cpu_count()`) and, when

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal, Mapping
 
 from pydantic import (
     AliasChoices, BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, field_validator,
-    model_serializer,
+    model_serializer, model_validator,
 )
 from pydantic.alias_generators import to_camel
 
@@ -248,9 +248,13 @@ class SetupConfig(_Options):
         description="CPUs reserved by each worker (Ray resources)",
     )
     gpus_per_worker: float = Field(
-        0.0, ge=0, validation_alias=AliasChoices("gpus_per_worker", "gpusPerWorker", "num_gpus", "numGpus"),
-        description="GPUs reserved by each worker (Byzer's num_gpus)",
+        0.0, ge=0, validation_alias=AliasChoices("gpus_per_worker", "gpusPerWorker"),
+        description="GPUs reserved by each worker (set by num_gpus unless given itself)",
     )
+    num_gpus: float | None = Field(
+        None, ge=0, validation_alias=AliasChoices("num_gpus", "numGpus"),
+        description="Byzer's num_gpus: GPUs per worker for a deployment and for sft (it sets gpus_per_worker); for "
+                    "sfft the total number of cards, workers = num_gpus / gpus_per_worker (1 card each by default)")
     max_ongoing_requests: int = Field(
         8, ge=1, validation_alias=AliasChoices("max_ongoing_requests", "maxOngoingRequests", "workerMaxConcurrency",
                                                "worker_max_concurrency"),
@@ -295,6 +299,41 @@ class SetupConfig(_Options):
                                              "workerMaxConcurrency": "max_ongoing_requests",
                                              "worker_max_concurrency": "max_ongoing_requests"}
 
+    @model_validator(mode="after")
+    def _num_gpus_per_worker(self):
+        # Byzer's num_gpus is the GPUs of one worker unless gpus_per_worker is given (`for_task` reads it as the
+        # total for sfft); set without marking gpus_per_worker as given
+        if self.num_gpus is not None and "gpus_per_worker" not in self.model_fields_set:
+            object.__setattr__(self, "gpus_per_worker", self.num_gpus)
+        return self
+
+    def for_task(self, task: Any) -> "SetupConfig":
+        """The setup a training job of `task` (a `tasks.TrainingTask`) runs with. For a task whose
+        `num_gpus_is_total` (sfft, as Byzer's sfft reads it), `num_gpus` is the total number of cards: the job
+        gets num_gpus / gpus_per_worker workers (gpus_per_worker: 1 unless given) and num_gpus is consumed;
+        otherwise (sft, deployments) the setup as it is. ConfigError when the cards do not split into whole
+        workers, or num_workers was given and disagrees (both values quoted)."""
+        if not getattr(task, "num_gpus_is_total", False) or not self.num_gpus:
+            return self
+        total = self.num_gpus
+        per = self.gpus_per_worker if "gpus_per_worker" in self.model_fields_set else 1.0
+        name = getattr(task, "name", "training")
+        if per <= 0:
+            raise ConfigError(f"num_gpus={total:g} is the total number of cards for {name}, but gpus_per_worker is "
+                              f"{per:g}; give gpus_per_worker >= 1 (cards per worker) or leave it out (1 card each)")
+        workers = total / per
+        if abs(workers - round(workers)) > 1e-9 or round(workers) < 1:
+            raise ConfigError(f"num_gpus={total:g} is the total number of cards for {name}: with gpus_per_worker="
+                              f"{per:g} that is {workers:g} workers; make num_gpus a multiple of gpus_per_worker")
+        workers = int(round(workers))
+        if "num_workers" in self.model_fields_set and self.num_workers != workers:
+            raise ConfigError(f"num_gpus={total:g} is the total number of cards for {name}, {workers} worker(s) of "
+                              f"{per:g} card(s), but num_workers={self.num_workers}; give one of them (or make "
+                              f"num_workers x gpus_per_worker = num_gpus)")
+        values = self.model_dump(include=self.model_fields_set - {"num_gpus"})
+        values.update(num_workers=workers, gpus_per_worker=per)
+        return type(self).model_validate(values)
+
     @field_validator("infer_backend")
     @classmethod
     def _known_backend(cls, value: str) -> str:
@@ -327,14 +366,17 @@ class SetupConfig(_Options):
         custom = {k: str(values[k]) for k in own_keys(values, known)}
         merged = self.model_dump(exclude_unset=True)  # what was set stays told apart from defaults
         given = {k: v for k, v in values.items() if k not in custom}
-        merged.update(dict(type(self).parse(given, where="setup").model_dump(exclude_unset=True)))
+        new = dict(type(self).parse(given, where="setup").model_dump(exclude_unset=True))
+        if "num_gpus" in new and "gpus_per_worker" not in new:
+            merged.pop("gpus_per_worker", None)  # a later num_gpus sets the GPUs per worker again
+        merged.update(new)
         merged["custom"] = {**self.custom, **custom}
         return type(self).model_validate(merged)
 
     def sys_conf(self) -> dict[str, str]:
         """The plugin contract's `sys_conf`: every setting as a string, Byzer style (`num_gpus` too, Byzer's
         name of `gpus_per_worker`)."""
-        d = {k: str(v) for k, v in self.model_dump(exclude={"custom"}).items() if v is not None}  # unset: absent
+        d = {k: str(v) for k, v in self.model_dump(exclude={"custom", "num_gpus"}).items() if v is not None}  # unset: absent
         d["num_gpus"] = d["gpus_per_worker"]
         return {**self.custom, **d}
 
@@ -344,7 +386,8 @@ class SetupConfig(_Options):
         read once where the contract hands it over. Keys that are no setting (a plugin's own) are left out;
         a setting it lacks keeps its default, and `was_set(name)` tells which it had. ConfigError for a value
         that is not valid."""
-        known = {k: v for k, v in sys_conf.items() if k in cls.model_fields and k not in cls.HIDDEN}
+        # sys_conf's num_gpus mirrors gpus_per_worker (the contract's form), so it is read as that
+        known = {k: v for k, v in sys_conf.items() if k in cls.model_fields and k not in cls.HIDDEN and k != "num_gpus"}
         if "gpus_per_worker" not in known and "num_gpus" in sys_conf:
             known["gpus_per_worker"] = sys_conf["num_gpus"]
         try:

@@ -187,6 +187,32 @@ def unknown_key(key: str, candidates: Iterable[str] | Mapping[str, str]) -> str:
     return f"unknown option {key!r}" + (f" ({hint}?)" if hint else "")
 
 
+class MissingPackageError(ConfigError, ImportError):
+    """An option needs a Python package that is not installed. `option`: the option (as the user wrote it
+    or its field); `package`: the package's pip name."""
+
+    def __init__(self, message: str, *, option: str, package: str):
+        self.option, self.package = option, package
+        super().__init__(message)
+
+
+class DeviceNotAvailableError(ConfigError):
+    """An option needs a device (a CUDA GPU) the cluster does not have. `option`: the option asking for it."""
+
+    def __init__(self, message: str, *, option: str):
+        self.option = option
+        super().__init__(message)
+
+
+class ClusterTooSmallError(ConfigError):
+    """A job needs more CPUs / GPUs than the whole cluster has, so Ray would queue it forever. `need` and
+    `have`: the resources asked ({"CPU": 12.0, "GPU": 12.0}) and the cluster's totals."""
+
+    def __init__(self, message: str, *, need: Mapping[str, float], have: Mapping[str, float]):
+        self.need, self.have = dict(need), dict(have)
+        super().__init__(message)
+
+
 class WorkspacePathError(ByzerError, PermissionError):
     """A path resolves outside the workspace's allowed roots."""
 

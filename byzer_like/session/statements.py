@@ -129,6 +129,8 @@ def train(session: Any, s: Run, where: dict[str, str]) -> Result:
         extra["partitions"] = parts.sizes
     row = rt.train(task.name, where, table, options=opts, progress=session.progress, **extra)
     message = f"job {row['job_id']}: {row['state']}"
+    if row.get("method"):  # sft: which method trains, and why when it was not named
+        message += f" (method: {row['method']})"
     if keep:
         workers = rt.setup_config.num_workers
         if task.name == "sfft":

@@ -127,8 +127,10 @@ class SftOptions(TrainOptions):
 
     kind: ClassVar[str] = "sft"
 
-    method: Literal["lora", "qlora", "full"] = Field("lora", description="lora: a LoRA adapter over the frozen "
-                                                     "base; qlora: the same over a 4-bit base; full: every weight")
+    method: Literal["lora", "qlora", "full"] | None = Field(
+        None, description="lora: a LoRA adapter over the frozen base; qlora: the same over a 4-bit base; full: every "
+        "weight. Not given: qlora where the job's worker has a CUDA GPU (Byzer's default), else lora; settled "
+        "before the job is submitted (`train.preflight.settle_method`) and said in the job's row")
     max_seq_length: int = Field(512, ge=8, le=1_048_576, description="prompt + answer tokens per example")
     packing: bool = Field(False, description="pack several short examples into one sequence")
     eval_split: float = Field(0.0, ge=0, lt=0.5, description="fraction of rows held out for eval loss (and for "
