@@ -212,6 +212,10 @@ class SftOptions(TrainOptions, LoraFields):
             if getattr(self, name) != type(self).model_fields[name].default and self.method != method:
                 raise ValueError(f"{name} is an option of method=\"{method}\", not of method=\"{self.method}\"; "
                                  f"add method=\"{method}\" or drop it")
+        if self.method == "prefix" and self.gradient_checkpointing:
+            raise ValueError("gradientCheckpointing cannot go with method=\"prefix\": transformers drops the key/value "
+                             "cache in checkpointed layers, and that cache is where the virtual tokens live; drop "
+                             "gradientCheckpointing (prefix tuning keeps few activations) or use method=\"lora\"")
         return self
 
     def lr(self) -> float:
