@@ -605,7 +605,8 @@ class CausalLMPlugin:
                          cpus=ctx.cpus, gpus=ctx.gpus, reporter=ctx.reporter, resume=ctx.resume)
 
     def sfft_train(self, data_refs: Any, train_params: Mapping[str, str], sys_conf: Mapping[str, str]) -> dict:
-        """Continued pretraining (byzer_like.train.sfft) on Ray Train workers with DeepSpeed."""
+        """Continued pretraining (byzer_like.train.sfft) on Ray Train workers with DeepSpeed: a whole model, or a
+        LoRA adapter over the base (method lora, on this family's LoRA targets)."""
         from ..train.context import TrainContext
         from ..train.sfft import sfft_train
 
@@ -613,8 +614,9 @@ class CausalLMPlugin:
         result = sfft_train(model_dir=ctx.model_dir, data_path=ctx.data_path, output_dir=ctx.output_dir,
                             run_dir=ctx.run_dir, run_name=ctx.run_name, options=ctx.options,
                             num_workers=ctx.num_workers, cpus_per_worker=ctx.cpus, gpus_per_worker=ctx.gpus,
-                            reporter=ctx.reporter, partition_sizes=ctx.partitions)
-        return {"kind": "model", **result}
+                            reporter=ctx.reporter, partition_sizes=ctx.partitions,
+                            target_modules=self.lora_target_modules)
+        return {"kind": "adapter" if ctx.options.trains_adapter() else "model", **result}
 
     @staticmethod
     def _meta(n_in: int, n_out: int, finish: str, first: float | None, seconds: float, ignored: list[str]) -> dict:

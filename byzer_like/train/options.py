@@ -91,6 +91,11 @@ class TrainOptions(_Options):
 
     default_eval_metrics: ClassVar[str] = "exact_match"
 
+    def registered_method(self) -> str:
+        """The `method` the registry records for the model this run trains (the option's value; "pretrain"
+        for a task without one)."""
+        return str(getattr(self, "method", None) or "pretrain")
+
     def eval_metric_names(self) -> str:
         """The evalMetrics asked for, else the task's default."""
         return self.eval_metrics or self.default_eval_metrics
@@ -280,6 +285,10 @@ class SfftOptions(TrainOptions, LoraFields):
     def trains_adapter(self) -> bool:
         """Whether the run's output is a LoRA adapter over its base rather than a whole model."""
         return self.method == "lora"
+
+    def registered_method(self) -> str:
+        """"pretrain" (every weight) or "pretrain-lora" (an adapter), as the registry records sfft's models."""
+        return "pretrain" if self.method == "full" else f"pretrain-{self.method}"
 
 
 __all__ = ["METHODS", "SFFT_METHODS", "LoraFields", "SfftOptions", "SftOptions", "TrainOptions", "normalise"]
