@@ -197,8 +197,8 @@ def _training_args(opts: SftOptions, ckpt_dir: Path, train_rows: int, has_eval: 
         dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,
-        gradient_checkpointing=opts.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if opts.gradient_checkpointing else None,
+        activation_checkpointing=opts.gradient_checkpointing,  # transformers 5's name of gradient_checkpointing
+        activation_checkpointing_kwargs={"use_reentrant": False} if opts.gradient_checkpointing else None,
         neftune_noise_alpha=opts.neftune_noise_alpha,
     )
 
