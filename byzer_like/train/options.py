@@ -158,7 +158,7 @@ class LoraFields(_Options):
         return _names(v)
 
 
-class SftOptions(TrainOptions, LoraFields):
+class SftOptions(LoraFields, TrainOptions):
     """Supervised fine-tuning (`sft/<family>`)."""
 
     kind: ClassVar[str] = "sft"
@@ -241,7 +241,7 @@ class SftOptions(TrainOptions, LoraFields):
         return max(1, min(8, round(0.002 * rows)))
 
 
-class SfftOptions(TrainOptions, LoraFields):
+class SfftOptions(LoraFields, TrainOptions):
     """Continued pretraining (`sfft/<family>`) on Ray Train workers with DeepSpeed."""
 
     kind: ClassVar[str] = "sfft"
