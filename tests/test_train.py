@@ -265,3 +265,49 @@ def test_a_job_that_cannot_start_is_recorded_as_failed(tmp_path, monkeypatch, ti
     (job,) = client.catalog.jobs()
     assert job["state"] == "FAILED" and job["error"].startswith("could not start: cannot reach the Ray Jobs API")
     assert (Path(job["run_dir"]) / "input.parquet").exists()  # kept: `jobs resume` can start it later
+
+
+@pytest.mark.heavy  # three training jobs and three deployments; the methods' parts run in-process in test_train_methods
+@pytest.mark.timeout(600)
+def test_freeze_prefix_and_sfft_lora_deploy_by_model_table(llm, session, tiny_models, qa_file, workspace):
+    import pyarrow.parquet as pq
+
+    from byzer_like.tiny import prose_lines
+
+    base = tiny_models["llama"]
+    corpus = workspace / "data" / "methods_corpus.parquet"
+    pq.write_table(pa.table({"text": prose_lines(64)}), corpus)
+    common = 'and `sft.int.max_seq_length`="48" and batchSize="4" and epochs="2" and detached="false"'
+    session.sql(f"""
+        load json.`{qa_file}` as qa;
+        load parquet.`{corpus}` as corpus;
+        run qa as LLM.`` where pretrainedModelType="sft/llama" and localModelDir="{base}"
+        and outputTable="m_freeze" and method="freeze" and numLayerTrainable="1" {common};
+        run qa as LLM.`` where pretrainedModelType="sft/llama" and localModelDir="{base}"
+        and outputTable="m_prefix" and method="prefix" and numVirtualTokens="8" {common};
+        run corpus as LLM.`` where pretrainedModelType="sfft/llama" and localModelDir="{base}"
+        and outputTable="m_sfft_lora" and method="lora" and loraR="4" and maxSteps="4"
+        and `sfft.int.max_length`="32" and perDeviceBatchSize="2" and detached="false";
+    """)
+    kinds = {n: (llm.catalog.model(n).kind, llm.catalog.model(n).method) for n in ("m_freeze", "m_prefix", "m_sfft_lora")}
+    assert kinds == {"m_freeze": ("model", "freeze"), "m_prefix": ("adapter", "prefix"),
+                     "m_sfft_lora": ("adapter", "pretrain-lora")}
+    assert llm.catalog.model("m_sfft_lora").base_model == str(base)
+    assert json.loads(Path(llm.catalog.model("m_prefix").path, "adapter_config.json").read_text())["peft_type"] \
+        == "PREFIX_TUNING"
+    deployed = []
+    try:
+        for name in ("m_freeze", "m_prefix", "m_sfft_lora"):
+            llm.deploy(None, "llama", f"{name}_chat", {"model_table": name})
+            deployed.append(f"{name}_chat")
+            answers = llm.batch_chat([r["instruction"] for r in QA[:4]], model=f"{name}_chat",
+                                     llm_config={"temperature": 0.0, "max_new_tokens": 4})
+            assert len(answers) == 4 and all(isinstance(str(a), str) for a in answers)
+        with pytest.raises(Exception, match="prefix-tuning adapter"):
+            llm.deploy(None, "llama", "base_for_prefix", {})
+            deployed.append("base_for_prefix")
+            llm.batch_chat(["hi"], model="base_for_prefix", adapter="m_prefix")
+    finally:
+        for n in deployed:
+            if llm.is_model_exist(n):
+                llm.undeploy(n)

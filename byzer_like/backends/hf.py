@@ -24,6 +24,7 @@ from ..plugins.model_types import ENCODER_CONFIG_TYPES
 from . import grammar
 from .hf_batches import (BASE_ROW, SharedLock, adapter_rows, answer_tokens, cut_at_stop, generate_rows,
                          hook_lora_layers)
+from ..train.methods import is_prefix_adapter
 from .hf_dirs import check_model_files, context_length, model_config, model_facts, saved_quantization, worker_device
 from .sampling import row_generators, seeded
 
@@ -53,6 +54,11 @@ def answer_budget(prompt_tokens: int, max_length: Any, max_new_tokens: Any, cont
     return budget if max_length else min(budget, DEFAULT_MAX_NEW_TOKENS)
 
 
+# a prefix-tuning adapter served per request: peft does not mix prompt-learning and LoRA adapters in one model
+PREFIX_PER_REQUEST = ("{adapter} is a prefix-tuning adapter, which is not served per request over a shared base "
+                      "(peft mixes LoRA adapters only); deploy it on its own: modelTable=\"<adapter>\" on the "
+                      "transformers back end")
+
 GENERIC_TEMPLATE = (
     "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}assistant:{% endif %}"
@@ -70,6 +76,7 @@ class _State:
     device: str
     quantization: str | None
     merged_adapter: str | None = None  # the deployment's adapter_dir, merged into the weights at load
+    prefix: Any = None  # the PeftModel of a prefix-tuning adapter_dir (kept unmerged: CausalLMPlugin._prefix)
     peft: Any = None  # the PeftModel over the model once an adapter was loaded (load_adapter)
     lock: SharedLock = field(default_factory=SharedLock)
 
@@ -183,15 +190,21 @@ class CausalLMPlugin:
         kwargs, quant = self._load_options(model_dir, device, dtype_name, in4=in4, in8=in8)
         kwargs.update(trust_remote_code=trust, use_safetensors=None if allow_pickle else True)
         model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
-        if ip.get("adapter_dir"):  # a LoRA adapter trained on this base: merged for plain-speed inference
+        adapter_dir = ip.get("adapter_dir") or None
+        prefix = None
+        if adapter_dir and is_prefix_adapter(adapter_dir):  # prefix tuning: kept beside the model (see _prefix)
+            model, prefix = self._prefix(model, adapter_dir)
+        elif adapter_dir:  # a LoRA adapter trained on this base: merged for plain-speed inference
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, ip["adapter_dir"])
+            model = PeftModel.from_pretrained(model, adapter_dir)
             model = model.merge_and_unload() if quant is None else model
         if quant is None:
-            model.to(device)
+            (prefix or model).to(device)
         model.eval()
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust)
+        # an adapter saved with its tokenizer (sft saves one) prompts with the template it was trained with
+        tok_dir = adapter_dir if adapter_dir and Path(adapter_dir, "tokenizer_config.json").is_file() else model_dir
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=trust)
         tokenizer.padding_side = "left"
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -204,9 +217,28 @@ class CausalLMPlugin:
             max_batch_size=setup.max_batch_size,
             device=device,
             quantization=quant,
-            merged_adapter=ip.get("adapter_dir") or None,
+            merged_adapter=adapter_dir,
+            prefix=prefix,
         )
         return model, tokenizer
+
+    @staticmethod
+    def _prefix(model: Any, adapter_dir: str) -> tuple[Any, Any]:
+        """The model that generates with the prefix-tuning adapter in `adapter_dir`, and peft's model around it.
+
+        peft's own `PeftModel.generate` swaps the base model's `prepare_inputs_for_generation` for its own for
+        the length of one call and back, which is not safe when several threads generate at once (the first to
+        finish would take the prefix from the others mid-answer). Here the swap is made once, at load: every
+        `generate` of the base model, on any thread, starts its key/value cache with the virtual tokens (peft's
+        `get_prompt`) and widens the attention mask by them. Forward passes outside `generate` (scoring) go
+        through peft's model, which does the same."""
+        from peft import PeftModel
+
+        peft_model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=False)
+        peft_model.eval()
+        base = peft_model.get_base_model()
+        base.prepare_inputs_for_generation = peft_model.prepare_inputs_for_generation
+        return base, peft_model
 
     @staticmethod
     def _load_options(model_dir: str, device: str, dtype_name: str, *, in4: bool, in8: bool) -> tuple[dict, str | None]:
@@ -243,10 +275,13 @@ class CausalLMPlugin:
 
         state: _State = model.byzer_like
         if state.merged_adapter:
-            raise NotSupportedError(f"this deployment merged the adapter {state.merged_adapter!r} into its weights; "
+            how = "serves the prefix-tuning adapter" if state.prefix is not None else "merged the adapter"
+            raise NotSupportedError(f"this deployment {how} {state.merged_adapter!r} (adapter_dir) since it loaded; "
                                     "deploy the base model without adapter_dir to serve adapters over it")
         if not Path(adapter_dir, "adapter_config.json").is_file():
             raise ModelDirError(f"{adapter_dir!r} is not a LoRA adapter (no adapter_config.json)")
+        if is_prefix_adapter(adapter_dir):
+            raise NotSupportedError(PREFIX_PER_REQUEST.format(adapter=repr(adapter_dir)))
         with state.lock.alone():
             if state.peft is None:  # the LoRA layers go into `model` itself: it stays the object that generates
                 state.peft = PeftModel.from_pretrained(model, adapter_dir, adapter_name=name, is_trainable=False)
@@ -528,8 +563,8 @@ class CausalLMPlugin:
             for r, i in enumerate(chunk):
                 ids[r, :len(rows[i][0])] = torch.tensor(rows[i][0])
                 mask[r, :len(rows[i][0])] = 1
-            with state.lock.shared(), torch.inference_mode():
-                logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
+            with state.lock.shared(), torch.inference_mode():  # a prefix adapter's forward is peft's
+                logits = (state.prefix or model)(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
             logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:].to(logits.device).unsqueeze(-1))[..., 0]
             for r, i in enumerate(chunk):
                 n, start = len(rows[i][0]), rows[i][1]
@@ -570,7 +605,8 @@ class CausalLMPlugin:
                          cpus=ctx.cpus, gpus=ctx.gpus, reporter=ctx.reporter, resume=ctx.resume)
 
     def sfft_train(self, data_refs: Any, train_params: Mapping[str, str], sys_conf: Mapping[str, str]) -> dict:
-        """Continued pretraining (byzer_like.train.sfft) on Ray Train workers with DeepSpeed."""
+        """Continued pretraining (byzer_like.train.sfft) on Ray Train workers with DeepSpeed: a whole model, or a
+        LoRA adapter over the base (method lora, on this family's LoRA targets)."""
         from ..train.context import TrainContext
         from ..train.sfft import sfft_train
 
@@ -578,8 +614,9 @@ class CausalLMPlugin:
         result = sfft_train(model_dir=ctx.model_dir, data_path=ctx.data_path, output_dir=ctx.output_dir,
                             run_dir=ctx.run_dir, run_name=ctx.run_name, options=ctx.options,
                             num_workers=ctx.num_workers, cpus_per_worker=ctx.cpus, gpus_per_worker=ctx.gpus,
-                            reporter=ctx.reporter, partition_sizes=ctx.partitions)
-        return {"kind": "model", **result}
+                            reporter=ctx.reporter, partition_sizes=ctx.partitions,
+                            target_modules=self.lora_target_modules)
+        return {"kind": "adapter" if ctx.options.trains_adapter() else "model", **result}
 
     @staticmethod
     def _meta(n_in: int, n_out: int, finish: str, first: float | None, seconds: float, ignored: list[str]) -> dict:

@@ -104,7 +104,10 @@ def generate_rows(generate: Callable[..., Any], model: Any, tokenizer: Any, ids:
     the ended rows are dropped from the batch and its KV cache (`Cache.batch_select_indices`), and the
     rest go on from the cache where they were, so no row's tokens are computed again. Greedy answers
     are those of one `generate` over the whole batch (bench/sorting.py compares them). A batch under a
-    JSON-schema grammar (whose processor keeps per-row state) or of one row runs in one call."""
+    JSON-schema grammar (whose processor keeps per-row state), of one row, or on a prefix-tuned model runs in
+    one call: a prefix-tuning adapter's cache starts with its virtual tokens, so it is longer than the
+    sequence, and `generate` cannot go on from such a cache (it counts the positions still to compute from
+    the cache's length)."""
     from transformers import StoppingCriteriaList
 
     first = rows[0]
@@ -113,7 +116,8 @@ def generate_rows(generate: Callable[..., Any], model: Any, tokenizer: Any, ids:
     adapters = [p.adapter for p in rows]
     generators = row_generators([p.gen.get("seed") for p in rows], first.gen)  # each row's own draws
     each = {} if generators is None else {"generators": generators}
-    if first.response_format is not None or len(rows) == 1:
+    prefixed = getattr(getattr(model, "byzer_like", None), "prefix", None) is not None
+    if first.response_format is not None or len(rows) == 1 or prefixed:
         out = generate(model, tokenizer, ids, mask, max(budgets), first.gen, first.stop,
                        first.response_format, adapters=adapters, **each)
         return [out[r, width:].tolist() for r in range(len(rows))]

@@ -46,6 +46,7 @@ from .. import structured
 from ..config import SetupConfig, parse_bool
 from ..errors import ConfigError, InvalidRequestError, NotSupportedError
 from ..plugins.contract import request_arguments
+from ..train.methods import is_prefix_adapter
 from .hf import CausalLMPlugin, answer_budget
 from .vllm_setup import (ENGINE_KEYS, adapter_rank, adapter_rank_message, configure_environment, lora_settings,
                          null_adapter, vllm_python)
@@ -90,6 +91,13 @@ class VLLMPlugin:
                 raise ConfigError(f"{key} is a bitsandbytes option of the transformers engine; vLLM loads full or "
                                   "pre-quantized weights: deploy a quantized export (action=\"quantize\") or use "
                                   'infer_backend=transformers')
+        if is_prefix_adapter(ip.get("adapter_dir")):
+            raise NotSupportedError(f"{ip['adapter_dir']!r} is a prefix-tuning adapter, which vLLM cannot serve (it "
+                                    "serves LoRA adapters only) and which cannot be merged into its base (its virtual "
+                                    "tokens are no weights): deploy it on the transformers back end, "
+                                    '`!byzerllm setup "infer_backend=transformers"` (or pretrainedModelType="<family>" '
+                                    "instead of vllm/<family>), or train a LoRA adapter (method=\"lora\") to merge "
+                                    "or serve on vLLM")
         if ip.get("adapter_dir"):
             raise ConfigError("the vLLM engine does not merge a LoRA adapter at load (adapter_dir / an adapter's "
                               "modelTable): deploy its base model and name the adapter per request (m@adapter in SQL, "

@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 from ..catalog import Catalog
 from ..errors import (AdapterBaseError, AdapterNotFoundError, AdapterRankError, ConfigError, ModelDirError,
                       ModelNotFoundError, NotSupportedError)
+from ..train.methods import is_prefix_adapter
 
 # a deployment and one of its adapters, as one model name: SQL's `m@qa_model` (a function name) or the HTTP
 # API's `m:qa_model` (vLLM's and OpenAI-compatible servers' spelling, the one /v1/models lists); either is taken
@@ -87,7 +88,8 @@ def resolve(catalog: Catalog, ref: str, *, udf_name: str, meta: Mapping[str, Any
     load_adapter, or it merged an adapter at load), AdapterNotFoundError (no such adapter, or a whole model:
     the message lists the adapters registered for the deployment's base), AdapterBaseError (trained on
     another base: the message names the base it needs), AdapterRankError (its LoRA rank is above the
-    engine's `max_lora_rank` in `meta`, vLLM's: the message names the option to raise)."""
+    engine's `max_lora_rank` in `meta`, vLLM's: the message names the option to raise); NotSupportedError for a
+    prefix-tuning adapter, which is served only as a deployment of its own (`modelTable`, transformers)."""
     model_dir = str(meta.get("model_dir") or "")
     if not meta.get("adapters"):
         merged = (meta.get("infer_params") or {}).get("adapter_dir")
@@ -106,6 +108,13 @@ def resolve(catalog: Catalog, ref: str, *, udf_name: str, meta: Mapping[str, Any
                                    why=f"{m.ref} is a whole model (kind {m.kind!r}), not a LoRA adapter: deploy it on its own")
     if not same_dir(m.base_model, model_dir):
         raise AdapterBaseError(m.ref, udf_name, base_name(catalog, m.base_model or ""), base_name(catalog, model_dir))
+    if m.method == "prefix" or is_prefix_adapter(m.path):
+        where = ("vLLM serves LoRA adapters only" if meta.get("engine") == "vllm" else
+                 "peft mixes LoRA adapters only over a shared base")
+        raise NotSupportedError(f"{m.ref} is a prefix-tuning adapter, which deployment {udf_name!r} cannot serve per "
+                                f"request ({where}); deploy it on its own on the transformers back end: "
+                                f'modelTable="{m.ref}" (with `!byzerllm setup "infer_backend=transformers"` where vLLM '
+                                "is the default)")
     if meta.get("max_lora_rank"):
         check_rank(m.ref, m.path, int(meta["max_lora_rank"]))
     return {"ref": m.ref, "name": m.name, "version": m.version, "path": m.path, "base_model": m.base_model}

@@ -18,13 +18,15 @@ SAMPLE_ROWS = 2000  # rows tokenized up front to find examples longer than max_s
 
 def check_sft(opts: Any, table: pa.Table, base_dir: str, plugin: Any, setup: Any) -> None:
     """The table has a known sft form and its first SAMPLE_ROWS rows tokenize within max_seq_length."""
+    from .methods import check_method
     from .sft import prepare_tokenizer, stop_token_ids
 
+    check_method(opts, base_dir)
     form = D.sft_form(table.column_names)
     sample = table.slice(0, min(table.num_rows, SAMPLE_ROWS)).to_pylist()
     convs = D.conversations(sample, form)
     target = plugin.target
-    tok = prepare_tokenizer(base_dir, getattr(target, "fallback_chat_template", None))
+    tok = prepare_tokenizer(base_dir, getattr(target, "fallback_chat_template", None), getattr(opts, "template", None))
     stops = stop_token_ids(base_dir, tok, getattr(target, "stop_tokens", ()))
     D.encode_all(tok, convs, opts.max_seq_length, stops)
 

@@ -4,7 +4,10 @@ only on the answers, optional packing, and an eval split.
 Forms (checked on the table's columns before anything expensive starts):
 - alpaca: `instruction`, `output`, optional `input`, `system`, `history` (a list of [question, answer]
   pairs or of {role, content} messages, or the same as JSON text);
-- chat: `messages`, a list of {role, content} (or JSON text), ending with an assistant message;
+- chat: `messages`, a list of {role, content} (or JSON text), ending with an assistant message (OpenAI's
+  chat form);
+- sharegpt: `conversations`, a list of {from, value} turns (or JSON text) with `from` one of human, gpt,
+  system (LLaMA-Factory's sharegpt form; also user / assistant), optional `system` column; ending with gpt;
 - text (continued pretraining): one string column, `text` by default.
 """
 from __future__ import annotations
@@ -20,16 +23,22 @@ from ..errors import ConfigError
 
 ALPACA_REQUIRED = ("instruction", "output")
 ALPACA_OPTIONAL = ("input", "system", "history")
-FORMS_HELP = ("alpaca form (columns instruction, output; optional input, system, history) "
-              "or chat form (a messages column of {role, content} lists)")
+FORMS_HELP = ("alpaca form (columns instruction, output; optional input, system, history), "
+              "chat form (a messages column of {role, content} lists) "
+              "or sharegpt form (a conversations column of {from, value} lists; from: human, gpt, system)")
+# sharegpt's `from` names (LLaMA-Factory's defaults: human / gpt / system; some exports say user / assistant)
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 IGNORE = -100
 
 
 def sft_form(columns: Sequence[str]) -> str:
-    """`alpaca` or `chat` from a table's column names; a ConfigError naming the expected forms otherwise."""
+    """`alpaca`, `chat` or `sharegpt` from a table's column names; a ConfigError naming the expected forms
+    otherwise."""
     cols = {c.lower() for c in columns}
     if "messages" in cols:
         return "chat"
+    if "conversations" in cols:
+        return "sharegpt"
     if all(c in cols for c in ALPACA_REQUIRED):
         return "alpaca"
     missing = [c for c in ALPACA_REQUIRED if c not in cols]
@@ -81,7 +90,32 @@ def _text(value: Any) -> str:
 def _message(m: Any, row: int) -> dict[str, str]:
     if isinstance(m, Mapping) and "role" in m and "content" in m:
         return {"role": str(m["role"]), "content": _text(m["content"])}
+    if isinstance(m, Mapping) and "from" in m and "value" in m:  # a sharegpt turn in a messages list
+        return sharegpt_messages([m], row=row)[0]
     raise ConfigError(f"row {row}: each message needs role and content, got {m!r}")
+
+
+def sharegpt_messages(turns: Any, *, system: Any = None, row: int = 1) -> list[dict[str, str]]:
+    """ShareGPT turns (`[{"from": "human", "value": "..."}, {"from": "gpt", ...}]`, or that list as JSON text)
+    as chat messages `[{"role": "user", "content": "..."}, {"role": "assistant", ...}]`, the form LLaMA-Factory
+    reads as `formatting: sharegpt`: `from` human -> user, gpt -> assistant, system -> system (user and
+    assistant are taken as they are). `system` (a row's own system column) comes first when the turns hold
+    none. The last turn is not checked here: sft needs an answer last, preference data a prompt. ConfigError
+    naming the row (1-based `row`) for a turn without from / value or with another `from` (function_call,
+    observation: tool turns are not trained here)."""
+    msgs: list[dict[str, str]] = []
+    for t in _json_list(turns, "conversations", row):
+        if not (isinstance(t, Mapping) and "from" in t and "value" in t):
+            raise ConfigError(f"row {row}: each sharegpt turn needs from and value, got {t!r}")
+        role = SHAREGPT_ROLES.get(str(t["from"]).strip().lower())
+        if role is None:
+            raise ConfigError(f"row {row}: sharegpt turn from {t['from']!r} is not one of "
+                              f"{', '.join(sorted(set(SHAREGPT_ROLES)))}; drop tool turns (function_call, "
+                              "observation) or rename the roles")
+        msgs.append({"role": role, "content": _text(t["value"])})
+    if system and not any(m["role"] == "system" for m in msgs):
+        msgs.insert(0, {"role": "system", "content": _text(system)})
+    return msgs
 
 
 def conversations(rows: Iterable[Mapping[str, Any]], form: str) -> list[list[dict[str, str]]]:
@@ -91,6 +125,8 @@ def conversations(rows: Iterable[Mapping[str, Any]], form: str) -> list[list[dic
         r = {k.lower(): v for k, v in r.items()}
         if form == "chat":
             msgs = [_message(m, i) for m in _json_list(r.get("messages"), "messages", i)]
+        elif form == "sharegpt":
+            msgs = sharegpt_messages(r.get("conversations"), system=r.get("system"), row=i)
         else:
             msgs = [{"role": "system", "content": _text(r["system"])}] if r.get("system") else []
             for h in _json_list(r.get("history"), "history", i):
@@ -178,4 +214,5 @@ def split(items: list, fraction: float, seed: int) -> tuple[list, list]:
     return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
 
 
-__all__ = ["FORMS_HELP", "IGNORE", "conversations", "encode", "encode_all", "pack", "sft_form", "split", "text_column"]
+__all__ = ["FORMS_HELP", "IGNORE", "SHAREGPT_ROLES", "conversations", "encode", "encode_all", "pack", "sft_form",
+           "sharegpt_messages", "split", "text_column"]

@@ -16,7 +16,8 @@ from pydantic.alias_generators import to_snake
 from ..config import _Options, split_typed_key, typed_value
 from ..tasks import TASKS
 
-METHODS = ("lora", "qlora", "full")
+METHODS = ("lora", "qlora", "full", "freeze", "prefix")
+SFFT_METHODS = ("full", "lora")
 
 
 def normalise(train_params: Mapping[str, Any], given: dict[str, str] | None = None) -> dict[str, Any]:
@@ -56,7 +57,8 @@ class TrainOptions(_Options):
     keep_partition_num: bool = Field(False, description="sfft: each training worker takes whole partitions of a "
                                      "TableRepartition'ed table, in order (partition i -> worker i % num_workers)")
     learning_rate: float | None = Field(None, gt=0, lt=1, description="the peak learning rate (default: sft 2e-4 "
-                                        "with lora / qlora, 2e-5 full; sfft 5e-5)")
+                                        "with lora / qlora, 2e-5 full, 5e-5 freeze, 1e-2 prefix; sfft 5e-5, 2e-4 "
+                                        "with lora)")
     num_train_epochs: float = Field(
         3.0, gt=0, validation_alias=AliasChoices("num_train_epochs", "numTrainEpochs", "epochs"),
         description="passes over the training rows (Byzer's epochs)")
@@ -82,8 +84,16 @@ class TrainOptions(_Options):
     eval_metrics: str | None = Field(None, description="comma-separated metrics of byzer_like.eval.metrics for evalTable "
                                      "(default: sft exact_match, sfft perplexity; judge cannot run inside a job)")
     eval_max_new_tokens: int = Field(32, ge=1, le=4096, description="answer tokens per evalTable row")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass instead of "
+                                         "keeping them: less memory for about a third more compute (LLaMA-Factory's "
+                                         "and llm-module's use_gradient_checkpointing)")
 
     default_eval_metrics: ClassVar[str] = "exact_match"
+
+    def registered_method(self) -> str:
+        """The `method` the registry records for the model this run trains (the option's value; "pretrain"
+        for a task without one)."""
+        return str(getattr(self, "method", None) or "pretrain")
 
     def eval_metric_names(self) -> str:
         """The evalMetrics asked for, else the task's default."""
@@ -122,15 +132,38 @@ class TrainOptions(_Options):
         return self
 
 
-class SftOptions(TrainOptions):
+def _names(v: Any) -> Any:
+    """A list of module names from JSON text (`["q_proj"]`), comma-separated text or a list."""
+    if isinstance(v, str):
+        v = json.loads(v) if v.strip().startswith("[") else [m.strip() for m in v.split(",") if m.strip()]
+    return v
+
+
+class LoraFields(_Options):
+    """The LoRA adapter's shape, for every task that can train one (sft's lora / qlora, sfft's lora)."""
+
+    lora_r: int = Field(8, ge=1, le=4096, description="LoRA: the rank of the adapter's matrices")
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA: the adapter's scale (alpha / r)")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA: dropout on the adapter's input")
+    lora_target_modules: list[str] | None = Field(None, description="default: the plugin's")
+
+    @field_validator("lora_target_modules", mode="before")
+    @classmethod
+    def _modules(cls, v: Any) -> Any:
+        return _names(v)
+
+
+class SftOptions(LoraFields, TrainOptions):
     """Supervised fine-tuning (`sft/<family>`)."""
 
     kind: ClassVar[str] = "sft"
 
-    method: Literal["lora", "qlora", "full"] | None = Field(
-        None, description="lora: a LoRA adapter over the frozen base; qlora: the same over a 4-bit base; full: every "
-        "weight. Not given: qlora where the job's worker has a CUDA GPU (Byzer's default), else lora; settled "
-        "before the job is submitted (`train.preflight.settle_method`) and said in the job's row")
+    method: Literal["lora", "qlora", "full", "freeze", "prefix"] | None = Field(
+        None, description="lora: a LoRA adapter over the frozen base; qlora: the same over a 4-bit base; full: "
+        "every weight; freeze: the last numLayerTrainable decoder layers (a whole model); prefix: prefix tuning, "
+        "numVirtualTokens learnt keys and values in every layer (an adapter). Not given: qlora where the job's "
+        "worker has a CUDA GPU (Byzer's default), else lora; settled before the job is submitted "
+        "(`train.preflight.settle_method`) and said in the job's row")
     max_seq_length: int = Field(512, ge=8, le=1_048_576, description="prompt + answer tokens per example")
     packing: bool = Field(False, description="pack several short examples into one sequence")
     eval_split: float = Field(0.0, ge=0, lt=0.5, description="fraction of rows held out for eval loss (and for "
@@ -139,19 +172,64 @@ class SftOptions(TrainOptions):
         None, ge=1, le=4096,
         validation_alias=AliasChoices("per_device_batch_size", "perDeviceBatchSize", "batch_size", "batchSize"),
         description="rows per step; default: about 0.2% of the training rows, from 1 to 8")
-    lora_r: int = Field(8, ge=1, le=4096, description="LoRA: the rank of the adapter's matrices")
-    lora_alpha: float = Field(16.0, gt=0, description="LoRA: the adapter's scale (alpha / r)")
-    lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA: dropout on the adapter's input")
-    lora_target_modules: list[str] | None = Field(None, description="default: the plugin's")
-    @field_validator("lora_target_modules", mode="before")
+    # freeze tuning (llm-module's type=freeze, LLaMA-Factory's finetuning_type=freeze)
+    num_layer_trainable: int = Field(
+        2, ge=1, validation_alias=AliasChoices("num_layer_trainable", "numLayerTrainable", "freeze_trainable_layers",
+                                               "freezeTrainableLayers"),
+        description="freeze: the last N decoder layers are trained, every other weight stays frozen")
+    freeze_trainable_modules: list[str] | None = Field(
+        None, description="freeze: only these submodules of the trained layers (e.g. mlp,self_attn); default all")
+    freeze_extra_modules: list[str] | None = Field(
+        None, description="freeze: modules outside the decoder layers trained too (e.g. embed_tokens,lm_head,norm)")
+    # prefix tuning (PaddleNLP's Prefix Tuning; peft's PrefixTuningConfig)
+    num_virtual_tokens: int = Field(20, ge=1, le=4096, description="prefix: virtual tokens whose keys and values "
+                                    "are learnt in every layer")
+    neftune_noise_alpha: float | None = Field(None, gt=0, description="NEFTune: uniform noise of this scale on the "
+                                              "input embeddings while training (transformers' neftune_noise_alpha; "
+                                              "5 is the paper's usual value)")
+    template: str | None = Field(None, description="the prompt format of the training rows, by name (alpaca, chatml, "
+                                 "llama2, llama3, mistral, qwen, vicuna); default: the model's chat template. Saved "
+                                 "with the trained model, so a deployment of it prompts the same way")
+
+    @field_validator("template")
     @classmethod
-    def _modules(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            v = json.loads(v) if v.strip().startswith("[") else [m.strip() for m in v.split(",") if m.strip()]
+    def _known_template(cls, v: str | None) -> str | None:
+        if v is not None:
+            from .templates import template_name
+
+            return template_name(v)
         return v
 
+    @field_validator("freeze_trainable_modules", "freeze_extra_modules", mode="before")
+    @classmethod
+    def _module_list(cls, v: Any) -> Any:
+        v = _names(v)
+        return None if v in (["all"], []) else v
+
+    @model_validator(mode="after")
+    def _method_knobs(self):
+        # compared with the defaults, not with the keys given: a job's stored options hold every field
+        for name, method in (("num_layer_trainable", "freeze"), ("freeze_trainable_modules", "freeze"),
+                             ("freeze_extra_modules", "freeze"), ("num_virtual_tokens", "prefix")):
+            if getattr(self, name) != type(self).model_fields[name].default and self.method != method:
+                raise ValueError(f"{name} is an option of method=\"{method}\", not of method=\"{self.method}\"; "
+                                 f"add method=\"{method}\" or drop it")
+        if self.method == "prefix" and self.gradient_checkpointing:
+            raise ValueError("gradientCheckpointing cannot go with method=\"prefix\": transformers drops the key/value "
+                             "cache in checkpointed layers, and that cache is where the virtual tokens live; drop "
+                             "gradientCheckpointing (prefix tuning keeps few activations) or use method=\"lora\"")
+        return self
+
     def lr(self) -> float:
-        return self.learning_rate or (2e-5 if self.method == "full" else 2e-4)
+        return self.learning_rate or {"full": 2e-5, "freeze": 5e-5, "prefix": 1e-2}.get(self.method, 2e-4)
+
+    def trains_adapter(self) -> bool:
+        """Whether the run's output is an adapter over its base (lora, qlora, prefix) rather than a whole model."""
+        return self.method in ("lora", "qlora", "prefix", None)  # None: lora or qlora, settled at submit
+
+    def registered_method(self) -> str:
+        """The method the registry records (a method not given yet is lora's until submit settles it)."""
+        return self.method or "lora"
 
     def batch_size(self, rows: int) -> int:
         """Rows per optimizer step (before gradient accumulation) for `rows` training examples: the given
@@ -164,10 +242,14 @@ class SftOptions(TrainOptions):
         return max(1, min(8, round(0.002 * rows)))
 
 
-class SfftOptions(TrainOptions):
+class SfftOptions(LoraFields, TrainOptions):
     """Continued pretraining (`sfft/<family>`) on Ray Train workers with DeepSpeed."""
 
     kind: ClassVar[str] = "sfft"
+
+    method: Literal["full", "lora"] = Field("full", description="full: every weight (a whole model); lora: a LoRA "
+                                            "adapter over the frozen base, registered like sft's (llm-module's pt "
+                                            "stage with type=lora)")
 
     max_length: int = Field(512, ge=8, le=1_048_576, description="tokens per packed sequence")
     local_data_dir: str | None = Field(None, description="a folder of raw text files (*.txt, *.text, read as `load "
@@ -199,7 +281,15 @@ class SfftOptions(TrainOptions):
         return v
 
     def lr(self) -> float:
-        return self.learning_rate or 5e-5
+        return self.learning_rate or (2e-4 if self.method == "lora" else 5e-5)
+
+    def trains_adapter(self) -> bool:
+        """Whether the run's output is a LoRA adapter over its base rather than a whole model."""
+        return self.method == "lora"
+
+    def registered_method(self) -> str:
+        """"pretrain" (every weight) or "pretrain-lora" (an adapter), as the registry records sfft's models."""
+        return "pretrain" if self.method == "full" else f"pretrain-{self.method}"
 
 
-__all__ = ["METHODS", "SfftOptions", "SftOptions", "TrainOptions", "normalise"]
+__all__ = ["METHODS", "SFFT_METHODS", "LoraFields", "SfftOptions", "SftOptions", "TrainOptions", "normalise"]

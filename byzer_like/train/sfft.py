@@ -60,8 +60,12 @@ BYTES_PER_TOKEN = 3.5  # for the step estimate before any text is seen (the repo
 
 def sfft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str, run_name: str,
                options: SfftOptions, num_workers: int, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
-               reporter: Reporter | None = None, partition_sizes: Sequence[int] | None = None) -> dict:
-    """Continue pretraining the model in `model_dir` on the text table in `data_path` (parquet).
+               reporter: Reporter | None = None, partition_sizes: Sequence[int] | None = None,
+               target_modules: Sequence[str] = ()) -> dict:
+    """Continue pretraining the model in `model_dir` on the text table in `data_path` (parquet): every weight
+    (method full; `output_dir` holds a whole model) or a LoRA adapter over the frozen base (method lora, on
+    `options.lora_target_modules`, else `target_modules` (the plugin's), else every linear layer; `output_dir`
+    holds the adapter, as sft's LoRA writes it).
 
     Returns {"model_dir": output_dir, "metrics": {steps, tokens, first_loss, final_loss, train_runtime_s,
     tokens_per_s, resumed_from_step}}, plus the last evaluation's `eval_<metric>` with an evalTable
@@ -106,6 +110,7 @@ def sfft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str,
         "data_path": data_path,
         "placement": placement,  # per worker: [(partition, first row, rows)], or None: Ray Data's split
         "evaluator": evaluator,
+        "target_modules": list(target_modules),
     }
     result = _fit(_trainer(train_config, run_name=run_name, storage=storage, options=options, num_workers=num_workers,
                            on_gpu=on_gpu, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,

@@ -104,7 +104,8 @@ class _WorkerRun:
         # The first epoch's data starts flowing (Ray Data starts its readers, ~10 s on a small machine) while
         # the model loads and DeepSpeed starts.
         first = self.micro_batches(prefetch=True)
-        self.engine = _build_engine(self.config["model_dir"], self.opts, self.config["ds_config"], self.total_steps)
+        self.engine = _build_engine(self.config["model_dir"], self.opts, self.config["ds_config"], self.total_steps,
+                                    target_modules=self.config.get("target_modules") or ())
         self.device = self.engine.device
         self._resume()
         if self.rank == 0:
@@ -353,8 +354,11 @@ class _WorkerRun:
         return metrics
 
 
-def _build_engine(model_dir: str, opts: SfftOptions, ds_config: dict, total_steps: int) -> Any:
-    """The causal LM in `model_dir` (float32, no KV cache) wrapped in a DeepSpeed engine.
+def _build_engine(model_dir: str, opts: SfftOptions, ds_config: dict, total_steps: int,
+                  target_modules: Any = ()) -> Any:
+    """The causal LM in `model_dir` (float32, no KV cache) wrapped in a DeepSpeed engine; with method lora the
+    model is first wrapped by peft (`_lora_model`: only the adapter's weights train, the optimizer holds only
+    them); with gradientCheckpointing its layers recompute activations in the backward pass.
 
     The schedule (`total_steps` optimizer steps, warmup_ratio of them warming up) is filled into
     `ds_config`. Unless the config names DeepSpeed's own optimizer, an AdamW is built here (weight decay
@@ -365,6 +369,10 @@ def _build_engine(model_dir: str, opts: SfftOptions, ds_config: dict, total_step
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True)
     model.config.use_cache = False
+    if opts.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if opts.method == "lora":
+        model = _lora_model(model, opts, target_modules)
     lr = opts.lr()
     warmup = math.ceil(opts.warmup_ratio * total_steps)
     cfg = fill_schedule(ds_config, total_steps=total_steps, warmup_steps=warmup, lr=lr)
@@ -383,6 +391,19 @@ def _build_engine(model_dir: str, opts: SfftOptions, ds_config: dict, total_step
     return engine
 
 
+def _lora_model(model: Any, opts: SfftOptions, target_modules: Any) -> Any:
+    """`model` wrapped by peft's LoRA (loraR, loraAlpha, loraDropout) on `opts.lora_target_modules`, else the
+    plugin's `target_modules`, else every linear layer but the output head (peft's "all-linear")."""
+    from peft import LoraConfig, get_peft_model
+
+    modules: Any = list(opts.lora_target_modules or target_modules or ["all-linear"])
+    if modules == ["all-linear"]:
+        modules = "all-linear"
+    config = LoraConfig(r=opts.lora_r, lora_alpha=opts.lora_alpha, lora_dropout=opts.lora_dropout,
+                        target_modules=modules, task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
 def _lr_factor(step: int, warmup: int, total_steps: int) -> float:
     """The LR multiplier (of the peak LR) at 0-based optimizer step `step`: linear warmup over `warmup`
     steps, then linear decay to MIN_LR_FRACTION at the (estimated) last step `total_steps`, flat after."""
@@ -393,7 +414,9 @@ def _lr_factor(step: int, warmup: int, total_steps: int) -> float:
 
 
 def _export(engine: Any, tokenizer: Any, base_dir: str, output_dir: str, rank: int) -> None:
-    """Write the trained weights as a Hugging Face model directory (rank 0; every rank takes part for ZeRO-3)."""
+    """Write the trained weights as a Hugging Face model directory (rank 0; every rank takes part for ZeRO-3);
+    with method lora, peft's adapter directory (adapter_config.json, adapter_model.safetensors: the LoRA weights
+    of the full state dict) with the tokenizer."""
     import torch.distributed as dist
 
     if engine.zero_optimization_partition_weights():

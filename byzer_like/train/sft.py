@@ -1,5 +1,5 @@
 """Supervised fine-tuning with transformers' Trainer and peft: LoRA, QLoRA (a 4-bit base through
-bitsandbytes) or full. Checkpoints every `checkpoint_steps`; `resume=True` continues from the last one
+bitsandbytes), full, freeze (the last decoder layers) or prefix tuning (train/methods.py). Checkpoints every `checkpoint_steps`; `resume=True` continues from the last one
 with the Trainer's own restore (same step, optimizer and scheduler state, data position).
 """
 from __future__ import annotations
@@ -24,13 +24,20 @@ def load_conversations(data_path: str) -> list[list[dict[str, str]]]:
     return D.conversations(table.to_pylist(), D.sft_form(table.column_names))
 
 
-def prepare_tokenizer(model_dir: str, fallback_template: str | None = None):
+def prepare_tokenizer(model_dir: str, fallback_template: str | None = None, template: str | None = None):
+    """The tokenizer of `model_dir` for training: a pad token (the eos when it has none), padding on the right,
+    and the chat template of the named `template` (train/templates.py) when given, else its own, else
+    `fallback_template` (the plugin's)."""
     from transformers import AutoTokenizer
+
+    from .templates import chat_template
 
     tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    if not tok.chat_template and fallback_template:
+    if template:
+        tok.chat_template = chat_template(template)
+    elif not tok.chat_template and fallback_template:
         tok.chat_template = fallback_template
     tok.padding_side = "right"
     return tok
@@ -73,17 +80,21 @@ def sft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str, 
               target_modules: Sequence[str] = (), fallback_template: str | None = None,
               stop_tokens: Sequence[str] = (), cpus: float = 1.0, gpus: float = 0.0,
               reporter: Reporter | None = None, resume: bool = False) -> dict:
-    """Fine-tune `model_dir` on the table in `data_path` (parquet); write the adapter (lora, qlora) or
-    the whole model (full) to `output_dir`. Returns `{"model_dir", "kind", "metrics"}`."""
+    """Fine-tune `model_dir` on the table in `data_path` (parquet); write the adapter (lora, qlora, prefix) or
+    the whole model (full, freeze) to `output_dir`. Returns `{"model_dir", "kind", "metrics"}` (kind
+    "adapter" or "model"). ConfigError for a method the base cannot take (`methods.check_method`)."""
     import torch
     from transformers import DataCollatorForSeq2Seq, Trainer
+
+    from .methods import check_method
 
     if cpus >= 1:
         torch.set_num_threads(int(cpus))
     on_gpu = gpus > 0 and torch.cuda.is_available()
     reporter = reporter or Reporter()
     opts = options if options.method else options.model_copy(update={"method": "lora"})  # settled at submit
-    tok = prepare_tokenizer(model_dir, fallback_template)
+    check_method(opts, model_dir)
+    tok = prepare_tokenizer(model_dir, fallback_template, opts.template)
     stop_ids = stop_token_ids(model_dir, tok, stop_tokens)
     convs = load_conversations(data_path)
     eval_path = Path(run_dir) / "eval.parquet"
@@ -107,7 +118,7 @@ def sft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str, 
     metrics = _metrics(trainer.state, out.training_loss, runtime, train_rows=len(train_rows), eval_rows=len(eval_rows),
                        dropped=dropped, resumed_from=resumed_from, final_evals=final_evals,
                        start_tokens=progress.start_tokens)
-    return {"model_dir": str(output_dir), "kind": "model" if opts.method == "full" else "adapter", "metrics": metrics}
+    return {"model_dir": str(output_dir), "kind": "adapter" if opts.trains_adapter() else "model", "metrics": metrics}
 
 
 def _examples(tok: Any, convs: list, opts: SftOptions, stop_ids: list[int],
@@ -156,7 +167,8 @@ def _tensorboard(folder: Path) -> list:
 def _training_args(opts: SftOptions, ckpt_dir: Path, train_rows: int, has_eval: bool, on_gpu: bool):
     """The Trainer's TrainingArguments: checkpoints in `ckpt_dir` every checkpoint_steps, an evaluation each
     epoch when there are evalSplit rows (`has_eval`), the batch size for `train_rows` rows, bf16 on a GPU that
-    has it (not for qlora)."""
+    has it (not for qlora), gradient checkpointing (non-reentrant: frozen inputs need no grad) and NEFTune's
+    noise when asked."""
     import torch
     from transformers import TrainingArguments
 
@@ -185,6 +197,9 @@ def _training_args(opts: SftOptions, ckpt_dir: Path, train_rows: int, has_eval: 
         dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,
+        activation_checkpointing=opts.gradient_checkpointing,  # transformers 5's name of gradient_checkpointing
+        activation_checkpointing_kwargs={"use_reentrant": False} if opts.gradient_checkpointing else None,
+        neftune_noise_alpha=opts.neftune_noise_alpha,
     )
 
 
@@ -299,6 +314,8 @@ def _evaluator(eval_path: Path, held_convs: list, opts: SftOptions, tok: Any, st
 
 
 def _load_model(model_dir: str, opts: SftOptions, target_modules: Sequence[str], on_gpu: bool):
+    """The model `opts.method` trains: the whole model (full), with all but its trained layers frozen (freeze),
+    wrapped by peft (prefix, lora; qlora over a 4-bit base)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -313,6 +330,17 @@ def _load_model(model_dir: str, opts: SftOptions, target_modules: Sequence[str],
     model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     if opts.method == "full":
         return model
+    if opts.method == "freeze":
+        from .methods import apply_freeze
+
+        trained = apply_freeze(model, opts)
+        print(f"[byzer-like] freeze: training {len(trained)} parameter tensors of the last "
+              f"{opts.num_layer_trainable} decoder layers", flush=True)
+        return model
+    if opts.method == "prefix":
+        from .methods import prefix_model
+
+        return prefix_model(model, opts)
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if opts.method == "qlora":
@@ -330,10 +358,19 @@ def _load_model(model_dir: str, opts: SftOptions, target_modules: Sequence[str],
 
 
 def merge_adapter(base_dir: str, adapter_dir: str, output_dir: str) -> str:
-    """Merge a LoRA adapter into its base and save a whole model (safetensors) with the tokenizer."""
+    """Merge a LoRA adapter into its base and save a whole model (safetensors) with the tokenizer.
+    NotSupportedError for a prefix-tuning adapter, whose virtual tokens are no weights to merge."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..errors import NotSupportedError
+    from .methods import is_prefix_adapter
+
+    if is_prefix_adapter(adapter_dir):
+        raise NotSupportedError(f"{adapter_dir!r} is a prefix-tuning adapter: its virtual tokens are keys and values "
+                                "prepended at every layer, not weights that merge into the base; deploy it as it is "
+                                "(modelTable=\"<adapter>\" on the transformers back end)")
 
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, use_safetensors=True)
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
