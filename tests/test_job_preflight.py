@@ -139,7 +139,7 @@ def test_sft_without_a_method_trains_qlora_on_a_gpu_and_lora_elsewhere(options, 
 def test_the_plan_says_the_method_and_why():
     plan = preflight(SFT, sft(), setup(), Environment(nodes=CPU_NODE, installed=ALL, has_tool=TOOLS))
     assert plan.options.method == "lora" and plan.method_text() == "lora (qlora needs a CUDA GPU; none here)"
-    assert preflight(SFFT, sfft(), setup(), Environment(nodes=CPU_NODE, installed=ALL)).method_text() is None
+    assert preflight(SFFT, sfft(), setup(), Environment(nodes=CPU_NODE, installed=ALL)).method_text() == "full"  # sfft: every weight unless method="lora"
 
 
 def test_sfft_plan_says_how_num_gpus_became_workers():
