@@ -206,7 +206,9 @@ def training_args(task: str, opts: PreferenceOptions, ckpt_dir: Path, train_rows
         max_length=opts.max_length,
         beta=opts.beta,
     )
-    if task in ("dpo", "kto"):
+    if task == "dpo":
+        args["loss_type"] = opts.loss_type_names()  # several are combined with equal weights
+    if task == "kto":
         args["loss_type"] = opts.loss_type
     if task == "kto":
         args["desirable_weight"] = opts.desirable_weight

@@ -103,8 +103,7 @@ class PreferenceOptions(TrainOptions):
 
     def loss_type_names(self) -> list[str]:
         """The TRL loss types this run trains with (none for ORPO, which has one loss)."""
-        value = getattr(self, "loss_type", None)
-        return [value] if isinstance(value, str) else list(value or [])
+        return [n for n in (getattr(self, "loss_type", None) or "").split(",") if n]
 
 
 class DpoOptions(PreferenceOptions):
@@ -112,13 +111,13 @@ class DpoOptions(PreferenceOptions):
 
     kind: ClassVar[str] = "dpo"
 
-    loss_type: list[str] = Field(["sigmoid"], description="TRL's DPO loss: " + ", ".join(DPO_LOSS_TYPES)
-                                 + " (comma-separated to combine several)")
+    loss_type: str = Field("sigmoid", description="TRL's DPO loss: " + ", ".join(DPO_LOSS_TYPES)
+                           + " (comma-separated to combine several, with equal weights)")
 
     @field_validator("loss_type", mode="before")
     @classmethod
     def _dpo_loss(cls, v: Any) -> Any:
-        return loss_types(v, DPO_LOSS_TYPES, many=True)
+        return ",".join(loss_types(v, DPO_LOSS_TYPES, many=True))
 
 
 class OrpoOptions(PreferenceOptions):
