@@ -60,6 +60,8 @@ class PreferenceOptions(TrainOptions):
     lora_dropout: float = _like_sft("lora_dropout")
     lora_target_modules: list[str] | None = _like_sft("lora_target_modules")
     per_device_batch_size: int | None = _like_sft("per_device_batch_size")
+    learning_rate: float | None = Field(None, gt=0, lt=1, description="the peak learning rate (default: 5e-6 with "
+                                        "lora / qlora, 1e-6 full)")
     eval_split: float = Field(0.0, ge=0, lt=0.5, description="fraction of the rows held out: the eval loss and "
                               "rewards (eval_loss, eval_rewards/margins) after every epoch")
     max_length: int = Field(1024, ge=8, le=1_048_576, description="prompt + answer tokens per sequence (TRL's "
