@@ -203,3 +203,40 @@ def test_sql_refuses_bad_preference_input_before_any_job(tmp_path, monkeypatch, 
               'and beta="0";')
     assert client.catalog.jobs() == []
     s.close()
+
+
+# -- through SQL on a Ray cluster: a blocking job, registered, deployed, answering --------------------------
+@pytest.mark.heavy
+@pytest.mark.timeout(420)
+def test_dpo_through_sql_registers_an_adapter_that_deploys_and_answers(llm, tiny_models, workspace):
+    from byzer_like.session import Session
+
+    s = Session(llm, progress=False)
+    s.put("pairs", pa.Table.from_pylist(PAIRS))
+    base = tiny_models["llama"]
+    try:
+        results = s.sql(f"""
+            !byzerllm setup dpo;
+            run command as LLM.`` where pretrainedModelType="llama" and localModelDir="{base}"
+            and inputTable="pairs" and outputTable="pairs_dpo" and maxSteps="3" and batchSize="4"
+            and loggingSteps="1" and learningRate="1e-3" and beta="0.1" and detached="false";
+            !byzerllm setup single;
+            run command as LLM.`` where action="infer" and pretrainedModelType="llama" and modelTable="pairs_dpo"
+            and udfName="pairs_dpo_chat";
+        """)
+        job = results[1].table.to_pylist()[0]
+        assert job["state"] == "SUCCEEDED" and job["kind"] == "dpo" and job["model_version"] == 1, job
+        metrics = json.loads(job["metrics"])
+        assert metrics["steps"] == 3 and "rewards/margins" in metrics and Path(metrics["loss_curve"]).is_file()
+        history = llm.jobs.record(job["job_id"])["history"]
+        assert [h["step"] for h in history if "rewards/margins" in h] == [1, 2, 3]
+        assert "rewards/accuracies=" in llm.jobs.logs(job["job_id"])
+        entry = llm.catalog.model("pairs_dpo")
+        assert entry.kind == "adapter" and entry.base_model == str(base)
+        answer = llm.chat_oai([{"role": "user", "content": PAIRS[0]["prompt"]}], model="pairs_dpo_chat",
+                              llm_config={"temperature": 0.0, "max_new_tokens": 4})
+        assert isinstance(answer[0].output, str)
+    finally:
+        if llm.is_model_exist("pairs_dpo_chat"):
+            llm.undeploy("pairs_dpo_chat")
+        s.close()
