@@ -7,6 +7,13 @@
 
 The persistent head is `ray start --head --block` in its own process group, loopback only, with its
 temp dir inside the workspace; `stop` ends exactly that process group (never a machine-wide kill).
+
+A workspace finds its head only through its own `cluster/head.json`, never through Ray's machine-wide
+defaults (`address="auto"`, the fixed port 6379, /tmp/ray): every port is a free one picked at start,
+and the recorded head counts only if its temp dir is this workspace's (a workspace copied with its
+head.json does not join, or stop, the original's head). One process joins one cluster: a second
+workspace in a process already joined to another workspace's head is refused when it has a head of
+its own, and told where its work runs when it has none.
 """
 from __future__ import annotations
 
@@ -53,6 +60,7 @@ class HeadInfo:
     temp_dir: str
     num_cpus: int
     started_at: float
+    workspace: str = ""  # the workspace root that started it (heads recorded before this field: "")
 
     def alive(self) -> bool:
         """Whether its process exists and its GCS port answers."""
@@ -113,14 +121,23 @@ def as_local() -> None:
 
 
 def head_info(ws: Workspace) -> HeadInfo | None:
-    """The workspace's persistent head as recorded (running or not), or None."""
+    """The workspace's persistent head as recorded (running or not), or None: also None when the record
+    is another workspace's (its temp dir is not this workspace's `cluster/ray`, e.g. a copied workspace)."""
     f = ws.path(*HEAD_FILE)
     if not f.exists():
         return None
     try:
-        return HeadInfo(**json.loads(f.read_text()))
+        info = HeadInfo(**json.loads(f.read_text()))
     except (ValueError, TypeError):
         return None
+    return info if _owns(ws, info) else None
+
+
+def _owns(ws: Workspace, info: HeadInfo) -> bool:
+    """Whether the head recorded in `info` is `ws`'s own: its temp dir (a short link in /tmp or the folder
+    itself) leads to this workspace's `cluster/ray`."""
+    own = os.path.realpath(ws.path("cluster", "ray"))
+    return os.path.realpath(info.temp_dir) == own and (not info.workspace or info.workspace == str(ws.root))
 
 
 def _short_temp_dir(ws: Workspace) -> str:
@@ -169,7 +186,7 @@ def start_head(ws: Workspace, *, num_cpus: int | None = None, num_gpus: int | No
                                 env=env, start_new_session=True)
     info = HeadInfo(pid=proc.pid, address=f"{LOOPBACK}:{gcs_port}", dashboard_url=f"http://{LOOPBACK}:{dash_port}",
                     client_address=f"ray://{LOOPBACK}:{client_port}", temp_dir=temp_dir, num_cpus=num_cpus,
-                    started_at=time.time())
+                    started_at=time.time(), workspace=str(ws.root))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -229,9 +246,11 @@ def connect(address: str | None = None, ws: Workspace | None = None, *, num_cpus
     """Connect this process to Ray (once); return where it is connected."""
     import ray
 
-    if ray.is_initialized():
-        return {"address": ray.get_runtime_context().gcs_address, "mode": "connected"}
     ws = ws or Workspace.from_env()
+    if ray.is_initialized():
+        if not (address or os.environ.get("RAY_ADDRESS")):
+            _check_joined(ws)
+        return {"address": ray.get_runtime_context().gcs_address, "mode": "connected"}
     address = address or os.environ.get("RAY_ADDRESS")
     mode = "address"
     if not address:
@@ -259,7 +278,35 @@ def connect(address: str | None = None, ws: Workspace | None = None, *, num_cpus
         where = address or "an embedded local cluster"
         raise ClusterError(f"cannot connect to Ray at {where}: {e}".splitlines()[0]) from e
     logs.after_ray_init(sigterm)
-    return {"address": ray.get_runtime_context().gcs_address, "mode": mode}
+    gcs = ray.get_runtime_context().gcs_address
+    _joined.clear()
+    _joined.update(mode=mode, address=gcs, workspace=str(ws.root), told=set())
+    return {"address": gcs, "mode": mode}
+
+
+# what this process joined in `connect`: mode, address, the workspace it was joined for, workspaces told
+_joined: dict[str, Any] = {}
+
+
+def _check_joined(ws: Workspace) -> None:
+    """This process is joined to a cluster already; `ws` asks for the cluster its workspace would join.
+    ClusterError when `ws` has a running head other than the one joined (a process joins one cluster);
+    a line on stderr, once, when `ws` has none and the joined one is another workspace's head."""
+    if not _joined or _joined["workspace"] == str(ws.root):
+        return
+    info = head_info(ws)
+    own = info.address if info and info.alive() else None
+    where = (f"workspace {_joined['workspace']}'s Ray cluster" if _joined["mode"] == "persistent"
+             else "an embedded Ray cluster" if _joined["mode"] == "embedded" else "the Ray cluster")
+    if own and own != _joined["address"]:
+        raise ClusterError(
+            f"this process is joined to {where} at {_joined['address']}, and one process joins one cluster: "
+            f"workspace {ws.root} has its own, at {own}; use that workspace from another process (a new "
+            "notebook kernel, another script), or stop its cluster (`byzer-like cluster stop`)")
+    if not own and _joined["mode"] == "persistent" and str(ws.root) not in _joined["told"]:
+        _joined["told"].add(str(ws.root))
+        print(f"[byzer-like] workspace {ws.root} has no Ray cluster of its own; this process is joined to {where} "
+              f"at {_joined['address']}, so what it deploys runs there", file=sys.stderr, flush=True)
 
 
 def check_answers(address: str, timeout_s: float = CONNECT_CHECK_S) -> None:
@@ -289,6 +336,7 @@ def disconnect() -> None:
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized() and not logs.is_verbose():
         ray.shutdown()
+        _joined.clear()
 
 
 def is_loopback(address: str | None) -> bool:
@@ -323,9 +371,50 @@ def reachable(address: str | None, ws: Workspace) -> bool:
     return bool(info and info.alive())
 
 
+def room(nodes: Any, need: dict[str, float]) -> int:
+    """How many workers each needing `need` (Ray resources: {"CPU": 1, "GPU": 1}) fit on `nodes` (each
+    node's total resources, as `ray.nodes()` gives them under "Resources") when nothing else runs, each worker
+    on one node. A need of 0 for a resource does not limit; needing nothing fits without bound (a large number)."""
+    asked = {k: v for k, v in need.items() if v > 0}
+    if not asked:
+        return 1 << 30
+    return sum(min(int(res.get(k, 0) / v + 1e-9) for k, v in asked.items()) for res in nodes)
+
+
+def node_resources() -> list[dict[str, float]]:
+    """The total resources of each live node of the cluster this process is connected to (`ray.nodes()`)."""
+    import ray
+
+    return [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
+
+
+def node_resources_at(dashboard_url: str, timeout_s: float = 10.0) -> list[dict[str, float]] | None:
+    """The total resources of each live node of the cluster whose dashboard (Jobs API) is at `dashboard_url`,
+    read through Ray's state API without joining the cluster; None when it cannot be read or lists no node."""
+    try:
+        from ray.util.state import list_nodes
+
+        if is_loopback(dashboard_url):
+            as_local()
+        nodes = list_nodes(address=dashboard_url, timeout=int(timeout_s), raise_on_missing_output=False)
+    except Exception:  # noqa: BLE001 - an older dashboard, auth, a network hiccup: the check is skipped
+        return None
+    alive = [dict(getattr(n, "resources_total", None) or {}) for n in nodes if str(getattr(n, "state", "")) == "ALIVE"]
+    return alive or None  # a head that has just started may list no node yet
+
+
 def status(ws: Workspace) -> dict[str, Any]:
-    """The workspace's persistent head: whether it runs, and its addresses."""
+    """The workspace's persistent head: whether it runs, its addresses, `num_cpus` (the CPUs Ray schedules
+    with: what `start_head` gave `ray start`), `machine_cores` (this machine's, `os.cpu_count()`) and, when
+    the two differ, a `cpus_note` saying why."""
     info = head_info(ws)
     if info is None:
         return {"running": False, "workspace": str(ws.root)}
-    return {"running": info.alive(), "workspace": str(ws.root), **asdict(info)}
+    cores = os.cpu_count() or 1
+    out = {"running": info.alive(), **asdict(info), "workspace": str(ws.root), "machine_cores": cores}
+    if info.num_cpus != cores:
+        out["cpus_note"] = (
+            f"Ray schedules {info.num_cpus} CPUs on this machine's {cores} cores: "
+            + ("at least 4 unless `cluster start --num-cpus N` says otherwise, so that the quick start's replicas "
+               "and a job fit; they share the cores" if info.num_cpus > cores else "as `cluster start --num-cpus` asked"))
+    return out

@@ -14,12 +14,12 @@ from typing import Any, ClassVar, Literal, Mapping
 
 from pydantic import (
     AliasChoices, BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, field_validator,
-    model_serializer,
+    model_serializer, model_validator,
 )
 from pydantic.alias_generators import to_camel
 
 from . import structured
-from .errors import ConfigError, UnknownOptionError, own_keys
+from .errors import ConfigError, UnknownOptionError, closest, own_keys, unknown_key
 from .tasks import SETUP_MODES
 
 TYPE_TAGS = ("int", "float", "bool", "str", "list", "dict")
@@ -109,25 +109,98 @@ class _Options(BaseModel):
         return None
 
     @classmethod
-    def parse(cls, values: Mapping[str, Any], *, where: str, **extra: Any):
-        """Validate user-given options; errors name the key and list the valid ones."""
+    def listed(cls) -> dict[str, str]:
+        """How the list of valid options shows each field: its key (SQL's camelCase, or snake_case for
+        snake-spelled sets) and, in brackets, its aliases that are other words than the key
+        (`numTrainEpochs (or epochs)`; `modelDir` is the same word as `localModelDir`'s field and not shown)."""
+        out = {}
+        for name in cls.model_fields:
+            if name in cls.HIDDEN:
+                continue
+            key = name if cls.spelling == "snake" else cls.sql_key(name)
+            out[name] = key + (f" (or {', '.join(a)})" if (a := cls._other_words(name, key)) else "")
+        return out
+
+    @classmethod
+    def _other_words(cls, name: str, key: str) -> list[str]:
+        """Field `name`'s aliases that are other words than its name and its key, one spelling each (the set's)."""
+        from .errors import _folded
+
+        same = {_folded(name), _folded(key), _folded(cls.sql_key(name))}
+        words: dict[str, str] = {}
+        for alias in sorted(cls.spellings(name)):
+            if _folded(alias) in same:
+                continue
+            snake = "_" in alias or alias == alias.lower()
+            if _folded(alias) not in words or snake == (cls.spelling == "snake"):
+                words[_folded(alias)] = alias
+        return sorted(words.values())
+
+    @classmethod
+    def suggestions(cls) -> dict[str, str]:
+        """Every accepted spelling -> the listed name it stands for (an alias shown in brackets stands for
+        itself): what "did you mean" may name."""
+        from .errors import _folded
+
+        out = {}
+        for name in cls.model_fields:
+            if name in cls.HIDDEN:
+                continue
+            key = name if cls.spelling == "snake" else cls.sql_key(name)
+            shown = {_folded(a): a for a in cls._other_words(name, key)}
+            for spelling in cls.spellings(name) | {name}:
+                out[spelling] = shown.get(_folded(spelling), key)
+        return out
+
+    @classmethod
+    def parse(cls, values: Mapping[str, Any], *, where: str, also_valid: Mapping[str, str] | None = None,
+              given: Mapping[str, str] | None = None, **extra: Any):
+        """Validate user-given options; every problem of the options is said in one error: unknown keys
+        (UnknownOptionError, `keys` all of them, a "did you mean" each that names a listed option in the
+        user's spelling), then bad or missing values (ConfigError naming the key, what is wrong, the value).
+
+        `also_valid`: further keys the caller takes itself (a plugin's infer params), listed too (key -> how
+        the list shows it); `given`: how the user wrote a key that arrives renamed (normalised -> as written)."""
         data = dict(values)
         data.update(extra)
+        given = dict(given or {})
         valid = cls.option_names()
-        for key in data:
-            if key not in valid:
-                names = [n for n in cls.model_fields if n not in cls.HIDDEN]
-                shown = names if cls.spelling == "snake" else [cls.sql_key(n) for n in names]
-                raise UnknownOptionError(where, key, shown, candidates=valid | set(names))
+        listed = {**cls.listed(), **(also_valid or {})}
+        candidates = {**cls.suggestions(), **{k: k for k in (also_valid or {})}}
+        unknown = [key for key in data if key not in valid]
+        meant = set()  # the fields the unknown keys were most likely meant for: their "missing" is not said again
+        for key in unknown:
+            found = closest(key.rpartition(".")[2], candidates)
+            meant.update(n for n in cls.model_fields if found in cls.spellings(n))
+        problems = []
         try:
-            return cls.model_validate(data)
+            cls.model_validate({k: v for k, v in data.items() if k not in unknown})
         except ValidationError as e:
-            raise ConfigError(_explain(e, where, cls)) from None
+            problems = [_explain_one(err, where, cls) for err in e.errors()
+                        if not (err["type"] == "missing" and _field_of(cls, err) in meant)]
+        if unknown:
+            shown = [given.get(k, k) for k in unknown]
+            raise UnknownOptionError(where, shown[0], listed.values(), candidates=candidates, keys=shown,
+                                     also=[unknown_key(k, candidates) for k in shown[1:]] + problems)
+        if problems:
+            raise ConfigError("; ".join(problems))
+        return cls.model_validate(data)
+
+
+def _field_of(model: type[BaseModel], err: Any) -> str | None:
+    """The field a pydantic error is about (its first location, in any spelling)."""
+    loc = str(err["loc"][0]) if err["loc"] else ""
+    return next((n for n in model.model_fields if loc in model.spellings(n)), None) \
+        if issubclass(model, _Options) else loc
 
 
 def _explain(e: ValidationError, where: str, model: type[BaseModel] | None = None) -> str:
-    """One line for the first problem: the option (both spellings), what is wrong, the value given."""
-    err = e.errors()[0]
+    """One line for each problem, `; `-separated: the option (both spellings), what is wrong, the value given."""
+    return "; ".join(_explain_one(err, where, model) for err in e.errors())
+
+
+def _explain_one(err: Any, where: str, model: type[BaseModel] | None = None) -> str:
+    """One pydantic error as a line: the option (both spellings), what is wrong, the value given."""
     loc = ".".join(str(x) for x in err["loc"]) or "?"
     if model is not None and issubclass(model, _Options):
         for name in model.model_fields:
@@ -175,9 +248,13 @@ class SetupConfig(_Options):
         description="CPUs reserved by each worker (Ray resources)",
     )
     gpus_per_worker: float = Field(
-        0.0, ge=0, validation_alias=AliasChoices("gpus_per_worker", "gpusPerWorker", "num_gpus", "numGpus"),
-        description="GPUs reserved by each worker (Byzer's num_gpus)",
+        0.0, ge=0, validation_alias=AliasChoices("gpus_per_worker", "gpusPerWorker"),
+        description="GPUs reserved by each worker (set by num_gpus unless given itself)",
     )
+    num_gpus: float | None = Field(
+        None, ge=0, validation_alias=AliasChoices("num_gpus", "numGpus"),
+        description="Byzer's num_gpus: GPUs per worker for a deployment and for sft (it sets gpus_per_worker); for "
+                    "sfft the total number of cards, workers = num_gpus / gpus_per_worker (1 card each by default)")
     max_ongoing_requests: int = Field(
         8, ge=1, validation_alias=AliasChoices("max_ongoing_requests", "maxOngoingRequests", "workerMaxConcurrency",
                                                "worker_max_concurrency"),
@@ -222,6 +299,41 @@ class SetupConfig(_Options):
                                              "workerMaxConcurrency": "max_ongoing_requests",
                                              "worker_max_concurrency": "max_ongoing_requests"}
 
+    @model_validator(mode="after")
+    def _num_gpus_per_worker(self):
+        # Byzer's num_gpus is the GPUs of one worker unless gpus_per_worker is given (`for_task` reads it as the
+        # total for sfft); set without marking gpus_per_worker as given
+        if self.num_gpus is not None and "gpus_per_worker" not in self.model_fields_set:
+            object.__setattr__(self, "gpus_per_worker", self.num_gpus)
+        return self
+
+    def for_task(self, task: Any) -> "SetupConfig":
+        """The setup a training job of `task` (a `tasks.TrainingTask`) runs with. For a task whose
+        `num_gpus_is_total` (sfft, as Byzer's sfft reads it), `num_gpus` is the total number of cards: the job
+        gets num_gpus / gpus_per_worker workers (gpus_per_worker: 1 unless given) and num_gpus is consumed;
+        otherwise (sft, deployments) the setup as it is. ConfigError when the cards do not split into whole
+        workers, or num_workers was given and disagrees (both values quoted)."""
+        if not getattr(task, "num_gpus_is_total", False) or not self.num_gpus:
+            return self
+        total = self.num_gpus
+        per = self.gpus_per_worker if "gpus_per_worker" in self.model_fields_set else 1.0
+        name = getattr(task, "name", "training")
+        if per <= 0:
+            raise ConfigError(f"num_gpus={total:g} is the total number of cards for {name}, but gpus_per_worker is "
+                              f"{per:g}; give gpus_per_worker >= 1 (cards per worker) or leave it out (1 card each)")
+        workers = total / per
+        if abs(workers - round(workers)) > 1e-9 or round(workers) < 1:
+            raise ConfigError(f"num_gpus={total:g} is the total number of cards for {name}: with gpus_per_worker="
+                              f"{per:g} that is {workers:g} workers; make num_gpus a multiple of gpus_per_worker")
+        workers = int(round(workers))
+        if "num_workers" in self.model_fields_set and self.num_workers != workers:
+            raise ConfigError(f"num_gpus={total:g} is the total number of cards for {name}, {workers} worker(s) of "
+                              f"{per:g} card(s), but num_workers={self.num_workers}; give one of them (or make "
+                              f"num_workers x gpus_per_worker = num_gpus)")
+        values = self.model_dump(include=self.model_fields_set - {"num_gpus"})
+        values.update(num_workers=workers, gpus_per_worker=per)
+        return type(self).model_validate(values)
+
     @field_validator("infer_backend")
     @classmethod
     def _known_backend(cls, value: str) -> str:
@@ -254,14 +366,17 @@ class SetupConfig(_Options):
         custom = {k: str(values[k]) for k in own_keys(values, known)}
         merged = self.model_dump(exclude_unset=True)  # what was set stays told apart from defaults
         given = {k: v for k, v in values.items() if k not in custom}
-        merged.update(dict(type(self).parse(given, where="setup").model_dump(exclude_unset=True)))
+        new = dict(type(self).parse(given, where="setup").model_dump(exclude_unset=True))
+        if "num_gpus" in new and "gpus_per_worker" not in new:
+            merged.pop("gpus_per_worker", None)  # a later num_gpus sets the GPUs per worker again
+        merged.update(new)
         merged["custom"] = {**self.custom, **custom}
         return type(self).model_validate(merged)
 
     def sys_conf(self) -> dict[str, str]:
         """The plugin contract's `sys_conf`: every setting as a string, Byzer style (`num_gpus` too, Byzer's
         name of `gpus_per_worker`)."""
-        d = {k: str(v) for k, v in self.model_dump(exclude={"custom"}).items() if v is not None}  # unset: absent
+        d = {k: str(v) for k, v in self.model_dump(exclude={"custom", "num_gpus"}).items() if v is not None}  # unset: absent
         d["num_gpus"] = d["gpus_per_worker"]
         return {**self.custom, **d}
 
@@ -271,7 +386,8 @@ class SetupConfig(_Options):
         read once where the contract hands it over. Keys that are no setting (a plugin's own) are left out;
         a setting it lacks keeps its default, and `was_set(name)` tells which it had. ConfigError for a value
         that is not valid."""
-        known = {k: v for k, v in sys_conf.items() if k in cls.model_fields and k not in cls.HIDDEN}
+        # sys_conf's num_gpus mirrors gpus_per_worker (the contract's form), so it is read as that
+        known = {k: v for k, v in sys_conf.items() if k in cls.model_fields and k not in cls.HIDDEN and k != "num_gpus"}
         if "gpus_per_worker" not in known and "num_gpus" in sys_conf:
             known["gpus_per_worker"] = sys_conf["num_gpus"]
         try:
@@ -569,6 +685,14 @@ def _put_option(req: dict[str, Any], key: str, value: Any) -> None:
     elif name == "adapter":  # SQL's `m@qa_model(...)` and llm_param's "adapter"; the client's adapter=
         req["adapter"] = as_text(value).strip() or None
     else:
+        check_request_key(key)
+
+
+def check_request_key(key: str) -> None:
+    """UnknownOptionError (listing the request keys, with a did-you-mean) unless `key` is a key of a chat request
+    (`llm_param(map(...))` in SQL, `llm_config` in Python): REQUEST_KEYS, `generation.*` / `gen.*`, typed or not."""
+    name, _tag = split_typed_key(key)
+    if name not in REQUEST_KEYS and not name.startswith(("generation.", "gen.")):
         raise UnknownOptionError("request", key, REQUEST_KEYS | {"generation.*"})
 
 

@@ -4,11 +4,14 @@ and the DataFrames a notebook cell shows.
 One small formatter for every list: a header row, then aligned columns on a terminal (text left-aligned,
 cut with "..." to the terminal's width), or columns separated by tabs when the output goes to a pipe or a
 file, for `cut` and `awk`; "(none)" under the header when there is nothing to list. Times are local, `YYYY-MM-DD HH:MM:SS`; whole numbers show
-as integers (`2`, never `2.0`). This module imports neither ray nor torch.
+as integers (`2`, never `2.0`). A column of model-call results (`m(llm_param(...))`'s JSON, or Byzer's
+`[{"predict": ...}]`) shows as the answers' text unless the raw JSON is asked for (`set llm_show="json"`,
+`byzer-like run --raw`); only what is shown changes, never the table. This module imports neither ray nor torch.
 """
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import os
 import sys
@@ -111,9 +114,58 @@ def format_table(header: Sequence[str], rows: Iterable[Sequence[Any]], *, aligne
     return "\n".join(text)
 
 
-def readable_frame(table: "pa.Table"):
+SHOW = ("text", "json")  # what `set llm_show` may say: a model call's answer text (default) or its raw JSON
+_NOT_AN_ANSWER = object()
+
+
+def answer_text(value: Any) -> Any:
+    """The text to show for one model-call result: `{"output": ..., "metadata": ...}` (this project's form,
+    `session/functions.py`) -> its output (an embedding's list as JSON; a failed row's `error: ...`);
+    Byzer-LLM's `[{"predict": ..., "metadata": ...}]` -> its predict texts, one per line. Anything else
+    (None included) -> `_NOT_AN_ANSWER`."""
+    if not isinstance(value, str) or value[:1] not in ("{", "["):
+        return _NOT_AN_ANSWER
+    try:
+        data = json.loads(value)
+    except ValueError:
+        return _NOT_AN_ANSWER
+    if isinstance(data, dict) and "output" in data and ("metadata" in data or "input" in data):
+        out = data["output"]
+        if out is None:
+            return f"error: {data['error']}" if data.get("error") else None
+        return out if isinstance(out, str) else json.dumps(out, ensure_ascii=False)
+    if isinstance(data, list) and data and all(isinstance(d, dict) and "predict" in d for d in data):
+        return "\n".join(d["predict"] if isinstance(d["predict"], str) else json.dumps(d["predict"]) for d in data)
+    return _NOT_AN_ANSWER
+
+
+def answers_shown(frame: Any) -> Any:
+    """`frame` (pandas) with each column whose every non-null value is a model-call result (`answer_text`)
+    replaced by the answers' text; a new frame, `frame` itself is left as it is."""
+    import pandas as pd
+
+    out = frame
+    for name in frame.columns:
+        column = frame[name]
+        if not (pd.api.types.is_string_dtype(column) or pd.api.types.is_object_dtype(column)):
+            continue
+        texts = [None if _missing(v) else answer_text(v) for v in column]
+        if all(t is None for t in texts) or any(t is _NOT_AN_ANSWER for t in texts):
+            continue
+        if out is frame:
+            out = frame.copy()
+        out[name] = pd.Series(texts, index=frame.index, dtype=object)
+    return out
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or type(value).__name__ == "NAType"
+
+
+def readable_frame(table: "pa.Table", *, raw: bool = False):
     """`table` as a pandas DataFrame for people: integer columns stay integers when they have NULLs
-    (pandas' nullable Int64, not float `2.0`) and times with a time zone show in local time."""
+    (pandas' nullable Int64, not float `2.0`), times with a time zone show in local time, and columns of
+    model-call results show the answers' text (`answers_shown`) unless `raw`."""
     import pandas as pd
     import pyarrow as pa
 
@@ -124,16 +176,17 @@ def readable_frame(table: "pa.Table"):
     for name, field in zip(frame.columns, table.schema):
         if pa.types.is_timestamp(field.type) and field.type.tz is not None:
             frame[name] = frame[name].dt.tz_convert(local).dt.tz_localize(None)
-    return frame
+    return frame if raw else answers_shown(frame)
 
 
-def frame_text(table: "pa.Table", *, width: int | None = None, max_colwidth: int = 80) -> str:
-    """`table` as printed text (the CLI's SQL results): `readable_frame`'s values through `cell`, NULLs
-    blank, line breaks shown as `\\n`; text columns left-aligned, numbers right-aligned; each cell at most
-    `max_colwidth` characters, and the columns cut further to fit `width` (a terminal's; None: not)."""
+def frame_text(table: "pa.Table", *, width: int | None = None, max_colwidth: int = 80, raw: bool = False) -> str:
+    """`table` as printed text (the CLI's SQL results): `readable_frame`'s values through `cell` (model-call
+    results as their answers' text unless `raw`), NULLs blank, line breaks shown as `\\n`; text columns
+    left-aligned, numbers right-aligned; each cell at most `max_colwidth` characters, and the columns cut
+    further to fit `width` (a terminal's; None: not)."""
     import pandas as pd
 
-    frame = readable_frame(table)
+    frame = readable_frame(table, raw=raw)
     right = [pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c]) for c in frame.columns]
 
     def shown(v: Any) -> str:
@@ -145,5 +198,43 @@ def frame_text(table: "pa.Table", *, width: int | None = None, max_colwidth: int
     return "\n".join(align(lines, right=right, width=width))
 
 
-__all__ = ["NONE", "align", "cell", "cut", "fit_widths", "format_table", "frame_text", "local_time", "local_timestamp",
+class ProgressLine:
+    """One line on stderr that a long step (a GGUF import, a quantization) rewrites as it goes, instead
+    of a bar per library stage: `title: what it does now` on a terminal (rewritten at most every
+    `interval_s` seconds, cut to the terminal's width), then `done(...)` ends it with a newline. Into a
+    pipe or a file, only the `done` line is written: one line whichever the output."""
+
+    def __init__(self, title: str, stream: Any = None, *, interval_s: float = 0.2):
+        self.title = title
+        self.stream = stream if stream is not None else sys.stderr
+        self.interval_s = interval_s
+        self._live = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._shown = 0  # characters on the line now
+        self._last = 0.0
+
+    def show(self, text: str, *, force: bool = False) -> None:
+        """Say what the step does now (`converting tensors 41/272`); on a terminal only."""
+        import time
+
+        now = time.monotonic()
+        if not self._live or (not force and now - self._last < self.interval_s):
+            return
+        self._last = now
+        self._write(f"{self.title}: {text}", end="")
+
+    def done(self, text: str) -> None:
+        """End the line with `title: text` (`done in 24.3 s`) and a newline, on a terminal or not."""
+        self._write(f"{self.title}: {text}", end="\n")
+
+    def _write(self, line: str, end: str) -> None:
+        width = terminal_width(self.stream) if self._live else None
+        if width:
+            line = cut(line, width - 1)
+        pad = " " * max(self._shown - len(line), 0)
+        self.stream.write(("\r" if self._live else "") + line + pad + end)
+        self.stream.flush()
+        self._shown = 0 if end else len(line)
+
+
+__all__ = ["NONE", "SHOW", "ProgressLine", "align", "answer_text", "answers_shown", "cell", "cut", "fit_widths", "format_table", "frame_text", "local_time", "local_timestamp",
            "readable_frame", "terminal_width"]

@@ -60,10 +60,13 @@ def one_edit_apart(a: str, b: str) -> bool:
 
 
 def own_keys(keys: Iterable[str], known: Iterable[str]) -> list[str]:
-    """The `keys` that name none of `known` and are no typo of one (`one_edit_apart`): keys of the user's own
-    (Byzer's `OWNER`, a plugin's undeclared `where` key), passed on as given; a typo stays an error."""
+    """The `keys` that name none of `known` and are no typo of one (`one_edit_apart`, or the same name in other
+    case: `udfname` for `udfName`): keys of the user's own (Byzer's `OWNER`, a plugin's undeclared `where` key),
+    passed on as given; a typo stays an error."""
     known = set(known)
-    return [k for k in keys if k not in known and not any(one_edit_apart(k, c) for c in known)]
+    folded = {_folded(c) for c in known}
+    return [k for k in keys if k not in known and _folded(k) not in folded
+            and not any(one_edit_apart(k, c) for c in known)]
 
 
 def closest(word: str, candidates: Iterable[str], cutoff: float = 0.75) -> str | None:
@@ -83,12 +86,29 @@ def closest(word: str, candidates: Iterable[str], cutoff: float = 0.75) -> str |
     return found
 
 
-def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+def did_you_mean(word: str, candidates: Iterable[str] | Mapping[str, str]) -> str:
     """`"did you mean 'x'? "` when a candidate is close to `word`, else `""` (to put before a list of
-    the valid ones). A dotted key (`sft.int.max_seq_lenght`) is matched on its last part."""
+    the valid ones). A dotted key (`sft.int.max_seq_lenght`) is matched on its last part.
+
+    `candidates` as a mapping (every accepted spelling -> the name a list of valid ones shows for it) names
+    only listed names, written in `word`'s style (`learningRat` -> `learningRate`, `learning_rat` ->
+    `learning_rate`, `udfname` -> the listed `udfName`): the same name, as the user spells names."""
     head, dot, last = word.rpartition(".")
     found = closest(last, candidates)
+    if found and isinstance(candidates, Mapping):
+        found = in_style_of(last, candidates[found])
     return f"did you mean {head + dot + found!r}? " if found else ""
+
+
+def in_style_of(word: str, name: str) -> str:
+    """`name` in `word`'s spelling: camelCase when `word` has a capital, snake_case when it has a `_`, else as
+    it is (`in_style_of("learning_rat", "learningRate")` is `learning_rate`)."""
+    if any(c.isupper() for c in word) and "_" in name:
+        head, *rest = name.split("_")
+        return head + "".join(p[:1].upper() + p[1:] for p in rest)
+    if "_" in word and name != name.lower():
+        return "".join(f"_{c.lower()}" if c.isupper() and i else c.lower() for i, c in enumerate(name))
+    return name
 
 
 class ByzerError(Exception):
@@ -105,6 +125,23 @@ class ByzerError(Exception):
         self.options = {**self.options, **options}
         return self
 
+    line: int | None = None  # where in a script the error happened (`at`), when a statement raised it
+    column: int | None = None
+
+    def at(self, line: int, column: int, snippet: str = "") -> Self:
+        """This error said at `line`, `column` of a script (1-based), as a SqlError says it: the message
+        becomes `line 3, column 1: <message>`, then the script's line and a caret; returns self. An error
+        that already has a place keeps it."""
+        if self.line is not None:
+            return self
+        self.message = str(self)  # the message without its place, as a SqlError's `message`
+        self.line, self.column, self.snippet = line, column, snippet
+        text = f"line {line}, column {column}: {self.message}"
+        if snippet:
+            text += f"\n  {snippet}\n  {_caret_indent(snippet, column)}^"
+        self.args = (text,)
+        return self
+
     def spelled(self, spellings: Mapping[str, str]) -> str:
         """The message with each suggested option that `spellings` knows in that face's spelling."""
         text = str(self)
@@ -119,15 +156,61 @@ class ConfigError(ByzerError, ValueError):
 
 
 class UnknownOptionError(ConfigError):
-    """An option no one understands. `valid`: the options listed (one spelling each); `candidates`:
-    every accepted spelling and alias (default: `valid`), for the "did you mean" before the list."""
+    """An option no one understands. `valid`: the options listed (one spelling each, an alias that is another
+    word in brackets: `numTrainEpochs (or epochs)`); `candidates`: every accepted spelling and alias (default:
+    `valid`), for the "did you mean" before the list, or a mapping of each to the listed name it stands for
+    (the suggestion then names only listed names, in the user's spelling: `did_you_mean`).
 
-    def __init__(self, where: str, key: str, valid: Iterable[str], *, candidates: Iterable[str] | None = None):
+    `keys`: every unknown key of the statement or call (`key` is the first); `also`: the other problems found
+    in the same options (further unknown keys, bad values), all said in the one message."""
+
+    def __init__(self, where: str, key: str, valid: Iterable[str], *,
+                 candidates: Iterable[str] | Mapping[str, str] | None = None, keys: Iterable[str] = (),
+                 also: Iterable[str] = ()):
         self.key = key
+        self.keys = list(dict.fromkeys([key, *keys]))
         self.valid = sorted(set(valid))
-        self.candidates = sorted(set(self.valid if candidates is None else candidates) | set(self.valid))
-        super().__init__(f"unknown {where} option {key!r}; {did_you_mean(key, self.candidates)}"
-                         f"valid options: {_choices(self.valid)}")
+        self.also = list(also)
+        if isinstance(candidates, Mapping):
+            self.candidates = {**{v: v for v in self.valid}, **candidates}
+        else:
+            self.candidates = sorted(set(self.valid if candidates is None else candidates) | set(self.valid))
+        first = f"unknown {where} option {key!r}; {did_you_mean(key, self.candidates)}"
+        if self.also:
+            first = first.rstrip() + ("" if first.rstrip().endswith("?") else ";") + " " + "; ".join(self.also) + "; "
+        super().__init__(f"{first}valid options: {_choices(self.valid)}")
+
+
+def unknown_key(key: str, candidates: Iterable[str] | Mapping[str, str]) -> str:
+    """One unknown key as a message of several problems says it: `unknown option 'x' (did you mean 'y'?)`."""
+    hint = did_you_mean(key, candidates).strip().removesuffix("?")
+    return f"unknown option {key!r}" + (f" ({hint}?)" if hint else "")
+
+
+class MissingPackageError(ConfigError, ImportError):
+    """An option needs a Python package that is not installed. `option`: the option (as the user wrote it
+    or its field); `package`: the package's pip name."""
+
+    def __init__(self, message: str, *, option: str, package: str):
+        self.option, self.package = option, package
+        super().__init__(message)
+
+
+class DeviceNotAvailableError(ConfigError):
+    """An option needs a device (a CUDA GPU) the cluster does not have. `option`: the option asking for it."""
+
+    def __init__(self, message: str, *, option: str):
+        self.option = option
+        super().__init__(message)
+
+
+class ClusterTooSmallError(ConfigError):
+    """A job needs more CPUs / GPUs than the whole cluster has, so Ray would queue it forever. `need` and
+    `have`: the resources asked ({"CPU": 12.0, "GPU": 12.0}) and the cluster's totals."""
+
+    def __init__(self, message: str, *, need: Mapping[str, float], have: Mapping[str, float]):
+        self.need, self.have = dict(need), dict(have)
+        super().__init__(message)
 
 
 class WorkspacePathError(ByzerError, PermissionError):

@@ -28,11 +28,17 @@ The noise, where it comes from, and how it is kept out by default:
   `Session` closes its connection at exit (`session/session.py`), so there is nothing to report.
 
 Warnings from this project and every library's other warnings still show.
+
+A training job's log file (`log.txt` in its run folder) holds what its process printed, libraries
+included; `byzer-like jobs logs` shows it through `readable_log`, which drops the lines of `LOG_NOISE`
+(each with where it comes from) and the repeats, and says how many it hid; `--verbose` shows the file
+as it is.
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import threading
 import warnings
@@ -119,3 +125,67 @@ def after_ray_init(previous_sigterm: Any) -> None:
     if is_verbose() or previous_sigterm is None or threading.current_thread() is not threading.main_thread():
         return
     signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+# Lines of a job's log that are the libraries' chatter, not the job's story (seen in real sft / sfft logs;
+# tests/fixtures/job_logs): what each is -> a pattern matching the whole of such a line.
+LOG_NOISE: dict[str, re.Pattern[str]] = {
+    # torchao's compiled kernels for other GPUs / Pythons, tried at every import
+    "compiled-extension load failures": re.compile(r"Failed to load \S+\.so\b.*"),
+    # transformers' optional kernels-community kernels (bitsandbytes' CPU path)
+    "optional kernels not installed": re.compile(r"Failed to load .* from kernels-community.*"),
+    # torch's notice to torchao's authors, in glog form (`W1207 12:28:11.51 12660 .../_pytree.py:630] ...`)
+    "torch deprecation notices": re.compile(r"[WI]\d{4} [\d:.]+ +\d+ .*\] .*is an Enum subclass and is now natively supported.*"),
+    # `path.py:123: FutureWarning: ...` (the source line Python prints under it goes too, see readable_log)
+    "deprecation warnings": re.compile(r"\S+:\d+: (?:Future|Deprecation|PendingDeprecation)Warning: .*"),
+    # DeepSpeed on a machine without a GPU
+    "accelerator notices": re.compile(r".*\bSetting accelerator to CPU\..*"),
+    # tqdm bars written to a file (`Loading weights: 100%|####| 21/21 [00:00<00:00, ...]`)
+    "progress bars": re.compile(r".*\d+%\|.*\| *\d+/\d+ \[.*"),
+    # Ray Data's progress bars as its workers send them, and its size estimates
+    "Ray Data progress": re.compile(r'\{"__magic_token__": "__ray_tqdm_magic_token__".*|Estimated parquet .*'),
+}
+# the trainer's own dict of a logging step (`{'loss': '8.38', 'grad_norm': ...}`): dropped when the job logged
+# that step itself (`[byzer-like] step 5/8 loss=...`), so each step is logged once
+TRAINER_STEP = re.compile(r"\{'loss': .*\}")
+OWN_STEP = "[byzer-like] step "
+
+
+def readable_log(text: str) -> tuple[str, dict[str, int]]:
+    """A job's log as `jobs logs` shows it: without the lines of LOG_NOISE, the source line Python prints
+    under a dropped warning, the trainer's step dicts when the job logged its steps itself, a blank line
+    beside a dropped one, and a line repeated straight after itself (lines are split at carriage returns
+    too: each state of a bar is one).
+    Returns (text, how many lines were dropped per kind), the text ending in a newline when `text` does."""
+    lines = _lines(text)
+    kinds: list[str | None] = []
+    own_steps = OWN_STEP in text
+    for i, line in enumerate(lines):
+        kind = next((k for k, p in LOG_NOISE.items() if p.fullmatch(line)), None)
+        if kind is None and i and line[:1].isspace() and LOG_NOISE["deprecation warnings"].fullmatch(lines[i - 1]):
+            kind = "deprecation warnings"  # `  warnings.warn(`: the source line of the warning above
+        if kind is None and own_steps and TRAINER_STEP.fullmatch(line):
+            kind = "steps logged twice"
+        kinds.append(kind)
+    kept: list[str] = []
+    hidden: dict[str, int] = {}
+    for i, (line, kind) in enumerate(zip(lines, kinds)):
+        if kind is None and not line.strip() and (i + 1 < len(lines) and kinds[i + 1] or i and kinds[i - 1]):
+            kind = "blank lines around them"  # what a bar or warning leaves before or after itself
+        if kind is None and kept and line == kept[-1]:
+            kind = "repeated lines"
+        if kind is None:
+            kept.append(line)
+        else:
+            hidden[kind] = hidden.get(kind, 0) + 1
+    out = "\n".join(kept)
+    return (out + "\n" if out and text.endswith("\n") else out), hidden
+
+
+def _lines(text: str) -> list[str]:
+    """`text`'s lines, a line holding carriage returns (a progress bar's states) split there, without the
+    empty parts a carriage return leaves."""
+    lines = text.split("\n")
+    if text.endswith("\n"):
+        lines.pop()
+    return [part for line in lines for part in ([p for p in line.split("\r") if p] if "\r" in line else [line])]

@@ -8,13 +8,17 @@
     select task, llm_result(smol_chat(llm_param(map("instruction", task, "max_new_tokens", 48)))) as answer
     from questions as answers;
 
-A cell runs as one script and shows the last statement's table as a pandas DataFrame (the earlier
-statements print one line each). `%byzer <statement>` runs one statement. Tables and `set`
-variables live in one session per kernel: `byzer_like.notebook.session()`.
+A cell runs as one script: each statement prints one line as it finishes (`kind: message (seconds[,
+rows/s])`, rows/s for a select that called models), and the cell shows the last statement's table as a
+pandas DataFrame; a column of model-call results shows the answers' text (`set llm_show="json";` shows
+their JSON; the session's tables keep the JSON either way). `%byzer <statement>` runs one statement. Tables
+and `set` variables live in one session per kernel: `byzer_like.notebook.session()`.
 
-A statement that fails raises `CellError`, so that a notebook run (nbclient, papermill, `jupyter
-nbconvert --execute`) stops at that cell; the notebook shows the error's message alone, without a
-traceback into byzer-like.
+The whole cell is checked before its first statement runs (see `byzer_like.session.check`). A statement
+that fails raises `CellError` after the lines of the statements before it, so that a notebook run
+(nbclient, papermill, `jupyter nbconvert --execute`) stops at that cell; the notebook shows the error's
+message alone (with its line and column), without a traceback into byzer-like. `CellError.error.results`
+holds the results that finished before it.
 """
 from __future__ import annotations
 
@@ -61,18 +65,18 @@ class ByzerMagics(Magics):
         """Run Byzer-LLM SQL: the cell (or the line) as a script; return the last table as a DataFrame."""
         script = cell if cell is not None else line
         try:
-            results = session().sql(script)
+            results = session().sql(script, on_result=lambda i, r: print(_line(r), flush=True))
         except ByzerError as e:  # the cell fails; shown without a traceback into byzer-like
             raise CellError(e) from None
-        for r in results[:-1]:
-            print(f"{r.kind}: {r.message}" if r.message else r.kind)
-        if not results:
+        if not results or results[-1].table is None:
             return None
-        last = results[-1]
-        if last.table is None:
-            print(f"{last.kind}: {last.message}" if last.message else last.kind)
-            return None
-        return readable_frame(last.table)
+        return readable_frame(results[-1].table, raw=session().variables.get("llm_show") == "json")
+
+
+def _line(result: Any) -> str:
+    """A finished statement's line: `kind: message (seconds[, rows/s])`."""
+    timing = result.timing()
+    return (f"{result.kind}: {result.message}" if result.message else result.kind) + (f" ({timing})" if timing else "")
 
 
 def load_ipython_extension(ipython: Any) -> None:

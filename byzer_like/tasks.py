@@ -32,6 +32,9 @@ class TrainingTask:
     would fail on.
     `runner_holds_worker`: the job's runner trains in its own process and so reserves one worker's
     CPUs / GPUs; otherwise the runner only drives Ray Train workers and reserves nothing.
+    `num_gpus_is_total`: Byzer's `!byzerllm setup "num_gpus=N"` is the job's total number of cards
+    (workers = N / gpus_per_worker, `config.SetupConfig.for_task`), as Byzer's sfft reads it; otherwise
+    GPUs per worker, as for a deployment.
     `summary`: one line for help texts."""
 
     name: str
@@ -40,6 +43,7 @@ class TrainingTask:
     check: str
     runner_holds_worker: bool
     summary: str
+    num_gpus_is_total: bool = False
 
     def options_model(self) -> Any:
         """The options class (resolved on first use)."""
@@ -66,7 +70,7 @@ TASKS: dict[str, TrainingTask] = {
                      runner_holds_worker=True,
                      summary="supervised fine-tuning on instruction/answer or chat rows (LoRA, QLoRA, full)"),
         TrainingTask("sfft", "byzer_like.train.options:SfftOptions", "sfft_train", "byzer_like.train.checks:check_sfft",
-                     runner_holds_worker=False,
+                     runner_holds_worker=False, num_gpus_is_total=True,
                      summary="continued pretraining on a text column (Ray Train workers, DeepSpeed ZeRO)"),
         TrainingTask("dpo", "byzer_like.train.preference_options:DpoOptions", "dpo_train",
                      "byzer_like.train.preference_data:check_dpo", runner_holds_worker=True,

@@ -45,7 +45,8 @@ def _strip_file_scheme(raw: str, what: str) -> str:
         return raw
     if m.group(1).lower() != "file":
         raise WorkspacePathError(f"{what} {_shown(raw)} is a {m.group(1)}:// URL; byzer-like reads and writes local "
-                                 "paths only (file:///... or a plain path): copy the data under an allowed root")
+                                 "paths only: give a local path (file:///... or a plain one) under an allowed root, copying the "
+                                 "data there first")
     rest = raw[m.end():]
     if rest.startswith("localhost/"):
         rest = rest[len("localhost"):]

@@ -24,7 +24,7 @@ class FakeJobs:
     calls: list[tuple[str, str]] = field(default_factory=list)
 
     def _row(self, job_id: str, state: str) -> dict:
-        return {"job_id": job_id, "kind": "sft", "state": state, "step": 0, "total_steps": None, "output_table": None,
+        return {"job_id": job_id, "kind": "sft", "method": "lora", "state": state, "step": 0, "total_steps": None, "output_table": None,
                 "model_version": None, "artifact": None, "metrics": "{}", "error": None, "detached": True,
                 "ray_job_id": None, "created_at": time.time(), "finished_at": None}
 

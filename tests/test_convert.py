@@ -180,12 +180,49 @@ def test_weight_only_quantization_registers_a_smaller_model_the_plugin_loads(rt,
     assert isinstance(text, str) and info["output_tokens"] > 0
 
 
-def test_a_bad_method_lists_the_valid_ones_and_nothing_is_written(rt, workspace, tiny_registered):
+def test_a_bad_method_lists_the_valid_ones_and_nothing_is_written(rt, workspace, tiny_registered, monkeypatch):
+    from byzer_like.convert import quantize
+
     with pytest.raises(ConfigError, match=r"unknown quantization method 'int3'; valid methods: bnb-int8 .*bnb-nf4.*torchao-int8.*gptq-int4"):
         rt.quantize(tiny_registered, "tiny_int3", "int3")
     assert not Catalog(workspace).model_exists("tiny_int3")
-    with pytest.raises(ConfigError, match="needs calibration text"):
+    monkeypatch.setattr(quantize, "require_library", lambda method: None)  # as where gptqmodel is installed
+    with pytest.raises(ConfigError, match='needs calibration text.*SQL: calibrationTable="t"; got 0'):
         rt.quantize(tiny_registered, "tiny_gptq_nocal", "gptq")
+
+
+def test_gptq_without_its_library_is_refused_before_anything_else(tmp_path, monkeypatch, capsys):
+    """`models quantize --method gptq` where gptqmodel is missing: the install hint, before the model is looked
+    up or the calibration file read (neither exists here); once installed, a missing calibration names the
+    CLI's --calibration, not SQL's calibrationTable."""
+    import json
+
+    from byzer_like.cli import main
+    from byzer_like.convert import quantize
+    from byzer_like.errors import QuantizeError
+
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("gptqmodel", "optimum") else real(name, *a))
+    ws = tmp_path / "ws"
+    argv = ["models", "quantize", "nosuch", "--method", "gptq", "--name", "q", "--workspace", str(ws)]
+    assert main([*argv, "--calibration", "missing.jsonl"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: GPTQ needs gptqmodel and optimum (gptqmodel, optimum not installed here); install")
+    with pytest.raises(QuantizeError, match="GPTQ needs gptqmodel"):
+        quantize.quantize_model(tmp_path / "no-model", tmp_path / "out", "gptq-int8")
+    monkeypatch.undo()
+    monkeypatch.setattr(quantize, "require_library", lambda method: None)
+    model = tmp_path / "ws" / "models" / "m"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 64}))
+    Catalog(ws).register_model("m", kind="model", path=str(model), base_model=None, model_type="llama",
+                               method="test", params={}, metrics={}, job_id=None)
+    assert main(["models", "quantize", "m", "--method", "gptq", "--name", "q", "--workspace", str(ws)]) == 1
+    err = capsys.readouterr().err.splitlines()[0]
+    assert "(--calibration FILE, a data file of text; got 0)" in err and "calibrationTable" not in err, err
 
 
 def test_quantizing_a_lora_adapter_says_to_merge_first(rt, workspace, tiny_models):
@@ -410,3 +447,33 @@ def test_sql_convert_of_the_gguf_file_writes_the_same_weights(smollm2, workspace
     if cat.model_exists("smol"):
         b = load_file(Path(cat.model("smol").path, "model.safetensors"))
         assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+def test_transformers_bars_become_the_one_line_and_are_put_back(monkeypatch):
+    """Inside `bars_as`, transformers' bars (its logging.tqdm, the GGUF reader's tqdm) update the one line;
+    after it, they are transformers' own again."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    from byzer_like.convert.bars import bars_as
+    from byzer_like.display import ProgressLine
+
+    class Line(ProgressLine):
+        def __init__(self):
+            super().__init__("importing x.gguf")
+            self.said = []
+
+        def show(self, text, *, force=False):
+            self.said.append(text)
+
+    before = gguf_utils.tqdm
+    line = Line()
+    with bars_as(line):
+        assert list(gguf_utils.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors...")) == [0, 1, 2]
+        with hf_logging.tqdm(total=2, desc="Writing model shards") as bar:
+            bar.update()
+            bar.set_postfix(x=1)  # a tqdm method the stand-in does not have: nothing happens
+            bar.update()
+    assert line.said[0] == "converting and de-quantizing GGUF tensors 0/3"
+    assert line.said[3] == "converting and de-quantizing GGUF tensors 3/3" and line.said[-1] == "writing model shards 2/2"
+    assert gguf_utils.tqdm is before and hf_logging.set_tqdm_hook(None) is None

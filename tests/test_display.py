@@ -38,3 +38,105 @@ def test_lists_are_cut_to_the_width_and_never_below_the_minimum():
 def test_terminal_width_reads_columns_and_cuts_nothing_for_a_pipe(monkeypatch, columns, width):
     monkeypatch.setenv("COLUMNS", columns)
     assert terminal_width(open("/dev/null")) == width
+
+
+RESULT = '{"output": "Paris, known for the Eiffel Tower.", "input": "capital?", "history": [], "metadata": {"input_tokens": 5}}'
+
+
+@pytest.mark.parametrize("value, shown", [
+    (RESULT, "Paris, known for the Eiffel Tower."),  # this project's form: the output
+    ('{"output": null, "error": "ModelError: boom", "input": "q", "metadata": {}}', "error: ModelError: boom"),
+    ('{"output": [0.25, -1.0], "input": "q", "metadata": {}}', "[0.25, -1.0]"),  # an embedding
+    ('[{"predict": "yes", "metadata": {"t": 1}}, {"predict": "no", "metadata": {}}]', "yes\nno"),  # Byzer-LLM's
+])
+def test_a_model_calls_result_shows_as_its_answer(value, shown):
+    from byzer_like.display import answer_text
+
+    assert answer_text(value) == shown
+
+
+@pytest.mark.parametrize("value", ['{"output": "x"}', '{"a": 1}', "[1, 2]", "[]", "{not json", "plain", "", None, 3])
+def test_other_values_are_not_answers(value):
+    from byzer_like.display import _NOT_AN_ANSWER, answer_text
+
+    assert answer_text(value) is _NOT_AN_ANSWER
+
+
+def test_a_column_of_results_shows_text_and_raw_shows_the_json_the_table_holds():
+    """Only a column whose every value is a result is shown as text; NULLs stay blank; `raw` (set
+    llm_show="json", --raw) shows the JSON; the table itself keeps the JSON."""
+    table = pa.table({"q": ["capital?", "b"], "r": [RESULT, None], "mixed": [RESULT, '{"a": 1}']})
+    header, first, second = frame_text(table).splitlines()
+    assert first.split("  ")[:2] == ["capital?", "Paris, known for the Eiffel Tower."] and '"output"' in first
+    assert second.split() == ["b", '{"a":', "1}"]  # the NULL result is blank, the mixed column's JSON stays JSON
+    raw = frame_text(table, raw=True).splitlines()[1]
+    assert raw.count('{"output": "Paris') == 2
+    assert table.column("r")[0].as_py() == RESULT
+
+
+def test_run_shows_answers_unless_asked_for_json(tmp_path, capsys, monkeypatch):
+    """`byzer-like run`'s printing (cli/scripts.py) over a session whose model echoes: the answer's text;
+    `set llm_show="json"` or --raw: the JSON; a value other than text / json is refused."""
+    import argparse
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fake_runtime import FakeRuntime
+
+    from byzer_like.cli import scripts
+    from byzer_like.errors import ConfigError
+    from byzer_like.session import Session
+
+    session = Session(FakeRuntime(str(tmp_path)), progress=False)
+    session.sql('run command as LLM.`` where action="infer" and pretrainedModelType="llama" and localModelDir="m" '
+                'and udfName="m";')
+    select = 'select m(llm_param(map("instruction", "hello"))) as answer;'
+    shown = []
+    for script, raw in ((select, False), (select, True), ('set llm_show="json";' + select, False)):
+        results = session.sql(script)
+        capsys.readouterr()
+        scripts._print_result(1, results[-1], 5, scripts._raw(argparse.Namespace(raw=raw), session))
+        shown.append(capsys.readouterr().out.splitlines()[2])
+    assert shown[0] == "echo:hello" and shown[1].startswith('{"output": "echo:hello"') and shown[2] == shown[1]
+    with pytest.raises(ConfigError, match="llm_show must be one of text, json"):
+        session.sql('set llm_show="yaml";')
+    session.close()
+
+
+class _Terminal:
+    """A stream that says it is a terminal (and records what is written)."""
+
+    def __init__(self):
+        self.text = ""
+
+    def isatty(self):
+        return True
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+
+class _Pipe(_Terminal):
+    def isatty(self):
+        return False
+
+
+def test_a_long_step_is_one_line_rewritten_on_a_terminal_and_one_line_into_a_pipe(monkeypatch):
+    from byzer_like.display import ProgressLine
+
+    monkeypatch.setenv("COLUMNS", "40")
+    term, pipe = _Terminal(), _Pipe()
+    for stream in (term, pipe):
+        line = ProgressLine("importing smol.gguf", stream, interval_s=0)
+        line.show("converting tensors 1/272")
+        line.show("loading weights 272/272")
+        line.done("done in 2.5 s")
+    states = term.text.split("\r")[1:]
+    assert term.text.count("\n") == 1 and term.text.endswith("\n") and len(states) == 3
+    assert states[0] == "importing smol.gguf: converting tens..."  # cut to the terminal's width less one
+    assert states[2].rstrip() == "importing smol.gguf: done in 2.5 s" and len(states[2]) == len(states[1]) + 1
+    assert pipe.text == "importing smol.gguf: done in 2.5 s\n"  # only the last state

@@ -236,7 +236,10 @@ def test_empty_lists_say_none_under_a_header(ws):
         term = Terminal(*args, ws=ws)
         assert term.wait() == 0
         lines = [line.rstrip() for line in term.out.replace("\r", "").splitlines() if line.strip()]
+        note = [line for line in lines if line.startswith(f"workspace {ws} (")]  # stderr: which workspace, new or empty
+        lines = [line for line in lines if line not in note]
         assert lines[0].split()[0] == header and lines[1:] == ["(none)"], term.out
+        assert len(note) == 1 and ("(new: " in note[0] or "(empty: no " in note[0]), term.out
         piped = run(*args, ws=ws)  # to a pipe: the header alone, tab-separated
         assert piped.returncode == 0 and piped.stdout.count("\n") == 1 and "\t" in piped.stdout
 

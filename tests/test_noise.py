@@ -193,3 +193,64 @@ def test_a_notebook_prints_no_library_noise(ray_cluster, workspace):
     stderr = "".join(o.get("text", "") for c in nb.cells for o in c.outputs
                      if o.output_type == "stream" and o.name == "stderr")
     assert_quiet("notebook", stderr)
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "job_logs"
+
+
+@pytest.mark.parametrize("log, kept, hidden", [
+    ("sft.txt", ["[byzer-like] job sft-", "[byzer-like] training from step 0 of 12", "[byzer-like] step 1/12 ",
+                 "[byzer-like] step 5/12 ", "[byzer-like] step 10/12 ", "{'train_runtime': ",
+                 "[byzer-like] registered llama2_300@v1", "[byzer-like] job sft-"],
+     {"compiled-extension load failures": 2, "torch deprecation notices": 2, "optional kernels not installed": 1,
+      "progress bars": 2, "deprecation warnings": 2, "accelerator notices": 1, "steps logged twice": 3,
+      "blank lines around them": 1}),
+    ("sfft.txt", ["[byzer-like] job sfft-", "[byzer-like] sfft run ", "[byzer-like] sfft run ",
+                  "[byzer-like] registered acc_tb_model@v1", "[byzer-like] job sfft-"], {"Ray Data progress": 5}),
+])
+def test_a_real_job_log_reads_without_library_noise(log, kept, hidden):
+    """Logs of real sft / sfft jobs (tests/fixtures/job_logs): the job's own lines stay, in order, each step
+    once; the libraries' lines go, counted by kind."""
+    from byzer_like.logs import readable_log
+
+    text, dropped = readable_log((FIXTURES / log).read_text())
+    lines = text.splitlines()
+    assert len(lines) == len(kept) and all(line.startswith(k) for line, k in zip(lines, kept)), text
+    assert dropped == hidden and text.endswith("\n")
+
+
+def test_repeats_and_a_warnings_source_line_go_and_a_log_without_own_steps_keeps_the_trainers():
+    from byzer_like.logs import readable_log
+
+    text = ("x.py:3: DeprecationWarning: old\n  warnings.warn(\n  indented own line\nsaving\nsaving\n"
+            "{'loss': '1.5', 'epoch': '1'}\n")
+    assert readable_log(text) == ("  indented own line\nsaving\n{'loss': '1.5', 'epoch': '1'}\n",
+                                  {"deprecation warnings": 2, "repeated lines": 1})
+
+
+def test_jobs_logs_shows_the_readable_log_and_verbose_the_whole_file(monkeypatch, capsys):
+    """`byzer-like jobs logs` (cli/training.py): the readable log on stdout, one line on stderr saying what was
+    hidden; with BYZER_LIKE_LOG=debug (--verbose) the file as it is."""
+    from byzer_like.cli import training
+
+    raw = (FIXTURES / "sft.txt").read_text()
+
+    class Jobs:
+        def logs(self, job_id):
+            return raw
+
+        def status(self, job_id):
+            return {"state": "SUCCEEDED"}
+
+    monkeypatch.delenv("BYZER_LIKE_LOG", raising=False)
+    assert training._print_logs(Jobs(), "sft-1", follow=True) == 0
+    out = capsys.readouterr()
+    assert "Failed to load" not in out.out and out.out.count("[byzer-like] step ") == 3 and "{'loss'" not in out.out
+    assert out.err == ("(14 lines of library output hidden: accelerator notices, blank lines around them, "
+                       "compiled-extension load failures, "
+                       "deprecation warnings, optional kernels not installed, progress bars, steps logged twice, "
+                       "torch deprecation notices; --verbose shows the whole log)\n")
+    monkeypatch.setenv("BYZER_LIKE_LOG", "debug")
+    training._print_logs(Jobs(), "sft-1", follow=False)
+    out = capsys.readouterr()
+    assert out.out == raw and out.err == ""

@@ -75,6 +75,8 @@ def test_lora_through_sql_learns_the_answers_registers_merges_and_deploys(llm, s
     try:
         job = results[2].table.to_pylist()[0]
         assert job["state"] == "SUCCEEDED" and job["output_table"] == "colors_lora" and job["model_version"] == 1
+        # no method given, no GPU: lora, and the row and the message say why
+        assert job["method"] == "lora (qlora needs a CUDA GPU; none here)" and job["method"] in results[2].message
         metrics = json.loads(job["metrics"])
         assert metrics["final_loss"] < metrics["first_loss"] and metrics["tokens_per_s"] > 0
         assert Path(metrics["loss_curve"]).stat().st_size > 1000  # the PNG beside the model

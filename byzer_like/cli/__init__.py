@@ -48,7 +48,7 @@ from ..tasks import TASKS
 from ..version import __version__
 from .common import (
     ADDRESS_FLAGS, ADDRESS_HELP, FAILED, INTERRUPTED, JOB_EXIT, NOTHING_TO_DO, OK, STOPPED, USAGE, VERBOSE_HELP,
-    WORKSPACE_HELP, Parents, _Parser, error_line, parents,
+    WORKSPACE_HELP, Parents, _Parser, error_line, parents, workspace_note,
 )
 
 # the commands in the order `byzer-like --help` lists them: name, help, and the function of its group's module
@@ -147,6 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return INTERRUPTED
     finally:
         disconnect()
+        note = workspace_note()  # after the command's output and its error line (which comes first)
+        if note:
+            print(note, file=sys.stderr, flush=True)
 
 
 __all__ = ["COMMANDS", "FAILED", "INTERRUPTED", "JOB_EXIT", "NOTHING_TO_DO", "OK", "STOPPED", "USAGE", "build_parser",

@@ -7,12 +7,11 @@ import os
 from typing import Any
 
 from .. import cluster
-from ..workspace import Workspace
-from .common import NOTHING_TO_DO, OK, Parents
+from .common import NOTHING_TO_DO, OK, Parents, workspace
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    ws = Workspace.from_env(args.workspace)
+    ws = workspace(args)
     if args.action == "start":
         info = cluster.start_head(ws, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
         print(f"cluster running: address {info.address}  dashboard {info.dashboard_url}  (workspace {ws.root})")

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..display import format_table, terminal_width
 from ..errors import ByzerError, ClusterError, ConfigError
-from ..workspace import Workspace
+from ..workspace import DEFAULT_DIRNAME, HOME_ENV, Workspace
 
 # exit statuses (see the epilog)
 OK, FAILED, USAGE, NOTHING_TO_DO, STOPPED, INTERRUPTED = 0, 1, 2, 3, 4, 130
@@ -22,7 +23,8 @@ OK, FAILED, USAGE, NOTHING_TO_DO, STOPPED, INTERRUPTED = 0, 1, 2, 3, 4, 130
 JOB_EXIT = {"SUCCEEDED": OK, "PENDING": OK, "RUNNING": OK, "FAILED": FAILED, "STOPPED": STOPPED}
 # how the CLI spells the options an error suggests (errors name them the Python / SQL way; see ByzerError.spelled)
 FLAGS = {"reconnect": "--reconnect", "replace": "--replace", "stop_serving": "`byzer-like serve --stop`",
-         "output_table": "--output-table", "overwrite": "--option overwrite=true"}
+         "output_table": "--output-table", "overwrite": "--option overwrite=true",
+         "calibration": "--calibration FILE, a data file of text", "group_size": "--group-size"}
 
 
 def error_line(e: ByzerError) -> str:
@@ -92,13 +94,64 @@ def kv(items: Sequence[str] | None, what: str) -> dict[str, str]:
     return out
 
 
+@dataclass
+class _Seen:
+    """The workspace a command opened: whether its folder was there when the command started, where its
+    name came from (--workspace, BYZER_LIKE_HOME, the default) and what a reading command found empty."""
+
+    ws: Workspace
+    existed: bool
+    source: str
+    empty: list[str] = field(default_factory=list)
+
+
+_seen: list[_Seen] = []  # the workspaces this command opened (one, in practice)
+
+
+def workspace(args: argparse.Namespace) -> Workspace:
+    """The command's workspace (--workspace, else $BYZER_LIKE_HOME, else ./byzer_workspace), remembered so
+    that `workspace_note` can say at the end when it was new or empty."""
+    given = getattr(args, "workspace", None)
+    ws = Workspace.from_env(given)
+    if not any(s.ws.root == ws.root for s in _seen):
+        source = ("given by --workspace" if given else f"given by {HOME_ENV}" if os.environ.get(HOME_ENV)
+                  else f"the default, ./{DEFAULT_DIRNAME} of the current directory")
+        _seen.append(_Seen(ws, ws.root.is_dir(), source))
+    return ws
+
+
+def note_empty(ws: Workspace, what: str) -> None:
+    """A reading command found nothing in `ws` (`what`: "no models registered"), for `workspace_note`."""
+    for s in _seen:
+        if s.ws.root == ws.root and what not in s.empty:
+            s.empty.append(what)
+
+
+def workspace_note() -> str | None:
+    """One line naming the workspace when the command found it new or empty, else None:
+    `workspace /x/byzer_workspace (new: this command created it; the default, ...; set BYZER_LIKE_HOME
+    or pass --workspace to use another)`. What it was new or empty of is said once; the list is then cleared."""
+    lines = []
+    for s in _seen:
+        if s.existed and not s.empty:
+            continue
+        if not s.existed:
+            state = "new: this command created it" if s.ws.root.exists() else "new: it does not exist yet"
+        else:
+            state = "empty: " + ", ".join(s.empty)
+        lines.append(f"workspace {s.ws.root} ({state}; {s.source}; set {HOME_ENV} or pass --workspace "
+                     "to use another)")
+    _seen.clear()
+    return "\n".join(lines) or None
+
+
 def runtime(args: argparse.Namespace, *, running: bool = True, announce: bool = False):
     """The runtime of the command's workspace and address. `running`: the command's effect must
     outlive it, so it needs a cluster that is already running (not a one-off embedded one).
     `announce`: a script runs (`run`, `sql`): say which deployments were left running before it."""
     from ..runtime import Runtime
 
-    rt = Runtime(args.address, workspace=Workspace.from_env(args.workspace), announce=announce)
+    rt = Runtime(args.address, workspace=workspace(args), announce=announce)
     if running and not rt.cluster_running():
         raise ClusterError(
             f"no cluster is running for workspace {rt.workspace.root}: start one with `byzer-like cluster start` "

@@ -9,8 +9,7 @@ from typing import Any
 from ..config import ConvertOptions, QuantizeOptions
 from ..display import local_time
 from ..errors import ConfigError
-from ..workspace import Workspace
-from .common import Parents, data_file, path_arg, print_row, print_table, runtime
+from .common import Parents, data_file, note_empty, path_arg, print_row, print_table, runtime, workspace
 from .flags import ModelFlags, add_model_flags, given
 
 # the option model each command fills, and which of its fields it takes as flags
@@ -29,7 +28,7 @@ PATHS = {"checkpoint_dir": "checkpoint_dir", "model_name_or_path": "--model-path
 def cmd_make_tiny(args: argparse.Namespace) -> int:
     from ..tiny import make_tiny
 
-    ws = Workspace.from_env(args.workspace)
+    ws = workspace(args)
     out = path_arg(ws, args.out, "--out")
     try:
         corpus = str(path_arg(ws, args.corpus, "--corpus")) if args.corpus else None
@@ -53,7 +52,10 @@ def cmd_registry(args: argparse.Namespace) -> int:
     `name@production` deploys the one at production), how it was made, its main metrics, time and folder."""
     from ..catalog import Catalog, main_metrics
 
-    models = Catalog(Workspace.from_env(args.workspace)).models()
+    ws = workspace(args)
+    models = Catalog(ws).models()
+    if not models:
+        note_empty(ws, "no models registered")
     print_table(("model", "kind", "stage", "method", "type", "loss", "tokens/s", "created", "path"),
                 [(m.ref, m.kind, m.stage, m.method, m.model_type, *main_metrics(m.metrics).values(),
                   local_time(m.created_at), m.path) for m in models])
@@ -99,6 +101,9 @@ def _paths(rt: Any, options: dict[str, Any]) -> dict[str, Any]:
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     """A weight-quantized copy of a registered model, registered under --output-table."""
+    from ..runtime import quantize_method
+
+    quantize_method(args.method)  # its library first: before the calibration file is read or the model looked up
     rt = runtime(args, running=False)
     table = data_file(rt, args.calibration, "--calibration") if args.calibration else None
     options = given(args, QUANTIZE)

@@ -11,8 +11,7 @@ from typing import Any
 from ..config import SetupConfig
 from ..display import frame_text, terminal_width
 from ..errors import ByzerError, ConfigError
-from ..workspace import Workspace
-from .common import OK, Parents, kv, prompt_loop, runtime, stream_answer
+from .common import OK, Parents, kv, prompt_loop, runtime, stream_answer, workspace
 from .flags import ModelFlags, add_model_flags, given
 
 QUICKSTART_PROMPT = "What is the capital of France, and what is it known for?"
@@ -21,13 +20,24 @@ QUICKSTART = ModelFlags(SetupConfig, ("num_workers",), defaults={"num_workers": 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 
 
-def _print_result(i: int, result: Any, max_rows: int) -> None:
-    print(f"-- [{i}] {result.kind}" + (f": {result.message}" if result.message else ""))
+RAW_HELP = 'show model-call results as their JSON, not the answers\' text (as `set llm_show="json"` does)'
+
+
+def _print_result(i: int, result: Any, max_rows: int, raw: bool = False) -> None:
+    """One statement's result as `run` and `sql` print it: `-- [i] kind: message (seconds[, rows/s])`, then its
+    table (at most `max_rows` rows; model-call results as the answers' text unless `raw`)."""
+    timing = result.timing() if hasattr(result, "timing") else ""
+    print(f"-- [{i}] {result.kind}" + (f": {result.message}" if result.message else "") + (f" ({timing})" if timing else ""))
     if result.table is not None and result.table.num_columns:
-        print(frame_text(result.table.slice(0, max_rows), width=terminal_width()))
+        print(frame_text(result.table.slice(0, max_rows), width=terminal_width(), raw=raw))
         if result.table.num_rows > max_rows:
             print(f"... {result.table.num_rows - max_rows} more rows")
     print(flush=True)
+
+
+def _raw(args: argparse.Namespace, session: Any) -> bool:
+    """Whether results show raw JSON: --raw, or the script's `set llm_show="json"`."""
+    return bool(getattr(args, "raw", False)) or session.variables.get("llm_show") == "json"
 
 
 def _session(args: argparse.Namespace, variables: dict[str, str]):
@@ -43,9 +53,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OSError as e:
         raise ConfigError(f"cannot read {args.script}: {e.strerror}") from None
     session = _session(args, kv(args.set, "--set"))
-    try:
-        for i, result in enumerate(session.sql(script), 1):
-            _print_result(i, result, args.max_rows)
+    try:  # each result is printed as its statement finishes; an error after them
+        session.sql(script, on_result=lambda i, result: _print_result(i, result, args.max_rows, _raw(args, session)))
     except ByzerError as e:
         raise ByzerError(f"{args.script}: {e}").suggesting(**e.options) from None
     finally:
@@ -59,7 +68,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
     from ..sql import split_statements
     from ..sql.errors import SqlSyntaxError
 
-    history = Workspace.from_env(args.workspace).dir() / ".sql_history"
+    history = workspace(args).dir() / ".sql_history"
     readline = _readline(history)
     session = _session(args, kv(args.set, "--set"))
     print("byzer-like SQL: end statements with ';', Ctrl-C clears the input, Ctrl-D quits", file=sys.stderr, flush=True)
@@ -80,9 +89,13 @@ def cmd_sql(args: argparse.Namespace) -> int:
         except SqlSyntaxError:
             return True
         typed.clear()
-        for result in session.sql(text):
+
+        def show(i: int, result: Any) -> None:
+            nonlocal shown
             shown += 1
-            _print_result(shown, result, args.max_rows)
+            _print_result(shown, result, args.max_rows, _raw(args, session))
+
+        session.sql(text, on_result=show)
         return True
 
     try:
@@ -113,8 +126,8 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     """Import the quick-start model (once), run sql/quickstart.sql on it, then stream one answer."""
     from ..session import Session
 
-    ws = Workspace.from_env(args.workspace)
     llm = runtime(args, running=False)
+    ws = llm.workspace
     model_dir = _quickstart_model(llm, args)
     data_dir = ws.path("quickstart", "data")  # the sample data's own folder: never a file of the user's
     for note in ws.copy_own(SQL_DIR / "data", data_dir):
@@ -125,8 +138,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     session = Session(llm, variables={"model_dir": str(model_dir), "data_dir": str(data_dir)})
     name = "quickstart_chat"
     try:
-        for i, result in enumerate(session.sql((SQL_DIR / "quickstart.sql").read_text()), 1):
-            _print_result(i, result, max_rows=8)
+        session.sql((SQL_DIR / "quickstart.sql").read_text(), on_result=lambda i, r: _print_result(i, r, max_rows=8))
         print(f"{name!r} runs on {llm.meta(name)['num_workers']} replicas; streaming an answer:")
         print(f"> {args.prompt}")
         stream_answer(llm, name, [{"role": "user", "content": args.prompt}],
@@ -177,6 +189,7 @@ def add_run(sub: Any, parents: Parents) -> None:
     r.add_argument("script")
     r.add_argument("--set", action="append", metavar="NAME=VALUE", help="a script variable, as `set` does (repeatable)")
     r.add_argument("--max-rows", type=int, default=20, help="rows printed per result table")
+    r.add_argument("--raw", action="store_true", help=RAW_HELP)
     r.set_defaults(func=cmd_run)
 
 
@@ -184,4 +197,5 @@ def add_sql(sub: Any, parents: Parents) -> None:
     sq = sub.add_parser("sql", parents=[parents.common])
     sq.add_argument("--set", action="append", metavar="NAME=VALUE")
     sq.add_argument("--max-rows", type=int, default=20)
+    sq.add_argument("--raw", action="store_true", help=RAW_HELP)
     sq.set_defaults(func=cmd_sql)

@@ -14,7 +14,9 @@ from ..display import local_time
 from ..errors import ConfigError
 from ..tasks import TASKS
 from ..tasks import get as get_task
-from .common import JOB_EXIT, NOTHING_TO_DO, OK, Parents, data_file, job_line, kv, path_arg, print_table, runtime
+from .common import (
+    JOB_EXIT, NOTHING_TO_DO, OK, Parents, data_file, job_line, kv, note_empty, path_arg, print_table, runtime,
+)
 from .flags import WORKER_FIELDS, ModelFlags, add_model_flags, given, unflagged
 
 # the fields of the tasks' options models that `train` takes as flags (each task's model checks them); other
@@ -73,12 +75,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    jobs = runtime(args, running=False).jobs
+    rt = runtime(args, running=False)
+    jobs = rt.jobs
     if args.action == "list":
-        return _list_jobs(jobs, args.limit)
+        return _list_jobs(rt, args.limit)
     job_id = args.job_id or (jobs.catalog.jobs(limit=1) or [{"id": None}])[0]["id"]
     if job_id is None:
-        raise ConfigError("no training job in this workspace yet")
+        note_empty(rt.workspace, "no training jobs")
+        raise ConfigError(f"no training job in workspace {rt.workspace.root} yet")
     if args.action == "logs":
         return _print_logs(jobs, job_id, args.follow)
     if args.action == "status":
@@ -97,27 +101,46 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return JOB_EXIT[row["state"]]
 
 
-def _list_jobs(jobs: Any, limit: int | None) -> int:
+def _list_jobs(rt: Any, limit: int | None) -> int:
     from ..catalog import main_metrics
 
-    print_table(("job", "state", "step", "model", "loss", "tokens/s", "created", "finished", "error"), [
+    jobs = rt.jobs
+    rows = jobs.list(limit=limit)
+    if not rows:
+        note_empty(rt.workspace, "no training jobs")
+    print_table(("job", "state", "step", "model", "loss", "tokens/s", "created", "finished", "method", "error"), [
         (r["job_id"], r["state"], f"{r['step']}/{r['total_steps'] or '?'}",
          f"{r['output_table']}@v{r['model_version']}" if r["model_version"] else r["output_table"],
          *main_metrics(json.loads(r["metrics"])).values(), local_time(r["created_at"]),
-         local_time(r["finished_at"]), r["error"]) for r in jobs.list(limit=limit)])
+         local_time(r["finished_at"]), r["method"], r["error"]) for r in rows])
     return OK
 
 
 def _print_logs(jobs: Any, job_id: str, follow: bool) -> int:
-    """The job's log; with `follow`, more of it each second until the job ends."""
-    shown = 0
+    """The job's log without the libraries' noise (`logs.readable_log`; --verbose: all of it), then on
+    stderr how many lines were hidden; with `follow`, more of it each second until the job ends (whole
+    lines only, so a line being written is shown once it is done)."""
+    from .. import logs
+
+    shown, hidden = 0, {}
     while True:
         text = jobs.logs(job_id)
-        print(text[shown:], end="", flush=True)
-        shown = len(text)
-        if not follow or jobs.status(job_id)["state"] in ("SUCCEEDED", "FAILED", "STOPPED"):
-            return 0
+        ended = not follow or jobs.status(job_id)["state"] in ("SUCCEEDED", "FAILED", "STOPPED")
+        upto = len(text) if ended else text.rfind("\n", shown) + 1 or shown
+        part = text[shown:upto]
+        if not logs.is_verbose():
+            part, dropped = logs.readable_log(part)
+            for kind, n in dropped.items():
+                hidden[kind] = hidden.get(kind, 0) + n
+        print(part, end="", flush=True)
+        shown = upto
+        if ended:
+            break
         time.sleep(1)
+    if hidden:
+        print(f"({sum(hidden.values())} lines of library output hidden: {', '.join(sorted(hidden))}; "
+              "--verbose shows the whole log)", file=sys.stderr, flush=True)
+    return 0
 
 
 def _tensorboard(jobs: Any, job_id: str, port: int) -> int:

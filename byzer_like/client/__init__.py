@@ -587,7 +587,11 @@ class ByzerLLM:
     def sql(self, script: str, **variables: str):
         """Run a script in the Byzer-LLM dialect; return the last statement's table as a pandas DataFrame
         (None when it has none). `variables` fill `${name}` like `set` does. All results:
-        `llm.session.sql(script)`."""
+        `llm.session.sql(script)` (`on_result=` sees each as it finishes).
+
+        The whole script is checked before its first statement runs; an error (a ByzerError, said at its
+        statement's line and column) carries what the statements before it made: `err.results` (their
+        `Result`s, in order) and `err.tables` (name -> pyarrow Table); the session keeps those tables."""
         self.session.variables.update({k: str(v) for k, v in variables.items()})
         results = self.session.sql(script)
         return results[-1].to_pandas() if results else None

@@ -174,21 +174,31 @@ def import_gguf(path: str | os.PathLike, out_dir: str | os.PathLike) -> dict[str
     The directory holds config.json (no quantization_config), model.safetensors (float32),
     generation_config.json (eos / bos / pad from the tokenizer), the tokenizer files and
     chat_template.jinja. It is written into a staging folder, reloaded without GGUF and checked to give
-    the same logits on a short text, then renamed into place. Returns the header facts of
+    the same logits on a short text, then renamed into place. Progress is one line on stderr
+    (`display.ProgressLine`: rewritten on a terminal, only its last state into a pipe), not the
+    libraries' bars. Returns the header facts of
     `inspect_gguf` plus {"model_dir", "parameters", "bytes", "seconds"}. Raises ModelFileError,
     UnsupportedArchitectureError, ConvertError (out_dir exists, or the reloaded logits differ)."""
+    from ..display import ProgressLine
+    from .bars import bars_as
+
     t0 = time.monotonic()
     info = inspect_gguf(path)
-    model, tokenizer = load_gguf(path, dequantize=True)
-    set_generation_ids(model, tokenizer)
-    model.config._name_or_path = info.get("name") or Path(path).stem
-    out = Path(out_dir)
-    with staged(out) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        _check_reload(model, tokenizer, tmp)
+    line = ProgressLine(f"importing {Path(path).name}")
+    with bars_as(line):
+        model, tokenizer = load_gguf(path, dequantize=True)
+        set_generation_ids(model, tokenizer)
+        model.config._name_or_path = info.get("name") or Path(path).stem
+        out = Path(out_dir)
+        with staged(out) as tmp:
+            line.show("writing safetensors", force=True)
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            line.show("checking the written model's logits", force=True)
+            _check_reload(model, tokenizer, tmp)
     info.update(model_dir=str(out), parameters=int(sum(p.numel() for p in model.parameters())),
                 bytes=dir_size(out), seconds=round(time.monotonic() - t0, 2))
+    line.done(f"{info['parameters']:,} parameters written and checked in {info['seconds']:.1f} s")
     return info
 
 

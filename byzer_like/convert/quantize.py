@@ -52,7 +52,17 @@ METHODS: dict[str, Method] = {
 ALIASES = {"int8": "bnb-int8", "8bit": "bnb-int8", "nf4": "bnb-nf4", "4bit": "bnb-nf4", "fp4": "bnb-fp4",
            "gptq": "gptq-int4"}
 MIN_CALIBRATION_ROWS = 8
+CALIBRATION_SQL = 'SQL: calibrationTable="t"'  # how the calibration option is named in errors (the CLI: --calibration)
 DEFAULT_GROUP_SIZE = 128
+# a method's library -> the modules it needs where the export runs (GPTQ's result loads through optimum)
+MODULES = {"bitsandbytes": ("bitsandbytes",), "torchao": ("torchao",), "gptqmodel": ("gptqmodel", "optimum")}
+INSTALL = {
+    "bitsandbytes": "pip install bitsandbytes",
+    "torchao": "pip install torchao",
+    "gptqmodel": ("install the extra: pip install --no-deps 'gptqmodel==7.6.0' optimum==2.3.0 plus gptqmodel's small "
+                  "dependencies (see the README: gptqmodel 7.7 needs torch>=2.14.1, 7.6 declares numpy==2.2.6 and "
+                  "builds from source, so it is not installed by default)"),
+}
 
 
 def method_of(name: str) -> str:
@@ -65,6 +75,20 @@ def method_of(name: str) -> str:
         aliases = ", ".join(f"{a}={m}" for a, m in ALIASES.items())
         raise ConfigError(f"unknown quantization method {name!r}; valid methods: {listed}; aliases: {aliases}")
     return key
+
+
+def require_library(method: str) -> None:
+    """QuantizeError unless the library of `method` (a canonical name, see `method_of`) and what loads its
+    result are installed here, saying how to install them. Looks the modules up, imports none: callers
+    run it before anything slow (reading calibration data, loading the model)."""
+    import importlib.util
+
+    library = METHODS[method].library
+    missing = [m for m in MODULES[library] if importlib.util.find_spec(m) is None]
+    if missing:
+        what = "GPTQ" if library == "gptqmodel" else f"method {method!r}"
+        raise QuantizeError(f"{what} needs {' and '.join(MODULES[library])} ({', '.join(missing)} not installed "
+                            f"here); {INSTALL[library]}")
 
 
 def check_source(model_dir: str | os.PathLike) -> dict:
@@ -95,22 +119,28 @@ def quantize_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, met
     "weights_bytes", "source_weights_bytes", "size_ratio", "seconds"} (sizes in bytes; ratio =
     weights_bytes / source_weights_bytes). Raises ConfigError (method, calibration), ModelDirError
     (source), QuantizeError (the library is missing or failed)."""
+    from ..display import ProgressLine
+    from .bars import bars_as
+
     name = method_of(method)
     m = METHODS[name]
+    require_library(name)
     cfg = check_source(model_dir)
     texts = [str(t) for t in (calibration or []) if t and str(t).strip()]
     if m.calibration and len(texts) < MIN_CALIBRATION_ROWS:
         raise ConfigError(f"method {name!r} needs calibration text: a table with at least {MIN_CALIBRATION_ROWS} rows "
-                          f"of text (SQL: calibrationTable=\"t\"; got {len(texts)})")
+                          f"of text ({CALIBRATION_SQL}; got {len(texts)})").suggesting(calibration=CALIBRATION_SQL)
     t0 = time.monotonic()
     out = Path(out_dir)
-    with staged(out) as tmp:
+    line = ProgressLine(f"quantizing {Path(model_dir).name} ({name})")
+    with staged(out) as tmp, bars_as(line):
         if m.library == "gptqmodel":
             _gptq(model_dir, tmp, m.bits, texts, gptq_group_size(cfg, group_size), batch_size)
         else:
             _with_transformers(model_dir, tmp, name)
     src = weights_size(model_dir)
     size = weights_size(out)
+    line.done(f"written in {time.monotonic() - t0:.1f} s ({size:,} bytes of weights, {src:,} before)")
     return {"model_dir": str(out), "method": name, "library": m.library, "bits": m.bits, "bytes": dir_size(out),
             "weights_bytes": size, "source_weights_bytes": src, "size_ratio": round(size / src, 4) if src else None,
             "calibration_rows": len(texts) if m.calibration else 0, "seconds": round(time.monotonic() - t0, 2)}
@@ -123,7 +153,8 @@ def gptq_group_size(config: dict, requested: int | None) -> int:
     widths = [w for w in (config.get("hidden_size"), config.get("intermediate_size")) if isinstance(w, int) and w > 0]
     if requested is not None:
         if requested != -1 and any(w % requested for w in widths):
-            raise ConfigError(f"groupSize {requested} must divide the model's layer widths {widths} (or be -1)")
+            raise ConfigError(f"groupSize {requested} must divide the model's layer widths {widths} (or be -1)"
+                              ).suggesting(group_size="groupSize")
         return requested
     for g in (DEFAULT_GROUP_SIZE, 64, 32, 16):
         if all(w % g == 0 for w in widths):
@@ -172,12 +203,8 @@ def _gptq(model_dir: str | os.PathLike, tmp: Path, bits: int, texts: list[str], 
     try:
         import optimum  # noqa: F401 - transformers needs it to load the result
         from gptqmodel import GPTQModel, QuantizeConfig
-    except ImportError as e:
-        raise QuantizeError(
-            f"GPTQ needs gptqmodel and optimum ({e}); install the extra: pip install --no-deps "
-            "'gptqmodel==7.6.0' optimum==2.3.0 plus gptqmodel's small dependencies (see the README: gptqmodel 7.7 "
-            "needs torch>=2.14.1, 7.6 declares numpy==2.2.6 and builds from source, so it is not installed by default)"
-        ) from None
+    except ImportError as e:  # installed (require_library) but broken
+        raise QuantizeError(f"GPTQ needs gptqmodel and optimum ({e}); {INSTALL['gptqmodel']}") from None
     from transformers import AutoTokenizer
 
     try:
@@ -189,4 +216,5 @@ def _gptq(model_dir: str | os.PathLike, tmp: Path, bits: int, texts: list[str], 
     AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(tmp)
 
 
-__all__ = ["ALIASES", "METHODS", "Method", "check_source", "gptq_group_size", "method_of", "quantize_model"]
+__all__ = ["ALIASES", "METHODS", "Method", "check_source", "gptq_group_size", "method_of", "quantize_model",
+           "require_library"]

@@ -36,6 +36,17 @@ from .evaluation import Evaluations
 from .spec import DeploySpec, ResolvedModel, SessionModels, as_str, resolve_model
 
 
+def quantize_method(method: str) -> str:
+    """The canonical name of a quantization method (`nf4` -> `bnb-nf4`), after checking that its library is
+    installed: what a face checks before it reads anything for `Runtime.quantize`. ConfigError (unknown
+    method, listing the valid ones), QuantizeError (the library is missing, saying how to install it)."""
+    from ..convert.quantize import method_of, require_library
+
+    name = method_of(method)
+    require_library(name)
+    return name
+
+
 class Runtime(Evaluations):
     """One workspace (catalog, result cache, files) and one cluster address, with the lifecycle's verbs.
 
@@ -473,9 +484,10 @@ class Runtime(Evaluations):
         {"name", "version", "kind", "path", "method", "bits", "weights_bytes", "source_weights_bytes",
         "size_ratio", ...}. Raises ConfigError (unknown method, listing the valid ones; an adapter: merge it
         first), ModelNotFoundError, ModelExistsError, ModelDirError, QuantizeError."""
-        from ..convert.quantize import METHODS, method_of, quantize_model
+        from ..convert.quantize import METHODS, method_of, quantize_model, require_library
 
         name = method_of(method)
+        require_library(name)  # before anything else: a missing library is the first thing to fix
         found = self.resolve_model(model_table, session_models)
         if found.adapter_dir:
             raise ConfigError(f"{found.ref} is a LoRA adapter (registry kind 'adapter'), not a whole model: merge it into "

@@ -68,6 +68,18 @@ def base_name(catalog: Catalog, model_dir: str) -> str:
     return repr(model_dir)
 
 
+def why_no_adapters(plugin: Any, adapter_dir: str | None, model_type: str) -> str | None:
+    """Why a deployment that is still to be made (of `plugin`, merging `adapter_dir` when given) will not
+    serve adapters per request, said as `resolve` says it of a running one; None when it will, or when only
+    its engine knows (a plugin with an `engine` of its own, vLLM's: its LoRA switch)."""
+    if adapter_dir:
+        return (f"it merges the adapter {adapter_dir!r} into its weights when it loads; deploy the base model without "
+                "adapter_dir to serve adapters over it")
+    if not plugin.has("engine") and not plugin.serves_adapters():
+        return f"its model type {model_type!r} does not load adapters per request"
+    return None
+
+
 def resolve(catalog: Catalog, ref: str, *, udf_name: str, meta: Mapping[str, Any]) -> dict:
     """The registry's entry of adapter `ref` for deployment `udf_name` (whose `meta` says what it serves).
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 from ..catalog import Catalog
 from ..config import DeployOptions, SetupConfig
-from ..errors import ConfigError, UnknownOptionError, own_keys
+from ..errors import ConfigError, own_keys
 from ..plugins import registry
 from ..tasks import split_model_type
 from ..workspace import Workspace
@@ -90,28 +90,8 @@ class DeploySpec:
         client) resolve them from the current directory and hand them down absolute. Raises ConfigError /
         UnknownOptionError (listing the valid keys), UnknownPluginError, ModelNotFoundError,
         WorkspacePathError, ModelDirError."""
-        params = {k: v for k, v in options.items() if k != "action"}
-        model_type = str(DeployOptions.given(params, "pretrained_model_type") or "")
-        if not model_type:
-            raise ConfigError('deploy needs pretrained_model_type (SQL: pretrainedModelType="<type>", e.g. "auto")')
-        task, name = split_model_type(model_type)
-        if task:
-            raise ConfigError(f"pretrained_model_type {model_type!r} names a training task; "
-                              f"deploy the model type itself (e.g. {name!r})")
-        # !byzerllm setup "infer_backend=vllm": a local family is served by its vllm/<family> plugin
-        name = model_type = registry.with_backend(name, setup.infer_backend)
-        plugin = registry.load(name)
+        params, model_type, plugin, opts, extra, ignored = cls._options(options, setup)
         setup = remote_resources(setup, plugin.name)
-        known = DeployOptions.option_names() | plugin.infer_param_names()
-        # a key no option names reaches the plugin's infer_params as Byzer passes it, unless it is a typo
-        own = own_keys(params, known)
-        extra = {k: params.pop(k) for k in list(params) if k in plugin.infer_param_names() or k in own}
-        ignored = tuple(own) if plugin.import_path.startswith(BUILT_IN) else ()
-        try:
-            opts = DeployOptions.parse(params, where="deploy")
-        except UnknownOptionError as e:
-            raise UnknownOptionError("deploy", e.key, set(e.valid) | plugin.infer_param_names(),
-                                     candidates=set(e.candidates) | plugin.infer_param_names()) from None
         if opts.model_table not in (None, "command"):  # a loaded model table, or a registered model
             found = resolve_model(opts.model_table, catalog, session_models)
             opts = opts.model_copy(update={"model_dir": found.model_dir, "adapter_dir": found.adapter_dir,
@@ -137,6 +117,38 @@ class DeploySpec:
             spec.check_model()
             spec = _replace(spec, runtime_env=plugin.runtime_env(infer, setup.sys_conf()))
         return spec
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any], *, setup: SetupConfig) -> tuple[Any, DeployOptions]:
+        """The checks of `build` that need neither the registry nor the file system: the model type names a
+        plugin (under `setup`'s infer_backend), every key is an option or the plugin's (all problems in one
+        error), every value is valid. Returns (the plugin, the options). Raises ConfigError /
+        UnknownOptionError, UnknownPluginError."""
+        _, _, plugin, opts, _, _ = cls._options(options, setup)
+        return plugin, opts
+
+    @staticmethod
+    def _options(options: Mapping[str, Any], setup: SetupConfig) -> tuple[dict, str, Any, DeployOptions, dict, tuple]:
+        """(the keys but action and the plugin's, the model type, the plugin, the options, the plugin's keys,
+        the user's own keys a built-in plugin ignores)."""
+        params = {k: v for k, v in options.items() if k != "action"}
+        model_type = str(DeployOptions.given(params, "pretrained_model_type") or "")
+        if not model_type:
+            raise ConfigError('deploy needs pretrained_model_type (SQL: pretrainedModelType="<type>", e.g. "auto")')
+        task, name = split_model_type(model_type)
+        if task:
+            raise ConfigError(f"pretrained_model_type {model_type!r} names a training task; "
+                              f"deploy the model type itself (e.g. {name!r})")
+        # !byzerllm setup "infer_backend=vllm": a local family is served by its vllm/<family> plugin
+        model_type = registry.with_backend(name, setup.infer_backend)
+        plugin = registry.load(model_type)
+        known = DeployOptions.option_names() | plugin.infer_param_names()
+        # a key no option names reaches the plugin's infer_params as Byzer passes it, unless it is a typo
+        own = own_keys(params, known)
+        extra = {k: params.pop(k) for k in list(params) if k in plugin.infer_param_names() or k in own}
+        ignored = tuple(own) if plugin.import_path.startswith(BUILT_IN) else ()
+        opts = DeployOptions.parse(params, where="deploy", also_valid={k: k for k in plugin.infer_param_names()})
+        return params, model_type, plugin, opts, extra, ignored
 
     def check_model(self) -> None:
         """The plugin accepts the model directory (ModelDirError / ConfigError otherwise)."""

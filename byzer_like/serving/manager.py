@@ -123,12 +123,11 @@ def check_fits(setup: SetupConfig) -> None:
     """DeployError unless `num_workers` replicas of `cpus_per_worker` / `gpus_per_worker` could be placed
     on the cluster's live nodes when nothing else runs (each replica on one node). Replicas that only
     wait for resources in use now are not refused: the deploy waits and says so."""
-    import ray
+    from .. import cluster
 
     need = {"CPU": setup.cpus_per_worker, "GPU": setup.gpus_per_worker}
-    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    fits = sum(min((int(res.get(k, 0) / v + 1e-9) for k, v in need.items() if v > 0), default=setup.num_workers)
-               for res in nodes)
+    nodes = cluster.node_resources()
+    fits = cluster.room(nodes, need)
     if fits >= setup.num_workers:
         return
     total = {k: sum(res.get(k, 0) for res in nodes) for k in need}

@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
+from .. import tasks
 from ..config import SetupConfig
 from ..errors import ByzerError, ConfigError
 from ..sql import Command
@@ -35,10 +36,7 @@ def command(session: Any, c: Command) -> Result:
 # -- setup -------------------------------------------------------------------------------------------
 def setup(session: Any, args: tuple[str, ...], c: Command) -> Result:
     """`!byzerllm setup single|sft|...;` (the mode) or `!byzerllm setup "key=value";`: the runtime's setup."""
-    if len(args) == 1 and "=" not in args[0]:
-        pairs = [("mode", args[0])]
-    else:
-        pairs = [(k.strip(), v.strip()) for k, _, v in (a.partition("=") for a in args)]
+    pairs = setup_pairs(args)
     notes = []
     for key, value in pairs:
         session.runtime.setup({key: value})
@@ -47,8 +45,31 @@ def setup(session: Any, args: tuple[str, ...], c: Command) -> Result:
             notes.append(f"{key} is accepted for Byzer scripts and has no effect here: {SetupConfig.NO_EFFECT[field]}")
         elif key in SetupConfig.BYZER_NAMES:
             notes.append(f"{key} sets {field} here")
+        elif field == "num_gpus" and session.runtime.setup_config.mode in tasks.TASKS:
+            notes.append(_num_gpus_note(session.runtime.setup_config))
     message = ", ".join(f"{k}={v}" for k, v in pairs)
     return Result("setup", message=message + "".join(f" (note: {n})" for n in notes))
+
+
+def setup_pairs(args: tuple[str, ...]) -> list[tuple[str, str]]:
+    """The (key, value) pairs `!byzerllm setup` sets: `single` -> [("mode", "single")], `"a=1" "b=2"` -> both."""
+    if len(args) == 1 and "=" not in args[0]:
+        return [("mode", args[0])]
+    return [(k.strip(), v.strip()) for k, _, v in (a.partition("=") for a in args)]
+
+
+def _num_gpus_note(setup: SetupConfig) -> str:
+    """What num_gpus means for the training task of the setup's mode: sfft's total number of cards (as
+    workers, `SetupConfig.for_task`), or sft's GPUs of its one worker."""
+    task = tasks.get(setup.mode)
+    if not task.num_gpus_is_total:
+        return f"num_gpus is the GPUs of {task.name}'s one worker"
+    try:
+        settled = setup.for_task(task)
+    except ConfigError as e:
+        return str(e)
+    return (f"num_gpus is the total number of cards for {task.name}: {settled.num_workers} worker(s) of "
+            f"{settled.gpus_per_worker:g} GPU each")
 
 
 # -- jobs --------------------------------------------------------------------------------------------

@@ -115,7 +115,7 @@ def _files(path: Path, fmt: str) -> list[str]:
     folder that is a link to somewhere outside it is refused (the folder was checked, not its
     links), and so is a name with glob characters, which DuckDB's readers would expand."""
     if not path.exists() and GLOB_CHARS & set(str(path)):
-        return _glob_files(path, fmt)
+        return glob_files(path, fmt)
     if path.is_dir():
         root = path.resolve()
         found = sorted({p for pattern in _GLOBS[fmt] for p in path.rglob(pattern)})
@@ -137,7 +137,7 @@ def _files(path: Path, fmt: str) -> list[str]:
     return files
 
 
-def _glob_files(path: Path, fmt: str) -> list[str]:
+def glob_files(path: Path, fmt: str) -> list[str]:
     """The files a Spark-style glob path names (`/data/raw/*`, `/data/part-*.json`): Python's glob from the
     path's first folder without glob characters; a matched folder gives its files of the format. A match
     that is a link out of that folder is refused; no match is a DataFileError naming the pattern."""
@@ -145,23 +145,29 @@ def _glob_files(path: Path, fmt: str) -> list[str]:
     fixed = next(i for i, part in enumerate(parts) if GLOB_CHARS & set(part))
     base = Path(*parts[:fixed])
     pattern = str(Path(*parts[fixed:]))
-    matches = sorted(base.glob(pattern)) if base.is_dir() else []
+    try:
+        matches = sorted(base.glob(pattern)) if base.is_dir() else []
+    except ValueError as e:  # pathlib's "Invalid pattern: '**' can only be an entire path component"
+        raise DataFileError(f"{path} is not a glob pattern load can read ({e}); give a path such as "
+                            "data/raw/* or data/part-*.json") from None
     if not matches:
         raise DataFileError(f"no file matches {path} (a glob pattern from {base})")
     root = base.resolve()
     files: list[str] = []
     for match in matches:
         if not match.resolve().is_relative_to(root):
-            raise WorkspacePathError(f"{match} is a link to {match.resolve()}, outside {base}; "
-                                     "load reads only the files inside the folder its pattern starts from")
+            raise WorkspacePathError(f"{match} is a link to {match.resolve()}, outside {base}; load reads only the "
+                                     "files inside the folder its pattern starts from: give a pattern that matches "
+                                     "no link out of it")
         files.extend(_files(match, fmt) if match.is_dir() else [str(match)])
     return files
 
 
-def load_table(con: duckdb.DuckDBPyConnection, fmt: str, path: Path, options: Mapping[str, Any],
-               notes: list[str] | None = None) -> pa.Table:
-    """Read `path` (already resolved inside the allowed roots) as a table, with DuckDB's readers on `con`.
-    `notes` (if given) receives a line for each option accepted that has no effect on this format."""
+
+def load_options(fmt: str, options: Mapping[str, Any], notes: list[str] | None = None) -> LoadOptions:
+    """The `where` options of `load <fmt>` checked (every problem in one error, "did you mean" for a typo;
+    keys read case-insensitively, as Spark reads them); `notes` (if given) receives a line for each option
+    accepted that has no effect on this format. ConfigError for an unknown format."""
     if fmt not in LOAD_FORMATS:
         raise ConfigError(f"unknown load format {fmt!r}; {did_you_mean(fmt, LOAD_FORMATS)}"
                           f"valid formats: {', '.join(LOAD_FORMATS)}")
@@ -174,6 +180,14 @@ def load_table(con: duckdb.DuckDBPyConnection, fmt: str, path: Path, options: Ma
         if field and fmt not in _READS[field] and notes is not None:
             notes.append(f"{key} has no effect on {fmt} (Spark's {fmt} reader ignores it too; it is read by "
                          f"{', '.join(f for f in _READS[field] if f != 'jsonl')})")
+    return opts
+
+
+def load_table(con: duckdb.DuckDBPyConnection, fmt: str, path: Path, options: Mapping[str, Any],
+               notes: list[str] | None = None) -> pa.Table:
+    """Read `path` (already resolved inside the allowed roots) as a table, with DuckDB's readers on `con`.
+    `notes` (if given) receives a line for each option accepted that has no effect on this format."""
+    opts = load_options(fmt, options, notes)
     if fmt == "model":
         return _model_table(path)
     if fmt == "delta":

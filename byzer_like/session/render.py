@@ -46,7 +46,7 @@ def jobs_table(rows: Sequence[dict]) -> pa.Table:
     metrics (`loss`: the final loss, else the last one logged; `tokens_per_s`) as columns beside the whole
     `metrics` JSON."""
     schema = pa.schema([
-        ("job_id", pa.string()), ("kind", pa.string()), ("state", pa.string()), ("step", pa.int64()),
+        ("job_id", pa.string()), ("kind", pa.string()), ("method", pa.string()), ("state", pa.string()), ("step", pa.int64()),
         ("total_steps", pa.int64()), ("output_table", pa.string()), ("model_version", pa.int64()),
         ("artifact", pa.string()), ("loss", pa.float64()), ("tokens_per_s", pa.float64()), ("metrics", pa.string()),
         ("error", pa.string()), ("detached", pa.bool_()), ("ray_job_id", pa.string()),

@@ -175,7 +175,8 @@ def select(session: Any, s: Select) -> Result:
             calls.call.bar.close()
     if s.table:
         session.put(s.table, table)
-    return Result("select", table, s.table, f"{s.table or 'result'}: {table.num_rows} rows{calls.call.notes()}")
+    return Result("select", table, s.table, f"{s.table or 'result'}: {table.num_rows} rows{calls.call.notes()}",
+                  model_rows=calls.call.rows if models else 0)
 
 
 def _check_ambiguous(session: Any, columns: tuple[tuple[str, tuple[str, ...]], ...], s: Select) -> None:

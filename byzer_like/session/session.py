@@ -15,18 +15,20 @@ so statements can be tested against a fake runtime without Ray.
 from __future__ import annotations
 
 import sys
+import time
 import weakref
-from typing import Any
+from typing import Any, Callable
 
 import duckdb
 import pyarrow as pa
 from duckdb import sqltypes
 
 from ..config import parse_bool
-from ..errors import ConfigError, SqlError, UnknownTableError
+from ..errors import ByzerError, ConfigError, SqlError, UnknownTableError
 from ..sql import Statement, parse_script
 from . import functions as fx
-from .position import error_at
+from .check import check_script
+from .position import error_at, located
 from .protocol import SessionRuntime
 from .result import Partitioning, Result
 from .select import ModelCalls
@@ -89,16 +91,39 @@ class Session:
         self._close()
 
     # -- scripts -----------------------------------------------------------------------------------
-    def sql(self, script: str) -> list[Result]:
-        """Run a script; return one Result per statement."""
+    def sql(self, script: str, *, on_result: Callable[[int, Result], Any] | None = None) -> list[Result]:
+        """Run a script; return one Result per statement, each with the seconds it ran.
+
+        The whole script is parsed, then checked (`check.check_script`: options, paths, files, request keys,
+        adapters), before its first statement runs. `on_result(i, result)` (i from 1) is called as each
+        statement finishes, so a face can show it at once. A ByzerError raised by the check or by a
+        statement carries `results` (the Results of the statements that finished before it, in order) and
+        `tables` (name -> pyarrow Table of the tables they made); the session keeps those tables too."""
         statements = parse_script(script, self.variables)
-        return [self.execute(s) for s in statements]
+        results: list[Result] = []
+        try:
+            check_script(self, statements)
+            for statement in statements:
+                start = time.monotonic()
+                result = self.execute(statement)
+                result.seconds = time.monotonic() - start
+                results.append(result)
+                if on_result is not None:
+                    on_result(len(results), result)
+        except ByzerError as e:
+            e.results = list(results)
+            e.tables = {r.name: r.table for r in results if r.name and r.table is not None}
+            raise
+        return results
 
     def execute(self, statement: Statement) -> Result:
-        """Run one parsed statement. Ctrl-C (SIGINT) while DuckDB runs it raises KeyboardInterrupt, as
-        anywhere else in Python; the session and its tables stay usable."""
+        """Run one parsed statement. A ByzerError it raises is said at the statement's line and column
+        (`position.located`). Ctrl-C (SIGINT) while DuckDB runs it raises KeyboardInterrupt, as anywhere
+        else in Python; the session and its tables stay usable."""
         try:
             return HANDLERS[type(statement)](self, statement)
+        except ByzerError as e:
+            raise located(e, statement)
         except RuntimeError as e:
             if str(e) == DUCKDB_INTERRUPTED:
                 raise KeyboardInterrupt(f"statement at line {statement.pos.line} interrupted") from None

@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from .. import tasks
 from ..config import ConvertOptions, DeployOptions, EvalOptions, MergeOptions, QuantizeOptions, RepartitionOptions
+from ..display import SHOW
 from ..errors import ConfigError
 from ..sql import Command, Load, Run, Save, Select, Set
 from .commands import command
@@ -54,6 +55,9 @@ def set_variable(session: Any, s: Set) -> Result:
         session.variables[s.name] = s.value
     if s.name == "llm_on_error" and session.variables[s.name] not in ON_ERROR:
         raise ConfigError(f"llm_on_error must be one of {', '.join(ON_ERROR)}, not {s.value!r}")
+    if s.name == "llm_show" and session.variables[s.name] not in SHOW:
+        raise ConfigError(f"llm_show must be one of {', '.join(SHOW)} (what a result table shows of a model call: "
+                          f"the answer's text, or its JSON), not {s.value!r}")
     if s.name in ("llm_cache", "llm_dedupe"):
         session.flag(s.name)  # a value that is not a boolean fails here, not at the next select
     return Result("set", None, None, f"{s.name} = {session.variables[s.name]!r}")
@@ -125,6 +129,8 @@ def train(session: Any, s: Run, where: dict[str, str]) -> Result:
         extra["partitions"] = parts.sizes
     row = rt.train(task.name, where, table, options=opts, progress=session.progress, **extra)
     message = f"job {row['job_id']}: {row['state']}"
+    if row.get("method"):  # sft: which method trains, and why when it was not named
+        message += f" (method: {row['method']})"
     if keep:
         workers = rt.setup_config.num_workers
         if task.name == "sfft":

@@ -52,6 +52,20 @@ class Transpiled:
     # each column reference: (its name, the tables it may come from: the one its qualifier names, or every
     # table read in its scope when it has none); CTEs and subqueries are not tables here
     columns: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # each `llm_param(map(...))` of the query, with the model call it is an argument of
+    requests: tuple["ModelRequest", ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """One `llm_param(map(...))` of a select, as written: `model`, the lower-cased name of the function it is the
+    argument of (a model, or None when it is no function's argument); `adapter`, the adapter asked for by
+    `m@qa_model(...)` or by a literal `"adapter", 'qa_model'` in the map (None: none, or one read from a
+    column); `keys`, the map's literal string keys, in order (a key computed from a column is left out)."""
+
+    model: str | None
+    adapter: str | None
+    keys: tuple[str, ...]
 
 
 def to_duckdb(select_sql: str) -> Transpiled:
@@ -67,7 +81,27 @@ def to_duckdb(select_sql: str) -> Transpiled:
         raise origin.error(0, _TOO_DEEP) from None
     except Exception as e:  # noqa: BLE001 - a sqlglot bug must still reach the user as a typed error
         raise origin.error(0, f"this select cannot be translated to DuckDB ({type(e).__name__}: {e})") from None
-    return Transpiled(duck, frozenset(functions), _tables(tree), _column_sources(tree))
+    return Transpiled(duck, frozenset(functions), _tables(tree), _column_sources(tree), _requests(tree))
+
+
+def _requests(tree: exp.Query) -> tuple[ModelRequest, ...]:
+    """Every `llm_param(map(...))` of the tree as a ModelRequest (see there)."""
+    out = []
+    for call in tree.find_all(exp.Anonymous):
+        if call.name.lower() != _LLM_PARAM or not call.expressions or not isinstance(call.expressions[0], exp.VarMap):
+            continue
+        params = call.expressions[0]
+        pairs = list(zip(params.args["keys"].expressions, params.args["values"].expressions))
+        keys = tuple(k.this for k, _ in pairs if isinstance(k, exp.Literal) and k.is_string)
+        adapter = next((v.this for k, v in pairs if isinstance(k, exp.Literal) and k.is_string and k.this == "adapter"
+                        and isinstance(v, exp.Literal) and v.is_string and v.this.strip()), None)
+        parent = call.parent
+        model = None
+        if isinstance(parent, exp.Anonymous) and parent.name.lower() not in _REWRITES:
+            model, _, through = parent.name.partition("@")
+            model, adapter = model.lower(), through or adapter
+        out.append(ModelRequest(model, adapter, keys))
+    return tuple(out)
 
 
 def _column_sources(tree: exp.Query) -> tuple[tuple[str, tuple[str, ...]], ...]:

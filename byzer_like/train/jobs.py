@@ -34,6 +34,7 @@ from ..errors import ClusterError, ConfigError, JobError, NotSupportedError
 from ..plugins import registry
 from ..tasks import TrainingTask, split_model_type
 from ..workspace import Workspace
+from .preflight import Environment, Plan, check_devices, check_packages, check_resources, preflight
 from .progress import TENSORBOARD_DIR
 from .runner import LOG_FILE, PARTITIONS_FILE, run_task
 
@@ -43,7 +44,7 @@ if TYPE_CHECKING:  # pyarrow is imported where a table is made: `byzer-like jobs
     from .options import TrainOptions
 
 # a job's row, as SQL, the client and the CLI show it
-ROW_FIELDS = ("job_id", "kind", "state", "step", "total_steps", "output_table", "model_version", "artifact",
+ROW_FIELDS = ("job_id", "kind", "method", "state", "step", "total_steps", "output_table", "model_version", "artifact",
               "metrics", "error", "detached", "ray_job_id", "created_at", "finished_at")
 
 
@@ -85,7 +86,9 @@ class Jobs:
             raise ConfigError(f"{task.name} needs inputTable=\"<table>\" (a table of this session)")
         if table.num_rows == 0:
             raise ConfigError("the training table is empty: nothing to train on")
-        task.check_function()(options, table, base_dir, plugin, self.setup)
+        plan = preflight(task, options, self.setup, self.environment(options.detached), resolve=self.workspace.resolve)
+        options, setup = plan.options, plan.setup
+        task.check_function()(options, table, base_dir, plugin, setup)
         if eval_table is not None:
             from ..eval.measure import plan
 
@@ -99,10 +102,37 @@ class Jobs:
         self.catalog.create_job(
             job_id, task.name, model_type=model_type, base_model=base_dir, output_table=options.output_table,
             params={k: _jsonable(v) for k, v in params.items()}, options=options.model_dump(mode="json"),
-            sys_conf=self.setup.sys_conf(), detached=options.detached, run_dir=str(run_dir),
+            sys_conf=setup.sys_conf(), detached=options.detached, run_dir=str(run_dir),
         )
-        self.catalog.update_job(job_id, metrics={"input_rows": table.num_rows})
+        self.catalog.update_job(job_id, metrics={"input_rows": table.num_rows, **_plan_metrics(plan)})
+        for note in plan.notes:
+            print(f"[byzer-like] {note}", file=sys.stderr, flush=True)
         return self._launch(job_id, detached=options.detached, resume=False, progress=progress)
+
+    def environment(self, detached: bool) -> Environment:
+        """Where a job would run, for the pre-flight checks (`train.preflight`): the live nodes' resources of
+        the cluster a blocking job runs on (joined now, as the job would be) or of the Ray Jobs API a detached
+        job goes to when one is known (its address, or this workspace's running head); nodes unknown (the
+        resource checks skipped) when they cannot be read or the head is yet to be started."""
+        nodes = None
+        if detached:
+            address = os.environ.get("BYZER_LIKE_JOBS_ADDRESS") or ""
+            if not address:
+                info = cluster.head_info(self.workspace)
+                address = info.dashboard_url if info and info.alive() else ""
+            if address:
+                try:
+                    cluster.check_answers(address, timeout_s=2.0)
+                    nodes = cluster.node_resources_at(address)
+                except ClusterError:
+                    nodes = None  # submitting says why
+        else:
+            self._connect()
+            try:
+                nodes = cluster.node_resources()
+            except Exception:  # noqa: BLE001 - a Ray client that cannot list nodes: the check is skipped
+                nodes = None
+        return Environment(nodes=nodes or None)  # no node listed yet: unknown, not a cluster of nothing
 
     def _run_dir(self, options: TrainOptions, job_id: str) -> Path:
         """The job's folder (created): under localPathPrefix when given, else the workspace's jobs/."""
@@ -220,10 +250,12 @@ class Jobs:
 
     def record(self, job_id: str) -> dict:
         """Everything the catalog holds about a job (parameters, sys_conf, metric history), its id named
-        `job_id` as in `list()` / `status()` rows (the CLI's `jobs status` prints this), and `tensorboard_dir`:
+        `job_id` as in `list()` / `status()` rows (the CLI's `jobs status` prints this), its `method` as the rows
+        say it (`lora (qlora needs a CUDA GPU; none here)`), and `tensorboard_dir`:
         the folder of its TensorBoard event files (None until the job writes some)."""
         job = self._reconcile(self.catalog.job(job_id))
         job = {"job_id": job.pop("id"), **job}
+        job["method"] = _method_text(job.get("metrics") or {})  # as the row says it
         job["history"] = self.catalog.metric_history(job_id)
         job["tensorboard_dir"] = self.tensorboard_dir(job)
         return job
@@ -327,13 +359,34 @@ class Jobs:
             raise JobError(f"job {job_id} is {job['state']}; only a STOPPED or FAILED job can be resumed")
         if not (Path(job["run_dir"]) / "input.parquet").exists():
             raise JobError(f"job {job_id} has lost its input table ({job['run_dir']}/input.parquet); submit it again")
+        self._check_resumable(job, detached)
         self.catalog.update_job(job_id, state="PENDING", error=None, finished_at=None)
         return self._launch(job_id, detached=detached, resume=True, progress=progress)
 
+    def _check_resumable(self, job: dict, detached: bool) -> None:
+        """Before a resume: the base model and the stored evalTable are still there, and the job's packages,
+        devices and workers (its stored options and setup) still fit this environment (`train.preflight`)."""
+        from ..tasks import get
+
+        if not Path(job["base_model"]).is_dir():
+            raise JobError(f"job {job['id']} cannot resume: its base model {job['base_model']} is gone; put it back "
+                           "or submit the job again with another localModelDir")
+        task = get(job["kind"])
+        opts = task.stored_options(job["options"], job["params"])
+        if getattr(opts, "eval_table", None) and not (Path(job["run_dir"]) / "eval.parquet").is_file():
+            raise JobError(f"job {job['id']} cannot resume: its evalTable ({job['run_dir']}/eval.parquet) is gone; "
+                           "submit the job again")
+        setup = SetupConfig.from_sys_conf(job["sys_conf"])
+        env = self.environment(detached)
+        check_resources(task, setup, env)
+        check_packages(task, opts, env)
+        check_devices(task, opts, setup)
+
     @staticmethod
     def _row(job: dict) -> dict:
-        row = {k: job.get(k) for k in ROW_FIELDS if k != "job_id"}
+        row = {k: job.get(k) for k in ROW_FIELDS if k not in ("job_id", "method")}
         row["job_id"] = job["id"]
+        row["method"] = _method_text(job.get("metrics") or {})
         row["metrics"] = json.dumps(job.get("metrics") or {}, sort_keys=True)
         return {k: row[k] for k in ROW_FIELDS}
 
@@ -348,6 +401,24 @@ def _runner_resources(job: dict) -> tuple[float, float]:
         return 0.0, 0.0
     setup = SetupConfig.from_sys_conf(job["sys_conf"])
     return setup.cpus_per_worker, setup.gpus_per_worker
+
+
+def _plan_metrics(plan: Plan) -> dict:
+    """What the job's record keeps of its Plan, in its metrics: the method and why it was chosen."""
+    out: dict[str, Any] = {}
+    if plan.method:
+        out["method"] = plan.method
+        if plan.method_reason:
+            out["method_reason"] = plan.method_reason
+    return out
+
+
+def _method_text(metrics: Mapping[str, Any]) -> str | None:
+    """The row's `method`: `lora (qlora needs a CUDA GPU; none here)`, `qlora`, or None (sfft, older jobs)."""
+    method = metrics.get("method")
+    if not method:
+        return None
+    return f"{method} ({metrics['method_reason']})" if metrics.get("method_reason") else str(method)
 
 
 def _write_inputs(run_dir: Path, table: pa.Table, eval_table: pa.Table | None, partitions: Sequence[int] | None) -> None:

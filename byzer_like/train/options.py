@@ -14,7 +14,6 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic.alias_generators import to_snake
 
 from ..config import _Options, split_typed_key, typed_value
-from ..errors import UnknownOptionError
 from ..tasks import TASKS
 
 METHODS = ("lora", "qlora", "full")
@@ -107,11 +106,7 @@ class TrainOptions(_Options):
     def from_params(cls, train_params: Mapping[str, Any]) -> "TrainOptions":
         given: dict[str, str] = {}
         values = normalise(train_params, given)
-        try:
-            return cls.parse(values, where=cls.kind or "training")
-        except UnknownOptionError as e:
-            raise UnknownOptionError(cls.kind or "training", given.get(e.key, e.key), e.valid,
-                                     candidates=e.candidates) from None
+        return cls.parse(values, where=cls.kind or "training", given=given)
 
     @field_validator("model")
     @classmethod
@@ -132,8 +127,10 @@ class SftOptions(TrainOptions):
 
     kind: ClassVar[str] = "sft"
 
-    method: Literal["lora", "qlora", "full"] = Field("lora", description="lora: a LoRA adapter over the frozen "
-                                                     "base; qlora: the same over a 4-bit base; full: every weight")
+    method: Literal["lora", "qlora", "full"] | None = Field(
+        None, description="lora: a LoRA adapter over the frozen base; qlora: the same over a 4-bit base; full: every "
+        "weight. Not given: qlora where the job's worker has a CUDA GPU (Byzer's default), else lora; settled "
+        "before the job is submitted (`train.preflight.settle_method`) and said in the job's row")
     max_seq_length: int = Field(512, ge=8, le=1_048_576, description="prompt + answer tokens per example")
     packing: bool = Field(False, description="pack several short examples into one sequence")
     eval_split: float = Field(0.0, ge=0, lt=0.5, description="fraction of rows held out for eval loss (and for "

@@ -146,7 +146,7 @@ def _train(catalog: Catalog, job: dict, resume: bool) -> dict:
     if isinstance(metrics.get("steps"), int):  # finished: the final step is the last one
         result["step"] = result["total_steps"] = metrics["steps"]
     if job["output_table"]:
-        method = getattr(opts, "method", "pretrain")
+        method = getattr(opts, "method", "pretrain") or "lora"  # sft's method is settled at submit
         m = catalog.register_model(
             job["output_table"], kind=model_kind, path=model_dir, base_model=job["base_model"],
             model_type=job["model_type"], method=method, params=job["params"], metrics=metrics, job_id=job["id"],

@@ -82,7 +82,7 @@ def sft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str, 
         torch.set_num_threads(int(cpus))
     on_gpu = gpus > 0 and torch.cuda.is_available()
     reporter = reporter or Reporter()
-    opts = options
+    opts = options if options.method else options.model_copy(update={"method": "lora"})  # settled at submit
     tok = prepare_tokenizer(model_dir, fallback_template)
     stop_ids = stop_token_ids(model_dir, tok, stop_tokens)
     convs = load_conversations(data_path)

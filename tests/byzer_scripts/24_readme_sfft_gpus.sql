@@ -1,4 +1,4 @@
--- expect-error: ResourceError
+-- expect-error: DeviceNotAvailableError
 -- needs: ray
 -- Byzer-LLM's README, "pretrain (sfft)" as written (paths changed): twelve cards in all on a cluster
 -- without GPUs is refused in the driver, naming the numbers, before any worker starts.

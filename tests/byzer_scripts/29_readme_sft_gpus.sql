@@ -1,4 +1,4 @@
--- expect-error: ResourceError
+-- expect-error: DeviceNotAvailableError
 -- needs: ray
 -- Byzer-LLM's README, "fine-tune (sft)" as written (paths changed): four GPUs on a cluster without GPUs is
 -- refused in the driver, before any worker starts.
