@@ -54,7 +54,7 @@ class PreferenceOptions(TrainOptions):
     default_eval_metrics: ClassVar[str] = "exact_match"
 
     pretrained_model_type: str = Field(description="dpo/<family>, orpo/<family> or kto/<family>")
-    method: Literal["lora", "qlora", "full"] = _like_sft("method")
+    method: Literal["lora", "qlora", "full"] | None = _like_sft("method")  # None: settled as sft's is
     lora_r: int = _like_sft("lora_r")
     lora_alpha: float = _like_sft("lora_alpha")
     lora_dropout: float = _like_sft("lora_dropout")
