@@ -2,6 +2,9 @@
 
     sft   supervised fine-tuning (LoRA, QLoRA, full)       options SftOptions   plugin entry point sft_train
     sfft  continued pretraining (Ray Train + DeepSpeed)    options SfftOptions  plugin entry point sfft_train
+    dpo   direct preference optimisation (TRL)             options DpoOptions   plugin entry point dpo_train
+    orpo  odds-ratio preference optimisation (TRL)         options OrpoOptions  plugin entry point orpo_train
+    kto   Kahneman-Tversky optimisation (TRL)              options KtoOptions   plugin entry point kto_train
 
 A task's name is what users write: the prefix of `pretrainedModelType="sft/llama"`, the mode of
 `!byzerllm setup sft`, the Python method `ByzerLLM.sft(...)`, the job kind `byzer-like jobs list` shows.
@@ -69,6 +72,16 @@ TASKS: dict[str, TrainingTask] = {
         TrainingTask("sfft", "byzer_like.train.options:SfftOptions", "sfft_train", "byzer_like.train.checks:check_sfft",
                      runner_holds_worker=False, num_gpus_is_total=True,
                      summary="continued pretraining on a text column (Ray Train workers, DeepSpeed ZeRO)"),
+        TrainingTask("dpo", "byzer_like.train.preference_options:DpoOptions", "dpo_train",
+                     "byzer_like.train.preference_data:check_dpo", runner_holds_worker=True,
+                     summary="direct preference optimisation on prompt/chosen/rejected rows (TRL; LoRA, QLoRA, full)"),
+        TrainingTask("orpo", "byzer_like.train.preference_options:OrpoOptions", "orpo_train",
+                     "byzer_like.train.preference_data:check_orpo", runner_holds_worker=True,
+                     summary="odds-ratio preference optimisation on prompt/chosen/rejected rows, no reference "
+                     "model (TRL experimental)"),
+        TrainingTask("kto", "byzer_like.train.preference_options:KtoOptions", "kto_train",
+                     "byzer_like.train.preference_data:check_kto", runner_holds_worker=True,
+                     summary="Kahneman-Tversky optimisation on prompt/completion/label rows (TRL; LoRA, QLoRA, full)"),
     )
 }
 # what `!byzerllm setup <mode>` accepts: serve models (single), or make the next `run ... as LLM` train

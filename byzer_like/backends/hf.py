@@ -618,6 +618,29 @@ class CausalLMPlugin:
                             target_modules=self.lora_target_modules)
         return {"kind": "adapter" if ctx.options.trains_adapter() else "model", **result}
 
+    def dpo_train(self, data_refs: Any, train_params: Mapping[str, str], sys_conf: Mapping[str, str]) -> dict:
+        """Direct preference optimisation (byzer_like.train.preference, TRL's DPOTrainer)."""
+        return self._preference("dpo", data_refs, train_params, sys_conf)
+
+    def orpo_train(self, data_refs: Any, train_params: Mapping[str, str], sys_conf: Mapping[str, str]) -> dict:
+        """Odds-ratio preference optimisation (byzer_like.train.preference, TRL's experimental ORPOTrainer)."""
+        return self._preference("orpo", data_refs, train_params, sys_conf)
+
+    def kto_train(self, data_refs: Any, train_params: Mapping[str, str], sys_conf: Mapping[str, str]) -> dict:
+        """Kahneman-Tversky optimisation (byzer_like.train.preference, TRL's KTOTrainer)."""
+        return self._preference("kto", data_refs, train_params, sys_conf)
+
+    def _preference(self, task: str, data_refs: Any, train_params: Mapping[str, str], sys_conf: Mapping[str, str]) -> dict:
+        """A preference method with this family's LoRA targets, template and stops."""
+        from ..train.context import TrainContext
+        from ..train.preference import preference_train
+
+        ctx = TrainContext.from_call(task, data_refs, train_params, sys_conf)
+        return preference_train(task, model_dir=ctx.model_dir, data_path=ctx.data_path, output_dir=ctx.output_dir,
+                                run_dir=ctx.run_dir, options=ctx.options, target_modules=self.lora_target_modules,
+                                fallback_template=self.fallback_chat_template, stop_tokens=self.stop_tokens,
+                                cpus=ctx.cpus, gpus=ctx.gpus, reporter=ctx.reporter, resume=ctx.resume)
+
     @staticmethod
     def _meta(n_in: int, n_out: int, finish: str, first: float | None, seconds: float, ignored: list[str]) -> dict:
         meta = {

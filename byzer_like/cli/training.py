@@ -26,6 +26,7 @@ TRAIN_FIELDS = (
     "learning_rate", "num_train_epochs", "max_steps", "per_device_batch_size", "gradient_accumulation_steps",
     "warmup_ratio", "weight_decay", "lora_r", "lora_alpha", "lora_dropout", "zero_stage", "max_failures",
     "checkpoint_steps", "save_total_limit", "logging_steps", "seed", "eval_split", "eval_metrics",
+    "beta", "loss_type", "max_prompt_length",
 )
 # how `train` has always spelled these: `--detach` (on when given, off otherwise)
 TRAIN_SPELLING = {"flags": {"detached": ("--detach",)}, "defaults": {"detached": False}, "switches": ("detached",)}

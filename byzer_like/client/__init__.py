@@ -295,6 +295,32 @@ class ByzerLLM:
                           output_table=output_table, detached=detached, model_table=model_table, progress=progress,
                           **options)
 
+    def dpo(self, data: Any, *, model_path: str | os.PathLike | None = None, pretrained_model_type: str = "dpo/auto",
+            output_table: str | None = None, detached: bool = False, model_table: str | None = None,
+            progress: bool = False, **options: Any) -> dict:
+        """Direct preference optimisation (TRL) on `data`: rows of prompt (or instruction / input, or messages),
+        chosen, rejected. Options are SQL's dpo keys (`beta`, `loss_type`, `max_length`, `max_prompt_length`,
+        `method`, `lora_r`, ...); `orpo(...)` and `kto(...)` (prompt, completion, label rows) take the same."""
+        return self.train("dpo", data, model_path=model_path, pretrained_model_type=pretrained_model_type,
+                          output_table=output_table, detached=detached, model_table=model_table, progress=progress,
+                          **options)
+
+    def orpo(self, data: Any, *, model_path: str | os.PathLike | None = None, pretrained_model_type: str = "orpo/auto",
+             output_table: str | None = None, detached: bool = False, model_table: str | None = None,
+             progress: bool = False, **options: Any) -> dict:
+        """Odds-ratio preference optimisation (TRL's experimental ORPO; no reference model): as `dpo`."""
+        return self.train("orpo", data, model_path=model_path, pretrained_model_type=pretrained_model_type,
+                          output_table=output_table, detached=detached, model_table=model_table, progress=progress,
+                          **options)
+
+    def kto(self, data: Any, *, model_path: str | os.PathLike | None = None, pretrained_model_type: str = "kto/auto",
+            output_table: str | None = None, detached: bool = False, model_table: str | None = None,
+            progress: bool = False, **options: Any) -> dict:
+        """Kahneman-Tversky optimisation (TRL) on rows of prompt, completion, label (true: desirable)."""
+        return self.train("kto", data, model_path=model_path, pretrained_model_type=pretrained_model_type,
+                          output_table=output_table, detached=detached, model_table=model_table, progress=progress,
+                          **options)
+
     def train(self, task: str, data: Any, *, model_path: str | os.PathLike | None = None,
               pretrained_model_type: str | None = None, output_table: str | None = None, detached: bool = False,
               model_table: str | None = None, progress: bool = False, **options: Any) -> dict:

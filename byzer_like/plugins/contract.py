@@ -20,8 +20,8 @@ Streaming rules (the one place they are written down):
 - Metadata keys byzer-like understands: `input_tokens`, `output_tokens`, `finish_reason`
   (`stop` | `length`), `time_to_first_token_s`, `generation_s`.
 
-Required: `init_model`, `stream_chat`. Training (`sft_train`, `sfft_train`) is required only when a
-training job asks for it. Optional: `batch_chat` (many requests in one batched forward pass),
+Required: `init_model`, `stream_chat`. Training (`sft_train`, `sfft_train`, and preference training's
+`dpo_train`, `orpo_train`, `kto_train`) is required only when a training job asks for it. Optional: `batch_chat` (many requests in one batched forward pass),
 `embed_query` (and `embed_documents`: many texts in batches), `get_meta`, `check_model_dir` (raise before
 anything starts), `infer_param_names` (extra `where` keys the plugin reads), `score_text` (token
 log-likelihoods of texts: perplexity in evaluation), `build_prompt` (the prompt text of a request), and
@@ -69,7 +69,7 @@ from typing import Any, AsyncIterator, Iterable, Mapping, Protocol, Sequence, ru
 from ..tasks import TASKS
 
 REQUIRED = ("init_model", "stream_chat")
-TRAINING = tuple(task.entry_point for task in TASKS.values())  # sft_train, sfft_train
+TRAINING = tuple(task.entry_point for task in TASKS.values())  # sft_train, sfft_train, dpo_train, ...
 OPTIONAL = ("batch_chat", "embed_query", "embed_documents", "get_meta", "check_model_dir", "infer_param_names",
             "score_text", "engine", "runtime_env", "load_adapter", "unload_adapter")
 
@@ -105,6 +105,10 @@ class TrainablePlugin(Protocol):
 
     def sfft_train(self, data_refs: Any, train_params: dict[str, str], sys_conf: dict[str, str]) -> Any:
         """Continued pretraining on a text table, distributed (DeepSpeed)."""
+
+    def dpo_train(self, data_refs: Any, train_params: dict[str, str], sys_conf: dict[str, str]) -> Any:
+        """Direct preference optimisation on a prompt / chosen / rejected table (`orpo_train` takes the same;
+        `kto_train` a prompt / completion / label table). The built-in plugins run `train.preference`."""
 
 
 def request_arguments(request: Mapping[str, Any]) -> tuple[str, list[dict], dict[str, Any]]:

@@ -208,6 +208,10 @@ def required_packages(task: Any, options: Any) -> list[tuple[str, str, str]]:
         need.append(('method="qlora"', "bitsandbytes", "bitsandbytes"))
     if task.name == "sfft":
         need.append(("sfft", "deepspeed", "deepspeed"))
+    if task.name in ("dpo", "orpo", "kto"):  # preference training: TRL's trainers, over a peft adapter
+        need.append((task.name, "trl", "trl"))
+        if method in ("lora", "qlora", None):
+            need.append((f'method="{method or "lora"}"', "peft", "peft"))
     return need
 
 
