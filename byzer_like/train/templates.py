@@ -76,7 +76,7 @@ def template_name(name: str) -> str:
     (with the closest) otherwise, which the options model reports as a ConfigError on `template`."""
     key = str(name).strip().lower()
     if key not in TEMPLATES:
-        raise ValueError(f"unknown template {name!r}; {did_you_mean(key, TEMPLATES)}known templates: "
+        raise ValueError(f"unknown template {name!r}; {did_you_mean(key, list(TEMPLATES))}known templates: "
                          f"{', '.join(sorted(TEMPLATES))} (or leave template out for the model's own chat template)")
     return key
 
