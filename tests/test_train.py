@@ -61,6 +61,7 @@ def test_lora_through_sql_learns_the_answers_registers_merges_and_deploys(llm, s
         and inputTable="qa"
         and outputTable="colors_lora"
         and detached="false"
+        and predictTable="qa" and predictMaxNewTokens="8"
         {_where(LORA)};
         !byzerllm setup single;
         run command as LLM.`` where action="infer" and pretrainedModelType="llama"
@@ -87,6 +88,11 @@ def test_lora_through_sql_learns_the_answers_registers_merges_and_deploys(llm, s
         rows = session.table("answers").to_pylist()
         assert _exact(rows) >= 0.8, rows
         assert _exact(rows, "base") <= 0.1
+        # predictTable: the trained model's answers, one per row in order, equal to the select's
+        predicted = session.table("qa_predictions").to_pylist()
+        assert [p["instruction"] for p in predicted] == [r["instruction"] for r in rows]
+        assert [p["answer"] for p in predicted] == [r["answer"] for r in rows]
+        assert metrics["predict_rows"] == len(rows) and "qa_predictions" in results[2].message
 
         # the registry: list, merge into a whole model, deploy a version by name@vN
         listed = session.sql("!byzerllm model list;")[0].table.to_pylist()

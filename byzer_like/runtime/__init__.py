@@ -383,7 +383,8 @@ class Runtime(Evaluations):
         return Jobs(self.workspace, address=self.address, setup=self.setup_config, connect=self.connect)
 
     def train(self, task: str | None, params: Mapping[str, Any], table: Any, *, options: Any = None,
-              progress: bool = False, eval_table: Any = None, partitions: Sequence[int] | None = None) -> dict:
+              progress: bool = False, eval_table: Any = None, partitions: Sequence[int] | None = None,
+              predict_table: Any = None) -> dict:
         """Submit a training job of `task` (see `byzer_like.tasks`; None: from the model type or the
         setup mode) on `table`; returns its row (a detached job at once, otherwise when it ended).
 
@@ -391,7 +392,8 @@ class Runtime(Evaluations):
         when the caller has parsed `params` already (SQL does, for the tables it names), else parsed here:
         once, then stored whole in the job's record. `eval_table`: the evalTable, measured with evalMetrics at
         each evaluation step; `partitions`: the table's partition sizes (TableRepartition), kept whole per
-        sfft worker with keepPartitionNum. Raises ConfigError / UnknownOptionError (the options),
+        sfft worker with keepPartitionNum; `predict_table`: the predictTable the trained model answers before
+        the job ends (`train.predict`). Raises ConfigError / UnknownOptionError (the options),
         NotSupportedError, ModelExistsError, JobError."""
         params = {k: v for k, v in params.items() if not k.startswith(INTERNAL)}  # the runner's own keys
         pretrained = options.pretrained_model_type if options is not None else \
@@ -399,7 +401,7 @@ class Runtime(Evaluations):
         spec = tasks.require_task(str(pretrained), self.setup_config.mode, task)
         opts = options if options is not None else spec.parse_options(params)
         return self.jobs.submit(spec, opts, params, table, progress=progress, eval_table=eval_table,
-                                partitions=partitions)
+                                partitions=partitions, predict_table=predict_table)
 
     def merge(self, model_table: str, output_table: str, *, overwrite: bool = False) -> dict:
         """Merge a registered LoRA adapter into its base model and register the result as a whole model.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import pyarrow as pa
 
@@ -123,6 +123,8 @@ def train(session: Any, s: Run, where: dict[str, str]) -> Result:
     extra: dict[str, Any] = {}
     if getattr(opts, "eval_table", None):  # measured at each evaluation step
         extra["eval_table"] = session.need_table(opts.eval_table, s)
+    if getattr(opts, "predict_table", None):  # answered by the trained model before the job ends
+        extra["predict_table"] = session.need_table(opts.predict_table, s)
     parts = None if data_dir else session.partitioning.get(name.lower())
     keep = getattr(opts, "keep_partition_num", False) and parts is not None
     if keep and task.name == "sfft":  # each worker takes whole partitions (train/sfft_data.py)
@@ -138,7 +140,27 @@ def train(session: Any, s: Run, where: dict[str, str]) -> Result:
                         f"{workers} training worker(s): partition i -> worker i % {workers})")
         else:
             message += f" (keepPartitionNum: {name} has {parts.num} partitions; {task.name} trains in one process)"
+    if getattr(opts, "predict_table", None):
+        message += _predictions(session, opts.predict_table, row)
     return Result("run", jobs_table([row]), None, message)
+
+
+def _predictions(session: Any, predict_table: str, row: Mapping[str, Any]) -> str:
+    """A finished job's predictions of `predict_table` as the session's table `<predict_table>_predictions`,
+    and what the statement's message says of them (a detached job: where they will be)."""
+    import pyarrow.parquet as pq
+
+    metrics = row.get("metrics") or {}
+    metrics = json.loads(metrics) if isinstance(metrics, str) else metrics
+    path = metrics.get("predictions")
+    if not path:
+        if row.get("state") in ("FAILED", "STOPPED"):
+            return ""
+        return (f" (the answers to {predict_table} will be in predictions.parquet in the job's folder; "
+                "`!byzerllm job status` names it once the job ends)")
+    name = f"{predict_table}_predictions"
+    session.put(name, pq.read_table(path))
+    return f" (answers to {predict_table}: table {name}, {metrics.get('predict_rows')} row(s), in {path})"
 
 
 def merge(session: Any, s: Run, where: dict[str, str]) -> Result:

@@ -66,14 +66,15 @@ class Jobs:
     # -- submit ----------------------------------------------------------------------------------
     def submit(self, task: TrainingTask, options: TrainOptions, params: Mapping[str, Any], table: pa.Table | None, *,
                progress: bool = False, eval_table: pa.Table | None = None,
-               partitions: Sequence[int] | None = None) -> dict:
+               partitions: Sequence[int] | None = None, predict_table: pa.Table | None = None) -> dict:
         """Check everything, store the table, record the job, then run it (detached: return at once).
 
         `task`: the task table's row; `options`: its options model, parsed from `params` (the user's keys,
         recorded as given and handed to the plugin's entry point) by the runtime. `eval_table`: the
         evalTable (measured with evalMetrics at each evaluation step), stored beside the input as
         `eval.parquet`. `partitions`: the sizes of the table's partitions, in row order (TableRepartition's),
-        stored as `partitions.json` for sfft's keepPartitionNum. Returns the job's row (see ROW_FIELDS).
+        stored as `partitions.json` for sfft's keepPartitionNum. `predict_table`: the predictTable, stored as
+        `predict.parquet` and answered by the trained model before the job ends (`train.predict`). Returns the job's row (see ROW_FIELDS).
         Raises ConfigError, NotSupportedError (the plugin cannot run the task), ModelExistsError, JobError."""
         model_type = split_model_type(options.pretrained_model_type)[1]
         plugin = registry.load(model_type)
@@ -93,12 +94,18 @@ class Jobs:
             from ..eval.measure import plan
 
             plan(eval_table, metrics=options.eval_metric_names(), name=options.eval_table)
+        if predict_table is not None:
+            from .predict import check as check_predict
+
+            check_predict(predict_table, options)
+        elif options.predict_table:
+            raise ConfigError(f"predictTable {options.predict_table!r} was named but no table was given for it")
         if partitions is not None and sum(partitions) != table.num_rows:
             raise ConfigError(f"the partition sizes add up to {sum(partitions)} rows, the table has {table.num_rows}")
 
         job_id = f"{task.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         run_dir = self._run_dir(options, job_id)
-        _write_inputs(run_dir, table, eval_table, partitions)
+        _write_inputs(run_dir, table, eval_table, partitions, predict_table)
         self.catalog.create_job(
             job_id, task.name, model_type=model_type, base_model=base_dir, output_table=options.output_table,
             params={k: _jsonable(v) for k, v in params.items()}, options=options.model_dump(mode="json"),
@@ -421,8 +428,10 @@ def _method_text(metrics: Mapping[str, Any]) -> str | None:
     return f"{method} ({metrics['method_reason']})" if metrics.get("method_reason") else str(method)
 
 
-def _write_inputs(run_dir: Path, table: pa.Table, eval_table: pa.Table | None, partitions: Sequence[int] | None) -> None:
-    """The job's inputs in its folder: input.parquet, eval.parquet (the evalTable), partitions.json."""
+def _write_inputs(run_dir: Path, table: pa.Table, eval_table: pa.Table | None, partitions: Sequence[int] | None,
+                  predict_table: pa.Table | None = None) -> None:
+    """The job's inputs in its folder: input.parquet, eval.parquet (the evalTable), partitions.json,
+    predict.parquet (the predictTable)."""
     import pyarrow.parquet as pq
 
     pq.write_table(table, run_dir / "input.parquet")
@@ -430,6 +439,10 @@ def _write_inputs(run_dir: Path, table: pa.Table, eval_table: pa.Table | None, p
         pq.write_table(eval_table, run_dir / "eval.parquet")
     if partitions is not None:
         (run_dir / PARTITIONS_FILE).write_text(json.dumps({"sizes": [int(n) for n in partitions]}))
+    if predict_table is not None:
+        from .predict import PREDICT_INPUT
+
+        pq.write_table(predict_table, run_dir / PREDICT_INPUT)
 
 
 def _jsonable(v: Any) -> Any:

@@ -84,6 +84,12 @@ class TrainOptions(_Options):
     eval_metrics: str | None = Field(None, description="comma-separated metrics of byzer_like.eval.metrics for evalTable "
                                      "(default: sft exact_match, sfft perplexity; judge cannot run inside a job)")
     eval_max_new_tokens: int = Field(32, ge=1, le=4096, description="answer tokens per evalTable row")
+    predict_table: str | None = Field(None, description="a table of the session the trained model answers once it "
+                                      "is registered (llm-module's steps=train,eval,predict): its rows with an answer "
+                                      "column, in predictions.parquet in the job's folder")
+    predict_column: str | None = Field(None, description="predictTable's prompt column (default: the first of "
+                                       "instruction, prompt, question, input, text)")
+    predict_max_new_tokens: int = Field(64, ge=1, le=4096, description="answer tokens per predictTable row")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass instead of "
                                          "keeping them: less memory for about a third more compute (LLaMA-Factory's "
                                          "and llm-module's use_gradient_checkpointing)")

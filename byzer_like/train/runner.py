@@ -153,6 +153,10 @@ def _train(catalog: Catalog, job: dict, resume: bool) -> dict:
             overwrite=opts.overwrite)
         result["model_version"] = m.version
         print(f"[byzer-like] registered {m.ref} ({model_kind}) -> {model_dir}", flush=True)
+    if getattr(opts, "predict_table", None):  # llm-module's predict step: the trained model answers predictTable
+        from .predict import run as predict
+
+        metrics.update(predict(plugin, run_dir, opts, model_kind, model_dir, job["base_model"], job["sys_conf"]))
     return result
 
 
