@@ -2,6 +2,7 @@
 
     sft   supervised fine-tuning (LoRA, QLoRA, full)       options SftOptions   plugin entry point sft_train
     sfft  continued pretraining (Ray Train + DeepSpeed)    options SfftOptions  plugin entry point sfft_train
+    rm    reward models on preference pairs (TRL)          options RmOptions    plugin entry point rm_train
 
 A task's name is what users write: the prefix of `pretrainedModelType="sft/llama"`, the mode of
 `!byzerllm setup sft`, the Python method `ByzerLLM.sft(...)`, the job kind `byzer-like jobs list` shows.
@@ -65,6 +66,9 @@ TASKS: dict[str, TrainingTask] = {
         TrainingTask("sfft", "byzer_like.train.options:SfftOptions", "sfft_train", "byzer_like.train.checks:check_sfft",
                      runner_holds_worker=False,
                      summary="continued pretraining on a text column (Ray Train workers, DeepSpeed ZeRO)"),
+        TrainingTask("rm", "byzer_like.train.reward:RmOptions", "rm_train", "byzer_like.train.reward:check_rm",
+                     runner_holds_worker=True,
+                     summary="a reward model (one score per answer) on prompt/chosen/rejected pairs (LoRA, full)"),
     )
 }
 # what `!byzerllm setup <mode>` accepts: serve models (single), or make the next `run ... as LLM` train

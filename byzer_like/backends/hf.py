@@ -581,6 +581,18 @@ class CausalLMPlugin:
                             reporter=ctx.reporter, partition_sizes=ctx.partitions)
         return {"kind": "model", **result}
 
+    def rm_train(self, data_refs: Any, train_params: Mapping[str, str], sys_conf: Mapping[str, str]) -> dict:
+        """A reward model (byzer_like.train.reward) on preference pairs, with this family's LoRA targets and
+        chat template (the template it is saved with, so that a deployment scores the texts it trained on)."""
+        from ..train.context import TrainContext
+        from ..train.reward import rm_train
+
+        ctx = TrainContext.from_call("rm", data_refs, train_params, sys_conf)
+        return rm_train(model_dir=ctx.model_dir, data_path=ctx.data_path, output_dir=ctx.output_dir,
+                        run_dir=ctx.run_dir, options=ctx.options, target_modules=self.lora_target_modules,
+                        fallback_template=self.fallback_chat_template, cpus=ctx.cpus, gpus=ctx.gpus,
+                        reporter=ctx.reporter, resume=ctx.resume)
+
     @staticmethod
     def _meta(n_in: int, n_out: int, finish: str, first: float | None, seconds: float, ignored: list[str]) -> dict:
         meta = {
