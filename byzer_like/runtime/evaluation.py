@@ -31,7 +31,7 @@ from ..eval import metrics as M
 from ..eval.compare import compare, promote, split_ref
 from ..eval.evalset import reference_value
 from ..eval.measure import EvalResult, judge_prompts, measure, plan, score_items
-from ..plugins import registry
+from .spec import plugin_for
 
 # the metric names in the metric table's order (what tables of results show as columns)
 METRIC_NAMES: tuple[str, ...] = tuple(M.METRICS)
@@ -200,7 +200,7 @@ def _target(rt: Any, udf_name: str | None, model_table: str | None,
 
 def _plugin_for(family: str | None) -> str:
     """The plugin that serves a registry model: its recorded family when a plugin has that name, else auto."""
-    return family if family and family in registry.available() else "auto"
+    return plugin_for("model", family)
 
 
 def _answers(rt: Any, target: str, es: Any, ms: Sequence[M.Metric], max_new_tokens: int, temperature: float,

@@ -26,6 +26,8 @@ from .options import TrainOptions
 
 PROMPT_COLUMNS = ("prompt", "instruction")
 PAIR_COLUMNS = ("chosen", "rejected")
+# the keys of one pair a reward model scores (the plugin's `score`, SQL's llm_param map, the client, HTTP)
+PAIR_KEYS = ("instruction", "response", "system", "input")
 PREFERENCE_FORMS = ("a preference table: columns prompt (or instruction, with an optional input), chosen and "
                     "rejected (the preferred and the worse answer to it); optional system")
 
@@ -317,5 +319,5 @@ def _save(model: Any, tok: Any, output_dir: str) -> None:
     tok.save_pretrained(output_dir)
 
 
-__all__ = ["PREFERENCE_FORMS", "RmOptions", "check_rm", "encode_pairs", "load_tokenizer", "pair_messages",
+__all__ = ["PAIR_KEYS", "PREFERENCE_FORMS", "RmOptions", "check_rm", "encode_pairs", "load_tokenizer", "pair_messages",
            "preference_form", "preference_pairs", "reward_text", "rm_train"]
