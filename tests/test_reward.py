@@ -1,0 +1,121 @@
+"""Reward models (`rm/<family>`): preference tables checked before anything starts, a reward model trained
+in-process on the tiny llama and scored by the reward back end, deployment with modelTable alone, SQL's
+DOUBLE per row, metric reward in action="eval" (against tests/fake_runtime.py), and, under Ray, the whole
+path: SQL trains, registers, deploys and scores; the client and POST /v1/score score too."""
+from __future__ import annotations
+
+import json
+import math
+
+import pyarrow as pa
+import pytest
+
+from byzer_like.errors import ConfigError, ModelDirError, ModelNotDeployedError, UnknownOptionError
+from fake_runtime import FakeRuntime
+
+pytestmark = pytest.mark.timeout(300)
+
+PAIRS = [{"prompt": f"question {i}", "chosen": "a long and helpful answer", "rejected": "no"} for i in range(8)]
+
+
+@pytest.fixture
+def rt(tmp_path) -> FakeRuntime:
+    return FakeRuntime(str(tmp_path))
+
+
+# -- the data and the options, before anything starts ------------------------------------------------
+def test_a_table_without_chosen_and_rejected_is_refused_naming_the_accepted_form():
+    from byzer_like.train.reward import preference_form
+
+    assert preference_form(["Prompt", "chosen", "rejected"]) == "prompt"
+    assert preference_form(["instruction", "input", "chosen", "rejected"]) == "instruction"
+    with pytest.raises(ConfigError, match=r"missing chosen, rejected \(an sft table.*prompt \(or instruction"):
+        preference_form(["instruction", "output"])
+    with pytest.raises(ConfigError, match=r"missing prompt \(or instruction\)"):
+        preference_form(["chosen", "rejected"])
+
+
+def test_pairs_with_a_null_or_identical_answer_are_refused_by_row():
+    from byzer_like.train.reward import preference_pairs
+
+    (msgs, chosen, rejected), = preference_pairs([{"instruction": "q", "input": "ctx", "system": "be brief",
+                                                  "chosen": "a", "rejected": "b"}], "instruction")
+    assert msgs == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "q\nctx"}]
+    assert (chosen, rejected) == ("a", "b")
+    with pytest.raises(ConfigError, match="row 2: rejected is NULL"):
+        preference_pairs([{"prompt": "q", "chosen": "a", "rejected": "b"},
+                          {"prompt": "q", "chosen": "a", "rejected": None}], "prompt")
+    with pytest.raises(ConfigError, match="row 1: chosen and rejected are the same text"):
+        preference_pairs([{"prompt": "q", "chosen": "a", "rejected": "a"}], "prompt")
+
+
+def test_rm_options_build_from_byzer_keys_and_refuse_an_eval_table():
+    from byzer_like import tasks
+
+    task = tasks.get("rm")
+    opts = task.parse_options({"pretrainedModelType": "rm/llama", "localModelDir": "m", "rm.int.max_seq_length": "64",
+                               "method": "full", "evalSplit": "0.2"})
+    assert (opts.method, opts.max_seq_length, opts.eval_split, opts.lr()) == ("full", 64, 0.2, 1e-5)
+    assert tasks.require_task("llama", mode="rm").name == "rm" and tasks.split_model_type("rm/llama") == ("rm", "llama")
+    with pytest.raises(ConfigError, match="evalSplit"):
+        task.parse_options({"pretrainedModelType": "rm/llama", "localModelDir": "m", "evalTable": "t"})
+    with pytest.raises(UnknownOptionError, match="max_seq_lenght"):
+        task.parse_options({"pretrainedModelType": "rm/llama", "localModelDir": "m", "max_seq_lenght": "64"})
+
+
+def test_a_bad_preference_table_fails_at_submit_before_a_job_exists(tiny_models, workspace):
+    from byzer_like import tasks
+    from byzer_like.train.jobs import Jobs
+    from byzer_like.workspace import Workspace
+
+    task = tasks.get("rm")
+    params = {"pretrainedModelType": "rm/llama", "localModelDir": str(tiny_models["llama"]), "outputTable": "rm_bad"}
+    jobs = Jobs(Workspace.from_env(str(workspace)), connect=lambda: pytest.fail("no cluster for a bad table"))
+    before = len(jobs.catalog.jobs())
+    with pytest.raises(ConfigError, match="Reward models train on a preference table"):
+        jobs.submit(task, task.parse_options(params), params, pa.table({"instruction": ["q"], "output": ["a"]}))
+    assert len(jobs.catalog.jobs()) == before
+
+
+# -- SQL, against the fake runtime -------------------------------------------------------------------
+def test_a_reward_deployment_is_a_double_per_row_in_order(s, rt):
+    rt.deployed["rm_fn"] = {"options": {"pretrainedModelType": "reward"}, "model_dir": "/rm"}
+    s.sql("select * from (values ('q', 'four'), ('qq', 'a'), (null, 'x'), ('q', null), ('qqq', 'longer one')) "
+          "as v(q, a) as t;")
+    out = s.sql('select q, rm_fn(llm_param(map("instruction", q, "response", a))) as score from t as scored;')[-1]
+    assert out.table.schema.field("score").type == pa.float64()
+    assert out.table.column("score").to_pylist() == [3.0, -1.0, None, None, 7.0]
+    (name, pairs), = rt.rewarded  # NULL rows are never sent
+    assert name == "rm_fn" and [p["instruction"] for p in pairs] == ["q", "qq", "qqq"]
+    with pytest.raises(ConfigError, match='a reward model scores an answer.*"response", answer'):
+        s.sql('select rm_fn(llm_param(map("instruction", q))) as score from t as bad;')
+
+
+def test_metric_reward_is_the_mean_reward_of_the_answers(s, rt):
+    rt.deployed["chat"] = {"options": {}, "model_dir": "/m"}
+    rt.deployed["rm_fn"] = {"options": {"pretrainedModelType": "reward"}, "model_dir": "/rm"}
+    s.sql("select * from (values ('hi'), ('hello')) as v(instruction) as qs;")
+    s.sql('run command as LLM.`` where action="eval" and udfName="chat" and inputTable="qs" and metrics="reward" '
+          'and rewardModel="rm_fn" and report="false" as summary;')
+    summary = s.table("summary").to_pylist()[0]
+    # the fake chat answers "echo:<q>", the fake reward is len(answer) - len(question): 5 for every row
+    assert summary["reward"] == 5.0 and summary["rows"] == 2
+    (_, pairs), = rt.rewarded
+    assert pairs == [{"instruction": "hi", "response": "echo:hi"}, {"instruction": "hello", "response": "echo:hello"}]
+    assert s.table("eval_rows").column("reward").to_pylist() == [5.0, 5.0]
+    with pytest.raises(ConfigError, match='rewardModel="<udfName>"'):
+        s.sql('run command as LLM.`` where action="eval" and udfName="chat" and inputTable="qs" and metrics="reward";')
+    with pytest.raises(ModelNotDeployedError, match="rm_gone"):
+        s.sql('run command as LLM.`` where action="eval" and udfName="chat" and inputTable="qs" and '
+              'metrics="reward" and rewardModel="rm_gone";')
+    assert len(rt.generated) == 1  # neither bad evaluation asked the chat model
+
+
+def test_a_pair_is_checked_before_it_is_sent():
+    from byzer_like.runtime import check_pair
+
+    assert check_pair({"prompt": "q", "answer": 1}) == {"instruction": "q", "response": "1"}
+    with pytest.raises(ConfigError, match="pair 2: unknown key 'respons'; did you mean 'response'"):
+        check_pair({"instruction": "q", "respons": "a"}, 2)
+    with pytest.raises(ConfigError, match="pair 1: no response"):
+        check_pair({"instruction": "q"})
