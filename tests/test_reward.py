@@ -119,3 +119,76 @@ def test_a_pair_is_checked_before_it_is_sent():
         check_pair({"instruction": "q", "respons": "a"}, 2)
     with pytest.raises(ConfigError, match="pair 1: no response"):
         check_pair({"instruction": "q"})
+
+
+# -- training in-process and the reward back end -----------------------------------------------------
+@pytest.fixture(scope="module")
+def trained_rm(tiny_models, workspace):
+    """A LoRA reward model trained for 3 steps on the tiny llama (in-process, the plugin's entry point)."""
+    import pyarrow.parquet as pq
+
+    from byzer_like.train.context import INTERNAL
+    from byzer_like_models.llama import plugin
+
+    d = workspace / "rm-in-process"
+    d.mkdir(exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(PAIRS), d / "input.parquet")
+    params = {"pretrainedModelType": "rm/llama", "localModelDir": str(tiny_models["llama"]), "maxSteps": "3",
+              "evalSplit": "0.25", f"{INTERNAL}model_dir": str(tiny_models["llama"]),
+              f"{INTERNAL}output_dir": str(d / "model"), f"{INTERNAL}run_dir": str(d)}
+    return plugin.rm_train([str(d / "input.parquet")], params, {})
+
+
+def test_rm_train_saves_a_whole_model_with_its_score_head(trained_rm):
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    assert trained_rm["kind"] == "reward"
+    out = Path(trained_rm["model_dir"])
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForSequenceClassification"] and cfg.get("num_labels", 1) == 1
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert "score.weight" in keys and not [k for k in keys if "lora" in k]  # LoRA merged, the head kept
+    m = trained_rm["metrics"]
+    assert m["steps"] == 3 and m["train_rows"] == 6 and m["eval_rows"] == 2
+    assert 0.0 <= m["eval_accuracy"] <= 1.0 and math.isfinite(m["margin"]) and math.isfinite(m["train_loss"])
+
+
+def test_the_reward_back_end_scores_pairs_in_order_and_refuses_chat(trained_rm, tiny_models):
+    from byzer_like.backends.reward import plugin
+    from byzer_like.errors import RewardModelCallError
+
+    plugin.check_model_dir(trained_rm["model_dir"], {})
+    with pytest.raises(ModelDirError, match="not a reward model"):
+        plugin.check_model_dir(str(tiny_models["llama"]), {})
+    model, tok = plugin.init_model(trained_rm["model_dir"], {}, {"max_batch_size": "2"})
+    pairs = [{"instruction": "question 1", "response": "a long and helpful answer"},
+             {"instruction": "question 1", "response": "no"},
+             {"instruction": "q", "response": "x " * 40, "system": "be brief"}]
+    scores = plugin.score(model, tok, pairs)
+    assert len(scores) == 3 and all(isinstance(v, float) and math.isfinite(v) for v in scores)
+    # batched (two per batch, shortest first) or one by one: the same number per pair
+    assert [plugin.score(model, tok, [p])[0] for p in pairs] == pytest.approx(scores, abs=1e-4)
+    assert plugin.get_meta(model, tok)["kind"] == "reward"
+    with pytest.raises(RewardModelCallError, match="POST /v1/score"):
+        plugin.stream_chat(model, tok, "hi", [])
+
+
+def test_a_registered_reward_model_deploys_with_model_table_alone(trained_rm, workspace):
+    from byzer_like.catalog import Catalog
+    from byzer_like.config import SetupConfig
+    from byzer_like.runtime.spec import DeploySpec
+    from byzer_like.workspace import Workspace
+
+    ws = Workspace.from_env(str(workspace))
+    cat = Catalog(ws)
+    m = cat.register_model("spec_rm", kind="reward", path=trained_rm["model_dir"], base_model="/base",
+                           model_type="llama", method="lora", params={}, metrics={}, job_id=None, overwrite=True)
+    spec = DeploySpec.build({"udfName": "rm_fn", "modelTable": "spec_rm"}, setup=SetupConfig(), workspace=ws, catalog=cat)
+    assert (spec.pretrained_model_type, spec.import_path) == ("reward", "byzer_like.backends.reward:plugin")
+    assert spec.model_dir == trained_rm["model_dir"] and spec.infer_params["model_table"] == m.ref
+    with pytest.raises(ConfigError, match='modelTable="<a registered model>"'):
+        DeploySpec.build({"udfName": "x", "localModelDir": trained_rm["model_dir"]}, setup=SetupConfig(),
+                         workspace=ws, catalog=cat)
