@@ -55,6 +55,7 @@ SECTIONS: tuple[tuple[str, str, Any], ...] = (
     ('action="infer"', '`run command as LLM.`` where action="infer" and ...;` (deploy)', DeployOptions),
     ("sft", '`run command as LLM.`` where pretrainedModelType="sft/<family>" and ...;`', "sft"),
     ("sfft", '`run command as LLM.`` where pretrainedModelType="sfft/<family>" and ...;`', "sfft"),
+    ("rm", '`run command as LLM.`` where pretrainedModelType="rm/<family>" and ...;` (reward models)', "rm"),
     ('action="merge"', '`run command as LLM.`` where action="merge" and ...;`', MergeOptions),
     ('action="convert"', '`run command as LLM.`` where action="convert" and ...;`', ConvertOptions),
     ('action="quantize"', '`run command as LLM.`` where action="quantize" and ...;`', QuantizeOptions),
