@@ -192,3 +192,61 @@ def test_a_registered_reward_model_deploys_with_model_table_alone(trained_rm, wo
     with pytest.raises(ConfigError, match='modelTable="<a registered model>"'):
         DeploySpec.build({"udfName": "x", "localModelDir": trained_rm["model_dir"]}, setup=SetupConfig(),
                          workspace=ws, catalog=cat)
+
+
+# -- the whole path on Ray ---------------------------------------------------------------------------
+def _post(url: str, body: dict, token: str | None) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json",
+                                          **({"Authorization": f"Bearer {token}"} if token else {})})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.mark.timeout(600)
+def test_sql_trains_registers_deploys_and_scores_a_reward_model(llm, tiny_models):
+    from byzer_like.session import Session
+
+    s = Session(llm, progress=False)
+    s.put("prefs", pa.Table.from_pylist(PAIRS))
+    s.put("t", pa.table({"q": ["question 1", "question 2", None, "question 3"],
+                         "a": ["a long and helpful answer", "no", "x", "maybe"]}))
+    srv = None
+    try:
+        job = s.sql(f"""
+            !byzerllm setup rm;
+            run command as LLM.`` where pretrainedModelType="llama" and localModelDir="{tiny_models['llama']}"
+            and inputTable="prefs" and outputTable="tiny_rm" and overwrite="true" and maxSteps="3";
+            !byzerllm setup single;
+        """)[1].table.to_pylist()[0]
+        assert job["state"] == "SUCCEEDED" and job["kind"] == "rm", job
+        entry = llm.catalog.model(f"tiny_rm@v{job['model_version']}")
+        assert entry.kind == "reward" and entry.model_type == "llama" and entry.method == "lora"
+        # deployed with modelTable alone: the registry knows it is a reward model
+        s.sql('run command as LLM.`` where action="infer" and modelTable="tiny_rm" and udfName="rm_fn";')
+        out = s.sql('select q, rm_fn(llm_param(map("instruction", q, "response", a))) as score from t as scored;')[-1]
+        assert out.table.schema.field("score").type == pa.float64()
+        scores = out.table.column("score").to_pylist()
+        assert scores[2] is None and all(isinstance(v, float) and math.isfinite(v) for i, v in enumerate(scores) if i != 2)
+        pairs = [{"instruction": q, "response": a} for q, a in zip(["question 1", "question 2", "question 3"],
+                                                                 ["a long and helpful answer", "no", "maybe"])]
+        assert llm.score("rm_fn", pairs) == pytest.approx([scores[0], scores[1], scores[3]], abs=1e-4)
+        assert llm.score("rm_fn", pairs[1]) == pytest.approx([scores[1]], abs=1e-4)
+        # the HTTP route, behind the server's key
+        srv = llm.serve(port=0, api_key="rm-key", replace=True)
+        status, body = _post(srv.url + "/v1/score", {"model": "rm_fn", "pairs": pairs}, "rm-key")
+        assert status == 200 and body["scores"] == pytest.approx([scores[0], scores[1], scores[3]], abs=1e-4)
+        assert _post(srv.url + "/v1/score", {"model": "rm_fn", "pairs": pairs}, None)[0] == 401
+        assert _post(srv.url + "/v1/score", {"model": "rm_fn", "pairs": [{"instruction": "q"}]}, "rm-key")[0] == 400
+    finally:
+        if srv is not None:
+            srv.stop()
+        if llm.is_model_exist("rm_fn"):
+            llm.undeploy("rm_fn")
+        s.close()
