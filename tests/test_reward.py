@@ -250,3 +250,53 @@ def test_sql_trains_registers_deploys_and_scores_a_reward_model(llm, tiny_models
         if llm.is_model_exist("rm_fn"):
             llm.undeploy("rm_fn")
         s.close()
+
+
+# -- the real small model (-m real_model) ------------------------------------------------------------
+BAD_ANSWERS = ("I don't know.", "I like turtles.")
+
+
+def _capital_pairs(rows: list[dict], wrong_from: list[dict]) -> list[dict]:
+    """Per capital question: the right answer chosen over a refusal, an off-topic reply and a wrong capital."""
+    out = []
+    for i, r in enumerate(rows):
+        country = r["instruction"].removeprefix("What is the capital of ").rstrip("?")
+        right = f"The capital of {country} is {r['output']}."
+        wrong = wrong_from[(i + 7) % len(wrong_from)]["output"]
+        for bad in (*BAD_ANSWERS, f"The capital of {country} is {wrong}."):
+            out.append({"prompt": r["instruction"], "chosen": right, "rejected": bad})
+    return out
+
+
+@pytest.mark.real_model
+@pytest.mark.timeout(1800)
+def test_a_reward_model_of_smollm2_prefers_held_out_chosen_answers_through_sql(llm, smollm2_dir):
+    from pathlib import Path
+
+    from byzer_like.session import Session
+
+    rows = [json.loads(x) for x in (Path(__file__).parent / "fixtures" / "capitals_qa.jsonl").read_text().splitlines()
+            if x.strip()]
+    train, held = rows[:20], rows[20:]
+    s = Session(llm, progress=False)
+    s.put("prefs", pa.Table.from_pylist(_capital_pairs(train, train)))
+    s.put("held", pa.Table.from_pylist(_capital_pairs(held, rows)))
+    try:
+        job = s.sql(f"""
+            !byzerllm setup rm;
+            run command as LLM.`` where pretrainedModelType="llama" and localModelDir="{smollm2_dir}"
+            and inputTable="prefs" and outputTable="smol_rm" and overwrite="true" and learningRate="3e-4"
+            and epochs="2" and batchSize="4";
+            !byzerllm setup single;
+        """)[1].table.to_pylist()[0]
+        assert job["state"] == "SUCCEEDED", job
+        s.sql('run command as LLM.`` where action="infer" and modelTable="smol_rm" and udfName="smol_rm_fn";')
+        (acc,) = s.sql('''
+            select avg(case when smol_rm_fn(llm_param(map("instruction", prompt, "response", chosen)))
+                            > smol_rm_fn(llm_param(map("instruction", prompt, "response", rejected))) then 1.0 else 0.0 end)
+                   as pair_accuracy from held as acc;''')[-1].table.to_pylist()
+        assert acc["pair_accuracy"] >= 0.8, (acc, json.loads(job["metrics"]))
+    finally:
+        if llm.is_model_exist("smol_rm_fn"):
+            llm.undeploy("smol_rm_fn")
+        s.close()
