@@ -233,6 +233,7 @@ def rm_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str, o
         "train_loss": round(out.training_loss, 6), "first_loss": logged[0]["loss"] if logged else None,
         "final_loss": last.get("loss"), "accuracy": last.get("accuracy"), "margin": last.get("margin"),
         "train_rows": len(train_rows), "eval_rows": len(eval_rows), "dropped_rows": dropped,
+        "tokens": int(last.get("num_tokens") or 0),
         "train_runtime_s": round(runtime, 3),
         "resumed_from_step": int(start.rsplit("-", 1)[1]) if start else 0, **evals,
     }
@@ -287,12 +288,15 @@ def _config(opts: RmOptions, ckpt_dir: Path, has_eval: bool, on_gpu: bool) -> An
 
 def _progress(reporter: Any, stop: Any) -> Any:
     """A TrainerCallback reporting the start, each logged step's loss, pair accuracy and margin (and the
-    evalSplit's) to `reporter`; a stop signal ends the run at a step's end."""
+    evalSplit's) and the tokens since the last report (TRL's `num_tokens`) to `reporter`; a stop signal ends
+    the run at a step's end."""
     from transformers import TrainerCallback
 
     keys = ("loss", "accuracy", "margin", "learning_rate", "eval_loss", "eval_accuracy", "eval_margin")
 
     class _Progress(TrainerCallback):
+        tokens = 0.0  # TRL's running `num_tokens` at the last report
+
         def on_train_begin(self, a, state, control, **kw):  # noqa: ANN001
             reporter.start(state.global_step, state.max_steps)
 
@@ -302,8 +306,10 @@ def _progress(reporter: Any, stop: Any) -> Any:
         def on_log(self, a, state, control, logs=None, **kw):  # noqa: ANN001
             logs = logs or {}
             if "loss" in logs or "eval_loss" in logs:
-                reporter.step(state.global_step, epoch=round(state.epoch or 0, 3),
-                              **{k: logs[k] for k in keys if k in logs})
+                seen = float(logs.get("num_tokens") or self.tokens)  # tokens of both texts of every pair so far
+                reporter.step(state.global_step, tokens=int(seen - self.tokens) if "loss" in logs else 0,
+                              epoch=round(state.epoch or 0, 3), **{k: logs[k] for k in keys if k in logs})
+                self.tokens = seen
 
     return _Progress()
 
