@@ -189,6 +189,9 @@ def test_a_registered_reward_model_deploys_with_model_table_alone(trained_rm, wo
     spec = DeploySpec.build({"udfName": "rm_fn", "modelTable": "spec_rm"}, setup=SetupConfig(), workspace=ws, catalog=cat)
     assert (spec.pretrained_model_type, spec.import_path) == ("reward", "byzer_like.backends.reward:plugin")
     assert spec.model_dir == trained_rm["model_dir"] and spec.infer_params["model_table"] == m.ref
+    with pytest.raises(ModelDirError, match='a reward model: deploy it as pretrainedModelType="reward"'):
+        DeploySpec.build({"udfName": "x", "modelTable": "spec_rm", "pretrainedModelType": "llama"},
+                         setup=SetupConfig(), workspace=ws, catalog=cat)
     with pytest.raises(ConfigError, match='modelTable="<a registered model>"'):
         DeploySpec.build({"udfName": "x", "localModelDir": trained_rm["model_dir"]}, setup=SetupConfig(),
                          workspace=ws, catalog=cat)

@@ -153,6 +153,9 @@ class CausalLMPlugin:
                 and "AutoModelForCausalLM" not in auto_map:
             hint = ("deploy it as pretrainedModelType=\"custom/bge\" (a sentence-embedding model) and call it with "
                     "embedding_query / emb" if model_type in ENCODER_CONFIG_TYPES else
+                    "it is a reward model: deploy it as pretrainedModelType=\"reward\" (or with modelTable alone) and "
+                    "call it with llm_param(map(\"instruction\", q, \"response\", a))"
+                    if any(a.endswith("ForSequenceClassification") for a in architectures) else
                     "it serves Hugging Face causal LMs (architectures ...ForCausalLM, ...LMHeadModel) and saas/* services")
             raise ModelDirError(
                 f"{model_dir!r} holds a {architectures[0]} ({model_type!r}), not a causal language model, which "
