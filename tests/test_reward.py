@@ -156,6 +156,27 @@ def test_rm_train_saves_a_whole_model_with_its_score_head(trained_rm):
     assert 0.0 <= m["eval_accuracy"] <= 1.0 and math.isfinite(m["margin"]) and math.isfinite(m["train_loss"])
 
 
+def test_full_rm_training_trains_every_weight_and_saves_the_head(tiny_models, workspace):
+    import pyarrow.parquet as pq
+    from safetensors import safe_open
+
+    from byzer_like.train.reward import RmOptions, rm_train
+    from byzer_like_models.llama import plugin
+
+    d = workspace / "rm-full"
+    d.mkdir(exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(PAIRS), d / "input.parquet")
+    opts = RmOptions.from_params({"pretrainedModelType": "rm/llama", "localModelDir": str(tiny_models["llama"]),
+                                  "method": "full", "maxSteps": "2"})
+    out = rm_train(model_dir=str(tiny_models["llama"]), data_path=str(d / "input.parquet"), output_dir=str(d / "model"),
+                   run_dir=str(d), options=opts, fallback_template=plugin.fallback_chat_template)
+    assert out["kind"] == "reward" and out["metrics"]["steps"] == 2 and out["metrics"]["eval_rows"] == 0
+    with safe_open(str(d / "model" / "model.safetensors"), "pt") as f:
+        base = safe_open(str(tiny_models["llama"] / "model.safetensors"), "pt")
+        name = "model.layers.0.self_attn.q_proj.weight"
+        assert "score.weight" in f.keys() and not (f.get_tensor(name) == base.get_tensor(name)).all()
+
+
 def test_the_reward_back_end_scores_pairs_in_order_and_refuses_chat(trained_rm, tiny_models):
     from byzer_like.backends.reward import plugin
     from byzer_like.errors import RewardModelCallError
