@@ -98,6 +98,7 @@ create index if not exists evals_model on evals(model, version, fingerprint);
 EVAL_COLUMNS = ("id", "model", "version", "udf_name", "evalset", "fingerprint", "rows", "metrics", "judge",
                 "judge_prompt", "params", "row_data", "report", "created_at")
 STAGES = ("candidate", "production", "archived")
+MODEL_KINDS = ("adapter", "model", "reward")
 
 _JSON_COLUMNS = ("params", "options", "sys_conf", "metrics")
 
@@ -112,7 +113,9 @@ _JSON_COLUMNS = ("params", "options", "sys_conf", "metrics")
 class RegisteredModel:
     name: str
     version: int
-    kind: str  # "adapter" (LoRA weights over base_model) or "model" (a whole Hugging Face model)
+    # "adapter" (LoRA weights over base_model), "model" (a whole Hugging Face model) or "reward" (a whole
+    # sequence-classification model giving one score per text: deployed as a scoring function)
+    kind: str
     path: str
     base_model: str | None
     model_type: str | None
@@ -230,7 +233,7 @@ class Catalog:
         """Add a version of `name` (version 1 if new). An existing name needs overwrite=True, which
         adds a version: earlier versions stay deployable as `name@vN`."""
         check_model_name(name)
-        if kind not in ("adapter", "model"):
+        if kind not in MODEL_KINDS:
             raise ValueError(f"bad model kind {kind!r}")
         with self._db() as db:
             db.execute("begin immediate")

@@ -525,8 +525,10 @@ class EvalOptions(_ActionOptions):
                                                                        "evalTable", "evalset", "evalSet"),
                                     description="the eval set: a table of this session")
     metrics: str = Field("exact_match", description="comma-separated metrics: exact_match, exact_match_strict, token_f1, "
-                         "accuracy, macro_f1, rouge_l, bleu, chrf, perplexity, judge")
+                         "accuracy, macro_f1, rouge_l, bleu, chrf, perplexity, judge, reward")
     judge: str | None = Field(None, description="the deployed model that grades answers (metric judge)")
+    reward_model: str | None = Field(None, description="the deployed reward model (trained with rm/<family>) whose mean "
+                                     "score of the answers is metric reward")
     judge_mode: Literal["score", "pairwise"] = Field("score", description="score (1-10 per answer) or pairwise "
                                                      "(the answer against the reference: win rate)")
     judge_prompt: str | None = Field(None, description="replaces the judge prompt; placeholders {question}, "

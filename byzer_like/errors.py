@@ -331,6 +331,17 @@ class NotAChatModelError(NotSupportedError):
             "Python, or POST /v1/embeddings")
 
 
+class RewardModelCallError(NotSupportedError):
+    """A chat, completion or embedding call on a reward model: it gives one score per answer, not text."""
+
+    def __init__(self, model_type: str = "reward"):
+        self.model_type = model_type
+        super().__init__(
+            f"model type {model_type!r} is a reward model: it scores answers and cannot chat, generate text or "
+            'embed; call it with llm_param(map("instruction", question, "response", answer)) in SQL (a DOUBLE '
+            "per row), ByzerLLM.score(udf, pairs) in Python, or POST /v1/score")
+
+
 # -- errors that point into a script ----------------------------------------------------------------
 class SqlError(ByzerError):
     """An error at a place in a script. `line` and `column` are 1-based, in the original script;

@@ -5,6 +5,7 @@
     dpo   direct preference optimisation (TRL)             options DpoOptions   plugin entry point dpo_train
     orpo  odds-ratio preference optimisation (TRL)         options OrpoOptions  plugin entry point orpo_train
     kto   Kahneman-Tversky optimisation (TRL)              options KtoOptions   plugin entry point kto_train
+    rm    reward models on preference pairs (TRL)          options RmOptions    plugin entry point rm_train
 
 A task's name is what users write: the prefix of `pretrainedModelType="sft/llama"`, the mode of
 `!byzerllm setup sft`, the Python method `ByzerLLM.sft(...)`, the job kind `byzer-like jobs list` shows.
@@ -82,6 +83,9 @@ TASKS: dict[str, TrainingTask] = {
         TrainingTask("kto", "byzer_like.train.preference_options:KtoOptions", "kto_train",
                      "byzer_like.train.preference_data:check_kto", runner_holds_worker=True,
                      summary="Kahneman-Tversky optimisation on prompt/completion/label rows (TRL; LoRA, QLoRA, full)"),
+        TrainingTask("rm", "byzer_like.train.reward:RmOptions", "rm_train", "byzer_like.train.reward:check_rm",
+                     runner_holds_worker=True,
+                     summary="a reward model (one score per answer) on prompt/chosen/rejected pairs (LoRA, full)"),
     )
 }
 # what `!byzerllm setup <mode>` accepts: serve models (single), or make the next `run ... as LLM` train

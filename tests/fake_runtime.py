@@ -57,6 +57,7 @@ class FakeRuntime(Evaluations):
         self.deployed: dict[str, dict] = {}
         self.generated: list[tuple[str, list[dict]]] = []
         self.scored: list[tuple[str, list[dict]]] = []
+        self.rewarded: list[tuple[str, list[dict]]] = []
         self.trained: list[dict] = []
         self.merged: list[tuple[str, str, bool]] = []
         self.converted: list[Any] = []
@@ -92,8 +93,10 @@ class FakeRuntime(Evaluations):
     def meta(self, name: str, *, refresh: bool = False) -> dict:
         if name not in self.deployed:
             raise ModelNotDeployedError(name, self.deployed)
+        kind = "reward" if DeployOptions.given(self.deployed[name]["options"], "pretrained_model_type") == "reward" \
+            else None
         return {"engine": "threads", "num_workers": 1, "model_dir": self.deployed[name]["model_dir"],
-                "engine_load": {"requests_running": 0, "requests_waiting": 0}, "requests_served": 0}
+                "engine_load": {"requests_running": 0, "requests_waiting": 0}, "requests_served": 0, "kind": kind}
 
     def deployments(self, *, start: bool = True) -> dict[str, str]:
         self.listed_with_start.append(start)
@@ -124,6 +127,11 @@ class FakeRuntime(Evaluations):
                  "requests": 1, "capacity": 8} for ref in refs] or \
             [{"replica": "r1", "adapter": None, "version": None, "ref": None, "loaded_at": None, "requests": 0,
               "capacity": 8}]
+
+    def rewards(self, name: str, pairs: Sequence[Mapping[str, Any]]) -> list[float]:
+        """The response's length minus the instruction's, per pair (a reward model that likes long answers)."""
+        self.rewarded.append((name, [dict(p) for p in pairs]))
+        return [float(len(p["response"]) - len(p.get("instruction") or "")) for p in pairs]
 
     def score(self, name: str, items: Sequence[Mapping[str, Any]]) -> list[dict]:
         """-1 nat per character of each text, one token per character."""

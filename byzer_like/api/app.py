@@ -6,6 +6,7 @@
     POST /v1/chat/completions    messages -> answer; "stream": true sends server-sent events ending with [DONE]
     POST /v1/completions         a prompt continued as it is (no chat template)
     POST /v1/embeddings          one text or many -> vectors ("float" or "base64")
+    POST /v1/score               a reward model's score of each {instruction, response} pair
     GET  /                       the chat page (static; it calls the endpoints above)
 
 Every error is a 4xx/5xx in OpenAI's format, `{"error": {"message", "type", "param", "code"}}`,

@@ -21,7 +21,7 @@ from ..config import chat_request
 from ..errors import ConfigError, InvalidRequestError, ModelNotDeployedError
 from ..runtime.adapters import MODEL_ADAPTER_SEP, split_model
 from .errors import ApiError, api_error
-from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ScoreRequest
 from .settings import ApiSettings
 
 log = logging.getLogger("byzer_like.api")
@@ -122,7 +122,7 @@ class Routes:
             ("GET", "/", self.page), ("GET", "/favicon.ico", self.favicon), ("GET", "/health", self.health),
             ("GET", "/v1/models", self.models), ("GET", "/v1/models/{model:path}", self.one_model),
             ("POST", "/v1/chat/completions", self.chat_completions), ("POST", "/v1/completions", self.completions),
-            ("POST", "/v1/embeddings", self.embeddings),
+            ("POST", "/v1/embeddings", self.embeddings), ("POST", "/v1/score", self.score),
         ):
             app.add_api_route(path, endpoint, methods=[method], response_model=None)
 
@@ -228,6 +228,21 @@ class Routes:
         tokens = sum(part["prompt_tokens"] for part in answers)  # counted by each replica's tokenizer
         return {"object": "list", "data": data, "model": body.model,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+    async def score(self, request: Request) -> dict:
+        """POST /v1/score: `{"model", "pairs": [{"instruction", "response"}, ...]}` -> a reward model's
+        `{"object": "list", "model", "scores": [one float per pair, in order]}` (at most max_embedding_inputs
+        pairs per request)."""
+        body: ScoreRequest = await self._body(request, ScoreRequest)
+        most = self.settings.max_embedding_inputs
+        if len(body.pairs) > most:
+            raise ApiError(400, f"{len(body.pairs)} pairs; this server scores at most {most} per request",
+                           param="pairs", code="invalid_value")
+        await self.backend.require(body.model)
+        pairs = [p.model_dump(exclude_none=True) for p in body.pairs]
+        parts = [pairs[i:i + EMBED_CHUNK] for i in range(0, len(pairs), EMBED_CHUNK)]
+        answers = await asyncio.gather(*(self.backend.call(body.model, "rewards", p) for p in parts))
+        return {"object": "list", "model": body.model, "scores": [float(v) for part in answers for v in part]}
 
     def _embedding_inputs(self, body: EmbeddingRequest) -> list[str]:
         texts = body.texts()

@@ -144,6 +144,23 @@ class CompletionRequest(_Sampling):
         return out
 
 
+class ScorePair(BaseModel):
+    """One answer a reward model scores: the question (`instruction`) and the answer (`response`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instruction: str
+    response: str
+    system: str | None = None
+    input: str | None = None
+
+
+class ScoreRequest(_Body):
+    """POST /v1/score: a reward model's score of each pair."""
+
+    pairs: list[ScorePair] = Field(min_length=1)
+
+
 class EmbeddingRequest(_Body):
     input: str | list[str] = Field(min_length=1)
     encoding_format: Literal["float", "base64"] = "float"

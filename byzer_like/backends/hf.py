@@ -160,6 +160,9 @@ class CausalLMPlugin:
                 and "AutoModelForCausalLM" not in auto_map:
             hint = ("deploy it as pretrainedModelType=\"custom/bge\" (a sentence-embedding model) and call it with "
                     "embedding_query / emb" if model_type in ENCODER_CONFIG_TYPES else
+                    "it is a reward model: deploy it as pretrainedModelType=\"reward\" (or with modelTable alone) and "
+                    "call it with llm_param(map(\"instruction\", q, \"response\", a))"
+                    if any(a.endswith("ForSequenceClassification") for a in architectures) else
                     "it serves Hugging Face causal LMs (architectures ...ForCausalLM, ...LMHeadModel) and saas/* services")
             raise ModelDirError(
                 f"{model_dir!r} holds a {architectures[0]} ({model_type!r}), not a causal language model, which "
@@ -640,6 +643,18 @@ class CausalLMPlugin:
                                 run_dir=ctx.run_dir, options=ctx.options, target_modules=self.lora_target_modules,
                                 fallback_template=self.fallback_chat_template, stop_tokens=self.stop_tokens,
                                 cpus=ctx.cpus, gpus=ctx.gpus, reporter=ctx.reporter, resume=ctx.resume)
+
+    def rm_train(self, data_refs: Any, train_params: Mapping[str, str], sys_conf: Mapping[str, str]) -> dict:
+        """A reward model (byzer_like.train.reward) on preference pairs, with this family's LoRA targets and
+        chat template (the template it is saved with, so that a deployment scores the texts it trained on)."""
+        from ..train.context import TrainContext
+        from ..train.reward import rm_train
+
+        ctx = TrainContext.from_call("rm", data_refs, train_params, sys_conf)
+        return rm_train(model_dir=ctx.model_dir, data_path=ctx.data_path, output_dir=ctx.output_dir,
+                        run_dir=ctx.run_dir, options=ctx.options, target_modules=self.lora_target_modules,
+                        fallback_template=self.fallback_chat_template, cpus=ctx.cpus, gpus=ctx.gpus,
+                        reporter=ctx.reporter, resume=ctx.resume)
 
     @staticmethod
     def _meta(n_in: int, n_out: int, finish: str, first: float | None, seconds: float, ignored: list[str]) -> dict:

@@ -172,7 +172,7 @@ class ByzerLLM:
         return self
 
     # -- deployments ---------------------------------------------------------------------------
-    def deploy(self, model_path: str | os.PathLike | None, pretrained_model_type: str, udf_name: str,
+    def deploy(self, model_path: str | os.PathLike | None, pretrained_model_type: str | None, udf_name: str,
                infer_params: Mapping[str, Any] | None = None, *, reconnect: bool | None = None,
                replace: bool | None = None) -> dict:
         """Deploy `model_path` as `udf_name` on `num_workers` replicas; wait until all have loaded it.
@@ -181,9 +181,12 @@ class ByzerLLM:
         own keys. Every check that can fail (plugin, options, model directory) runs before anything
         starts. A relative `model_path` starts at the current directory. `reconnect=True` uses a running
         deployment of that name if it serves this model (a DeployError says what differs otherwise);
-        `replace=True` undeploys it and deploys anew. Returns `{"udf_name", "status": "deployed"|"reconnected", ...}`."""
-        options: dict[str, Any] = {**(infer_params or {}), "pretrained_model_type": pretrained_model_type,
-                                   "udf_name": udf_name}
+        `replace=True` undeploys it and deploys anew. `pretrained_model_type` None with a `model_table`: the type the
+        registry knows (a reward model's scoring back end, else its family). Returns `{"udf_name", "status":
+        "deployed"|"reconnected", ...}`."""
+        options: dict[str, Any] = {**(infer_params or {}), "udf_name": udf_name}
+        if pretrained_model_type is not None:
+            options["pretrained_model_type"] = pretrained_model_type
         if model_path is not None:
             options["model_dir"] = self._local_path(model_path)
         for key, value in (("reconnect", reconnect), ("replace", replace)):
@@ -318,6 +321,16 @@ class ByzerLLM:
             progress: bool = False, **options: Any) -> dict:
         """Kahneman-Tversky optimisation (TRL) on rows of prompt, completion, label (true: desirable)."""
         return self.train("kto", data, model_path=model_path, pretrained_model_type=pretrained_model_type,
+                          output_table=output_table, detached=detached, model_table=model_table, progress=progress,
+                          **options)
+
+    def rm(self, data: Any, *, model_path: str | os.PathLike | None = None, pretrained_model_type: str = "rm/auto",
+           output_table: str | None = None, detached: bool = False, model_table: str | None = None,
+           progress: bool = False, **options: Any) -> dict:
+        """Train a reward model on `data`, preference pairs (columns prompt or instruction, chosen, rejected).
+        Options are those of SQL's rm (`method` lora / full, `max_seq_length`, `eval_split`, `lora_r`...); the
+        registered model (kind "reward") deploys with `deploy(None, None, udf, {"model_table": name})`."""
+        return self.train("rm", data, model_path=model_path, pretrained_model_type=pretrained_model_type,
                           output_table=output_table, detached=detached, model_table=model_table, progress=progress,
                           **options)
 
@@ -554,6 +567,13 @@ class ByzerLLM:
         """One text's vector."""
         return self.emb(model, [text])[0]
 
+    def score(self, model: str | None, pairs: "Mapping[str, Any] | Sequence[Mapping[str, Any]]") -> list[float]:
+        """A deployed reward model's score of each pair, in order: `pairs` is one `{"instruction": question,
+        "response": answer}` (optional `system`, `input`) or a list of them; one float per pair (higher: an answer
+        the model prefers). ConfigError for a malformed pair; NotSupportedError when `model` is no reward model."""
+        items = [pairs] if isinstance(pairs, Mapping) else list(pairs)
+        return self.runtime.rewards(self._model(model), items)
+
     # -- HTTP API --------------------------------------------------------------------------------
     def serve(self, host: str = "127.0.0.1", port: int = 8000, *, api_key: str | None = None,
               max_tokens_cap: int = 4096, max_body_bytes: int = 1 << 20, replace: bool = False,
@@ -607,7 +627,8 @@ class ByzerLLM:
         """Evaluate `model` (a deployed model's name, or a registry version: `m`, `m@v2`, `m@production`, deployed
         for the evaluation and removed after it) on `data` (a table or a list of row dicts with prompt and
         reference columns, see `byzer_like.eval.evalset`). `options`: the keys of SQL's `action="eval"` in
-        snake_case (judge, judge_mode, judge_prompt, choices, reference_column, max_new_tokens, evalset...).
+        snake_case (judge, judge_mode, judge_prompt, choices, reference_column, max_new_tokens, evalset, reward_model
+        for metrics="reward"...).
 
         Returns an `EvalResult`: `.summary` (a dict of metrics and facts, recorded in the catalog) and
         `.rows` (pyarrow); `summary, rows = llm.evaluate(...)` gives the rows as a pandas DataFrame."""

@@ -86,12 +86,13 @@ def judge_prompts(template: str, es: EvalSet, predictions: Sequence[str | None])
 
 def measure(es: EvalSet, ms: Sequence[M.Metric], labels: list[str] | None, predictions: list[str | None],
             errors: list[str | None], *, scores: Sequence[Mapping[str, Any]] | None = None,
-            judge_mode: str = "score", judge_replies: Sequence[str | None] | None = None) -> tuple[dict, Any, dict]:
+            judge_mode: str = "score", judge_replies: Sequence[str | None] | None = None,
+            rewards: Sequence[float | None] | None = None) -> tuple[dict, Any, dict]:
     """The metrics of one evaluation from what the model gave.
 
     `predictions[i]`: row i's answer (None: none, `errors[i]` says why); `scores`: the rows' `{"logprob",
     "tokens"}` (perplexity); `judge_replies`: the judge's reply per row (None: not asked), read in
-    `judge_mode`. Returns (summary dict, per-row pyarrow table, row data for the catalog: keys, predictions,
+    `judge_mode`; `rewards`: a reward model's score of each row's answer (None: no answer). Returns (summary dict, per-row pyarrow table, row data for the catalog: keys, predictions,
     references, per-row values, choices)."""
     import pyarrow as pa
 
@@ -117,6 +118,9 @@ def measure(es: EvalSet, ms: Sequence[M.Metric], labels: list[str] | None, predi
         columns["judge"] = grades
         columns["judge_reply"] = list(judge_replies)
         summary.update({k: _round(v) if isinstance(v, float) else v for k, v in J.summary(judge_mode, grades).items()})
+    if "reward" in names and rewards is not None:
+        columns["reward"] = [None if r is None else float(r) for r in rewards]
+        summary["reward"] = _round(M.mean(columns["reward"]))
     summary["failed_rows"] = sum(e is not None for e in errors)
     data: dict[str, list] = {"row": list(range(1, es.rows + 1))}
     data.update({k: v for k, v in es.extra.items() if k not in ("row", "prediction", "reference", *columns)})

@@ -236,7 +236,7 @@ class Metric:
 
     `needs`: "reference" (a reference column), "choices" (a reference column and `choices`), "scores"
     (the model's token log-probabilities of the references: the plugin's `score_text`), "judge" (a
-    deployed judge model). `row(prediction, reference)` is the per-row value (None for metrics that exist
+    deployed judge model), "reward" (a deployed reward model's score of each answer). `row(prediction, reference)` is the per-row value (None for metrics that exist
     only over a corpus); `summary(values, predictions, references, choices)` the one number over rows
     (default: the mean of the row values). `higher_is_better` orders versions; `source` names the
     definition or library."""
@@ -276,10 +276,12 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
            "perplexity of the references given their prompts (a text table: of its text)"),
     Metric("judge", "judge", None, None, True, "LLM-as-judge (eval.judge)",
            "a judge model's grade per row: mean 1-10 score, or win rate against the reference (pairwise)"),
+    Metric("reward", "reward", None, None, True, "a deployed reward model's score (rm/<family>, rewardModel=)",
+           "the mean score a reward model gives the answers (higher: answers it prefers); needs no reference"),
 )}
 ALIASES = {"em": "exact_match", "exact": "exact_match", "strict_exact_match": "exact_match_strict",
            "f1": "token_f1", "rougel": "rouge_l", "rouge-l": "rouge_l", "rouge": "rouge_l", "sacrebleu": "bleu",
-           "ppl": "perplexity", "llm_judge": "judge", "acc": "accuracy"}
+           "ppl": "perplexity", "llm_judge": "judge", "acc": "accuracy", "rm": "reward"}
 
 
 def metric(name: str) -> Metric:

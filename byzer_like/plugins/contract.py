@@ -24,7 +24,8 @@ Required: `init_model`, `stream_chat`. Training (`sft_train`, `sfft_train`, and 
 `dpo_train`, `orpo_train`, `kto_train`) is required only when a training job asks for it. Optional: `batch_chat` (many requests in one batched forward pass),
 `embed_query` (and `embed_documents`: many texts in batches), `get_meta`, `check_model_dir` (raise before
 anything starts), `infer_param_names` (extra `where` keys the plugin reads), `score_text` (token
-log-likelihoods of texts: perplexity in evaluation), `build_prompt` (the prompt text of a request), and
+log-likelihoods of texts: perplexity in evaluation), `score` (a reward model's one number per
+(instruction, response) pair: `Score` below), `build_prompt` (the prompt text of a request), and
 the attribute `needs_model_dir = False` for a plugin of a remote model that deploys without a model
 directory (`saas/openai`).
 
@@ -71,7 +72,7 @@ from ..tasks import TASKS
 REQUIRED = ("init_model", "stream_chat")
 TRAINING = tuple(task.entry_point for task in TASKS.values())  # sft_train, sfft_train, dpo_train, ...
 OPTIONAL = ("batch_chat", "embed_query", "embed_documents", "get_meta", "check_model_dir", "infer_param_names",
-            "score_text", "engine", "runtime_env", "load_adapter", "unload_adapter")
+            "score_text", "score", "engine", "runtime_env", "load_adapter", "unload_adapter")
 
 
 @runtime_checkable
@@ -156,6 +157,15 @@ class ScoreText(Protocol):
         `{"logprob": <sum of natural-log probabilities>, "tokens": <tokens scored>}` per item, in order."""
 
 
+class Score(Protocol):
+    def score(self, model: Any, tokenizer: Any, pairs: Sequence[Mapping[str, Any]]) -> list[float]:
+        """A reward model's scores (`backends/reward.py`, trained by `rm/<family>`): `pairs` is a list of
+        `{"instruction": str, "response": str}` (optional `system`, and `input` added to the instruction);
+        returns one float per pair, in order (higher: the better answer to that instruction). A plugin that
+        provides it serves SQL's model calls as one DOUBLE per row when its `get_meta` says `"kind": "reward"`;
+        `ByzerLLM.score` and `POST /v1/score` reach it too. It never streams."""
+
+
 class ServesAdapters(Protocol):
     def load_adapter(self, model: Any, adapter_dir: str, name: str) -> None:
         """Load the LoRA adapter in `adapter_dir` (trained on this model) under `name`; the requests whose
@@ -197,6 +207,9 @@ class ChatEngine(Protocol):
 
     async def score(self, items: Sequence[Mapping[str, Any]]) -> list[dict]:
         """Token log-likelihoods, `ScoreText.score_text`'s items and answers (NotSupportedError without it)."""
+
+    async def rewards(self, pairs: Sequence[Mapping[str, Any]]) -> list[float]:
+        """One reward per pair, `Score.score`'s pairs and answers (NotSupportedError without it)."""
 
     async def tokenize(self, text: str) -> list[str]:
         """`text` as the model's tokens (strings)."""

@@ -128,6 +128,9 @@ class ThreadEngine:
     async def score(self, items: Sequence[Mapping[str, Any]]) -> list[dict]:
         return await self.run(self.plugin.score, self.model, self.tokenizer, list(items))
 
+    async def rewards(self, pairs: Sequence[Mapping[str, Any]]) -> list[float]:
+        return await self.run(self.plugin.rewards, self.model, self.tokenizer, list(pairs))
+
     async def tokenize(self, text: str) -> list[str]:
         return await self.run(self.plugin.tokenize, self.model, self.tokenizer, text)
 
@@ -192,6 +195,9 @@ class OwnEngine:
 
     async def score(self, items: Sequence[Mapping[str, Any]]) -> list[dict]:
         return await self.functions.score(items)
+
+    async def rewards(self, pairs: Sequence[Mapping[str, Any]]) -> list[float]:
+        return await self.functions.rewards(pairs)
 
     async def tokenize(self, text: str) -> list[str]:
         return await self.functions.tokenize(text)

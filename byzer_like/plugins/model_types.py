@@ -7,6 +7,7 @@ SQL's errors, `infer_backend`, the client, the CLI (`byzer-like models types`) a
     vllm          backends/vllm_engine.py   the same families on vLLM's engine (`vllm/<family>`)
     encoder       backends/encoder.py       sentence-embedding encoders (BERT family): vectors, no chat
     remote        backends/remote.py        services that speak the OpenAI protocol (`saas/*`)
+    reward        backends/reward.py        reward models (what `rm/<family>` trains): one score per answer, no chat
 
 The plugin packages in `models/` (installed as `byzer_like_models`) build their plugin objects from this
 table; a third-party package adds a type through the `byzer_like.models` entry-point group instead. Byzer-LLM's
@@ -24,6 +25,7 @@ BACKENDS: dict[str, str] = {
     "vllm": "the same families on vLLM's async engine (continuous batching, paged KV cache)",
     "encoder": "sentence-embedding encoders (BERT family): vectors, no chat",
     "remote": "a service that speaks the OpenAI protocol (saas/*)",
+    "reward": "reward models (sequence classifiers with one output, trained by rm/<family>): a score per answer",
 }
 
 
@@ -114,6 +116,7 @@ def _table() -> dict[str, ModelType]:
     types += [ModelType(f"saas/{name}", "remote", "byzer_like_models.saas_openai:" +
                         ("plugin" if name == "openai" else f"providers.{name}")) for name in PROVIDERS]
     types.append(ModelType(f"saas/{AZURE.name}", "remote", "byzer_like_models.saas_openai:azure"))
+    types.append(ModelType("reward", "reward", "byzer_like.backends.reward:plugin"))
     return {t.name: t for t in types}
 
 

@@ -30,6 +30,7 @@ _registered: dict[str, str] = {}
 BUILTIN: dict[str, str] = {t.name: t.target for t in MODEL_TYPES.values()}
 ENCODERS = tuple(of_backend("encoder"))
 VLLM_FAMILIES = tuple(name.removeprefix("vllm/") for name in of_backend("vllm"))
+REWARDS = tuple(of_backend("reward"))
 
 
 @lru_cache(maxsize=1)
@@ -45,11 +46,11 @@ def available() -> dict[str, str]:
 def supported_kinds() -> str:
     """What can be served, for errors: the local families and the saas/* types."""
     known = available()
-    local = sorted(n for n in known if "/" not in n and n not in ENCODERS)
+    local = sorted(n for n in known if "/" not in n and n not in ENCODERS and n not in REWARDS)
     saas = sorted(n for n in known if n.startswith("saas/"))
     return (f"Hugging Face causal language models ({', '.join(local)}; custom/<name> is the plugin <name>, else "
             f"auto; vllm/<family> serves one on the vLLM engine), sentence-embedding encoders ({', '.join(ENCODERS)}; "
-            f"custom/bge, custom/m3e) and OpenAI-protocol services ({', '.join(saas)})")
+            f"custom/bge, custom/m3e), reward models ({', '.join(REWARDS)}) and OpenAI-protocol services ({', '.join(saas)})")
 
 
 def resolve(name: str) -> tuple[str, str]:
@@ -85,7 +86,7 @@ def with_backend(name: str, backend: str) -> str:
     if backend != "vllm" or name.lower().startswith(("vllm/", "saas/")):
         return name
     plugin, _ = resolve(name)
-    if backend_of(plugin) in ("remote", "encoder"):  # encoders make vectors on their own back end
+    if backend_of(plugin) in ("remote", "encoder", "reward"):  # encoders and reward models: their own back ends
         return name
     if f"vllm/{plugin}" not in MODEL_TYPES:
         raise UnsupportedModelTypeError(
@@ -303,6 +304,17 @@ class Plugin:
             raise PluginError(f"plugin {self.name!r}: score_text returned {len(out)} scores for {len(items)} texts")
         return [{"logprob": float(o["logprob"]), "tokens": int(o["tokens"])} for o in out]
 
+    def rewards(self, model: Any, tokenizer: Any, pairs: Sequence[Mapping[str, Any]]) -> list[float]:
+        """One reward per pair (`{"instruction", "response"}`; the optional `score`, see contract.Score), in
+        order; NotSupportedError for a plugin that is no reward model."""
+        if not self.has("score"):
+            raise NotSupportedError(f"plugin {self.name!r} does not provide score: it is not a reward model; deploy one "
+                                    'trained with pretrainedModelType="rm/<family>" (modelTable="<its name>")')
+        out = self.target.score(model, tokenizer, [dict(p) for p in pairs])
+        if len(out) != len(pairs):
+            raise PluginError(f"plugin {self.name!r}: score returned {len(out)} rewards for {len(pairs)} pairs")
+        return [float(x) for x in out]
+
     def meta(self, model: Any, tokenizer: Any) -> dict:
         return dict(self.target.get_meta(model, tokenizer)) if self.has("get_meta") else {}
 
@@ -325,6 +337,6 @@ class Plugin:
 
 
 __all__ = [
-    "BUILTIN", "ENCODERS", "ENTRY_POINT_GROUP", "Plugin", "available", "backend_of", "check", "load",
+    "BUILTIN", "ENCODERS", "REWARDS", "ENTRY_POINT_GROUP", "Plugin", "available", "backend_of", "check", "load",
     "load_path", "register", "resolve", "supported_kinds", "with_backend", "VLLM_FAMILIES",
 ]

@@ -367,6 +367,26 @@ class Runtime(Evaluations):
                                                     timeout_s=self.setup_config.request_timeout_s), chunks)
             return [s for part in parts for s in part]
 
+    def rewards(self, name: str, pairs: Sequence[Mapping[str, Any]]) -> list[float]:
+        """A reward model's score of each `{"instruction", "response"}` pair (optional `system`, `input`) on
+        deployment `name` (the plugin's optional `score`, see `plugins.contract.Score`), in order. Pairs go in
+        chunks of the replicas' batch size, several at once across the replicas. ConfigError for a pair that is
+        not a mapping with a response; NotSupportedError for a deployment that is no reward model."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        items = [check_pair(p, n) for n, p in enumerate(pairs, 1)]
+        if not items:
+            return []
+        meta = self.meta(name)
+        workers = int(meta.get("num_workers") or 1)
+        size = max(1, int(meta.get("max_batch_size") or self.setup_config.max_batch_size))
+        chunks = [items[k:k + size] for k in range(0, len(items), size)]
+        handle = self.handle(name)
+        with ThreadPoolExecutor(max_workers=min(len(chunks), 2 * workers)) as pool:
+            parts = pool.map(lambda c: manager.call(handle, "rewards", c, udf_name=name,
+                                                    timeout_s=self.setup_config.request_timeout_s), chunks)
+            return [float(s) for part in parts for s in part]
+
     @property
     def result_cache(self):
         """The workspace's result cache (`byzer_like.result_cache.ResultCache`)."""
@@ -578,6 +598,30 @@ def _texts(data: Any, column: str | None) -> list[str]:
     return [str(x) for x in table.column(name).to_pylist() if x is not None]
 
 
+def check_pair(pair: Any, n: int = 1) -> dict:
+    """One pair a reward model scores, as the plugin receives it: `{"instruction", "response"}` (optional
+    `system`, `input`; Byzer's `prompt` / `answer` spellings accepted), every value text. ConfigError naming
+    pair `n` and the accepted keys otherwise."""
+    from ..errors import did_you_mean
+    from ..train.reward import PAIR_KEYS
+
+    if not isinstance(pair, Mapping):
+        raise ConfigError(f"pair {n}: a pair is a mapping {{\"instruction\": <question>, \"response\": <answer>}}, "
+                          f"got {type(pair).__name__}")
+    p = dict(pair)
+    for alias, key in (("prompt", "instruction"), ("answer", "response")):
+        if alias in p and key not in p:
+            p[key] = p.pop(alias)
+    bad = [k for k in p if k not in PAIR_KEYS]
+    if bad:
+        raise ConfigError(f"pair {n}: unknown key {bad[0]!r}; {did_you_mean(bad[0], PAIR_KEYS)}a pair "
+                          f"takes {', '.join(PAIR_KEYS)}")
+    if p.get("response") is None:
+        raise ConfigError(f"pair {n}: no response to score; a pair is {{\"instruction\": <question>, "
+                          "\"response\": <answer>}")
+    return {k: None if v is None else str(v) for k, v in p.items()}
+
+
 def valid_name(name: str) -> None:
     """A deployment name that SQL and Serve accept; ConfigError saying the rule otherwise."""
     try:
@@ -605,4 +649,4 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="row", leave=False)
 
 
-__all__ = ["DeploySpec", "ResolvedModel", "Runtime", "as_str", "valid_name"]
+__all__ = ["DeploySpec", "ResolvedModel", "Runtime", "as_str", "check_pair", "valid_name"]

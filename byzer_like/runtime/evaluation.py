@@ -15,7 +15,7 @@ model promote`), the client and the CLI all take this one route.
 
 `Evaluations` holds the verbs; `Runtime` has them, and so can any object with the members they call
 (`catalog`, `workspace`, `deployment_exists`, `deployments`, `deploy_spec`, `deploy`, `undeploy`, `generate`,
-`score`, optionally `meta`).
+`score`, `rewards` for metric reward, optionally `meta`).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from ..eval import metrics as M
 from ..eval.compare import compare, promote, split_ref
 from ..eval.evalset import reference_value
 from ..eval.measure import EvalResult, judge_prompts, measure, plan, score_items
-from ..plugins import registry
+from .spec import plugin_for
 
 # the metric names in the metric table's order (what tables of results show as columns)
 METRIC_NAMES: tuple[str, ...] = tuple(M.METRICS)
@@ -77,7 +77,7 @@ def evaluate(rt: Any, table: Any, *, udf_name: str | None = None, model_table: s
              reference_column: str | None = None, prompt_column: str | None = None, max_new_tokens: int = 64,
              temperature: float = 0.0, cache: bool = True, evalset: str | None = None, report: bool = True,
              record: bool = True, keep_deployed: bool = False, session_models: Callable[[str], str | None] | None = None,
-             on_rows: Callable[[int], Any] | None = None) -> EvalResult:
+             on_rows: Callable[[int], Any] | None = None, reward_model: str | None = None) -> EvalResult:
     """Evaluate a model on an eval set through runtime `rt`; see the module docstring.
 
     `table`: the eval set (pyarrow, pandas or a list of row dicts; forms in `eval.evalset`). `metrics`:
@@ -86,6 +86,8 @@ def evaluate(rt: Any, table: Any, *, udf_name: str | None = None, model_table: s
     `judge_prompt` replacing the default (placeholders {question}, {prediction}, {reference}).
     `choices`: the labels of accuracy / macro_f1. `max_new_tokens`, `temperature`: the answers' request
     (temperature 0: greedy). `cache`: take answers from the runtime's result cache and keep new ones.
+    `reward_model`: the deployed reward model (`rm/<family>`) whose mean score of the answers is metric
+    `reward` (naming it adds the metric).
 
     Returns an EvalResult. Raises UnknownMetricError, EvalSetError, ConfigError, JudgeNotDeployedError,
     ModelNotDeployedError / ModelNotFoundError (the model), and what deploying and generating raise."""
@@ -93,6 +95,7 @@ def evaluate(rt: Any, table: Any, *, udf_name: str | None = None, model_table: s
     ms, es, labels = plan(table, metrics=metrics, choices=choices, reference_column=reference_column,
                           prompt_column=prompt_column, name=evalset)
     template = _judge_template(rt, ms, judge, judge_mode, judge_prompt)
+    _check_reward_model(rt, ms, reward_model)
     names = [m.name for m in ms]
     if bool(udf_name) == bool(model_table):
         raise ConfigError('evaluate needs the model: modelTable="<name or name@v2>" (a registry version) or '
@@ -106,8 +109,9 @@ def evaluate(rt: Any, table: Any, *, udf_name: str | None = None, model_table: s
         predictions, errors = _answers(rt, target, es, ms, max_new_tokens, temperature, cache, on_rows)
         scores = rt.score(target, score_items(es)) if "perplexity" in names else None
         replies = _judge_replies(rt, judge, template, es, predictions, cache) if template else None
+        rewards = _rewards(rt, reward_model, es, predictions) if reward_model else None
         summary, table_out, row_data = measure(es, ms, labels, predictions, errors, scores=scores,
-                                               judge_mode=judge_mode, judge_replies=replies)
+                                               judge_mode=judge_mode, judge_replies=replies, rewards=rewards)
     finally:
         if deployed_here and not keep_deployed:
             rt.undeploy(target)
@@ -119,9 +123,11 @@ def evaluate(rt: Any, table: Any, *, udf_name: str | None = None, model_table: s
     if judge:
         summary["judge_model"] = judge
         summary["judge_mode"] = judge_mode
+    if reward_model:
+        summary["reward_model"] = reward_model
     params = {"metrics": names, "choices": labels, "max_new_tokens": max_new_tokens, "temperature": temperature,
               "judge_mode": judge_mode if judge else None, "reference_column": reference_column,
-              "prompt_column": prompt_column}
+              "prompt_column": prompt_column, "reward_model": reward_model}
     _keep(rt, head, summary, table_out, {"judge": judge, "judge_prompt": template if judge else None,
                                          "params": params, "row_data": row_data}, report=report, record=record)
     return EvalResult(summary, table_out)
@@ -142,6 +148,31 @@ def _judge_template(rt: Any, ms: list[M.Metric], judge: str | None, judge_mode: 
     if not rt.deployment_exists(judge):
         raise JudgeNotDeployedError(judge, rt.deployments())
     return template
+
+
+def _check_reward_model(rt: Any, ms: list[M.Metric], reward_model: str | None) -> None:
+    """Before any model is asked: metric reward has its reward model (naming one adds the metric to `ms`) and
+    that model is deployed. ConfigError, ModelNotDeployedError (listing the deployments) otherwise."""
+    if "reward" not in [m.name for m in ms] and not reward_model:
+        return
+    if not reward_model:
+        raise ConfigError('metric reward needs the deployed reward model that scores the answers: rewardModel="<udfName>" '
+                          '(a model trained with pretrainedModelType="rm/<family>", deployed with modelTable="<its name>")')
+    if "reward" not in [m.name for m in ms]:
+        ms.append(M.metric("reward"))
+    if not rt.deployment_exists(reward_model):
+        raise ModelNotDeployedError(reward_model, rt.deployments())
+
+
+def _rewards(rt: Any, reward_model: str, es: Any, predictions: list[str | None]) -> list[float | None]:
+    """The reward model's score of each answered row (its question and answer); None for rows without one."""
+    asked = [i for i, p in enumerate(predictions) if p is not None]
+    out: list[float | None] = [None] * es.rows
+    if asked:
+        scores = rt.rewards(reward_model, [{"instruction": es.questions[i], "response": predictions[i]} for i in asked])
+        for i, v in zip(asked, scores):
+            out[i] = v
+    return out
 
 
 def _keep(rt: Any, head: dict, summary: dict, rows: Any, extra: dict, *, report: bool, record: bool) -> None:
@@ -200,7 +231,7 @@ def _target(rt: Any, udf_name: str | None, model_table: str | None,
 
 def _plugin_for(family: str | None) -> str:
     """The plugin that serves a registry model: its recorded family when a plugin has that name, else auto."""
-    return family if family and family in registry.available() else "auto"
+    return plugin_for("model", family)
 
 
 def _answers(rt: Any, target: str, es: Any, ms: Sequence[M.Metric], max_new_tokens: int, temperature: float,

@@ -90,6 +90,9 @@ class DeploySpec:
         client) resolve them from the current directory and hand them down absolute. Raises ConfigError /
         UnknownOptionError (listing the valid keys), UnknownPluginError, ModelNotFoundError,
         WorkspacePathError, ModelDirError."""
+        options = dict(options)
+        if not DeployOptions.given(options, "pretrained_model_type"):  # the registry knows a modelTable's type
+            options["pretrained_model_type"] = _registry_type(options, catalog, session_models)
         params, model_type, plugin, opts, extra, ignored = cls._options(options, setup)
         setup = remote_resources(setup, plugin.name)
         if opts.model_table not in (None, "command"):  # a loaded model table, or a registered model
@@ -189,6 +192,26 @@ class DeploySpec:
         }
 
 
+def plugin_for(kind: str, family: str | None) -> str:
+    """The model type that serves a registry model of `kind` and recorded `family`: `reward` for a reward
+    model (`backends/reward.py`), else its family when a plugin has that name, else `auto`."""
+    if kind == "reward":
+        return "reward"
+    return family if family and family in registry.available() else "auto"
+
+
+def _registry_type(params: Mapping[str, Any], catalog: Catalog, session_models: SessionModels | None) -> str:
+    """The model type of a deploy that names none: what the registry knows of its `modelTable` (`plugin_for`).
+    ConfigError when there is no registry model to ask (no modelTable, or a session's `load model.` table)."""
+    ref = DeployOptions.given(params, "model_table")
+    if not ref or ref == "command" or (session_models is not None and session_models(str(ref)) is not None):
+        raise ConfigError('deploy needs pretrained_model_type (SQL: pretrainedModelType="<type>", e.g. "auto"); '
+                          'it may be left out only with modelTable="<a registered model>", whose family the registry '
+                          'knows')
+    m = catalog.model(str(ref))  # ModelNotFoundError lists the registered models
+    return plugin_for(m.kind, m.model_type)
+
+
 REMOTE_CPUS_PER_WORKER = 0.1  # a replica of a saas/* model waits on the network: a tenth of a CPU is plenty
 
 
@@ -221,4 +244,4 @@ def as_str(value: Any) -> str:
     return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
 
 
-__all__ = ["DeploySpec", "ResolvedModel", "SessionModels", "as_str", "model_types", "resolve_model"]
+__all__ = ["DeploySpec", "plugin_for", "ResolvedModel", "SessionModels", "as_str", "model_types", "resolve_model"]

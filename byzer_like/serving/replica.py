@@ -129,6 +129,11 @@ class ModelReplica:
         with self._tracked():
             return await self.engine.score(items)
 
+    async def rewards(self, pairs: list[dict]) -> list[float]:
+        """A reward model's score of each `{"instruction", "response"}` pair (the plugin's `score`), in order."""
+        with self._tracked():
+            return await self.engine.rewards(pairs)
+
     async def embed(self, texts: list[str], with_usage: bool = False) -> Any:
         """One vector per text (the plugin's `embed_documents`, else `embed_query`). With `with_usage`,
         `{"vectors": [...], "prompt_tokens": n}`: n counts the texts' tokens with the model's tokenizer

@@ -144,6 +144,10 @@ def _run(session: Any, s: Run, plan: _Plan) -> None:
 
 
 def _deploy(session: Any, s: Run, plan: _Plan, where: dict[str, str]) -> None:
+    if not DeployOptions.given(where, "pretrained_model_type") and DeployOptions.given(where, "model_table"):
+        # the type is the registry's (the model may be registered by an earlier statement): checked as it runs
+        plan.deployments.pop(str(DeployOptions.given(where, "udf_name") or "").lower(), None)
+        return
     plugin, opts = DeploySpec.check_options(where, setup=plan.setup)
     for value, what in ((opts.model_dir, "model_path"), (opts.local_path_prefix, "localPathPrefix"),
                         (opts.adapter_dir, "adapter_dir")):

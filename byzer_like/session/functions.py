@@ -117,6 +117,31 @@ def build_requests(params: list[str | None]) -> tuple[list[dict | None], list[bo
     return requests, embedding, inputs
 
 
+def reward_pairs(params: list[str | None]) -> list[dict | None]:
+    """Per row of a reward model's call: the pair to score, `{"instruction", "response"}` (with `system` and
+    `input` when the map has them), or None for a NULL row, instruction or response (a NULL score).
+    ConfigError for a row whose map has no response."""
+    pairs: list[dict | None] = []
+    for n, raw in enumerate(params, 1):
+        if raw is None:
+            pairs.append(None)
+            continue
+        cfg = _params_object(raw)
+        if "response" not in cfg and "answer" not in cfg:
+            raise ConfigError(f"row {n}: a reward model scores an answer: call it with "
+                              'llm_param(map("instruction", question, "response", answer)); this row has '
+                              f"{', '.join(sorted(cfg)) or 'no keys'}")
+        response = cfg.get("response", cfg.get("answer"))
+        instruction = cfg.get("instruction", cfg.get("prompt"))
+        if response is None or instruction is None:
+            pairs.append(None)
+            continue
+        pair = {"instruction": as_text(instruction), "response": as_text(response)}
+        pair.update({k: as_text(cfg[k]) for k in ("system", "input") if cfg.get(k) is not None})
+        pairs.append(pair)
+    return pairs
+
+
 def result_json(request: dict, result: dict) -> str:
     out = {
         "output": result.get("output"),

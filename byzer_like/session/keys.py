@@ -58,6 +58,7 @@ SECTIONS: tuple[tuple[str, str, Any], ...] = (
     ("dpo", '`run command as LLM.`` where pretrainedModelType="dpo/<family>" and ...;`', "dpo"),
     ("orpo", '`run command as LLM.`` where pretrainedModelType="orpo/<family>" and ...;`', "orpo"),
     ("kto", '`run command as LLM.`` where pretrainedModelType="kto/<family>" and ...;`', "kto"),
+    ("rm", '`run command as LLM.`` where pretrainedModelType="rm/<family>" and ...;` (reward models)', "rm"),
     ('action="merge"', '`run command as LLM.`` where action="merge" and ...;`', MergeOptions),
     ('action="convert"', '`run command as LLM.`` where action="convert" and ...;`', ConvertOptions),
     ('action="quantize"', '`run command as LLM.`` where action="quantize" and ...;`', QuantizeOptions),

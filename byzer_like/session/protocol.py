@@ -50,6 +50,12 @@ class SessionRuntime(Protocol):
         """The LoRA adapters each replica of deployment `name` holds: rows with `replica`, `adapter`,
         `version`, `ref`, `loaded_at` (epoch seconds), `requests`, `capacity`."""
 
+    def meta(self, name: str, *, refresh: bool = False) -> dict:
+        """Deployment `name`'s metadata; `kind` "reward" makes its SQL function return a DOUBLE per row."""
+
+    def rewards(self, name: str, pairs: Sequence[Mapping[str, Any]]) -> list[float]:
+        """A reward model's score of each `{"instruction", "response"}` pair, in order."""
+
     def score(self, name: str, items: Sequence[Mapping[str, Any]]) -> list[dict]:
         """Token log-likelihoods (`{"logprob", "tokens"}` per item): perplexity in `action="eval"`."""
 

@@ -83,7 +83,12 @@ class ModelCalls:
         return models
 
     def register(self, name: str) -> None:
-        """Make deployment `name` a SQL function of one VARCHAR (an `llm_param(...)`) returning the answer JSON."""
+        """Make deployment `name` a SQL function of one VARCHAR (an `llm_param(...)`) returning the answer JSON,
+        or, for a reward model (its meta's `kind` is "reward"), the DOUBLE score of the row's pair."""
+        if self._kind(name) == "reward":
+            self._register_reward(name)
+            return
+
         def call(params: pa.Array) -> pa.Array:
             try:
                 return pa.array(self.answer(name, params.to_pylist()), type=pa.string())
@@ -94,6 +99,44 @@ class ModelCalls:
         self.session.con.create_function(name, call, [sqltypes.VARCHAR], sqltypes.VARCHAR, type="arrow",
                                          null_handling="special", side_effects=True)
         self.registered.add(name.lower())
+
+    def _kind(self, name: str) -> str | None:
+        """What deployment `name` serves, from its meta (`kind`: "reward", "embedding", ...; None for a chat model
+        or a runtime without metadata)."""
+        meta = getattr(self.session.runtime, "meta", None)
+        if meta is None:
+            return None
+        return meta(name).get("kind")
+
+    def _register_reward(self, name: str) -> None:
+        """Deployment `name` (a reward model) as a SQL function of one VARCHAR returning DOUBLE: each row's
+        `llm_param(map("instruction", q, "response", a))` scored, in row order (the runtime's `rewards`, in
+        chunks across the replicas); NULL for a NULL row, instruction or response."""
+        def call(params: pa.Array) -> pa.Array:
+            try:
+                return pa.array(self.rewards(name, params.to_pylist()), type=pa.float64())
+            except BaseException as e:  # noqa: BLE001 - DuckDB would flatten it to text; kept and re-raised
+                self.call.error = e
+                raise
+
+        self.session.con.create_function(name, call, [sqltypes.VARCHAR], sqltypes.DOUBLE, type="arrow",
+                                         null_handling="special", side_effects=True)
+        self.registered.add(name.lower())
+
+    def rewards(self, model: str, params: list[str | None]) -> list[float | None]:
+        """One vector of a reward model's function: the rows' `llm_param` JSON in, a score per row out."""
+        c = self.call
+        pairs = fx.reward_pairs(params)
+        asked = [i for i, p in enumerate(pairs) if p is not None]
+        out: list[float | None] = [None] * len(params)
+        if asked:
+            for i, v in zip(asked, self.session.runtime.rewards(model, [pairs[i] for i in asked])):
+                out[i] = v
+            c.computed += len(asked)
+            if c.bar is not None:
+                c.bar.update(len(asked))
+        c.rows += len(params)
+        return out
 
     def forget(self, name: str) -> None:
         """Deployment `name` was removed: the next select calling it looks it up again."""

@@ -208,7 +208,7 @@ def evaluate(session: Any, s: Run, where: dict[str, str]) -> Result:
         judge_mode=opts.judge_mode, judge_prompt=opts.judge_prompt, choices=opts.choices,
         reference_column=opts.reference_column, prompt_column=opts.prompt_column, max_new_tokens=opts.max_new_tokens,
         temperature=opts.temperature, cache=opts.cache, evalset=name, report=opts.report,
-        keep_deployed=opts.keep_deployed, session_models=session.model_dir_of)
+        keep_deployed=opts.keep_deployed, session_models=session.model_dir_of, reward_model=opts.reward_model)
     out = opts.output_table or DEFAULT_EVAL_ROWS
     session.put(out, result.rows)
     shown = " ".join(f"{k}={_short(v)}" for k, v in result.summary.items()

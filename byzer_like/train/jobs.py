@@ -153,6 +153,9 @@ class Jobs:
     def _base_model(self, opts: TrainOptions, plugin: registry.Plugin) -> str:
         if opts.model_table not in (None, "command"):
             m = self.catalog.model(opts.model_table)
+            if m.kind == "reward":
+                raise ConfigError(f"{m.ref} is a reward model (a sequence classifier), not a base to train from; "
+                                  "start from the model it was trained on")
             if m.kind != "model":
                 raise ConfigError(f"{m.ref} is a LoRA adapter; merge it first "
                                   f'(run command as LLM.`` where action="merge" and modelTable="{m.ref}" and outputTable="...")')

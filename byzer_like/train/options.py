@@ -112,6 +112,10 @@ class TrainOptions(_Options):
             from ..eval.metrics import parse_metrics
 
             names = [m.name for m in parse_metrics(v)]
+            if "reward" in names:
+                raise ValueError('reward needs a deployed reward model, which a training job cannot call; evaluate the '
+                                 'registered model afterwards with action="eval" and metrics="reward" and '
+                                 'rewardModel="<udfName>"')
             if "judge" in names:
                 raise ValueError('judge cannot run inside a training job; evaluate the registered model afterwards '
                                  'with action="eval" and judge="<udfName>"')
