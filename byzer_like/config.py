@@ -585,6 +585,7 @@ REQUEST_KEYS = {
     "instruction", "system_msg", "user_role", "assistant_role", "history", "temperature", "top_p",
     "max_length", "max_new_tokens", "max_tokens", "stop", "seed", "top_k", "repetition_penalty",
     "embedding", "embedding_query", "response_format", "adapter",
+    "response",  # a reward model's call: the answer it scores after the instruction
 }
 _KWARG_KEYS = {"system_msg", "user_role", "assistant_role", "stop", "seed", "top_k", "repetition_penalty"}
 

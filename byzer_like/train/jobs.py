@@ -87,9 +87,10 @@ class Jobs:
             raise ConfigError(f"{task.name} needs inputTable=\"<table>\" (a table of this session)")
         if table.num_rows == 0:
             raise ConfigError("the training table is empty: nothing to train on")
+        # the data first: a bad table is refused before the cluster is asked anything
+        task.check_function()(options, table, base_dir, plugin, self.setup.for_task(task))
         plan = preflight(task, options, self.setup, self.environment(options.detached), resolve=self.workspace.resolve)
         options, setup = plan.options, plan.setup
-        task.check_function()(options, table, base_dir, plugin, setup)
         if eval_table is not None:
             from ..eval.measure import plan
 
