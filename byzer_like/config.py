@@ -311,8 +311,8 @@ class SetupConfig(_Options):
         """The setup a training job of `task` (a `tasks.TrainingTask`) runs with. For a task whose
         `num_gpus_is_total` (sfft, as Byzer's sfft reads it), `num_gpus` is the total number of cards: the job
         gets num_gpus / gpus_per_worker workers (gpus_per_worker: 1 unless given) and num_gpus is consumed;
-        otherwise (sft, deployments) the setup as it is. ConfigError when the cards do not split into whole
-        workers, or num_workers was given and disagrees (both values quoted)."""
+        otherwise (sft, deployments) the setup as it is. num_gpus decides the workers over a num_workers given
+        before (a deployment's maxConcurrency). ConfigError when the cards do not split into whole workers."""
         if not getattr(task, "num_gpus_is_total", False) or not self.num_gpus:
             return self
         total = self.num_gpus
@@ -326,10 +326,8 @@ class SetupConfig(_Options):
             raise ConfigError(f"num_gpus={total:g} is the total number of cards for {name}: with gpus_per_worker="
                               f"{per:g} that is {workers:g} workers; make num_gpus a multiple of gpus_per_worker")
         workers = int(round(workers))
-        if "num_workers" in self.model_fields_set and self.num_workers != workers:
-            raise ConfigError(f"num_gpus={total:g} is the total number of cards for {name}, {workers} worker(s) of "
-                              f"{per:g} card(s), but num_workers={self.num_workers}; give one of them (or make "
-                              f"num_workers x gpus_per_worker = num_gpus)")
+        # num_gpus decides: a num_workers (Byzer's maxConcurrency) set for an earlier deploy of the same session
+        # must not turn Byzer's `!byzerllm setup "num_gpus=12"` into another number of workers or an error
         values = self.model_dump(include=self.model_fields_set - {"num_gpus"})
         values.update(num_workers=workers, gpus_per_worker=per)
         return type(self).model_validate(values)

@@ -69,12 +69,17 @@ def test_num_gpus_keeps_its_per_worker_meaning_for_deployments_and_sft():
 
 @pytest.mark.parametrize("values, message", [
     ({"num_gpus": "5", "gpus_per_worker": "2"}, r"num_gpus=5 .* gpus_per_worker=2 that is 2.5 workers"),
-    ({"num_gpus": "4", "num_workers": "3"}, r"num_gpus=4 .* 4 worker\(s\) of 1 card\(s\), but num_workers=3"),
     ({"num_gpus": "4", "gpus_per_worker": "0"}, r"gpus_per_worker is 0"),
 ])
 def test_sfft_cards_that_do_not_split_into_workers_are_refused(values, message):
     with pytest.raises(ConfigError, match=message):
         setup(**values).for_task(SFFT)
+
+
+def test_sfft_num_gpus_decides_over_a_num_workers_set_for_an_earlier_deploy():
+    """Byzer's notebooks set maxConcurrency for a deploy, then `setup sfft` and `num_gpus=12`: 12 workers."""
+    settled = setup(maxConcurrency="1").with_values({"mode": "sfft", "num_gpus": "4"}).for_task(SFFT)
+    assert settled.num_workers == 4 and settled.gpus_per_worker == 1.0
 
 
 # -- the workers against the cluster -----------------------------------------------------------------------------
