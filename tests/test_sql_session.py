@@ -107,7 +107,7 @@ def test_a_syntax_error_stops_the_script_before_anything_runs(local, tmp_path):
         ("load json.`../outside.json` as t;", WorkspacePathError, "outside the allowed roots"),
         ("load json.`/etc/passwd` as t;", WorkspacePathError, "outside the allowed roots"),
         ("load json.`data/questions.jsonl` as q; save overwrite q as json.`/tmp/elsewhere`;", WorkspacePathError, "allowed roots"),
-        ("load csv.`data/questions.jsonl` where colour=\"red\" as t;", UnknownOptionError, "delimiter, encoding, header"),
+        ("load csv.`data/questions.jsonl` where colour=\"red\" as t;", UnknownOptionError, "delimiter (or sep), encoding (or charset), header"),
         ("load csv.`data/questions.jsonl` where header=\"maybe\" as t;", ConfigError, "header"),
         ("load json.`data/missing.json` as t;", DataFileError, "does not exist"),
         ('!byzerllm setup "num_workers=two";', ConfigError, "num_workers"),

@@ -230,7 +230,7 @@ def test_bad_training_input_fails_before_anything_starts(llm, session, tiny_mode
         _bad(session, ok, table="empty")
     with pytest.raises(ConfigError, match=r"max_seq_length=8 is too small.*shortest prompt alone has \d+ tokens"):
         _bad(session, ok + ' and `sft.int.max_seq_length`="8"')
-    with pytest.raises(ConfigError, match=r"method.*'lora', 'qlora' or 'full'"):
+    with pytest.raises(ConfigError, match=r"method.*'lora', 'qlora', 'full', 'freeze' or 'prefix'"):
         _bad(session, ok + ' and method="dora"')
     with pytest.raises(UnknownOptionError, match=r"'learningRat'.*learningRate"):
         _bad(session, ok + ' and learningRat="1e-3"')

@@ -109,7 +109,7 @@ def _omit_fields(value: Any) -> set:
     unknown = sorted(names - set(OPTIONAL_FIELDS))
     if unknown:
         n = unknown[0]
-        raise ConfigError(f"saas.omit_fields: {n!r} is no optional request field; {did_you_mean(n, OPTIONAL_FIELDS)}"
+        raise ConfigError(f"saas.omit_fields: {n!r} is no optional request field; {did_you_mean(n, list(OPTIONAL_FIELDS))}"
                           f"the optional fields: {', '.join(OPTIONAL_FIELDS)}")
     return names
 

@@ -92,9 +92,9 @@ class Jobs:
         plan = preflight(task, options, self.setup, self.environment(options.detached), resolve=self.workspace.resolve)
         options, setup = plan.options, plan.setup
         if eval_table is not None:
-            from ..eval.measure import plan
+            from ..eval.measure import plan as eval_plan
 
-            plan(eval_table, metrics=options.eval_metric_names(), name=options.eval_table)
+            eval_plan(eval_table, metrics=options.eval_metric_names(), name=options.eval_table)
         if predict_table is not None:
             from .predict import check as check_predict
 

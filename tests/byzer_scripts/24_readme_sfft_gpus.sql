@@ -1,7 +1,7 @@
--- expect-error: DeviceNotAvailableError
+-- expect-error: ConfigError
 -- needs: ray
 -- Byzer-LLM's README, "pretrain (sfft)" as written (paths changed): twelve cards in all on a cluster
--- without GPUs is refused in the driver, naming the numbers, before any worker starts.
+-- without GPUs is refused in the driver before any worker starts: its three files make fewer rows than workers.
 -- Deepspeed Config
 set ds_config='''
 {
