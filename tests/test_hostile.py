@@ -281,6 +281,7 @@ def _session(arena: Arena) -> Session:
     (source / "q.json").write_text("".join(json.dumps({"id": i, "q": f"question {i}"}) + "\n" for i in range(3)))
     llm = ByzerLLM(workspace=arena.ws)
     llm.runtime.generate = lambda name, requests, **kw: [{"output": "fine", "metadata": {}} for _ in requests]
+    llm.runtime.meta = lambda name, **kw: {}  # a chat model (a select asks each deployment what it serves)
     s = Session(llm, progress=False)
     s.sql("load json.`seed_source_q/q.json` as q;")
     return s
