@@ -156,19 +156,13 @@ def load_model(model_dir: str, opts: PreferenceOptions, target_modules: Sequence
     model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     if opts.method == "full":
         return model, None
-    from peft import LoraConfig, prepare_model_for_kbit_training
+    from peft import prepare_model_for_kbit_training
+
+    from .trainer import lora_config
 
     if opts.method == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    modules: Any = opts.lora_target_modules or list(target_modules) or ["all-linear"]
-    if modules == ["all-linear"]:
-        modules = "all-linear"  # peft's name for every linear layer but the output head
-    present = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    if isinstance(modules, list) and not set(modules) & present:
-        raise ConfigError(f"none of the LoRA target modules {modules} is in this model; its linear layers include "
-                          f"{', '.join(sorted(n for n in present if 'proj' in n or 'attn' in n)[:12])}")
-    return model, LoraConfig(r=opts.lora_r, lora_alpha=opts.lora_alpha, lora_dropout=opts.lora_dropout,
-                             target_modules=modules, task_type="CAUSAL_LM")
+    return model, lora_config(opts, model, target_modules)
 
 
 def training_args(task: str, opts: PreferenceOptions, ckpt_dir: Path, train_rows: int, has_eval: bool,
@@ -176,32 +170,11 @@ def training_args(task: str, opts: PreferenceOptions, ckpt_dir: Path, train_rows
     """The keyword arguments of TRL's config for `task` (DPOConfig, KTOConfig, ORPOConfig): sft's Trainer
     settings (checkpoints in `ckpt_dir` every checkpoint_steps, an evaluation each epoch with `has_eval`, bf16 on
     a GPU that has it but not for qlora, no gradient checkpointing) and the method's beta, loss type, lengths."""
-    import torch
+    from .trainer import trainer_arguments
 
     args: dict[str, Any] = dict(
-        output_dir=str(ckpt_dir),
-        per_device_train_batch_size=opts.batch_size(train_rows),
-        per_device_eval_batch_size=opts.batch_size(train_rows),
-        gradient_accumulation_steps=opts.gradient_accumulation_steps,
-        learning_rate=opts.lr(),
-        num_train_epochs=opts.num_train_epochs,
-        max_steps=opts.max_steps,
-        warmup_steps=opts.warmup_ratio,  # a float below 1 is a fraction of the steps
-        weight_decay=opts.weight_decay,
-        logging_steps=opts.logging_steps,
-        logging_first_step=True,
-        save_strategy="steps",
-        save_steps=opts.checkpoint_steps,
-        save_total_limit=opts.save_total_limit,
-        eval_strategy="epoch" if has_eval else "no",
-        seed=opts.seed,
-        data_seed=opts.seed,
-        use_cpu=not on_gpu,
-        bf16=on_gpu and torch.cuda.is_bf16_supported() and opts.method != "qlora",
+        **trainer_arguments(opts, ckpt_dir, opts.batch_size(train_rows), has_eval, on_gpu),
         gradient_checkpointing=False,
-        report_to=[],  # TensorBoard's callback is given with its folder (sft's `_tensorboard`)
-        disable_tqdm=True,
-        dataloader_num_workers=0,
         remove_unused_columns=False,
         max_length=opts.max_length,
         beta=opts.beta,
@@ -210,7 +183,6 @@ def training_args(task: str, opts: PreferenceOptions, ckpt_dir: Path, train_rows
         args["loss_type"] = opts.loss_type_names()  # several are combined with equal weights
     if task == "kto":
         args["loss_type"] = opts.loss_type
-    if task == "kto":
         args["desirable_weight"] = opts.desirable_weight
         args["undesirable_weight"] = opts.undesirable_weight
     return args

@@ -254,35 +254,21 @@ def _load_model(model_dir: str, tok: Any) -> Any:
 def _lora_config(opts: RmOptions, model: Any, target_modules: Sequence[str]) -> Any:
     """peft's LoraConfig for a reward model: task SEQ_CLS, the score head trained whole (modules_to_save).
     ConfigError when none of the target modules is in the model."""
-    from peft import LoraConfig
+    from .trainer import lora_config
 
-    modules: Any = opts.lora_target_modules or list(target_modules) or ["all-linear"]
-    if modules == ["all-linear"]:
-        modules = "all-linear"
-    present = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    if isinstance(modules, list) and not set(modules) & present:
-        raise ConfigError(f"none of the LoRA target modules {modules} is in this model; its linear layers include "
-                          f"{', '.join(sorted(n for n in present if 'proj' in n or 'attn' in n)[:12])}")
-    return LoraConfig(r=opts.lora_r, lora_alpha=opts.lora_alpha, lora_dropout=opts.lora_dropout,
-                      target_modules=modules, task_type="SEQ_CLS", modules_to_save=["score"])
+    return lora_config(opts, model, target_modules, task_type="SEQ_CLS", modules_to_save=["score"])
 
 
 def _config(opts: RmOptions, ckpt_dir: Path, has_eval: bool, on_gpu: bool) -> Any:
     """TRL's RewardConfig from the options (our options build TRL's config, never the other way round)."""
-    import torch
     from trl import RewardConfig
 
+    from .trainer import trainer_arguments
+
     return RewardConfig(
-        output_dir=str(ckpt_dir), per_device_train_batch_size=opts.per_device_batch_size,
-        per_device_eval_batch_size=opts.per_device_batch_size,
-        gradient_accumulation_steps=opts.gradient_accumulation_steps, learning_rate=opts.lr(),
-        num_train_epochs=opts.num_train_epochs, max_steps=opts.max_steps, warmup_steps=opts.warmup_ratio,
-        weight_decay=opts.weight_decay, logging_steps=opts.logging_steps, logging_first_step=True,
-        save_strategy="steps", save_steps=opts.checkpoint_steps, save_total_limit=opts.save_total_limit,
-        eval_strategy="epoch" if has_eval else "no", seed=opts.seed, data_seed=opts.seed, use_cpu=not on_gpu,
-        bf16=on_gpu and torch.cuda.is_bf16_supported(), gradient_checkpointing=False,
-        max_length=opts.max_seq_length, center_rewards_coefficient=opts.center_rewards_coefficient,
-        report_to=[], disable_tqdm=True, dataloader_num_workers=0,
+        **trainer_arguments(opts, ckpt_dir, opts.per_device_batch_size, has_eval, on_gpu),
+        gradient_checkpointing=False, max_length=opts.max_seq_length,
+        center_rewards_coefficient=opts.center_rewards_coefficient,
     )
 
 

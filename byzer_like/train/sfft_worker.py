@@ -394,13 +394,11 @@ def _build_engine(model_dir: str, opts: SfftOptions, ds_config: dict, total_step
 def _lora_model(model: Any, opts: SfftOptions, target_modules: Any) -> Any:
     """`model` wrapped by peft's LoRA (loraR, loraAlpha, loraDropout) on `opts.lora_target_modules`, else the
     plugin's `target_modules`, else every linear layer but the output head (peft's "all-linear")."""
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    modules: Any = list(opts.lora_target_modules or target_modules or ["all-linear"])
-    if modules == ["all-linear"]:
-        modules = "all-linear"
-    config = LoraConfig(r=opts.lora_r, lora_alpha=opts.lora_alpha, lora_dropout=opts.lora_dropout,
-                        target_modules=modules, task_type="CAUSAL_LM")
+    from .trainer import lora_config
+
+    config = lora_config(opts, model, target_modules, check=False)
     return get_peft_model(model, config)
 
 

@@ -169,32 +169,12 @@ def _training_args(opts: SftOptions, ckpt_dir: Path, train_rows: int, has_eval: 
     epoch when there are evalSplit rows (`has_eval`), the batch size for `train_rows` rows, bf16 on a GPU that
     has it (not for qlora), gradient checkpointing (non-reentrant: frozen inputs need no grad) and NEFTune's
     noise when asked."""
-    import torch
     from transformers import TrainingArguments
 
+    from .trainer import trainer_arguments
+
     return TrainingArguments(
-        output_dir=str(ckpt_dir),
-        per_device_train_batch_size=opts.batch_size(train_rows),
-        per_device_eval_batch_size=opts.batch_size(train_rows),
-        gradient_accumulation_steps=opts.gradient_accumulation_steps,
-        learning_rate=opts.lr(),
-        num_train_epochs=opts.num_train_epochs,
-        max_steps=opts.max_steps,
-        warmup_steps=opts.warmup_ratio,  # a float below 1 is a fraction of the steps
-        weight_decay=opts.weight_decay,
-        logging_steps=opts.logging_steps,
-        logging_first_step=True,
-        save_strategy="steps",
-        save_steps=opts.checkpoint_steps,
-        save_total_limit=opts.save_total_limit,
-        eval_strategy="epoch" if has_eval else "no",
-        seed=opts.seed,
-        data_seed=opts.seed,
-        use_cpu=not on_gpu,
-        bf16=on_gpu and torch.cuda.is_bf16_supported() and opts.method != "qlora",
-        report_to=[],  # TensorBoard's callback is given with its folder (`_tensorboard`)
-        disable_tqdm=True,
-        dataloader_num_workers=0,
+        **trainer_arguments(opts, ckpt_dir, opts.batch_size(train_rows), has_eval, on_gpu),
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,
         activation_checkpointing=opts.gradient_checkpointing,  # transformers 5's name of gradient_checkpointing
@@ -341,19 +321,13 @@ def _load_model(model_dir: str, opts: SftOptions, target_modules: Sequence[str],
         from .methods import prefix_model
 
         return prefix_model(model, opts)
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    from .trainer import lora_config
 
     if opts.method == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    modules: Any = opts.lora_target_modules or list(target_modules) or ["all-linear"]
-    if modules == ["all-linear"]:
-        modules = "all-linear"  # peft's name for every linear layer but the output head
-    present = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    if isinstance(modules, list) and not set(modules) & present:
-        raise ConfigError(f"none of the LoRA target modules {modules} is in this model; its linear layers include "
-                          f"{', '.join(sorted(n for n in present if 'proj' in n or 'attn' in n)[:12])}")
-    config = LoraConfig(r=opts.lora_r, lora_alpha=opts.lora_alpha, lora_dropout=opts.lora_dropout,
-                        target_modules=modules, task_type="CAUSAL_LM")
+    config = lora_config(opts, model, target_modules)
     return get_peft_model(model, config)
 
 
