@@ -352,29 +352,20 @@ class Runtime(Evaluations):
         `plugins.contract.ScoreText`): `{"logprob", "tokens"}` per item, in order. Items go in chunks of
         the replicas' batch size, several at once across the replicas. NotSupportedError for a plugin
         that cannot score."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        items = [dict(i) for i in items]
-        if not items:
-            return []
-        meta = self.meta(name)
-        workers = int(meta.get("num_workers") or 1)
-        size = max(1, int(meta.get("max_batch_size") or self.setup_config.max_batch_size))
-        chunks = [items[k:k + size] for k in range(0, len(items), size)]
-        handle = self.handle(name)
-        with ThreadPoolExecutor(max_workers=min(len(chunks), 2 * workers)) as pool:
-            parts = pool.map(lambda c: manager.call(handle, "score", c, udf_name=name,
-                                                    timeout_s=self.setup_config.request_timeout_s), chunks)
-            return [s for part in parts for s in part]
+        return self._chunked(name, "score", [dict(i) for i in items])
 
     def rewards(self, name: str, pairs: Sequence[Mapping[str, Any]]) -> list[float]:
         """A reward model's score of each `{"instruction", "response"}` pair (optional `system`, `input`) on
         deployment `name` (the plugin's optional `score`, see `plugins.contract.Score`), in order. Pairs go in
         chunks of the replicas' batch size, several at once across the replicas. ConfigError for a pair that is
         not a mapping with a response; NotSupportedError for a deployment that is no reward model."""
+        return [float(s) for s in self._chunked(name, "rewards", [check_pair(p, n) for n, p in enumerate(pairs, 1)])]
+
+    def _chunked(self, name: str, method: str, items: list) -> list:
+        """The replicas' `method` over `items` in chunks of their batch size, up to two chunks per replica at
+        once; the answers in order."""
         from concurrent.futures import ThreadPoolExecutor
 
-        items = [check_pair(p, n) for n, p in enumerate(pairs, 1)]
         if not items:
             return []
         meta = self.meta(name)
@@ -383,9 +374,9 @@ class Runtime(Evaluations):
         chunks = [items[k:k + size] for k in range(0, len(items), size)]
         handle = self.handle(name)
         with ThreadPoolExecutor(max_workers=min(len(chunks), 2 * workers)) as pool:
-            parts = pool.map(lambda c: manager.call(handle, "rewards", c, udf_name=name,
+            parts = pool.map(lambda c: manager.call(handle, method, c, udf_name=name,
                                                     timeout_s=self.setup_config.request_timeout_s), chunks)
-            return [float(s) for part in parts for s in part]
+            return [s for part in parts for s in part]
 
     @property
     def result_cache(self):

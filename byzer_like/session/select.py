@@ -85,18 +85,23 @@ class ModelCalls:
     def register(self, name: str) -> None:
         """Make deployment `name` a SQL function of one VARCHAR (an `llm_param(...)`) returning the answer JSON,
         or, for a reward model (its meta's `kind` is "reward"), the DOUBLE score of the row's pair."""
-        if self._kind(name) == "reward":
-            self._register_reward(name)
-            return
+        if self._kind(name) == "reward":  # each row's llm_param(map("instruction", q, "response", a)) scored
+            self._register(name, self.rewards, pa.float64(), sqltypes.DOUBLE)
+        else:
+            self._register(name, self.answer, pa.string(), sqltypes.VARCHAR)
 
+    def _register(self, name: str, answer: Any, arrow_type: Any, sql_type: Any) -> None:
+        """Deployment `name` as a SQL function of one VARCHAR (the llm_param JSON) returning `sql_type`: each
+        batch of rows answered by `answer(name, rows)`, in order. An error is kept on `self.call` and re-raised
+        (DuckDB would flatten it to text)."""
         def call(params: pa.Array) -> pa.Array:
             try:
-                return pa.array(self.answer(name, params.to_pylist()), type=pa.string())
-            except BaseException as e:  # noqa: BLE001 - DuckDB would flatten it to text; kept and re-raised
+                return pa.array(answer(name, params.to_pylist()), type=arrow_type)
+            except BaseException as e:  # noqa: BLE001 - kept and re-raised
                 self.call.error = e
                 raise
 
-        self.session.con.create_function(name, call, [sqltypes.VARCHAR], sqltypes.VARCHAR, type="arrow",
+        self.session.con.create_function(name, call, [sqltypes.VARCHAR], sql_type, type="arrow",
                                          null_handling="special", side_effects=True)
         self.registered.add(name.lower())
 
@@ -107,21 +112,6 @@ class ModelCalls:
         if meta is None:
             return None
         return meta(name).get("kind")
-
-    def _register_reward(self, name: str) -> None:
-        """Deployment `name` (a reward model) as a SQL function of one VARCHAR returning DOUBLE: each row's
-        `llm_param(map("instruction", q, "response", a))` scored, in row order (the runtime's `rewards`, in
-        chunks across the replicas); NULL for a NULL row, instruction or response."""
-        def call(params: pa.Array) -> pa.Array:
-            try:
-                return pa.array(self.rewards(name, params.to_pylist()), type=pa.float64())
-            except BaseException as e:  # noqa: BLE001 - DuckDB would flatten it to text; kept and re-raised
-                self.call.error = e
-                raise
-
-        self.session.con.create_function(name, call, [sqltypes.VARCHAR], sqltypes.DOUBLE, type="arrow",
-                                         null_handling="special", side_effects=True)
-        self.registered.add(name.lower())
 
     def rewards(self, model: str, params: list[str | None]) -> list[float | None]:
         """One vector of a reward model's function: the rows' `llm_param` JSON in, a score per row out."""
