@@ -184,6 +184,12 @@ def test_jobs_tensorboard_serves_the_jobs_event_files_on_localhost(ws):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+    import psutil
+
+    deadline = time.monotonic() + 20  # stopping the command stops TensorBoard and its data server too
+    while (left := [p.pid for p in psutil.process_iter(["cmdline"]) if str(folder) in " ".join(p.info["cmdline"] or [])]):
+        assert time.monotonic() < deadline, f"TensorBoard left running after the command stopped: {left}"
+        time.sleep(0.5)
 
 
 # -- 6. the SQL prompt ------------------------------------------------------------------------------

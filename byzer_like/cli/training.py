@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -144,10 +145,10 @@ def _print_logs(jobs: Any, job_id: str, follow: bool) -> int:
 
 
 def _tensorboard(jobs: Any, job_id: str, port: int) -> int:
-    """TensorBoard on 127.0.0.1:`port` over the job's event files, in the foreground until Ctrl-C (its exit
-    status). ConfigError when the job wrote none or the tensorboard package is missing."""
+    """TensorBoard on 127.0.0.1:`port` over the job's event files, in the foreground until Ctrl-C: this process
+    becomes TensorBoard (exec), so a signal that stops the command stops TensorBoard too and leaves no server
+    behind. ConfigError when the job wrote none or the tensorboard package is missing."""
     import importlib.util
-    import subprocess
 
     folder = jobs.record(job_id)["tensorboard_dir"]
     if folder is None:
@@ -156,8 +157,9 @@ def _tensorboard(jobs: Any, job_id: str, port: int) -> int:
     if importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("TensorBoard is not installed in this environment: pip install tensorboard")
     print(f"TensorBoard for job {job_id} ({folder}): http://127.0.0.1:{port}/ (Ctrl-C stops it)", flush=True)
-    return subprocess.call([sys.executable, "-m", "tensorboard.main", "--logdir", folder, "--host", "127.0.0.1",
-                            "--port", str(port)])
+    os.execv(sys.executable, [sys.executable, "-m", "tensorboard.main", "--logdir", folder, "--host", "127.0.0.1",
+                              "--port", str(port)])
+    return OK  # not reached: exec replaces this process
 
 
 def _stop_job(jobs: Any, job_id: str) -> int:
