@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from ..errors import closest
-from .options import SftOptions, TrainOptions
+from .options import LoraFields, SftOptions, TrainOptions
 
 # TRL 1.16's DPOConfig.loss_type values (several may be combined: `lossType="sigmoid,sft"`)
 DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
@@ -47,7 +47,7 @@ def loss_types(value: Any, valid: tuple[str, ...], *, many: bool) -> list[str]:
     return names
 
 
-class PreferenceOptions(TrainOptions):
+class PreferenceOptions(LoraFields, TrainOptions):
     """Keys every preference method takes: the adapter (as sft's), batch, lengths and beta."""
 
     kind: ClassVar[str] = ""
@@ -55,10 +55,6 @@ class PreferenceOptions(TrainOptions):
 
     pretrained_model_type: str = Field(description="dpo/<family>, orpo/<family> or kto/<family>")
     method: Literal["lora", "qlora", "full"] | None = _like_sft("method")  # None: settled as sft's is
-    lora_r: int = _like_sft("lora_r")
-    lora_alpha: float = _like_sft("lora_alpha")
-    lora_dropout: float = _like_sft("lora_dropout")
-    lora_target_modules: list[str] | None = _like_sft("lora_target_modules")
     per_device_batch_size: int | None = _like_sft("per_device_batch_size")
     learning_rate: float | None = Field(None, gt=0, lt=1, description="the peak learning rate (default: 5e-6 with "
                                         "lora / qlora, 1e-6 full)")

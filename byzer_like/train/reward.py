@@ -14,15 +14,14 @@ imported inside `rm_train`.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Literal, Mapping, Sequence
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, model_validator
 
 from ..errors import ConfigError
-from .options import TrainOptions
+from .options import LoraFields, TrainOptions
 
 PROMPT_COLUMNS = ("prompt", "instruction")
 PAIR_COLUMNS = ("chosen", "rejected")
@@ -32,7 +31,7 @@ PREFERENCE_FORMS = ("a preference table: columns prompt (or instruction, with an
                     "rejected (the preferred and the worse answer to it); optional system")
 
 
-class RmOptions(TrainOptions):
+class RmOptions(LoraFields, TrainOptions):
     """Reward-model training (`rm/<family>`, `!byzerllm setup rm`)."""
 
     kind: ClassVar[str] = "rm"
@@ -47,22 +46,11 @@ class RmOptions(TrainOptions):
         4, ge=1, le=4096,
         validation_alias=AliasChoices("per_device_batch_size", "perDeviceBatchSize", "batch_size", "batchSize"),
         description="pairs per step on each worker (each pair is two sequences)")
-    lora_r: int = Field(8, ge=1, le=4096, description="LoRA: the rank of the adapter's matrices")
-    lora_alpha: float = Field(16.0, gt=0, description="LoRA: the adapter's scale (alpha / r)")
-    lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA: dropout on the adapter's input")
-    lora_target_modules: list[str] | None = Field(None, description="default: the plugin's")
     center_rewards_coefficient: float | None = Field(
         None, ge=0, description="TRL's centring term: this times the mean squared reward is added to the loss, "
                                 "keeping rewards near 0 (0.01 is the recommended value)")
 
     default_eval_metrics: ClassVar[str] = "exact_match"
-
-    @field_validator("lora_target_modules", mode="before")
-    @classmethod
-    def _modules(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            v = json.loads(v) if v.strip().startswith("[") else [m.strip() for m in v.split(",") if m.strip()]
-        return v
 
     @model_validator(mode="after")
     def _no_eval_table(self):
