@@ -336,12 +336,12 @@ class ByzerLLM:
 
     def train(self, task: str, data: Any, *, model_path: str | os.PathLike | None = None,
               pretrained_model_type: str | None = None, output_table: str | None = None, detached: bool = False,
-              model_table: str | None = None, progress: bool = False, predict: Any = None, **options: Any) -> dict:
+              model_table: str | None = None, progress: bool = False, predict_table: Any = None, **options: Any) -> dict:
         """Run training task `task` (a name of `byzer_like.tasks.TASKS`: sft, sfft, ...) on `data`.
 
         A relative `model_path` starts at the current directory; the other options are SQL's (their
         paths, such as `local_path_prefix`, start at the workspace). sfft takes `local_data_dir` (a folder
-        of text files, read as SQL's `load text.` reads them) in place of `data` (None). `predict`: rows
+        of text files, read as SQL's `load text.` reads them) in place of `data` (None). `predict_table`: rows
         (a DataFrame, a list of dicts, an Arrow table) the trained model answers before the job ends, SQL's
         predictTable: the job's `metrics["predictions"]` names the parquet file of its answers."""
         from ..tasks import get as get_task
@@ -364,11 +364,11 @@ class ByzerLLM:
             from ..session.io import text_dir_table
 
             table = text_dir_table(self.runtime.workspace, str(data_dir))
-        predict_table = None
-        if predict is not None:
-            predict_table = _as_table(predict)
-            params.setdefault("predict_table", "predict")
-        return self.runtime.train(task, params, table, progress=progress, predict_table=predict_table)
+        predict = None
+        if predict_table is not None:  # SQL's predictTable names a table; here it is the rows themselves
+            predict = _as_table(predict_table)
+            params["predict_table"] = "predict_table"
+        return self.runtime.train(task, params, table, progress=progress, predict_table=predict)
 
     def merge(self, model_table: str, output_table: str, *, overwrite: bool = False) -> dict:
         """Merge a registered LoRA adapter into its base model and register the result."""
