@@ -276,30 +276,40 @@ def test_gptq_runs_where_gptqmodel_is_installed_and_says_how_to_get_it_otherwise
 
 
 # -- ZeRO-2 and ZeRO-3 checkpoints written by sfft, converted (a real Ray cluster) ---------------------------
-@pytest.fixture(scope="module")
-def sfft_runs(llm, workspace, tiny_models):
-    """One short sfft run per ZeRO stage (2 workers, 2 optimizer steps, a checkpoint at the end): the job's
-    exported model and its last checkpoint folder."""
-    from test_sfft import english_lines
+class _SfftRuns(dict):
+    """One short sfft run per ZeRO stage (2 workers, 2 optimizer steps, a checkpoint at the end), made the first
+    time its stage is asked for: the job's exported model and its last checkpoint folder."""
 
-    runs = {}
-    llm.setup_num_workers(2)
-    llm.setup_cpus_per_worker(1)
-    try:
-        for stage in (2, 3):
-            row = llm.sfft([{"text": t} for t in english_lines(64)], model_path=tiny_models["llama"],
+    def __init__(self, llm, tiny_models):
+        super().__init__()
+        self.llm, self.tiny_models = llm, tiny_models
+
+    def __missing__(self, stage):
+        from test_sfft import english_lines
+
+        llm = self.llm
+        llm.setup_num_workers(2)
+        llm.setup_cpus_per_worker(1)
+        try:
+            row = llm.sfft([{"text": t} for t in english_lines(64)], model_path=self.tiny_models["llama"],
                            pretrained_model_type="sfft/llama", output_table=f"sfft_z{stage}", maxSteps=2,
                            checkpointSteps=2, zeroStage=stage, perDeviceBatchSize=2, learningRate=3e-3,
                            **{"sfft.int.max_length": 32})
-            assert row["state"] == "SUCCEEDED", row
-            job = llm.jobs.record(row["job_id"])
-            run = Path(job["run_dir"]) / "ray_train" / row["job_id"]
-            ckpts = sorted(run.glob("checkpoint_step_*"))
-            runs[stage] = {"export": row["artifact"], "run": run, "checkpoint": ckpts[-1]}
-    finally:
-        llm.setup_num_workers(1)
-        llm.setup_cpus_per_worker(0.5)
-    return runs
+        finally:
+            llm.setup_num_workers(1)
+            llm.setup_cpus_per_worker(0.5)
+        assert row["state"] == "SUCCEEDED", row
+        job = llm.jobs.record(row["job_id"])
+        run = Path(job["run_dir"]) / "ray_train" / row["job_id"]
+        ckpts = sorted(run.glob("checkpoint_step_*"))
+        self[stage] = {"export": row["artifact"], "run": run, "checkpoint": ckpts[-1]}
+        return self[stage]
+
+
+@pytest.fixture(scope="module")
+def sfft_runs(llm, workspace, tiny_models):
+    """The sfft runs of the ZeRO stages the module's tests ask for (`_SfftRuns`)."""
+    return _SfftRuns(llm, tiny_models)
 
 
 def logits(model_dir, ids):
@@ -313,7 +323,8 @@ def logits(model_dir, ids):
 
 @pytest.mark.ray
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("stage", [2, 3])
+# ZeRO-2 under -m heavy: its checkpoint's layout is also exported and deployed by tests/test_sfft.py's ZeRO-2 run
+@pytest.mark.parametrize("stage", [pytest.param(2, marks=pytest.mark.heavy), 3])
 def test_zero_checkpoint_converts_with_byzers_keys_to_the_same_logits_and_deploys(sfft_runs, llm, workspace,
                                                                                   tiny_models, stage):
     import torch

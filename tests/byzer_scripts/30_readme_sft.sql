@@ -2,6 +2,7 @@
 -- needs: ray
 -- expect-rows: sft_data=4
 -- expect-jobs: SUCCEEDED
+-- marks: heavy
 -- Byzer-LLM's README, "fine-tune (sft)" (paths changed; num_gpus=0 on this CPU cluster): a detached LoRA job.
 -- load data, we use the dummy data for finetune
 -- data format supported by Byzer-SQL：https://docs.byzer.org/#/byzer-lang/zh-cn/byzer-llm/model-sft
