@@ -54,6 +54,7 @@ def test_models_types_lists_builtins(tmp_path):
     assert {"auto", "gpt2", "llama", "qwen2"} <= set(names)
 
 
+@pytest.mark.heavy  # the same CLI deploy, list, chat and undeploy run in the default run in test_noise's session
 @pytest.mark.timeout(300)
 def test_deploy_list_chat_meta_undeploy(ray_cluster, workspace, tiny_models):
     model = str(tiny_models["gpt2"])
