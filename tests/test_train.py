@@ -310,7 +310,7 @@ def test_freeze_prefix_and_sfft_lora_deploy_by_model_table(llm, session, tiny_mo
                                      llm_config={"temperature": 0.0, "max_new_tokens": 4})
             assert len(answers) == 4 and all(isinstance(str(a), str) for a in answers)
         with pytest.raises(Exception, match="prefix-tuning adapter"):
-            llm.deploy(None, "llama", "base_for_prefix", {})
+            llm.deploy(None, "llama", "base_for_prefix", {"model_path": str(base)})
             deployed.append("base_for_prefix")
             llm.batch_chat(["hi"], model="base_for_prefix", adapter="m_prefix")
     finally:

@@ -380,8 +380,10 @@ def _build_engine(model_dir: str, opts: SfftOptions, ds_config: dict, total_step
     if uses_client_optimizer(cfg):
         decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": opts.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+        # Empty groups are left out (with method lora every trained weight is a matrix): DeepSpeed's ZeRO
+        # optimizer drops them, and a scheduler made over the full list would then step more groups than exist.
+        groups = [{"params": ps, "weight_decay": wd} for ps, wd in ((decay, opts.weight_decay), (no_decay, 0.0)) if ps]
+        optimizer = torch.optim.AdamW(groups, lr=lr)
     if cfg.get("scheduler") is None and optimizer is not None:
         # A plain function (not a callable object or bound method): LambdaLR's state_dict, saved in the
         # DeepSpeed checkpoint, leaves it out, so a resumed run follows its own total_steps.
