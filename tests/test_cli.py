@@ -48,6 +48,25 @@ def test_errors_are_one_line(tmp_path, args, text):
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
+@pytest.mark.timeout(60)
+def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(tmp_path):
+    # `byzer-like models list | head -1`: head exits after one line; the rest of the table meets a closed pipe.
+    code = ("import argparse, byzer_like.cli as cli\n"
+            "def many(args):\n"
+            "    for i in range(200000): print(f'row {i}')\n"
+            "    return 0\n"
+            "p = argparse.ArgumentParser(); p.set_defaults(func=many, verbose=0)\n"
+            "cli.build_parser = lambda: p\n"
+            "raise SystemExit(cli.main([]))\n")
+    env = {**os.environ, "BYZER_LIKE_HOME": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdout.readline() == b"row 0\n"
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=50) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
 def test_models_types_lists_builtins(tmp_path):
     out = run("models", "types", ws=tmp_path)
     names = [line.split()[0] for line in out.stdout.splitlines()]

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Any, Callable, Iterator, Sequence
 
@@ -145,6 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return INTERRUPTED
+    except BrokenPipeError:
+        # The reader closed the pipe (`byzer-like models list | head -1`): it took what it wanted. Python's
+        # own advice (docs "signal", note on SIGPIPE): point stdout at devnull so the exit flush stays quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return OK
     finally:
         disconnect()
         note = workspace_note()  # after the command's output and its error line (which comes first)
