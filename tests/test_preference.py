@@ -154,12 +154,28 @@ def test_dpo_run_logs_rewards_saves_an_adapter_and_resumes(tiny_models, tmp_path
     for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"):
         assert isinstance(m[key], float), key
     assert m["rewards/margins"] > 0  # a step at lr 1e-3 moves the chosen answers' reward above the rejected ones'
+    # the tokens trained on are TRL's own count (what its logs call num_tokens), and their rate over the runtime
+    assert m["tokens"] > 0 and m["tokens_per_s"] == pytest.approx(m["tokens"] / m["train_runtime_s"], rel=0.01)
     log = capsys.readouterr().out
     assert re.search(r"\[byzer-like\] step 2/2 .*loss=[\d.]+ .*rewards/margins=[-\d.e]+ rewards/accuracies=", log)
     assert (tmp_path / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
 
     resumed = _call(plugin, "dpo", tmp_path, base, resume=True, maxSteps="3", **keys)["metrics"]
     assert resumed["resumed_from_step"] == 2 and resumed["steps"] == 3
+
+
+@pytest.mark.timeout(120)
+def test_orpo_run_counts_the_tokens_it_trains_on(tiny_models, tmp_path, capsys):
+    """TRL's ORPO counts no tokens: ours does (prompt + chosen and prompt + rejected, no padding), so an ORPO job's
+    metrics and progress say tokens and tokens/s as DPO's do."""
+    from byzer_like_models.llama import plugin
+
+    pq.write_table(pa.Table.from_pylist(PAIRS), tmp_path / "input.parquet")
+    m = _call(plugin, "orpo", tmp_path, tiny_models["llama"], maxSteps="2", batchSize="4", loggingSteps="1")["metrics"]
+    per_pair = 2 * 3  # at least a prompt token and an answer token in each of a pair's two sequences, and more
+    assert m["steps"] == 2 and m["tokens"] > 8 * per_pair and m["tokens_per_s"] > 0, m
+    rates = [float(x) for x in re.findall(r"\[byzer-like\] step \d/2 .*tokens_per_s=([\d.]+)", capsys.readouterr().out)]
+    assert len(rates) == 2 and all(r > 0 for r in rates), rates
 
 
 def test_prompt_cut_keeps_the_last_tokens(monkeypatch):

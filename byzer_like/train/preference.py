@@ -66,10 +66,23 @@ def _prompt_cut_dpo(base: type) -> type:
 
 
 def _prompt_cut_orpo(base: type) -> type:
-    """ORPOTrainer whose prompts (text, after the chat template) keep only their last `max_prompt_length` tokens."""
+    """ORPOTrainer whose prompts (text, after the chat template) keep only their last `max_prompt_length` tokens,
+    and which counts the tokens it trains on (prompt + chosen and prompt + rejected, no padding) as DPOTrainer
+    does, logging them as `num_tokens`."""
 
     class Trainer(base):
         max_prompt_length: int | None = None
+        _total_train_tokens = 0  # DPO and KTO count these themselves (TRL's num_tokens); ORPO does not
+
+        def training_step(self, model, inputs, *args, **kwargs):  # noqa: ANN001
+            self._total_train_tokens += int(sum(inputs[k].sum() for k in ("chosen_attention_mask",
+                                                                            "rejected_attention_mask") if k in inputs))
+            return super().training_step(model, inputs, *args, **kwargs)
+
+        def log(self, logs, *args, **kwargs):  # noqa: ANN001 - num_tokens in the logs, as DPO and KTO log it
+            if "loss" in logs:
+                logs = {**logs, "num_tokens": float(self._total_train_tokens)}
+            return super().log(logs, *args, **kwargs)
 
         def tokenize_row(self, feature, model=None):  # noqa: ANN001
             n = self.max_prompt_length
@@ -134,7 +147,8 @@ def preference_train(task: str, *, model_dir: str, data_path: str, output_dir: s
     _save(trainer.model, tok, output_dir)
     final_evals = (progress.evals or evaluator(trainer.model)) if evaluator is not None else {}
     metrics = run_metrics(trainer.state, out.training_loss, runtime, train_rows=len(trainer.train_dataset),
-                          eval_rows=len(eval_rows), dropped=dropped, resumed_from=resumed_from)
+                          eval_rows=len(eval_rows), dropped=dropped, resumed_from=resumed_from,
+                          tokens=trained_tokens(trainer))
     metrics.update(final_evals)
     return {"model_dir": str(output_dir), "kind": "model" if opts.method == "full" else "adapter", "metrics": metrics}
 
@@ -225,12 +239,18 @@ def progress_callback(reporter: Reporter, evaluator: Any = None) -> Any:
     return _Progress()
 
 
+def trained_tokens(trainer: Any) -> int:
+    """The tokens `trainer` trained on in this session (prompt + chosen and prompt + rejected for pairs, prompt +
+    completion for KTO; no padding): TRL's own count for DPO and KTO, `_prompt_cut_orpo`'s for ORPO."""
+    return int(getattr(trainer, "_total_train_tokens", 0) or 0)
+
+
 def run_metrics(state: Any, train_loss: float, runtime: float, *, train_rows: int, eval_rows: int, dropped: int,
-                resumed_from: int) -> dict:
+                resumed_from: int, tokens: int = 0) -> dict:
     """The run's metrics from the Trainer's `state`: steps, epoch, train_loss (the Trainer's mean), the first and
     last logged losses, the last logged rewards (rewards/chosen, rewards/rejected, rewards/margins,
-    rewards/accuracies) and eval loss / margins, rows trained on, held out and dropped, runtime (s), the step
-    resumed from."""
+    rewards/accuracies) and eval loss / margins, rows trained on, held out and dropped, `tokens` trained on in
+    this session and their tokens per second of `runtime` (s), the step resumed from."""
     history = state.log_history
     losses = [h["loss"] for h in history if "loss" in h]
     metrics: dict[str, Any] = {
@@ -242,7 +262,9 @@ def run_metrics(state: Any, train_loss: float, runtime: float, *, train_rows: in
         "train_rows": train_rows,
         "eval_rows": eval_rows,
         "dropped_rows": dropped,
+        "tokens": tokens,
         "train_runtime_s": round(runtime, 3),
+        "tokens_per_s": round(tokens / runtime, 2) if runtime > 0 else None,
         "resumed_from_step": resumed_from,
     }
     for key in LOGGED[1:] + EVAL_LOGGED:
@@ -268,4 +290,4 @@ def _evaluator(eval_path: Path, opts: PreferenceOptions, tok: Any, stop_ids: lis
 
 
 __all__ = ["EVAL_LOGGED", "LOGGED", "load_model", "preference_train", "progress_callback", "run_metrics",
-           "training_args", "trl_classes"]
+           "trained_tokens", "training_args", "trl_classes"]
