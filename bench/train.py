@@ -44,7 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-from _report import utc_now, write_json  # noqa: E402
+from _report import machine_info, utc_now, write_json  # noqa: E402
 
 LORA = {"lora_r": 8, "lora_alpha": 16.0, "lora_dropout": 0.05}
 
@@ -223,7 +223,7 @@ def main() -> int:
         out = {"task": args.task, "rows": args.rows, "epochs": args.epochs, "max_seq_length": args.max_seq_length,
                "model": {"family": "llama", "size": args.size, "params": info["params"]}, "cpus": args.cpus,
                "repeats": args.repeats, "omp_wait_policy": args.omp_wait_policy, **results,
-               "machine": C.machine_info(load_start),
+               "machine": machine_info(load_start),
                "timestamp": utc_now()}
         m = out["machine"]
         print()
