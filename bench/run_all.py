@@ -13,6 +13,8 @@ cores they measure). Their output streams to this console as it comes.
     inference       bench/inference.py --replicas 2            --rows 64 --repeats 1 --overhead-calls 5
     sql_inference   bench/sql_inference.py                     --rows 64 --repeats 1
     train           bench/train.py --repeats 2                 --rows 48 --epochs 1 --size tiny --repeats 1
+    train_dpo       bench/train.py --task dpo --rows 200       --task dpo --rows 48 --epochs 1 --size tiny
+                    --epochs 1 --repeats 4                     --repeats 1
     http_api        bench/http_api.py                          --calls 5 --stream-calls 5
     batching        bench/batching.py                          --rows 64 --repeats 1
     eval            bench/eval.py                              --rows 64 --repeats 1
@@ -69,6 +71,8 @@ BENCHMARKS = [
           ["--replicas", "2", "--rows", "64", "--repeats", "1", "--overhead-calls", "5"]),
     Bench("sql_inference", "sql_inference.py", [], ["--rows", "64", "--repeats", "1"]),
     Bench("train", "train.py", ["--repeats", "2"], ["--rows", "48", "--epochs", "1", "--size", "tiny", "--repeats", "1"]),
+    Bench("train_dpo", "train.py", ["--task", "dpo", "--rows", "200", "--epochs", "1", "--repeats", "4"],
+          ["--task", "dpo", "--rows", "48", "--epochs", "1", "--size", "tiny", "--repeats", "1"]),
     Bench("http_api", "http_api.py", [], ["--calls", "5", "--stream-calls", "5"]),
     Bench("batching", "batching.py", [], ["--rows", "64", "--repeats", "1"]),
     Bench("eval", "eval.py", [], ["--rows", "64", "--repeats", "1"]),
@@ -339,6 +343,11 @@ ROWS = [
         "**{ratio_job_plain_train:n2}**",
         ("training {job_train_tokens_per_s:n0} vs {plain_train_tokens_per_s:n0} tokens/s; end to end (job start "
          "included) {ratio_job_plain_end_to_end:n3}; llama {model.size}, {rows} rows, {epochs} epoch(s), {cpus} CPUs, "
+         "median of {repeats}",)),
+    Row("DPO with LoRA as a job vs a plain TRL `DPOTrainer` + peft script (training tokens/s)", "train_dpo",
+        "**{ratio_job_plain_train:n2}**",
+        ("training {job_train_tokens_per_s:n0} vs {plain_train_tokens_per_s:n0} tokens/s; end to end (job start "
+         "included) {ratio_job_plain_end_to_end:n3}; llama {model.size}, {rows} pairs, {epochs} epoch(s), {cpus} CPUs, "
          "median of {repeats}",)),
     Row("2 replicas vs 1 replica, same total CPUs (`batch_chat` rows/s)", "inference", "**{ratio_2_vs_1:n2}**",
         ("2 x {cpus_per_worker_2:n0} CPU {serve_2_rows_per_s:n1} vs 1 x {cpus_per_worker:g} CPU {serve_rows_per_s:n1} "
