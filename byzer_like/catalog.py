@@ -378,9 +378,11 @@ def check_model_name(name: str) -> str:
 
 def main_metrics(metrics: Mapping[str, Any]) -> dict[str, float | None]:
     """The metrics a table of jobs or models shows as columns: `loss` (the final loss, else the last one
-    logged) and `tokens_per_s`; None where a record has none."""
+    logged), `tokens_per_s` and `reward_margin` (a preference run's last logged `rewards/margins`, TRL's
+    mean chosen minus rejected reward); None where a record has none."""
     loss = metrics.get("final_loss", metrics.get("loss"))
-    return {"loss": _float(loss), "tokens_per_s": _float(metrics.get("tokens_per_s"))}
+    return {"loss": _float(loss), "tokens_per_s": _float(metrics.get("tokens_per_s")),
+            "reward_margin": _float(metrics.get("rewards/margins"))}
 
 
 def _float(value: Any) -> float | None:

@@ -235,6 +235,8 @@ def _registry_and_jobs(ws: Path) -> None:
     _job(catalog, "sft-1", "SUCCEEDED", "qa", step=8, total_steps=8, model_version=1, finished_at=time.time(),
          metrics={"final_loss": 0.5, "loss": 0.6, "tokens_per_s": 100.0, "progress": 1.0})
     _job(catalog, "sft-2", "STOPPED", step=3, total_steps=None, finished_at=None, metrics={})
+    _job(catalog, "dpo-1", "SUCCEEDED", "prefs", step=4, total_steps=4, finished_at=time.time(),
+         metrics={"loss": 0.69, "rewards/margins": 0.0421, "tokens_per_s": 50.0})
 
 
 def test_empty_lists_say_none_under_a_header(ws):
@@ -256,18 +258,20 @@ def test_lists_have_headers_local_times_and_integers(ws):
     assert term.wait() == 0
     lines = [line.rstrip() for line in term.out.replace("\r", "").splitlines() if line.strip()]
     header = lines[0].split()
-    assert header[:6] == ["job", "state", "step", "model", "loss", "tokens/s"]
+    assert header[:7] == ["job", "state", "step", "model", "loss", "tokens/s", "margin"]
     done = next(line for line in lines if line.startswith("sft-1"))
     assert lines[0].index("state") == done.index("SUCCEEDED")  # aligned under the header
     assert " 8/8 " in done and " qa@v1 " in done and " 0.5 " in done and " 100 " in done
     assert len(re.findall(TIME, done)) == 2 and "e+09" not in term.out
     assert " 3/? " in next(line for line in lines if line.startswith("sft-2"))
+    assert " 0.0421 " in next(line for line in lines if line.startswith("dpo-1"))  # a preference run's margin
 
     models = run("models", "list", ws=ws)  # piped: tab-separated, same header
     rows = [line.split("\t") for line in models.stdout.splitlines()]
-    assert rows[0] == ["model", "kind", "stage", "method", "type", "loss", "tokens/s", "created", "path"]
-    assert rows[1][:7] == ["qa@v1", "adapter", "candidate", "lora", "llama", "0.1235", "812.5"]
-    assert re.fullmatch(TIME, rows[1][7])
+    assert rows[0] == ["model", "kind", "stage", "method", "type", "loss", "tokens/s", "margin", "created",
+                       "path"]
+    assert rows[1][:8] == ["qa@v1", "adapter", "candidate", "lora", "llama", "0.1235", "812.5", ""]  # no preference run
+    assert re.fullmatch(TIME, rows[1][8])
     Catalog(ws).set_stage("qa@v1", "production")  # which version `qa@production` deploys
     assert run("models", "list", ws=ws).stdout.splitlines()[1].split("\t")[:3] == ["qa@v1", "adapter", "production"]
 

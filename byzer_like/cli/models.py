@@ -56,7 +56,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
     models = Catalog(ws).models()
     if not models:
         note_empty(ws, "no models registered")
-    print_table(("model", "kind", "stage", "method", "type", "loss", "tokens/s", "created", "path"),
+    print_table(("model", "kind", "stage", "method", "type", "loss", "tokens/s", "margin", "created", "path"),
                 [(m.ref, m.kind, m.stage, m.method, m.model_type, *main_metrics(m.metrics).values(),
                   local_time(m.created_at), m.path) for m in models])
     return 0

@@ -109,7 +109,8 @@ def _list_jobs(rt: Any, limit: int | None) -> int:
     rows = jobs.list(limit=limit)
     if not rows:
         note_empty(rt.workspace, "no training jobs")
-    print_table(("job", "state", "step", "model", "loss", "tokens/s", "created", "finished", "method", "error"), [
+    print_table(("job", "state", "step", "model", "loss", "tokens/s", "margin", "created", "finished", "method",
+                 "error"), [
         (r["job_id"], r["state"], f"{r['step']}/{r['total_steps'] or '?'}",
          f"{r['output_table']}@v{r['model_version']}" if r["model_version"] else r["output_table"],
          *main_metrics(json.loads(r["metrics"])).values(), local_time(r["created_at"]),

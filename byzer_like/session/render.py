@@ -43,13 +43,13 @@ def deployments_table(metas: dict[str, dict]) -> pa.Table:
 
 def jobs_table(rows: Sequence[dict]) -> pa.Table:
     """Job rows (`train.jobs.ROW_FIELDS`) as the table SQL shows: times as local timestamps, and the main
-    metrics (`loss`: the final loss, else the last one logged; `tokens_per_s`) as columns beside the whole
+    metrics (`loss`: the final loss, else the last one logged; `tokens_per_s`; `reward_margin`) as columns beside the whole
     `metrics` JSON."""
     schema = pa.schema([
         ("job_id", pa.string()), ("kind", pa.string()), ("method", pa.string()), ("state", pa.string()), ("step", pa.int64()),
         ("total_steps", pa.int64()), ("output_table", pa.string()), ("model_version", pa.int64()),
-        ("artifact", pa.string()), ("loss", pa.float64()), ("tokens_per_s", pa.float64()), ("metrics", pa.string()),
-        ("error", pa.string()), ("detached", pa.bool_()), ("ray_job_id", pa.string()),
+        ("artifact", pa.string()), ("loss", pa.float64()), ("tokens_per_s", pa.float64()),
+        ("reward_margin", pa.float64()), ("metrics", pa.string()), ("error", pa.string()), ("detached", pa.bool_()), ("ray_job_id", pa.string()),
         ("created_at", pa.timestamp("s")), ("finished_at", pa.timestamp("s")),
     ])
     shown = []
@@ -63,7 +63,7 @@ def jobs_table(rows: Sequence[dict]) -> pa.Table:
 
 def registry_table(models: Sequence[Any]) -> pa.Table:
     """The model registry as a table (`!byzerllm model list`): `created_at` a local timestamp, the main
-    metrics (`loss`, `tokens_per_s`) as columns beside the whole `metrics` JSON."""
+    metrics (`loss`, `tokens_per_s`, `reward_margin`) as columns beside the whole `metrics` JSON."""
     rows = [{"name": m.name, "version": m.version, "ref": m.ref, "stage": m.stage, "kind": m.kind,
              "model_type": m.model_type,
              "method": m.method, "base_model": m.base_model, "path": m.path, "job_id": m.job_id,
@@ -73,7 +73,8 @@ def registry_table(models: Sequence[Any]) -> pa.Table:
                         ("kind", pa.string()),
                         ("model_type", pa.string()), ("method", pa.string()), ("base_model", pa.string()),
                         ("path", pa.string()), ("job_id", pa.string()), ("loss", pa.float64()),
-                        ("tokens_per_s", pa.float64()), ("metrics", pa.string()), ("created_at", pa.timestamp("s"))])
+                        ("tokens_per_s", pa.float64()), ("reward_margin", pa.float64()), ("metrics", pa.string()),
+                        ("created_at", pa.timestamp("s"))])
     return pa.Table.from_pylist(rows, schema=schema)
 
 
