@@ -67,6 +67,18 @@ def parents() -> Parents:
     return Parents(flags, common)
 
 
+# The columns `catalog.main_metrics` gives, in its order, as the CLI's lists head them.
+METRIC_HEADERS = {"loss": "loss", "tokens_per_s": "tokens/s", "reward_margin": "margin"}
+
+
+def metric_cells(metrics: dict) -> tuple:
+    """A job's or model's `metrics` as the cells under METRIC_HEADERS (None where a record has none)."""
+    from ..catalog import main_metrics
+
+    shown = main_metrics(metrics)
+    return tuple(shown[k] for k in METRIC_HEADERS)
+
+
 def print_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """A list on stdout: aligned and cut to the terminal's width there, tab-separated into a pipe."""
     print(format_table(header, rows, aligned=sys.stdout.isatty(), width=terminal_width()))

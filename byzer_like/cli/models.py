@@ -9,7 +9,9 @@ from typing import Any
 from ..config import ConvertOptions, QuantizeOptions
 from ..display import local_time
 from ..errors import ConfigError
-from .common import Parents, data_file, note_empty, path_arg, print_row, print_table, runtime, workspace
+from .common import (
+    METRIC_HEADERS, Parents, data_file, metric_cells, note_empty, path_arg, print_row, print_table, runtime, workspace,
+)
 from .flags import ModelFlags, add_model_flags, given
 
 # the option model each command fills, and which of its fields it takes as flags
@@ -50,14 +52,14 @@ def cmd_types(args: argparse.Namespace) -> int:
 def cmd_registry(args: argparse.Namespace) -> int:
     """Every version of every registry model: its reference, kind, stage (candidate, production, archived;
     `name@production` deploys the one at production), how it was made, its main metrics, time and folder."""
-    from ..catalog import Catalog, main_metrics
+    from ..catalog import Catalog
 
     ws = workspace(args)
     models = Catalog(ws).models()
     if not models:
         note_empty(ws, "no models registered")
-    print_table(("model", "kind", "stage", "method", "type", "loss", "tokens/s", "margin", "created", "path"),
-                [(m.ref, m.kind, m.stage, m.method, m.model_type, *main_metrics(m.metrics).values(),
+    print_table(("model", "kind", "stage", "method", "type", *METRIC_HEADERS.values(), "created", "path"),
+                [(m.ref, m.kind, m.stage, m.method, m.model_type, *metric_cells(m.metrics),
                   local_time(m.created_at), m.path) for m in models])
     return 0
 

@@ -16,7 +16,8 @@ from ..errors import ConfigError
 from ..tasks import TASKS
 from ..tasks import get as get_task
 from .common import (
-    JOB_EXIT, NOTHING_TO_DO, OK, Parents, data_file, job_line, kv, note_empty, path_arg, print_table, runtime,
+    JOB_EXIT, METRIC_HEADERS, NOTHING_TO_DO, OK, Parents, data_file, job_line, kv, metric_cells, note_empty, path_arg,
+    print_table, runtime,
 )
 from .flags import WORKER_FIELDS, ModelFlags, add_model_flags, given, unflagged
 
@@ -103,17 +104,14 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def _list_jobs(rt: Any, limit: int | None) -> int:
-    from ..catalog import main_metrics
-
     jobs = rt.jobs
     rows = jobs.list(limit=limit)
     if not rows:
         note_empty(rt.workspace, "no training jobs")
-    print_table(("job", "state", "step", "model", "loss", "tokens/s", "margin", "created", "finished", "method",
-                 "error"), [
+    print_table(("job", "state", "step", "model", *METRIC_HEADERS.values(), "created", "finished", "method", "error"), [
         (r["job_id"], r["state"], f"{r['step']}/{r['total_steps'] or '?'}",
          f"{r['output_table']}@v{r['model_version']}" if r["model_version"] else r["output_table"],
-         *main_metrics(json.loads(r["metrics"])).values(), local_time(r["created_at"]),
+         *metric_cells(json.loads(r["metrics"])), local_time(r["created_at"]),
          local_time(r["finished_at"]), r["method"], r["error"]) for r in rows])
     return OK
 

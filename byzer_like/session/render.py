@@ -43,13 +43,14 @@ def deployments_table(metas: dict[str, dict]) -> pa.Table:
 
 def jobs_table(rows: Sequence[dict]) -> pa.Table:
     """Job rows (`train.jobs.ROW_FIELDS`) as the table SQL shows: times as local timestamps, and the main
-    metrics (`loss`: the final loss, else the last one logged; `tokens_per_s`; `reward_margin`) as columns beside the whole
+    metrics (`catalog.main_metrics`: `loss`, `tokens_per_s`, `reward_margin`) as columns beside the whole
     `metrics` JSON."""
     schema = pa.schema([
         ("job_id", pa.string()), ("kind", pa.string()), ("method", pa.string()), ("state", pa.string()), ("step", pa.int64()),
         ("total_steps", pa.int64()), ("output_table", pa.string()), ("model_version", pa.int64()),
         ("artifact", pa.string()), ("loss", pa.float64()), ("tokens_per_s", pa.float64()),
-        ("reward_margin", pa.float64()), ("metrics", pa.string()), ("error", pa.string()), ("detached", pa.bool_()), ("ray_job_id", pa.string()),
+        ("reward_margin", pa.float64()), ("metrics", pa.string()), ("error", pa.string()), ("detached", pa.bool_()),
+        ("ray_job_id", pa.string()),
         ("created_at", pa.timestamp("s")), ("finished_at", pa.timestamp("s")),
     ])
     shown = []
