@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -244,3 +245,72 @@ def test_a_ppo_job_logs_kl_and_reward_per_step_and_registers_an_adapter(tiny_mod
     entry = jobs.catalog.model("tiny_ppo")
     assert entry.kind == "adapter" and entry.base_model == str(tiny_models["llama"])
     assert Path(entry.path, "adapter_model.safetensors").is_file()
+
+
+# -- the real small model (-m real_model) ------------------------------------------------------------------------
+def _greedy_answers(model_dir: str, questions: list[str], adapter: str | None = None) -> list[str]:
+    """Greedy answers (32 tokens at most) of the model in `model_dir`, with the LoRA `adapter` over it when given."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    model.eval()
+    out = []
+    for q in questions:
+        ids = tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, return_tensors="pt",
+                                      return_dict=True)
+        with torch.inference_mode():
+            gen = model.generate(**ids, max_new_tokens=32, do_sample=False, pad_token_id=tok.eos_token_id)
+        out.append(tok.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
+    return out
+
+
+@pytest.mark.real_model
+@pytest.mark.timeout(2400)
+def test_ppo_raises_smollm2s_mean_reward_on_held_out_prompts(smollm2_dir, tmp_path):
+    """A reward model of SmolLM2 trained on capital-question pairs (the right answer in a sentence over a
+    refusal, an off-topic reply and a wrong capital); PPO against it on 20 questions raises the reward the
+    reward back end's `score` gives the greedy answers to 10 others."""
+    from test_reward import _capital_pairs
+
+    from byzer_like.backends.reward import plugin as reward_backend
+    from byzer_like_models.llama import plugin
+
+    rows = [json.loads(x) for x in (Path(__file__).parent / "fixtures" / "capitals_qa.jsonl").read_text().splitlines()
+            if x.strip()]
+    train, held = rows[:20], rows[20:]
+    base = str(smollm2_dir)
+
+    def call(entry: str, folder: Path, table: list[dict], keys: dict, options: Any = None) -> dict:
+        folder.mkdir()
+        pq.write_table(pa.Table.from_pylist(table), folder / "input.parquet")
+        params = {"localModelDir": base, **keys, "byzer.model_dir": base, "byzer.output_dir": str(folder / "model"),
+                  "byzer.run_dir": str(folder)}
+        if options is not None:
+            params["byzer.options"] = json.dumps(options.model_dump(mode="json"))
+        return getattr(plugin, entry)([str(folder / "input.parquet")], params, {})
+
+    rm = call("rm_train", tmp_path / "rm", _capital_pairs(train, train),
+              {"pretrainedModelType": "rm/llama", "learningRate": "3e-4", "epochs": "2", "batchSize": "4"})
+    keys = {"pretrainedModelType": "ppo/llama", "localModelDir": base, "rewardModel": "smol_rm", "maxSteps": "30",
+            "numGenerations": "4", "batchSize": "8", "maxNewTokens": "24", "learningRate": "5e-5", "beta": "0.02",
+            "loggingSteps": "5", "loraR": "16", "loraAlpha": "32"}
+    opts = PpoOptions.from_params(keys).model_copy(update={"reward_model_dir": rm["model_dir"]})
+    out = call("ppo_train", tmp_path / "ppo", [{"prompt": r["instruction"]} for r in train], keys, opts)
+    assert out["kind"] == "adapter" and out["metrics"]["steps"] == 30, out
+
+    questions = [r["instruction"] for r in held]
+    model, tok = reward_backend.init_model(rm["model_dir"], {}, {})
+
+    def mean_reward(answers: list[str]) -> float:
+        scores = reward_backend.score(model, tok, [{"instruction": q, "response": a} for q, a in zip(questions, answers)])
+        return sum(scores) / len(scores)
+
+    before = mean_reward(_greedy_answers(base, questions))
+    after = mean_reward(_greedy_answers(base, questions, adapter=out["model_dir"]))
+    assert after > before, (before, after, out["metrics"])
