@@ -6,6 +6,7 @@
     orpo  odds-ratio preference optimisation (TRL)         options OrpoOptions  plugin entry point orpo_train
     kto   Kahneman-Tversky optimisation (TRL)              options KtoOptions   plugin entry point kto_train
     rm    reward models on preference pairs (TRL)          options RmOptions    plugin entry point rm_train
+    ppo   online RL against a reward model (TRL's RLOO)    options PpoOptions   plugin entry point ppo_train
 
 A task's name is what users write: the prefix of `pretrainedModelType="sft/llama"`, the mode of
 `!byzerllm setup sft`, the Python method `ByzerLLM.sft(...)`, the job kind `byzer-like jobs list` shows.
@@ -36,7 +37,10 @@ class TrainingTask:
     `num_gpus_is_total`: Byzer's `!byzerllm setup "num_gpus=N"` is the job's total number of cards
     (workers = N / gpus_per_worker, `config.SetupConfig.for_task`), as Byzer's sfft reads it; otherwise
     GPUs per worker, as for a deployment.
-    `summary`: one line for help texts."""
+    `summary`: one line for help texts.
+    `prepare`: import path of `prepare(options, catalog, deployed) -> options`, run at submit before `check`:
+    the options with what they name resolved (ppo: its rewardModel's folder; `deployed` is the runtime, whose
+    `deployments(start=False)` and `meta(name)` say what runs), so that the job needs nothing else."""
 
     name: str
     options: str
@@ -45,6 +49,7 @@ class TrainingTask:
     runner_holds_worker: bool
     summary: str
     num_gpus_is_total: bool = False
+    prepare: str | None = None
 
     def options_model(self) -> Any:
         """The options class (resolved on first use)."""
@@ -52,6 +57,10 @@ class TrainingTask:
 
     def check_function(self) -> Callable[..., None]:
         return _resolve(self.check)
+
+    def prepare_options(self, options: Any, catalog: Any, deployed: Any = None) -> Any:
+        """`options` with what they name resolved at submit (the task's `prepare`); unchanged without one."""
+        return _resolve(self.prepare)(options, catalog, deployed) if self.prepare else options
 
     def parse_options(self, train_params: Any) -> Any:
         """The user's `where` keys (Byzer spellings, typed keys, Python keywords) -> the options model."""
@@ -86,6 +95,10 @@ TASKS: dict[str, TrainingTask] = {
         TrainingTask("rm", "byzer_like.train.reward:RmOptions", "rm_train", "byzer_like.train.reward:check_rm",
                      runner_holds_worker=True,
                      summary="a reward model (one score per answer) on prompt/chosen/rejected pairs (LoRA, full)"),
+        TrainingTask("ppo", "byzer_like.train.ppo:PpoOptions", "ppo_train", "byzer_like.train.ppo:check_ppo",
+                     runner_holds_worker=True, prepare="byzer_like.train.ppo:prepare_ppo",
+                     summary="PPO: answers to prompt rows sampled and scored by a reward model, the policy trained "
+                     "online (TRL's RLOO; LoRA, QLoRA, full)"),
     )
 }
 # what `!byzerllm setup <mode>` accepts: serve models (single), or make the next `run ... as LLM` train

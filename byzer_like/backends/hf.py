@@ -656,6 +656,18 @@ class CausalLMPlugin:
                         fallback_template=self.fallback_chat_template, cpus=ctx.cpus, gpus=ctx.gpus,
                         reporter=ctx.reporter, resume=ctx.resume)
 
+    def ppo_train(self, data_refs: Any, train_params: Mapping[str, str], sys_conf: Mapping[str, str]) -> dict:
+        """PPO (byzer_like.train.ppo: TRL's RLOOTrainer against a reward model's folder, resolved at submit) with
+        this family's LoRA targets, template and stops."""
+        from ..train.context import TrainContext
+        from ..train.ppo import ppo_train
+
+        ctx = TrainContext.from_call("ppo", data_refs, train_params, sys_conf)
+        return ppo_train(model_dir=ctx.model_dir, data_path=ctx.data_path, output_dir=ctx.output_dir,
+                         run_dir=ctx.run_dir, options=ctx.options, target_modules=self.lora_target_modules,
+                         fallback_template=self.fallback_chat_template, stop_tokens=self.stop_tokens,
+                         cpus=ctx.cpus, gpus=ctx.gpus, reporter=ctx.reporter, resume=ctx.resume)
+
     @staticmethod
     def _meta(n_in: int, n_out: int, finish: str, first: float | None, seconds: float, ignored: list[str]) -> dict:
         meta = {

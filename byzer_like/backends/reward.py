@@ -19,7 +19,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from ..config import SetupConfig, parse_bool
 from ..errors import ConfigError, InvalidRequestError, ModelDirError, RewardModelCallError
-from ..train.reward import PAIR_KEYS, pair_messages, reward_text
+from ..train.reward import PAIR_KEYS, pair_messages, reward_text, score_texts
 from .hf_dirs import check_model_files, context_length, model_config, model_facts, worker_device
 
 
@@ -93,33 +93,16 @@ class RewardPlugin:
     def score(self, model: Any, tokenizer: Any, pairs: Sequence[Mapping[str, Any]]) -> list[float]:
         """One reward per pair (`{"instruction", "response"}`, optional `system`, `input`), in order: the
         head's output for the rendered conversation. InvalidRequestError for a pair without a response."""
-        import torch
-
         state: _RewardState = model.byzer_like
-        rows = []
+        texts = []
         for n, p in enumerate(pairs, 1):
             if p.get("response") is None:
                 raise InvalidRequestError(f"pair {n}: no response to score; each pair is "
                                           '{"instruction": <question>, "response": <answer>}')
-            text = reward_text(tokenizer, pair_messages(p.get("instruction"), p.get("system"), p.get("input")),
-                               p["response"])
-            rows.append(tokenizer(text, add_special_tokens=False)["input_ids"][-state.context_length:])
-        out: list[float] = [0.0] * len(rows)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-        for k in range(0, len(order), state.max_batch_size):
-            chunk = order[k:k + state.max_batch_size]
-            width = max(1, max(len(rows[i]) for i in chunk))
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for r, i in enumerate(chunk):
-                ids[r, :len(rows[i])] = torch.tensor(rows[i], dtype=torch.long)
-                mask[r, :len(rows[i])] = 1
-            with torch.inference_mode():
-                logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
-            for r, i in enumerate(chunk):
-                out[i] = float(logits[r, 0])
-        return out
+            texts.append(reward_text(tokenizer, pair_messages(p.get("instruction"), p.get("system"), p.get("input")),
+                                     p["response"]))
+        return score_texts(model, tokenizer, texts, context_length=state.context_length,
+                           batch_size=state.max_batch_size)
 
     # -- what a reward model cannot do -----------------------------------------------------------
     def stream_chat(self, model: Any, tokenizer: Any, ins: str, his: Sequence[Mapping[str, str]], max_length: int = 4096,

@@ -334,6 +334,20 @@ class ByzerLLM:
                           output_table=output_table, detached=detached, model_table=model_table, progress=progress,
                           **options)
 
+    def ppo(self, data: Any, *, reward_model: str | None = None, model_path: str | os.PathLike | None = None,
+            pretrained_model_type: str = "ppo/auto", output_table: str | None = None, detached: bool = False,
+            model_table: str | None = None, progress: bool = False, **options: Any) -> dict:
+        """PPO (TRL's RLOO) on `data`, prompts (a column prompt, or instruction with an optional input, or
+        messages): answers are sampled from the policy and scored by `reward_model`, a deployed reward model's
+        name or a registered one's (trained with `rm(...)`), resolved to its folder at submit. Options are SQL's
+        ppo keys (`num_generations`, `beta` (the KL coefficient), `max_new_tokens`, `learning_rate`, `max_steps`,
+        `method`, `lora_r`, ...). Returns the job's row; its metrics hold each step's mean reward and KL."""
+        if reward_model is not None:
+            options["reward_model"] = reward_model
+        return self.train("ppo", data, model_path=model_path, pretrained_model_type=pretrained_model_type,
+                          output_table=output_table, detached=detached, model_table=model_table, progress=progress,
+                          **options)
+
     def train(self, task: str, data: Any, *, model_path: str | os.PathLike | None = None,
               pretrained_model_type: str | None = None, output_table: str | None = None, detached: bool = False,
               model_table: str | None = None, progress: bool = False, predict_table: Any = None, **options: Any) -> dict:

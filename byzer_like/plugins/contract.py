@@ -21,7 +21,7 @@ Streaming rules (the one place they are written down):
   (`stop` | `length`), `time_to_first_token_s`, `generation_s`.
 
 Required: `init_model`, `stream_chat`. Training (`sft_train`, `sfft_train`, and preference training's
-`dpo_train`, `orpo_train`, `kto_train`) is required only when a training job asks for it. Optional: `batch_chat` (many requests in one batched forward pass),
+`dpo_train`, `orpo_train`, `kto_train`, reward models' `rm_train`, PPO's `ppo_train`) is required only when a training job asks for it. Optional: `batch_chat` (many requests in one batched forward pass),
 `embed_query` (and `embed_documents`: many texts in batches), `get_meta`, `check_model_dir` (raise before
 anything starts), `infer_param_names` (extra `where` keys the plugin reads), `score_text` (token
 log-likelihoods of texts: perplexity in evaluation), `score` (a reward model's one number per
@@ -110,6 +110,11 @@ class TrainablePlugin(Protocol):
     def dpo_train(self, data_refs: Any, train_params: dict[str, str], sys_conf: dict[str, str]) -> Any:
         """Direct preference optimisation on a prompt / chosen / rejected table (`orpo_train` takes the same;
         `kto_train` a prompt / completion / label table). The built-in plugins run `train.preference`."""
+
+    def ppo_train(self, data_refs: Any, train_params: dict[str, str], sys_conf: dict[str, str]) -> Any:
+        """PPO on a prompt table against the reward model whose folder the job resolved at submit (its options,
+        `train_params['byzer.options']`, hold `reward_model_dir`). The built-in plugins run `train.ppo`
+        (TRL's RLOOTrainer)."""
 
 
 def request_arguments(request: Mapping[str, Any]) -> tuple[str, list[dict], dict[str, Any]]:

@@ -391,7 +391,8 @@ class Runtime(Evaluations):
     @property
     def jobs(self) -> Jobs:
         """Training jobs of this workspace: `submit`, `list`, `status`, `logs`, `stop`, `resume`, `wait`."""
-        return Jobs(self.workspace, address=self.address, setup=self.setup_config, connect=self.connect)
+        return Jobs(self.workspace, address=self.address, setup=self.setup_config, connect=self.connect,
+                    deployed=self)
 
     def train(self, task: str | None, params: Mapping[str, Any], table: Any, *, options: Any = None,
               progress: bool = False, eval_table: Any = None, partitions: Sequence[int] | None = None,

@@ -59,6 +59,8 @@ SECTIONS: tuple[tuple[str, str, Any], ...] = (
     ("orpo", '`run command as LLM.`` where pretrainedModelType="orpo/<family>" and ...;`', "orpo"),
     ("kto", '`run command as LLM.`` where pretrainedModelType="kto/<family>" and ...;`', "kto"),
     ("rm", '`run command as LLM.`` where pretrainedModelType="rm/<family>" and ...;` (reward models)', "rm"),
+    ("ppo", '`run command as LLM.`` where pretrainedModelType="ppo/<family>" and rewardModel="..." and ...;` '
+     "(TRL's RLOO against a reward model)", "ppo"),
     ('action="merge"', '`run command as LLM.`` where action="merge" and ...;`', MergeOptions),
     ('action="convert"', '`run command as LLM.`` where action="convert" and ...;`', ConvertOptions),
     ('action="quantize"', '`run command as LLM.`` where action="quantize" and ...;`', QuantizeOptions),

@@ -53,11 +53,14 @@ class Jobs:
 
     `address`: the Ray cluster the caller joined (None: this workspace's own); `setup`: the resources
     and mode a submitted job runs with (recorded with it as its sys_conf); `connect()`: joins the
-    cluster (a blocking job runs as a Ray task on it)."""
+    cluster (a blocking job runs as a Ray task on it); `deployed`: what runs on the cluster, an object with
+    `deployments(start=False) -> {name: status}` and `meta(name) -> dict` (the runtime), for the options
+    that name a deployment (ppo's rewardModel); None: no deployment is known."""
 
     def __init__(self, workspace: Workspace, *, address: str | None = None, setup: SetupConfig | None = None,
-                 connect: Callable[[], Any] | None = None):
+                 connect: Callable[[], Any] | None = None, deployed: Any = None):
         self.workspace = workspace
+        self.deployed = deployed
         self.address = address
         self.setup = setup or SetupConfig()
         self._connect = connect or (lambda: cluster.connect(self.address, self.workspace))
@@ -87,6 +90,7 @@ class Jobs:
             raise ConfigError(f"{task.name} needs inputTable=\"<table>\" (a table of this session)")
         if table.num_rows == 0:
             raise ConfigError("the training table is empty: nothing to train on")
+        options = task.prepare_options(options, self.catalog, self.deployed)  # ppo: the reward model's folder
         # the data first: a bad table is refused before the cluster is asked anything
         task.check_function()(options, table, base_dir, plugin, self.setup.for_task(task))
         plan = preflight(task, options, self.setup, self.environment(options.detached), resolve=self.workspace.resolve)

@@ -6,15 +6,17 @@ from typing import Sequence
 
 
 SAME_AS_LOSS = ("eval_loss", "eval_mean_token_logprob")  # on the loss axis already (or its negative)
-# preference training's reward margin (chosen minus rejected reward, TRL's `rewards/margins`), on the second axis
-MARGINS = ("rewards/margins",)
+# on the second axis: preference training's reward margin (chosen minus rejected reward, TRL's `rewards/margins`),
+# ppo's mean reward of each step's answers and its KL to the reference
+MARGINS = ("rewards/margins", "reward", "kl")
 
 
 def loss_curve(history: Sequence[dict], out_png: str | Path, *, title: str = "") -> str | None:
     """Plot `loss` (and `eval_loss` when present) against `step`, and the evalTable metrics (`eval_exact_match`,
     `eval_perplexity`, ...) on a second axis (logarithmic when perplexity spans more than 10x); None when
     there is nothing to plot. `eval_mean_token_logprob` is left out: `eval_loss` is its negative. Preference
-    training's `rewards/margins` (and its `eval_rewards/margins`) go on the second axis too."""
+    training's `rewards/margins` (and its `eval_rewards/margins`) and ppo's `reward` and `kl` go on the second
+    axis too."""
     train = [(h["step"], h["loss"]) for h in history if h.get("loss") is not None]
     evals = [(h["step"], h["eval_loss"]) for h in history if h.get("eval_loss") is not None]
     if not train and not evals:

@@ -95,6 +95,32 @@ def reward_text(tokenizer: Any, prompt: list[dict[str, str]], response: Any) -> 
     return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=False)
 
 
+def score_texts(model: Any, tokenizer: Any, texts: Sequence[str], *, context_length: int,
+                batch_size: int) -> list[float]:
+    """The reward model's output for each rendered text (`reward_text`), in order: each cut at
+    `context_length` tokens from the left (the answer's end is what the head reads), scored `batch_size` at a
+    time, shortest first, right-padded with the tokenizer's pad token. torch is imported here."""
+    import torch
+
+    rows = [tokenizer(t, add_special_tokens=False)["input_ids"][-context_length:] for t in texts]
+    out: list[float] = [0.0] * len(rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    for k in range(0, len(order), max(1, batch_size)):
+        chunk = order[k:k + max(1, batch_size)]
+        width = max(1, max(len(rows[i]) for i in chunk))
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for r, i in enumerate(chunk):
+            ids[r, :len(rows[i])] = torch.tensor(rows[i], dtype=torch.long)
+            mask[r, :len(rows[i])] = 1
+        with torch.inference_mode():
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
+        for r, i in enumerate(chunk):
+            out[i] = float(logits[r, 0])
+    return out
+
+
 def preference_pairs(rows: Iterable[Mapping[str, Any]], prompt_column: str) -> list[tuple[list[dict], str, str]]:
     """Each row as (prompt messages, chosen, rejected). ConfigError naming the row for a NULL chosen or
     rejected answer, or a pair whose two answers are the same text (nothing to learn from it)."""
@@ -300,4 +326,4 @@ def _save(model: Any, tok: Any, output_dir: str) -> None:
 
 
 __all__ = ["PAIR_KEYS", "PREFERENCE_FORMS", "RmOptions", "check_rm", "encode_pairs", "load_tokenizer", "pair_messages",
-           "preference_form", "preference_pairs", "reward_text", "rm_train"]
+           "preference_form", "preference_pairs", "reward_text", "rm_train", "score_texts"]
