@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import API_KEY
+from byzer_like.errors import ConfigError
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
@@ -302,3 +303,14 @@ def test_three_sft_trained_adapters_in_one_select_equal_each_merged_alone_and_a_
     assert llm.get_meta(BASE, refresh=True)["deployed_at"] == meta["deployed_at"]  # no redeploy
     llm.deploy(None, "llama", "sft_alone_sft_late", {"model_table": "sft_late"})
     assert late == answers_alone(llm, "sft_alone_sft_late") and late != want[None]
+
+
+def test_model_handles_answer_a_question_and_a_batch_through_an_adapter(llm, served):
+    """`llm.model("m")` / `llm.model("m:adapter")`: called with a string, the answer's text; with a list, the
+    batch's answers in order; the same answers as batch_chat's (a stage of a flow needs nothing else)."""
+    base, adapter = llm.model(BASE), llm.model(f"{BASE}:qa_1")
+    assert repr(adapter) == f"<model {BASE}:qa_1>"
+    assert base(PROMPTS[0], **OPTS) == alone(llm, "base_alone")[0]
+    assert adapter(list(PROMPTS), **OPTS) == alone(llm, "alone_1")
+    with pytest.raises(ConfigError, match="takes a question .* not dict"):
+        adapter({"instruction": PROMPTS[0]})

@@ -271,6 +271,7 @@ def _greedy_answers(model_dir: str, questions: list[str], adapter: str | None = 
 
 
 @pytest.mark.real_model
+@pytest.mark.real_train
 @pytest.mark.timeout(2400)
 def test_ppo_raises_smollm2s_mean_reward_on_held_out_prompts(smollm2_dir, tmp_path):
     """A reward model of SmolLM2 trained on capital-question pairs (the right answer in a sentence over a

@@ -29,7 +29,7 @@ from byzer_like.session import Session
 
 from test_smollm2 import CAPITALS, exact_match
 
-pytestmark = [pytest.mark.real_model, pytest.mark.ray]
+pytestmark = [pytest.mark.real_model, pytest.mark.real_train, pytest.mark.ray]
 
 SIGN_OFF = " -- Best, Byzer"
 # (country, capital): the first 40 are trained on, the last 20 held out

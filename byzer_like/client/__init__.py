@@ -666,9 +666,16 @@ class ByzerLLM:
         tables = {evalset: _as_table(data)} if evalset and data is not None else None
         return self.runtime.promote(ref, condition, evalset=evalset, tables=tables)
 
+    def model(self, model: str) -> ModelHandle:
+        """A callable handle on a deployed model (`"m"`, or `"m:adapter"` for one of its registered adapters):
+        `llm.model("m")("question")` is the answer's text, `llm.model("m")(["q1", "q2"])` a batch's answers in
+        order; a stage of a flow (`byzer_like.flows`). LazyLLM's habit too: `.evalset(rows)` sets its eval set and
+        `.eval()` fills `.eval_result`."""
+        return ModelHandle(self, model)
+
     def model_handle(self, model: str) -> ModelHandle:
-        """LazyLLM's habit: a handle on a model whose `.evalset(rows)` sets its eval set and `.eval()` fills
-        `.eval_result`: `m = llm.model_handle("m@v2"); m.evalset(rows); m.eval(); m.eval_result.summary`."""
+        """The same handle as `model(...)`: `m = llm.model_handle("m@v2"); m.evalset(rows); m.eval();
+        m.eval_result.summary`."""
         return ModelHandle(self, model)
 
 

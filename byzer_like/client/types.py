@@ -113,15 +113,36 @@ class Templates:
 
 
 class ModelHandle:
-    """A model (a deployment's name or a registry version) with an eval set, LazyLLM style."""
+    """A model (a deployment's name, `deployment:adapter`, or a registry version) as a callable with an eval set,
+    LazyLLM style: `m("question")` is the answer's text, `m(["q1", "q2"])` the answers of a batch (one list, in
+    order, spread over the replicas), so a handle is a stage of a flow (`byzer_like.flows`)."""
 
     def __init__(self, llm: Any, model: str):
-        """`llm`: the `ByzerLLM` that evaluates; `model`: a deployment's name or a registry version (`m@v2`)."""
+        """`llm`: the `ByzerLLM` that asks and evaluates; `model`: a deployment's name, `name:adapter` (a registered
+        LoRA adapter on that deployment's base) or a registry version (`m@v2`, for `eval`)."""
         self.llm = llm
         self.model = model
         self._rows: Any = None
         self._options: dict[str, Any] = {}
         self.eval_result: Any = None
+
+    def __call__(self, question: Any, **llm_config: Any) -> Any:
+        """`question` a string: the answer's text; a list or tuple of strings: their answers' texts, in order (one
+        batch); `llm_config`: generation options (`max_new_tokens`, `temperature`, ...). ConfigError for
+        anything else (a flow handing a model a dict or a number is a wiring mistake to see at once)."""
+        from ..runtime.adapters import MODEL_ADAPTER_SEP
+
+        name, sep, adapter = self.model.partition(MODEL_ADAPTER_SEP)
+        if isinstance(question, str):
+            return self.llm.chat_oai(question, name, llm_config or None, adapter=adapter if sep else None)[0].output
+        if isinstance(question, (list, tuple)) and all(isinstance(q, str) for q in question):
+            answers = self.llm.batch_chat(list(question), name, llm_config or None, adapter=adapter if sep else None)
+            return [a.output for a in answers]
+        raise ConfigError(f"model {self.model!r} takes a question (a string) or a list of them, not "
+                          f"{type(question).__name__}; put a stage before it that makes the question")
+
+    def __repr__(self) -> str:
+        return f"<model {self.model}>"
 
     def evalset(self, rows: Any, **options: Any) -> "ModelHandle":
         """Set the eval set (rows or a table) and evaluation options (metrics=..., judge=...); returns self."""
