@@ -323,8 +323,9 @@ def logits(model_dir, ids):
 
 @pytest.mark.ray
 @pytest.mark.timeout(900)
-# ZeRO-2 under -m heavy: its checkpoint's layout is also exported and deployed by tests/test_sfft.py's ZeRO-2 run
-@pytest.mark.parametrize("stage", [pytest.param(2, marks=pytest.mark.heavy), 3])
+# both under -m heavy (two sfft runs of their own): a ZeRO-2 checkpoint's layout is also exported and deployed in
+# the default run by tests/test_sfft.py's ZeRO-2 run
+@pytest.mark.parametrize("stage", [pytest.param(2, marks=pytest.mark.heavy), pytest.param(3, marks=pytest.mark.heavy)])
 def test_zero_checkpoint_converts_with_byzers_keys_to_the_same_logits_and_deploys(sfft_runs, llm, workspace,
                                                                                   tiny_models, stage):
     import torch

@@ -116,7 +116,9 @@ def test_lora_through_sql_learns_the_answers_registers_merges_and_deploys(llm, s
 
 
 @pytest.mark.timeout(420)
-@pytest.mark.parametrize("method", ["qlora", "full"])
+# qlora under -m heavy (bitsandbytes' CPU back end trains it slowly here); the default run checks which method a job
+# takes (tests/test_job_preflight.py) and trains LoRA through the same SQL path (test_lora_through_sql...)
+@pytest.mark.parametrize("method", [pytest.param("qlora", marks=pytest.mark.heavy), "full"])
 def test_qlora_and_full_through_sql(llm, session, tiny_models, qa_file, method):
     options = LORA if method == "qlora" else {"learningRate": "3e-3", "epochs": "30", "batchSize": "4",
                                               "sft.int.max_seq_length": "48"}
