@@ -224,8 +224,8 @@ def test_train_a_task_from_the_command_line(ray_cluster, workspace, tiny_models)
     assert out.stdout.strip().endswith(": SUCCEEDED"), out.stdout
     listed = run("models", "list", ws=workspace)
     assert "cli_lora@v1" in listed.stdout and "adapter" in listed.stdout
-    unknown = run("train", "ppo", "--data", str(data), "--model-path", "m", ws=workspace)
-    assert unknown.returncode == 2 and "invalid choice: 'ppo'" in unknown.stderr and "sft" in unknown.stderr
+    unknown = run("train", "grpo", "--data", str(data), "--model-path", "m", ws=workspace)
+    assert unknown.returncode == 2 and "invalid choice: 'grpo'" in unknown.stderr and "sft" in unknown.stderr
     bad = run("train", "sft", "--data", str(workspace / "x.xml"), "--model-path", "m", ws=workspace)
     assert bad.returncode == 1 and bad.stderr.startswith("error: ") and ".jsonl" in bad.stderr
 

@@ -248,8 +248,13 @@ def test_a_ppo_job_logs_kl_and_reward_per_step_and_registers_an_adapter(tiny_mod
 
 
 # -- the real small model (-m real_model) ------------------------------------------------------------------------
-def _greedy_answers(model_dir: str, questions: list[str], adapter: str | None = None) -> list[str]:
-    """Greedy answers (32 tokens at most) of the model in `model_dir`, with the LoRA `adapter` over it when given."""
+SAMPLES = 4  # answers sampled per held-out question
+
+
+def _sampled_answers(model_dir: str, questions: list[str], adapter: str | None = None) -> list[tuple[str, str]]:
+    """(question, answer) for SAMPLES answers (32 tokens at most, temperature 1 as in the rollouts, seed 0) to each
+    question by the model in `model_dir`, with the LoRA `adapter` over it when given: what the policy says, whose
+    mean reward is what RL raises (the greedy answer alone can be at the reward's top before training)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -260,13 +265,15 @@ def _greedy_answers(model_dir: str, questions: list[str], adapter: str | None = 
 
         model = PeftModel.from_pretrained(model, adapter)
     model.eval()
+    torch.manual_seed(0)
     out = []
     for q in questions:
         ids = tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, return_tensors="pt",
                                       return_dict=True)
         with torch.inference_mode():
-            gen = model.generate(**ids, max_new_tokens=32, do_sample=False, pad_token_id=tok.eos_token_id)
-        out.append(tok.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
+            gen = model.generate(**ids, max_new_tokens=32, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                                 num_return_sequences=SAMPLES, pad_token_id=tok.eos_token_id)
+        out += [(q, tok.decode(g[ids["input_ids"].shape[1]:], skip_special_tokens=True)) for g in gen]
     return out
 
 
@@ -276,7 +283,7 @@ def _greedy_answers(model_dir: str, questions: list[str], adapter: str | None = 
 def test_ppo_raises_smollm2s_mean_reward_on_held_out_prompts(smollm2_dir, tmp_path):
     """A reward model of SmolLM2 trained on capital-question pairs (the right answer in a sentence over a
     refusal, an off-topic reply and a wrong capital); PPO against it on 20 questions raises the reward the
-    reward back end's `score` gives the greedy answers to 10 others."""
+    reward back end's `score` gives the policy's answers (4 sampled per question) to 10 others."""
     from test_reward import _capital_pairs
 
     from byzer_like.backends.reward import plugin as reward_backend
@@ -308,10 +315,11 @@ def test_ppo_raises_smollm2s_mean_reward_on_held_out_prompts(smollm2_dir, tmp_pa
     questions = [r["instruction"] for r in held]
     model, tok = reward_backend.init_model(rm["model_dir"], {}, {})
 
-    def mean_reward(answers: list[str]) -> float:
-        scores = reward_backend.score(model, tok, [{"instruction": q, "response": a} for q, a in zip(questions, answers)])
+    def mean_reward(answers: list[tuple[str, str]]) -> float:
+        scores = reward_backend.score(model, tok, [{"instruction": q, "response": a} for q, a in answers])
         return sum(scores) / len(scores)
 
-    before = mean_reward(_greedy_answers(base, questions))
-    after = mean_reward(_greedy_answers(base, questions, adapter=out["model_dir"]))
+    before = mean_reward(_sampled_answers(base, questions))
+    after = mean_reward(_sampled_answers(base, questions, adapter=out["model_dir"]))
+    print(f"ppo: mean reward of the held-out answers {before:.3f} -> {after:.3f}; {out['metrics']}")
     assert after > before, (before, after, out["metrics"])

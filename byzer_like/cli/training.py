@@ -28,7 +28,7 @@ TRAIN_FIELDS = (
     "learning_rate", "num_train_epochs", "max_steps", "per_device_batch_size", "gradient_accumulation_steps",
     "warmup_ratio", "weight_decay", "lora_r", "lora_alpha", "lora_dropout", "zero_stage", "max_failures",
     "checkpoint_steps", "save_total_limit", "logging_steps", "seed", "eval_split", "eval_metrics",
-    "beta", "loss_type", "max_prompt_length",
+    "beta", "loss_type", "max_prompt_length", "reward_model", "num_generations", "max_new_tokens", "temperature",
 )
 # how `train` has always spelled these: `--detach` (on when given, off otherwise)
 TRAIN_SPELLING = {"flags": {"detached": ("--detach",)}, "defaults": {"detached": False}, "switches": ("detached",)}
@@ -51,13 +51,13 @@ def train_flags() -> tuple[ModelFlags, ...]:
 
 
 def _task_note(field: str, first: str, models: dict[str, Any]) -> str:
-    """`sfft only`, or `sfft default: 8` where another task's default differs from the `first` one's."""
+    """`sfft only` where some tasks lack the field, and `sfft default: 8` for each task whose default differs from
+    the `first` one's (`dpo, orpo, kto, ppo only; ppo default: 0.05`)."""
     having = [t for t, m in models.items() if field in m.model_fields]
-    if len(having) < len(models):
-        return f"{', '.join(having)} only"
     default = models[first].model_fields[field].default
-    return "; ".join(f"{t} default: {m.model_fields[field].default}" for t, m in models.items()
-                     if m.model_fields[field].default != default)
+    notes = [f"{', '.join(having)} only"] if len(having) < len(models) else []
+    return "; ".join(notes + [f"{t} default: {models[t].model_fields[field].default}" for t in having
+                              if models[t].model_fields[field].default != default])
 
 
 def cmd_train(args: argparse.Namespace) -> int:
