@@ -89,11 +89,12 @@ root = RootRef()
 
 
 class StageRef(Ref):
-    """`p.<stage>` inside `with pipeline() as p:`: that stage's output for a bind. Called, or asked for an
-    attribute, it stands for the stage itself."""
+    """`p.<stage>` inside `with pipeline() as p:`: that stage's output for a bind. Called, or asked for or
+    given an attribute, it stands for the stage itself."""
 
     def __init__(self, flow: Any, name: str):
-        self.flow, self.name = flow, name
+        object.__setattr__(self, "flow", flow)
+        object.__setattr__(self, "name", name)
 
     @property
     def stage(self) -> Any:
@@ -106,6 +107,9 @@ class StageRef(Ref):
         if name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.stage, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:  # `p.fan.x = f` inside `with parallel() as p.fan:`
+        setattr(self.stage, name, value)
 
     def __repr__(self) -> str:
         return f"{type(self.flow).__name__.lower()}.{self.name}"
@@ -175,10 +179,15 @@ class bind:  # noqa: N801 - LazyLLM's name
 
 
 def label(fn: Any) -> str:
-    """A callable's name for messages and trees: a function's or class's `__name__`, else its type's name."""
+    """A callable's name for messages and trees: a function's, method's or class's qualified name (its plain name
+    when it is local to a function), else its type's name."""
     if isinstance(fn, functools.partial):
         return f"partial({label(fn.func)})"
-    name = getattr(fn, "__name__", None)
-    if isinstance(fn, (type, types.FunctionType, types.BuiltinFunctionType, types.MethodType)) and isinstance(name, str):
-        return name
+    if isinstance(fn, (type, types.FunctionType, types.BuiltinFunctionType, types.MethodType,
+                       types.MethodDescriptorType, types.WrapperDescriptorType)):
+        qualname, name = getattr(fn, "__qualname__", None), getattr(fn, "__name__", None)
+        if isinstance(qualname, str) and "<locals>" not in qualname:
+            return qualname
+        if isinstance(name, str):
+            return name
     return type(fn).__name__

@@ -80,7 +80,8 @@ def make_repr(category: str, kind: str | type, subs: list[str] | tuple[str, ...]
 def stage_repr(stage: Any) -> str:
     """A stage's line (or tree): a function as `<Function name>`, a callable object without a repr of its own as
     `<Callable Type>`, anything else (flows, modules, binds) by its own repr."""
-    if isinstance(stage, (types.FunctionType, types.BuiltinFunctionType, types.MethodType, functools.partial)):
+    if isinstance(stage, (types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.MethodDescriptorType,
+                          functools.partial)):
         return f"<Function {label(stage)}>"
     if type(stage).__repr__ is object.__repr__:
         return f"<Callable {type(stage).__name__}>"
