@@ -27,6 +27,9 @@ can catch lives here.
                                           importing, converting and quantizing models
       UnknownMetricError, EvalSetError, PromotionError (ConfigError); JudgeNotDeployedError
       (ModelNotDeployedError); EvalNotFoundError (KeyError)   evaluation and gated promotion
+      FlowError                           FlowDefinitionError (ValueError) > UnpicklableStageError (TypeError),
+                                          FlowInputError (ValueError), StageError (RuntimeError)
+                                          Python flows and modules (`byzer_like.flows`)
 """
 from __future__ import annotations
 
@@ -550,3 +553,43 @@ class PromotionError(ConfigError):
     """A `promote` statement that cannot be decided: a condition that does not parse, a metric the
     evaluations do not have. Nothing is promoted. (A condition that does not hold is no error: the
     result row says which failed and by how much.)"""
+
+
+# -- Python flows and modules -----------------------------------------------------------------------
+class FlowError(ByzerError):
+    """A flow (`byzer_like.flows`: pipeline, parallel, diverter, switch, warp) or a module could not be built or
+    run. `path`: the stage the error names (`root.proc.branch1`), when it names one."""
+
+    path: str | None = None
+
+
+class FlowDefinitionError(FlowError, ValueError):
+    """A flow built wrong: a stage that is not callable, a duplicate stage name, a bound `root.` / `p.` reference
+    to a stage that runs later, beside or around the bind (or to no stage at all), a switch without
+    condition-branch pairs, an unknown registry group. Raised while the flow is built where it can be."""
+
+
+class UnpicklableStageError(FlowDefinitionError, TypeError):
+    """A stage asked to run as a Ray task (`flows.remote(f, num_cpus=...)`) cannot be pickled, so no Ray worker
+    could receive it; raised when the stage is made."""
+
+
+class FlowInputError(FlowError, ValueError):
+    """A flow got an input it cannot route: a diverter or warp given no sequence, a diverter given as many
+    inputs as it has not branches, a switch value no case matches and no `'default'` branch."""
+
+    def __init__(self, message: str, *, path: str | None = None):
+        self.path = path
+        super().__init__(message)
+
+
+class StageError(FlowError, RuntimeError):
+    """A stage of a flow raised. `path` names the stage (`root.proc.branch1`); `error` (also `__cause__`) is what
+    it raised."""
+
+    def __init__(self, path: str, error: BaseException):
+        super().__init__(path, error)  # both in args, so the error pickles
+        self.path, self.error = path, error
+
+    def __str__(self) -> str:
+        return f"stage {self.path} raised {type(self.error).__name__}: {self.error}"
