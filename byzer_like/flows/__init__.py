@@ -3,7 +3,7 @@
 stages that run SQL on a session (`sql`) or a function as a Ray task (`remote`). docs/flows.md shows each.
 
 Modules: `core` (the flows, walking and resolving them, trees), `binding` (package, placeholders, references,
-bind), `stages` (sql, remote), `modules` (ModuleBase, ActionModule), `registry` (register, module_register
+bind), `stages` (sql, remote), `modules` (ModuleBase, ActionModule), `trainable` (TrainableModule: jobs, registry, deployments), `registry` (register, module_register
 and their groups, reached as `flows.<group>`). Nothing here imports Ray or a model library until a stage needs it.
 """
 from ..errors import FlowDefinitionError, FlowError, FlowInputError, StageError, UnpicklableStageError
@@ -14,14 +14,15 @@ from .core import (Diverter, Flow, Parallel, Pipeline, Switch, Trace, Warp, dive
 from .modules import ActionModule, FunctionModule, ModuleBase
 from .registry import module_register, register
 from .stages import remote, set_session, sql
+from .trainable import TrainableModule
 
 __all__ = ["ActionModule", "Diverter", "Flow", "FlowDefinitionError", "FlowError", "FlowInputError",
-           "FunctionModule", "ModuleBase", "Parallel", "Pipeline", "StageError", "Switch", "Trace",
+           "FunctionModule", "ModuleBase", "Parallel", "Pipeline", "StageError", "Switch", "Trace", "TrainableModule",
            "UnpicklableStageError", "Warp", "_0", "_1", "_2", "_3", "_4", "_5", "_6", "_7", "_8", "_9", "bind",
            "diverter", "make_repr", "module_register", "package", "parallel", "pipeline", "register", "remote", "root",
            "set_session", "sql", "switch", "warp"]
 
-registry.RESERVED.update(__all__, ("binding", "core", "modules", "registry", "stages", "pipeline_file"))
+registry.RESERVED.update(__all__, ("binding", "core", "modules", "registry", "stages", "pipeline_file", "trainable"))
 
 
 def __getattr__(name: str):

@@ -140,7 +140,11 @@ class ModuleBase(Lifecycle):
     def _evaluate(modules: list["ModuleBase"]) -> None:
         for m in modules:
             if m._evalset is not None:
-                m.eval_result = [m(*row) if isinstance(row, package) else m(row) for row in m._evalset]
+                m._run_eval()
+
+    def _run_eval(self) -> None:
+        """Fill `eval_result` with the module's output for each evalset row (a subclass may measure more)."""
+        self.eval_result = [self(*row) if isinstance(row, package) else self(row) for row in self._evalset or []]
 
     # -- showing ----------------------------------------------------------------------------------
     def _label(self) -> str:
