@@ -68,7 +68,7 @@ def test_modules_of_a_parallel_on_one_base_train_and_answer_apart(llm, tiny_mode
         a, b = top("colour 5?")
         assert isinstance(a, str) and isinstance(b, str)
         assert llm.catalog.model("flow_a").job_id != llm.catalog.model("flow_b").job_id
-        assert "Trainable(flow_a)" in repr(top) and "Trainable(flow_b)" in repr(top)
+        assert "<Module type=Trainable name=flow_a base=" in repr(top) and "name=flow_b" in repr(top)
     finally:
         for n in ("flow_a", "flow_b"):
             if llm.is_model_exist(n):

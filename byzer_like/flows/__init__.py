@@ -3,8 +3,9 @@
 stages that run SQL on a session (`sql`) or a function as a Ray task (`remote`). docs/flows.md shows each.
 
 Modules: `core` (the flows, walking and resolving them, trees), `binding` (package, placeholders, references,
-bind), `stages` (sql, remote), `modules` (ModuleBase, ActionModule), `trainable` (TrainableModule: jobs, registry, deployments), `registry` (register, module_register
-and their groups, reached as `flows.<group>`). Nothing here imports Ray or a model library until a stage needs it.
+bind), `stages` (sql, remote), `modules` (ModuleBase, ActionModule), `trainable` (TrainableModule: a job, a
+registry version, a deployment), `registry` (register, module_register and their groups, reached as
+`flows.<group>`). Nothing here imports Ray or a model library until a stage needs it.
 """
 from ..errors import FlowDefinitionError, FlowError, FlowInputError, StageError, UnpicklableStageError
 from . import registry

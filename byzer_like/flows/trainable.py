@@ -22,6 +22,7 @@ from typing import Any
 from ..config import chat_request
 from ..errors import ConfigError
 from ..tasks import TASKS
+from .core import make_repr
 from .modules import ModuleBase
 from .stages import _as_session, _as_table, _session_lock
 
@@ -199,7 +200,7 @@ class TrainableModule(ModuleBase):
         return self.session.runtime.chat(self.name, chat_request(messages, {}).model_dump())["output"]
 
     def __repr__(self) -> str:
-        return f"<Module Trainable({self.name}) base={self.base} task={self._task}>"
+        return make_repr("Module", "Trainable", name=self.name, base=self.base, task=self._task)
 
 
 __all__ = ["TrainableModule"]
