@@ -1141,8 +1141,8 @@ def compile_file(pf: PipelineFile) -> Compiled:
             stage, chat = c.chat(s)
             stages.append(stage)
     for s in pf.sections.values():  # sections no stage reads still have their keys said
+        c.warn_ignored(s)
         if s.kind in ("TokenizerLoader",):
-            c.warn_ignored(s)
             if s.pretrained_model_name_or_path:
                 c.warnings.append((Problem(pf.path, s.line_of("pretrained_model_name_or_path"), s.section,
                                               "pretrained_model_name_or_path",
