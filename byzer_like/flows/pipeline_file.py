@@ -602,8 +602,10 @@ def _empty(v: Any) -> bool:
     return v is None or (isinstance(v, str) and not v.strip())
 
 
-def _section(raw: RawSection, kind: str, path: str, problems: list[Problem]) -> Section | None:
-    """One raw section as its kind's model; its problems appended (None when it cannot be built)."""
+def _section(raw: RawSection, kind: str, path: str, problems: list[Problem],
+             refs_seen: dict[str, tuple[dict[str, str], dict[str, int], int]]) -> Section | None:
+    """One raw section as its kind's model; its problems appended (None when it cannot be built); its references
+    (with the keys' lines) put in `refs_seen` either way."""
     own = _own_fields(kind)
     table, refs = KEYS[kind], REFS[kind]
     data: dict[str, Any] = {"section": raw.name, "line": raw.line}
@@ -643,6 +645,7 @@ def _section(raw: RawSection, kind: str, path: str, problems: list[Problem]) -> 
                                     f"unknown key for a {kind} section; {did_you_mean(key, valid)}"
                                     f"valid keys: {_choices(valid)}"))
     data.update(refs=out_refs, options=options, source=source, ignored=ignored, lines=lines)
+    refs_seen[raw.name] = (out_refs, lines, raw.line)
     try:
         return SECTION_MODELS[kind].model_validate(data)
     except ValidationError as e:
@@ -663,28 +666,29 @@ def build(raw: RawFile) -> PipelineFile:
     path = raw.path
     problems: list[Problem] = []
     sections: dict[str, Section] = {}
+    refs_seen: dict[str, tuple[dict[str, str], dict[str, int], int]] = {}
     for name, rs in raw.sections.items():
         kind = kind_of(name)
         if kind is None:
             problems.append(Problem(path, rs.line, name, None,
-                                    f"unknown section type {name!r}; {did_you_mean(name, SECTION_MODELS)}"
+                                    f"unknown section type {name!r}; {did_you_mean(name, list(SECTION_MODELS))}"
                                     f"types: {_choices(SECTION_MODELS)} (an instance: Type_suffix)"))
             continue
-        s = _section(rs, kind, path, problems)
+        s = _section(rs, kind, path, problems, refs_seen)
         if s is not None:
             sections[name] = s
     project = sections.get("Project")
     if "Project" not in raw.sections:
         problems.append(Problem(path, 1, None, None, "no [Project] section (name=..., pipeline=...)"))
-    for s in sections.values():
-        for key, target in s.refs.items():
-            kinds = REFS[s.kind][key]
+    for name, (refs, lines, line) in refs_seen.items():
+        for key, target in refs.items():
+            kinds = REFS[kind_of(name)][key]
             if target not in raw.sections:
-                problems.append(Problem(path, s.line_of(key), s.section, key,
+                problems.append(Problem(path, lines.get(key, line), name, key,
                                         f"refers to [{target}], which is not in the file; "
-                                        f"{did_you_mean(target, raw.sections)}sections: {_choices(raw.sections)}"))
+                                        f"{did_you_mean(target, list(raw.sections))}sections: {_choices(raw.sections)}"))
             elif kind_of(target) not in kinds:
-                problems.append(Problem(path, s.line_of(key), s.section, key,
+                problems.append(Problem(path, lines.get(key, line), name, key,
                                         f"refers to [{target}], a {kind_of(target)}; it names a {' or '.join(kinds)}"))
     if isinstance(project, ProjectSection):
         for name in project.pipeline:
@@ -987,9 +991,11 @@ class _Compiler:
         try:
             task.parse_options({k: _q(v)[1:-1].replace('\\"', '"').replace("\\\\", "\\") for k, v in where.items()})
         except ConfigError as e:
-            key = getattr(e, "key", None)
-            s, written = origin.get(key, (t, None)) if key else (t, None)
-            self.problem(s, written, str(e))
+            # said at the key that set the value the message names (`'learningRate / learning_rate': ...`)
+            text = str(e)
+            named = [k for k in origin if re.search(rf"'{re.escape(k)}[ '/]", text)]
+            s, written = origin[named[0]] if named else (t, None)
+            self.problem(s, written, text)
         except ValueError as e:  # pydantic's, with the field
             self.problem(t, None, str(e))
 
