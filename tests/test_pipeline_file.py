@@ -366,11 +366,11 @@ def _run_seed(llm, folder: Path, model: Path, name: str, max_steps: int):
     return done, results, answers, predicted
 
 
-def _check_run(llm, done, results, answers, predicted, name: str) -> None:
-    job = next(r for r in done.results if r.kind == "train").table.to_pylist()[0]
-    assert job["state"] == "SUCCEEDED" and job["output_table"] == name
-    evaluated = next(r for r in done.results if "eval" in r.kind)
-    assert "exact_match" in evaluated.table.column_names or "exact_match" in (evaluated.message or ""), evaluated
+def _check_run(llm, done, results, answers, predicted, name: str, same_words: bool = False) -> None:
+    job = next(r for r in done.results if r.table is not None and "job_id" in r.table.column_names).table.to_pylist()[0]
+    assert job["state"] == "SUCCEEDED" and job["output_table"] == name and job["method"].startswith("lora")
+    evaluated = next(r for r in done.results if "exact_match=" in (r.message or ""))
+    assert "8 rows" in evaluated.message and llm.session.table("Trainer_eval_rows").num_rows == len(QA)
     preds = llm.session.table("DatasetLoader_1_predictions").to_pylist()
     assert len(preds) == len(QA) and all(isinstance(p["answer"], str) for p in preds)
     versions = [m for m in llm.runtime.catalog.models() if m.name == name]
@@ -378,10 +378,18 @@ def _check_run(llm, done, results, answers, predicted, name: str) -> None:
     assert kinds[1] == "adapter" and kinds[2] == "model"  # trained, then exported (merged), under [Project] name
     assert [q for q, _ in done.answers] == ["favorite color of bob?", "favorite color of erin?"]
     assert all(isinstance(a, str) and a for _, a in done.answers)
-    # the dry-run SQL, run as a script, gives the same: trained (v3), merged (v4), the same greedy answers
-    assert {m.version: m.kind for m in llm.runtime.catalog.models() if m.name == name}.get(4) == "model"
-    assert answers == done.answers
-    assert [p["answer"] for p in predicted] == [p["answer"] for p in preds]
+    # the dry-run SQL, run as a script, does the same: the same statements and results, trained (v3, an adapter),
+    # merged (v4, a whole model), every row predicted, the same questions answered. (Not the same words: two
+    # trainings of a random-init tiny model differ in the last bits, and its near-uniform logits flip greedy
+    # choices; the SmolLM2 test compares the answers.)
+    again = {m.version: m.kind for m in llm.runtime.catalog.models() if m.name == name}
+    assert again.get(3) == "adapter" and again.get(4) == "model"
+    assert [(r.kind, r.name) for r in results] == [(r.kind, r.name) for r in done.results]
+    assert [q for q, _ in answers] == [q for q, _ in done.answers] and all(a for _, a in answers)
+    assert [p["instruction"] for p in predicted] == [p["instruction"] for p in preds]
+    if same_words:
+        assert [p["answer"] for p in predicted] == [p["answer"] for p in preds]
+        assert answers == done.answers
 
 
 @pytest.mark.ray
@@ -403,7 +411,7 @@ def test_the_seed_shaped_file_runs_on_smollm2(llm, smollm2_dir, workspace):
     name = "pipe_smollm2"
     done, results, answers, predicted = _run_seed(llm, workspace / "pipelines" / "smollm2", smollm2_dir, name, 4)
     try:
-        _check_run(llm, done, results, answers, predicted, name)
+        _check_run(llm, done, results, answers, predicted, name, same_words=True)
     finally:
         if llm.is_model_exist(f"{name}_chat"):
             llm.undeploy(f"{name}_chat")
