@@ -415,3 +415,49 @@ def test_the_seed_shaped_file_runs_on_smollm2(llm, smollm2_dir, workspace):
     finally:
         if llm.is_model_exist(f"{name}_chat"):
             llm.undeploy(f"{name}_chat")
+
+
+@pytest.mark.timeout(30)
+def test_pt_deploy_eval_and_chat_stages_compile_to_their_statements(tmp_path):
+    (tmp_path / "t.jsonl").write_text('{"text": "hello"}\n')
+    f = tmp_path / "p.ini"
+    f.write_text(textwrap.dedent("""\
+        [Project]
+        name=pt_model
+        pipeline=Trainer,Deploy,Eval,Chat
+        [ModelLoader]
+        pretrained_model_name_or_path=m/
+        finetune_args=FinetuneArguments
+        [FinetuneArguments]
+        type=full
+        [DatasetLoader_1]
+        data_files=t.jsonl
+        text_column=text
+        cutoff_len=128
+        [Trainer]
+        model=ModelLoader
+        dataset=DatasetLoader_1
+        stage=pt
+        [Deploy]
+        model=Trainer
+        udf_name=ptm
+        num_workers=2
+        [Eval]
+        model=Deploy
+        dataset=DatasetLoader_1
+        metrics=perplexity
+        [Chat]
+        model=Deploy
+        questions=
+            first question?
+            second, with a comma?
+        """))
+    c = P.compile_path(f)
+    runs = [s.options for s in parse_script(c.sql, {}) if isinstance(s, Run)]
+    assert runs[0]["pretrainedModelType"] == "sfft/auto" and runs[0]["maxLength"] == "128" and runs[0]["method"] == "full"
+    assert runs[1] == {"action": "infer", "pretrainedModelType": "auto", "modelTable": "pt_model", "udfName": "ptm",
+                       "replace": "true"}
+    assert runs[2]["udfName"] == "ptm" and runs[2]["metrics"] == "perplexity"
+    assert '!byzerllm setup "num_workers=2";' in c.sql and "select `text` as text from DatasetLoader_1_raw" in c.sql
+    assert "(values ('first question?'), ('second, with a comma?'))" in c.sql and "ptm(llm_param(" in c.sql
+    assert c.chat["udf_name"] == "ptm"

@@ -382,7 +382,7 @@ REFS: dict[str, dict[str, tuple[str, ...]]] = {
                 "predict_dataset": ("DatasetLoader",), "generate_args": ("GenerateArguments",),
                 "finetune_args": ("FinetuneArguments",)},
     "Export": {"model": MODEL_SOURCES, "tokenizer": ("TokenizerLoader",)},
-    "Eval": {"model": MODEL_SOURCES, "dataset": ("DatasetLoader",), "generate_args": ("GenerateArguments",)},
+    "Eval": {"model": MODEL_SOURCES + ("Deploy",), "dataset": ("DatasetLoader",), "generate_args": ("GenerateArguments",)},
     "Deploy": {"model": MODEL_SOURCES},
     "Chat": {"model": MODEL_SOURCES + ("Deploy",), "tokenizer": ("TokenizerLoader",),
              "generating_args": ("GenerateArguments",), "generate_args": ("GenerateArguments",)},
@@ -1026,7 +1026,10 @@ class _Compiler:
 
     def evaluate(self, s: EvalSection) -> Stage:
         self.warn_ignored(s)
-        src, word = self.model_of(s)
+        if s.refs.get("model") in self.deployed:  # a Deploy before it: evaluate that deployment
+            src, word = {"udfName": self.deployed[s.refs["model"]]}, self.deployed[s.refs["model"]]
+        else:
+            src, word = self.model_of(s)
         dataset = self.ref(s, "dataset")
         if not isinstance(dataset, DatasetLoaderSection):
             self.problem(s, "dataset", "an Eval needs dataset=<DatasetLoader>")
