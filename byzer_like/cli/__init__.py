@@ -16,6 +16,7 @@
     byzer-like serve [--host H] [--port N]       OpenAI-compatible HTTP API + chat page (BYZER_LIKE_API_KEY)
     byzer-like run script.sql [--set k=v]        run a SQL script, print each result
     byzer-like sql                               an interactive SQL prompt
+    byzer-like pipeline run|explain FILE [--dry-run]   an llm-module pipeline file: run it, print its SQL or its stages
 
 Path arguments (DIR, FILE, script.sql) follow the shell's rule: a relative one starts at the current
 directory (paths inside SQL start at the workspace). Model and data paths must lie inside the
@@ -69,6 +70,8 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("meta", "a deployed model's metadata", "serving:add_meta"),
     ("run", "run a SQL script in the Byzer-LLM dialect", "scripts:add_run"),
     ("sql", "an interactive SQL prompt (multi-line, with history)", "scripts:add_sql"),
+    ("pipeline", "run an llm-module-style pipeline file (INI or YAML), or print its SQL or its stage graph",
+     "pipeline:add_commands"),
     ("serve", "the OpenAI-compatible HTTP API and chat page for every deployment (foreground)", "serving:add_serve"),
     ("chat", "chat with a deployed model (streams to the terminal)", "serving:add_chat"),
 )

@@ -636,6 +636,23 @@ class ByzerLLM:
         results = self.session.sql(script)
         return results[-1].to_pandas() if results else None
 
+    def pipeline(self, path: str | os.PathLike, *, dry_run: bool = False):
+        """Run a pipeline file (llm-module's config file, INI or YAML: `byzer_like.flows.pipeline_file`) in this
+        client's SQL session: it is read, checked and compiled to one SQL script, which the session checks whole
+        before its first statement runs. `path` starts at the current directory.
+
+        Returns a `pipeline_file.PipelineRun` (`.results`, `.answers`: the Chat's (question, answer) pairs,
+        `.chat_model`, `.compiled.sql` / `.compiled.warnings`); with `dry_run`, the `pipeline_file.Compiled`
+        alone (`.sql`, the script, runs with `llm.sql(...)` or `byzer-like run`), nothing run. Raises
+        PipelineFileError (every problem of the file, with its line) before anything starts, then whatever the
+        script's statements raise (ByzerError)."""
+        from ..flows import pipeline_file
+
+        compiled = pipeline_file.compile_path(os.path.abspath(os.fspath(path)))
+        if dry_run:
+            return compiled
+        return pipeline_file.run(compiled, self.session)
+
     # -- evaluation ------------------------------------------------------------------------------
     def evaluate(self, model: str, data: Any, metrics: Sequence[str] | str = ("exact_match",), **options: Any):
         """Evaluate `model` (a deployed model's name, or a registry version: `m`, `m@v2`, `m@production`, deployed

@@ -1,6 +1,8 @@
 """Python flows and modules, with LazyLLM's semantics: `pipeline`, `parallel`, `diverter`, `switch`, `warp`,
 `package`, `bind` (with `root`, `_0`...`_9`), `register`; `ModuleBase`, `ActionModule`, `module_register`;
 stages that run SQL on a session (`sql`) or a function as a Ray task (`remote`). docs/flows.md shows each.
+`pipeline_file`: llm-module-style pipeline files (INI or YAML) compiled to one SQL script (`byzer-like pipeline
+run FILE`, `ByzerLLM.pipeline(path)`; docs/pipeline_files.md).
 
 Modules: `core` (the flows, walking and resolving them, trees), `binding` (package, placeholders, references,
 bind), `stages` (sql, remote), `modules` (ModuleBase, ActionModule), `trainable` (TrainableModule: a job, a
