@@ -202,9 +202,9 @@ def test_every_error_is_said_at_its_line(tmp_path, change, expected):
 
 
 @pytest.mark.timeout(30)
-def test_stage_ppo_a_cycle_and_a_stage_that_runs_too_late_are_refused_with_lines(tmp_path):
-    ppo = problems_of(MINIMAL.replace("dataset=DatasetLoader_1", "dataset=DatasetLoader_1\nstage=ppo"), tmp_path)
-    assert ppo == ["F:11 [Trainer] stage: stage ppo is not a training task here; stages: dpo, kto, orpo, pt, rm, sft"]
+def test_an_unknown_stage_a_cycle_and_a_stage_that_runs_too_late_are_refused_with_lines(tmp_path):
+    ppo = problems_of(MINIMAL.replace("dataset=DatasetLoader_1", "dataset=DatasetLoader_1\nstage=grpo"), tmp_path)
+    assert ppo == ["F:11 [Trainer] stage: unknown stage 'grpo'; stages: dpo, kto, orpo, ppo, pt, rm, sft"]
     cycle = problems_of("""\
         [Project]
         name=m
@@ -341,10 +341,10 @@ def test_cli_dry_run_prints_the_sql_explain_the_graph_and_a_bad_file_its_lines(t
     assert out == P.compile_path(f).sql and "warning: " in err and "[Project] version: no meaning here" in err
     assert cli.main(["pipeline", "explain", str(f)]) == 0
     assert "1. [Trainer] Trainer: sft (lora)" in capsys.readouterr().out
-    f.write_text(f.read_text().replace("stage=sft", "stage=ppo"))
+    f.write_text(f.read_text().replace("stage=sft", "stage=grpo"))
     assert cli.main(["pipeline", "run", str(f)]) == 1
     err = capsys.readouterr().err
-    assert f"{f}:59 [Trainer] stage: stage ppo is not a training task here" in err
+    assert f"{f}:59 [Trainer] stage: unknown stage 'grpo'; stages: dpo, kto, orpo, ppo, pt, rm, sft" in err
 
 
 def _run_seed(llm, folder: Path, model: Path, name: str, max_steps: int):
@@ -461,3 +461,13 @@ def test_pt_deploy_eval_and_chat_stages_compile_to_their_statements(tmp_path):
     assert '!byzerllm setup "num_workers=2";' in c.sql and "select `text` as text from DatasetLoader_1_raw" in c.sql
     assert "(values ('first question?'), ('second, with a comma?'))" in c.sql and "ptm(llm_param(" in c.sql
     assert c.chat["udf_name"] == "ptm"
+
+
+@pytest.mark.timeout(30)
+def test_stage_ppo_compiles_to_a_ppo_job_against_its_reward_model(tmp_path):
+    """llm-module's ppo stage: the Trainer's `reward_model` is the job's rewardModel (a deployed or registered
+    reward model, resolved when the job is submitted)."""
+    f = tmp_path / "ppo.ini"
+    f.write_text(MINIMAL.replace("dataset=DatasetLoader_1", "dataset=DatasetLoader_1\nstage=ppo\nreward_model=rm_fn"))
+    sql = P.compile_path(f).sql
+    assert 'pretrainedModelType="ppo/' in sql and 'rewardModel="rm_fn"' in sql, sql

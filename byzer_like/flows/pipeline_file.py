@@ -9,7 +9,7 @@ The format follows llm-module's `example/trainer.ini`: a section is a component 
 names a section (`model=ModelLoader`) refers to it; `[Project] pipeline=Trainer,Export,Chat` lists the stages
 in the order they run. Stages and what they compile to:
 
-    Trainer   stage pt|sft|rm|dpo|ppo (pt is sfft here; orpo, kto too) with FinetuneArguments' type
+    Trainer   stage pt|sft|rm|dpo|ppo (pt is sfft here, ppo TRL's RLOO; orpo, kto too) with FinetuneArguments' type
               full|freeze|lora|qlora|prefix -> `!byzerllm setup <task>;` + `run command as LLM.`` where ...`
               (steps: train; eval -> action="eval" on the registered model; predict -> predictTable)
     Export    type merge|quantize (gguf: refused, this project imports GGUF, it writes none) -> action="merge" /
@@ -352,8 +352,9 @@ KEYS: dict[str, dict[str, Maps | Ignored]] = {
         "split_train_val_seed": Ignored("the held-out split follows seed"),
         "split_train_val_buffer_size": Ignored("no streaming shuffle buffer here"),
         "predict_with_generate": Ignored("the predict step always generates answers"),
-        "ppo_args": Ignored("ppo is not a training task here"),
-        "reward_model": Ignored("ppo is not a training task here"),
+        "ppo_args": Ignored("ppo's options are TrainingArguments' and Trainer's keys here (num_generations, beta, "
+                            "max_new_tokens, ...)"),
+        "reward_model": Maps("rewardModel"),
     },
     "Export": {
         "output_dir": Ignored(REGISTERED),
@@ -389,7 +390,7 @@ REFS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 STAGES = ("Trainer", "Export", "Eval", "Deploy", "Chat")
 # llm-module's stages -> this project's training tasks (pt is continued pretraining: sfft)
-STAGE_TASKS = {"pt": "sfft", "sft": "sft", "rm": "rm", "dpo": "dpo", "orpo": "orpo", "kto": "kto"}
+STAGE_TASKS = {"pt": "sfft", "sft": "sft", "rm": "rm", "dpo": "dpo", "orpo": "orpo", "kto": "kto", "ppo": "ppo"}
 # options models whose keys a section takes as they are, by kind
 OWN_OPTIONS: dict[str, tuple[type, ...]] = {"Eval": (EvalOptions,), "Deploy": (DeployOptions,),
                                            "Export": (QuantizeOptions,)}
@@ -504,8 +505,6 @@ class TrainerSection(Section):
     @field_validator("stage")
     @classmethod
     def _stage(cls, v: str) -> str:
-        if v == "ppo":
-            raise ValueError(f"stage ppo is not a training task here; stages: {_choices(STAGE_TASKS)}")
         if v not in STAGE_TASKS:
             raise ValueError(f"unknown stage {v!r}; stages: {_choices(STAGE_TASKS)}")
         return v
