@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from byzer_like import tasks
+from byzer_like import cluster, tasks
 from byzer_like.errors import ConfigError, UnknownOptionError
 from byzer_like.train import ppo
 from byzer_like.train.ppo import PpoOptions
@@ -193,7 +193,8 @@ def test_sql_refuses_ppo_without_a_reward_model_before_any_job(tmp_path, monkeyp
         s.sql(f'run command as LLM.`` where pretrainedModelType="ppo/llama" and {base} and rewardModel="rm_gone";')
     with pytest.raises(ConfigError, match=r"rewardModel"):
         client.ppo(PROMPTS, model_path=tiny_models["llama"], pretrained_model_type="llama")
-    assert client.catalog.jobs() == [] and not client.runtime.cluster_running()
+    # no job recorded, and no cluster started for this workspace (another test's cluster may be joined already)
+    assert client.catalog.jobs() == [] and cluster.head_info(client.runtime.workspace) is None
     s.close()
 
 

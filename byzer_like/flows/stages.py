@@ -24,6 +24,7 @@ INPUT_TABLE = "input"  # the session table a SQL stage's input becomes
 _default: dict[str, Any] = {}  # "session": the session SQL stages without their own run on
 _locks: "weakref.WeakKeyDictionary[Any, threading.Lock]" = weakref.WeakKeyDictionary()  # one DuckDB user at a time
 _locks_lock = threading.Lock()
+_connect_lock = threading.Lock()  # one thread joins Ray for a flow's remote stages
 
 
 def set_session(session: Any) -> None:
@@ -127,10 +128,11 @@ class remote:  # noqa: N801 - a stage users write as flows.remote(f, num_cpus=2)
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         import ray
 
-        if not ray.is_initialized():
-            from ..cluster import connect
+        with _connect_lock:  # the branches of a parallel arrive at once, on threads: one of them connects
+            if not ray.is_initialized():
+                from ..cluster import connect
 
-            connect()
+                connect()
         if self._task is None:
             def run(fn: Callable, args: tuple, kwargs: dict) -> Any:  # pickled by value: workers need not import us
                 return fn(*args, **kwargs)
