@@ -35,6 +35,14 @@ def set_session(session: Any) -> None:
         _default["session"] = _as_session(session)
 
 
+def default_session() -> Any:
+    """The session stages without one of their own run on: `set_session`'s, else one made now on the default
+    workspace's runtime (and kept)."""
+    if "session" not in _default:
+        _default["session"] = _as_session(None)
+    return _default["session"]
+
+
 def _as_session(handle: Any) -> Any:
     from ..session import Session
 
@@ -62,11 +70,7 @@ class sql:  # noqa: N801 - a stage users write as flows.sql("select ...")
         self.session = None if session is None else _as_session(session)
 
     def _session(self) -> Any:
-        if self.session is not None:
-            return self.session
-        if "session" not in _default:
-            _default["session"] = _as_session(None)
-        return _default["session"]
+        return self.session if self.session is not None else default_session()
 
     def __call__(self, *inputs: Any) -> Any:
         session = self._session()

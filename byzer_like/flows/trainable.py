@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from ..tasks import TASKS
 from .core import make_repr
 from .modules import ModuleBase
-from .stages import _as_session, _as_table, _session_lock
+from .stages import _as_session, _as_table, _session_lock, default_session
 
 FINGERPRINTS = "flows/fingerprints.json"  # under the workspace: module name -> {fingerprint, job_id}
 
@@ -95,13 +95,8 @@ class TrainableModule(ModuleBase):
     # -- the lifecycle ----------------------------------------------------------------------------
     @property
     def session(self) -> Any:
-        from .stages import _default
-
-        if self._session is None:
-            if "session" not in _default:
-                _default["session"] = _as_session(None)
-            return _default["session"]
-        return self._session
+        """The session this module's statements run on (its own, else the flows' default one)."""
+        return self._session if self._session is not None else default_session()
 
     def _sql(self, script: str) -> list:
         with _session_lock(self.session):
