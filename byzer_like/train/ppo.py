@@ -32,6 +32,7 @@ from ..errors import ConfigError, ModelNotFoundError, closest
 from . import preference_data as P
 from .options import SftOptions, TrainOptions
 from .progress import STOP, TENSORBOARD_DIR, Reporter
+from .trainer import use_device
 
 PROMPT_FORMS_HELP = ("a prompt table: a column prompt (or instruction, with an optional input, or messages: the "
                      "conversation ending with the user's turn); optional system")
@@ -270,10 +271,8 @@ def ppo_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str, 
     from .preference import load_model
     from .sft import _save, _tensorboard, _train, prepare_tokenizer, stop_token_ids
 
-    if cpus >= 1:
-        torch.set_num_threads(int(cpus))
     datasets.disable_progress_bars()
-    on_gpu = gpus > 0 and torch.cuda.is_available()
+    on_gpu = use_device(cpus, gpus)
     reporter = reporter or Reporter()
     opts = options
     if not opts.reward_model_dir:

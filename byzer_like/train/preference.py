@@ -21,6 +21,7 @@ from . import data as D
 from . import preference_data as P
 from .preference_options import PreferenceOptions
 from .progress import STOP, TENSORBOARD_DIR, Reporter
+from .trainer import use_device
 
 # the metrics TRL logs that a job's progress keeps (training, and `eval_` + each after an evaluation)
 LOGGED = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "kl", "nll_loss",
@@ -112,10 +113,8 @@ def preference_train(task: str, *, model_dir: str, data_path: str, output_dir: s
 
     from .sft import _save, _tensorboard, _train, prepare_tokenizer, stop_token_ids
 
-    if cpus >= 1:
-        torch.set_num_threads(int(cpus))
     datasets.disable_progress_bars()
-    on_gpu = gpus > 0 and torch.cuda.is_available()
+    on_gpu = use_device(cpus, gpus)
     reporter = reporter or Reporter()
     opts = options
     tok = prepare_tokenizer(model_dir, fallback_template)

@@ -22,6 +22,7 @@ from pydantic import AliasChoices, Field, model_validator
 
 from ..errors import ConfigError
 from .options import LoraFields, TrainOptions
+from .trainer import use_device
 
 PROMPT_COLUMNS = ("prompt", "instruction")
 PAIR_COLUMNS = ("chosen", "rejected")
@@ -204,9 +205,7 @@ def rm_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str, o
     from .progress import STOP, Reporter
     from .sft import last_checkpoint
 
-    if cpus >= 1:
-        torch.set_num_threads(int(cpus))
-    on_gpu = gpus > 0 and torch.cuda.is_available()
+    on_gpu = use_device(cpus, gpus)
     reporter = reporter or Reporter()
     opts = options
     table = pq.read_table(data_path)

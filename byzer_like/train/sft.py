@@ -13,6 +13,7 @@ from ..errors import ConfigError
 from . import data as D
 from .options import SftOptions
 from .progress import STOP, TENSORBOARD_DIR, Reporter
+from .trainer import use_device
 
 
 def load_conversations(data_path: str) -> list[list[dict[str, str]]]:
@@ -88,9 +89,7 @@ def sft_train(*, model_dir: str, data_path: str, output_dir: str, run_dir: str, 
 
     from .methods import check_method
 
-    if cpus >= 1:
-        torch.set_num_threads(int(cpus))
-    on_gpu = gpus > 0 and torch.cuda.is_available()
+    on_gpu = use_device(cpus, gpus)
     reporter = reporter or Reporter()
     opts = options if options.method else options.model_copy(update={"method": "lora"})  # settled at submit
     check_method(opts, model_dir)

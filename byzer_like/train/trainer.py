@@ -9,6 +9,16 @@ from typing import Any, Sequence
 from ..errors import ConfigError
 
 
+def use_device(cpus: float, gpus: float) -> bool:
+    """Set torch's CPU threads to the job's `cpus` (when at least 1) and say whether it trains on a CUDA GPU
+    (`gpus` > 0 and one is there); what every task's training process does first. torch is imported here."""
+    import torch
+
+    if cpus >= 1:
+        torch.set_num_threads(int(cpus))
+    return gpus > 0 and torch.cuda.is_available()
+
+
 def lora_config(opts: Any, model: Any, target_modules: Sequence[str], *, task_type: str = "CAUSAL_LM",
                 modules_to_save: list[str] | None = None, check: bool = True) -> Any:
     """peft's LoraConfig (loraR, loraAlpha, loraDropout) on `opts.lora_target_modules`, else the plugin's
